@@ -1,0 +1,1 @@
+fn main() { println!("cloud-controller: not yet implemented"); }

@@ -1,0 +1,170 @@
+//! Model bundle manifest (`manifest.json`), format 1. See docs/MODEL.md.
+//!
+//! A bundle is a folder holding the manifest, `model.onnx` and `golden.jsonl`.
+//! This module only parses and checks the manifest's own consistency; hashing
+//! files and running the golden set happen where the bytes and runtime are.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const MODEL_FILE: &str = "model.onnx";
+pub const GOLDEN_FILE: &str = "golden.jsonl";
+pub const BUNDLE_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    pub version: semver::Version,
+    /// RFC 3339 UTC timestamp.
+    pub created_at: String,
+    /// Only `text` (a `[N,1]` string tensor) is defined so far.
+    pub input_kind: String,
+    #[serde(default = "default_inputs")]
+    pub inputs: BTreeMap<String, String>,
+    #[serde(default = "default_outputs")]
+    pub outputs: BTreeMap<String, String>,
+    /// Class labels in the column order of the probabilities output.
+    pub labels: Vec<String>,
+    #[serde(default = "default_oos")]
+    pub out_of_scope_label: String,
+    /// Below this top probability the node does not answer with an intent.
+    pub confidence_threshold: f32,
+    /// sha256 (lowercase hex) of every other file in the bundle.
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub training: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_inputs() -> BTreeMap<String, String> {
+    BTreeMap::from([("text".into(), "text".into())])
+}
+
+fn default_outputs() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("label".into(), "label".into()),
+        ("probabilities".into(), "probabilities".into()),
+    ])
+}
+
+fn default_oos() -> String {
+    "out_of_scope".into()
+}
+
+/// A line of `golden.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoldenItem {
+    pub text: String,
+    pub label: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON for format {BUNDLE_FORMAT}: {0}")]
+    Parse(String),
+    #[error("unsupported bundle format {0} (this build reads format {BUNDLE_FORMAT})")]
+    Format(u32),
+    #[error("unsupported input kind {0:?} (expected \"text\")")]
+    InputKind(String),
+    #[error("confidence_threshold {0} is outside 0..1")]
+    Threshold(f32),
+    #[error("manifest lists no labels")]
+    NoLabels,
+    #[error("manifest does not list the required file {0}")]
+    MissingFile(&'static str),
+    #[error("file name {0:?} is not a plain file name")]
+    BadFileName(String),
+    #[error("sha256 of {0} is not 64 hex digits")]
+    BadHash(String),
+}
+
+impl Manifest {
+    pub fn parse(json: &str) -> Result<Manifest, ManifestError> {
+        let m: Manifest = serde_json::from_str(json).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.format != BUNDLE_FORMAT {
+            return Err(ManifestError::Format(self.format));
+        }
+        if self.input_kind != "text" {
+            return Err(ManifestError::InputKind(self.input_kind.clone()));
+        }
+        if !(self.confidence_threshold > 0.0 && self.confidence_threshold < 1.0) {
+            return Err(ManifestError::Threshold(self.confidence_threshold));
+        }
+        if self.labels.is_empty() {
+            return Err(ManifestError::NoLabels);
+        }
+        for required in [MODEL_FILE, GOLDEN_FILE] {
+            if !self.files.contains_key(required) {
+                return Err(ManifestError::MissingFile(required));
+            }
+        }
+        for (name, hash) in &self.files {
+            let plain = !name.is_empty()
+                && !name.starts_with('.')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !plain || name == MANIFEST_FILE {
+                return Err(ManifestError::BadFileName(name.clone()));
+            }
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ManifestError::BadHash(name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        let h = "a".repeat(64);
+        format!(
+            r#"{{"format":1,"name":"m","version":"1.2.3","created_at":"2026-01-01T00:00:00Z",
+            "input_kind":"text","labels":["a","b"],"confidence_threshold":0.4,
+            "files":{{"model.onnx":"{h}","golden.jsonl":"{h}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn parses_and_defaults() {
+        let m = Manifest::parse(&sample()).unwrap();
+        assert_eq!(m.version, semver::Version::new(1, 2, 3));
+        assert_eq!(m.outputs["probabilities"], "probabilities");
+        assert_eq!(m.out_of_scope_label, "out_of_scope");
+    }
+
+    #[test]
+    fn rejects_inconsistent_manifests() {
+        let s = sample();
+        assert!(matches!(
+            Manifest::parse(&s.replace("\"format\":1", "\"format\":9")),
+            Err(ManifestError::Format(9))
+        ));
+        assert!(matches!(
+            Manifest::parse(&s.replace("0.4", "1.5")),
+            Err(ManifestError::Threshold(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(&s.replace("model.onnx", "../model.onnx")),
+            Err(ManifestError::MissingFile(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(&s.replace("\"1.2.3\"", "\"one\"")),
+            Err(ManifestError::Parse(_))
+        ));
+        assert!(matches!(
+            Manifest::parse(&s.replace("[\"a\",\"b\"]", "[]")),
+            Err(ManifestError::NoLabels)
+        ));
+    }
+}

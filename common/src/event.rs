@@ -1,0 +1,113 @@
+//! Events an edge node records for the cloud.
+//!
+//! Each is written to the node's outbox in the same SQLite transaction as the
+//! change it describes, and later forwarded upstream. The body is tagged by
+//! `kind` so a consumer can route without knowing every variant.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::Lang;
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Globally unique id (UUID v4), used to store each event once upstream.
+    pub id: String,
+    /// Unix milliseconds when the event happened.
+    pub at: i64,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A conversation ended (goodbye, idle timeout or shutdown of the flow).
+    ConversationSummary(ConversationSummary),
+    /// The visitor needs a person.
+    Escalation(Escalation),
+    /// Nobody could come; the visitor left contact details.
+    OfflineMessage(OfflineMessage),
+    /// A multi-turn flow reached its confirmed end (appointment, card block).
+    FlowCompleted(FlowCompleted),
+}
+
+impl EventBody {
+    /// Stable name of the variant, as stored in the outbox `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::ConversationSummary(_) => "conversation_summary",
+            EventBody::Escalation(_) => "escalation",
+            EventBody::OfflineMessage(_) => "offline_message",
+            EventBody::FlowCompleted(_) => "flow_completed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation: String,
+    pub lang: Lang,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub visitor_turns: u32,
+    /// Distinct intents recognised, in first-seen order.
+    pub intents: Vec<String>,
+    pub escalated: bool,
+    /// Why it ended: `goodbye`, `idle`, `visitor_ended`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    pub conversation: String,
+    pub lang: Lang,
+    /// `requested` (the visitor asked) or `low_confidence` (the bot gave up).
+    pub reason: String,
+    /// The last visitor utterance, for the agent's context.
+    pub last_text: String,
+    pub intents: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfflineMessage {
+    pub conversation: String,
+    pub lang: Lang,
+    pub name: String,
+    /// Phone number or e-mail address as the visitor gave it.
+    pub contact: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowCompleted {
+    pub conversation: String,
+    /// `book_appointment` or `lost_card`.
+    pub flow: String,
+    /// Slot values, e.g. `date`, `time`, `card_last4`.
+    pub slots: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_carries_kind_tag() {
+        let e = Event {
+            id: "e1".into(),
+            at: 5,
+            body: EventBody::Escalation(Escalation {
+                conversation: "c".into(),
+                lang: Lang::En,
+                reason: "requested".into(),
+                last_text: "human please".into(),
+                intents: vec!["human_agent".into()],
+            }),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""kind":"escalation""#), "{json}");
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        assert_eq!(e.body.kind(), "escalation");
+    }
+}

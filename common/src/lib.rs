@@ -1,0 +1,12 @@
+//! EdgeDesk's shared vocabulary: what travels between the parts, never how.
+//!
+//! - [`chat`]: the kiosk WebSocket protocol (visitor ↔ edge node), versioned JSON.
+//! - [`event`]: the events an edge node keeps in its outbox for the cloud.
+//! - [`bundle`]: the model bundle manifest, read by nodes and (later) the controller.
+//!
+//! This crate has no runtime, no I/O and no networking code: each binary decides
+//! what to do with these types.
+
+pub mod bundle;
+pub mod chat;
+pub mod event;

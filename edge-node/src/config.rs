@@ -1,0 +1,304 @@
+//! Edge node configuration: a serde [`Config`] with documented defaults.
+//!
+//! The documented default file is `edge-node/default-config.toml` (printed by
+//! `edge-node config default`); [`Config::default`] is parsed from it, so the
+//! two cannot disagree. Layering: defaults < file < environment < flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration file, embedded.
+pub const DEFAULT_TOML: &str = include_str!("../default-config.toml");
+/// Environment variables starting with this prefix override keys.
+pub const ENV_PREFIX: &str = "EDGEDESK_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub nlu: NluConfig,
+    pub dialog: DialogConfig,
+    pub store: StoreConfig,
+    pub retention: RetentionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub rate_limit_per_sec: f64,
+    pub rate_limit_burst: u32,
+    pub rate_limit_close_after: u32,
+    pub history_limit: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NluConfig {
+    pub onnxruntime_path: PathBuf,
+    pub bundle: PathBuf,
+    pub sessions: usize,
+    pub confidence_threshold: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialogConfig {
+    pub knowledge_base: PathBuf,
+    pub max_reprompts: u8,
+    pub opening_hour: u32,
+    pub closing_hour: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub batch_max: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub transcript_max_age_days: u32,
+    pub idle_conversation_minutes: u32,
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// A configuration problem, naming the offending key. `main` exits with 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("unknown config key `{key}` (from {origin})")]
+    UnknownKey { key: String, origin: String },
+    #[error("invalid value for config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded file is checked by a unit test; failing here is a build bug.
+        Config::from_table(default_table()).expect("embedded default-config.toml is valid")
+    }
+}
+
+fn default_table() -> toml::Table {
+    DEFAULT_TOML.parse().expect("embedded default-config.toml parses")
+}
+
+impl Config {
+    /// Load: defaults, then `file` (if any), then overrides from `env`
+    /// (pass `std::env::vars()` in production, a fixed list in tests).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = default_table();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let user: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            merge(&mut table, user, "", &format!("file {}", path.display()))?;
+        }
+        let mut overrides: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                overrides.insert(rest.to_owned(), value);
+            }
+        }
+        for (rest, value) in overrides {
+            let Some((section, key)) = rest.split_once("__") else {
+                // EDGEDESK_* variables that are not config keys (e.g. EDGEDESK_HOME) are ignored.
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let dotted = format!("{section}.{key}");
+            let origin = format!("environment variable {ENV_PREFIX}{rest}");
+            let Some(toml::Value::Table(sec)) = table.get_mut(&section) else {
+                return Err(ConfigError::UnknownKey { key: dotted, origin });
+            };
+            if !sec.contains_key(&key) {
+                return Err(ConfigError::UnknownKey { key: dotted, origin });
+            }
+            sec.insert(key, parse_env_value(&value));
+        }
+        Config::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Invalid {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("server.listen", "expected host:port with an IP address, e.g. 127.0.0.1:8080");
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be at least 1");
+        }
+        if !(64..=1 << 20).contains(&self.server.max_frame_bytes) {
+            return bad("server.max_frame_bytes", "must be between 64 and 1048576");
+        }
+        if !(self.server.rate_limit_per_sec > 0.0) || self.server.rate_limit_burst == 0 {
+            return bad("server.rate_limit_per_sec", "rate and burst must be positive");
+        }
+        for origin in &self.server.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return bad("server.allowed_origins", "each origin must start with http:// or https://");
+            }
+        }
+        if self.nlu.sessions == 0 || self.nlu.sessions > 64 {
+            return bad("nlu.sessions", "must be between 1 and 64");
+        }
+        if !(0.0..1.0).contains(&self.nlu.confidence_threshold) {
+            return bad("nlu.confidence_threshold", "must be in 0..1 (0 = use the bundle's)");
+        }
+        if self.dialog.opening_hour >= self.dialog.closing_hour || self.dialog.closing_hour > 24 {
+            return bad("dialog.closing_hour", "opening_hour must be before closing_hour, both within 0..24");
+        }
+        if self.store.batch_max == 0 || self.store.queue_capacity == 0 {
+            return bad("store.batch_max", "batch_max and queue_capacity must be at least 1");
+        }
+        if self.retention.interval_secs == 0 {
+            return bad("retention.interval_secs", "must be at least 1");
+        }
+        if self.retention.transcript_max_age_days == 0 {
+            return bad("retention.transcript_max_age_days", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Try "x = <raw>" as TOML so numbers, booleans and arrays keep their type.
+    match format!("x = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("x").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+    for (key, value) in user {
+        let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &dotted, origin)?,
+            (Some(slot), v) => *slot = v,
+            (None, _) => {
+                return Err(ConfigError::UnknownKey {
+                    key: dotted,
+                    origin: origin.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn embedded_default_is_complete_and_valid() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.server.max_frame_bytes, 4096);
+        assert_eq!(c.store.synchronous, Synchronous::Full);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nlisten = \"127.0.0.1:9000\"\nmax_connections = 7\n").unwrap();
+        let c = Config::load(
+            Some(&p),
+            env(&[("EDGEDESK_SERVER__MAX_CONNECTIONS", "9"), ("EDGEDESK_LOG__FORMAT", "json"), ("OTHER", "x")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.server.max_connections, 9);
+        assert_eq!(c.log.format, LogFormat::Json);
+        let c = Config::load(None, env(&[("EDGEDESK_SERVER__ALLOWED_ORIGINS", "[\"https://a.example\"]")])).unwrap();
+        assert_eq!(c.server.allowed_origins, vec!["https://a.example".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::load(None, env(&[("EDGEDESK_SERVER__NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().contains("server.nope"), "{e}");
+        let e = Config::load(None, env(&[("EDGEDESK_SERVER__MAX_CONNECTIONS", "many")])).unwrap_err();
+        assert!(e.to_string().contains("server.max_connections"), "{e}");
+        let e = Config::load(None, env(&[("EDGEDESK_STORE__SYNCHRONOUS", "sometimes")])).unwrap_err();
+        assert!(e.to_string().contains("store.synchronous"), "{e}");
+        let e = Config::load(None, env(&[("EDGEDESK_SERVER__LISTEN", "localhost")])).unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[dialog]\nmax_reprompt = 3\n").unwrap();
+        let e = Config::load(Some(&p), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("dialog.max_reprompt"), "{e}");
+        std::fs::write(&p, "[dialog\n").unwrap();
+        assert!(matches!(Config::load(Some(&p), Vec::new()), Err(ConfigError::Syntax { .. })));
+        assert!(matches!(
+            Config::load(Some(&dir.path().join("missing.toml")), Vec::new()),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,193 @@
+//! Evaluation metrics for `edge-node nlu eval FILE.csv`.
+//!
+//! Input rows are `text,category` (the BANKING77 format). A row labelled
+//! `out_of_scope` is correct when the node would not answer it with an intent.
+//! The metrics are pure functions of the per-row outcomes so they can be tested
+//! without a model.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// One classified row.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub expected: String,
+    pub predicted: String,
+    pub answered: bool,
+    pub micros: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub rows: usize,
+    pub in_scope_rows: usize,
+    pub out_of_scope_rows: usize,
+    /// In-scope rows: top label right. Out-of-scope rows: not answered.
+    pub accuracy: f64,
+    /// Macro-averaged F1 of the top label over the in-scope classes.
+    pub macro_f1: f64,
+    /// Share of in-scope rows the node answers (confident and in scope).
+    pub coverage: f64,
+    /// In-scope rows answered and right, plus out-of-scope rows not answered.
+    pub accuracy_at_threshold: f64,
+    /// Share of out-of-scope rows not answered; `None` without such rows.
+    pub oos_recall: Option<f64>,
+    pub threshold: f32,
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path} has no `text` and `category` columns")]
+    Columns { path: String },
+    #[error("{path} has no rows")]
+    Empty { path: String },
+}
+
+/// Read `text,category` rows.
+pub fn read_rows(path: &Path) -> Result<Vec<(String, String)>, EvalError> {
+    let p = path.display().to_string();
+    let mut reader = csv::Reader::from_path(path).map_err(|e| EvalError::Read { path: p.clone(), message: e.to_string() })?;
+    let headers = reader.headers().map_err(|e| EvalError::Read { path: p.clone(), message: e.to_string() })?;
+    let col = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (Some(ti), Some(ci)) = (col("text"), col("category")) else {
+        return Err(EvalError::Columns { path: p });
+    };
+    let mut rows = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| EvalError::Read { path: p.clone(), message: e.to_string() })?;
+        rows.push((rec.get(ti).unwrap_or("").to_owned(), rec.get(ci).unwrap_or("").to_owned()));
+    }
+    if rows.is_empty() {
+        return Err(EvalError::Empty { path: p });
+    }
+    Ok(rows)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+pub fn report(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
+    let n = outcomes.len().max(1) as f64;
+    let (inscope, oos): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| o.expected != oos_label);
+    let correct = inscope.iter().filter(|o| o.predicted == o.expected).count() + oos.iter().filter(|o| !o.answered).count();
+    let correct_at = inscope.iter().filter(|o| o.answered && o.predicted == o.expected).count()
+        + oos.iter().filter(|o| !o.answered).count();
+
+    // Per-class F1 over the in-scope classes (those that appear as expected labels).
+    let mut tp: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut fp: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut fneg: BTreeMap<&str, f64> = BTreeMap::new();
+    for o in &inscope {
+        if o.predicted == o.expected {
+            *tp.entry(&o.expected).or_default() += 1.0;
+        } else {
+            *fneg.entry(&o.expected).or_default() += 1.0;
+            *fp.entry(&o.predicted).or_default() += 1.0;
+        }
+    }
+    let classes: Vec<&str> = {
+        let mut c: Vec<&str> = inscope.iter().map(|o| o.expected.as_str()).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    let f1_sum: f64 = classes
+        .iter()
+        .map(|c| {
+            let t = tp.get(c).copied().unwrap_or(0.0);
+            let denom = 2.0 * t + fp.get(c).copied().unwrap_or(0.0) + fneg.get(c).copied().unwrap_or(0.0);
+            if denom == 0.0 { 0.0 } else { 2.0 * t / denom }
+        })
+        .sum();
+
+    let mut lat: Vec<f64> = outcomes.iter().map(|o| o.micros).collect();
+    lat.sort_by(f64::total_cmp);
+    Report {
+        rows: outcomes.len(),
+        in_scope_rows: inscope.len(),
+        out_of_scope_rows: oos.len(),
+        accuracy: correct as f64 / n,
+        macro_f1: if classes.is_empty() { 0.0 } else { f1_sum / classes.len() as f64 },
+        coverage: if inscope.is_empty() {
+            0.0
+        } else {
+            inscope.iter().filter(|o| o.answered).count() as f64 / inscope.len() as f64
+        },
+        accuracy_at_threshold: correct_at as f64 / n,
+        oos_recall: (!oos.is_empty()).then(|| oos.iter().filter(|o| !o.answered).count() as f64 / oos.len() as f64),
+        threshold,
+        latency_p50_us: percentile(&lat, 0.50),
+        latency_p99_us: percentile(&lat, 0.99),
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "rows                   {} ({} in scope, {} out of scope)", self.rows, self.in_scope_rows, self.out_of_scope_rows)?;
+        writeln!(f, "accuracy               {:.4}", self.accuracy)?;
+        writeln!(f, "macro-F1               {:.4}", self.macro_f1)?;
+        writeln!(f, "threshold              {:.2}", self.threshold)?;
+        writeln!(f, "coverage               {:.4}", self.coverage)?;
+        writeln!(f, "accuracy@threshold     {:.4}", self.accuracy_at_threshold)?;
+        match self.oos_recall {
+            Some(r) => writeln!(f, "out-of-scope recall    {r:.4}")?,
+            None => writeln!(f, "out-of-scope recall    n/a (no out_of_scope rows)")?,
+        }
+        writeln!(f, "latency p50            {:.1} µs", self.latency_p50_us)?;
+        write!(f, "latency p99            {:.1} µs", self.latency_p99_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(e: &str, p: &str, answered: bool) -> Outcome {
+        Outcome { expected: e.into(), predicted: p.into(), answered, micros: 10.0 }
+    }
+
+    #[test]
+    fn metrics_by_hand() {
+        let rows = vec![
+            o("a", "a", true),
+            o("a", "b", true),
+            o("b", "b", false),
+            o("out_of_scope", "a", false),
+            o("out_of_scope", "a", true),
+        ];
+        let r = report(&rows, "out_of_scope", 0.5);
+        assert_eq!(r.in_scope_rows, 3);
+        // a, b right (2) + one OOS not answered = 3 / 5
+        assert!((r.accuracy - 0.6).abs() < 1e-9);
+        // answered & right: only the first; plus one OOS = 2 / 5
+        assert!((r.accuracy_at_threshold - 0.4).abs() < 1e-9);
+        assert!((r.coverage - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(r.oos_recall, Some(0.5));
+        // F1(a) = 2*1/(2+0+1) = 2/3; F1(b) = 2*1/(2+1+0) = 2/3
+        assert!((r.macro_f1 - 2.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.csv");
+        std::fs::write(&p, "a,b\n1,2\n").unwrap();
+        assert!(matches!(read_rows(&p), Err(EvalError::Columns { .. })));
+        std::fs::write(&p, "text,category\n").unwrap();
+        assert!(matches!(read_rows(&p), Err(EvalError::Empty { .. })));
+        std::fs::write(&p, "text,category\n\"hi, there\",greeting\n").unwrap();
+        assert_eq!(read_rows(&p).unwrap(), vec![("hi, there".to_string(), "greeting".to_string())]);
+        assert!(matches!(read_rows(&dir.path().join("none.csv")), Err(EvalError::Read { .. })));
+    }
+}

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Train EdgeDesk's default intent model and write a model bundle.
+
+The bundle (see docs/MODEL.md) holds manifest.json, model.onnx and golden.jsonl.
+All text preprocessing (word and character TF-IDF) lives inside the ONNX graph,
+so the edge node feeds raw UTF-8 text. Same data + same seed => same model.onnx.
+
+Data (all in the repository):
+  data/banking77/train.csv           BANKING77 training split (CC-BY-4.0)
+  data/clinc150-oos/oos_train.csv    CLINC150 out-of-scope queries (CC-BY-3.0)
+  data/clinc150-oos/oos_val.csv      ... used only to calibrate the threshold
+  data/intents/edgedesk_intents.csv  EdgeDesk's own EN/ZH control intents
+  data/intents/golden.csv            the golden set shipped in the bundle
+
+A stratified validation split is carved out of the training data; the
+confidence threshold is tuned on it (and oos_val) and on nothing else.
+"""
+import argparse
+import csv
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import sys
+import warnings
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline, make_union
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import StringTensorType
+
+WORD_PATTERN = "[a-zA-Z0-9_][a-zA-Z0-9_]+"
+OOS = "out_of_scope"
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(r["text"], r["category"]) for r in csv.DictReader(f)]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_pipeline(seed, c_value):
+    word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=WORD_PATTERN,
+                           max_features=6000, min_df=2, dtype=np.float32)
+    char = TfidfVectorizer(analyzer="char", ngram_range=(1, 4), sublinear_tf=True,
+                           max_features=15000, min_df=2, dtype=np.float32)
+    clf = LogisticRegression(C=c_value, max_iter=3000, random_state=seed)
+    return make_pipeline(make_union(word, char), clf), word, char, clf
+
+
+def tune_threshold(proba, classes, y_true):
+    """Pick the confidence threshold that maximises the mean of in-scope
+    accuracy-at-threshold and out-of-scope recall on validation data."""
+    top = proba.argmax(axis=1)
+    conf = proba.max(axis=1)
+    pred = np.array([classes[i] for i in top])
+    y = np.array(y_true)
+    inscope = y != OOS
+    best = (0.0, 0.5)
+    for t in np.arange(0.05, 0.951, 0.01):
+        answered = (conf >= t) & (pred != OOS)
+        acc_at = np.mean((pred == y)[inscope] & answered[inscope])
+        oos_recall = np.mean(~answered[~inscope]) if (~inscope).any() else 1.0
+        score = (acc_at + oos_recall) / 2
+        if score > best[0] + 1e-9:
+            best = (score, float(round(t, 2)))
+    return best[1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data", help="data folder (default: data)")
+    ap.add_argument("--out", required=True, help="bundle folder to write")
+    ap.add_argument("--validation-out", help="write the carved validation split here (CSV text,category)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--c", type=float, default=20.0, help="inverse regularisation (chosen on validation)")
+    ap.add_argument("--version", default="1.0.0", help="semver of the bundle")
+    ap.add_argument("--name", default="edgedesk-intents")
+    ap.add_argument("--sample", type=int, default=0, help="train on the first N BANKING77 rows only (for quick tests)")
+    args = ap.parse_args()
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    banking = read_csv(os.path.join(args.data, "banking77/train.csv"))
+    if args.sample:
+        banking = banking[: args.sample]
+    own = read_csv(os.path.join(args.data, "intents/edgedesk_intents.csv"))
+    oos_train = read_csv(os.path.join(args.data, "clinc150-oos/oos_train.csv"))
+    oos_val = read_csv(os.path.join(args.data, "clinc150-oos/oos_val.csv"))
+    golden = read_csv(os.path.join(args.data, "intents/golden.csv"))
+
+    rows = banking + own + oos_train
+    texts = [t for t, _ in rows]
+    labels = [c for _, c in rows]
+    stratify = labels if not args.sample else None
+    x_tr, x_va, y_tr, y_va = train_test_split(texts, labels, test_size=0.1, random_state=args.seed, stratify=stratify)
+    # the CLINC oos_val queries only ever calibrate; they are never trained on
+    x_cal = x_va + [t for t, _ in oos_val]
+    y_cal = y_va + [c for _, c in oos_val]
+
+    pipe, word, char, clf = build_pipeline(args.seed, args.c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.fit(x_tr, y_tr)
+    classes = list(clf.classes_)
+    proba = pipe.predict_proba(x_cal)
+    threshold = tune_threshold(proba, classes, y_cal)
+
+    pred = np.array([classes[i] for i in proba.argmax(axis=1)])
+    y = np.array(y_cal)
+    inscope = y != OOS
+    b77 = set(c for _, c in banking)
+    is_b77 = np.array([c in b77 and c != OOS for c in y_cal])
+    conf = proba.max(axis=1)
+    answered = (conf >= threshold) & (pred != OOS)
+    metrics = {
+        "validation_rows": int(len(y_cal)),
+        "validation_accuracy_inscope": round(float(np.mean(pred[inscope] == y[inscope])), 4),
+        "validation_accuracy_banking77": round(float(np.mean(pred[is_b77] == y[is_b77])), 4),
+        "validation_macro_f1_inscope": round(float(f1_score(y[inscope], pred[inscope], average="macro")), 4),
+        "validation_coverage": round(float(np.mean(answered[inscope])), 4),
+        "validation_accuracy_at_threshold": round(float(np.mean((pred == y)[inscope] & answered[inscope])), 4),
+        "validation_oos_recall": round(float(np.mean(~answered[~inscope])), 4),
+        "train_rows": len(x_tr),
+        "seed": args.seed,
+        "c": args.c,
+    }
+
+    # Golden set: every utterance must come out with its label above the threshold.
+    gp = pipe.predict_proba([t for t, _ in golden])
+    failures = []
+    for (text, want), p in zip(golden, gp):
+        got = classes[int(p.argmax())]
+        ok = got == want and (want == OOS or p.max() >= threshold)
+        if not ok:
+            failures.append(f"{text!r}: expected {want}, got {got} ({p.max():.2f})")
+    if failures and not args.sample:
+        print("golden set failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        sys.exit(1)
+
+    os.makedirs(args.out, exist_ok=True)
+    options = {
+        id(word): {"locale": "C.UTF-8", "tokenexp": WORD_PATTERN},
+        id(char): {"locale": "C.UTF-8"},
+        id(clf): {"zipmap": False},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onx = convert_sklearn(pipe, initial_types=[("text", StringTensorType([None, 1]))],
+                              target_opset={"": 17, "ai.onnx.ml": 3}, options=options,
+                              doc_string="", naming=args.name)
+    onx.producer_version = ""
+    # Reproducible bytes: skl2onnx names the graph with a random uuid and
+    # lists opsets in set (hash) order.
+    onx.graph.name = args.name
+    opsets = sorted(((o.domain, o.version) for o in onx.opset_import))
+    del onx.opset_import[:]
+    for domain, version in opsets:
+        onx.opset_import.add(domain=domain, version=version)
+    with open(os.path.join(args.out, "model.onnx"), "wb") as f:
+        f.write(onx.SerializeToString())
+    with open(os.path.join(args.out, "golden.jsonl"), "w", encoding="utf-8") as f:
+        for (text, want) in golden if not args.sample else []:
+            f.write(json.dumps({"text": text, "label": want}, ensure_ascii=False) + "\n")
+    if args.validation_out:
+        with open(args.validation_out, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "category"])
+            w.writerows(zip(x_cal, y_cal))
+
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or int(dt.datetime.now(dt.timezone.utc).timestamp())
+    created = dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest = {
+        "format": 1,
+        "name": args.name,
+        "version": args.version,
+        "created_at": created,
+        "input_kind": "text",
+        "inputs": {"text": "text"},
+        "outputs": {"label": "label", "probabilities": "probabilities"},
+        "labels": classes,
+        "out_of_scope_label": OOS,
+        "confidence_threshold": threshold,
+        "files": {n: sha256(os.path.join(args.out, n)) for n in ("model.onnx", "golden.jsonl")},
+        "metrics": metrics,
+        "training": {"script": "scripts/train_model.py", "sklearn": __import__("sklearn").__version__,
+                     "skl2onnx": __import__("skl2onnx").__version__},
+    }
+    with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    print(json.dumps({"bundle": args.out, "threshold": threshold, **metrics}))
+
+
+if __name__ == "__main__":
+    main()
