@@ -1,1 +1,3 @@
-fn main() { println!("cloud-controller: not yet implemented"); }
+fn main() {
+    println!("cloud-controller: not yet implemented");
+}

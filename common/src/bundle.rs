@@ -84,7 +84,8 @@ pub enum ManifestError {
 
 impl Manifest {
     pub fn parse(json: &str) -> Result<Manifest, ManifestError> {
-        let m: Manifest = serde_json::from_str(json).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        let m: Manifest =
+            serde_json::from_str(json).map_err(|e| ManifestError::Parse(e.to_string()))?;
         m.validate()?;
         Ok(m)
     }
@@ -110,7 +111,9 @@ impl Manifest {
         for (name, hash) in &self.files {
             let plain = !name.is_empty()
                 && !name.starts_with('.')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !plain || name == MANIFEST_FILE {
                 return Err(ManifestError::BadFileName(name.clone()));
             }

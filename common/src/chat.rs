@@ -47,7 +47,9 @@ impl std::str::FromStr for Lang {
         match s {
             "en" => Ok(Lang::En),
             "zh" => Ok(Lang::Zh),
-            other => Err(format!("unknown language {other:?} (expected \"en\" or \"zh\")")),
+            other => Err(format!(
+                "unknown language {other:?} (expected \"en\" or \"zh\")"
+            )),
         }
     }
 }
@@ -281,8 +283,14 @@ mod tests {
 
     #[test]
     fn decode_distinguishes_bad_json_and_unknown_type() {
-        assert!(matches!(ClientFrame::decode("{"), Err(DecodeError::InvalidJson(_))));
-        assert!(matches!(ClientFrame::decode("[1]"), Err(DecodeError::InvalidJson(_))));
+        assert!(matches!(
+            ClientFrame::decode("{"),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            ClientFrame::decode("[1]"),
+            Err(DecodeError::InvalidJson(_))
+        ));
         assert_eq!(
             ClientFrame::decode(r#"{"type":"launch_rocket"}"#),
             Err(DecodeError::UnknownType("launch_rocket".into()))
@@ -296,7 +304,14 @@ mod tests {
     #[test]
     fn unknown_fields_are_tolerated() {
         let f = ClientFrame::decode(r#"{"type":"message","text":"hi","future":1}"#).unwrap();
-        assert_eq!(f, ClientFrame::Message { text: "hi".into(), client_id: None, payload: None });
+        assert_eq!(
+            f,
+            ClientFrame::Message {
+                text: "hi".into(),
+                client_id: None,
+                payload: None
+            }
+        );
     }
 
     #[test]
@@ -306,7 +321,10 @@ mod tests {
             from: Sender::Bot,
             text: "hello".into(),
             lang: Lang::Zh,
-            quick_replies: vec![QuickReply { label: "Yes".into(), payload: "yes".into() }],
+            quick_replies: vec![QuickReply {
+                label: "Yes".into(),
+                payload: "yes".into(),
+            }],
             state: ChatState::InFlow,
             intent: Some("greeting".into()),
         };

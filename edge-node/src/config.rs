@@ -99,7 +99,10 @@ pub struct LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("unknown config key `{key}` (from {origin})")]
@@ -116,7 +119,9 @@ impl Default for Config {
 }
 
 fn default_table() -> toml::Table {
-    DEFAULT_TOML.parse().expect("embedded default-config.toml parses")
+    DEFAULT_TOML
+        .parse()
+        .expect("embedded default-config.toml parses")
 }
 
 impl Config {
@@ -132,10 +137,12 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
-            let user: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+            let user: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?;
             merge(&mut table, user, "", &format!("file {}", path.display()))?;
         }
         let mut overrides: BTreeMap<String, String> = BTreeMap::new();
@@ -153,10 +160,16 @@ impl Config {
             let dotted = format!("{section}.{key}");
             let origin = format!("environment variable {ENV_PREFIX}{rest}");
             let Some(toml::Value::Table(sec)) = table.get_mut(&section) else {
-                return Err(ConfigError::UnknownKey { key: dotted, origin });
+                return Err(ConfigError::UnknownKey {
+                    key: dotted,
+                    origin,
+                });
             };
             if !sec.contains_key(&key) {
-                return Err(ConfigError::UnknownKey { key: dotted, origin });
+                return Err(ConfigError::UnknownKey {
+                    key: dotted,
+                    origin,
+                });
             }
             sec.insert(key, parse_env_value(&value));
         }
@@ -164,12 +177,13 @@ impl Config {
     }
 
     fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            ConfigError::Invalid {
-                key: e.path().to_string(),
-                message: e.inner().to_string(),
-            }
-        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Invalid {
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -182,7 +196,10 @@ impl Config {
             })
         };
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("server.listen", "expected host:port with an IP address, e.g. 127.0.0.1:8080");
+            return bad(
+                "server.listen",
+                "expected host:port with an IP address, e.g. 127.0.0.1:8080",
+            );
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1");
@@ -191,24 +208,39 @@ impl Config {
             return bad("server.max_frame_bytes", "must be between 64 and 1048576");
         }
         if !(self.server.rate_limit_per_sec > 0.0) || self.server.rate_limit_burst == 0 {
-            return bad("server.rate_limit_per_sec", "rate and burst must be positive");
+            return bad(
+                "server.rate_limit_per_sec",
+                "rate and burst must be positive",
+            );
         }
         for origin in &self.server.allowed_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return bad("server.allowed_origins", "each origin must start with http:// or https://");
+                return bad(
+                    "server.allowed_origins",
+                    "each origin must start with http:// or https://",
+                );
             }
         }
         if self.nlu.sessions == 0 || self.nlu.sessions > 64 {
             return bad("nlu.sessions", "must be between 1 and 64");
         }
         if !(0.0..1.0).contains(&self.nlu.confidence_threshold) {
-            return bad("nlu.confidence_threshold", "must be in 0..1 (0 = use the bundle's)");
+            return bad(
+                "nlu.confidence_threshold",
+                "must be in 0..1 (0 = use the bundle's)",
+            );
         }
         if self.dialog.opening_hour >= self.dialog.closing_hour || self.dialog.closing_hour > 24 {
-            return bad("dialog.closing_hour", "opening_hour must be before closing_hour, both within 0..24");
+            return bad(
+                "dialog.closing_hour",
+                "opening_hour must be before closing_hour, both within 0..24",
+            );
         }
         if self.store.batch_max == 0 || self.store.queue_capacity == 0 {
-            return bad("store.batch_max", "batch_max and queue_capacity must be at least 1");
+            return bad(
+                "store.batch_max",
+                "batch_max and queue_capacity must be at least 1",
+            );
         }
         if self.retention.interval_secs == 0 {
             return bad("retention.interval_secs", "must be at least 1");
@@ -223,14 +255,25 @@ impl Config {
 fn parse_env_value(raw: &str) -> toml::Value {
     // Try "x = <raw>" as TOML so numbers, booleans and arrays keep their type.
     match format!("x = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("x").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("x")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
 
-fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+fn merge(
+    base: &mut toml::Table,
+    user: toml::Table,
+    prefix: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
     for (key, value) in user {
-        let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let dotted = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         match (base.get_mut(&key), value) {
             (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &dotted, origin)?,
             (Some(slot), v) => *slot = v,
@@ -250,7 +293,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -265,26 +311,46 @@ mod tests {
     fn file_then_env_override() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "[server]\nlisten = \"127.0.0.1:9000\"\nmax_connections = 7\n").unwrap();
+        std::fs::write(
+            &p,
+            "[server]\nlisten = \"127.0.0.1:9000\"\nmax_connections = 7\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(&p),
-            env(&[("EDGEDESK_SERVER__MAX_CONNECTIONS", "9"), ("EDGEDESK_LOG__FORMAT", "json"), ("OTHER", "x")]),
+            env(&[
+                ("EDGEDESK_SERVER__MAX_CONNECTIONS", "9"),
+                ("EDGEDESK_LOG__FORMAT", "json"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9000");
         assert_eq!(c.server.max_connections, 9);
         assert_eq!(c.log.format, LogFormat::Json);
-        let c = Config::load(None, env(&[("EDGEDESK_SERVER__ALLOWED_ORIGINS", "[\"https://a.example\"]")])).unwrap();
-        assert_eq!(c.server.allowed_origins, vec!["https://a.example".to_string()]);
+        let c = Config::load(
+            None,
+            env(&[(
+                "EDGEDESK_SERVER__ALLOWED_ORIGINS",
+                "[\"https://a.example\"]",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.allowed_origins,
+            vec!["https://a.example".to_string()]
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
         let e = Config::load(None, env(&[("EDGEDESK_SERVER__NOPE", "1")])).unwrap_err();
         assert!(e.to_string().contains("server.nope"), "{e}");
-        let e = Config::load(None, env(&[("EDGEDESK_SERVER__MAX_CONNECTIONS", "many")])).unwrap_err();
+        let e =
+            Config::load(None, env(&[("EDGEDESK_SERVER__MAX_CONNECTIONS", "many")])).unwrap_err();
         assert!(e.to_string().contains("server.max_connections"), "{e}");
-        let e = Config::load(None, env(&[("EDGEDESK_STORE__SYNCHRONOUS", "sometimes")])).unwrap_err();
+        let e =
+            Config::load(None, env(&[("EDGEDESK_STORE__SYNCHRONOUS", "sometimes")])).unwrap_err();
         assert!(e.to_string().contains("store.synchronous"), "{e}");
         let e = Config::load(None, env(&[("EDGEDESK_SERVER__LISTEN", "localhost")])).unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
@@ -295,7 +361,10 @@ mod tests {
         let e = Config::load(Some(&p), Vec::new()).unwrap_err();
         assert!(e.to_string().contains("dialog.max_reprompt"), "{e}");
         std::fs::write(&p, "[dialog\n").unwrap();
-        assert!(matches!(Config::load(Some(&p), Vec::new()), Err(ConfigError::Syntax { .. })));
+        assert!(matches!(
+            Config::load(Some(&p), Vec::new()),
+            Err(ConfigError::Syntax { .. })
+        ));
         assert!(matches!(
             Config::load(Some(&dir.path().join("missing.toml")), Vec::new()),
             Err(ConfigError::Read { .. })

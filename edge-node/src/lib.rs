@@ -3,8 +3,181 @@
 //! Data flow: a visitor's WebSocket frame ([`server`]) → NLU ([`nlu`]) →
 //! the dialog state machine ([`dialog`]) → one SQLite transaction with the
 //! messages, the session state and any outbox events ([`store`]) → replies.
-//! [`run`] wires it together; `main.rs` only parses arguments.
+//! [`run`] wires it together and returns a [`Node`]; `main.rs` only parses
+//! arguments, sets up logging and signals.
 
 pub mod config;
 pub mod dialog;
+pub mod housekeeping;
 pub mod nlu;
+pub mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dialog::kb::KbError;
+use crate::dialog::{Engine, EngineConfig, KnowledgeBase};
+use crate::nlu::{ActiveModel, Model, NluError};
+use crate::server::{AppState, Metrics};
+use crate::store::{Store, StoreError};
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Nlu(#[from] NluError),
+    #[error(transparent)]
+    Kb(#[from] KbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl NodeError {
+    /// Process exit code (sysexits.h): 64 usage/config, 65 bad data (bundle,
+    /// knowledge base), 69 ONNX Runtime unavailable, 74 I/O (store, socket).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NodeError::Config(_) => 64,
+            NodeError::Nlu(NluError::Runtime(_)) => 69,
+            NodeError::Nlu(_) | NodeError::Kb(_) => 65,
+            NodeError::Store(_) | NodeError::Bind { .. } | NodeError::Serve(_) => 74,
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl Node {
+    /// Wait until the node has shut down (after the shutdown token fires).
+    pub async fn wait(self) -> Result<(), NodeError> {
+        drop(self.state);
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(NodeError::Serve(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+/// Load the model and knowledge base (the parts that need no socket or disk writes).
+pub fn load_engine(config: &Config) -> Result<(Model, Engine), NodeError> {
+    nlu::runtime::init(&config.nlu.onnxruntime_path)?;
+    let model = Model::load(
+        &config.nlu.bundle,
+        config.nlu.sessions,
+        config.nlu.confidence_threshold,
+    )?;
+    let kb = if config.dialog.knowledge_base.as_os_str().is_empty() {
+        KnowledgeBase::builtin()
+    } else {
+        KnowledgeBase::load(&config.dialog.knowledge_base)?
+    };
+    let handled = [
+        dialog::BOOK_APPOINTMENT,
+        dialog::LOST_CARD,
+        dialog::HUMAN_AGENT,
+        dialog::GOODBYE,
+        "out_of_scope",
+    ];
+    let missing = kb.missing_answers(&model.manifest().labels, &handled);
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "knowledge base has no answer for these intents; visitors will be offered a person"
+        );
+    }
+    let engine = Engine::new(
+        Arc::new(kb),
+        EngineConfig {
+            max_reprompts: config.dialog.max_reprompts,
+            opening_hour: config.dialog.opening_hour,
+            closing_hour: config.dialog.closing_hour,
+        },
+    );
+    Ok((model, engine))
+}
+
+/// Start a node: verify and load the model, open the store, bind, serve.
+/// Cancelling `shutdown` closes chat sockets (code 1001) and stops the node
+/// within `server.shutdown_grace_secs`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, NodeError> {
+    let cfg = config.clone();
+    let (model, engine) = tokio::task::spawn_blocking(move || load_engine(&cfg))
+        .await
+        .map_err(|e| NodeError::Serve(std::io::Error::other(e.to_string())))??;
+    tracing::info!(
+        model = %model.manifest().name,
+        version = %model.manifest().version,
+        threshold = model.threshold(),
+        "model bundle verified and loaded"
+    );
+    let (store, store_thread) = Store::open(&config.store)?;
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.server.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let state = Arc::new(AppState {
+        connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+        config,
+        engine,
+        model: Arc::new(ActiveModel::new(model)),
+        store,
+        metrics: Metrics::new(),
+        live: Default::default(),
+        claims: Default::default(),
+        shutdown: shutdown.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    });
+    tracing::info!(%addr, "edge node listening; kiosk page at http://{addr}/");
+    let keeper = tokio::spawn(housekeeping::run(state.clone()));
+    let app = server::router(state.clone());
+    let serve_state = state.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        // Chat sockets see the same token and close themselves; wait for them.
+        serve_state.tasks.close();
+        if tokio::time::timeout(grace, serve_state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; dropping remaining connections");
+        }
+        let _ = keeper.await;
+        drop(serve_state);
+        // The store thread flushes and exits once the last handle is gone.
+        let _ = tokio::time::timeout(
+            grace,
+            tokio::task::spawn_blocking(move || store_thread.join()),
+        )
+        .await;
+        tracing::info!("edge node stopped");
+        served.map_err(NodeError::Serve)
+    });
+    Ok(Node { addr, state, task })
+}

@@ -103,13 +103,20 @@ pub struct KnowledgeBase {
 #[derive(Debug, thiserror::Error)]
 pub enum KbError {
     #[error("cannot read knowledge base {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("knowledge base {path} is invalid: {message}")]
     Parse { path: String, message: String },
     #[error("knowledge base {path} lacks prompt `{name}` (every prompt needs `en` and `zh`)")]
     MissingPrompt { path: String, name: String },
     #[error("knowledge base {path}: `{key}` is empty in language `{lang}`")]
-    Empty { path: String, key: String, lang: &'static str },
+    Empty {
+        path: String,
+        key: String,
+        lang: &'static str,
+    },
 }
 
 impl KnowledgeBase {
@@ -132,18 +139,29 @@ impl KnowledgeBase {
         })?;
         for name in REQUIRED_PROMPTS {
             if !kb.prompts.contains_key(*name) {
-                return Err(KbError::MissingPrompt { path: origin.into(), name: (*name).into() });
+                return Err(KbError::MissingPrompt {
+                    path: origin.into(),
+                    name: (*name).into(),
+                });
             }
         }
         let entries = kb
             .prompts
             .iter()
             .map(|(k, v)| (format!("prompts.{k}"), &v.en, &v.zh))
-            .chain(kb.intents.iter().map(|(k, v)| (format!("intents.{k}"), &v.en, &v.zh)));
+            .chain(
+                kb.intents
+                    .iter()
+                    .map(|(k, v)| (format!("intents.{k}"), &v.en, &v.zh)),
+            );
         for (key, en, zh) in entries {
             for (lang, text) in [("en", en), ("zh", zh)] {
                 if text.trim().is_empty() {
-                    return Err(KbError::Empty { path: origin.into(), key, lang });
+                    return Err(KbError::Empty {
+                        path: origin.into(),
+                        key,
+                        lang,
+                    });
                 }
             }
         }
@@ -168,7 +186,11 @@ impl KnowledgeBase {
     }
 
     /// Labels of `model_labels` that have no answer (logged at start-up).
-    pub fn missing_answers<'a>(&self, model_labels: &'a [String], handled: &[&str]) -> Vec<&'a str> {
+    pub fn missing_answers<'a>(
+        &self,
+        model_labels: &'a [String],
+        handled: &[&str],
+    ) -> Vec<&'a str> {
         model_labels
             .iter()
             .map(String::as_str)
@@ -185,7 +207,10 @@ mod tests {
     fn builtin_is_complete() {
         let kb = KnowledgeBase::builtin();
         assert!(kb.intents.len() >= 77, "{} intents", kb.intents.len());
-        assert!(kb.prompt("appt_confirm", Lang::En, &[("date", "D"), ("time", "T")]).contains('D'));
+        assert!(
+            kb.prompt("appt_confirm", Lang::En, &[("date", "D"), ("time", "T")])
+                .contains('D')
+        );
     }
 
     #[test]
@@ -196,6 +221,9 @@ mod tests {
         text.push_str("\n[intents.zz_test]\nen = \"\"\nzh = \"x\"\n");
         let e = KnowledgeBase::parse(&text, "x").unwrap_err();
         assert!(e.to_string().contains("intents.zz_test"), "{e}");
-        assert!(matches!(KnowledgeBase::parse("nonsense = [", "x"), Err(KbError::Parse { .. })));
+        assert!(matches!(
+            KnowledgeBase::parse("nonsense = [", "x"),
+            Err(KbError::Parse { .. })
+        ));
     }
 }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveTime, Timelike};
 use edgedesk_common::chat::{ChatState, Lang, QuickReply};
-use edgedesk_common::event::{ConversationSummary, Escalation, EventBody, FlowCompleted, OfflineMessage};
+use edgedesk_common::event::{
+    ConversationSummary, Escalation, EventBody, FlowCompleted, OfflineMessage,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::nlu::entities::{self, Entities};
@@ -192,7 +194,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_reprompts: 2, opening_hour: 9, closing_hour: 17 }
+        EngineConfig {
+            max_reprompts: 2,
+            opening_hour: 9,
+            closing_hour: 17,
+        }
     }
 }
 
@@ -229,10 +235,22 @@ impl Conversation {
 }
 
 fn is_cancel_word(text: &str) -> bool {
-    let t = text.trim().trim_end_matches(['.', '!', '。', '！']).to_lowercase();
+    let t = text
+        .trim()
+        .trim_end_matches(['.', '!', '。', '！'])
+        .to_lowercase();
     matches!(
         t.as_str(),
-        "cancel" | "stop" | "quit" | "never mind" | "nevermind" | "forget it" | "cancel that" | "取消" | "算了" | "不办了"
+        "cancel"
+            | "stop"
+            | "quit"
+            | "never mind"
+            | "nevermind"
+            | "forget it"
+            | "cancel that"
+            | "取消"
+            | "算了"
+            | "不办了"
     )
 }
 
@@ -260,10 +278,19 @@ impl Engine {
             Command::Cancel => "button_cancel",
             Command::End => "goodbye",
         };
-        QuickReply { label: self.kb.prompt(name, lang, &[]), payload: cmd.payload().into() }
+        QuickReply {
+            label: self.kb.prompt(name, lang, &[]),
+            payload: cmd.payload().into(),
+        }
     }
 
-    fn reply(&self, prompt: &str, lang: Lang, vars: &[(&str, &str)], buttons: &[Command]) -> BotReply {
+    fn reply(
+        &self,
+        prompt: &str,
+        lang: Lang,
+        vars: &[(&str, &str)],
+        buttons: &[Command],
+    ) -> BotReply {
         BotReply {
             text: self.kb.prompt(prompt, lang, vars),
             quick_replies: buttons.iter().map(|c| self.button(*c, lang)).collect(),
@@ -297,7 +324,10 @@ impl Engine {
         if let Some(lang) = Lang::detect(turn.text) {
             conv.lang = lang;
         }
-        if turn.nlu.answered && !conv.intents.contains(&turn.nlu.intent) && conv.intents.len() < MAX_INTENTS {
+        if turn.nlu.answered
+            && !conv.intents.contains(&turn.nlu.intent)
+            && conv.intents.len() < MAX_INTENTS
+        {
             conv.intents.push(turn.nlu.intent.clone());
         }
         let intent = turn.nlu.answered.then_some(turn.nlu.intent.as_str());
@@ -305,7 +335,12 @@ impl Engine {
         // Global: a request for a person wins everywhere except while already
         // waiting or leaving a message.
         let wants_agent = turn.command == Some(Command::Agent) || intent == Some(HUMAN_AGENT);
-        if wants_agent && !matches!(conv.phase, Phase::WaitingForAgent | Phase::LeavingMessage(_)) {
+        if wants_agent
+            && !matches!(
+                conv.phase,
+                Phase::WaitingForAgent | Phase::LeavingMessage(_)
+            )
+        {
             self.escalate(conv, turn, &mut out);
             return out;
         }
@@ -313,7 +348,15 @@ impl Engine {
             || (intent == Some(GOODBYE) && matches!(conv.phase, Phase::Bot | Phase::Ended));
         if wants_end {
             out.replies.push(self.reply("goodbye", conv.lang, &[], &[]));
-            if let Some(summary) = self.end(conv, if turn.command.is_some() { "visitor_ended" } else { "goodbye" }, turn.now_ms) {
+            if let Some(summary) = self.end(
+                conv,
+                if turn.command.is_some() {
+                    "visitor_ended"
+                } else {
+                    "goodbye"
+                },
+                turn.now_ms,
+            ) {
                 out.events.push(summary);
             }
             return out;
@@ -332,7 +375,11 @@ impl Engine {
     }
 
     fn escalate(&self, conv: &mut Conversation, turn: &Turn<'_>, out: &mut Outcome) {
-        let reason = if conv.low_confidence_streak >= 2 { "low_confidence" } else { "requested" };
+        let reason = if conv.low_confidence_streak >= 2 {
+            "low_confidence"
+        } else {
+            "requested"
+        };
         conv.escalated = true;
         conv.low_confidence_streak = 0;
         conv.phase = Phase::WaitingForAgent;
@@ -344,7 +391,12 @@ impl Engine {
             intents: conv.intents.clone(),
         }));
         if turn.agents_available {
-            out.replies.push(self.reply("escalate_waiting", conv.lang, &[], &[Command::LeaveMessage]));
+            out.replies.push(self.reply(
+                "escalate_waiting",
+                conv.lang,
+                &[],
+                &[Command::LeaveMessage],
+            ));
         } else {
             out.replies.push(self.reply(
                 "escalate_unavailable",
@@ -358,11 +410,18 @@ impl Engine {
     fn low_confidence(&self, conv: &mut Conversation, turn: &Turn<'_>, out: &mut Outcome) {
         conv.low_confidence_streak = conv.low_confidence_streak.saturating_add(1);
         if conv.low_confidence_streak >= 2 {
-            out.replies.push(self.reply("offer_human", conv.lang, &[], &[Command::Agent, Command::TryAgain]));
+            out.replies.push(self.reply(
+                "offer_human",
+                conv.lang,
+                &[],
+                &[Command::Agent, Command::TryAgain],
+            ));
         } else if turn.nlu.intent == self.oos_label() && turn.nlu.confidence >= 0.5 {
-            out.replies.push(self.reply("out_of_scope", conv.lang, &[], &[]));
+            out.replies
+                .push(self.reply("out_of_scope", conv.lang, &[], &[]));
         } else {
-            out.replies.push(self.reply("rephrase", conv.lang, &[], &[]));
+            out.replies
+                .push(self.reply("rephrase", conv.lang, &[], &[]));
         }
     }
 
@@ -373,12 +432,14 @@ impl Engine {
     fn bot_turn(&self, conv: &mut Conversation, turn: &Turn<'_>, out: &mut Outcome) {
         match turn.command {
             Some(Command::Cancel) | Some(Command::No) => {
-                out.replies.push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
+                out.replies
+                    .push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
                 return;
             }
             Some(Command::TryAgain) => {
                 conv.low_confidence_streak = 0;
-                out.replies.push(self.reply("rephrase", conv.lang, &[], &[]));
+                out.replies
+                    .push(self.reply("rephrase", conv.lang, &[], &[]));
                 return;
             }
             Some(Command::LeaveMessage) => {
@@ -388,7 +449,8 @@ impl Engine {
             _ => {}
         }
         if turn.command.is_none() && is_cancel_word(turn.text) {
-            out.replies.push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
+            out.replies
+                .push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
             return;
         }
         let Some(intent) = turn.nlu.answered.then_some(turn.nlu.intent.as_str()) else {
@@ -412,7 +474,10 @@ impl Engine {
                         },
                         quick_replies: labels
                             .iter()
-                            .map(|l| QuickReply { label: l.clone(), payload: String::new() })
+                            .map(|l| QuickReply {
+                                label: l.clone(),
+                                payload: String::new(),
+                            })
                             .collect(),
                         intent: Some(intent.to_owned()),
                     });
@@ -426,7 +491,13 @@ impl Engine {
         }
     }
 
-    fn start_flow(&self, conv: &mut Conversation, kind: FlowKind, turn: &Turn<'_>, out: &mut Outcome) {
+    fn start_flow(
+        &self,
+        conv: &mut Conversation,
+        kind: FlowKind,
+        turn: &Turn<'_>,
+        out: &mut Outcome,
+    ) {
         let mut flow = Flow {
             kind,
             step: match kind {
@@ -452,22 +523,27 @@ impl Engine {
                     if date < turn.today {
                         problem = Some("appt_date_past");
                     } else {
-                        flow.slots.insert("date".into(), date.format("%Y-%m-%d").to_string());
+                        flow.slots
+                            .insert("date".into(), date.format("%Y-%m-%d").to_string());
                     }
                 }
                 if let Some(time) = e.time {
                     if self.open_at(time) {
-                        flow.slots.insert("time".into(), time.format("%H:%M").to_string());
+                        flow.slots
+                            .insert("time".into(), time.format("%H:%M").to_string());
                     } else {
                         problem = Some("appt_time_closed");
                     }
                 }
             }
             FlowKind::LostCard => {
-                let last4 = e
-                    .card_last4
-                    .clone()
-                    .or_else(|| if opening { None } else { entities::bare_last4(turn.text) });
+                let last4 = e.card_last4.clone().or_else(|| {
+                    if opening {
+                        None
+                    } else {
+                        entities::bare_last4(turn.text)
+                    }
+                });
                 if let Some(d) = last4 {
                     flow.slots.insert("card_last4".into(), d);
                 }
@@ -497,13 +573,17 @@ impl Engine {
             flow.reprompts += 1;
             if flow.reprompts > self.cfg.max_reprompts {
                 conv.phase = Phase::Bot;
-                out.replies.push(self.reply("flow_gave_up", lang, &[], &[Command::Agent]));
+                out.replies
+                    .push(self.reply("flow_gave_up", lang, &[], &[Command::Agent]));
                 return;
             }
         }
         let slot = |k: &str| flow.slots.get(k).cloned().unwrap_or_default();
         let (date, time, last4) = (slot("date"), slot("time"), slot("card_last4"));
-        let (open, close) = (self.cfg.opening_hour.to_string(), self.cfg.closing_hour.to_string());
+        let (open, close) = (
+            self.cfg.opening_hour.to_string(),
+            self.cfg.closing_hour.to_string(),
+        );
         let vars = [
             ("date", date.as_str()),
             ("time", time.as_str()),
@@ -520,7 +600,9 @@ impl Engine {
             (Step::AskLast4, false) => "card_ask_last4",
             (Step::AskLast4, true) => "card_reprompt_last4",
             (Step::Confirm, false) if flow.kind == FlowKind::BookAppointment => "appt_confirm",
-            (Step::Confirm, true) if flow.kind == FlowKind::BookAppointment => "appt_reprompt_confirm",
+            (Step::Confirm, true) if flow.kind == FlowKind::BookAppointment => {
+                "appt_reprompt_confirm"
+            }
             (Step::Confirm, false) => "card_confirm",
             (Step::Confirm, true) => "card_reprompt_confirm",
         };
@@ -533,22 +615,40 @@ impl Engine {
         conv.phase = Phase::Flow(flow);
     }
 
-    fn flow_turn(&self, conv: &mut Conversation, mut flow: Flow, turn: &Turn<'_>, out: &mut Outcome) {
+    fn flow_turn(
+        &self,
+        conv: &mut Conversation,
+        mut flow: Flow,
+        turn: &Turn<'_>,
+        out: &mut Outcome,
+    ) {
         let lang = conv.lang;
-        if turn.command == Some(Command::Cancel) || (turn.command.is_none() && is_cancel_word(turn.text)) {
+        if turn.command == Some(Command::Cancel)
+            || (turn.command.is_none() && is_cancel_word(turn.text))
+        {
             conv.phase = Phase::Bot;
             out.replies.push(self.reply("cancelled", lang, &[], &[]));
             return;
         }
         if flow.step == Step::Confirm {
-            let yes = turn.command == Some(Command::Yes) || (turn.nlu.answered && turn.nlu.intent == AFFIRM);
-            let no = turn.command == Some(Command::No) || (turn.nlu.answered && turn.nlu.intent == DENY);
+            let yes = turn.command == Some(Command::Yes)
+                || (turn.nlu.answered && turn.nlu.intent == AFFIRM);
+            let no =
+                turn.command == Some(Command::No) || (turn.nlu.answered && turn.nlu.intent == DENY);
             if yes {
                 conv.phase = Phase::Bot;
                 let slot = |k: &str| flow.slots.get(k).cloned().unwrap_or_default();
                 let (date, time, last4) = (slot("date"), slot("time"), slot("card_last4"));
-                let vars = [("date", date.as_str()), ("time", time.as_str()), ("last4", last4.as_str())];
-                let done = if flow.kind == FlowKind::BookAppointment { "appt_done" } else { "card_done" };
+                let vars = [
+                    ("date", date.as_str()),
+                    ("time", time.as_str()),
+                    ("last4", last4.as_str()),
+                ];
+                let done = if flow.kind == FlowKind::BookAppointment {
+                    "appt_done"
+                } else {
+                    "card_done"
+                };
                 out.replies.push(self.reply(done, lang, &vars, &[]));
                 out.events.push(EventBody::FlowCompleted(FlowCompleted {
                     conversation: conv.id.clone(),
@@ -595,19 +695,22 @@ impl Engine {
             || turn.command == Some(Command::Yes)
             || (turn.command.is_none() && turn.nlu.answered && turn.nlu.intent == AFFIRM);
         let decline = matches!(turn.command, Some(Command::No) | Some(Command::Cancel))
-            || (turn.command.is_none() && (is_cancel_word(turn.text) || (turn.nlu.answered && turn.nlu.intent == DENY)));
+            || (turn.command.is_none()
+                && (is_cancel_word(turn.text) || (turn.nlu.answered && turn.nlu.intent == DENY)));
         if accept {
             self.start_contact(conv, out);
         } else if decline {
             conv.phase = Phase::Bot;
-            out.replies.push(self.reply("contact_declined", lang, &[], &[]));
+            out.replies
+                .push(self.reply("contact_declined", lang, &[], &[]));
         } else {
             let buttons: &[Command] = if turn.agents_available {
                 &[Command::LeaveMessage]
             } else {
                 &[Command::LeaveMessage, Command::No]
             };
-            out.replies.push(self.reply("waiting_still", lang, &[], buttons));
+            out.replies
+                .push(self.reply("waiting_still", lang, &[], buttons));
         }
     }
 
@@ -618,44 +721,79 @@ impl Engine {
             contact: String::new(),
             reprompts: 0,
         });
-        out.replies.push(self.reply("contact_ask_name", conv.lang, &[], &[Command::Cancel]));
+        out.replies
+            .push(self.reply("contact_ask_name", conv.lang, &[], &[Command::Cancel]));
     }
 
-    fn contact_turn(&self, conv: &mut Conversation, mut form: ContactForm, turn: &Turn<'_>, out: &mut Outcome) {
+    fn contact_turn(
+        &self,
+        conv: &mut Conversation,
+        mut form: ContactForm,
+        turn: &Turn<'_>,
+        out: &mut Outcome,
+    ) {
         let lang = conv.lang;
-        if turn.command == Some(Command::Cancel) || (turn.command.is_none() && is_cancel_word(turn.text)) {
+        if turn.command == Some(Command::Cancel)
+            || (turn.command.is_none() && is_cancel_word(turn.text))
+        {
             conv.phase = Phase::Bot;
-            out.replies.push(self.reply("contact_declined", lang, &[], &[]));
+            out.replies
+                .push(self.reply("contact_declined", lang, &[], &[]));
             return;
         }
         let text: String = turn.text.trim().chars().take(MAX_FIELD_CHARS).collect();
-        let found_contact = turn.entities.email.clone().or_else(|| turn.entities.phone.clone());
+        let found_contact = turn
+            .entities
+            .email
+            .clone()
+            .or_else(|| turn.entities.phone.clone());
         match form.step {
             ContactStep::Name => {
                 form.name = text;
                 if let Some(c) = found_contact {
                     form.contact = c;
                     form.step = ContactStep::Message;
-                    out.replies.push(self.reply("contact_ask_message", lang, &[], &[Command::Cancel]));
+                    out.replies.push(self.reply(
+                        "contact_ask_message",
+                        lang,
+                        &[],
+                        &[Command::Cancel],
+                    ));
                 } else {
                     form.step = ContactStep::Contact;
-                    out.replies.push(self.reply("contact_ask_contact", lang, &[("name", &form.name)], &[Command::Cancel]));
+                    out.replies.push(self.reply(
+                        "contact_ask_contact",
+                        lang,
+                        &[("name", &form.name)],
+                        &[Command::Cancel],
+                    ));
                 }
             }
             ContactStep::Contact => match found_contact {
                 Some(c) => {
                     form.contact = c;
                     form.step = ContactStep::Message;
-                    out.replies.push(self.reply("contact_ask_message", lang, &[], &[Command::Cancel]));
+                    out.replies.push(self.reply(
+                        "contact_ask_message",
+                        lang,
+                        &[],
+                        &[Command::Cancel],
+                    ));
                 }
                 None => {
                     form.reprompts += 1;
                     if form.reprompts > self.cfg.max_reprompts {
                         conv.phase = Phase::Bot;
-                        out.replies.push(self.reply("contact_declined", lang, &[], &[]));
+                        out.replies
+                            .push(self.reply("contact_declined", lang, &[], &[]));
                         return;
                     }
-                    out.replies.push(self.reply("contact_reprompt_contact", lang, &[], &[Command::Cancel]));
+                    out.replies.push(self.reply(
+                        "contact_reprompt_contact",
+                        lang,
+                        &[],
+                        &[Command::Cancel],
+                    ));
                 }
             },
             ContactStep::Message => {
@@ -666,7 +804,12 @@ impl Engine {
                     contact: form.contact.clone(),
                     message: text,
                 }));
-                out.replies.push(self.reply("contact_done", lang, &[("contact", &form.contact)], &[]));
+                out.replies.push(self.reply(
+                    "contact_done",
+                    lang,
+                    &[("contact", &form.contact)],
+                    &[],
+                ));
                 conv.phase = Phase::Bot;
                 return;
             }

@@ -19,7 +19,11 @@ fn turn<'a>(text: &'a str, intent: &str) -> Turn<'a> {
         text,
         command: Command::parse(text),
         nlu: Understanding {
-            intent: if intent.is_empty() { "card_arrival".into() } else { intent.into() },
+            intent: if intent.is_empty() {
+                "card_arrival".into()
+            } else {
+                intent.into()
+            },
             confidence: if intent.is_empty() { 0.1 } else { 0.9 },
             answered: !intent.is_empty() && intent != "out_of_scope",
         },
@@ -39,7 +43,11 @@ fn answers_known_intents_from_the_knowledge_base() {
     let (e, mut c) = (engine(), conv());
     let out = e.handle(&mut c, &turn("when will my card arrive", "card_arrival"));
     assert_eq!(out.replies.len(), 1);
-    assert!(out.replies[0].text.contains("5 working days"), "{:?}", out.replies);
+    assert!(
+        out.replies[0].text.contains("5 working days"),
+        "{:?}",
+        out.replies
+    );
     assert_eq!(out.replies[0].intent.as_deref(), Some("card_arrival"));
     assert_eq!(c.phase, Phase::Bot);
     assert!(out.events.is_empty());
@@ -68,7 +76,9 @@ fn low_confidence_rephrase_then_offer_human() {
     e.handle(&mut c, &turn("blorp", ""));
     e.handle(&mut c, &turn("blorp", ""));
     let out = e.handle(&mut c, &turn("/agent", ""));
-    let EventBody::Escalation(esc) = &out.events[0] else { panic!("{:?}", out.events) };
+    let EventBody::Escalation(esc) = &out.events[0] else {
+        panic!("{:?}", out.events)
+    };
     assert_eq!(esc.reason, "low_confidence");
 }
 
@@ -88,7 +98,9 @@ fn explicit_request_escalates_and_offers_offline_message() {
     assert!(out.replies[0].text.contains("phone number or an e-mail"));
     e.handle(&mut c, &turn("+44 20 7946 0958", ""));
     let out = e.handle(&mut c, &turn("Please call me about my mortgage", ""));
-    let EventBody::OfflineMessage(m) = &out.events[0] else { panic!("{:?}", out.events) };
+    let EventBody::OfflineMessage(m) = &out.events[0] else {
+        panic!("{:?}", out.events)
+    };
     assert_eq!(m.name, "Ada Lovelace");
     assert_eq!(m.contact, "+442079460958");
     assert_eq!(m.message, "Please call me about my mortgage");
@@ -107,18 +119,39 @@ fn waiting_visitor_can_decline() {
 #[test]
 fn appointment_flow_with_reprompts_and_confirmation() {
     let (e, mut c) = (engine(), conv());
-    let out = e.handle(&mut c, &turn("I want to book an appointment", "book_appointment"));
+    let out = e.handle(
+        &mut c,
+        &turn("I want to book an appointment", "book_appointment"),
+    );
     assert!(out.replies[0].text.contains("Which day"));
     let out = e.handle(&mut c, &turn("hmm", ""));
-    assert!(out.replies[0].text.contains("Which day?"), "{:?}", out.replies);
+    assert!(
+        out.replies[0].text.contains("Which day?"),
+        "{:?}",
+        out.replies
+    );
     let out = e.handle(&mut c, &turn("tomorrow", ""));
-    assert!(out.replies[0].text.contains("What time"), "{:?}", out.replies);
+    assert!(
+        out.replies[0].text.contains("What time"),
+        "{:?}",
+        out.replies
+    );
     let out = e.handle(&mut c, &turn("at 8pm", ""));
-    assert!(out.replies.iter().any(|r| r.text.contains("closed")), "{:?}", out.replies);
+    assert!(
+        out.replies.iter().any(|r| r.text.contains("closed")),
+        "{:?}",
+        out.replies
+    );
     let out = e.handle(&mut c, &turn("10am", ""));
-    assert!(out.replies[0].text.contains("2026-11-27 at 10:00"), "{:?}", out.replies);
+    assert!(
+        out.replies[0].text.contains("2026-11-27 at 10:00"),
+        "{:?}",
+        out.replies
+    );
     let out = e.handle(&mut c, &turn("yes", "affirm"));
-    let EventBody::FlowCompleted(f) = &out.events[0] else { panic!() };
+    let EventBody::FlowCompleted(f) = &out.events[0] else {
+        panic!()
+    };
     assert_eq!(f.flow, "book_appointment");
     assert_eq!(f.slots["date"], "2026-11-27");
     assert_eq!(f.slots["time"], "10:00");
@@ -128,8 +161,15 @@ fn appointment_flow_with_reprompts_and_confirmation() {
 #[test]
 fn appointment_slots_from_the_opening_sentence() {
     let (e, mut c) = (engine(), conv());
-    let out = e.handle(&mut c, &turn("book me in for Friday at 2pm", "book_appointment"));
-    assert!(out.replies[0].text.contains("2026-11-27 at 14:00"), "{:?}", out.replies);
+    let out = e.handle(
+        &mut c,
+        &turn("book me in for Friday at 2pm", "book_appointment"),
+    );
+    assert!(
+        out.replies[0].text.contains("2026-11-27 at 14:00"),
+        "{:?}",
+        out.replies
+    );
     let out = e.handle(&mut c, &turn("no", "deny"));
     assert!(out.events.is_empty());
     assert_eq!(c.phase, Phase::Bot);
@@ -152,7 +192,9 @@ fn lost_card_flow_in_chinese() {
     let out = e.handle(&mut c, &turn("1234", ""));
     assert!(out.replies[0].text.contains("1234"), "{:?}", out.replies);
     let out = e.handle(&mut c, &turn("是的", "affirm"));
-    let EventBody::FlowCompleted(f) = &out.events[0] else { panic!() };
+    let EventBody::FlowCompleted(f) = &out.events[0] else {
+        panic!()
+    };
     assert_eq!(f.slots["card_last4"], "1234");
     assert!(out.replies[0].text.contains("已冻结"));
 }
@@ -195,12 +237,17 @@ fn goodbye_ends_with_summary() {
     e.handle(&mut c, &turn("hi", "greeting"));
     e.handle(&mut c, &turn("card?", "card_arrival"));
     let out = e.handle(&mut c, &turn("bye", "goodbye"));
-    let EventBody::ConversationSummary(s) = &out.events[0] else { panic!() };
+    let EventBody::ConversationSummary(s) = &out.events[0] else {
+        panic!()
+    };
     assert_eq!(s.visitor_turns, 3);
     assert_eq!(s.intents, vec!["greeting", "card_arrival", "goodbye"]);
     assert_eq!(s.reason, "goodbye");
     assert_eq!(c.phase, Phase::Ended);
-    assert!(e.end(&mut c, "idle", 5).is_none(), "ending twice yields one summary");
+    assert!(
+        e.end(&mut c, "idle", 5).is_none(),
+        "ending twice yields one summary"
+    );
 }
 
 #[test]
@@ -213,12 +260,38 @@ fn cancel_outside_a_flow_is_harmless() {
 
 fn arb_turn() -> impl Strategy<Value = (String, String)> {
     let texts = prop::sample::select(vec![
-        "hi", "tomorrow", "10am", "1234", "yes", "no", "cancel", "/cancel", "/agent", "/yes", "/no",
-        "/leave_message", "Ada", "+44 20 7946 0958", "bye", "blorp", "2026-01-01", "明天", "取消", "/end",
+        "hi",
+        "tomorrow",
+        "10am",
+        "1234",
+        "yes",
+        "no",
+        "cancel",
+        "/cancel",
+        "/agent",
+        "/yes",
+        "/no",
+        "/leave_message",
+        "Ada",
+        "+44 20 7946 0958",
+        "bye",
+        "blorp",
+        "2026-01-01",
+        "明天",
+        "取消",
+        "/end",
     ]);
     let intents = prop::sample::select(vec![
-        "", "greeting", "affirm", "deny", "book_appointment", "lost_or_stolen_card", "human_agent",
-        "goodbye", "card_arrival", "out_of_scope",
+        "",
+        "greeting",
+        "affirm",
+        "deny",
+        "book_appointment",
+        "lost_or_stolen_card",
+        "human_agent",
+        "goodbye",
+        "card_arrival",
+        "out_of_scope",
     ]);
     (texts, intents).prop_map(|(t, i)| (t.to_string(), i.to_string()))
 }

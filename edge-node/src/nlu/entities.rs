@@ -35,39 +35,55 @@ fn re(pattern: &str) -> Regex {
 static ISO_DATE: LazyLock<Regex> = LazyLock::new(|| re(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"));
 static ZH_DATE: LazyLock<Regex> = LazyLock::new(|| re(r"(\d{1,2})月(\d{1,2})[日号]"));
 static EN_DAY_MONTH: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(\d{1,2})(?:st|nd|rd|th)?(?:\s+of)?\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\b")
+    re(
+        r"(?i)\b(\d{1,2})(?:st|nd|rd|th)?(?:\s+of)?\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\b",
+    )
 });
 static EN_MONTH_DAY: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b")
+    re(
+        r"(?i)\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b",
+    )
 });
 static EN_WEEKDAY: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(next\s+)?(monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|tue|wed|thurs|thur|thu|fri|sat|sun)\b")
+    re(
+        r"(?i)\b(next\s+)?(monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|tue|wed|thurs|thur|thu|fri|sat|sun)\b",
+    )
 });
-static ZH_WEEKDAY: LazyLock<Regex> = LazyLock::new(|| re(r"(下个?)?(?:周|星期|礼拜)([一二三四五六日天])"));
+static ZH_WEEKDAY: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(下个?)?(?:周|星期|礼拜)([一二三四五六日天])"));
 static EN_RELATIVE: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)\b(day after tomorrow|today|tonight|tomorrow|tmrw|tmr)\b"));
-static ZH_RELATIVE: LazyLock<Regex> = LazyLock::new(|| re(r"(大后天|后天|明天|明日|今天|今日|今晚)"));
+static ZH_RELATIVE: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(大后天|后天|明天|明日|今天|今日|今晚)"));
 
 static TIME_HM: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)\b(\d{1,2}):(\d{2})\s*(am|pm|a\.m\.|p\.m\.)?"));
-static TIME_H_AMPM: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(\d{1,2})\s*(am|pm|a\.m\.|p\.m\.)"));
+static TIME_H_AMPM: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)\b(\d{1,2})\s*(am|pm|a\.m\.|p\.m\.)"));
 static TIME_OCLOCK: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(\d{1,2})\s*o'?\s?clock\b"));
 static TIME_AT: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\bat\s+(\d{1,2})\b"));
 static TIME_NOON: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(noon|midday)\b|中午"));
 static ZH_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(上午|早上|早晨|中午|下午|傍晚|晚上)?\s*(\d{1,2}|[零一二两三四五六七八九十]{1,3})\s*[点點时](半|(\d{1,2})分?)?")
+    re(
+        r"(上午|早上|早晨|中午|下午|傍晚|晚上)?\s*(\d{1,2}|[零一二两三四五六七八九十]{1,3})\s*[点點时](半|(\d{1,2})分?)?",
+    )
 });
 
 static AMOUNT_PREFIX: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)(HK\$|US\$|\$|€|£|¥|￥)\s?(\d[\d,]*(?:\.\d{1,2})?)"));
 static AMOUNT_SUFFIX: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)(\d[\d,]*(?:\.\d{1,2})?)\s?(usd|eur|gbp|cny|rmb|hkd|jpy|dollars?|bucks|euros?|pounds?|yuan|元|块|美元|欧元|英镑|人民币|港币|日元)")
+    re(
+        r"(?i)(\d[\d,]*(?:\.\d{1,2})?)\s?(usd|eur|gbp|cny|rmb|hkd|jpy|dollars?|bucks|euros?|pounds?|yuan|元|块|美元|欧元|英镑|人民币|港币|日元)",
+    )
 });
 
-static EMAIL: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b"));
+static EMAIL: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b"));
 static PHONE: LazyLock<Regex> = LazyLock::new(|| re(r"\+?\(?\d[\d\s().-]{5,18}\d"));
 static LAST4: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)(?:ending(?:\s+(?:in|with))?|ends\s+(?:in|with)|last\s+(?:four|4)(?:\s+digits)?(?:\s+(?:are|is))?:?|尾号(?:是|为)?|末四位(?:是|为)?|后四位(?:是|为)?)\s*(\d{4})\b")
+    re(
+        r"(?i)(?:ending(?:\s+(?:in|with))?|ends\s+(?:in|with)|last\s+(?:four|4)(?:\s+digits)?(?:\s+(?:are|is))?:?|尾号(?:是|为)?|末四位(?:是|为)?|后四位(?:是|为)?)\s*(\d{4})\b",
+    )
 });
 static BARE4: LazyLock<Regex> = LazyLock::new(|| re(r"^\D*(\d{4})\D*$"));
 
@@ -119,7 +135,8 @@ fn upcoming(today: NaiveDate, month: u32, day: u32) -> Option<NaiveDate> {
 }
 
 fn next_weekday(today: NaiveDate, wd: Weekday, skip_this_week: bool) -> NaiveDate {
-    let ahead = (wd.num_days_from_monday() as i64 - today.weekday().num_days_from_monday() as i64 + 7) % 7;
+    let ahead =
+        (wd.num_days_from_monday() as i64 - today.weekday().num_days_from_monday() as i64 + 7) % 7;
     let ahead = if ahead == 0 { 7 } else { ahead };
     let mut d = today + Duration::days(ahead);
     if skip_this_week && d.iso_week() == today.iso_week() {
@@ -189,7 +206,12 @@ fn zh_number(s: &str) -> Option<u32> {
     if let Ok(n) = s.parse() {
         return Some(n);
     }
-    let digit = |c: char| "零一二三四五六七八九".find(c).map(|i| (i / 3) as u32).or((c == '两').then_some(2));
+    let digit = |c: char| {
+        "零一二三四五六七八九"
+            .find(c)
+            .map(|i| (i / 3) as u32)
+            .or((c == '两').then_some(2))
+    };
     let chars: Vec<char> = s.chars().collect();
     match chars.as_slice() {
         ['十'] => Some(10),
@@ -205,7 +227,8 @@ fn pm(hour: u32, marker: &str) -> u32 {
     let m = marker.to_ascii_lowercase();
     if (m.starts_with('p') || m == "下午" || m == "晚上" || m == "傍晚") && hour < 12 {
         hour + 12
-    } else if (m.starts_with('a') || m == "上午" || m == "早上" || m == "早晨") && hour == 12 {
+    } else if (m.starts_with('a') || m == "上午" || m == "早上" || m == "早晨") && hour == 12
+    {
         0
     } else {
         hour
@@ -232,7 +255,10 @@ fn time(text: &str) -> Option<NaiveTime> {
     if TIME_NOON.is_match(text) {
         return NaiveTime::from_hms_opt(12, 0, 0);
     }
-    if let Some(c) = TIME_OCLOCK.captures(text).or_else(|| TIME_AT.captures(text)) {
+    if let Some(c) = TIME_OCLOCK
+        .captures(text)
+        .or_else(|| TIME_AT.captures(text))
+    {
         let h: u32 = c[1].parse().ok()?;
         // Branch hours: "at 3" means the afternoon.
         let h = if (1..=7).contains(&h) { h + 12 } else { h };
@@ -259,7 +285,10 @@ fn amount(text: &str) -> Option<Amount> {
         let c = AMOUNT_SUFFIX.captures(text)?;
         (c[1].to_owned(), currency_code(&c[2]))
     };
-    Some(Amount { value: value.replace(',', ""), currency: cur.to_owned() })
+    Some(Amount {
+        value: value.replace(',', ""),
+        currency: cur.to_owned(),
+    })
 }
 
 fn phone(text: &str) -> Option<String> {
@@ -342,14 +371,33 @@ mod tests {
 
     #[test]
     fn phones_emails_cards() {
-        let x = extract("call me on +44 20 7946 0958 or mail a.b@example.com", today());
+        let x = extract(
+            "call me on +44 20 7946 0958 or mail a.b@example.com",
+            today(),
+        );
         assert_eq!(x.phone.as_deref(), Some("+442079460958"));
         assert_eq!(x.email.as_deref(), Some("a.b@example.com"));
-        assert_eq!(extract("我的手机13812345678", today()).phone.as_deref(), Some("13812345678"));
+        assert_eq!(
+            extract("我的手机13812345678", today()).phone.as_deref(),
+            Some("13812345678")
+        );
         assert_eq!(extract("2026-12-01", today()).phone, None);
-        assert_eq!(extract("card ending in 4321", today()).card_last4.as_deref(), Some("4321"));
-        assert_eq!(extract("last four digits are 9876", today()).card_last4.as_deref(), Some("9876"));
-        assert_eq!(extract("尾号1234", today()).card_last4.as_deref(), Some("1234"));
+        assert_eq!(
+            extract("card ending in 4321", today())
+                .card_last4
+                .as_deref(),
+            Some("4321")
+        );
+        assert_eq!(
+            extract("last four digits are 9876", today())
+                .card_last4
+                .as_deref(),
+            Some("9876")
+        );
+        assert_eq!(
+            extract("尾号1234", today()).card_last4.as_deref(),
+            Some("1234")
+        );
         assert_eq!(bare_last4(" 5678 "), Some("5678".into()));
         assert_eq!(bare_last4("it's 5678"), Some("5678".into()));
         assert_eq!(bare_last4("12345"), None);

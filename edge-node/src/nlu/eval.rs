@@ -52,16 +52,28 @@ pub enum EvalError {
 /// Read `text,category` rows.
 pub fn read_rows(path: &Path) -> Result<Vec<(String, String)>, EvalError> {
     let p = path.display().to_string();
-    let mut reader = csv::Reader::from_path(path).map_err(|e| EvalError::Read { path: p.clone(), message: e.to_string() })?;
-    let headers = reader.headers().map_err(|e| EvalError::Read { path: p.clone(), message: e.to_string() })?;
+    let mut reader = csv::Reader::from_path(path).map_err(|e| EvalError::Read {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
+    let headers = reader.headers().map_err(|e| EvalError::Read {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
     let col = |name: &str| headers.iter().position(|h| h.trim() == name);
     let (Some(ti), Some(ci)) = (col("text"), col("category")) else {
         return Err(EvalError::Columns { path: p });
     };
     let mut rows = Vec::new();
     for rec in reader.records() {
-        let rec = rec.map_err(|e| EvalError::Read { path: p.clone(), message: e.to_string() })?;
-        rows.push((rec.get(ti).unwrap_or("").to_owned(), rec.get(ci).unwrap_or("").to_owned()));
+        let rec = rec.map_err(|e| EvalError::Read {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        rows.push((
+            rec.get(ti).unwrap_or("").to_owned(),
+            rec.get(ci).unwrap_or("").to_owned(),
+        ));
     }
     if rows.is_empty() {
         return Err(EvalError::Empty { path: p });
@@ -79,9 +91,14 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 pub fn report(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
     let n = outcomes.len().max(1) as f64;
-    let (inscope, oos): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| o.expected != oos_label);
-    let correct = inscope.iter().filter(|o| o.predicted == o.expected).count() + oos.iter().filter(|o| !o.answered).count();
-    let correct_at = inscope.iter().filter(|o| o.answered && o.predicted == o.expected).count()
+    let (inscope, oos): (Vec<&Outcome>, Vec<&Outcome>) =
+        outcomes.iter().partition(|o| o.expected != oos_label);
+    let correct = inscope.iter().filter(|o| o.predicted == o.expected).count()
+        + oos.iter().filter(|o| !o.answered).count();
+    let correct_at = inscope
+        .iter()
+        .filter(|o| o.answered && o.predicted == o.expected)
+        .count()
         + oos.iter().filter(|o| !o.answered).count();
 
     // Per-class F1 over the in-scope classes (those that appear as expected labels).
@@ -106,7 +123,8 @@ pub fn report(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
         .iter()
         .map(|c| {
             let t = tp.get(c).copied().unwrap_or(0.0);
-            let denom = 2.0 * t + fp.get(c).copied().unwrap_or(0.0) + fneg.get(c).copied().unwrap_or(0.0);
+            let denom =
+                2.0 * t + fp.get(c).copied().unwrap_or(0.0) + fneg.get(c).copied().unwrap_or(0.0);
             if denom == 0.0 { 0.0 } else { 2.0 * t / denom }
         })
         .sum();
@@ -118,14 +136,19 @@ pub fn report(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
         in_scope_rows: inscope.len(),
         out_of_scope_rows: oos.len(),
         accuracy: correct as f64 / n,
-        macro_f1: if classes.is_empty() { 0.0 } else { f1_sum / classes.len() as f64 },
+        macro_f1: if classes.is_empty() {
+            0.0
+        } else {
+            f1_sum / classes.len() as f64
+        },
         coverage: if inscope.is_empty() {
             0.0
         } else {
             inscope.iter().filter(|o| o.answered).count() as f64 / inscope.len() as f64
         },
         accuracy_at_threshold: correct_at as f64 / n,
-        oos_recall: (!oos.is_empty()).then(|| oos.iter().filter(|o| !o.answered).count() as f64 / oos.len() as f64),
+        oos_recall: (!oos.is_empty())
+            .then(|| oos.iter().filter(|o| !o.answered).count() as f64 / oos.len() as f64),
         threshold,
         latency_p50_us: percentile(&lat, 0.50),
         latency_p99_us: percentile(&lat, 0.99),
@@ -134,12 +157,20 @@ pub fn report(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "rows                   {} ({} in scope, {} out of scope)", self.rows, self.in_scope_rows, self.out_of_scope_rows)?;
+        writeln!(
+            f,
+            "rows                   {} ({} in scope, {} out of scope)",
+            self.rows, self.in_scope_rows, self.out_of_scope_rows
+        )?;
         writeln!(f, "accuracy               {:.4}", self.accuracy)?;
         writeln!(f, "macro-F1               {:.4}", self.macro_f1)?;
         writeln!(f, "threshold              {:.2}", self.threshold)?;
         writeln!(f, "coverage               {:.4}", self.coverage)?;
-        writeln!(f, "accuracy@threshold     {:.4}", self.accuracy_at_threshold)?;
+        writeln!(
+            f,
+            "accuracy@threshold     {:.4}",
+            self.accuracy_at_threshold
+        )?;
         match self.oos_recall {
             Some(r) => writeln!(f, "out-of-scope recall    {r:.4}")?,
             None => writeln!(f, "out-of-scope recall    n/a (no out_of_scope rows)")?,
@@ -154,7 +185,12 @@ mod tests {
     use super::*;
 
     fn o(e: &str, p: &str, answered: bool) -> Outcome {
-        Outcome { expected: e.into(), predicted: p.into(), answered, micros: 10.0 }
+        Outcome {
+            expected: e.into(),
+            predicted: p.into(),
+            answered,
+            micros: 10.0,
+        }
     }
 
     #[test]
@@ -187,7 +223,13 @@ mod tests {
         std::fs::write(&p, "text,category\n").unwrap();
         assert!(matches!(read_rows(&p), Err(EvalError::Empty { .. })));
         std::fs::write(&p, "text,category\n\"hi, there\",greeting\n").unwrap();
-        assert_eq!(read_rows(&p).unwrap(), vec![("hi, there".to_string(), "greeting".to_string())]);
-        assert!(matches!(read_rows(&dir.path().join("none.csv")), Err(EvalError::Read { .. })));
+        assert_eq!(
+            read_rows(&p).unwrap(),
+            vec![("hi, there".to_string(), "greeting".to_string())]
+        );
+        assert!(matches!(
+            read_rows(&dir.path().join("none.csv")),
+            Err(EvalError::Read { .. })
+        ));
     }
 }

@@ -24,7 +24,10 @@ pub enum NluError {
     Runtime(String),
     /// The bundle folder or one of its files cannot be read.
     #[error("cannot read model bundle file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The manifest is malformed or inconsistent.
     #[error("model bundle manifest {path}: {source}")]
     Manifest {
@@ -33,10 +36,18 @@ pub enum NluError {
     },
     /// A file's sha256 differs from the manifest (tampered or corrupted).
     #[error("model bundle file {file} has sha256 {actual}, manifest says {expected}")]
-    HashMismatch { file: String, expected: String, actual: String },
+    HashMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     /// The golden set did not come out as the manifest expects.
     #[error("model bundle failed its golden set ({failed} of {total} wrong), first: {first}")]
-    Golden { failed: usize, total: usize, first: String },
+    Golden {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
     /// ONNX Runtime refused the model or failed while running it.
     #[error("ONNX Runtime: {0}")]
     Onnx(String),

@@ -50,7 +50,10 @@ impl std::fmt::Debug for Model {
 
 /// sha256 of a file as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, NluError> {
-    let bytes = std::fs::read(path).map_err(|source| NluError::Io { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| NluError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
@@ -101,7 +104,11 @@ impl Model {
                 .commit_from_memory(&model_bytes)?;
             pool.push(Mutex::new(session));
         }
-        let input_name = manifest.inputs.get("text").cloned().unwrap_or_else(|| "text".into());
+        let input_name = manifest
+            .inputs
+            .get("text")
+            .cloned()
+            .unwrap_or_else(|| "text".into());
         let prob_name = manifest
             .outputs
             .get("probabilities")
@@ -110,10 +117,14 @@ impl Model {
         {
             let first = pool[0].lock().unwrap_or_else(|p| p.into_inner());
             if !first.inputs().iter().any(|i| i.name() == input_name) {
-                return Err(NluError::Shape(format!("model has no input named {input_name:?}")));
+                return Err(NluError::Shape(format!(
+                    "model has no input named {input_name:?}"
+                )));
             }
             if !first.outputs().iter().any(|o| o.name() == prob_name) {
-                return Err(NluError::Shape(format!("model has no output named {prob_name:?}")));
+                return Err(NluError::Shape(format!(
+                    "model has no output named {prob_name:?}"
+                )));
             }
         }
         let threshold = if threshold_override > 0.0 {
@@ -150,10 +161,17 @@ impl Model {
     /// in-scope ones must clear the threshold.
     pub fn check_golden(&self) -> Result<(), NluError> {
         let path = self.dir.join(GOLDEN_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| NluError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| NluError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let mut total = 0;
         let mut failures = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let item: GoldenItem = serde_json::from_str(line)
                 .map_err(|e| NluError::Shape(format!("{GOLDEN_FILE} line {}: {e}", n + 1)))?;
             total += 1;
@@ -168,10 +186,18 @@ impl Model {
             }
         }
         if total == 0 {
-            return Err(NluError::Golden { failed: 0, total: 0, first: "golden set is empty".into() });
+            return Err(NluError::Golden {
+                failed: 0,
+                total: 0,
+                first: "golden set is empty".into(),
+            });
         }
         if let Some(first) = failures.first() {
-            return Err(NluError::Golden { failed: failures.len(), total, first: first.clone() });
+            return Err(NluError::Golden {
+                failed: failures.len(),
+                total,
+                first: first.clone(),
+            });
         }
         Ok(())
     }
@@ -179,14 +205,22 @@ impl Model {
     /// Classify one utterance (raw text; preprocessing lives in the model).
     pub fn classify(&self, text: &str) -> Result<Prediction, NluError> {
         let probs = self.probabilities(text)?;
-        let (best, confidence) = probs
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::MIN), |acc, (i, p)| if p > acc.1 { (i, p) } else { acc });
+        let (best, confidence) =
+            probs
+                .iter()
+                .copied()
+                .enumerate()
+                .fold(
+                    (0, f32::MIN),
+                    |acc, (i, p)| if p > acc.1 { (i, p) } else { acc },
+                );
         let label = self.manifest.labels[best].clone();
         let answered = confidence >= self.threshold && label != self.manifest.out_of_scope_label;
-        Ok(Prediction { label, confidence, answered })
+        Ok(Prediction {
+            label,
+            confidence,
+            answered,
+        })
     }
 
     /// Class probabilities in manifest label order.
@@ -214,7 +248,9 @@ impl Model {
         }
         // All busy: wait for the one we were handed. A poisoned lock only means
         // another caller panicked mid-run; the session itself is still usable.
-        self.sessions[start % n].lock().unwrap_or_else(|p| p.into_inner())
+        self.sessions[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -227,11 +263,16 @@ pub struct ActiveModel {
 
 impl ActiveModel {
     pub fn new(model: Model) -> ActiveModel {
-        ActiveModel { current: RwLock::new(Arc::new(model)) }
+        ActiveModel {
+            current: RwLock::new(Arc::new(model)),
+        }
     }
 
     pub fn get(&self) -> Arc<Model> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Make `model` active; returns the previous one.

@@ -50,10 +50,17 @@ fn init_once(configured: &Path) -> Result<(PathBuf, ort::environment::Environmen
     let path = resolve(configured, std::env::var("ORT_DYLIB_PATH").ok())
         .ok_or_else(|| format!("ONNX Runtime library not found: nlu.onnxruntime_path and ORT_DYLIB_PATH are unset; {FIX}"))?;
     if !path.is_file() {
-        return Err(format!("ONNX Runtime library {} does not exist; {FIX}", path.display()));
+        return Err(format!(
+            "ONNX Runtime library {} does not exist; {FIX}",
+            path.display()
+        ));
     }
-    let builder = ort::init_from(&path)
-        .map_err(|e| format!("ONNX Runtime library {} cannot be used: {e}; {FIX}", path.display()))?;
+    let builder = ort::init_from(&path).map_err(|e| {
+        format!(
+            "ONNX Runtime library {} cannot be used: {e}; {FIX}",
+            path.display()
+        )
+    })?;
     let env = builder
         .with_name("edgedesk")
         .build()
