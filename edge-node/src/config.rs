@@ -207,7 +207,10 @@ impl Config {
         if !(64..=1 << 20).contains(&self.server.max_frame_bytes) {
             return bad("server.max_frame_bytes", "must be between 64 and 1048576");
         }
-        if !(self.server.rate_limit_per_sec > 0.0) || self.server.rate_limit_burst == 0 {
+        if self.server.rate_limit_per_sec.is_nan()
+            || self.server.rate_limit_per_sec <= 0.0
+            || self.server.rate_limit_burst == 0
+        {
             return bad(
                 "server.rate_limit_per_sec",
                 "rate and burst must be positive",

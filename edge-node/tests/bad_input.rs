@@ -107,9 +107,11 @@ async fn invalid_utf8_text_frame_closes_only_that_connection() {
     let mut ws = node.connect().await;
     send(&mut ws, &hello(Some(&token))).await;
     recv(&mut ws).await;
-    let mut header = FrameHeader::default();
-    header.opcode = OpCode::Data(Data::Text);
-    header.is_final = true;
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        is_final: true,
+        ..Default::default()
+    };
     let raw = Frame::from_payload(header, vec![0xff, 0xfe, b'h', b'i'].into());
     let _ = ws.send(Message::Frame(raw)).await;
     let code = recv_close(&mut ws).await;

@@ -61,17 +61,31 @@ fn probabilities_sum_to_one_and_match_manifest_labels() {
 fn holdout_model_meets_the_accuracy_floor_on_validation() {
     // build/models/holdout never saw build/models/validation.csv (provision --with-holdout).
     let holdout = repo_root().join("build/models/holdout");
-    assert!(holdout.join("manifest.json").exists(), "run scripts/provision.sh --with-holdout");
+    assert!(
+        holdout.join("manifest.json").exists(),
+        "run scripts/provision.sh --with-holdout"
+    );
     let m = model(&holdout).unwrap();
     let rows = eval::read_rows(&repo_root().join("build/models/validation.csv")).unwrap();
-    let labels: std::collections::HashSet<String> = std::fs::read_to_string(repo_root().join("data/banking77/categories.json"))
-        .map(|s| serde_json::from_str::<Vec<String>>(&s).unwrap().into_iter().collect())
-        .unwrap();
+    let labels: std::collections::HashSet<String> =
+        std::fs::read_to_string(repo_root().join("data/banking77/categories.json"))
+            .map(|s| {
+                serde_json::from_str::<Vec<String>>(&s)
+                    .unwrap()
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap();
     let mut all = Vec::new();
     let mut banking = Vec::new();
     for (text, category) in rows {
         let p = m.classify(&text).unwrap();
-        let o = Outcome { expected: category.clone(), predicted: p.label, answered: p.answered, micros: 0.0 };
+        let o = Outcome {
+            expected: category.clone(),
+            predicted: p.label,
+            answered: p.answered,
+            micros: 0.0,
+        };
         if labels.contains(&category) {
             banking.push(o.clone());
         }
@@ -79,10 +93,17 @@ fn holdout_model_meets_the_accuracy_floor_on_validation() {
     }
     let b = eval::report(&banking, "out_of_scope", m.threshold());
     let r = eval::report(&all, "out_of_scope", m.threshold());
-    eprintln!("BANKING77 validation accuracy {:.4}; overall {r:?}", b.accuracy);
+    eprintln!(
+        "BANKING77 validation accuracy {:.4}; overall {r:?}",
+        b.accuracy
+    );
     // Floor, not target: the target (>= 0.90 on held-out BANKING77) is
     // tracked in docs/MODEL.md; this guards against regressions.
-    assert!(b.accuracy >= 0.885, "BANKING77 validation accuracy {:.4}", b.accuracy);
+    assert!(
+        b.accuracy >= 0.885,
+        "BANKING77 validation accuracy {:.4}",
+        b.accuracy
+    );
     assert!(r.oos_recall.unwrap() >= 0.85, "{r:?}");
     assert!(r.macro_f1 >= 0.85, "{r:?}");
 }
@@ -94,7 +115,9 @@ fn tampered_bundle_is_refused() {
     let mut golden = std::fs::read_to_string(dir.path().join("golden.jsonl")).unwrap();
     golden.push_str("{\"text\":\"hello\",\"label\":\"goodbye\"}\n");
     std::fs::write(dir.path().join("golden.jsonl"), golden).unwrap();
-    assert!(matches!(model(dir.path()), Err(NluError::HashMismatch { file, .. }) if file == "golden.jsonl"));
+    assert!(
+        matches!(model(dir.path()), Err(NluError::HashMismatch { file, .. }) if file == "golden.jsonl")
+    );
 }
 
 #[test]
@@ -129,7 +152,10 @@ fn missing_or_malformed_bundle_files_are_clear_errors() {
 
 fn edge_node() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edge-node"));
-    c.env("EDGEDESK_NLU__BUNDLE", format!("{:?}", bundle_dir().to_string_lossy()));
+    c.env(
+        "EDGEDESK_NLU__BUNDLE",
+        format!("{:?}", bundle_dir().to_string_lossy()),
+    );
     c
 }
 
@@ -142,8 +168,20 @@ fn cli_eval_prints_every_metric() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    for field in ["accuracy", "macro-F1", "coverage", "accuracy@threshold", "out-of-scope recall", "latency p50", "latency p99"] {
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for field in [
+        "accuracy",
+        "macro-F1",
+        "coverage",
+        "accuracy@threshold",
+        "out-of-scope recall",
+        "latency p50",
+        "latency p99",
+    ] {
         assert!(text.contains(field), "missing {field}: {text}");
     }
 }
@@ -154,17 +192,28 @@ fn missing_or_wrong_onnxruntime_is_a_clear_startup_error() {
     let not_a_library = dir.path().join("libonnxruntime.so");
     std::fs::write(&not_a_library, b"not an ELF file").unwrap();
     for path in [dir.path().join("absent.so"), not_a_library] {
-        let out = edge_node().env("ORT_DYLIB_PATH", &path).args(["nlu", "verify"]).output().unwrap();
+        let out = edge_node()
+            .env("ORT_DYLIB_PATH", &path)
+            .args(["nlu", "verify"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(69), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("scripts/provision.sh"), "the error names the fix: {err}");
+        assert!(
+            err.contains("scripts/provision.sh"),
+            "the error names the fix: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }
 
 #[test]
 fn invalid_config_exits_64_naming_the_key() {
-    let out = edge_node().env("EDGEDESK_SERVER__MAX_CONNECTIONS", "lots").arg("serve").output().unwrap();
+    let out = edge_node()
+        .env("EDGEDESK_SERVER__MAX_CONNECTIONS", "lots")
+        .arg("serve")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.max_connections"));
     let out = edge_node().args(["config", "default"]).output().unwrap();

@@ -89,8 +89,11 @@ pub struct OutboxEntry {
     pub event: Event,
 }
 
+/// Where a turn's outcome (its message ids) is sent.
+type CommitReply = oneshot::Sender<Result<Vec<i64>, StoreError>>;
+
 enum Request {
-    Commit(TurnWrite, oneshot::Sender<Result<Vec<i64>, StoreError>>),
+    Commit(TurnWrite, CommitReply),
     Session(
         String,
         oneshot::Sender<Result<Option<SessionRow>, StoreError>>,
@@ -268,10 +271,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, batch_max:
     tracing::debug!("store thread stopped");
 }
 
-fn commit_batch(
-    conn: &mut Connection,
-    batch: Vec<(TurnWrite, oneshot::Sender<Result<Vec<i64>, StoreError>>)>,
-) {
+fn commit_batch(conn: &mut Connection, batch: Vec<(TurnWrite, CommitReply)>) {
     let result = (|| -> Result<Vec<Vec<i64>>, StoreError> {
         let tx = conn.transaction()?;
         let mut all = Vec::with_capacity(batch.len());

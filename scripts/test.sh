@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run EdgeDesk's whole test suite: provisions what it needs (ONNX Runtime,
+# training venv, models incl. the holdout one, Chromium, Node.js, playwright-core),
+# then Rust unit + integration tests, the model reproducibility check, and the
+# browser end-to-end tests in Debian's Chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/provision.sh --with-holdout --test-peers
+. build/env.sh
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "model reproducibility (same data + seed => same model.onnx)"
+scripts/check_reproducible.sh
+
+step "browser end-to-end tests (Chromium)"
+(cd tests/e2e && EDGE_NODE_BIN="$CARGO_TARGET_DIR/debug/edge-node" npm test)
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi

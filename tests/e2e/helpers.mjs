@@ -1,0 +1,54 @@
+// Shared helpers: start a real edge-node process and a real Chromium.
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const SHOTS = join(ROOT, "build", "e2e");
+mkdirSync(SHOTS, { recursive: true });
+
+export async function startEdgeNode(extraEnv = {}) {
+  const bin = process.env.EDGE_NODE_BIN;
+  if (!bin) throw new Error("EDGE_NODE_BIN must name the edge-node binary (scripts/test.sh sets it)");
+  const dir = mkdtempSync(join(tmpdir(), "edgedesk-e2e-"));
+  const child = spawn(bin, ["serve"], {
+    env: {
+      ...process.env,
+      EDGEDESK_SERVER__LISTEN: "127.0.0.1:0",
+      EDGEDESK_STORE__PATH: JSON.stringify(join(dir, "edge.db")),
+      EDGEDESK_NLU__BUNDLE: JSON.stringify(join(ROOT, "build", "models", "default")),
+      ...extraEnv,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (d) => { stderr += d; });
+  const url = await new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error("edge-node did not start:\n" + stderr)), 20000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/kiosk: (http:\/\/\S+)/);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    child.on("exit", (code) => { clearTimeout(timer); reject(new Error(`edge-node exited ${code}:\n${stderr}`)); });
+  });
+  return { url, stop: () => new Promise((r) => { child.once("exit", r); child.kill("SIGTERM"); }) };
+}
+
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync"],
+  });
+}
+
+/// Wait until the conversation log holds a bot line containing `text`.
+export async function botSays(page, text, timeout = 5000) {
+  await page.locator(".log .msg.bot", { hasText: text }).last().waitFor({ timeout });
+}
