@@ -156,6 +156,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
     let keeper = tokio::spawn(housekeeping::run(state.clone()));
     let app = server::router(state.clone());
     let serve_state = state.clone();
+    // Chat frames are small and latency-bound: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -1,1 +1,270 @@
-fn main() {}
+//! `edge-loadgen`: opens N chat sessions against an edge node, sends at a set
+//! rate, and reports throughput and round-trip latency (send → first reply).
+//!
+//! Each session is closed-loop: it sends, waits for the acknowledgement and the
+//! reply, then waits for its next tick (sending at once if it is behind). Runs
+//! for a bounded time against the address given (loopback in our benchmarks).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use edgedesk_common::chat::{ClientFrame, PROTOCOL_VERSION, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "edge-loadgen",
+    about = "Load generator for the edge node's chat WebSocket"
+)]
+struct Args {
+    /// WebSocket URL of the node.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Concurrent sessions (one WebSocket each).
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Messages per second per session.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Measured seconds (after warm-up).
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Sessions opened at once while ramping up.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// PID of the node, to report its resident memory (Linux /proc).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print the report as one JSON line as well.
+    #[arg(long)]
+    json: bool,
+}
+
+const UTTERANCES: &[&str] = &[
+    "my card still hasn't arrived",
+    "how do I activate my new card",
+    "what exchange rate do you use",
+    "why was my card payment declined",
+    "can I top up with a bank transfer",
+    "I forgot my passcode",
+    "how long does a transfer take",
+    "is there a fee for cash withdrawals",
+    "新卡什么时候寄到",
+    "汇率是多少",
+    "hello",
+    "thanks",
+];
+
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    replies: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+async fn session(
+    args: Args,
+    n: usize,
+    measure_from: Instant,
+    stop_at: Instant,
+    stats: Arc<Stats>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> Result<(), String> {
+    let permit = gate.acquire().await.map_err(|e| e.to_string())?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&args.url, None, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hello = ClientFrame::Hello {
+        v: PROTOCOL_VERSION,
+        session: None,
+        lang: None,
+    };
+    ws.send(Message::text(
+        serde_json::to_string(&hello).map_err(|e| e.to_string())?,
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"welcome\"") => break,
+            Some(Ok(_)) => continue,
+            other => return Err(format!("no welcome: {other:?}")),
+        }
+    }
+    drop(permit);
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    // Spread sessions over one period so they do not send in lockstep.
+    let offset = period.mul_f64((n % 997) as f64 / 997.0);
+    let mut next = tokio::time::Instant::now() + offset;
+    let mut i = n;
+    let mut local =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    while Instant::now() < stop_at {
+        tokio::time::sleep_until(next).await;
+        next += period;
+        if next < tokio::time::Instant::now() {
+            next = tokio::time::Instant::now();
+        }
+        let text = UTTERANCES[i % UTTERANCES.len()];
+        i += 1;
+        let frame = ClientFrame::Message {
+            text: text.into(),
+            client_id: None,
+            payload: None,
+        };
+        let sent = Instant::now();
+        ws.send(Message::text(
+            serde_json::to_string(&frame).map_err(|e| e.to_string())?,
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        let measured = sent >= measure_from;
+        if measured {
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        // Wait for the first reply of this turn.
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .map_err(|_| "reply timed out".to_string())?;
+            let Some(Ok(Message::Text(t))) = msg else {
+                return Err(format!("connection ended: {msg:?}"));
+            };
+            match serde_json::from_str::<ServerFrame>(t.as_str()) {
+                Ok(ServerFrame::Reply { .. }) => {
+                    if measured && Instant::now() <= stop_at {
+                        stats.replies.fetch_add(1, Ordering::Relaxed);
+                        let _ = local.record(sent.elapsed().as_micros() as u64);
+                    }
+                    break;
+                }
+                Ok(ServerFrame::Error { code, message }) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(format!("server error {code:?}: {message}"));
+                }
+                _ => continue,
+            }
+        }
+    }
+    hist.lock().await.add(&local).map_err(|e| e.to_string())?;
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let stats = Arc::new(Stats::default());
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
+    let start = Instant::now();
+    // Ramp-up is bounded by connect_concurrency; measurement starts after warm-up.
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let stop_at = measure_from + Duration::from_secs(args.duration);
+    let mut tasks = Vec::with_capacity(args.sessions);
+    for n in 0..args.sessions {
+        tasks.push(tokio::spawn(session(
+            args.clone(),
+            n,
+            measure_from,
+            stop_at,
+            stats.clone(),
+            hist.clone(),
+            gate.clone(),
+        )));
+    }
+    let mut rss_peak = None;
+    if let Some(pid) = args.pid {
+        // Sample while the load runs.
+        let stop = stop_at;
+        while Instant::now() < stop {
+            if let Some((_, hwm)) = rss_kib(pid) {
+                rss_peak = Some(hwm);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let mut failed = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let h = hist.lock().await;
+    let secs = args.duration as f64;
+    let replies = stats.replies.load(Ordering::Relaxed);
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("sessions            {} ({} failed)", args.sessions, failed);
+    if let Some(e) = &first_error {
+        println!("first failure       {e}");
+    }
+    println!(
+        "offered rate        {:.0} msg/s",
+        args.sessions as f64 * args.rate
+    );
+    println!("sent (measured)     {}", stats.sent.load(Ordering::Relaxed));
+    println!("replies (measured)  {replies}");
+    println!("throughput          {:.0} msg/s", replies as f64 / secs);
+    println!(
+        "round trip          p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    );
+    if let Some(pid) = args.pid {
+        if let Some((rss, _)) = rss_kib(pid) {
+            println!(
+                "node memory         RSS {:.1} MiB now, peak {:.1} MiB",
+                rss as f64 / 1024.0,
+                rss_peak.unwrap_or(rss) as f64 / 1024.0
+            );
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "sessions": args.sessions, "failed": failed, "rate_per_session": args.rate,
+                "duration_s": args.duration, "replies": replies, "throughput": replies as f64 / secs,
+                "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": h.max() as f64 / 1000.0,
+                "peak_rss_kib": rss_peak,
+            })
+        );
+    }
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -91,8 +91,13 @@ pub async fn upgrade(
     // larger ones are cut off by the WebSocket layer itself.
     let hard_cap = (app.config.server.max_frame_bytes * 4).max(16 * 1024);
     let tasks = app.tasks.clone();
+    // Design: small per-connection buffers. tungstenite's defaults (128 KiB
+    // each way) cost ~256 KiB per idle kiosk; chat frames are a few hundred bytes.
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(hard_cap.max(64 * 1024))
         .on_upgrade(move |mut socket| {
             tasks.track_future(async move {
                 match permit {
