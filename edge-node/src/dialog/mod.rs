@@ -171,6 +171,27 @@ pub struct Turn<'a> {
     pub agents_available: bool,
 }
 
+impl Turn<'_> {
+    /// The visitor asked to stop what is going on (button or word).
+    fn wants_cancel(&self) -> bool {
+        self.command == Some(Command::Cancel)
+            || (self.command.is_none() && is_cancel_word(self.text))
+    }
+
+    /// `true` if the turn confidently means `intent`.
+    fn means(&self, intent: &str) -> bool {
+        self.nlu.answered && self.nlu.intent == intent
+    }
+
+    fn yes(&self) -> bool {
+        self.command == Some(Command::Yes) || (self.command.is_none() && self.means(AFFIRM))
+    }
+
+    fn no(&self) -> bool {
+        self.command == Some(Command::No) || (self.command.is_none() && self.means(DENY))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BotReply {
     pub text: String,
@@ -430,12 +451,12 @@ impl Engine {
     }
 
     fn bot_turn(&self, conv: &mut Conversation, turn: &Turn<'_>, out: &mut Outcome) {
+        if turn.wants_cancel() || turn.command == Some(Command::No) {
+            out.replies
+                .push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
+            return;
+        }
         match turn.command {
-            Some(Command::Cancel) | Some(Command::No) => {
-                out.replies
-                    .push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
-                return;
-            }
             Some(Command::TryAgain) => {
                 conv.low_confidence_streak = 0;
                 out.replies
@@ -447,11 +468,6 @@ impl Engine {
                 return;
             }
             _ => {}
-        }
-        if turn.command.is_none() && is_cancel_word(turn.text) {
-            out.replies
-                .push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
-            return;
         }
         let Some(intent) = turn.nlu.answered.then_some(turn.nlu.intent.as_str()) else {
             self.low_confidence(conv, turn, out);
@@ -578,19 +594,8 @@ impl Engine {
                 return;
             }
         }
-        let slot = |k: &str| flow.slots.get(k).cloned().unwrap_or_default();
-        let (date, time, last4) = (slot("date"), slot("time"), slot("card_last4"));
-        let (open, close) = (
-            self.cfg.opening_hour.to_string(),
-            self.cfg.closing_hour.to_string(),
-        );
-        let vars = [
-            ("date", date.as_str()),
-            ("time", time.as_str()),
-            ("last4", last4.as_str()),
-            ("open", open.as_str()),
-            ("close", close.as_str()),
-        ];
+        let owned = self.flow_vars(&flow);
+        let vars: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let again = reprompt && flow.reprompts > 0;
         let prompt = match (flow.step, again) {
             (Step::AskDate, false) => "appt_ask_date",
@@ -615,6 +620,18 @@ impl Engine {
         conv.phase = Phase::Flow(flow);
     }
 
+    /// Placeholder values for a flow's prompts: its slots and opening hours.
+    fn flow_vars(&self, flow: &Flow) -> Vec<(&'static str, String)> {
+        let slot = |k: &str| flow.slots.get(k).cloned().unwrap_or_default();
+        vec![
+            ("date", slot("date")),
+            ("time", slot("time")),
+            ("last4", slot("card_last4")),
+            ("open", self.cfg.opening_hour.to_string()),
+            ("close", self.cfg.closing_hour.to_string()),
+        ]
+    }
+
     fn flow_turn(
         &self,
         conv: &mut Conversation,
@@ -623,27 +640,16 @@ impl Engine {
         out: &mut Outcome,
     ) {
         let lang = conv.lang;
-        if turn.command == Some(Command::Cancel)
-            || (turn.command.is_none() && is_cancel_word(turn.text))
-        {
+        if turn.wants_cancel() {
             conv.phase = Phase::Bot;
             out.replies.push(self.reply("cancelled", lang, &[], &[]));
             return;
         }
         if flow.step == Step::Confirm {
-            let yes = turn.command == Some(Command::Yes)
-                || (turn.nlu.answered && turn.nlu.intent == AFFIRM);
-            let no =
-                turn.command == Some(Command::No) || (turn.nlu.answered && turn.nlu.intent == DENY);
-            if yes {
+            if turn.yes() {
                 conv.phase = Phase::Bot;
-                let slot = |k: &str| flow.slots.get(k).cloned().unwrap_or_default();
-                let (date, time, last4) = (slot("date"), slot("time"), slot("card_last4"));
-                let vars = [
-                    ("date", date.as_str()),
-                    ("time", time.as_str()),
-                    ("last4", last4.as_str()),
-                ];
+                let owned = self.flow_vars(&flow);
+                let vars: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let done = if flow.kind == FlowKind::BookAppointment {
                     "appt_done"
                 } else {
@@ -657,7 +663,7 @@ impl Engine {
                 }));
                 return;
             }
-            if no {
+            if turn.no() {
                 conv.phase = Phase::Bot;
                 out.replies.push(self.reply("cancelled", lang, &[], &[]));
                 return;
@@ -691,12 +697,8 @@ impl Engine {
 
     fn waiting_turn(&self, conv: &mut Conversation, turn: &Turn<'_>, out: &mut Outcome) {
         let lang = conv.lang;
-        let accept = turn.command == Some(Command::LeaveMessage)
-            || turn.command == Some(Command::Yes)
-            || (turn.command.is_none() && turn.nlu.answered && turn.nlu.intent == AFFIRM);
-        let decline = matches!(turn.command, Some(Command::No) | Some(Command::Cancel))
-            || (turn.command.is_none()
-                && (is_cancel_word(turn.text) || (turn.nlu.answered && turn.nlu.intent == DENY)));
+        let accept = turn.command == Some(Command::LeaveMessage) || turn.yes();
+        let decline = turn.no() || turn.wants_cancel();
         if accept {
             self.start_contact(conv, out);
         } else if decline {
@@ -733,9 +735,7 @@ impl Engine {
         out: &mut Outcome,
     ) {
         let lang = conv.lang;
-        if turn.command == Some(Command::Cancel)
-            || (turn.command.is_none() && is_cancel_word(turn.text))
-        {
+        if turn.wants_cancel() {
             conv.phase = Phase::Bot;
             out.replies
                 .push(self.reply("contact_declined", lang, &[], &[]));
