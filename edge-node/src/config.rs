@@ -4,9 +4,9 @@
 //! `edge-node config default`); [`Config::default`] is parsed from it, so the
 //! two cannot disagree. Layering: defaults < file < environment < flags.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use edgedesk_common::layered::{self, LayerError};
 use serde::{Deserialize, Serialize};
 
 /// The documented default configuration file, embedded.
@@ -103,25 +103,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
-    #[error("unknown config key `{key}` (from {origin})")]
-    UnknownKey { key: String, origin: String },
-    #[error("invalid value for config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
 }
 
 impl Default for Config {
     fn default() -> Self {
         // The embedded file is checked by a unit test; failing here is a build bug.
-        Config::from_table(default_table()).expect("embedded default-config.toml is valid")
+        Config::load(None, Vec::new()).expect("embedded default-config.toml is valid")
     }
-}
-
-fn default_table() -> toml::Table {
-    DEFAULT_TOML
-        .parse()
-        .expect("embedded default-config.toml parses")
 }
 
 impl Config {
@@ -131,66 +121,31 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = default_table();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            let user: toml::Table =
-                text.parse()
-                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
+        let text = match file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                         path: path.to_owned(),
-                        message: e.to_string(),
-                    })?;
-            merge(&mut table, user, "", &format!("file {}", path.display()))?;
-        }
-        let mut overrides: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in env {
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                overrides.insert(rest.to_owned(), value);
+                        source,
+                    })?,
+                )
             }
-        }
-        for (rest, value) in overrides {
-            let Some((section, key)) = rest.split_once("__") else {
-                // EDGEDESK_* variables that are not config keys (e.g. EDGEDESK_HOME) are ignored.
-                continue;
-            };
-            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-            let dotted = format!("{section}.{key}");
-            let origin = format!("environment variable {ENV_PREFIX}{rest}");
-            let Some(toml::Value::Table(sec)) = table.get_mut(&section) else {
-                return Err(ConfigError::UnknownKey {
-                    key: dotted,
-                    origin,
-                });
-            };
-            if !sec.contains_key(&key) {
-                return Err(ConfigError::UnknownKey {
-                    key: dotted,
-                    origin,
-                });
-            }
-            sec.insert(key, parse_env_value(&value));
-        }
-        Config::from_table(table)
-    }
-
-    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                ConfigError::Invalid {
-                    key: e.path().to_string(),
-                    message: e.inner().to_string(),
-                }
-            })?;
+            None => None,
+        };
+        let origin = file.map(|p| format!("file {}", p.display()));
+        let config: Config = layered::load(
+            DEFAULT_TOML,
+            origin.as_deref().zip(text.as_deref()),
+            ENV_PREFIX,
+            env,
+        )?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), LayerError> {
         let bad = |key: &str, message: &str| {
-            Err(ConfigError::Invalid {
+            Err(LayerError::Invalid {
                 key: key.into(),
                 message: message.into(),
             })
@@ -253,42 +208,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    // Try "x = <raw>" as TOML so numbers, booleans and arrays keep their type.
-    match format!("x = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t
-            .remove("x")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.into()),
-    }
-}
-
-fn merge(
-    base: &mut toml::Table,
-    user: toml::Table,
-    prefix: &str,
-    origin: &str,
-) -> Result<(), ConfigError> {
-    for (key, value) in user {
-        let dotted = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &dotted, origin)?,
-            (Some(slot), v) => *slot = v,
-            (None, _) => {
-                return Err(ConfigError::UnknownKey {
-                    key: dotted,
-                    origin: origin.to_owned(),
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -366,7 +285,7 @@ mod tests {
         std::fs::write(&p, "[dialog\n").unwrap();
         assert!(matches!(
             Config::load(Some(&p), Vec::new()),
-            Err(ConfigError::Syntax { .. })
+            Err(ConfigError::Layer(LayerError::Syntax { .. }))
         ));
         assert!(matches!(
             Config::load(Some(&dir.path().join("missing.toml")), Vec::new()),

@@ -1,0 +1,509 @@
+//! Sealed, signed envelopes: how every edge↔cloud message crosses an
+//! untrusted MQTT broker (sync protocol v1).
+//!
+//! The body is encrypted for its recipient with `crypto_box` (X25519 +
+//! XSalsa20-Poly1305), and the whole header plus ciphertext is signed by the
+//! sender with Ed25519. A subscriber on `#` sees routing metadata and
+//! ciphertext only; a forged, tampered or misdirected envelope fails to open.
+//! Replays are caught by [`ReplayWindow`] on the receiving side. Nothing here
+//! does I/O or draws randomness: callers pass the nonce and clock.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use crypto_box::aead::Aead;
+use crypto_box::{PublicKey, SalsaBox, SecretKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Major version of the envelope schema; a different major is refused.
+pub const SCHEMA_MAJOR: u32 = 1;
+/// Minor version written by this build; newer minors are accepted.
+pub const SCHEMA_MINOR: u32 = 0;
+/// The `from`/`to` name of the controller.
+pub const CONTROLLER: &str = "controller";
+
+/// MQTT topic layout.
+pub mod topic {
+    /// Prefix of every EdgeDesk topic.
+    pub const ROOT: &str = "edgedesk/v1";
+    /// Subscription of the controller for everything nodes send.
+    pub const ALL_UP: &str = "edgedesk/v1/nodes/+/up";
+
+    /// Node → controller.
+    pub fn up(node: &str) -> String {
+        format!("{ROOT}/nodes/{node}/up")
+    }
+
+    /// Controller → node.
+    pub fn down(node: &str) -> String {
+        format!("{ROOT}/nodes/{node}/down")
+    }
+
+    /// The node named in an `…/nodes/{node}/up` topic.
+    pub fn node_of_up(topic: &str) -> Option<&str> {
+        let rest = topic.strip_prefix(ROOT)?.strip_prefix("/nodes/")?;
+        let node = rest.strip_suffix("/up")?;
+        super::valid_node_id(node).then_some(node)
+    }
+}
+
+/// Node ids: 1–64 of `a-z 0-9 - _ .`, so they are safe in topics, paths and logs.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// A party's secret keys: Ed25519 for signing, X25519 for sealing.
+#[derive(Clone)]
+pub struct Identity {
+    signing: SigningKey,
+    sealing: SecretKey,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("public", &self.public())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A party's public keys, as exchanged at enrolment (base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeys {
+    pub sign: String,
+    pub seal: String,
+}
+
+/// Parsed public keys, ready to verify and seal.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    verify: VerifyingKey,
+    seal: PublicKey,
+}
+
+impl Identity {
+    /// Build from 64 secret bytes (32 signing + 32 sealing), e.g. fresh randomness.
+    pub fn from_secret(secret: &[u8; 64]) -> Identity {
+        let mut sign = [0u8; 32];
+        let mut seal = [0u8; 32];
+        sign.copy_from_slice(&secret[..32]);
+        seal.copy_from_slice(&secret[32..]);
+        Identity {
+            signing: SigningKey::from_bytes(&sign),
+            sealing: SecretKey::from(seal),
+        }
+    }
+
+    /// The 64 secret bytes, for storing the identity.
+    pub fn secret(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&self.signing.to_bytes());
+        out[32..].copy_from_slice(&self.sealing.to_bytes());
+        out
+    }
+
+    pub fn public(&self) -> PublicKeys {
+        PublicKeys {
+            sign: B64.encode(self.signing.verifying_key().to_bytes()),
+            seal: B64.encode(self.sealing.public_key().as_bytes()),
+        }
+    }
+
+    /// Sign arbitrary bytes (used for the node's proof of key possession).
+    pub fn sign(&self, msg: &[u8]) -> String {
+        B64.encode(self.signing.sign(msg).to_bytes())
+    }
+}
+
+impl PublicKeys {
+    pub fn parse(&self) -> Result<Peer, EnvelopeError> {
+        let sign: [u8; 32] = decode_fixed(&self.sign)?;
+        let seal: [u8; 32] = decode_fixed(&self.seal)?;
+        Ok(Peer {
+            verify: VerifyingKey::from_bytes(&sign).map_err(|_| EnvelopeError::BadKey)?,
+            seal: PublicKey::from(seal),
+        })
+    }
+}
+
+impl Peer {
+    /// Check a detached signature made with [`Identity::sign`].
+    pub fn verify(&self, msg: &[u8], sig_b64: &str) -> bool {
+        let Ok(bytes) = decode_fixed::<64>(sig_b64) else {
+            return false;
+        };
+        self.verify
+            .verify(msg, &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
+}
+
+fn decode_fixed<const N: usize>(b64: &str) -> Result<[u8; N], EnvelopeError> {
+    let v = B64
+        .decode(b64)
+        .map_err(|_| EnvelopeError::Malformed("bad base64".into()))?;
+    v.try_into()
+        .map_err(|_| EnvelopeError::Malformed(format!("expected {N} bytes")))
+}
+
+/// What travels on the broker. Routing fields are clear; `body` is sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Schema version "major.minor".
+    pub v: String,
+    /// Unique message id (UUID).
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    /// Per-sender sequence number, strictly increasing.
+    pub seq: u64,
+    /// Sender's clock, Unix milliseconds.
+    pub ts: i64,
+    /// 24-byte nonce, base64.
+    pub nonce: String,
+    /// Sealed body, base64.
+    pub body: String,
+    /// Ed25519 signature over every other field, base64.
+    pub sig: String,
+}
+
+/// Why an envelope was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    #[error("unsupported schema version {0} (this build speaks {SCHEMA_MAJOR}.x)")]
+    UnsupportedVersion(String),
+    #[error("invalid public key")]
+    BadKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("body cannot be opened (tampered, or sealed for someone else)")]
+    Undecryptable,
+    #[error("replayed or too old sequence number {0}")]
+    Replay(u64),
+}
+
+impl EnvelopeError {
+    /// Stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EnvelopeError::Malformed(_) => "malformed",
+            EnvelopeError::UnsupportedVersion(_) => "version",
+            EnvelopeError::BadKey => "bad_key",
+            EnvelopeError::BadSignature => "signature",
+            EnvelopeError::Undecryptable => "undecryptable",
+            EnvelopeError::Replay(_) => "replay",
+        }
+    }
+}
+
+/// Header fields an envelope is built from.
+#[derive(Debug, Clone)]
+pub struct Header<'a> {
+    pub id: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub seq: u64,
+    pub ts: i64,
+}
+
+fn signed_bytes(
+    v: &str,
+    id: &str,
+    from: &str,
+    to: &str,
+    seq: u64,
+    ts: i64,
+    nonce: &str,
+    body: &str,
+) -> Vec<u8> {
+    // Fields joined by a byte that base64, ids and numbers never contain.
+    format!(
+        "edgedesk-envelope\x1f{v}\x1f{id}\x1f{from}\x1f{to}\x1f{seq}\x1f{ts}\x1f{nonce}\x1f{body}"
+    )
+    .into_bytes()
+}
+
+impl Envelope {
+    /// Seal `plaintext` for `recipient` and sign it as `sender`.
+    pub fn seal(
+        sender: &Identity,
+        recipient: &Peer,
+        header: Header<'_>,
+        nonce: [u8; NONCE_LEN],
+        plaintext: &[u8],
+    ) -> Envelope {
+        let sealer = SalsaBox::new(&recipient.seal, &sender.sealing);
+        let n = crypto_box::Nonce::from(nonce);
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+        let ct = sealer.encrypt(&n, plaintext).unwrap_or_default();
+        let v = format!("{SCHEMA_MAJOR}.{SCHEMA_MINOR}");
+        let nonce_b64 = B64.encode(nonce);
+        let body = B64.encode(ct);
+        let msg = signed_bytes(
+            &v,
+            header.id,
+            header.from,
+            header.to,
+            header.seq,
+            header.ts,
+            &nonce_b64,
+            &body,
+        );
+        let sig = B64.encode(sender.signing.sign(&msg).to_bytes());
+        Envelope {
+            v,
+            id: header.id.into(),
+            from: header.from.into(),
+            to: header.to.into(),
+            seq: header.seq,
+            ts: header.ts,
+            nonce: nonce_b64,
+            body,
+            sig,
+        }
+    }
+
+    /// Parse JSON, tolerating unknown fields and newer minor versions.
+    pub fn from_json(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let env: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        env.check_version()?;
+        Ok(env)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn check_version(&self) -> Result<(), EnvelopeError> {
+        let major = self.v.split('.').next().and_then(|m| m.parse::<u32>().ok());
+        match major {
+            Some(SCHEMA_MAJOR) => Ok(()),
+            Some(_) => Err(EnvelopeError::UnsupportedVersion(self.v.clone())),
+            None => Err(EnvelopeError::Malformed(format!("version {:?}", self.v))),
+        }
+    }
+
+    /// Verify the sender's signature and open the body addressed to `me`.
+    pub fn open(&self, sender: &Peer, me: &Identity) -> Result<Vec<u8>, EnvelopeError> {
+        self.check_version()?;
+        let msg = signed_bytes(
+            &self.v,
+            &self.id,
+            &self.from,
+            &self.to,
+            self.seq,
+            self.ts,
+            &self.nonce,
+            &self.body,
+        );
+        let sig: [u8; 64] = decode_fixed(&self.sig).map_err(|_| EnvelopeError::BadSignature)?;
+        sender
+            .verify
+            .verify(&msg, &Signature::from_bytes(&sig))
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        let nonce: [u8; 24] = decode_fixed(&self.nonce)?;
+        let ct = B64
+            .decode(&self.body)
+            .map_err(|_| EnvelopeError::Malformed("body base64".into()))?;
+        let opener = SalsaBox::new(&sender.seal, &me.sealing);
+        opener
+            .decrypt(&crypto_box::Nonce::from(nonce), ct.as_slice())
+            .map_err(|_| EnvelopeError::Undecryptable)
+    }
+}
+
+/// Nonce length for [`Envelope::seal`]; generate it from a CSPRNG.
+pub const NONCE_LEN: usize = 24;
+
+/// Anti-replay window over a sender's sequence numbers (as in IPsec): accepts
+/// each number once, tolerates reordering within `WINDOW` of the highest seen,
+/// refuses anything older. Pure state; persist [`ReplayWindow::highest`] to
+/// survive restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayWindow {
+    highest: u64,
+    seen: u128,
+}
+
+impl ReplayWindow {
+    pub const WINDOW: u64 = 128;
+
+    /// Start after a persisted high-water mark: everything at or below it is refused.
+    pub fn starting_at(highest: u64) -> ReplayWindow {
+        // What was seen below the mark is unknown after a restart: refuse it all.
+        ReplayWindow {
+            highest,
+            seen: if highest > 0 { u128::MAX } else { 0 },
+        }
+    }
+
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
+    /// Accept `seq` once; refuse repeats and numbers older than the window.
+    pub fn accept(&mut self, seq: u64) -> Result<(), EnvelopeError> {
+        if seq == 0 {
+            return Err(EnvelopeError::Replay(seq));
+        }
+        if seq > self.highest {
+            let shift = seq - self.highest;
+            self.seen = if shift >= Self::WINDOW as u64 {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.highest = seq;
+            return Ok(());
+        }
+        let age = self.highest - seq;
+        if age >= Self::WINDOW {
+            return Err(EnvelopeError::Replay(seq));
+        }
+        let bit = 1u128 << age;
+        if self.seen & bit != 0 {
+            return Err(EnvelopeError::Replay(seq));
+        }
+        self.seen |= bit;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(seed: u8) -> Identity {
+        Identity::from_secret(&[seed; 64])
+    }
+
+    fn header(seq: u64) -> Header<'static> {
+        Header {
+            id: "m1",
+            from: "branch-1",
+            to: CONTROLLER,
+            seq,
+            ts: 1000,
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_identity_persistence() {
+        let (node, ctl) = (ident(1), ident(2));
+        let env = Envelope::seal(
+            &node,
+            &ctl.public().parse().unwrap(),
+            header(1),
+            [7; 24],
+            b"hello",
+        );
+        let json = env.to_json();
+        assert!(
+            !String::from_utf8_lossy(&json).contains("hello"),
+            "body is not readable"
+        );
+        let back = Envelope::from_json(&json).unwrap();
+        assert_eq!(
+            back.open(&node.public().parse().unwrap(), &ctl).unwrap(),
+            b"hello"
+        );
+        let restored = Identity::from_secret(&node.secret());
+        assert_eq!(restored.public(), node.public());
+    }
+
+    #[test]
+    fn forged_tampered_and_misdirected_envelopes_fail() {
+        let (node, ctl, mallory) = (ident(1), ident(2), ident(3));
+        let ctl_pub = ctl.public().parse().unwrap();
+        let node_pub = node.public().parse().unwrap();
+        // Mallory signs with her own key but claims to be branch-1.
+        let forged = Envelope::seal(&mallory, &ctl_pub, header(1), [1; 24], b"x");
+        assert_eq!(
+            forged.open(&node_pub, &ctl),
+            Err(EnvelopeError::BadSignature)
+        );
+        // Tampering with any signed field.
+        let good = Envelope::seal(&node, &ctl_pub, header(1), [1; 24], b"x");
+        for edit in [
+            |e: &mut Envelope| e.seq += 1,
+            |e: &mut Envelope| e.to = "someone".into(),
+            |e: &mut Envelope| e.body = B64.encode(b"garbage-garbage-garbage"),
+            |e: &mut Envelope| e.ts -= 1,
+        ] {
+            let mut t = good.clone();
+            edit(&mut t);
+            assert_eq!(t.open(&node_pub, &ctl), Err(EnvelopeError::BadSignature));
+        }
+        // Sealed for the controller: Mallory cannot open it even with a valid signature.
+        assert_eq!(
+            good.open(&node_pub, &mallory),
+            Err(EnvelopeError::Undecryptable)
+        );
+    }
+
+    #[test]
+    fn versions_and_unknown_fields() {
+        let (node, ctl) = (ident(1), ident(2));
+        let env = Envelope::seal(
+            &node,
+            &ctl.public().parse().unwrap(),
+            header(1),
+            [1; 24],
+            b"x",
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
+        v["future_field"] = serde_json::json!(true);
+        assert!(
+            Envelope::from_json(v.to_string().as_bytes()).is_ok(),
+            "unknown fields tolerated"
+        );
+        v["v"] = serde_json::json!("1.7");
+        assert!(
+            Envelope::from_json(v.to_string().as_bytes()).is_ok(),
+            "newer minor tolerated"
+        );
+        v["v"] = serde_json::json!("2.0");
+        assert_eq!(
+            Envelope::from_json(v.to_string().as_bytes()),
+            Err(EnvelopeError::UnsupportedVersion("2.0".into()))
+        );
+    }
+
+    #[test]
+    fn topics_and_node_ids() {
+        assert_eq!(topic::up("b-1"), "edgedesk/v1/nodes/b-1/up");
+        assert_eq!(topic::node_of_up("edgedesk/v1/nodes/b-1/up"), Some("b-1"));
+        assert_eq!(topic::node_of_up("edgedesk/v1/nodes/+/up"), None);
+        assert_eq!(topic::node_of_up("edgedesk/v1/nodes/b-1/down"), None);
+        assert!(valid_node_id("branch-01.paris"));
+        for bad in ["", "A", "a/b", "a+b", "#", &"x".repeat(65)] {
+            assert!(!valid_node_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replay_window() {
+        let mut w = ReplayWindow::default();
+        assert!(w.accept(5).is_ok());
+        assert!(w.accept(5).is_err(), "exact replay");
+        assert!(w.accept(3).is_ok(), "reordered within window");
+        assert!(w.accept(3).is_err());
+        assert!(w.accept(500).is_ok());
+        assert!(w.accept(6).is_err(), "older than the window");
+        let mut w = ReplayWindow::starting_at(500);
+        assert!(
+            w.accept(500).is_err(),
+            "persisted high-water mark survives a restart"
+        );
+        assert!(w.accept(499).is_err());
+        assert!(w.accept(501).is_ok());
+    }
+}
