@@ -1,20 +1,353 @@
-//! `cloud-controller`: placeholder until the controller milestone. It only
-//! prints its help; the fleet, sync, agents and rollouts land in later issues.
+//! `cloud-controller` command line: run the controller, or operate it over
+//! its REST API (tokens, nodes, labels, revocation, commands, events).
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cloud_controller::config::{Config, DEFAULT_TOML};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "cloud-controller",
     version,
-    about = "EdgeDesk cloud controller (fleet registry, sync, human agents, model rollouts)",
-    long_about = "EdgeDesk cloud controller.\n\nNot implemented yet: this build only prints this help. \
-                  The edge node (edge-node) runs on its own without a controller."
+    about = "EdgeDesk cloud controller: fleet registry, edge sync over MQTT, REST API",
+    long_about = "EdgeDesk cloud controller.\n\nWithout a command it runs the controller (embedded MQTT broker, SQLite \
+                  store, REST API). The other commands talk to a running controller's REST API."
 )]
-struct Cli {}
+struct Cli {
+    /// Configuration file (TOML). See `cloud-controller config default`.
+    #[arg(long, short, global = true, env = "EDGEDESK_CC_CONFIG")]
+    config: Option<PathBuf>,
+    /// REST API of the controller to operate (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEDESK_CC_URL",
+        default_value = "http://127.0.0.1:8700"
+    )]
+    url: String,
+    /// Admin bearer token (client commands). Default: <data_dir>/admin-token.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEDESK_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    let mut cmd = <Cli as clap::CommandFactory>::command();
-    let _ = cmd.print_long_help();
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the controller (the default).
+    Serve,
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
+    /// Enrolment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The fleet.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Events ingested from node outboxes.
+    Events {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Unix milliseconds, inclusive.
+        #[arg(long)]
+        since: Option<i64>,
+        /// Unix milliseconds, exclusive.
+        #[arg(long)]
+        until: Option<i64>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the documented default configuration.
+    Default,
+    /// Validate the configuration and print the result.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue a one-time enrolment token.
+    Create {
+        /// Only this node id may use it.
+        #[arg(long)]
+        node: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// List nodes.
+    List,
+    /// Show one node.
+    Show { id: String },
+    /// Replace a node's labels: KEY=VALUE...
+    Label { id: String, labels: Vec<String> },
+    /// A node's state history.
+    History { id: String },
+    /// Revoke a node.
+    Revoke { id: String },
+    /// Queue a command for a node.
+    Command {
+        id: String,
+        kind: String,
+        /// Arguments as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+    },
+    /// A node's commands and their acknowledgements.
+    Commands { id: String },
+}
+
+fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
+    Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| {
+        eprintln!("cloud-controller: configuration error: {e}");
+        ExitCode::from(64)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Cmd::Config(ConfigCmd::Default)) => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Config(ConfigCmd::Check)) => match load_config(&cli) {
+            Ok(c) => {
+                print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Cmd::Openapi) => {
+            print!("{}", cloud_controller::api::openapi_document());
+            ExitCode::SUCCESS
+        }
+        None | Some(Cmd::Serve) => match load_config(&cli) {
+            Ok(config) => serve(config),
+            Err(code) => code,
+        },
+        Some(_) => client(&cli),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(&config);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cloud-controller: cannot start the runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    rt.block_on(async {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
+            }
+            tracing::info!("signal received; shutting down");
+            t.cancel();
+        });
+        match cloud_controller::run(config, token).await {
+            Ok(c) => {
+                println!("controller: http://{}/  broker: {}:{}", c.http_addr, c.broker.0, c.broker.1);
+                match c.wait().await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("cloud-controller: {e}");
+                        ExitCode::from(e.exit_code() as u8)
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("cloud-controller: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        }
+    })
+}
+
+fn client(cli: &Cli) -> ExitCode {
+    let token = match &cli.token {
+        Some(t) => t.clone(),
+        None => {
+            let data_dir = load_config(cli)
+                .map(|c| c.store.data_dir)
+                .unwrap_or_else(|_| PathBuf::from("build/controller"));
+            match std::fs::read_to_string(data_dir.join("admin-token")) {
+                Ok(t) => t.trim().to_owned(),
+                Err(_) => {
+                    eprintln!(
+                        "cloud-controller: no admin token: pass --token, set EDGEDESK_ADMIN_TOKEN, or run where <data_dir>/admin-token is readable"
+                    );
+                    return ExitCode::from(64);
+                }
+            }
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cloud-controller: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let base = cli.url.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let (method, path, body): (reqwest::Method, String, Option<serde_json::Value>) = match cli
+        .command
+        .as_ref()
+    {
+        Some(Cmd::Token(TokenCmd::Create { node, ttl })) => (
+            reqwest::Method::POST,
+            "/api/v1/tokens".into(),
+            Some(serde_json::json!({ "node_id": node, "ttl_secs": ttl })),
+        ),
+        Some(Cmd::Nodes(NodesCmd::List)) => (reqwest::Method::GET, "/api/v1/nodes".into(), None),
+        Some(Cmd::Nodes(NodesCmd::Show { id })) => {
+            (reqwest::Method::GET, format!("/api/v1/nodes/{id}"), None)
+        }
+        Some(Cmd::Nodes(NodesCmd::History { id })) => (
+            reqwest::Method::GET,
+            format!("/api/v1/nodes/{id}/history"),
+            None,
+        ),
+        Some(Cmd::Nodes(NodesCmd::Revoke { id })) => (
+            reqwest::Method::POST,
+            format!("/api/v1/nodes/{id}/revoke"),
+            None,
+        ),
+        Some(Cmd::Nodes(NodesCmd::Commands { id })) => (
+            reqwest::Method::GET,
+            format!("/api/v1/nodes/{id}/commands"),
+            None,
+        ),
+        Some(Cmd::Nodes(NodesCmd::Label { id, labels })) => {
+            let mut map = serde_json::Map::new();
+            for kv in labels {
+                let Some((k, v)) = kv.split_once('=') else {
+                    eprintln!("cloud-controller: label {kv:?} is not KEY=VALUE");
+                    return ExitCode::from(64);
+                };
+                map.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+            }
+            (
+                reqwest::Method::PUT,
+                format!("/api/v1/nodes/{id}/labels"),
+                Some(serde_json::json!({ "labels": map })),
+            )
+        }
+        Some(Cmd::Nodes(NodesCmd::Command { id, kind, args })) => {
+            let args: serde_json::Value = match serde_json::from_str(args) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("cloud-controller: --args is not JSON: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            (
+                reqwest::Method::POST,
+                format!("/api/v1/nodes/{id}/commands"),
+                Some(serde_json::json!({ "kind": kind, "args": args })),
+            )
+        }
+        Some(Cmd::Events {
+            node,
+            kind,
+            since,
+            until,
+            limit,
+        }) => {
+            let mut q = Vec::new();
+            if let Some(v) = node {
+                q.push(format!("node={v}"));
+            }
+            if let Some(v) = kind {
+                q.push(format!("kind={v}"));
+            }
+            if let Some(v) = since {
+                q.push(format!("since={v}"));
+            }
+            if let Some(v) = until {
+                q.push(format!("until={v}"));
+            }
+            if let Some(v) = limit {
+                q.push(format!("limit={v}"));
+            }
+            (
+                reqwest::Method::GET,
+                format!("/api/v1/events?{}", q.join("&")),
+                None,
+            )
+        }
+        _ => unreachable!("server commands are handled in main"),
+    };
+    rt.block_on(async move {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                let pretty = serde_json::from_str::<serde_json::Value>(&text)
+                    .map(|v| serde_json::to_string_pretty(&v).unwrap_or(text.clone()))
+                    .unwrap_or(text);
+                if status.is_success() {
+                    println!("{pretty}");
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("cloud-controller: {status}: {pretty}");
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("cloud-controller: cannot reach {base}: {e}");
+                ExitCode::from(69)
+            }
+        }
+    })
 }

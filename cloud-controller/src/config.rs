@@ -1,0 +1,215 @@
+//! Controller configuration: a serde [`Config`] with documented defaults
+//! (`cloud-controller/default-config.toml`, printed by `config default`).
+
+use std::path::{Path, PathBuf};
+
+use edgedesk_common::layered::{self, LayerError};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_TOML: &str = include_str!("../default-config.toml");
+pub const ENV_PREFIX: &str = "EDGEDESK_CC_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub store: StoreConfig,
+    pub fleet: FleetConfig,
+    pub sync: SyncConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    pub admin_token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    Embedded,
+    External,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub mode: BrokerMode,
+    pub listen: String,
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    pub external_host: String,
+    pub external_port: u16,
+    pub external_username: String,
+    pub external_password: String,
+    pub max_connections: usize,
+    pub max_payload_bytes: usize,
+    pub max_inflight: usize,
+    pub console: bool,
+    pub console_listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub heartbeat_timeout_secs: u64,
+    pub history_limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    pub command_retry_secs: u64,
+    pub max_clock_skew_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: String,
+    pub level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::load(None, Vec::new()).expect("embedded default-config.toml is valid")
+    }
+}
+
+impl Config {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let origin = file.map(|p| format!("file {}", p.display()));
+        let config: Config = layered::load(
+            DEFAULT_TOML,
+            origin.as_deref().zip(text.as_deref()),
+            ENV_PREFIX,
+            env,
+        )?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), LayerError> {
+        let bad = |key: &str, message: &str| {
+            Err(LayerError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        for (key, value) in [
+            ("http.listen", &self.http.listen),
+            ("mqtt.listen", &self.mqtt.listen),
+        ] {
+            if value.parse::<std::net::SocketAddr>().is_err() {
+                return bad(
+                    key,
+                    "expected host:port with an IP address, e.g. 127.0.0.1:8700",
+                );
+            }
+        }
+        if self.mqtt.console {
+            match self.mqtt.console_listen.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                _ => {
+                    return bad(
+                        "mqtt.console_listen",
+                        "the broker console may only listen on loopback",
+                    );
+                }
+            }
+        }
+        if self.log.format != "text" && self.log.format != "json" {
+            return bad("log.format", "expected \"text\" or \"json\"");
+        }
+        if self.fleet.heartbeat_timeout_secs == 0 {
+            return bad("fleet.heartbeat_timeout_secs", "must be at least 1");
+        }
+        if self.mqtt.max_payload_bytes < 1024 {
+            return bad("mqtt.max_payload_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// Host and port nodes should connect to.
+    pub fn advertised_broker(&self, bound: std::net::SocketAddr) -> (String, u16) {
+        let (host, port) = match self.mqtt.mode {
+            BrokerMode::Embedded => (bound.ip().to_string(), bound.port()),
+            BrokerMode::External => (self.mqtt.external_host.clone(), self.mqtt.external_port),
+        };
+        let host = if self.mqtt.advertise_host.is_empty() {
+            host
+        } else {
+            self.mqtt.advertise_host.clone()
+        };
+        let port = if self.mqtt.advertise_port == 0 {
+            port
+        } else {
+            self.mqtt.advertise_port
+        };
+        (host, port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_errors_name_keys() {
+        let c = Config::default();
+        assert_eq!(c.mqtt.mode, BrokerMode::Embedded);
+        assert!(!c.mqtt.console);
+        let e = Config::load(
+            None,
+            vec![("EDGEDESK_CC_MQTT__MODE".into(), "cloudy".into())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mqtt.mode"), "{e}");
+        let e = Config::load(
+            None,
+            vec![
+                ("EDGEDESK_CC_MQTT__CONSOLE".into(), "true".into()),
+                (
+                    "EDGEDESK_CC_MQTT__CONSOLE_LISTEN".into(),
+                    "0.0.0.0:3030".into(),
+                ),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+    }
+}

@@ -1,0 +1,221 @@
+//! EdgeDesk cloud controller: fleet registry, enrolment, store-and-forward
+//! ingestion of edge outboxes, and a command queue down to nodes.
+//!
+//! Data flow: nodes publish sealed envelopes to `edgedesk/v1/nodes/{id}/up`
+//! on the broker (embedded rumqttd by default, [`broker`]); [`link`] verifies,
+//! opens and applies them against the SQLite [`store`], and answers with
+//! sealed acknowledgements on `…/down`. [`fleet`] tracks online/offline;
+//! [`api`] serves the REST API. `main.rs` is the CLI.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod fleet;
+pub mod identity;
+pub mod link;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiState;
+use crate::broker::Credentials;
+use crate::config::{BrokerMode, Config};
+use crate::link::Hub;
+use crate::store::{Db, StoreError, sha256_hex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("controller identity {path}: {source}")]
+    Identity {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl ControllerError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ControllerError::Config(_) => 64,
+            _ => 74,
+        }
+    }
+}
+
+/// A running controller.
+pub struct Controller {
+    pub http_addr: SocketAddr,
+    /// Where nodes reach the broker.
+    pub broker: (String, u16),
+    pub hub: Arc<Hub>,
+    pub admin_token: String,
+    task: JoinHandle<Result<(), ControllerError>>,
+}
+
+impl Controller {
+    pub async fn wait(self) -> Result<(), ControllerError> {
+        drop(self.hub);
+        self.task
+            .await
+            .map_err(|e| ControllerError::Serve(std::io::Error::other(e.to_string())))?
+    }
+}
+
+fn read_or_create_secret(
+    path: &std::path::Path,
+    configured: &str,
+) -> Result<String, ControllerError> {
+    if !configured.is_empty() {
+        return Ok(configured.to_owned());
+    }
+    let err = |source| ControllerError::Identity {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        _ => {
+            let token = identity::random_token(24);
+            identity::write_secret(path, &token).map_err(err)?;
+            Ok(token)
+        }
+    }
+}
+
+/// Start the controller: store, identity, broker (embedded mode), MQTT link,
+/// REST API. Cancelling `shutdown` stops it.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<Controller, ControllerError> {
+    let data = config.store.data_dir.clone();
+    let db = Db::open(&data.join("controller.db"))?;
+    let key_path = data.join("controller.key");
+    let identity =
+        identity::load_or_create(&key_path).map_err(|source| ControllerError::Identity {
+            path: key_path.display().to_string(),
+            source,
+        })?;
+    let admin_token = read_or_create_secret(&data.join("admin-token"), &config.http.admin_token)?;
+
+    let creds = Credentials::default();
+    for (node, hash) in db.with(|c| store::broker_credentials(c))? {
+        creds.set(&node, &hash);
+    }
+    // The controller's own broker login: fresh every start in embedded mode.
+    let (ctl_user, ctl_pass, broker_addr) = match config.mqtt.mode {
+        BrokerMode::Embedded => {
+            let pass = identity::random_token(24);
+            creds.set("edgedesk-controller", &sha256_hex(&pass));
+            let listen: SocketAddr =
+                config
+                    .mqtt
+                    .listen
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| ControllerError::Bind {
+                        addr: config.mqtt.listen.clone(),
+                        source: std::io::Error::other(e),
+                    })?;
+            broker::start(&config.mqtt, listen, creds.clone())?;
+            ("edgedesk-controller".to_owned(), pass, listen)
+        }
+        BrokerMode::External => {
+            let addr: SocketAddr = tokio::net::lookup_host((
+                config.mqtt.external_host.as_str(),
+                config.mqtt.external_port,
+            ))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ControllerError::Bind {
+                addr: format!(
+                    "{}:{}",
+                    config.mqtt.external_host, config.mqtt.external_port
+                ),
+                source: std::io::Error::other("cannot resolve the external broker"),
+            })?;
+            (
+                config.mqtt.external_username.clone(),
+                config.mqtt.external_password.clone(),
+                addr,
+            )
+        }
+    };
+    let broker = config.advertised_broker(broker_addr);
+    let opts = link::mqtt_options(
+        &broker_addr.ip().to_string(),
+        broker_addr.port(),
+        &ctl_user,
+        &ctl_pass,
+        config.mqtt.max_payload_bytes,
+    );
+    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+    let hub = Arc::new(Hub::new(config.clone(), db, identity, creds, client));
+    let link_task = tokio::spawn(link::run(hub.clone(), eventloop, shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .map_err(|source| ControllerError::Bind {
+            addr: config.http.listen.clone(),
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(ControllerError::Serve)?;
+    let state = Arc::new(ApiState {
+        hub: hub.clone(),
+        admin_token: admin_token.clone(),
+        broker: broker.clone(),
+    });
+    let api = api::router(state);
+    let ops = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .with_state(hub.clone());
+    let app = api.merge(ops);
+    tracing::info!(%http_addr, broker = %format!("{}:{}", broker.0, broker.1), "cloud controller listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        let _ = link_task.await;
+        tracing::info!("cloud controller stopped");
+        served.map_err(ControllerError::Serve)
+    });
+    Ok(Controller {
+        http_addr,
+        broker,
+        hub,
+        admin_token,
+        task,
+    })
+}
+
+async fn metrics_text(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        hub.metrics.render(),
+    )
+}

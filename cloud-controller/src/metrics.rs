@@ -1,0 +1,108 @@
+//! Prometheus metrics of the controller (`/metrics`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Envelopes refused, by reason (signature, replay, revoked, unknown_node, …).
+    pub refused: Family<Labels, Counter>,
+    pub events_new: Counter,
+    pub events_duplicate: Counter,
+    pub heartbeats: Counter,
+    pub nodes_online: Gauge,
+    pub commands_sent: Counter,
+    pub commands_acked: Counter,
+    /// Inbound messages dropped because processing was behind (nodes resend).
+    pub inbound_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("edgedesk_controller");
+        let refused = Family::<Labels, Counter>::default();
+        let events_new = Counter::default();
+        let events_duplicate = Counter::default();
+        let heartbeats = Counter::default();
+        let nodes_online = Gauge::default();
+        let commands_sent = Counter::default();
+        let commands_acked = Counter::default();
+        let inbound_dropped = Counter::default();
+        registry.register(
+            "envelopes_refused",
+            "Envelopes refused, by reason",
+            refused.clone(),
+        );
+        registry.register(
+            "events_new",
+            "Events stored for the first time",
+            events_new.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Events received again (already stored)",
+            events_duplicate.clone(),
+        );
+        registry.register("heartbeats", "Heartbeats received", heartbeats.clone());
+        registry.register(
+            "nodes_online",
+            "Nodes currently online",
+            nodes_online.clone(),
+        );
+        registry.register(
+            "commands_sent",
+            "Commands sent to nodes (including resends)",
+            commands_sent.clone(),
+        );
+        registry.register(
+            "commands_acked",
+            "Commands acknowledged by nodes",
+            commands_acked.clone(),
+        );
+        registry.register(
+            "inbound_dropped",
+            "Inbound messages dropped while processing was behind",
+            inbound_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            refused,
+            events_new,
+            events_duplicate,
+            heartbeats,
+            nodes_online,
+            commands_sent,
+            commands_acked,
+            inbound_dropped,
+        }
+    }
+
+    pub fn refuse(&self, reason: &str) {
+        self.refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    pub fn refused_count(&self, reason: &str) -> u64 {
+        self.refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .get()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
