@@ -22,7 +22,23 @@ pub struct Config {
     pub dialog: DialogConfig,
     pub store: StoreConfig,
     pub retention: RetentionConfig,
+    pub cloud: CloudConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    pub enabled: bool,
+    pub controller_url: String,
+    pub node_id: String,
+    pub enroll_token: String,
+    pub identity_path: PathBuf,
+    pub heartbeat_secs: u64,
+    pub batch_max: usize,
+    pub ack_timeout_secs: u64,
+    pub outbox_budget_bytes: u64,
+    pub mask_personal_data: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +214,21 @@ impl Config {
             return bad(
                 "store.batch_max",
                 "batch_max and queue_capacity must be at least 1",
+            );
+        }
+        if self.cloud.enabled && !edgedesk_common::envelope::valid_node_id(&self.cloud.node_id) {
+            return bad(
+                "cloud.node_id",
+                "required when cloud.enabled: 1-64 of a-z 0-9 - _ .",
+            );
+        }
+        if self.cloud.heartbeat_secs == 0
+            || self.cloud.ack_timeout_secs == 0
+            || self.cloud.batch_max == 0
+        {
+            return bad(
+                "cloud.heartbeat_secs",
+                "heartbeat_secs, ack_timeout_secs and batch_max must be at least 1",
             );
         }
         if self.retention.interval_secs == 0 {

@@ -65,6 +65,7 @@ pub async fn pass(app: &AppState, now: i64) -> Result<Pass, StoreError> {
         write.session.last_seen = row.last_seen;
         app.store.commit(write).await?;
         app.metrics.ended("idle");
+        app.outbox_notify.notify_one();
         out.idle_closed += 1;
     }
     let retention_cutoff = now - i64::from(r.transcript_max_age_days) * 86_400_000;

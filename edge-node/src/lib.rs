@@ -12,6 +12,7 @@ pub mod housekeeping;
 pub mod nlu;
 pub mod server;
 pub mod store;
+pub mod uplink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -151,9 +152,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         claims: Default::default(),
         shutdown: shutdown.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
+        outbox_notify: Default::default(),
+        started: std::time::Instant::now(),
     });
     tracing::info!(%addr, "edge node listening; kiosk page at http://{addr}/");
     let keeper = tokio::spawn(housekeeping::run(state.clone()));
+    let uplink = state
+        .config
+        .cloud
+        .enabled
+        .then(|| tokio::spawn(uplink::run(state.clone())));
     let app = server::router(state.clone());
     let serve_state = state.clone();
     // Chat frames are small and latency-bound: no Nagle delay.
@@ -175,6 +183,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
             tracing::warn!("shutdown grace period over; dropping remaining connections");
         }
         let _ = keeper.await;
+        if let Some(u) = uplink {
+            let _ = u.await;
+        }
         drop(serve_state);
         // The store thread flushes and exits once the last handle is gone.
         let _ = tokio::time::timeout(

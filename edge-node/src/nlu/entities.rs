@@ -105,6 +105,26 @@ pub fn bare_last4(text: &str) -> Option<String> {
     BARE4.captures(text.trim()).map(|c| c[1].to_owned())
 }
 
+static CARD: LazyLock<Regex> = LazyLock::new(|| re(r"\b\d(?:[ -]?\d){12,18}\b"));
+
+/// Replace e-mail addresses, card numbers and phone numbers with placeholders
+/// (`[email]`, `[card]`, `[phone]`), for text that leaves the branch.
+pub fn mask_personal(text: &str) -> String {
+    let text = EMAIL.replace_all(text, "[email]");
+    let text = CARD.replace_all(&text, "[card]");
+    PHONE
+        .replace_all(&text, |c: &regex::Captures<'_>| {
+            let m = &c[0];
+            let digits = m.chars().filter(char::is_ascii_digit).count();
+            if (7..=15).contains(&digits) && !ISO_DATE.is_match(m) {
+                "[phone]".to_owned()
+            } else {
+                m.to_owned()
+            }
+        })
+        .into_owned()
+}
+
 fn month_number(name: &str) -> Option<u32> {
     let n = match &name.to_ascii_lowercase()[..3] {
         "jan" => 1,
@@ -367,6 +387,19 @@ mod tests {
         assert_eq!(e("转账500元"), Some(("500".into(), "CNY".into())));
         assert_eq!(e("30 dollars"), Some(("30".into(), "USD".into())));
         assert_eq!(e("no money here"), None);
+    }
+
+    #[test]
+    fn masking_personal_data() {
+        let m = mask_personal(
+            "card 4111 1111 1111 1111, call +44 20 7946 0958 or a.b@example.com on 2026-12-01 about 300 EUR",
+        );
+        assert_eq!(
+            m,
+            "card [card], call [phone] or [email] on 2026-12-01 about 300 EUR"
+        );
+        assert_eq!(mask_personal("我的手机13812345678"), "我的手机[phone]");
+        assert_eq!(mask_personal("nothing here 1234"), "nothing here 1234");
     }
 
     #[test]

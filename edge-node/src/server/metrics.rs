@@ -30,6 +30,14 @@ pub struct Metrics {
     /// Rejected input, by `reason` (too_large, invalid_json, rate_limited, …).
     pub rejected: Family<Labels, Counter>,
     pub outbox_depth: Gauge,
+    /// Routine summaries dropped to keep the outbox within budget (total).
+    pub outbox_compacted: Gauge,
+    /// 1 while connected to the broker.
+    pub uplink_connected: Gauge,
+    pub uplink_sent: Counter,
+    pub uplink_acked: Counter,
+    /// Messages from the broker refused, by reason.
+    pub uplink_refused: Family<Labels, Counter>,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -52,6 +60,11 @@ impl Metrics {
             conversations_ended: Family::default(),
             rejected: Family::default(),
             outbox_depth: Gauge::default(),
+            outbox_compacted: Gauge::default(),
+            uplink_connected: Gauge::default(),
+            uplink_sent: Counter::default(),
+            uplink_acked: Counter::default(),
+            uplink_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(

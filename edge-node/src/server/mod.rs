@@ -43,6 +43,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks chat connections so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Woken when a commit adds outbox events (the uplink drains them).
+    pub outbox_notify: Arc<tokio::sync::Notify>,
+    pub started: std::time::Instant,
 }
 
 /// A connection's hold on a session.

@@ -581,6 +581,9 @@ impl Connection {
                 return;
             }
         };
+        if !outcome.events.is_empty() {
+            app.outbox_notify.notify_one();
+        }
         for ev in &outcome.events {
             match ev {
                 EventBody::Escalation(_) => {

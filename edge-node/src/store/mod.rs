@@ -83,6 +83,28 @@ pub struct RetentionStats {
     pub offline_messages: usize,
 }
 
+/// Outcome of enforcing the outbox disk budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Bytes of event bodies left in the outbox.
+    pub bytes: u64,
+    /// Routine summaries dropped by this call.
+    pub dropped: u64,
+    /// Dropped since the database was created.
+    pub dropped_total: u64,
+}
+
+/// A command from the controller, recorded with its result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandIn {
+    pub id: String,
+    pub kind: String,
+    pub args: String,
+    pub received_at: i64,
+    pub ok: bool,
+    pub detail: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
     pub seq: i64,
@@ -111,6 +133,14 @@ enum Request {
     Retention(i64, oneshot::Sender<Result<RetentionStats, StoreError>>),
     OutboxPeek(usize, oneshot::Sender<Result<Vec<OutboxEntry>, StoreError>>),
     OutboxDepth(oneshot::Sender<Result<u64, StoreError>>),
+    OutboxDelete(Vec<String>, oneshot::Sender<Result<usize, StoreError>>),
+    OutboxCompact(u64, oneshot::Sender<Result<Compaction, StoreError>>),
+    KvGet(String, oneshot::Sender<Result<Option<String>, StoreError>>),
+    KvSet(String, String, oneshot::Sender<Result<(), StoreError>>),
+    CommandIn(
+        CommandIn,
+        oneshot::Sender<Result<Option<(bool, String)>, StoreError>>,
+    ),
     Ping(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -236,6 +266,34 @@ impl Store {
 
     pub async fn outbox_depth(&self) -> Result<u64, StoreError> {
         self.ask(Request::OutboxDepth).await
+    }
+
+    /// Delete events the controller acknowledged; returns how many were deleted.
+    pub async fn outbox_delete(&self, ids: Vec<String>) -> Result<usize, StoreError> {
+        self.ask(|r| Request::OutboxDelete(ids, r)).await
+    }
+
+    /// Keep the outbox within `budget_bytes` by dropping the oldest routine
+    /// conversation summaries; escalations, offline messages and flow results
+    /// are never dropped.
+    pub async fn outbox_compact(&self, budget_bytes: u64) -> Result<Compaction, StoreError> {
+        self.ask(|r| Request::OutboxCompact(budget_bytes, r)).await
+    }
+
+    pub async fn kv_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let k = key.to_owned();
+        self.ask(|r| Request::KvGet(k, r)).await
+    }
+
+    pub async fn kv_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (k, v) = (key.to_owned(), value.to_owned());
+        self.ask(|r| Request::KvSet(k, v, r)).await
+    }
+
+    /// Record a received command once. Returns the earlier result if this id
+    /// was already executed (a resend), `None` if it is new and now stored.
+    pub async fn command_in(&self, cmd: CommandIn) -> Result<Option<(bool, String)>, StoreError> {
+        self.ask(|r| Request::CommandIn(cmd, r)).await
     }
 
     /// Round trip through the writer thread (readiness probe).
@@ -397,6 +455,25 @@ fn serve(conn: &mut Connection, req: Request) {
                 .map_err(Into::into),
             );
         }
+        Request::OutboxDelete(ids, r) => {
+            let _ = r.send(outbox_delete(conn, &ids));
+        }
+        Request::OutboxCompact(budget, r) => {
+            let _ = r.send(outbox_compact(conn, budget));
+        }
+        Request::KvGet(k, r) => {
+            let _ = r.send(
+                conn.query_row("SELECT value FROM kv WHERE key = ?1", [k], |row| row.get(0))
+                    .optional()
+                    .map_err(Into::into),
+            );
+        }
+        Request::KvSet(k, v, r) => {
+            let _ = r.send(kv_set(conn, &k, &v));
+        }
+        Request::CommandIn(c, r) => {
+            let _ = r.send(command_in(conn, &c));
+        }
         Request::Ping(r) => {
             let _ = r.send(
                 conn.query_row("SELECT 1", [], |_| Ok(()))
@@ -505,6 +582,92 @@ fn retention(conn: &mut Connection, cutoff: i64) -> Result<RetentionStats, Store
     tx.execute("DELETE FROM doomed", [])?;
     tx.commit()?;
     Ok(stats)
+}
+
+fn kv_set(conn: &Connection, k: &str, v: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![k, v],
+    )?;
+    Ok(())
+}
+
+fn outbox_delete(conn: &mut Connection, ids: &[String]) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    {
+        let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+        for id in ids {
+            n += stmt.execute([id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+/// Key in `kv` counting summaries dropped by compaction.
+pub const KV_COMPACTED: &str = "outbox_compacted";
+
+fn outbox_compact(conn: &mut Connection, budget: u64) -> Result<Compaction, StoreError> {
+    let tx = conn.transaction()?;
+    let mut bytes: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut dropped = 0u64;
+    if bytes as u64 > budget {
+        let victims: Vec<(i64, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT seq, LENGTH(body) FROM outbox WHERE kind = 'conversation_summary' ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (seq, len) in victims {
+            if bytes as u64 <= budget {
+                break;
+            }
+            tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+            bytes -= len;
+            dropped += 1;
+        }
+    }
+    let before: i64 = tx
+        .query_row("SELECT value FROM kv WHERE key = ?1", [KV_COMPACTED], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let total = before as u64 + dropped;
+    if dropped > 0 {
+        kv_set(&tx, KV_COMPACTED, &total.to_string())?;
+    }
+    tx.commit()?;
+    Ok(Compaction {
+        bytes: bytes.max(0) as u64,
+        dropped,
+        dropped_total: total,
+    })
+}
+
+fn command_in(conn: &Connection, c: &CommandIn) -> Result<Option<(bool, String)>, StoreError> {
+    let earlier: Option<(bool, String)> = conn
+        .query_row(
+            "SELECT ok, detail FROM commands_in WHERE id = ?1",
+            [&c.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if earlier.is_some() {
+        return Ok(earlier);
+    }
+    conn.execute(
+        "INSERT INTO commands_in (id, kind, args, received_at, ok, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![c.id, c.kind, c.args, c.received_at, c.ok, c.detail],
+    )?;
+    Ok(None)
 }
 
 fn outbox_peek(conn: &Connection, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

@@ -59,6 +59,22 @@ pub const MIGRATIONS: &[&str] = &[
         body  TEXT NOT NULL                       -- common::event::Event as JSON
     );
     "#,
+    // 2: cloud link state: key/values (identity, counters, replay mark) and
+    //    commands received from the controller (executed once, by id).
+    r#"
+    CREATE TABLE kv (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE commands_in (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        args        TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        ok          INTEGER NOT NULL,
+        detail      TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the database to the latest schema version.

@@ -217,3 +217,99 @@ fn unwritable_path_is_a_clear_error() {
     let err = Store::open(&c).err().unwrap();
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn outbox_budget_drops_only_old_summaries() {
+    use edgedesk_common::event::ConversationSummary;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, thread) = Store::open(&cfg(&dir)).unwrap();
+    let summary = |i: i64| Event {
+        id: format!("s{i}"),
+        at: i,
+        body: EventBody::ConversationSummary(ConversationSummary {
+            conversation: format!("c{i}"),
+            lang: Lang::En,
+            started_at: 0,
+            ended_at: i,
+            visitor_turns: 1,
+            intents: vec!["greeting".into(); 20],
+            escalated: false,
+            reason: "goodbye".into(),
+        }),
+    };
+    let escalation = |i: i64| Event {
+        id: format!("e{i}"),
+        at: i,
+        body: EventBody::Escalation(Escalation {
+            conversation: format!("c{i}"),
+            lang: Lang::En,
+            reason: "requested".into(),
+            last_text: "x".repeat(200),
+            intents: vec![],
+        }),
+    };
+    for i in 0..20 {
+        let mut w = write("s", "c", i, &[]);
+        w.conversation_start = None;
+        w.events = vec![summary(i), escalation(i)];
+        store.commit(w).await.unwrap();
+    }
+    let all = store.outbox_compact(u64::MAX).await.unwrap();
+    assert_eq!(all.dropped, 0);
+    let c = store.outbox_compact(all.bytes / 2).await.unwrap();
+    assert!(c.dropped > 0 && c.bytes <= all.bytes / 2, "{c:?}");
+    let left = store.outbox_peek(100).await.unwrap();
+    assert_eq!(
+        left.iter()
+            .filter(|e| e.event.body.kind() == "escalation")
+            .count(),
+        20,
+        "escalations are never dropped"
+    );
+    // The oldest summaries went first.
+    let first_summary = left
+        .iter()
+        .find(|e| e.event.body.kind() == "conversation_summary")
+        .unwrap();
+    assert_eq!(first_summary.event.id, format!("s{}", c.dropped));
+    // A budget below the escalations alone cannot be met, and they stay.
+    let c2 = store.outbox_compact(1).await.unwrap();
+    assert_eq!(c2.dropped_total, 20);
+    assert_eq!(store.outbox_depth().await.unwrap(), 20);
+    // Acknowledged events leave.
+    assert_eq!(
+        store
+            .outbox_delete(vec!["e0".into(), "e1".into(), "nope".into()])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.outbox_depth().await.unwrap(), 18);
+    drop(store);
+    thread.join();
+}
+
+#[tokio::test]
+async fn commands_execute_once_and_kv_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, thread) = Store::open(&cfg(&dir)).unwrap();
+    let c = CommandIn {
+        id: "k".into(),
+        kind: "ping".into(),
+        args: "{}".into(),
+        received_at: 1,
+        ok: true,
+        detail: "pong".into(),
+    };
+    assert_eq!(store.command_in(c.clone()).await.unwrap(), None);
+    assert_eq!(
+        store.command_in(c).await.unwrap(),
+        Some((true, "pong".into()))
+    );
+    assert_eq!(store.kv_get("x").await.unwrap(), None);
+    store.kv_set("x", "1").await.unwrap();
+    store.kv_set("x", "2").await.unwrap();
+    assert_eq!(store.kv_get("x").await.unwrap().as_deref(), Some("2"));
+    drop(store);
+    thread.join();
+}

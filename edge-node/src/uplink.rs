@@ -1,0 +1,635 @@
+//! The node's link to the cloud controller: enrolment, then store-and-forward
+//! over MQTT with sealed, signed envelopes.
+//!
+//! - Enrolment (once): a fresh key pair, a one-time token, `POST /api/v1/enroll`;
+//!   the controller's keys and the broker credentials are pinned in
+//!   `cloud.identity_path`.
+//! - Drain: the oldest outbox events go up in batches; they are deleted only
+//!   when the controller's `events_ack` names them (it sends that after its
+//!   commit). Unacknowledged batches are sent again after `ack_timeout_secs`,
+//!   so a lost message, broker restart or controller crash costs a resend,
+//!   never an event; the controller stores each event id once.
+//! - Commands from the controller are executed once (by id) and acknowledged.
+//! - The outbox stays within its disk budget by dropping the oldest routine
+//!   summaries only.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use edgedesk_common::envelope::{
+    CONTROLLER, Envelope, Header, Identity, Peer, PublicKeys, ReplayWindow, topic,
+};
+use edgedesk_common::event::{Event, EventBody};
+use edgedesk_common::sync::{
+    Command, Down, EnrollRequest, EnrollResponse, Heartbeat, MqttEndpoint, Up, enroll_proof_message,
+};
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::CloudConfig;
+use crate::nlu::entities::mask_personal;
+use crate::server::AppState;
+use crate::server::ws::now_ms;
+use crate::store::{CommandIn, KV_COMPACTED};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("node identity {path}: {message}")]
+    Identity { path: String, message: String },
+    #[error("enrolment refused by the controller ({status}): {message}")]
+    EnrollRefused { status: u16, message: String },
+    #[error(
+        "not enrolled and cloud.enroll_token is empty: issue one with `cloud-controller token create --node <id>`"
+    )]
+    NoToken,
+}
+
+/// What the node keeps about itself and the controller it pinned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityFile {
+    pub node_id: String,
+    /// 64 secret bytes, hex.
+    pub secret: String,
+    #[serde(default)]
+    pub controller: Option<PublicKeys>,
+    #[serde(default)]
+    pub mqtt: Option<MqttEndpoint>,
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl IdentityFile {
+    /// Load the identity, or create a fresh key pair for `node_id`.
+    pub fn load_or_create(path: &Path, node_id: &str) -> Result<IdentityFile, UplinkError> {
+        let err = |message: String| UplinkError::Identity {
+            path: path.display().to_string(),
+            message,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let f: IdentityFile =
+                    serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+                if f.node_id != node_id {
+                    return Err(err(format!(
+                        "belongs to node {:?}, but cloud.node_id is {node_id:?}; use another identity_path",
+                        f.node_id
+                    )));
+                }
+                Ok(f)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = [0u8; 64];
+                getrandom::fill(&mut secret).map_err(|e| err(e.to_string()))?;
+                let f = IdentityFile {
+                    node_id: node_id.into(),
+                    secret: hex::encode(secret),
+                    controller: None,
+                    mqtt: None,
+                };
+                f.save(path)?;
+                Ok(f)
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), UplinkError> {
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        write_private(path, &text).map_err(|e| UplinkError::Identity {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn identity(&self) -> Result<Identity, UplinkError> {
+        let bytes = hex::decode(&self.secret)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok());
+        bytes
+            .map(|b| Identity::from_secret(&b))
+            .ok_or_else(|| UplinkError::Identity {
+                path: self.node_id.clone(),
+                message: "secret is not 64 hex bytes".into(),
+            })
+    }
+}
+
+/// Enrol with the controller (once); returns the pinned controller keys and broker endpoint.
+pub async fn enroll(cfg: &CloudConfig, file: &mut IdentityFile) -> Result<(), UplinkError> {
+    if file.controller.is_some() && file.mqtt.is_some() {
+        return Ok(());
+    }
+    if cfg.enroll_token.is_empty() {
+        return Err(UplinkError::NoToken);
+    }
+    let identity = file.identity()?;
+    let req = EnrollRequest {
+        token: cfg.enroll_token.clone(),
+        node_id: cfg.node_id.clone(),
+        keys: identity.public(),
+        proof: identity.sign(&enroll_proof_message(&cfg.node_id, &cfg.enroll_token)),
+        sw_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let url = format!("{}/api/v1/enroll", cfg.controller_url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| UplinkError::EnrollRefused {
+            status: 0,
+            message: e.to_string(),
+        })?;
+    let mut delay = Duration::from_millis(250);
+    let resp = loop {
+        match client.post(&url).json(&req).send().await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, %url, "controller unreachable for enrolment; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let message = resp.text().await.unwrap_or_default();
+        return Err(UplinkError::EnrollRefused { status, message });
+    }
+    let body: EnrollResponse = resp.json().await.map_err(|e| UplinkError::EnrollRefused {
+        status,
+        message: e.to_string(),
+    })?;
+    file.controller = Some(body.controller);
+    file.mqtt = Some(body.mqtt);
+    tracing::info!(node = %cfg.node_id, "enrolled with the controller");
+    Ok(())
+}
+
+/// Sends sealed envelopes to the controller.
+struct Sealer {
+    node: String,
+    identity: Identity,
+    controller: Peer,
+    seq: AtomicU64,
+}
+
+impl Sealer {
+    fn next_seq(&self) -> u64 {
+        let now = chrono::Utc::now().timestamp_micros().max(1) as u64;
+        let mut cur = self.seq.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(cur + 1);
+            match self
+                .seq
+                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    fn seal(&self, body: &Up) -> Vec<u8> {
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).expect("OS random source");
+        let id = uuid::Uuid::new_v4().to_string();
+        let plain = serde_json::to_vec(body).unwrap_or_default();
+        Envelope::seal(
+            &self.identity,
+            &self.controller,
+            Header {
+                id: &id,
+                from: &self.node,
+                to: CONTROLLER,
+                seq: self.next_seq(),
+                ts: now_ms(),
+            },
+            nonce,
+            &plain,
+        )
+        .to_json()
+    }
+}
+
+/// Mask personal data in what leaves the branch (contact details for a call-back stay).
+pub fn outgoing(mut e: Event, mask: bool) -> Event {
+    if mask {
+        match &mut e.body {
+            EventBody::Escalation(x) => x.last_text = mask_personal(&x.last_text),
+            EventBody::OfflineMessage(x) => x.message = mask_personal(&x.message),
+            EventBody::ConversationSummary(_) | EventBody::FlowCompleted(_) => {}
+        }
+    }
+    e
+}
+
+const KV_DOWN_SEQ: &str = "controller_seq_high";
+
+/// Run the uplink until shutdown. Errors here are logged; the node keeps serving.
+pub async fn run(app: Arc<AppState>) {
+    let cfg = app.config.cloud.clone();
+    if let Err(e) = run_inner(app, &cfg).await {
+        tracing::error!(error = %e, "cloud link stopped; the node keeps serving and events wait in the outbox");
+    }
+}
+
+async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkError> {
+    let mut file = IdentityFile::load_or_create(&cfg.identity_path, &cfg.node_id)?;
+    tokio::select! {
+        _ = app.shutdown.cancelled() => return Ok(()),
+        r = enroll(cfg, &mut file) => r?,
+    }
+    file.save(&cfg.identity_path)?;
+    let identity = file.identity()?;
+    let controller = file
+        .controller
+        .clone()
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| UplinkError::Identity {
+            path: cfg.identity_path.display().to_string(),
+            message: "bad controller keys".into(),
+        })?;
+    let mqtt = file.mqtt.clone().expect("enrolled");
+    let sealer = Arc::new(Sealer {
+        node: cfg.node_id.clone(),
+        identity: identity.clone(),
+        controller: controller.clone(),
+        seq: AtomicU64::new(0),
+    });
+    let connect_id = uuid::Uuid::new_v4().to_string();
+
+    let mut opts = MqttOptions::new(cfg.node_id.clone(), mqtt.host.clone(), mqtt.port);
+    opts.set_credentials(mqtt.username.clone(), mqtt.password.clone());
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_last_will(LastWill::new(
+        topic::up(&cfg.node_id),
+        sealer.seal(&Up::Will {
+            connect_id: connect_id.clone(),
+        }),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (client, eventloop) = AsyncClient::new(opts, 256);
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let (ack_tx, ack_rx) = mpsc::channel::<Vec<String>>(256);
+    let high = app
+        .store
+        .kv_get(KV_DOWN_SEQ)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let receiver = Receiver {
+        app: app.clone(),
+        client: client.clone(),
+        sealer: sealer.clone(),
+        identity,
+        controller,
+        window: ReplayWindow::starting_at(high),
+        ack_tx,
+        connect_id: connect_id.clone(),
+    };
+    let poll = tokio::spawn(receiver.poll(eventloop, connected_tx));
+    let beat = tokio::spawn(heartbeats(
+        app.clone(),
+        client.clone(),
+        sealer.clone(),
+        connected_rx.clone(),
+        connect_id,
+    ));
+    drain(app.clone(), client.clone(), sealer, connected_rx, ack_rx).await;
+    let _ = client.disconnect().await;
+    let _ = beat.await;
+    let _ = poll.await;
+    Ok(())
+}
+
+struct Receiver {
+    app: Arc<AppState>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+    identity: Identity,
+    controller: Peer,
+    window: ReplayWindow,
+    ack_tx: mpsc::Sender<Vec<String>>,
+    connect_id: String,
+}
+
+impl Receiver {
+    async fn poll(mut self, mut eventloop: EventLoop, connected: watch::Sender<bool>) {
+        let node = self.sealer.node.clone();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let ev = tokio::select! {
+                _ = self.app.shutdown.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(200);
+                    tracing::info!(%node, "connected to the broker");
+                    self.app.metrics.uplink_connected.set(1);
+                    let _ = self
+                        .client
+                        .subscribe(topic::down(&node), QoS::AtLeastOnce)
+                        .await;
+                    let hello = Up::Hello {
+                        connect_id: self.connect_id.clone(),
+                        sw_version: env!("CARGO_PKG_VERSION").into(),
+                    };
+                    let _ = self
+                        .client
+                        .publish(
+                            topic::up(&node),
+                            QoS::AtLeastOnce,
+                            false,
+                            self.sealer.seal(&hello),
+                        )
+                        .await;
+                    let _ = connected.send(true);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => self.on_down(&p.payload).await,
+                Ok(_) => {}
+                Err(e) => {
+                    if *connected.borrow() {
+                        tracing::warn!(%node, error = %e, "broker connection lost; retrying");
+                    }
+                    self.app.metrics.uplink_connected.set(0);
+                    let _ = connected.send(false);
+                    tokio::select! {
+                        _ = self.app.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let _ = connected.send(false);
+    }
+
+    async fn on_down(&mut self, payload: &[u8]) {
+        let opened = Envelope::from_json(payload).and_then(|env| {
+            if env.from != CONTROLLER || env.to != self.sealer.node {
+                return Err(edgedesk_common::envelope::EnvelopeError::Malformed(
+                    "wrong sender or recipient".into(),
+                ));
+            }
+            let plain = env.open(&self.controller, &self.identity)?;
+            self.window.accept(env.seq)?;
+            Ok(plain)
+        });
+        let plain = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                self.app
+                    .metrics
+                    .uplink_refused
+                    .get_or_create(&vec![("reason".into(), e.reason().into())])
+                    .inc();
+                tracing::warn!(error = %e, "message from the broker refused");
+                return;
+            }
+        };
+        let _ = self
+            .app
+            .store
+            .kv_set(KV_DOWN_SEQ, &self.window.highest().to_string())
+            .await;
+        match serde_json::from_slice::<Down>(&plain) {
+            Ok(Down::EventsAck { ids }) => {
+                let _ = self.ack_tx.try_send(ids);
+            }
+            Ok(Down::Command(cmd)) => self.on_command(cmd).await,
+            Err(e) => tracing::warn!(error = %e, "unreadable message from the controller"),
+        }
+    }
+
+    async fn on_command(&self, cmd: Command) {
+        let (ok, detail) = match cmd.kind.as_str() {
+            "ping" => (true, "pong".to_owned()),
+            other => (false, format!("unknown command kind {other:?}")),
+        };
+        let record = CommandIn {
+            id: cmd.id.clone(),
+            kind: cmd.kind.clone(),
+            args: cmd.args.to_string(),
+            received_at: now_ms(),
+            ok,
+            detail: detail.clone(),
+        };
+        // A resent command is acknowledged again with its first result, not re-run.
+        let (ok, detail) = match self.app.store.command_in(record).await {
+            Ok(Some(earlier)) => earlier,
+            Ok(None) => (ok, detail),
+            Err(e) => {
+                tracing::error!(error = %e, "recording a command failed; it will be resent");
+                return;
+            }
+        };
+        tracing::info!(id = %cmd.id, kind = %cmd.kind, ok, "command executed");
+        let ack = Up::CommandAck {
+            id: cmd.id,
+            ok,
+            detail,
+        };
+        let _ = self
+            .client
+            .publish(
+                topic::up(&self.sealer.node),
+                QoS::AtLeastOnce,
+                false,
+                self.sealer.seal(&ack),
+            )
+            .await;
+    }
+}
+
+async fn heartbeats(
+    app: Arc<AppState>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+    mut connected: watch::Receiver<bool>,
+    connect_id: String,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(app.config.cloud.heartbeat_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            _ = connected.changed() => {
+                if !*connected.borrow() { continue; }
+            }
+        }
+        if !*connected.borrow() {
+            continue;
+        }
+        let hb = heartbeat(&app, &connect_id).await;
+        let _ = client
+            .publish(
+                topic::up(&sealer.node),
+                QoS::AtLeastOnce,
+                false,
+                sealer.seal(&Up::Heartbeat(hb)),
+            )
+            .await;
+    }
+}
+
+/// The node's current state, as reported upstream.
+pub async fn heartbeat(app: &AppState, connect_id: &str) -> Heartbeat {
+    let model = app.model.get();
+    let open_sessions = app.live.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+    let dir = app
+        .config
+        .store
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Heartbeat {
+        connect_id: connect_id.to_owned(),
+        sw_version: env!("CARGO_PKG_VERSION").into(),
+        model_name: model.manifest().name.clone(),
+        model_version: model.manifest().version.to_string(),
+        uptime_s: app.started.elapsed().as_secs(),
+        open_sessions,
+        outbox_depth: app.store.outbox_depth().await.unwrap_or(0),
+        outbox_compacted: app
+            .store
+            .kv_get(KV_COMPACTED)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        free_disk_bytes: fs4::available_space(dir).unwrap_or(0),
+    }
+}
+
+async fn drain(
+    app: Arc<AppState>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+    mut connected: watch::Receiver<bool>,
+    mut acks: mpsc::Receiver<Vec<String>>,
+) {
+    let cfg = &app.config.cloud;
+    let timeout = Duration::from_secs(cfg.ack_timeout_secs);
+    let mut last_compact = Instant::now() - Duration::from_secs(3600);
+    loop {
+        if app.shutdown.is_cancelled() {
+            break;
+        }
+        if last_compact.elapsed() >= Duration::from_secs(5) {
+            last_compact = Instant::now();
+            compact(&app).await;
+        }
+        if !*connected.borrow() {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => break,
+                _ = connected.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            continue;
+        }
+        let batch = match app.store.outbox_peek(cfg.batch_max).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => break,
+                _ = app.outbox_notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let mut waiting: HashSet<String> = batch.iter().map(|e| e.event.id.clone()).collect();
+        let events: Vec<Event> = batch
+            .into_iter()
+            .map(|e| outgoing(e.event, cfg.mask_personal_data))
+            .collect();
+        let n = events.len() as u64;
+        let payload = sealer.seal(&Up::Events { events });
+        if client
+            .publish(topic::up(&sealer.node), QoS::AtLeastOnce, false, payload)
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        app.metrics.uplink_sent.inc_by(n);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !waiting.is_empty() {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(pending = waiting.len(), "no acknowledgement in time; sending again");
+                    break;
+                }
+                ids = acks.recv() => {
+                    let Some(ids) = ids else { return };
+                    for id in &ids {
+                        waiting.remove(id);
+                    }
+                    // Late acks of earlier sends are as good: delete whatever is acknowledged.
+                    match app.store.outbox_delete(ids).await {
+                        Ok(deleted) => {
+                            app.metrics.uplink_acked.inc_by(deleted as u64);
+                        }
+                        Err(e) => tracing::error!(error = %e, "deleting acknowledged events failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn compact(app: &AppState) {
+    match app
+        .store
+        .outbox_compact(app.config.cloud.outbox_budget_bytes)
+        .await
+    {
+        Ok(c) => {
+            app.metrics.outbox_compacted.set(c.dropped_total as i64);
+            if c.dropped > 0 {
+                tracing::warn!(
+                    dropped = c.dropped,
+                    total = c.dropped_total,
+                    "outbox over budget: oldest routine summaries dropped"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "outbox compaction failed"),
+    }
+}
