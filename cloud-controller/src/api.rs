@@ -93,6 +93,9 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 type S = State<Arc<ApiState>>;
 
+/// Node ids may not start with this: the controller's own broker login uses it.
+pub const RESERVED_PREFIX: &str = "edgedesk-";
+
 #[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
     /// Restrict the token to this node id.
@@ -150,10 +153,13 @@ async fn enroll(
 ) -> Result<Json<EnrollResponse>, Response> {
     let fail =
         |status: StatusCode, msg: String| (status, Json(ErrorBody { error: msg })).into_response();
-    if !valid_node_id(&req.node_id) {
+    if !valid_node_id(&req.node_id) || req.node_id.starts_with(RESERVED_PREFIX) {
         return Err(fail(
             StatusCode::BAD_REQUEST,
-            format!("invalid node id {:?}", req.node_id),
+            format!(
+                "invalid node id {:?}: 1-64 of a-z 0-9 - _ ., not starting with {RESERVED_PREFIX}",
+                req.node_id
+            ),
         ));
     }
     let peer = req

@@ -35,13 +35,14 @@ impl Credentials {
     }
 
     /// A client may connect as `user` with a client id equal to `user` or
-    /// starting with `user/` (for tools running beside a node).
+    /// starting with `user~` (tools beside a node; `~` is not allowed in node
+    /// ids, so nobody can take another node's client id and kick it off).
     pub fn check(&self, client_id: &str, user: &str, password: &str) -> bool {
         let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let id_ok = client_id == user
             || client_id
                 .strip_prefix(user)
-                .is_some_and(|r| r.starts_with('/'));
+                .is_some_and(|r| r.starts_with('~'));
         id_ok && map.get(user).is_some_and(|h| *h == sha256_hex(password))
     }
 }
@@ -119,7 +120,7 @@ mod tests {
         let c = Credentials::default();
         c.set("branch-1", &sha256_hex("pw"));
         assert!(c.check("branch-1", "branch-1", "pw"));
-        assert!(c.check("branch-1/tool", "branch-1", "pw"));
+        assert!(c.check("branch-1~tool", "branch-1", "pw"));
         assert!(
             !c.check("branch-2", "branch-1", "pw"),
             "client id of another node"

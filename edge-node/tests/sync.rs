@@ -27,6 +27,9 @@ pub struct Cloud {
 
 impl Cloud {
     pub async fn start() -> Cloud {
+        if std::env::var("TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut c = CcConfig::default();
         c.http.listen = "127.0.0.1:0".into();
@@ -190,5 +193,322 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
         .await;
     a.stop().await;
     b.stop().await;
+    cloud.token.cancel();
+}
+
+/// A raw MQTT client on the broker with a node's credentials.
+async fn raw_client(
+    identity_file: &std::path::Path,
+    client_suffix: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let f: edge_node::uplink::IdentityFile =
+        serde_json::from_str(&std::fs::read_to_string(identity_file).unwrap()).unwrap();
+    let m = f.mqtt.unwrap();
+    let mut o =
+        rumqttc::MqttOptions::new(format!("{}~{client_suffix}", m.username), m.host, m.port);
+    o.set_credentials(m.username, m.password);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
+    let (tx, rx) = tokio::sync::mpsc::channel(1000);
+    tokio::spawn(async move {
+        loop {
+            let e = match ev.poll().await {
+                Ok(e) => e,
+                Err(err) => {
+                    eprintln!("raw client: {err}");
+                    break;
+                }
+            };
+            if std::env::var("DEBUG_RAW").is_ok() {
+                eprintln!("raw: {e:?}");
+            }
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec())).await;
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn refused(cloud: &Cloud, reason: &str) -> u64 {
+    cloud.ctl.hub.metrics.refused_count(reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_refused() {
+    let cloud = Cloud::start().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = edge(&cloud, &da, "branch-a").await;
+    let b = edge(&cloud, &db, "branch-b").await;
+    cloud
+        .eventually(10, "both nodes online", || async {
+            cloud
+                .get("/api/v1/nodes")
+                .await
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["online"] == true)
+                .count()
+                == 2
+        })
+        .await;
+
+    // A rogue subscriber on `#` with branch-b's broker login.
+    let (rogue, mut seen) = raw_client(&db.path().join("identity.json"), "rogue").await;
+    rogue
+        .subscribe("#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    escalate(&a, "I want a human, my secret word is PAPAYA-77").await;
+    cloud
+        .eventually(10, "escalation stored", || async {
+            cloud.events("node=branch-a").await.len() == 1
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut captured = Vec::new();
+    while let Ok((topic, payload)) = seen.try_recv() {
+        let text = String::from_utf8_lossy(&payload);
+        assert!(
+            !text.contains("PAPAYA"),
+            "plaintext visible to a subscriber on # ({topic})"
+        );
+        if topic == "edgedesk/v1/nodes/branch-a/up" {
+            captured.push(payload);
+        }
+    }
+    assert!(
+        !captured.is_empty(),
+        "the rogue saw branch-a's traffic (as ciphertext)"
+    );
+
+    // Replay: an envelope captured off the broker, published again.
+    let before = refused(&cloud, "replay").await;
+    rogue
+        .publish(
+            "edgedesk/v1/nodes/branch-a/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            captured[0].clone(),
+        )
+        .await
+        .unwrap();
+    cloud
+        .eventually(5, "replay refused", || async {
+            refused(&cloud, "replay").await > before
+        })
+        .await;
+
+    // Tampering: change one character of the sealed body.
+    let mut env: serde_json::Value = serde_json::from_slice(&captured[captured.len() - 1]).unwrap();
+    let body = env["body"].as_str().unwrap().to_owned();
+    let flipped = if body.starts_with('A') {
+        format!("B{}", &body[1..])
+    } else {
+        format!("A{}", &body[1..])
+    };
+    env["body"] = serde_json::Value::String(flipped);
+    env["seq"] = serde_json::json!(u64::MAX / 2);
+    let before = refused(&cloud, "signature").await;
+    rogue
+        .publish(
+            "edgedesk/v1/nodes/branch-a/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&env).unwrap(),
+        )
+        .await
+        .unwrap();
+    cloud
+        .eventually(5, "tampered envelope refused", || async {
+            refused(&cloud, "signature").await > before
+        })
+        .await;
+
+    // Forgery: branch-b signs with its own key but claims to be branch-a.
+    let fb: edge_node::uplink::IdentityFile =
+        serde_json::from_str(&std::fs::read_to_string(db.path().join("identity.json")).unwrap())
+            .unwrap();
+    let b_identity = fb.identity().unwrap();
+    let controller = fb.controller.unwrap().parse().unwrap();
+    let forged_events = edgedesk_common::sync::Up::Events { events: vec![] };
+    let forged = edgedesk_common::envelope::Envelope::seal(
+        &b_identity,
+        &controller,
+        edgedesk_common::envelope::Header {
+            id: "forged-1",
+            from: "branch-a",
+            to: "controller",
+            seq: u64::MAX / 2,
+            ts: chrono::Utc::now().timestamp_millis(),
+        },
+        [9; 24],
+        &serde_json::to_vec(&forged_events).unwrap(),
+    );
+    let before = refused(&cloud, "signature").await;
+    rogue
+        .publish(
+            "edgedesk/v1/nodes/branch-a/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            forged.to_json(),
+        )
+        .await
+        .unwrap();
+    cloud
+        .eventually(5, "forged envelope refused", || async {
+            refused(&cloud, "signature").await > before
+        })
+        .await;
+    // …and the honest sender name on the wrong topic is refused too.
+    let mut wrong_topic = serde_json::from_slice::<serde_json::Value>(&forged.to_json()).unwrap();
+    wrong_topic["from"] = serde_json::json!("branch-b");
+    let before = refused(&cloud, "malformed").await;
+    rogue
+        .publish(
+            "edgedesk/v1/nodes/branch-a/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&wrong_topic).unwrap(),
+        )
+        .await
+        .unwrap();
+    cloud
+        .eventually(5, "sender/topic mismatch refused", || async {
+            refused(&cloud, "malformed").await > before
+        })
+        .await;
+    assert_eq!(
+        cloud.events("node=branch-a").await.len(),
+        1,
+        "nothing forged was stored"
+    );
+
+    // Revocation: everything branch-b sends afterwards is refused.
+    cloud
+        .post("/api/v1/nodes/branch-b/revoke", serde_json::json!({}))
+        .await;
+    let before = refused(&cloud, "bad_key").await;
+    escalate(&b, "I want a human").await;
+    cloud
+        .eventually(10, "revoked node refused", || async {
+            refused(&cloud, "bad_key").await > before
+        })
+        .await;
+    assert!(
+        cloud.events("node=branch-b").await.is_empty(),
+        "nothing from a revoked node is stored"
+    );
+    let node = cloud.get("/api/v1/nodes/branch-b").await;
+    assert_eq!(node["revoked"], true);
+    let history = cloud.get("/api/v1/nodes/branch-b/history").await;
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["kind"] == "revoked"),
+        "{history}"
+    );
+
+    a.stop().await;
+    b.stop().await;
+    cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_tokens_are_one_time_and_ids_unique() {
+    let cloud = Cloud::start().await;
+    let http = reqwest::Client::new();
+    let identity = edgedesk_common::envelope::Identity::from_secret(&[5; 64]);
+    let token = cloud.token("branch-z").await;
+    let enroll = |node: &str, token: &str| {
+        let req = edgedesk_common::sync::EnrollRequest {
+            token: token.into(),
+            node_id: node.into(),
+            keys: identity.public(),
+            proof: identity.sign(&edgedesk_common::sync::enroll_proof_message(node, token)),
+            sw_version: String::new(),
+        };
+        http.post(cloud.url("/api/v1/enroll")).json(&req).send()
+    };
+    assert_eq!(
+        enroll("branch-y", &token).await.unwrap().status(),
+        403,
+        "token bound to another node"
+    );
+    assert_eq!(enroll("branch-z", &token).await.unwrap().status(), 200);
+    assert_eq!(
+        enroll("branch-z", &token).await.unwrap().status(),
+        403,
+        "token used twice"
+    );
+    let t2 = cloud.post("/api/v1/tokens", serde_json::json!({})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        enroll("branch-z", &t2).await.unwrap().status(),
+        409,
+        "node id enrolled twice"
+    );
+    assert_eq!(enroll("Bad/Id", &t2).await.unwrap().status(), 400);
+    assert_eq!(
+        enroll("edgedesk-controller", &t2).await.unwrap().status(),
+        400,
+        "reserved for the controller"
+    );
+    // A proof made with another key is refused.
+    let mut req = edgedesk_common::sync::EnrollRequest {
+        token: t2.clone(),
+        node_id: "branch-q".into(),
+        keys: identity.public(),
+        proof: edgedesk_common::envelope::Identity::from_secret(&[6; 64]).sign(b"whatever"),
+        sw_version: String::new(),
+    };
+    assert_eq!(
+        http.post(cloud.url("/api/v1/enroll"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    req.proof = identity.sign(&edgedesk_common::sync::enroll_proof_message(
+        "branch-q", &t2,
+    ));
+    assert_eq!(
+        http.post(cloud.url("/api/v1/enroll"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The operator API needs the admin token.
+    assert_eq!(
+        http.get(cloud.url("/api/v1/nodes"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.get(cloud.url("/api/v1/nodes"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     cloud.token.cancel();
 }
