@@ -27,6 +27,10 @@ pub struct Cloud {
 
 impl Cloud {
     pub async fn start() -> Cloud {
+        Cloud::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut CcConfig)) -> Cloud {
         if std::env::var("TEST_LOG").is_ok() {
             let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
         }
@@ -36,6 +40,7 @@ impl Cloud {
         c.mqtt.listen = format!("127.0.0.1:{}", free_port());
         c.store.data_dir = dir.path().to_owned();
         c.fleet.heartbeat_timeout_secs = 3;
+        tweak(&mut c);
         let token = tokio_util::sync::CancellationToken::new();
         let ctl = cloud_controller::run(c, token.clone())
             .await
@@ -62,6 +67,22 @@ impl Cloud {
             .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
         r.json().await.unwrap()
+    }
+
+    /// A node as the API shows it, or null while it does not exist yet.
+    pub async fn node(&self, id: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .get(self.url(&format!("/api/v1/nodes/{id}")))
+            .bearer_auth(&self.ctl.admin_token)
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            r.json().await.unwrap()
+        } else {
+            serde_json::Value::Null
+        }
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
@@ -170,8 +191,7 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
     // Heartbeats carry the node's state.
     cloud
         .eventually(10, "heartbeat recorded", || async {
-            let n = cloud.get("/api/v1/nodes/branch-a").await;
-            n["heartbeat"]["model_name"] == "edgedesk-intents"
+            cloud.node("branch-a").await["heartbeat"]["model_name"] == "edgedesk-intents"
         })
         .await;
     // A command travels down, is executed once, and acknowledged.
@@ -510,5 +530,68 @@ async fn enrolment_tokens_are_one_time_and_ids_unique() {
             .status(),
         401
     );
+    cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_and_restored_backlog_drains_once() {
+    let broker_port = free_port();
+    let proxy = support::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let cloud = Cloud::start_with(|c| {
+        c.mqtt.listen = format!("127.0.0.1:{broker_port}");
+        c.mqtt.advertise_port = proxy.port;
+    })
+    .await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge(&cloud, &da, "branch-a").await;
+    cloud
+        .eventually(10, "online", || async {
+            cloud.node("branch-a").await["online"] == true
+        })
+        .await;
+
+    proxy.cut();
+    let n = 30;
+    for i in 0..n {
+        escalate(&a, &format!("I want to talk to a human ({i})")).await;
+    }
+    cloud
+        .eventually(15, "node marked offline", || async {
+            cloud.node("branch-a").await["online"] == false
+        })
+        .await;
+    assert_eq!(
+        a.state().store.outbox_depth().await.unwrap(),
+        n,
+        "events held while the link is down"
+    );
+    assert!(cloud.events("node=branch-a").await.is_empty());
+
+    proxy.restore();
+    cloud
+        .eventually(30, "backlog drained", || async {
+            cloud.events("node=branch-a").await.len() as u64 == n
+                && a.state().store.outbox_depth().await.unwrap() == 0
+        })
+        .await;
+    let events = cloud.events("node=branch-a&limit=1000").await;
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len() as u64, n, "each event stored exactly once");
+    let history = cloud.get("/api/v1/nodes/branch-a/history").await;
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds
+            .windows(3)
+            .any(|w| w == ["online", "offline", "online"]),
+        "{kinds:?}"
+    );
+    a.stop().await;
     cloud.token.cancel();
 }

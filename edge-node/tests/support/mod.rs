@@ -3,6 +3,8 @@
 //! real WebSocket client.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
