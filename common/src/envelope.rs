@@ -212,17 +212,15 @@ pub struct Header<'a> {
     pub ts: i64,
 }
 
-fn signed_bytes(
-    v: &str,
-    id: &str,
-    from: &str,
-    to: &str,
-    seq: u64,
-    ts: i64,
-    nonce: &str,
-    body: &str,
-) -> Vec<u8> {
+fn signed_bytes(v: &str, h: &Header<'_>, nonce: &str, body: &str) -> Vec<u8> {
     // Fields joined by a byte that base64, ids and numbers never contain.
+    let Header {
+        id,
+        from,
+        to,
+        seq,
+        ts,
+    } = h;
     format!(
         "edgedesk-envelope\x1f{v}\x1f{id}\x1f{from}\x1f{to}\x1f{seq}\x1f{ts}\x1f{nonce}\x1f{body}"
     )
@@ -245,16 +243,7 @@ impl Envelope {
         let v = format!("{SCHEMA_MAJOR}.{SCHEMA_MINOR}");
         let nonce_b64 = B64.encode(nonce);
         let body = B64.encode(ct);
-        let msg = signed_bytes(
-            &v,
-            header.id,
-            header.from,
-            header.to,
-            header.seq,
-            header.ts,
-            &nonce_b64,
-            &body,
-        );
+        let msg = signed_bytes(&v, &header, &nonce_b64, &body);
         let sig = B64.encode(sender.signing.sign(&msg).to_bytes());
         Envelope {
             v,
@@ -293,16 +282,14 @@ impl Envelope {
     /// Verify the sender's signature and open the body addressed to `me`.
     pub fn open(&self, sender: &Peer, me: &Identity) -> Result<Vec<u8>, EnvelopeError> {
         self.check_version()?;
-        let msg = signed_bytes(
-            &self.v,
-            &self.id,
-            &self.from,
-            &self.to,
-            self.seq,
-            self.ts,
-            &self.nonce,
-            &self.body,
-        );
+        let header = Header {
+            id: &self.id,
+            from: &self.from,
+            to: &self.to,
+            seq: self.seq,
+            ts: self.ts,
+        };
+        let msg = signed_bytes(&self.v, &header, &self.nonce, &self.body);
         let sig: [u8; 64] = decode_fixed(&self.sig).map_err(|_| EnvelopeError::BadSignature)?;
         sender
             .verify
@@ -355,7 +342,7 @@ impl ReplayWindow {
         }
         if seq > self.highest {
             let shift = seq - self.highest;
-            self.seen = if shift >= Self::WINDOW as u64 {
+            self.seen = if shift >= Self::WINDOW {
                 0
             } else {
                 self.seen << shift

@@ -68,7 +68,7 @@ async fn start_controller(
     mqtt: u16,
     extra: &[(&str, String)],
 ) -> CtlProcess {
-    let child = spawn_controller(dir, http, mqtt, extra);
+    let mut child = spawn_controller(dir, http, mqtt, extra);
     let addr = format!("127.0.0.1:{http}").parse().unwrap();
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok()
@@ -82,6 +82,8 @@ async fn start_controller(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("controller never became healthy");
 }
 

@@ -1,0 +1,185 @@
+//! The REST API and its documentation, and the CLI that mirrors it, against a
+//! real controller (embedded broker, SQLite) on loopback.
+
+use std::process::Command;
+
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn openapi_document_matches_the_code() {
+    let generated = cloud_controller::api::openapi_document();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+    let committed = std::fs::read_to_string(path).expect("docs/openapi.json exists");
+    assert!(
+        generated == committed,
+        "docs/openapi.json is out of date: run `cloud-controller openapi > docs/openapi.json`"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    for path in [
+        "/api/v1/tokens",
+        "/api/v1/enroll",
+        "/api/v1/nodes",
+        "/api/v1/nodes/{id}",
+        "/api/v1/events",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+}
+
+async fn controller() -> (
+    cloud_controller::Controller,
+    CancellationToken,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cloud_controller::config::Config::default();
+    c.http.listen = "127.0.0.1:0".into();
+    c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+    c.store.data_dir = dir.path().to_owned();
+    let token = CancellationToken::new();
+    let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
+    (ctl, token, dir)
+}
+
+fn cli(ctl: &cloud_controller::Controller, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cloud-controller"))
+        .args([
+            "--url",
+            &format!("http://{}", ctl.http_addr),
+            "--token",
+            &ctl.admin_token,
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_mirrors_the_rest_api() {
+    let (ctl, token, _dir) = controller().await;
+    let ctl2 = &ctl;
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["token", "create", "--node", "branch-1"]));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token"].as_str().unwrap().len(), 48);
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "list"]));
+    assert!(out.status.success());
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "show", "nope"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "label", "x", "novalue"]));
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "bad KEY=VALUE is a usage error"
+    );
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["events", "--kind", "escalation"]));
+    assert!(out.status.success());
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_cloud-controller"))
+            .args([
+                "--url",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "nodes",
+                "list",
+            ])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(69), "unreachable controller");
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_cloud-controller"))
+            .args([
+                "--url",
+                &format!("http://{}", ctl2.http_addr),
+                "--token",
+                "wrong",
+                "nodes",
+                "list",
+            ])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let (ctl, token, _dir) = controller().await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", ctl.http_addr);
+    let r = http
+        .post(url("/api/v1/tokens"))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({"node_id": "Bad Id"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("invalid node id"));
+    let r = http
+        .post(url("/api/v1/enroll"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(url("/api/v1/nodes/ghost/history"))
+        .bearer_auth(&ctl.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(url("/api/v1/events?since=abc"))
+        .bearer_auth(&ctl.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edgedesk_controller_events_new_total 0"),
+        "{metrics}"
+    );
+    token.cancel();
+}
+
+#[test]
+fn config_errors_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloud-controller"))
+        .env("EDGEDESK_CC_MQTT__MODE", "sideways")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.mode"));
+}
