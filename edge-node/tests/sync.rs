@@ -327,10 +327,9 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
     // Tampering: change one character of the sealed body.
     let mut env: serde_json::Value = serde_json::from_slice(&captured[captured.len() - 1]).unwrap();
     let body = env["body"].as_str().unwrap().to_owned();
-    let flipped = if body.starts_with('A') {
-        format!("B{}", &body[1..])
-    } else {
-        format!("A{}", &body[1..])
+    let flipped = match body.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &body[1..]),
     };
     env["body"] = serde_json::Value::String(flipped);
     env["seq"] = serde_json::json!(u64::MAX / 2);
