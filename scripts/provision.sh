@@ -7,7 +7,7 @@
 #
 # Options: --with-holdout   also build build/models/holdout (validation rows unseen),
 #                            used by the test suite to evaluate honestly
-#           --test-peers     install what the tests talk to: Chromium, Node.js and
+#           --test-peers     install what the tests talk to: Chromium, Node.js, Mosquitto and
 #                            playwright-core (Debian packages and npm)
 #
 # Environment: EDGEDESK_CACHE (default ~/.cache/edgedesk) holds downloads, the
@@ -97,6 +97,8 @@ if [ "$TEST_PEERS" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
+  [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing Debian packages: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

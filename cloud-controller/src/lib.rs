@@ -138,6 +138,14 @@ pub async fn run(
                         source: std::io::Error::other(e),
                     })?;
             broker::start(&config.mqtt, listen, creds.clone())?;
+            // rumqttd cannot report readiness: wait until it accepts, so that
+            // the controller subscribes before nodes start publishing.
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
             ("edgedesk-controller".to_owned(), pass, listen)
         }
         BrokerMode::External => {
