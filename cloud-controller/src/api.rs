@@ -32,6 +32,8 @@ pub struct ApiState {
     pub admin_token: String,
     /// Broker address nodes are told to use.
     pub broker: (String, u16),
+    /// CA certificate nodes pin for the broker's TLS; `None`: plain MQTT.
+    pub broker_ca: Option<String>,
 }
 
 /// Errors at the HTTP edge: a status and a safe message; internals are logged.
@@ -205,8 +207,8 @@ async fn enroll(
         mqtt: MqttEndpoint {
             host: s.broker.0.clone(),
             port: s.broker.1,
-            tls: false,
-            ca_pem: None,
+            tls: s.broker_ca.is_some(),
+            ca_pem: s.broker_ca.clone(),
             username: req.node_id.clone(),
             password,
         },

@@ -57,7 +57,12 @@ pub enum BrokerError {
 
 /// Start rumqttd listening on `listen`. Returns when the thread is running;
 /// the broker lives until the process exits.
-pub fn start(cfg: &MqttConfig, listen: SocketAddr, creds: Credentials) -> Result<(), BrokerError> {
+pub fn start(
+    cfg: &MqttConfig,
+    listen: SocketAddr,
+    creds: Credentials,
+    tls: Option<&crate::tls::BrokerTls>,
+) -> Result<(), BrokerError> {
     // Built through serde because some rumqttd settings have private fields.
     let mut value = serde_json::json!({
         "id": 0,
@@ -81,6 +86,13 @@ pub fn start(cfg: &MqttConfig, listen: SocketAddr, creds: Credentials) -> Result
             },
         },
     });
+    if let Some(t) = tls {
+        value["v4"]["edgedesk"]["tls"] = serde_json::json!({
+            "certpath": t.cert_path.to_string_lossy(),
+            "keypath": t.key_path.to_string_lossy(),
+            "capath": null,
+        });
+    }
     if cfg.console {
         value["console"] = serde_json::json!({ "listen": cfg.console_listen });
     }

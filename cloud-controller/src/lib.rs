@@ -15,6 +15,7 @@ pub mod identity;
 pub mod link;
 pub mod metrics;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub enum ControllerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("controller identity {path}: {source}")]
     Identity {
         path: String,
@@ -124,7 +127,7 @@ pub async fn run(
         creds.set(&node, &hash);
     }
     // The controller's own broker login: fresh every start in embedded mode.
-    let (ctl_user, ctl_pass, broker_addr) = match config.mqtt.mode {
+    let (ctl_user, ctl_pass, broker_addr, broker_ca) = match config.mqtt.mode {
         BrokerMode::Embedded => {
             let pass = identity::random_token(24);
             creds.set("edgedesk-controller", &sha256_hex(&pass));
@@ -137,7 +140,18 @@ pub async fn run(
                         addr: config.mqtt.listen.clone(),
                         source: std::io::Error::other(e),
                     })?;
-            broker::start(&config.mqtt, listen, creds.clone())?;
+            let tls = if config.mqtt.tls {
+                let mut names = vec![listen.ip().to_string(), "localhost".to_owned()];
+                if !config.mqtt.advertise_host.is_empty() {
+                    names.push(config.mqtt.advertise_host.clone());
+                }
+                names.extend(config.mqtt.tls_names.iter().cloned());
+                names.dedup();
+                Some(tls::ensure_broker_tls(&data, &names)?)
+            } else {
+                None
+            };
+            broker::start(&config.mqtt, listen, creds.clone(), tls.as_ref())?;
             // rumqttd cannot report readiness: wait until it accepts, so that
             // the controller subscribes before nodes start publishing.
             for _ in 0..100 {
@@ -146,7 +160,12 @@ pub async fn run(
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            ("edgedesk-controller".to_owned(), pass, listen)
+            (
+                "edgedesk-controller".to_owned(),
+                pass,
+                listen,
+                tls.map(|t| t.ca_pem),
+            )
         }
         BrokerMode::External => {
             let addr: SocketAddr = tokio::net::lookup_host((
@@ -163,20 +182,34 @@ pub async fn run(
                 ),
                 source: std::io::Error::other("cannot resolve the external broker"),
             })?;
+            let ca = if config.mqtt.external_tls {
+                let path = &config.mqtt.external_ca_file;
+                Some(
+                    std::fs::read_to_string(path).map_err(|e| tls::TlsError::Material {
+                        dir: path.display().to_string(),
+                        message: e.to_string(),
+                    })?,
+                )
+            } else {
+                None
+            };
             (
                 config.mqtt.external_username.clone(),
                 config.mqtt.external_password.clone(),
                 addr,
+                ca,
             )
         }
     };
     let broker = config.advertised_broker(broker_addr);
+    let client_tls = broker_ca.as_deref().map(tls::client_config).transpose()?;
     let opts = link::mqtt_options(
         &broker_addr.ip().to_string(),
         broker_addr.port(),
         &ctl_user,
         &ctl_pass,
         config.mqtt.max_payload_bytes,
+        client_tls,
     );
     let (client, eventloop) = rumqttc::AsyncClient::new(opts, 1024);
     let hub = Arc::new(Hub::new(config.clone(), db, identity, creds, client));
@@ -193,6 +226,7 @@ pub async fn run(
         hub: hub.clone(),
         admin_token: admin_token.clone(),
         broker: broker.clone(),
+        broker_ca,
     });
     let api = api::router(state);
     let ops = axum::Router::new()

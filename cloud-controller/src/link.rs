@@ -350,8 +350,14 @@ pub fn mqtt_options(
     user: &str,
     password: &str,
     max_payload: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> MqttOptions {
     let mut o = MqttOptions::new("edgedesk-controller", host, port);
+    if let Some(t) = tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(t),
+        ));
+    }
     o.set_credentials(user, password);
     o.set_keep_alive(Duration::from_secs(5));
     o.set_clean_session(false);

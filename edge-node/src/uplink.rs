@@ -185,6 +185,29 @@ pub async fn enroll(cfg: &CloudConfig, file: &mut IdentityFile) -> Result<(), Up
     Ok(())
 }
 
+/// TLS that trusts only the CA pinned at enrolment.
+pub fn pinned_tls(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(der.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("the pinned broker CA is missing".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
 /// Sends sealed envelopes to the controller.
 struct Sealer {
     node: String,
@@ -291,6 +314,16 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
         QoS::AtLeastOnce,
         false,
     ));
+    if mqtt.tls {
+        let ca = mqtt.ca_pem.as_deref().unwrap_or_default();
+        let tls = pinned_tls(ca).map_err(|message| UplinkError::Identity {
+            path: cfg.identity_path.display().to_string(),
+            message,
+        })?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (connected_tx, connected_rx) = watch::channel(false);
     let (ack_tx, ack_rx) = mpsc::channel::<Vec<String>>(256);

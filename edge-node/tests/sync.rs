@@ -231,6 +231,11 @@ async fn raw_client(
         rumqttc::MqttOptions::new(format!("{}~{client_suffix}", m.username), m.host, m.port);
     o.set_credentials(m.username, m.password);
     o.set_max_packet_size(1 << 20, 1 << 20);
+    assert!(m.tls, "the embedded broker speaks TLS by default");
+    let tls = edge_node::uplink::pinned_tls(m.ca_pem.as_deref().unwrap()).unwrap();
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls),
+    ));
     let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
     let (tx, rx) = tokio::sync::mpsc::channel(1000);
     tokio::spawn(async move {
@@ -590,6 +595,57 @@ async fn link_cut_and_restored_backlog_drains_once() {
             .windows(3)
             .any(|w| w == ["online", "offline", "online"]),
         "{kinds:?}"
+    );
+    a.stop().await;
+    cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_refuses_plain_mqtt_and_strangers() {
+    let cloud = Cloud::start().await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge(&cloud, &da, "branch-a").await;
+    cloud
+        .eventually(10, "online", || async {
+            cloud.node("branch-a").await["online"] == true
+        })
+        .await;
+    let f: edge_node::uplink::IdentityFile =
+        serde_json::from_str(&std::fs::read_to_string(da.path().join("identity.json")).unwrap())
+            .unwrap();
+    let m = f.mqtt.unwrap();
+    let try_connect = |tls: bool, user: &str, pass: &str| {
+        let mut o = rumqttc::MqttOptions::new(format!("{user}~probe"), m.host.clone(), m.port);
+        o.set_credentials(user, pass);
+        if tls {
+            let t = edge_node::uplink::pinned_tls(m.ca_pem.as_deref().unwrap()).unwrap();
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(t),
+            ));
+        }
+        let (_c, mut ev) = rumqttc::AsyncClient::new(o, 10);
+        async move {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(5), ev.poll()).await,
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))
+            )
+        }
+    };
+    assert!(
+        try_connect(true, &m.username, &m.password).await,
+        "the node's own login over TLS works"
+    );
+    assert!(
+        !try_connect(false, &m.username, &m.password).await,
+        "plain MQTT is refused"
+    );
+    assert!(
+        !try_connect(true, &m.username, "wrong").await,
+        "a wrong password is refused"
+    );
+    assert!(
+        !try_connect(true, "nobody", "x").await,
+        "an unknown user is refused"
     );
     a.stop().await;
     cloud.token.cancel();

@@ -1,0 +1,140 @@
+//! TLS for MQTT: the controller's own small CA and the broker certificate it
+//! signs, made at first start in the data directory. Nodes pin the CA at
+//! enrolment and trust nothing else for the broker.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Files of the broker's TLS material.
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub ca_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS material in {dir}: {message}")]
+    Material { dir: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// Ensure a CA and a broker certificate for `names` (DNS names or IPs) exist
+/// under `dir`; a certificate missing any of `names` is made anew.
+pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsError> {
+    let err = |message: String| TlsError::Material {
+        dir: dir.display().to_string(),
+        message,
+    };
+    let (ca_cert, ca_key) = (dir.join("mqtt-ca.pem"), dir.join("mqtt-ca.key"));
+    let (cert, key, sans) = (
+        dir.join("mqtt-broker.pem"),
+        dir.join("mqtt-broker.key"),
+        dir.join("mqtt-broker.names"),
+    );
+    let wanted = names.join("\n");
+    let have_ca = ca_cert.exists() && ca_key.exists();
+    let fresh = have_ca
+        && cert.exists()
+        && key.exists()
+        && std::fs::read_to_string(&sans).ok().as_deref() == Some(wanted.as_str());
+    if !fresh {
+        let ca_key_pair = if have_ca {
+            KeyPair::from_pem(&std::fs::read_to_string(&ca_key).map_err(|e| err(e.to_string()))?)
+                .map_err(|e| err(e.to_string()))?
+        } else {
+            KeyPair::generate().map_err(|e| err(e.to_string()))?
+        };
+        let mut ca_params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| err(e.to_string()))?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "EdgeDesk MQTT CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_pem_existing = have_ca
+            .then(|| std::fs::read_to_string(&ca_cert).ok())
+            .flatten();
+        let issuer =
+            CertifiedIssuer::self_signed(ca_params, ca_key_pair).map_err(|e| err(e.to_string()))?;
+        if ca_pem_existing.is_none() {
+            crate::identity::write_secret(&ca_key, &issuer.key().serialize_pem())
+                .map_err(|e| err(e.to_string()))?;
+            std::fs::write(&ca_cert, issuer.pem()).map_err(|e| err(e.to_string()))?;
+        }
+        let broker_key = KeyPair::generate().map_err(|e| err(e.to_string()))?;
+        let mut params = CertificateParams::new(names.to_vec()).map_err(|e| err(e.to_string()))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "EdgeDesk MQTT broker");
+        let broker_cert = params
+            .signed_by(&broker_key, &issuer)
+            .map_err(|e| err(e.to_string()))?;
+        crate::identity::write_secret(&key, &broker_key.serialize_pem())
+            .map_err(|e| err(e.to_string()))?;
+        std::fs::write(&cert, broker_cert.pem()).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&sans, &wanted).map_err(|e| err(e.to_string()))?;
+    }
+    let ca_pem = std::fs::read_to_string(&ca_cert).map_err(|e| err(e.to_string()))?;
+    Ok(BrokerTls {
+        ca_pem,
+        cert_path: cert,
+        key_path: key,
+    })
+}
+
+/// A rustls client configuration that trusts only the CA in `ca_pem`.
+pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::Config(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Config("no CA certificate given".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn material_is_made_once_and_renewed_for_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ensure_broker_tls(dir.path(), &["127.0.0.1".into()]).unwrap();
+        let b = ensure_broker_tls(dir.path(), &["127.0.0.1".into()]).unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        let cert1 = std::fs::read_to_string(&a.cert_path).unwrap();
+        let c =
+            ensure_broker_tls(dir.path(), &["127.0.0.1".into(), "mqtt.example".into()]).unwrap();
+        assert_eq!(
+            a.ca_pem, c.ca_pem,
+            "the pinned CA survives a new broker certificate"
+        );
+        assert_ne!(cert1, std::fs::read_to_string(&c.cert_path).unwrap());
+        assert!(client_config(&a.ca_pem).is_ok());
+        assert!(client_config("not pem").is_err());
+    }
+}
