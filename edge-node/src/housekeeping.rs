@@ -1,5 +1,6 @@
 //! Background upkeep: end conversations idle too long (when no connection
-//! holds them), enforce the transcript age limit, refresh the outbox gauge.
+//! holds them), enforce the transcript age limit and the outbox disk budget,
+//! refresh the outbox gauges.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ pub struct Pass {
     pub idle_closed: usize,
     pub retention: RetentionStats,
     pub outbox_depth: u64,
+    /// Routine summaries dropped by this pass to respect the outbox budget.
+    pub compacted: u64,
 }
 
 pub async fn run(app: Arc<AppState>) {
@@ -70,6 +73,13 @@ pub async fn pass(app: &AppState, now: i64) -> Result<Pass, StoreError> {
     }
     let retention_cutoff = now - i64::from(r.transcript_max_age_days) * 86_400_000;
     out.retention = app.store.enforce_retention(retention_cutoff).await?;
+    // The outbox budget holds whether or not a cloud link exists.
+    let c = app
+        .store
+        .outbox_compact(app.config.cloud.outbox_budget_bytes)
+        .await?;
+    out.compacted = c.dropped;
+    app.metrics.outbox_compacted.set(c.dropped_total as i64);
     out.outbox_depth = app.store.outbox_depth().await?;
     app.metrics.outbox_depth.set(out.outbox_depth as i64);
     Ok(out)

@@ -346,3 +346,55 @@ async fn set_lang_switches_replies_and_is_remembered() {
     assert_eq!(lang, Lang::Zh);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn offline_node_keeps_its_outbox_within_budget_without_losing_escalations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.cloud.outbox_budget_bytes = 3_000;
+    let node = TestNode::start(c).await;
+    // Ten conversations that end (summaries) and three escalations.
+    for i in 0..10 {
+        let mut ws = node.connect().await;
+        start_session(&mut ws).await;
+        say(&mut ws, &msg("hello")).await;
+        say(&mut ws, &msg(&format!("goodbye {i}"))).await;
+    }
+    for _ in 0..3 {
+        let mut ws = node.connect().await;
+        start_session(&mut ws).await;
+        say(&mut ws, &msg("I want to talk to a human")).await;
+    }
+    let now = edge_node::server::ws::now_ms();
+    let pass = edge_node::housekeeping::pass(node.state(), now)
+        .await
+        .unwrap();
+    assert!(pass.compacted > 0, "{pass:?}");
+    let kinds: Vec<String> = node
+        .state()
+        .store
+        .outbox_peek(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.body.kind().to_owned())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "escalation").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .filter(|k| *k == "conversation_summary")
+            .count()
+            < 10
+    );
+    let (_, metrics) = node.get("/metrics").await;
+    assert!(
+        metrics.contains(&format!("edgedesk_outbox_compacted {}", pass.compacted)),
+        "{metrics}"
+    );
+    node.stop().await;
+}

@@ -123,6 +123,31 @@ impl Metrics {
             "Events waiting in the outbox for the cloud",
             m.outbox_depth.clone(),
         );
+        registry.register(
+            "outbox_compacted",
+            "Routine summaries dropped to keep the outbox within its budget",
+            m.outbox_compacted.clone(),
+        );
+        registry.register(
+            "uplink_connected",
+            "1 while connected to the cloud broker",
+            m.uplink_connected.clone(),
+        );
+        registry.register(
+            "uplink_events_sent",
+            "Events sent to the controller (including resends)",
+            m.uplink_sent.clone(),
+        );
+        registry.register(
+            "uplink_events_acked",
+            "Events acknowledged by the controller and deleted",
+            m.uplink_acked.clone(),
+        );
+        registry.register(
+            "uplink_refused",
+            "Messages from the broker refused, by reason",
+            m.uplink_refused.clone(),
+        );
         // Publish every rejection reason at zero so rates exist before the first event.
         for reason in [
             "too_large",
