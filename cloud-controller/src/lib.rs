@@ -211,7 +211,8 @@ pub async fn run(
         config.mqtt.max_payload_bytes,
         client_tls,
     );
-    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+    eventloop.set_network_options(link::network_options());
     let hub = Arc::new(Hub::new(config.clone(), db, identity, creds, client));
     let link_task = tokio::spawn(link::run(hub.clone(), eventloop, shutdown.clone()));
 

@@ -143,7 +143,9 @@ impl Hub {
             &plaintext,
         );
         self.client
-            .publish(topic::down(node), QoS::AtLeastOnce, false, env.to_json())
+            // QoS 0: delivery is end to end (acks and resends); see the
+            // uplink's ENVELOPE_QOS for why not QoS 1.
+            .publish(topic::down(node), QoS::AtMostOnce, false, env.to_json())
             .await?;
         Ok(())
     }
@@ -341,6 +343,14 @@ impl Hub {
 struct Inbound {
     node: String,
     payload: Vec<u8>,
+}
+
+/// Small messages, latency-bound: no Nagle delay (for every MQTT client of ours).
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n.set_connection_timeout(10);
+    n
 }
 
 /// MQTT options for the controller's own client.

@@ -268,6 +268,12 @@ pub fn outgoing(mut e: Event, mask: bool) -> Event {
 
 const KV_DOWN_SEQ: &str = "controller_seq_high";
 
+/// Design: envelopes are published at QoS 0. Delivery is guaranteed end to
+/// end by the controller's `events_ack` and our resends, not by the broker
+/// (which keeps nothing); QoS 1 added PUBACKs that, with a broker that does
+/// not set TCP_NODELAY, stalled each acknowledgement ~40 ms (Nagle + delayed ACK).
+const ENVELOPE_QOS: QoS = QoS::AtMostOnce;
+
 /// Run the uplink until shutdown. Errors here are logged; the node keeps serving.
 pub async fn run(app: Arc<AppState>) {
     let cfg = app.config.cloud.clone();
@@ -324,7 +330,10 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
             rumqttc::TlsConfiguration::Rustls(tls),
         ));
     }
-    let (client, eventloop) = AsyncClient::new(opts, 256);
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let (connected_tx, connected_rx) = watch::channel(false);
     let (ack_tx, ack_rx) = mpsc::channel::<Vec<String>>(256);
     let high = app
@@ -397,7 +406,7 @@ impl Receiver {
                         .client
                         .publish(
                             topic::up(&node),
-                            QoS::AtLeastOnce,
+                            ENVELOPE_QOS,
                             false,
                             self.sealer.seal(&hello),
                         )
@@ -492,7 +501,7 @@ impl Receiver {
             .client
             .publish(
                 topic::up(&self.sealer.node),
-                QoS::AtLeastOnce,
+                ENVELOPE_QOS,
                 false,
                 self.sealer.seal(&ack),
             )
@@ -524,7 +533,7 @@ async fn heartbeats(
         let _ = client
             .publish(
                 topic::up(&sealer.node),
-                QoS::AtLeastOnce,
+                ENVELOPE_QOS,
                 false,
                 sealer.seal(&Up::Heartbeat(hb)),
             )
@@ -613,7 +622,7 @@ async fn drain(
         let n = events.len() as u64;
         let payload = sealer.seal(&Up::Events { events });
         if client
-            .publish(topic::up(&sealer.node), QoS::AtLeastOnce, false, payload)
+            .publish(topic::up(&sealer.node), ENVELOPE_QOS, false, payload)
             .await
             .is_err()
         {
