@@ -69,8 +69,11 @@ pub fn start(
         "router": {
             "max_connections": cfg.max_connections,
             "max_outgoing_packet_count": 200,
-            "max_segment_size": 104_857_600,
-            "max_segment_count": 10,
+            // The router's in-memory log per topic filter: segment size × count
+            // bounds its memory. Consumers further behind lose messages, which
+            // nodes resend (delivery is end to end).
+            "max_segment_size": (cfg.broker_log_bytes / 4).max(1 << 20),
+            "max_segment_count": 4,
         },
         "v4": {
             "edgedesk": {

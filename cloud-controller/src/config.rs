@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use edgedesk_common::layered::ConfigError;
 use edgedesk_common::layered::{self, LayerError};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,7 @@ pub struct MqttConfig {
     pub max_connections: usize,
     pub max_payload_bytes: usize,
     pub max_inflight: usize,
+    pub broker_log_bytes: usize,
     pub console: bool,
     pub console_listen: String,
 }
@@ -83,17 +85,6 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Layer(#[from] LayerError),
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config::load(None, Vec::new()).expect("embedded default-config.toml is valid")
@@ -105,24 +96,7 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let text = match file {
-            Some(path) => {
-                Some(
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                        path: path.to_owned(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let origin = file.map(|p| format!("file {}", p.display()));
-        let config: Config = layered::load(
-            DEFAULT_TOML,
-            origin.as_deref().zip(text.as_deref()),
-            ENV_PREFIX,
-            env,
-        )?;
+        let config: Config = layered::load_file(DEFAULT_TOML, file, ENV_PREFIX, env)?;
         config.validate()?;
         Ok(config)
     }

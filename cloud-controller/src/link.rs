@@ -8,12 +8,12 @@
 //! acknowledgements.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgedesk_common::envelope::{
-    CONTROLLER, Envelope, EnvelopeError, Header, Identity, Peer, ReplayWindow, topic,
+    CONTROLLER, Envelope, EnvelopeError, Header, Identity, Peer, ReplayWindow, SeqCounter, topic,
 };
 use edgedesk_common::sync::{Command, Down, Up};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -45,7 +45,7 @@ pub struct Hub {
     pub fleet: Mutex<Fleet>,
     pub client: AsyncClient,
     nodes: Mutex<HashMap<String, NodeSec>>,
-    seq: AtomicU64,
+    seq: SeqCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,25 +74,15 @@ impl Hub {
             fleet: Mutex::new(Fleet::new(timeout)),
             client,
             nodes: Mutex::new(HashMap::new()),
-            seq: AtomicU64::new(0),
+            seq: SeqCounter::default(),
         }
     }
 
     /// Strictly increasing sequence: max(previous + 1, now in µs), so it also
     /// increases across restarts without being stored.
     fn next_seq(&self) -> u64 {
-        let now = chrono::Utc::now().timestamp_micros().max(1) as u64;
-        let mut cur = self.seq.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(cur + 1);
-            match self
-                .seq
-                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(seen) => cur = seen,
-            }
-        }
+        self.seq
+            .next(chrono::Utc::now().timestamp_micros().max(1) as u64)
     }
 
     /// Forget cached keys of `node` (after revocation).

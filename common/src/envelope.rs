@@ -306,6 +306,31 @@ impl Envelope {
     }
 }
 
+/// A sender's sequence numbers: strictly increasing, and `max(previous + 1,
+/// now in µs)` so they keep increasing across restarts without being stored.
+#[derive(Debug, Default)]
+pub struct SeqCounter {
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl SeqCounter {
+    /// The next number, given the clock in microseconds.
+    pub fn next(&self, now_micros: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        let mut cur = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = now_micros.max(cur + 1);
+            match self
+                .last
+                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+}
+
 /// Nonce length for [`Envelope::seal`]; generate it from a CSPRNG.
 pub const NONCE_LEN: usize = 24;
 
@@ -474,6 +499,19 @@ mod tests {
         for bad in ["", "A", "a/b", "a+b", "#", &"x".repeat(65)] {
             assert!(!valid_node_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn sequence_numbers_increase_past_a_stalled_clock() {
+        let c = SeqCounter::default();
+        assert_eq!(c.next(100), 100);
+        assert_eq!(c.next(100), 101);
+        assert_eq!(
+            c.next(50),
+            102,
+            "a clock going back does not repeat numbers"
+        );
+        assert_eq!(c.next(1000), 1000);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Configuration layering shared by both binaries: documented defaults (a TOML
 //! text), then a user file, then environment overrides `PREFIX<SECTION>__<KEY>`.
 //!
-//! Pure: callers read the file and pass its text and their environment, so
-//! tests never touch the real environment. Errors name the offending key.
+//! [`load`] is pure (callers pass the file's text and their environment, so
+//! tests never touch the real environment); [`load_file`] also reads the file.
+//! Errors name the offending key.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,43 @@ pub enum LayerError {
     UnknownKey { key: String, origin: String },
     #[error("invalid value for config key `{key}`: {message}")]
     Invalid { key: String, message: String },
+}
+
+/// A configuration problem; binaries exit with 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+}
+
+/// [`load`] with the user file read from `file`.
+pub fn load_file<T: DeserializeOwned>(
+    defaults: &str,
+    file: Option<&std::path::Path>,
+    prefix: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let text = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let origin = file.map(|p| format!("file {}", p.display()));
+    Ok(load(
+        defaults,
+        origin.as_deref().zip(text.as_deref()),
+        prefix,
+        env,
+    )?)
 }
 
 /// Merge `defaults`, the optional `(origin, text)` file and the `env` pairs

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use edgedesk_common::layered::ConfigError;
 use edgedesk_common::layered::{self, LayerError};
 use serde::{Deserialize, Serialize};
 
@@ -111,18 +112,6 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// A configuration problem, naming the offending key. `main` exits with 64.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Layer(#[from] LayerError),
-}
-
 impl Default for Config {
     fn default() -> Self {
         // The embedded file is checked by a unit test; failing here is a build bug.
@@ -137,24 +126,7 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let text = match file {
-            Some(path) => {
-                Some(
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                        path: path.to_owned(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let origin = file.map(|p| format!("file {}", p.display()));
-        let config: Config = layered::load(
-            DEFAULT_TOML,
-            origin.as_deref().zip(text.as_deref()),
-            ENV_PREFIX,
-            env,
-        )?;
+        let config: Config = layered::load_file(DEFAULT_TOML, file, ENV_PREFIX, env)?;
         config.validate()?;
         Ok(config)
     }

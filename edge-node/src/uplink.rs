@@ -16,11 +16,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 
 use edgedesk_common::envelope::{
-    CONTROLLER, Envelope, Header, Identity, Peer, PublicKeys, ReplayWindow, topic,
+    CONTROLLER, Envelope, Header, Identity, Peer, PublicKeys, ReplayWindow, SeqCounter, topic,
 };
 use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::{
@@ -213,23 +213,13 @@ struct Sealer {
     node: String,
     identity: Identity,
     controller: Peer,
-    seq: AtomicU64,
+    seq: SeqCounter,
 }
 
 impl Sealer {
     fn next_seq(&self) -> u64 {
-        let now = chrono::Utc::now().timestamp_micros().max(1) as u64;
-        let mut cur = self.seq.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(cur + 1);
-            match self
-                .seq
-                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(seen) => cur = seen,
-            }
-        }
+        self.seq
+            .next(chrono::Utc::now().timestamp_micros().max(1) as u64)
     }
 
     fn seal(&self, body: &Up) -> Vec<u8> {
@@ -303,7 +293,7 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
         node: cfg.node_id.clone(),
         identity: identity.clone(),
         controller: controller.clone(),
-        seq: AtomicU64::new(0),
+        seq: SeqCounter::default(),
     });
     let connect_id = uuid::Uuid::new_v4().to_string();
 
