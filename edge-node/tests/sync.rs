@@ -194,6 +194,27 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
             cloud.node("branch-a").await["heartbeat"]["model_name"] == "edgedesk-intents"
         })
         .await;
+    // Labels are the operator's key/values, shown with the node.
+    let r = cloud
+        .http
+        .put(cloud.url("/api/v1/nodes/branch-a/labels"))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(&serde_json::json!({ "labels": { "region": "emea", "branch": "paris-1", "kind": "bank" } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let shown = cloud.node("branch-a").await;
+    assert_eq!(shown["labels"]["region"], "emea");
+    assert_eq!(shown["labels"]["kind"], "bank");
+    let listed = cloud.get("/api/v1/nodes").await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "branch-a" && n["labels"]["branch"] == "paris-1")
+    );
     // A command travels down, is executed once, and acknowledged.
     let cmd = cloud
         .post(
@@ -555,6 +576,14 @@ async fn link_cut_and_restored_backlog_drains_once() {
         .await;
 
     proxy.cut();
+    // A command for the unreachable node waits in the controller's queue.
+    let cmd = cloud
+        .post(
+            "/api/v1/nodes/branch-a/commands",
+            serde_json::json!({ "kind": "ping" }),
+        )
+        .await;
+    let cmd_id = cmd["id"].as_str().unwrap().to_owned();
     let n = 30;
     for i in 0..n {
         escalate(&a, &format!("I want to talk to a human ({i})")).await;
@@ -577,6 +606,19 @@ async fn link_cut_and_restored_backlog_drains_once() {
             cloud.events("node=branch-a").await.len() as u64 == n
                 && a.state().store.outbox_depth().await.unwrap() == 0
         })
+        .await;
+    cloud
+        .eventually(
+            40,
+            "queued command delivered after the link returned",
+            || async {
+                let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+                cmds.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["id"] == cmd_id.as_str() && c["ok"] == true)
+            },
+        )
         .await;
     let events = cloud.events("node=branch-a&limit=1000").await;
     let ids: std::collections::HashSet<&str> =
@@ -649,4 +691,30 @@ async fn the_broker_refuses_plain_mqtt_and_strangers() {
     );
     a.stop().await;
     cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_reachable_controller_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.cloud.enabled = true;
+    c.cloud.controller_url = format!("http://127.0.0.1:{}", free_port()); // nothing listens
+    c.cloud.node_id = "branch-lonely".into();
+    c.cloud.enroll_token = "unused".into();
+    c.cloud.identity_path = dir.path().join("identity.json");
+    let node = TestNode::start(c).await;
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    let (_, r) = say(&mut ws, &msg("I want to talk to a human")).await;
+    assert!(matches!(&r[0], ServerFrame::Reply { .. }));
+    assert_eq!(
+        node.state().store.outbox_depth().await.unwrap(),
+        1,
+        "the escalation waits in the outbox"
+    );
+    assert!(
+        dir.path().join("identity.json").exists(),
+        "the key pair is made at first start"
+    );
+    node.stop().await;
 }
