@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod identity;
 pub mod link;
 pub mod metrics;
+pub mod routing;
 pub mod store;
 pub mod tls;
 
