@@ -7,6 +7,7 @@
 //! sealed acknowledgements on `…/down`. [`fleet`] tracks online/offline;
 //! [`api`] serves the REST API. `main.rs` is the CLI.
 
+pub mod agents;
 pub mod api;
 pub mod broker;
 pub mod config;
