@@ -535,6 +535,55 @@ async fn list_events(
     ))
 }
 
+/// Create an agent account for the console (the first admin is made this way).
+#[utoipa::path(post, path = "/api/v1/agents", request_body(content = Object, description = "username, display_name, role (agent|supervisor|admin), password (10+ chars), languages, capacity"),
+    responses((status = 201, body = Object, description = "the agent"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn create_agent(
+    State(s): S,
+    headers: HeaderMap,
+    Json(req): Json<crate::agents::NewAgent>,
+) -> Result<(StatusCode, Json<crate::agents::AgentRow>), ApiError> {
+    authorize(&s, &headers)?;
+    let now = now_ms();
+    let row = s
+        .hub
+        .db
+        .call(move |c| crate::agents::create(c, &req, now))
+        .await?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+/// List console agents.
+#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = Vec<Object>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_agents(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::agents::AgentRow>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(s.hub.db.call(|c| crate::agents::list(c)).await?))
+}
+
+/// Disable a console agent and end their sessions.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/disable", params(("id" = String, Path, description = "agent id")),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn disable_agent(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&s, &headers)?;
+    match s
+        .hub
+        .db
+        .call(move |c| crate::agents::disable(c, &id))
+        .await?
+    {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => Err(ApiError::NotFound(e.to_string())),
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "EdgeDesk cloud controller", description = "Fleet registry, enrolment, ingested events and node commands."),
@@ -567,6 +616,8 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(revoke))
         .routes(routes!(post_command, list_commands))
         .routes(routes!(list_events))
+        .routes(routes!(create_agent, list_agents))
+        .routes(routes!(disable_agent))
 }
 
 pub fn router(state: Arc<ApiState>) -> axum::Router {

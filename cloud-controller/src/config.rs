@@ -15,6 +15,7 @@ pub const ENV_PREFIX: &str = "EDGEDESK_CC_";
 pub struct Config {
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
+    pub console: ConsoleConfig,
     pub store: StoreConfig,
     pub fleet: FleetConfig,
     pub sync: SyncConfig,
@@ -56,6 +57,15 @@ pub struct MqttConfig {
     pub broker_log_bytes: usize,
     pub console: bool,
     pub console_listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub idle_timeout_minutes: u64,
+    pub secure_cookies: bool,
+    pub login_max_failures: usize,
+    pub login_window_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod agents;
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod fleet;
 pub mod identity;
 pub mod link;
@@ -116,6 +117,7 @@ pub async fn run(
 ) -> Result<Controller, ControllerError> {
     let data = config.store.data_dir.clone();
     let db = Db::open(&data.join("controller.db"))?;
+    db.with(|c| agents::migrate(c))?;
     let key_path = data.join("controller.key");
     let identity =
         identity::load_or_create(&key_path).map_err(|source| ControllerError::Identity {
@@ -236,12 +238,16 @@ pub async fn run(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .with_state(hub.clone());
-    let app = api.merge(ops);
+    let console = console::router(Arc::new(console::ConsoleState::new(hub.clone())));
+    let app = api.merge(ops).merge(console);
     tracing::info!(%http_addr, broker = %format!("{}:{}", broker.0, broker.1), "cloud controller listening");
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
         let _ = link_task.await;
         tracing::info!("cloud controller stopped");
         served.map_err(ControllerError::Serve)

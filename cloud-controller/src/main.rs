@@ -55,6 +55,9 @@ enum Cmd {
     /// The fleet.
     #[command(subcommand)]
     Nodes(NodesCmd),
+    /// Console agents (human agents, supervisors, admins).
+    #[command(subcommand)]
+    Agents(AgentsCmd),
     /// Events ingested from node outboxes.
     Events {
         #[arg(long)]
@@ -91,6 +94,31 @@ enum TokenCmd {
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    /// Create an agent. The password is read from EDGEDESK_AGENT_PASSWORD or
+    /// the first line of standard input.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        name: String,
+        /// agent, supervisor or admin.
+        #[arg(long, default_value = "agent", value_parser = ["agent", "supervisor", "admin"])]
+        role: String,
+        /// Languages the agent speaks, e.g. en,zh.
+        #[arg(long, default_value = "en", value_delimiter = ',')]
+        languages: Vec<String>,
+        /// Most chats at once.
+        #[arg(long, default_value_t = 3)]
+        capacity: u32,
+    },
+    /// List agents.
+    List,
+    /// Disable an agent (ends their sessions).
+    Disable { id: String },
 }
 
 #[derive(Subcommand)]
@@ -289,6 +317,41 @@ fn client(cli: &Cli) -> ExitCode {
                 reqwest::Method::POST,
                 format!("/api/v1/nodes/{id}/commands"),
                 Some(serde_json::json!({ "kind": kind, "args": args })),
+            )
+        }
+        Some(Cmd::Agents(AgentsCmd::List)) => (reqwest::Method::GET, "/api/v1/agents".into(), None),
+        Some(Cmd::Agents(AgentsCmd::Disable { id })) => (
+            reqwest::Method::POST,
+            format!("/api/v1/agents/{id}/disable"),
+            None,
+        ),
+        Some(Cmd::Agents(AgentsCmd::Create {
+            username,
+            name,
+            role,
+            languages,
+            capacity,
+        })) => {
+            let password = match std::env::var("EDGEDESK_AGENT_PASSWORD") {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    let mut line = String::new();
+                    if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                        eprintln!(
+                            "cloud-controller: give the password in EDGEDESK_AGENT_PASSWORD or on standard input"
+                        );
+                        return ExitCode::from(64);
+                    }
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            (
+                reqwest::Method::POST,
+                "/api/v1/agents".into(),
+                Some(serde_json::json!({
+                    "username": username, "display_name": name, "role": role,
+                    "password": password, "languages": languages, "capacity": capacity,
+                })),
             )
         }
         Some(Cmd::Events {

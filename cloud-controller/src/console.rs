@@ -1,0 +1,290 @@
+//! The agents' console API (issue 4 groundwork): login, logout, the current
+//! agent, and agent management by admins.
+//!
+//! Every request is authenticated by the session cookie (`edgedesk_session`,
+//! HttpOnly, SameSite=Strict, Secure when configured); every state-changing
+//! request must also carry the session's CSRF token in `X-CSRF-Token`. Roles
+//! are checked on the server for each route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::agents::{self, AccountError, AgentRow, LoginLimiter, NewAgent, Role};
+use crate::api::ErrorBody;
+use crate::link::{Hub, now_ms};
+use crate::store::StoreError;
+
+pub const COOKIE: &str = "edgedesk_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+pub struct ConsoleState {
+    pub hub: Arc<Hub>,
+    pub limiter: LoginLimiter,
+}
+
+impl ConsoleState {
+    pub fn new(hub: Arc<Hub>) -> ConsoleState {
+        let c = &hub.config.console;
+        let limiter = LoginLimiter::new(c.login_max_failures, c.login_window_secs as i64 * 1000);
+        ConsoleState { hub, limiter }
+    }
+
+    fn idle_ms(&self) -> i64 {
+        self.hub.config.console.idle_timeout_minutes as i64 * 60_000
+    }
+}
+
+/// Errors at the console's HTTP edge; internals are logged, not shown.
+#[derive(Debug)]
+pub enum ConsoleError {
+    Unauthenticated,
+    Forbidden(&'static str),
+    BadRequest(String),
+    NotFound,
+    TooManyAttempts(i64),
+    Internal(String),
+}
+
+impl From<StoreError> for ConsoleError {
+    fn from(e: StoreError) -> Self {
+        ConsoleError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ConsoleError {
+    fn into_response(self) -> Response {
+        let (status, msg) = match self {
+            ConsoleError::Unauthenticated => (StatusCode::UNAUTHORIZED, "please log in".to_owned()),
+            ConsoleError::Forbidden(why) => (StatusCode::FORBIDDEN, why.to_owned()),
+            ConsoleError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ConsoleError::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
+            ConsoleError::TooManyAttempts(ms) => {
+                let secs = (ms / 1000).max(1);
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(ErrorBody {
+                        error: format!("too many failed logins; try again in {secs} s"),
+                    }),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return r;
+            }
+            ConsoleError::Internal(m) => {
+                tracing::error!(error = %m, "console request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
+            }
+        };
+        (status, Json(ErrorBody { error: msg })).into_response()
+    }
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The logged-in agent and the session's CSRF token.
+async fn current(
+    s: &ConsoleState,
+    headers: &HeaderMap,
+) -> Result<(AgentRow, String), ConsoleError> {
+    let token = cookie_value(headers).ok_or(ConsoleError::Unauthenticated)?;
+    let idle = s.idle_ms();
+    let now = now_ms();
+    s.hub
+        .db
+        .call(move |c| agents::session(c, &token, now, idle))
+        .await?
+        .ok_or(ConsoleError::Unauthenticated)
+}
+
+/// `current` plus a CSRF check and a minimum role, for state-changing routes.
+async fn authorized(
+    s: &ConsoleState,
+    headers: &HeaderMap,
+    min: Role,
+    changing: bool,
+) -> Result<AgentRow, ConsoleError> {
+    let (agent, csrf) = current(s, headers).await?;
+    if changing {
+        let given = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if given.is_empty() || given != csrf {
+            return Err(ConsoleError::Forbidden("missing or wrong CSRF token"));
+        }
+    }
+    if agent.role < min {
+        return Err(ConsoleError::Forbidden("your role does not allow this"));
+    }
+    Ok(agent)
+}
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SessionView {
+    pub agent: AgentRow,
+    /// Send back in `X-CSRF-Token` on every state-changing request.
+    pub csrf: String,
+}
+
+type S = State<Arc<ConsoleState>>;
+
+async fn login(
+    State(s): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Response, ConsoleError> {
+    let now = now_ms();
+    let ip = peer.ip().to_string();
+    let user_key = format!("user:{}", req.username);
+    let ip_key = format!("ip:{ip}");
+    if let Some(wait) = s.limiter.blocked(&[&user_key, &ip_key], now) {
+        return Err(ConsoleError::TooManyAttempts(wait));
+    }
+    let (u, p) = (req.username.clone(), req.password);
+    let agent = s
+        .hub
+        .db
+        .call(move |c| agents::authenticate(c, &u, &p))
+        .await?;
+    let Some(agent) = agent else {
+        s.limiter.failed(&[&user_key, &ip_key], now);
+        tracing::warn!(username = %req.username, %ip, "console login failed");
+        return Err(
+            ConsoleError::BadRequest("wrong username or password".into()).unauthenticated(),
+        );
+    };
+    s.limiter.succeeded(&user_key);
+    let id = agent.id.clone();
+    // A fresh token at every login (no session fixation).
+    let (token, csrf) = s
+        .hub
+        .db
+        .call(move |c| agents::open_session(c, &id, now))
+        .await?;
+    let secure = if s.hub.config.console.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
+    let mut resp = Json(SessionView { agent, csrf }).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
+impl ConsoleError {
+    /// Wrong credentials are a 401 with a neutral message.
+    fn unauthenticated(self) -> ConsoleError {
+        match self {
+            ConsoleError::BadRequest(_) => ConsoleError::Unauthenticated,
+            other => other,
+        }
+    }
+}
+
+async fn logout(State(s): S, headers: HeaderMap) -> Result<Response, ConsoleError> {
+    authorized(&s, &headers, Role::Agent, true).await?;
+    if let Some(token) = cookie_value(&headers) {
+        s.hub
+            .db
+            .call(move |c| agents::close_session(c, &token))
+            .await?;
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("edgedesk_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(resp)
+}
+
+async fn me(State(s): S, headers: HeaderMap) -> Result<Json<SessionView>, ConsoleError> {
+    let (agent, csrf) = current(&s, &headers).await?;
+    Ok(Json(SessionView { agent, csrf }))
+}
+
+async fn list_agents(State(s): S, headers: HeaderMap) -> Result<Json<Vec<AgentRow>>, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, false).await?;
+    Ok(Json(s.hub.db.call(|c| agents::list(c)).await?))
+}
+
+fn account_error(e: AccountError) -> ConsoleError {
+    match e {
+        AccountError::NotFound => ConsoleError::NotFound,
+        other => ConsoleError::BadRequest(other.to_string()),
+    }
+}
+
+async fn create_agent(
+    State(s): S,
+    headers: HeaderMap,
+    Json(req): Json<NewAgent>,
+) -> Result<(StatusCode, Json<AgentRow>), ConsoleError> {
+    authorized(&s, &headers, Role::Admin, true).await?;
+    let now = now_ms();
+    let row = s
+        .hub
+        .db
+        .call(move |c| agents::create(c, &req, now))
+        .await?
+        .map_err(account_error)?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn disable_agent(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Admin, true).await?;
+    if me.id == id {
+        return Err(ConsoleError::BadRequest(
+            "you cannot disable yourself".into(),
+        ));
+    }
+    s.hub
+        .db
+        .call(move |c| agents::disable(c, &id))
+        .await?
+        .map_err(account_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub fn router(state: Arc<ConsoleState>) -> axum::Router {
+    axum::Router::new()
+        .route("/console/api/login", post(login))
+        .route("/console/api/logout", post(logout))
+        .route("/console/api/me", get(me))
+        .route("/console/api/agents", get(list_agents).post(create_agent))
+        .route("/console/api/agents/{id}/disable", post(disable_agent))
+        .with_state(state)
+}

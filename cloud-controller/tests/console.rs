@@ -1,0 +1,297 @@
+//! The agents' console API against a real controller: login with Argon2id
+//! passwords, cookies, CSRF, login rate limit, and each role against each
+//! endpoint.
+
+use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Env {
+    ctl: cloud_controller::Controller,
+    token: CancellationToken,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cloud_controller::config::Config::default();
+        c.http.listen = "127.0.0.1:0".into();
+        c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+        c.store.data_dir = dir.path().to_owned();
+        c.console.login_max_failures = 3;
+        let token = CancellationToken::new();
+        let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
+        Env {
+            ctl,
+            token,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, p: &str) -> String {
+        format!("http://{}{p}", self.ctl.http_addr)
+    }
+
+    /// Create an agent through the operator API; returns its id.
+    async fn agent(&self, username: &str, role: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/api/v1/agents"))
+            .bearer_auth(&self.ctl.admin_token)
+            .json(&serde_json::json!({
+                "username": username, "display_name": username, "role": role,
+                "password": "a long enough password", "languages": ["en"], "capacity": 3
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Log in; returns (cookie header value, csrf).
+    async fn login(&self, username: &str) -> (String, String) {
+        let r = self
+            .http
+            .post(self.url("/console/api/login"))
+            .json(
+                &serde_json::json!({ "username": username, "password": "a long enough password" }),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let set = r.headers()[reqwest::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let body: serde_json::Value = r.json().await.unwrap();
+        (cookie, body["csrf"].as_str().unwrap().to_owned())
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        session: Option<&(String, String)>,
+        body: Option<serde_json::Value>,
+    ) -> StatusCode {
+        let mut r = self.http.request(method, self.url(path));
+        if let Some((cookie, csrf)) = session {
+            r = r.header("cookie", cookie).header("x-csrf-token", csrf);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.unwrap().status()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sessions_and_csrf() {
+    let env = Env::start().await;
+    env.agent("ada", "agent").await;
+    let (cookie, csrf) = env.login("ada").await;
+    let me: serde_json::Value = env
+        .http
+        .get(env.url("/console/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["agent"]["username"], "ada");
+    assert!(
+        me["agent"].get("password_hash").is_none(),
+        "no secrets in responses"
+    );
+    let (cookie2, _) = env.login("ada").await;
+    assert_ne!(cookie, cookie2, "a fresh token at every login");
+    // State-changing requests need the CSRF token.
+    let r = env
+        .http
+        .post(env.url("/console/api/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = env
+        .http
+        .post(env.url("/console/api/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = env
+        .http
+        .post(env.url("/console/api/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = env
+        .http
+        .get(env.url("/console/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "logged out");
+    let r = env
+        .http
+        .get(env.url("/console/api/me"))
+        .header("cookie", "edgedesk_session=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    env.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_neutral_and_rate_limited() {
+    let env = Env::start().await;
+    env.agent("ada", "agent").await;
+    let attempt = |user: &str, pw: &str| {
+        env.http
+            .post(env.url("/console/api/login"))
+            .json(&serde_json::json!({ "username": user, "password": pw }))
+            .send()
+    };
+    let a = attempt("ada", "wrong password").await.unwrap();
+    let b = attempt("nobody", "wrong password").await.unwrap();
+    assert_eq!(
+        (a.status(), b.status()),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        a.text().await.unwrap(),
+        b.text().await.unwrap(),
+        "unknown user and wrong password look alike"
+    );
+    attempt("ada", "wrong again").await.unwrap();
+    let blocked = attempt("ada", "a long enough password").await.unwrap();
+    assert_eq!(
+        blocked.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    assert!(blocked.headers().contains_key("retry-after"));
+    env.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_against_every_endpoint() {
+    use reqwest::Method;
+    let env = Env::start().await;
+    let target = env.agent("target", "agent").await;
+    env.agent("agent1", "agent").await;
+    env.agent("super1", "supervisor").await;
+    env.agent("admin1", "admin").await;
+    let sessions = [
+        ("agent", Some(env.login("agent1").await)),
+        ("supervisor", Some(env.login("super1").await)),
+        ("admin", Some(env.login("admin1").await)),
+        ("anonymous", None),
+    ];
+    let new_agent = |n: &str| {
+        serde_json::json!({ "username": n, "display_name": n, "role": "agent",
+            "password": "a long enough password", "languages": ["zh"], "capacity": 2 })
+    };
+    // (role, method, path, body, expected)
+    let mut expectations = Vec::new();
+    for (role, _) in &sessions {
+        let ok = |min: &str| {
+            let rank = |r: &str| {
+                ["agent", "supervisor", "admin"]
+                    .iter()
+                    .position(|x| *x == r)
+            };
+            match (rank(role), rank(min)) {
+                (None, _) => StatusCode::UNAUTHORIZED,
+                (Some(a), Some(b)) if a >= b => StatusCode::OK,
+                _ => StatusCode::FORBIDDEN,
+            }
+        };
+        expectations.push((
+            *role,
+            Method::GET,
+            "/console/api/me".to_owned(),
+            None,
+            ok("agent"),
+        ));
+        expectations.push((
+            *role,
+            Method::GET,
+            "/console/api/agents".to_owned(),
+            None,
+            ok("supervisor"),
+        ));
+        let created = if ok("admin") == StatusCode::OK {
+            StatusCode::CREATED
+        } else {
+            ok("admin")
+        };
+        expectations.push((
+            *role,
+            Method::POST,
+            "/console/api/agents".to_owned(),
+            Some(new_agent(&format!("new-{role}"))),
+            created,
+        ));
+        let disabled = if ok("admin") == StatusCode::OK {
+            StatusCode::NO_CONTENT
+        } else {
+            ok("admin")
+        };
+        expectations.push((
+            *role,
+            Method::POST,
+            format!("/console/api/agents/{target}/disable"),
+            None,
+            disabled,
+        ));
+    }
+    // Admin last so that the target is still there for the others' attempts.
+    expectations.sort_by_key(|e| e.0 == "admin");
+    for (role, method, path, body, want) in expectations {
+        let session = sessions.iter().find(|s| s.0 == role).unwrap().1.as_ref();
+        let got = env.call(method.clone(), &path, session, body).await;
+        assert_eq!(got, want, "{role} {method} {path}");
+    }
+    // The disabled agent cannot log in any more.
+    let r = env
+        .http
+        .post(env.url("/console/api/login"))
+        .json(&serde_json::json!({ "username": "target", "password": "a long enough password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    env.token.cancel();
+}
