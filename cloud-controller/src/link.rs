@@ -324,6 +324,8 @@ impl Hub {
                 }
             }
             Up::Will { .. } => {}
+            // Forwarded to the agent console once it exists (issue 4).
+            Up::Typing { .. } => {}
         }
         Ok(())
     }

@@ -641,6 +641,7 @@ mod tests {
                 reason: "requested".into(),
                 last_text: String::new(),
                 intents: vec![],
+                transcript: vec![],
             }),
         };
         db.with(|c| {

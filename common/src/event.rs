@@ -30,6 +30,10 @@ pub enum EventBody {
     OfflineMessage(OfflineMessage),
     /// A multi-turn flow reached its confirmed end (appointment, card block).
     FlowCompleted(FlowCompleted),
+    /// A visitor's line while a human agent holds the chat.
+    ChatLine(ChatLine),
+    /// The visitor rated a closed agent chat.
+    Rating(Rating),
 }
 
 impl EventBody {
@@ -40,6 +44,8 @@ impl EventBody {
             EventBody::Escalation(_) => "escalation",
             EventBody::OfflineMessage(_) => "offline_message",
             EventBody::FlowCompleted(_) => "flow_completed",
+            EventBody::ChatLine(_) => "chat_line",
+            EventBody::Rating(_) => "rating",
         }
     }
 }
@@ -67,6 +73,32 @@ pub struct Escalation {
     /// The last visitor utterance, for the agent's context.
     pub last_text: String,
     pub intents: Vec<String>,
+    /// The conversation so far (bot turns too), oldest first, for the agent.
+    #[serde(default)]
+    pub transcript: Vec<TranscriptLine>,
+}
+
+/// A line of a transcript as sent to the cloud.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptLine {
+    /// The node's message id (orders lines, deduplicates resends).
+    pub id: i64,
+    pub from: crate::chat::Sender,
+    pub text: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatLine {
+    pub conversation: String,
+    pub line: TranscriptLine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rating {
+    pub conversation: String,
+    /// 1 (poor) to 5 (excellent).
+    pub score: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +135,7 @@ mod tests {
                 reason: "requested".into(),
                 last_text: "human please".into(),
                 intents: vec!["human_agent".into()],
+                transcript: vec![],
             }),
         };
         let json = serde_json::to_string(&e).unwrap();

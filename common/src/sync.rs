@@ -32,6 +32,10 @@ pub enum Up {
     Will {
         connect_id: String,
     },
+    /// The visitor is typing in a chat held by an agent (ephemeral).
+    Typing {
+        conversation: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -56,6 +60,47 @@ pub enum Down {
         ids: Vec<String>,
     },
     Command(Command),
+    /// The agent is typing (ephemeral, not queued).
+    Typing {
+        conversation: String,
+    },
+}
+
+/// Command kinds for the live handoff, with their `args`.
+pub mod command {
+    use serde::{Deserialize, Serialize};
+
+    /// An agent took the chat: [`AgentJoined`].
+    pub const AGENT_JOINED: &str = "agent_joined";
+    /// An agent's line: [`AgentMessage`].
+    pub const AGENT_MESSAGE: &str = "agent_message";
+    /// The agent handed the chat back to the queue: [`AgentLeft`].
+    pub const AGENT_LEFT: &str = "agent_left";
+    /// The agent closed the chat: [`AgentClosed`].
+    pub const AGENT_CLOSED: &str = "agent_closed";
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AgentJoined {
+        pub conversation: String,
+        pub agent_name: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AgentMessage {
+        pub conversation: String,
+        pub agent_name: String,
+        pub text: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AgentLeft {
+        pub conversation: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AgentClosed {
+        pub conversation: String,
+    }
 }
 
 /// An instruction for a node, kept queued on the controller until acknowledged.

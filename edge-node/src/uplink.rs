@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::CloudConfig;
 use crate::nlu::entities::mask_personal;
-use crate::server::AppState;
 use crate::server::ws::now_ms;
+use crate::server::{AgentAction, AppState};
 use crate::store::{CommandIn, KV_COMPACTED};
 
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +250,11 @@ pub fn outgoing(mut e: Event, mask: bool) -> Event {
         match &mut e.body {
             EventBody::Escalation(x) => x.last_text = mask_personal(&x.last_text),
             EventBody::OfflineMessage(x) => x.message = mask_personal(&x.message),
-            EventBody::ConversationSummary(_) | EventBody::FlowCompleted(_) => {}
+            // Live chat lines go to a person who must read them as written.
+            EventBody::ConversationSummary(_)
+            | EventBody::FlowCompleted(_)
+            | EventBody::ChatLine(_)
+            | EventBody::Rating(_) => {}
         }
     }
     e
@@ -455,29 +459,86 @@ impl Receiver {
                 let _ = self.ack_tx.try_send(ids);
             }
             Ok(Down::Command(cmd)) => self.on_command(cmd).await,
+            Ok(Down::Typing { conversation }) => {
+                let app = self.app.clone();
+                tokio::spawn(async move {
+                    let _ = crate::server::ws::deliver_agent_action(
+                        &app,
+                        &conversation,
+                        AgentAction::Typing,
+                    )
+                    .await;
+                });
+            }
             Err(e) => tracing::warn!(error = %e, "unreadable message from the controller"),
         }
     }
 
+    /// Run a command; (ok, detail) for the acknowledgement.
+    async fn execute(&self, cmd: &Command) -> (bool, String) {
+        use edgedesk_common::sync::command as k;
+        fn args<T: serde::de::DeserializeOwned>(cmd: &Command) -> Result<T, String> {
+            serde_json::from_value(cmd.args.clone()).map_err(|e| format!("bad arguments: {e}"))
+        }
+        let delivered = match cmd.kind.as_str() {
+            "ping" => return (true, "pong".into()),
+            k::AGENT_JOINED => args::<k::AgentJoined>(cmd).map(|a| {
+                (
+                    a.conversation,
+                    AgentAction::Joined {
+                        agent: a.agent_name,
+                    },
+                )
+            }),
+            k::AGENT_MESSAGE => args::<k::AgentMessage>(cmd).map(|a| {
+                (
+                    a.conversation,
+                    AgentAction::Message {
+                        agent: a.agent_name,
+                        text: a.text,
+                    },
+                )
+            }),
+            k::AGENT_LEFT => args::<k::AgentLeft>(cmd).map(|a| (a.conversation, AgentAction::Left)),
+            k::AGENT_CLOSED => {
+                args::<k::AgentClosed>(cmd).map(|a| (a.conversation, AgentAction::Closed))
+            }
+            other => return (false, format!("unknown command kind {other:?}")),
+        };
+        let result = match delivered {
+            Ok((conversation, action)) => {
+                crate::server::ws::deliver_agent_action(&self.app, &conversation, action).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => (true, "delivered".into()),
+            Err(e) => (false, e),
+        }
+    }
+
     async fn on_command(&self, cmd: Command) {
-        let (ok, detail) = match cmd.kind.as_str() {
-            "ping" => (true, "pong".to_owned()),
-            other => (false, format!("unknown command kind {other:?}")),
-        };
-        let record = CommandIn {
-            id: cmd.id.clone(),
-            kind: cmd.kind.clone(),
-            args: cmd.args.to_string(),
-            received_at: now_ms(),
-            ok,
-            detail: detail.clone(),
-        };
-        // A resent command is acknowledged again with its first result, not re-run.
-        let (ok, detail) = match self.app.store.command_in(record).await {
+        // Exactly once: a command seen before is acknowledged with its first result.
+        let (ok, detail) = match self.app.store.command_result(&cmd.id).await {
             Ok(Some(earlier)) => earlier,
-            Ok(None) => (ok, detail),
+            Ok(None) => {
+                let (ok, detail) = self.execute(&cmd).await;
+                let record = CommandIn {
+                    id: cmd.id.clone(),
+                    kind: cmd.kind.clone(),
+                    args: cmd.args.to_string(),
+                    received_at: now_ms(),
+                    ok,
+                    detail: detail.clone(),
+                };
+                if let Err(e) = self.app.store.command_in(record).await {
+                    tracing::error!(error = %e, "recording a command failed; it will be resent");
+                    return;
+                }
+                (ok, detail)
+            }
             Err(e) => {
-                tracing::error!(error = %e, "recording a command failed; it will be resent");
+                tracing::error!(error = %e, "reading command results failed; it will be resent");
                 return;
             }
         };

@@ -718,3 +718,136 @@ async fn a_node_without_a_reachable_controller_still_serves() {
     );
     node.stop().await;
 }
+
+/// The edge side of a live handoff, driven through the controller's command
+/// queue: agent joins, visitor and agent talk, agent closes, visitor rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
+    use edgedesk_common::chat::{ChatState, Sender};
+    let cloud = Cloud::start().await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge(&cloud, &da, "branch-a").await;
+    cloud
+        .eventually(10, "online", || async {
+            cloud.node("branch-a").await["online"] == true
+        })
+        .await;
+    let mut ws = a.connect().await;
+    let (session, _) = start_session(&mut ws).await;
+    say(&mut ws, &msg("my card was declined")).await;
+    let (_, r) = say(&mut ws, &msg("I want to talk to a human")).await;
+    let ServerFrame::Reply { state, .. } = &r[0] else {
+        panic!()
+    };
+    assert_eq!(*state, ChatState::WaitingForAgent);
+    cloud
+        .eventually(10, "escalation with transcript", || async {
+            !cloud.events("kind=escalation").await.is_empty()
+        })
+        .await;
+    let esc = &cloud.events("kind=escalation").await[0]["event"];
+    let conversation = esc["conversation"].as_str().unwrap().to_owned();
+    let lines: Vec<&str> = esc["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines.contains(&"my card was declined") && lines.contains(&"I want to talk to a human"),
+        "{lines:?}"
+    );
+
+    let command = |kind: &str, args: serde_json::Value| {
+        cloud.post(
+            "/api/v1/nodes/branch-a/commands",
+            serde_json::json!({ "kind": kind, "args": args }),
+        )
+    };
+    command(
+        "agent_joined",
+        serde_json::json!({ "conversation": conversation, "agent_name": "Grace" }),
+    )
+    .await;
+    let f = recv(&mut ws).await;
+    let ServerFrame::Reply {
+        from, text, state, ..
+    } = &f
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!((*from, *state), (Sender::System, ChatState::WithAgent));
+    assert!(text.contains("Grace"));
+    command("agent_message", serde_json::json!({ "conversation": conversation, "agent_name": "Grace", "text": "Hello, how can I help?" })).await;
+    let f = recv(&mut ws).await;
+    assert!(
+        matches!(&f, ServerFrame::Reply { from: Sender::Agent, text, .. } if text == "Hello, how can I help?"),
+        "{f:?}"
+    );
+    // The visitor's answer goes to the cloud, not to the bot.
+    send(&mut ws, &msg("my card keeps getting declined")).await;
+    assert!(matches!(recv(&mut ws).await, ServerFrame::Ack { .. }));
+    cloud
+        .eventually(10, "visitor line forwarded", || async {
+            cloud
+                .events("kind=chat_line")
+                .await
+                .iter()
+                .any(|e| e["event"]["line"]["text"] == "my card keeps getting declined")
+        })
+        .await;
+    command(
+        "agent_closed",
+        serde_json::json!({ "conversation": conversation }),
+    )
+    .await;
+    let f = recv(&mut ws).await;
+    let ServerFrame::Reply {
+        quick_replies,
+        state,
+        ..
+    } = &f
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!(*state, ChatState::Bot);
+    let five = quick_replies
+        .iter()
+        .find(|q| q.payload == "/rate 5")
+        .expect("rating buttons");
+    say(&mut ws, &button(&five.label, &five.payload)).await;
+    cloud
+        .eventually(10, "rating stored", || async {
+            cloud
+                .events("kind=rating")
+                .await
+                .iter()
+                .any(|e| e["event"]["score"] == 5)
+        })
+        .await;
+    // Every command is acknowledged as delivered (the ack may trail the frame).
+    cloud
+        .eventually(10, "all commands acknowledged", || async {
+            let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+            cmds.as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["ok"] == true && c["detail"] == "delivered")
+        })
+        .await;
+    // A reload shows the agent's lines in the history.
+    drop(ws);
+    let mut ws = a.connect().await;
+    send(&mut ws, &hello(Some(&session))).await;
+    let ServerFrame::Welcome { history, .. } = recv(&mut ws).await else {
+        panic!()
+    };
+    assert!(
+        history
+            .iter()
+            .any(|h| h.from == Sender::Agent && h.text == "Hello, how can I help?"),
+        "{history:?}"
+    );
+    a.stop().await;
+    cloud.token.cancel();
+}

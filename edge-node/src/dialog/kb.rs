@@ -56,6 +56,10 @@ pub const REQUIRED_PROMPTS: &[&str] = &[
     "button_yes",
     "button_no",
     "button_cancel",
+    "agent_joined",
+    "agent_left",
+    "agent_closed",
+    "rating_thanks",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

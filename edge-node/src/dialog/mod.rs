@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveTime, Timelike};
-use edgedesk_common::chat::{ChatState, Lang, QuickReply};
+use edgedesk_common::chat::{ChatState, Lang, QuickReply, Sender};
 use edgedesk_common::event::{
-    ConversationSummary, Escalation, EventBody, FlowCompleted, OfflineMessage,
+    ChatLine, ConversationSummary, Escalation, EventBody, FlowCompleted, OfflineMessage, Rating,
+    TranscriptLine,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,8 @@ pub enum Command {
     No,
     End,
     TryAgain,
+    /// Rate a closed agent chat, 1–5 (`/rate N`).
+    Rate(u8),
 }
 
 impl Command {
@@ -59,19 +62,23 @@ impl Command {
             "/no" => Command::No,
             "/end" => Command::End,
             "/try_again" => Command::TryAgain,
-            _ => return None,
+            other => {
+                let n: u8 = other.strip_prefix("/rate ")?.trim().parse().ok()?;
+                return (1..=5).contains(&n).then_some(Command::Rate(n));
+            }
         })
     }
 
-    fn payload(self) -> &'static str {
+    fn payload(self) -> String {
         match self {
-            Command::Agent => "/agent",
-            Command::Cancel => "/cancel",
-            Command::LeaveMessage => "/leave_message",
-            Command::Yes => "/yes",
-            Command::No => "/no",
-            Command::End => "/end",
-            Command::TryAgain => "/try_again",
+            Command::Agent => "/agent".into(),
+            Command::Cancel => "/cancel".into(),
+            Command::LeaveMessage => "/leave_message".into(),
+            Command::Yes => "/yes".into(),
+            Command::No => "/no".into(),
+            Command::End => "/end".into(),
+            Command::TryAgain => "/try_again".into(),
+            Command::Rate(n) => format!("/rate {n}"),
         }
     }
 }
@@ -87,6 +94,9 @@ pub struct Conversation {
     pub visitor_turns: u32,
     pub intents: Vec<String>,
     pub escalated: bool,
+    /// An agent closed the chat and the visitor may rate it.
+    #[serde(default)]
+    pub awaiting_rating: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +106,10 @@ pub enum Phase {
     Flow(Flow),
     WaitingForAgent,
     LeavingMessage(ContactForm),
+    /// A human agent holds the chat; the bot stays silent.
+    WithAgent {
+        agent: String,
+    },
     Ended,
 }
 
@@ -194,6 +208,8 @@ impl Turn<'_> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BotReply {
+    /// Bot, or Agent for a human agent's line, or System for notices.
+    pub from: Sender,
     pub text: String,
     pub quick_replies: Vec<QuickReply>,
     /// The intent this reply answers, if any (shown to agents later).
@@ -240,6 +256,7 @@ impl Conversation {
             visitor_turns: 0,
             intents: Vec::new(),
             escalated: false,
+            awaiting_rating: false,
         }
     }
 
@@ -250,6 +267,7 @@ impl Conversation {
             Phase::Flow(_) => ChatState::InFlow,
             Phase::WaitingForAgent => ChatState::WaitingForAgent,
             Phase::LeavingMessage(_) => ChatState::LeavingMessage,
+            Phase::WithAgent { .. } => ChatState::WithAgent,
             Phase::Ended => ChatState::Ended,
         }
     }
@@ -298,10 +316,17 @@ impl Engine {
             Command::Yes => "button_yes",
             Command::Cancel => "button_cancel",
             Command::End => "goodbye",
+            Command::Rate(n) => {
+                let label = "★".repeat(n as usize);
+                return QuickReply {
+                    label,
+                    payload: cmd.payload(),
+                };
+            }
         };
         QuickReply {
             label: self.kb.prompt(name, lang, &[]),
-            payload: cmd.payload().into(),
+            payload: cmd.payload(),
         }
     }
 
@@ -313,6 +338,7 @@ impl Engine {
         buttons: &[Command],
     ) -> BotReply {
         BotReply {
+            from: Sender::Bot,
             text: self.kb.prompt(prompt, lang, vars),
             quick_replies: buttons.iter().map(|c| self.button(*c, lang)).collect(),
             intent: None,
@@ -338,6 +364,50 @@ impl Engine {
         }))
     }
 
+    /// A human agent took the chat.
+    pub fn agent_joined(&self, conv: &mut Conversation, agent: &str) -> BotReply {
+        conv.phase = Phase::WithAgent {
+            agent: agent.to_owned(),
+        };
+        conv.escalated = true;
+        let mut r = self.reply("agent_joined", conv.lang, &[("agent", agent)], &[]);
+        r.from = Sender::System;
+        r
+    }
+
+    /// A human agent's line for the visitor.
+    pub fn agent_message(&self, conv: &mut Conversation, agent: &str, text: &str) -> BotReply {
+        if !matches!(conv.phase, Phase::WithAgent { .. }) {
+            conv.phase = Phase::WithAgent {
+                agent: agent.to_owned(),
+            };
+        }
+        BotReply {
+            from: Sender::Agent,
+            text: text.to_owned(),
+            quick_replies: Vec::new(),
+            intent: None,
+        }
+    }
+
+    /// The agent handed the chat back to the queue.
+    pub fn agent_left(&self, conv: &mut Conversation) -> BotReply {
+        conv.phase = Phase::WaitingForAgent;
+        let mut r = self.reply("agent_left", conv.lang, &[], &[]);
+        r.from = Sender::System;
+        r
+    }
+
+    /// The agent closed the chat: back to the bot, and ask for a rating.
+    pub fn agent_closed(&self, conv: &mut Conversation) -> BotReply {
+        conv.phase = Phase::Bot;
+        conv.awaiting_rating = true;
+        let buttons: Vec<Command> = (1..=5).map(Command::Rate).collect();
+        let mut r = self.reply("agent_closed", conv.lang, &[], &buttons);
+        r.from = Sender::System;
+        r
+    }
+
     /// Handle one visitor turn.
     pub fn handle(&self, conv: &mut Conversation, turn: &Turn<'_>) -> Outcome {
         let mut out = Outcome::default();
@@ -352,6 +422,42 @@ impl Engine {
             conv.intents.push(turn.nlu.intent.clone());
         }
         let intent = turn.nlu.answered.then_some(turn.nlu.intent.as_str());
+
+        // With a human agent the bot is silent: the line goes to the agent.
+        if let Phase::WithAgent { .. } = conv.phase {
+            if turn.command == Some(Command::End) {
+                out.replies.push(self.reply("goodbye", conv.lang, &[], &[]));
+                out.events
+                    .extend(self.end(conv, "visitor_ended", turn.now_ms));
+            } else {
+                out.events.push(EventBody::ChatLine(ChatLine {
+                    conversation: conv.id.clone(),
+                    // The store fills in the id of the stored line.
+                    line: TranscriptLine {
+                        id: 0,
+                        from: Sender::Visitor,
+                        text: turn.text.to_owned(),
+                        at: turn.now_ms,
+                    },
+                }));
+            }
+            return out;
+        }
+        if let Some(Command::Rate(score)) = turn.command {
+            if conv.awaiting_rating {
+                conv.awaiting_rating = false;
+                out.events.push(EventBody::Rating(Rating {
+                    conversation: conv.id.clone(),
+                    score,
+                }));
+                out.replies
+                    .push(self.reply("rating_thanks", conv.lang, &[], &[]));
+            } else {
+                out.replies
+                    .push(self.reply("nothing_to_cancel", conv.lang, &[], &[]));
+            }
+            return out;
+        }
 
         // Global: a request for a person wins everywhere except while already
         // waiting or leaving a message.
@@ -387,6 +493,7 @@ impl Engine {
             Phase::Flow(flow) => self.flow_turn(conv, flow, turn, &mut out),
             Phase::WaitingForAgent => self.waiting_turn(conv, turn, &mut out),
             Phase::LeavingMessage(form) => self.contact_turn(conv, form, turn, &mut out),
+            Phase::WithAgent { .. } => {} // handled above
             Phase::Bot | Phase::Ended => {
                 conv.phase = Phase::Bot;
                 self.bot_turn(conv, turn, &mut out)
@@ -410,6 +517,8 @@ impl Engine {
             reason: reason.into(),
             last_text: turn.text.chars().take(MAX_FIELD_CHARS).collect(),
             intents: conv.intents.clone(),
+            // Filled in by the server, which has the stored conversation.
+            transcript: Vec::new(),
         }));
         if turn.agents_available {
             out.replies.push(self.reply(
@@ -484,6 +593,7 @@ impl Engine {
                         Lang::Zh => &answer.quick_replies.zh,
                     };
                     out.replies.push(BotReply {
+                        from: Sender::Bot,
                         text: match conv.lang {
                             Lang::En => answer.en.clone(),
                             Lang::Zh => answer.zh.clone(),

@@ -314,6 +314,11 @@ proptest! {
                     EventBody::ConversationSummary(_) => prop_assert_eq!(&c.phase, &Phase::Ended),
                     EventBody::FlowCompleted(_) => prop_assert!(matches!(before, Phase::Flow(_))),
                     EventBody::OfflineMessage(_) => prop_assert!(matches!(before, Phase::LeavingMessage(_))),
+                    EventBody::ChatLine(_) => {
+                        let with_agent = matches!(before, Phase::WithAgent { .. });
+                        prop_assert!(with_agent);
+                    }
+                    EventBody::Rating(_) => prop_assert_eq!(&c.phase, &before),
                 }
             }
             if let Phase::Flow(_) = c.phase {
@@ -324,4 +329,46 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn with_an_agent_the_bot_is_silent_and_the_close_asks_for_a_rating() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("I want a human", "human_agent"));
+    let joined = e.agent_joined(&mut c, "Grace");
+    assert_eq!(joined.from, Sender::System);
+    assert!(joined.text.contains("Grace"));
+    assert_eq!(c.chat_state(), ChatState::WithAgent);
+    // Even a recognisable question goes to the agent, not the bot.
+    let out = e.handle(&mut c, &turn("when will my card arrive", "card_arrival"));
+    assert!(out.replies.is_empty(), "{:?}", out.replies);
+    let EventBody::ChatLine(l) = &out.events[0] else {
+        panic!("{:?}", out.events)
+    };
+    assert_eq!(l.line.text, "when will my card arrive");
+    assert_eq!(l.line.from, Sender::Visitor);
+    let said = e.agent_message(&mut c, "Grace", "It is on its way.");
+    assert_eq!(
+        (said.from, said.text.as_str()),
+        (Sender::Agent, "It is on its way.")
+    );
+    let closed = e.agent_closed(&mut c);
+    assert_eq!(closed.quick_replies.len(), 5);
+    assert_eq!(closed.quick_replies[4].payload, "/rate 5");
+    assert_eq!(c.phase, Phase::Bot);
+    let out = e.handle(&mut c, &turn("/rate 4", ""));
+    assert!(matches!(&out.events[0], EventBody::Rating(r) if r.score == 4));
+    let again = e.handle(&mut c, &turn("/rate 5", ""));
+    assert!(again.events.is_empty(), "one rating per closed chat");
+}
+
+#[test]
+fn agent_handing_back_to_the_queue() {
+    let (e, mut c) = (engine(), conv());
+    e.agent_joined(&mut c, "Grace");
+    let left = e.agent_left(&mut c);
+    assert_eq!(c.phase, Phase::WaitingForAgent);
+    assert!(left.text.contains("queue"));
+    assert_eq!(Command::parse("/rate 9"), None);
+    assert_eq!(Command::parse("/rate 3"), Some(Command::Rate(3)));
 }

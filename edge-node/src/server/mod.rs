@@ -38,7 +38,7 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// Live sessions: id → (claim number, token that closes the connection
     /// holding it), so a reconnect (e.g. a second tab) takes the session over.
-    pub live: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    pub live: Mutex<HashMap<String, LiveSession>>,
     pub claims: AtomicU64,
     pub shutdown: CancellationToken,
     /// Tracks chat connections so shutdown can wait for them.
@@ -55,26 +55,65 @@ pub struct Claim {
     pub token: CancellationToken,
 }
 
+/// What a human agent does to a conversation, delivered to the connection
+/// that holds it (or applied to the store when the visitor is away).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentAction {
+    Joined { agent: String },
+    Message { agent: String, text: String },
+    Left,
+    Closed,
+    Typing,
+}
+
+/// An agent action for a live connection; `done` reports whether it was stored.
+pub struct AgentEvent {
+    pub conversation: String,
+    pub action: AgentAction,
+    pub done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// A live session: who holds it, how to close it, how to reach it.
+pub struct LiveSession {
+    pub number: u64,
+    pub token: CancellationToken,
+    /// Bounded (16); when full, senders wait: agent actions are never dropped.
+    pub agent_tx: tokio::sync::mpsc::Sender<AgentEvent>,
+}
+
 impl AppState {
     /// Register `session` as held by a new connection, closing any older holder.
-    pub fn claim_session(&self, session: &str) -> Claim {
+    pub fn claim_session(&self, session: &str) -> (Claim, tokio::sync::mpsc::Receiver<AgentEvent>) {
         let claim = Claim {
             number: self.claims.fetch_add(1, Ordering::Relaxed),
             token: CancellationToken::new(),
         };
+        let (agent_tx, agent_rx) = tokio::sync::mpsc::channel(16);
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, previous)) =
-            live.insert(session.to_owned(), (claim.number, claim.token.clone()))
-        {
-            previous.cancel();
+        let entry = LiveSession {
+            number: claim.number,
+            token: claim.token.clone(),
+            agent_tx,
+        };
+        if let Some(previous) = live.insert(session.to_owned(), entry) {
+            previous.token.cancel();
         }
-        claim
+        (claim, agent_rx)
+    }
+
+    /// The channel to the connection holding `session`, if any.
+    pub fn live_sender(&self, session: &str) -> Option<tokio::sync::mpsc::Sender<AgentEvent>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .map(|l| l.agent_tx.clone())
     }
 
     /// Forget `session` if `claim` still holds it.
     pub fn release_session(&self, session: &str, claim: &Claim) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.get(session).is_some_and(|(n, _)| *n == claim.number) {
+        if live.get(session).is_some_and(|l| l.number == claim.number) {
             live.remove(session);
         }
     }

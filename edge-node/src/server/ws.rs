@@ -16,10 +16,11 @@ use axum::response::{IntoResponse, Response};
 use edgedesk_common::chat::{
     ClientFrame, ErrorCode, HistoryItem, Lang, PROTOCOL_VERSION, Sender, ServerFrame,
 };
-use edgedesk_common::event::{Event, EventBody};
+use edgedesk_common::event::{Event, EventBody, TranscriptLine};
+use futures_util::SinkExt;
 use sha2::{Digest, Sha256};
 
-use super::{AppState, Claim};
+use super::{AgentAction, AgentEvent, AppState, Claim};
 use crate::dialog::{BotReply, Command, Conversation, Phase, Turn, Understanding};
 use crate::nlu::entities;
 use crate::store::{NewMessage, SessionRow, TurnWrite};
@@ -159,6 +160,110 @@ struct Connection {
     violations: u32,
     session: Option<Active>,
     last_activity: tokio::time::Instant,
+    /// Agent actions for the held session.
+    agent_rx: Option<tokio::sync::mpsc::Receiver<AgentEvent>>,
+}
+
+/// What woke a connection up.
+enum Wake {
+    Shutdown,
+    TakenOver,
+    Idle,
+    Agent(Option<AgentEvent>),
+    Socket(Option<Result<Message, axum::Error>>),
+}
+
+async fn recv_agent(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<AgentEvent>>,
+) -> Option<AgentEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Apply an agent action to a conversation; the line to store and show, if any.
+fn apply_action(
+    engine: &crate::dialog::Engine,
+    conv: &mut Conversation,
+    action: &AgentAction,
+) -> Option<BotReply> {
+    Some(match action {
+        AgentAction::Joined { agent } => engine.agent_joined(conv, agent),
+        AgentAction::Message { agent, text } => engine.agent_message(conv, agent, text),
+        AgentAction::Left => engine.agent_left(conv),
+        AgentAction::Closed => engine.agent_closed(conv),
+        AgentAction::Typing => return None,
+    })
+}
+
+/// Apply an agent action straight to the stored conversation.
+async fn deliver_offline(
+    app: &AppState,
+    conversation: &str,
+    action: AgentAction,
+) -> Result<(), String> {
+    if action == AgentAction::Typing {
+        return Ok(());
+    }
+    let row = app
+        .store
+        .session_by_conversation(conversation)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("unknown conversation {conversation}"))?;
+    let mut conv: Conversation = serde_json::from_str(&row.state).map_err(|e| e.to_string())?;
+    if conv.id != conversation {
+        return Err(format!("conversation {conversation} is over"));
+    }
+    let Some(reply) = apply_action(&app.engine, &mut conv, &action) else {
+        return Ok(());
+    };
+    let write = build_write(
+        &row.id,
+        &row.token_hash,
+        row.created_at,
+        &conv,
+        vec![bot_message(&reply, now_ms())],
+        Vec::new(),
+        None,
+    );
+    app.store
+        .commit(write)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Deliver an agent action to `conversation`: through the connection holding
+/// it when the visitor is here (so its in-memory state stays right), else
+/// straight to the store. `Ok` once it is stored.
+pub async fn deliver_agent_action(
+    app: &AppState,
+    conversation: &str,
+    action: AgentAction,
+) -> Result<(), String> {
+    let row = app
+        .store
+        .session_by_conversation(conversation)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("unknown conversation {conversation}"))?;
+    if let Some(tx) = app.live_sender(&row.id) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let ev = AgentEvent {
+            conversation: conversation.to_owned(),
+            action: action.clone(),
+            done: Some(done),
+        };
+        if tx.send(ev).await.is_ok() {
+            if let Ok(r) = wait.await {
+                return r;
+            }
+        }
+        // The connection went away meanwhile: fall through to the store.
+    }
+    deliver_offline(app, conversation, action).await
 }
 
 impl Connection {
@@ -176,6 +281,72 @@ impl Connection {
             violations: 0,
             session: None,
             last_activity: tokio::time::Instant::now(),
+            agent_rx: None,
+        }
+    }
+
+    /// An agent action for a conversation: apply, store, show.
+    async fn agent_event(&mut self, socket: &mut WebSocket, ev: AgentEvent) {
+        let AgentEvent {
+            conversation,
+            action,
+            done,
+        } = ev;
+        let holds_it = self
+            .session
+            .as_ref()
+            .is_some_and(|a| a.conv.id == conversation);
+        let result = if !holds_it {
+            // The visitor has moved on to another conversation: store only.
+            Box::pin(deliver_offline(&self.app, &conversation, action)).await
+        } else if action == AgentAction::Typing {
+            let _ = send(
+                socket,
+                &ServerFrame::Typing {
+                    from: Sender::Agent,
+                },
+            )
+            .await;
+            Ok(())
+        } else {
+            let app = self.app.clone();
+            let active = self.session.as_mut().expect("checked");
+            let before = active.conv.clone();
+            match apply_action(&app.engine, &mut active.conv, &action) {
+                None => Ok(()),
+                Some(reply) => {
+                    let now = now_ms();
+                    let write = self.write(vec![bot_message(&reply, now)], Vec::new(), None);
+                    match app.store.commit(write).await {
+                        Ok(ids) => {
+                            let a = self.session.as_ref().expect("checked");
+                            let _ = send(
+                                socket,
+                                &ServerFrame::Reply {
+                                    id: ids[0],
+                                    from: reply.from,
+                                    text: reply.text,
+                                    lang: a.conv.lang,
+                                    quick_replies: reply.quick_replies,
+                                    state: a.conv.chat_state(),
+                                    intent: None,
+                                },
+                            )
+                            .await;
+                            Ok(())
+                        }
+                        Err(e) => {
+                            if let Some(a) = self.session.as_mut() {
+                                a.conv = before;
+                            }
+                            Err(e.to_string())
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(done) = done {
+            let _ = done.send(result);
         }
     }
 
@@ -192,19 +363,35 @@ impl Connection {
                 .as_ref()
                 .is_some_and(|s| s.conv.phase != Phase::Ended);
             let idle_deadline = self.last_activity + idle;
-            tokio::select! {
-                _ = shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
-                _ = async { taken_over.unwrap().cancelled().await }, if taken_over.is_some() => {
-                    let _ = send(&mut socket, &ServerFrame::Notice {
-                        code: "session_taken_over".into(),
-                        text: "This chat was opened in another window.".into(),
-                    }).await;
+            // Wait for the next thing to do; handle it once the borrows of the
+            // wait are over.
+            let wake = {
+                let agent_rx = &mut self.agent_rx;
+                tokio::select! {
+                    _ = shutdown.cancelled() => Wake::Shutdown,
+                    _ = async { taken_over.unwrap().cancelled().await }, if taken_over.is_some() => Wake::TakenOver,
+                    _ = tokio::time::sleep_until(idle_deadline), if conversation_open => Wake::Idle,
+                    ev = recv_agent(agent_rx) => Wake::Agent(ev),
+                    msg = socket.recv() => Wake::Socket(msg),
+                }
+            };
+            match wake {
+                Wake::Shutdown => break Some((close::GOING_AWAY, "server shutting down")),
+                Wake::TakenOver => {
+                    let _ = send(
+                        &mut socket,
+                        &ServerFrame::Notice {
+                            code: "session_taken_over".into(),
+                            text: "This chat was opened in another window.".into(),
+                        },
+                    )
+                    .await;
                     break Some((close::TAKEN_OVER, "session resumed elsewhere"));
                 }
-                _ = tokio::time::sleep_until(idle_deadline), if conversation_open => {
-                    self.end_idle(&mut socket).await;
-                }
-                msg = socket.recv() => match msg {
+                Wake::Idle => self.end_idle(&mut socket).await,
+                Wake::Agent(Some(ev)) => self.agent_event(&mut socket, ev).await,
+                Wake::Agent(None) => self.agent_rx = None,
+                Wake::Socket(msg) => match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Err(e)) => {
                         // Invalid UTF-8, oversized or malformed frames end here.
@@ -404,7 +591,8 @@ impl Connection {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let conv = Conversation::new(uuid::Uuid::new_v4().to_string(), lang, now);
-        let claim = self.app.claim_session(&id);
+        let (claim, agent_rx) = self.app.claim_session(&id);
+        self.agent_rx = Some(agent_rx);
         self.session = Some(Active {
             id,
             token_hash: hash_token(&token),
@@ -463,7 +651,8 @@ impl Connection {
         row: SessionRow,
         conv: Conversation,
     ) {
-        let claim = self.app.claim_session(&row.id);
+        let (claim, agent_rx) = self.app.claim_session(&row.id);
+        self.agent_rx = Some(agent_rx);
         let history = match self
             .app
             .store
@@ -563,7 +752,39 @@ impl Connection {
             at: now,
         }];
         messages.extend(outcome.replies.iter().map(|r| bot_message(r, now)));
-        let events = outcome.events.clone();
+        let mut events = outcome.events.clone();
+        // An escalation carries the conversation so far, for the agent.
+        if events.iter().any(|e| matches!(e, EventBody::Escalation(_))) {
+            let conv_id = self
+                .session
+                .as_ref()
+                .map(|a| a.conv.id.clone())
+                .unwrap_or_default();
+            let mut transcript: Vec<TranscriptLine> = app
+                .store
+                .history(&conv_id, 200)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| TranscriptLine {
+                    id: h.id,
+                    from: h.from,
+                    text: h.text,
+                    at: h.at,
+                })
+                .collect();
+            transcript.push(TranscriptLine {
+                id: 0,
+                from: Sender::Visitor,
+                text: text.clone(),
+                at: now,
+            });
+            for e in events.iter_mut() {
+                if let EventBody::Escalation(x) = e {
+                    x.transcript = transcript.clone();
+                }
+            }
+        }
         let write = self.write(messages, events, start);
         let ids = match app.store.commit(write).await {
             Ok(ids) => ids,
@@ -593,35 +814,34 @@ impl Connection {
                     app.metrics.offline_messages.inc();
                 }
                 EventBody::ConversationSummary(s) => app.metrics.ended(&s.reason),
-                EventBody::FlowCompleted(_) => {}
+                EventBody::FlowCompleted(_) | EventBody::ChatLine(_) | EventBody::Rating(_) => {}
             }
         }
         app.metrics.message("in", 1);
         app.metrics.message("out", outcome.replies.len() as u64);
         let a = self.session.as_ref().expect("still set");
-        let _ = send(
-            socket,
-            &ServerFrame::Ack {
-                client_id,
-                id: ids[0],
-            },
-        )
-        .await;
+        // Queue the ack and every reply, then flush once: one write, one wake-up.
+        let mut frames = vec![ServerFrame::Ack {
+            client_id,
+            id: ids[0],
+        }];
         for (reply, id) in outcome.replies.into_iter().zip(ids.into_iter().skip(1)) {
-            let _ = send(
-                socket,
-                &ServerFrame::Reply {
-                    id,
-                    from: Sender::Bot,
-                    text: reply.text,
-                    lang: a.conv.lang,
-                    quick_replies: reply.quick_replies,
-                    state: a.conv.chat_state(),
-                    intent: reply.intent,
-                },
-            )
-            .await;
+            frames.push(ServerFrame::Reply {
+                id,
+                from: reply.from,
+                text: reply.text,
+                lang: a.conv.lang,
+                quick_replies: reply.quick_replies,
+                state: a.conv.chat_state(),
+                intent: reply.intent,
+            });
         }
+        for f in &frames {
+            let _ = socket
+                .feed(Message::Text(Utf8Bytes::from(f.to_json())))
+                .await;
+        }
+        let _ = socket.flush().await;
         app.metrics
             .turn_latency
             .observe(started.elapsed().as_secs_f64());
@@ -697,7 +917,7 @@ pub(crate) fn build_write(
 
 fn bot_message(reply: &BotReply, at: i64) -> NewMessage {
     NewMessage {
-        sender: Sender::Bot,
+        sender: reply.from,
         text: reply.text.clone(),
         quick_replies: reply.quick_replies.clone(),
         intent: reply.intent.clone(),

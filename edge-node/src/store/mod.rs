@@ -120,6 +120,14 @@ enum Request {
         String,
         oneshot::Sender<Result<Option<SessionRow>, StoreError>>,
     ),
+    CommandResult(
+        String,
+        oneshot::Sender<Result<Option<(bool, String)>, StoreError>>,
+    ),
+    SessionByConversation(
+        String,
+        oneshot::Sender<Result<Option<SessionRow>, StoreError>>,
+    ),
     History(
         String,
         usize,
@@ -226,6 +234,15 @@ impl Store {
         self.ask(|r| Request::Commit(write, r)).await
     }
 
+    /// The session whose current conversation is `conversation`.
+    pub async fn session_by_conversation(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        let c = conversation.to_owned();
+        self.ask(|r| Request::SessionByConversation(c, r)).await
+    }
+
     pub async fn session_by_token_hash(
         &self,
         token_hash: &str,
@@ -288,6 +305,12 @@ impl Store {
     pub async fn kv_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (k, v) = (key.to_owned(), value.to_owned());
         self.ask(|r| Request::KvSet(k, v, r)).await
+    }
+
+    /// The recorded result of command `id`, if it was executed before.
+    pub async fn command_result(&self, id: &str) -> Result<Option<(bool, String)>, StoreError> {
+        let id = id.to_owned();
+        self.ask(|r| Request::CommandResult(id, r)).await
     }
 
     /// Record a received command once. Returns the earlier result if this id
@@ -414,6 +437,19 @@ fn apply_turn(tx: &rusqlite::Transaction<'_>, w: &TurnWrite) -> Result<Vec<i64>,
             .execute(params![s.conversation_id, ended_at, reason])?;
     }
     for e in &w.events {
+        // A chat line names the stored message it forwards: the first of this turn.
+        let filled;
+        let e = match &e.body {
+            EventBody::ChatLine(l) if l.line.id == 0 && !ids.is_empty() => {
+                let mut c = e.clone();
+                if let EventBody::ChatLine(l) = &mut c.body {
+                    l.line.id = ids[0];
+                }
+                filled = c;
+                &filled
+            }
+            _ => e,
+        };
         let body = serde_json::to_string(e).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.prepare_cached("INSERT INTO outbox (id, kind, at, body) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![e.id, e.body.kind(), e.at, body])?;
@@ -433,6 +469,24 @@ fn serve(conn: &mut Connection, req: Request) {
         Request::Commit(w, r) => commit_batch(conn, vec![(w, r)]),
         Request::Session(h, r) => {
             let _ = r.send(load_session(conn, &h));
+        }
+        Request::CommandResult(id, r) => {
+            let found = conn
+                .query_row(
+                    "SELECT ok, detail FROM commands_in WHERE id = ?1",
+                    [id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional();
+            let _ = r.send(found.map_err(Into::into));
+        }
+        Request::SessionByConversation(c, r) => {
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE conversation_id = ?1"
+                ))
+                .and_then(|mut s| s.query_row([c], session_from_row).optional());
+            let _ = r.send(found.map_err(Into::into));
         }
         Request::History(c, limit, r) => {
             let _ = r.send(load_history(conn, &c, limit));

@@ -108,6 +108,7 @@ async fn concurrent_turns_group_commit_and_survive_reopen() {
                     reason: "requested".into(),
                     last_text: "x".into(),
                     intents: vec![],
+                    transcript: vec![],
                 }),
             });
             s.commit(w).await.unwrap()
@@ -138,6 +139,7 @@ async fn duplicate_event_id_rolls_back_the_whole_turn() {
             reason: "requested".into(),
             last_text: String::new(),
             intents: vec![],
+            transcript: vec![],
         }),
     };
     let mut w = write("s", "c", 1, &["first"]);
@@ -246,6 +248,7 @@ async fn outbox_budget_drops_only_old_summaries() {
             reason: "requested".into(),
             last_text: "x".repeat(200),
             intents: vec![],
+            transcript: vec![],
         }),
     };
     for i in 0..20 {
