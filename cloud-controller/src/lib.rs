@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod api;
 pub mod broker;
+pub mod chats;
 pub mod config;
 pub mod console;
 pub mod fleet;
@@ -117,7 +118,10 @@ pub async fn run(
 ) -> Result<Controller, ControllerError> {
     let data = config.store.data_dir.clone();
     let db = Db::open(&data.join("controller.db"))?;
-    db.with(|c| agents::migrate(c))?;
+    db.with(|c| {
+        agents::migrate(c)?;
+        chats::migrate(c)
+    })?;
     let key_path = data.join("controller.key");
     let identity =
         identity::load_or_create(&key_path).map_err(|source| ControllerError::Identity {

@@ -1,0 +1,191 @@
+//! Escalated chats as the controller keeps them (issue 4 groundwork): who has
+//! them, their lines, resolution and rating, with full-text search (SQLite
+//! FTS5, trigram tokenizer, so Chinese works as well as English).
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS chats (
+            id          TEXT PRIMARY KEY,      -- the node's conversation id
+            node_id     TEXT NOT NULL,
+            lang        TEXT NOT NULL,
+            state       TEXT NOT NULL,         -- waiting, assigned, closed
+            agent_id    TEXT,
+            intents     TEXT NOT NULL DEFAULT '[]',
+            created_at  INTEGER NOT NULL,
+            assigned_at INTEGER,
+            first_response_at INTEGER,
+            closed_at   INTEGER,
+            resolution  TEXT,
+            rating      INTEGER
+        );
+        CREATE INDEX IF NOT EXISTS chats_state ON chats(state, created_at);
+        CREATE INDEX IF NOT EXISTS chats_agent ON chats(agent_id, state);
+        CREATE TABLE IF NOT EXISTS chat_lines (
+            id       INTEGER PRIMARY KEY,
+            chat_id  TEXT NOT NULL,
+            key      TEXT NOT NULL,            -- dedupe: node line id or agent line uuid
+            sender   TEXT NOT NULL,            -- visitor, bot, agent, system
+            agent_id TEXT,
+            text     TEXT NOT NULL,
+            at       INTEGER NOT NULL,
+            UNIQUE (chat_id, key)
+        );
+        CREATE INDEX IF NOT EXISTS chat_lines_chat ON chat_lines(chat_id, id);
+        CREATE VIRTUAL TABLE IF NOT EXISTS chat_lines_fts USING fts5(
+            text, content='chat_lines', content_rowid='id', tokenize='trigram'
+        );
+        CREATE TRIGGER IF NOT EXISTS chat_lines_ai AFTER INSERT ON chat_lines BEGIN
+            INSERT INTO chat_lines_fts(rowid, text) VALUES (new.id, new.text);
+        END;
+        CREATE TRIGGER IF NOT EXISTS chat_lines_ad AFTER DELETE ON chat_lines BEGIN
+            INSERT INTO chat_lines_fts(chat_lines_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END;",
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub sender: String,
+    pub text: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatView {
+    pub id: String,
+    pub node_id: String,
+    pub lang: String,
+    pub state: String,
+    pub agent_id: Option<String>,
+    pub intents: Vec<String>,
+    pub created_at: i64,
+    pub closed_at: Option<i64>,
+    pub resolution: Option<String>,
+    pub rating: Option<u8>,
+    pub lines: Vec<Line>,
+}
+
+/// Record an escalation; returns true if the chat is new (or was closed and
+/// is waiting again).
+pub fn escalated(conn: &Connection, chat: &str, node: &str, lang: &str, intents: &[String], at: i64) -> Result<bool, StoreError> {
+    let state: Option<String> = conn.query_row("SELECT state FROM chats WHERE id = ?1", [chat], |r| r.get(0)).optional()?;
+    match state.as_deref() {
+        Some("waiting") | Some("assigned") => Ok(false),
+        Some(_) => {
+            conn.execute("UPDATE chats SET state = 'waiting', agent_id = NULL, closed_at = NULL WHERE id = ?1", [chat])?;
+            Ok(true)
+        }
+        None => {
+            conn.execute(
+                "INSERT INTO chats (id, node_id, lang, state, intents, created_at) VALUES (?1, ?2, ?3, 'waiting', ?4, ?5)",
+                params![chat, node, lang, serde_json::to_string(intents).unwrap_or_else(|_| "[]".into()), at],
+            )?;
+            Ok(true)
+        }
+    }
+}
+
+/// Add a line once (by `key`); returns true if it was new.
+pub fn add_line(conn: &Connection, chat: &str, key: &str, sender: &str, agent: Option<&str>, text: &str, at: i64) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO chat_lines (chat_id, key, sender, agent_id, text, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![chat, key, sender, agent, text, at],
+    )?;
+    if n > 0 && sender == "agent" {
+        conn.execute("UPDATE chats SET first_response_at = COALESCE(first_response_at, ?2) WHERE id = ?1", params![chat, at])?;
+    }
+    Ok(n > 0)
+}
+
+pub fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE chats SET state = 'assigned', agent_id = ?2, assigned_at = ?3 WHERE id = ?1", params![chat, agent, at])?;
+    Ok(())
+}
+
+pub fn requeue(conn: &Connection, chat: &str) -> Result<(), StoreError> {
+    conn.execute("UPDATE chats SET state = 'waiting', agent_id = NULL WHERE id = ?1 AND state != 'closed'", [chat])?;
+    Ok(())
+}
+
+pub fn close(conn: &Connection, chat: &str, resolution: &str, at: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE chats SET state = 'closed', closed_at = ?2, resolution = ?3 WHERE id = ?1", params![chat, at, resolution])?;
+    Ok(())
+}
+
+pub fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), StoreError> {
+    conn.execute("UPDATE chats SET rating = ?2 WHERE id = ?1", params![chat, score])?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
+    let view = conn
+        .query_row(
+            "SELECT id, node_id, lang, state, agent_id, intents, created_at, closed_at, resolution, rating FROM chats WHERE id = ?1",
+            [chat],
+            |r| {
+                let intents: String = r.get(5)?;
+                Ok(ChatView {
+                    id: r.get(0)?,
+                    node_id: r.get(1)?,
+                    lang: r.get(2)?,
+                    state: r.get(3)?,
+                    agent_id: r.get(4)?,
+                    intents: serde_json::from_str(&intents).unwrap_or_default(),
+                    created_at: r.get(6)?,
+                    closed_at: r.get(7)?,
+                    resolution: r.get(8)?,
+                    rating: r.get(9)?,
+                    lines: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut view) = view else { return Ok(None) };
+    let mut stmt = conn.prepare_cached("SELECT sender, text, at FROM chat_lines WHERE chat_id = ?1 ORDER BY at, id")?;
+    let lines = stmt.query_map([chat], |r| Ok(Line { sender: r.get(0)?, text: r.get(1)?, at: r.get(2)? }))?;
+    view.lines = lines.collect::<Result<_, _>>()?;
+    Ok(Some(view))
+}
+
+/// Chat ids whose lines match `query` (at least 3 characters), newest first.
+pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    // Quote the query as one FTS5 string so user text is never FTS syntax.
+    let quoted = format!("\"{}\"", query.replace('"', "\"\""));
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT l.chat_id FROM chat_lines_fts f JOIN chat_lines l ON l.id = f.rowid
+         WHERE chat_lines_fts MATCH ?1 ORDER BY l.at DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![quoted, limit as i64], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_and_search_in_english_and_chinese() {
+        let c = Connection::open_in_memory().unwrap();
+        migrate(&c).unwrap();
+        assert!(escalated(&c, "c1", "n1", "zh", &["human_agent".into()], 1).unwrap());
+        assert!(!escalated(&c, "c1", "n1", "zh", &[], 2).unwrap(), "already waiting");
+        assert!(add_line(&c, "c1", "7", "visitor", None, "我的银行卡被吞了", 3).unwrap());
+        assert!(!add_line(&c, "c1", "7", "visitor", None, "我的银行卡被吞了", 3).unwrap(), "stored once");
+        assign(&c, "c1", "agent-1", 4).unwrap();
+        add_line(&c, "c1", "a1", "agent", Some("agent-1"), "We will return your card today", 5).unwrap();
+        close(&c, "c1", "card returned", 6).unwrap();
+        rate(&c, "c1", 5).unwrap();
+        let v = get(&c, "c1").unwrap().unwrap();
+        assert_eq!((v.state.as_str(), v.rating, v.lines.len()), ("closed", Some(5), 2));
+        assert_eq!(search(&c, "银行卡", 10).unwrap(), vec!["c1".to_string()]);
+        assert_eq!(search(&c, "return your", 10).unwrap(), vec!["c1".to_string()]);
+        assert!(search(&c, "\" OR x", 10).unwrap().is_empty(), "query text is not FTS syntax");
+        assert!(escalated(&c, "c1", "n1", "zh", &[], 9).unwrap(), "a closed chat can come back");
+    }
+}
