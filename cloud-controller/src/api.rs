@@ -14,9 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use edgedesk_common::envelope::valid_node_id;
-use edgedesk_common::sync::{
-    Command, EnrollRequest, EnrollResponse, MqttEndpoint, enroll_proof_message,
-};
+use edgedesk_common::sync::{EnrollRequest, EnrollResponse, MqttEndpoint, enroll_proof_message};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -409,27 +407,11 @@ async fn post_command(
     if req.kind.is_empty() || req.kind.len() > 64 {
         return Err(ApiError::BadRequest("kind must be 1-64 characters".into()));
     }
-    let cmd = Command {
-        id: uuid::Uuid::new_v4().to_string(),
-        kind: req.kind,
-        args: req.args,
-        issued_at: now_ms(),
-    };
-    let (i, c2) = (id.clone(), cmd.clone());
-    s.hub
-        .db
-        .call(move |c| store::enqueue_command(c, &i, &c2))
-        .await?;
-    if s.hub
-        .fleet
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_online(&id)
-    {
-        if let Err(e) = s.hub.send_command(&id, cmd.clone()).await {
-            tracing::warn!(node = %id, error = %e, "sending a command failed; it stays queued");
-        }
-    }
+    let cmd = s
+        .hub
+        .queue_command(&id, &req.kind, req.args)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(CommandView {

@@ -73,8 +73,19 @@ pub struct ChatView {
 
 /// Record an escalation; returns true if the chat is new (or was closed and
 /// is waiting again).
-pub fn escalated(conn: &Connection, chat: &str, node: &str, lang: &str, intents: &[String], at: i64) -> Result<bool, StoreError> {
-    let state: Option<String> = conn.query_row("SELECT state FROM chats WHERE id = ?1", [chat], |r| r.get(0)).optional()?;
+pub fn escalated(
+    conn: &Connection,
+    chat: &str,
+    node: &str,
+    lang: &str,
+    intents: &[String],
+    at: i64,
+) -> Result<bool, StoreError> {
+    let state: Option<String> = conn
+        .query_row("SELECT state FROM chats WHERE id = ?1", [chat], |r| {
+            r.get(0)
+        })
+        .optional()?;
     match state.as_deref() {
         Some("waiting") | Some("assigned") => Ok(false),
         Some(_) => {
@@ -92,34 +103,57 @@ pub fn escalated(conn: &Connection, chat: &str, node: &str, lang: &str, intents:
 }
 
 /// Add a line once (by `key`); returns true if it was new.
-pub fn add_line(conn: &Connection, chat: &str, key: &str, sender: &str, agent: Option<&str>, text: &str, at: i64) -> Result<bool, StoreError> {
+pub fn add_line(
+    conn: &Connection,
+    chat: &str,
+    key: &str,
+    sender: &str,
+    agent: Option<&str>,
+    text: &str,
+    at: i64,
+) -> Result<bool, StoreError> {
     let n = conn.execute(
         "INSERT OR IGNORE INTO chat_lines (chat_id, key, sender, agent_id, text, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![chat, key, sender, agent, text, at],
     )?;
     if n > 0 && sender == "agent" {
-        conn.execute("UPDATE chats SET first_response_at = COALESCE(first_response_at, ?2) WHERE id = ?1", params![chat, at])?;
+        conn.execute(
+            "UPDATE chats SET first_response_at = COALESCE(first_response_at, ?2) WHERE id = ?1",
+            params![chat, at],
+        )?;
     }
     Ok(n > 0)
 }
 
 pub fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE chats SET state = 'assigned', agent_id = ?2, assigned_at = ?3 WHERE id = ?1", params![chat, agent, at])?;
+    conn.execute(
+        "UPDATE chats SET state = 'assigned', agent_id = ?2, assigned_at = ?3 WHERE id = ?1",
+        params![chat, agent, at],
+    )?;
     Ok(())
 }
 
 pub fn requeue(conn: &Connection, chat: &str) -> Result<(), StoreError> {
-    conn.execute("UPDATE chats SET state = 'waiting', agent_id = NULL WHERE id = ?1 AND state != 'closed'", [chat])?;
+    conn.execute(
+        "UPDATE chats SET state = 'waiting', agent_id = NULL WHERE id = ?1 AND state != 'closed'",
+        [chat],
+    )?;
     Ok(())
 }
 
 pub fn close(conn: &Connection, chat: &str, resolution: &str, at: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE chats SET state = 'closed', closed_at = ?2, resolution = ?3 WHERE id = ?1", params![chat, at, resolution])?;
+    conn.execute(
+        "UPDATE chats SET state = 'closed', closed_at = ?2, resolution = ?3 WHERE id = ?1",
+        params![chat, at, resolution],
+    )?;
     Ok(())
 }
 
 pub fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), StoreError> {
-    conn.execute("UPDATE chats SET rating = ?2 WHERE id = ?1", params![chat, score])?;
+    conn.execute(
+        "UPDATE chats SET rating = ?2 WHERE id = ?1",
+        params![chat, score],
+    )?;
     Ok(())
 }
 
@@ -146,9 +180,19 @@ pub fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError
             },
         )
         .optional()?;
-    let Some(mut view) = view else { return Ok(None) };
-    let mut stmt = conn.prepare_cached("SELECT sender, text, at FROM chat_lines WHERE chat_id = ?1 ORDER BY at, id")?;
-    let lines = stmt.query_map([chat], |r| Ok(Line { sender: r.get(0)?, text: r.get(1)?, at: r.get(2)? }))?;
+    let Some(mut view) = view else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT sender, text, at FROM chat_lines WHERE chat_id = ?1 ORDER BY at, id",
+    )?;
+    let lines = stmt.query_map([chat], |r| {
+        Ok(Line {
+            sender: r.get(0)?,
+            text: r.get(1)?,
+            at: r.get(2)?,
+        })
+    })?;
     view.lines = lines.collect::<Result<_, _>>()?;
     Ok(Some(view))
 }
@@ -174,18 +218,45 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         migrate(&c).unwrap();
         assert!(escalated(&c, "c1", "n1", "zh", &["human_agent".into()], 1).unwrap());
-        assert!(!escalated(&c, "c1", "n1", "zh", &[], 2).unwrap(), "already waiting");
+        assert!(
+            !escalated(&c, "c1", "n1", "zh", &[], 2).unwrap(),
+            "already waiting"
+        );
         assert!(add_line(&c, "c1", "7", "visitor", None, "我的银行卡被吞了", 3).unwrap());
-        assert!(!add_line(&c, "c1", "7", "visitor", None, "我的银行卡被吞了", 3).unwrap(), "stored once");
+        assert!(
+            !add_line(&c, "c1", "7", "visitor", None, "我的银行卡被吞了", 3).unwrap(),
+            "stored once"
+        );
         assign(&c, "c1", "agent-1", 4).unwrap();
-        add_line(&c, "c1", "a1", "agent", Some("agent-1"), "We will return your card today", 5).unwrap();
+        add_line(
+            &c,
+            "c1",
+            "a1",
+            "agent",
+            Some("agent-1"),
+            "We will return your card today",
+            5,
+        )
+        .unwrap();
         close(&c, "c1", "card returned", 6).unwrap();
         rate(&c, "c1", 5).unwrap();
         let v = get(&c, "c1").unwrap().unwrap();
-        assert_eq!((v.state.as_str(), v.rating, v.lines.len()), ("closed", Some(5), 2));
+        assert_eq!(
+            (v.state.as_str(), v.rating, v.lines.len()),
+            ("closed", Some(5), 2)
+        );
         assert_eq!(search(&c, "银行卡", 10).unwrap(), vec!["c1".to_string()]);
-        assert_eq!(search(&c, "return your", 10).unwrap(), vec!["c1".to_string()]);
-        assert!(search(&c, "\" OR x", 10).unwrap().is_empty(), "query text is not FTS syntax");
-        assert!(escalated(&c, "c1", "n1", "zh", &[], 9).unwrap(), "a closed chat can come back");
+        assert_eq!(
+            search(&c, "return your", 10).unwrap(),
+            vec!["c1".to_string()]
+        );
+        assert!(
+            search(&c, "\" OR x", 10).unwrap().is_empty(),
+            "query text is not FTS syntax"
+        );
+        assert!(
+            escalated(&c, "c1", "n1", "zh", &[], 9).unwrap(),
+            "a closed chat can come back"
+        );
     }
 }

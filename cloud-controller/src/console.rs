@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agents::{self, AccountError, AgentRow, LoginLimiter, NewAgent, Role};
 use crate::api::ErrorBody;
+use crate::handoff::{ConsoleIn, ConsoleOut};
 use crate::link::{Hub, now_ms};
 use crate::store::StoreError;
 
@@ -279,6 +281,70 @@ async fn disable_agent(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `true` unless a browser page from another origin opens the socket.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    !authority.is_empty() && authority.eq_ignore_ascii_case(host)
+}
+
+/// The agent's live console socket: `ConsoleOut` frames down, `ConsoleIn` up.
+async fn console_ws(
+    ws: WebSocketUpgrade,
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Response, ConsoleError> {
+    if !same_origin(&headers) {
+        return Err(ConsoleError::Forbidden("origin not allowed"));
+    }
+    let (agent, _) = current(&s, &headers).await?;
+    Ok(ws
+        .max_message_size(16 * 1024)
+        .max_frame_size(16 * 1024)
+        .on_upgrade(move |socket| agent_socket(s, agent, socket)))
+}
+
+async fn agent_socket(s: Arc<ConsoleState>, agent: AgentRow, mut socket: WebSocket) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ConsoleOut>(64);
+    s.hub.handoff.connect(&s.hub, &agent, tx.clone()).await;
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                let text = serde_json::to_string(&out).unwrap_or_default();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            msg = socket.recv() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => break,
+                };
+                let result = match serde_json::from_str::<ConsoleIn>(text.as_str()) {
+                    Ok(frame) => s.hub.handoff.on_console(&s.hub, &agent, frame).await,
+                    Err(e) => Err(format!("invalid frame: {e}")),
+                };
+                if let Err(message) = result {
+                    let text = serde_json::to_string(&ConsoleOut::Error { message }).unwrap_or_default();
+                    let _ = socket.send(Message::Text(text.into())).await;
+                }
+            }
+        }
+    }
+    s.hub.handoff.disconnect(&agent.id, &tx);
+}
+
 pub fn router(state: Arc<ConsoleState>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -286,5 +352,6 @@ pub fn router(state: Arc<ConsoleState>) -> axum::Router {
         .route("/console/api/me", get(me))
         .route("/console/api/agents", get(list_agents).post(create_agent))
         .route("/console/api/agents/{id}/disable", post(disable_agent))
+        .route("/console/ws", get(console_ws))
         .with_state(state)
 }

@@ -14,6 +14,7 @@ pub mod chats;
 pub mod config;
 pub mod console;
 pub mod fleet;
+pub mod handoff;
 pub mod identity;
 pub mod link;
 pub mod metrics;

@@ -44,6 +44,8 @@ pub struct Hub {
     pub creds: Credentials,
     pub fleet: Mutex<Fleet>,
     pub client: AsyncClient,
+    /// Human agents' live chats.
+    pub handoff: crate::handoff::Handoff,
     nodes: Mutex<HashMap<String, NodeSec>>,
     seq: SeqCounter,
 }
@@ -73,6 +75,7 @@ impl Hub {
             creds,
             fleet: Mutex::new(Fleet::new(timeout)),
             client,
+            handoff: crate::handoff::Handoff::default(),
             nodes: Mutex::new(HashMap::new()),
             seq: SeqCounter::default(),
         }
@@ -153,6 +156,37 @@ impl Hub {
             self.send_command(node, cmd).await?;
         }
         Ok(())
+    }
+
+    /// Queue a command for `node` (kept until acknowledged) and send it now
+    /// if the node is online.
+    pub async fn queue_command(
+        &self,
+        node: &str,
+        kind: &str,
+        args: serde_json::Value,
+    ) -> Result<Command, LinkError> {
+        let cmd = Command {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: kind.to_owned(),
+            args,
+            issued_at: now_ms(),
+        };
+        let (n, c2) = (node.to_owned(), cmd.clone());
+        self.db
+            .call(move |c| store::enqueue_command(c, &n, &c2))
+            .await?;
+        if self
+            .fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_online(node)
+        {
+            if let Err(e) = self.send_command(node, cmd.clone()).await {
+                tracing::warn!(%node, error = %e, "sending a command failed; it stays queued");
+            }
+        }
+        Ok(cmd)
     }
 
     pub async fn send_command(&self, node: &str, cmd: Command) -> Result<(), LinkError> {
@@ -298,6 +332,19 @@ impl Hub {
             Up::Events { events } => {
                 let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
                 let total = events.len() as u64;
+                let live: Vec<edgedesk_common::event::Event> = events
+                    .iter()
+                    .filter(|e| {
+                        matches!(
+                            e.body,
+                            edgedesk_common::event::EventBody::Escalation(_)
+                                | edgedesk_common::event::EventBody::ChatLine(_)
+                                | edgedesk_common::event::EventBody::Rating(_)
+                                | edgedesk_common::event::EventBody::ConversationSummary(_)
+                        )
+                    })
+                    .cloned()
+                    .collect();
                 let new = self
                     .db
                     .call(move |c| {
@@ -310,6 +357,9 @@ impl Hub {
                 self.metrics.events_duplicate.inc_by(total - new);
                 // Acknowledge only after the commit above.
                 self.send(node, &Down::EventsAck { ids }).await?;
+                if !live.is_empty() {
+                    self.handoff.on_events(self, node, &live).await;
+                }
             }
             Up::CommandAck { id, ok, detail } => {
                 let acked = self
@@ -402,6 +452,7 @@ pub async fn run(hub: Arc<Hub>, mut eventloop: EventLoop, shutdown: Cancellation
                     _ = tick.tick() => {
                         let ts = hub.fleet.lock().unwrap_or_else(|p| p.into_inner()).tick(now_ms());
                         hub.record_transitions(ts);
+                        hub.handoff.tick(&hub).await;
                         if last_retry.elapsed() >= retry {
                             last_retry = tokio::time::Instant::now();
                             let online: Vec<String> = hub.db

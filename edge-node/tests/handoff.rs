@@ -1,0 +1,266 @@
+//! Live handoff end to end with real parts: visitor (kiosk WebSocket) ↔ edge
+//! node ↔ MQTT (sealed envelopes, embedded broker) ↔ controller ↔ agent
+//! (console WebSocket, logged in with a session cookie).
+
+mod support;
+
+use std::time::Duration;
+
+use edgedesk_common::chat::{ChatState, Sender, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn console_next(ws: &mut Ws, kind: &str) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} frame within 10 s"))
+            .expect("open")
+            .expect("ok");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+            assert_ne!(v["type"], "error", "console error: {v}");
+        }
+    }
+}
+
+async fn console_send(ws: &mut Ws, v: serde_json::Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// Next server frame that is not an ack.
+async fn next_reply(ws: &mut Ws) -> ServerFrame {
+    loop {
+        match recv(ws).await {
+            ServerFrame::Ack { .. } | ServerFrame::Typing { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitor_to_agent_and_back() {
+    let cdir = tempfile::tempdir().unwrap();
+    let mut cc = cloud_controller::config::Config::default();
+    cc.http.listen = "127.0.0.1:0".into();
+    cc.mqtt.listen = format!("127.0.0.1:{}", free_port());
+    cc.store.data_dir = cdir.path().to_owned();
+    let ctl_token = tokio_util::sync::CancellationToken::new();
+    let ctl = cloud_controller::run(cc, ctl_token.clone()).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", ctl.http_addr);
+
+    // An agent, logged in, with the console socket open.
+    let r = http
+        .post(url("/api/v1/agents"))
+        .bearer_auth(&ctl.admin_token)
+        .json(
+            &serde_json::json!({ "username": "grace", "display_name": "Grace", "role": "agent",
+            "password": "a long enough password", "languages": ["en"], "capacity": 2 }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http
+        .post(url("/console/api/login"))
+        .json(&serde_json::json!({ "username": "grace", "password": "a long enough password" }))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut req = format!("ws://{}/console/ws", ctl.http_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    req.headers_mut().insert(
+        "origin",
+        format!("http://{}", ctl.http_addr).parse().unwrap(),
+    );
+    let (mut agent, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    console_send(
+        &mut agent,
+        serde_json::json!({ "type": "presence", "state": "online" }),
+    )
+    .await;
+    // A foreign page cannot open the console socket with the agent's cookie.
+    let mut evil = format!("ws://{}/console/ws", ctl.http_addr)
+        .into_client_request()
+        .unwrap();
+    evil.headers_mut().insert("cookie", cookie.parse().unwrap());
+    evil.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(evil).await.is_err());
+
+    // An edge node enrolled with the controller.
+    let edir = tempfile::tempdir().unwrap();
+    let token: serde_json::Value = http
+        .post(url("/api/v1/tokens"))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({ "node_id": "branch-h" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut c = config(&edir);
+    c.cloud.enabled = true;
+    c.cloud.controller_url = format!("http://{}", ctl.http_addr);
+    c.cloud.node_id = "branch-h".into();
+    c.cloud.enroll_token = token["token"].as_str().unwrap().into();
+    c.cloud.identity_path = edir.path().join("identity.json");
+    c.cloud.heartbeat_secs = 1;
+    c.cloud.ack_timeout_secs = 2;
+    let node = TestNode::start(c).await;
+
+    // The visitor asks for a person.
+    let mut visitor = node.connect().await;
+    start_session(&mut visitor).await;
+    say(&mut visitor, &msg("my card was swallowed by the ATM")).await;
+    say(&mut visitor, &msg("I want to talk to a human")).await;
+
+    // The agent receives the chat with the whole conversation so far…
+    let assigned = console_next(&mut agent, "assigned").await;
+    let chat = assigned["chat"]["id"].as_str().unwrap().to_owned();
+    let texts: Vec<&str> = assigned["chat"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts.contains(&"my card was swallowed by the ATM"),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("branch assistant")),
+        "bot turns too: {texts:?}"
+    );
+    assert_eq!(assigned["chat"]["node_id"], "branch-h");
+    // …and the visitor is told a person joined.
+    let f = next_reply(&mut visitor).await;
+    let ServerFrame::Reply {
+        from, text, state, ..
+    } = &f
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!((*from, *state), (Sender::System, ChatState::WithAgent));
+    assert!(text.contains("Grace"), "{text}");
+
+    // Agent → visitor.
+    console_send(&mut agent, serde_json::json!({ "type": "message", "chat": chat, "text": "Hello, I'm Grace. Which ATM?" })).await;
+    let f = next_reply(&mut visitor).await;
+    assert!(
+        matches!(&f, ServerFrame::Reply { from: Sender::Agent, text, .. } if text == "Hello, I'm Grace. Which ATM?"),
+        "{f:?}"
+    );
+    // Visitor → agent (the bot stays silent).
+    send(&mut visitor, &msg("the one by the entrance <b>here</b>")).await;
+    let line = console_next(&mut agent, "line").await;
+    assert_eq!(line["line"]["text"], "the one by the entrance <b>here</b>");
+    assert_eq!(line["chat"], chat.as_str());
+
+    // Someone else's chat cannot be written to.
+    console_send(
+        &mut agent,
+        serde_json::json!({ "type": "message", "chat": "not-mine", "text": "hi" }),
+    )
+    .await;
+    let err = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), agent.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "error" {
+                break v;
+            }
+        }
+    };
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not assigned to you")
+    );
+
+    // The agent closes; the visitor rates.
+    console_send(&mut agent, serde_json::json!({ "type": "close", "chat": chat, "resolution": "card returned at the desk" })).await;
+    console_next(&mut agent, "closed").await;
+    let f = next_reply(&mut visitor).await;
+    let ServerFrame::Reply {
+        quick_replies,
+        state,
+        ..
+    } = &f
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!(*state, ChatState::Bot);
+    let four = quick_replies
+        .iter()
+        .find(|q| q.payload == "/rate 4")
+        .expect("rating buttons");
+    say(&mut visitor, &button(&four.label, &four.payload)).await;
+    let db = ctl.hub.db.clone();
+    let mut rated = None;
+    for _ in 0..100 {
+        let c = chat.clone();
+        let view = db
+            .call(move |conn| cloud_controller::chats::get(conn, &c))
+            .await
+            .unwrap()
+            .unwrap();
+        if view.rating.is_some() {
+            rated = Some(view);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = rated.expect("the rating reaches the controller");
+    assert_eq!(view.rating, Some(4));
+    assert_eq!(view.state, "closed");
+    assert_eq!(
+        view.resolution.as_deref(),
+        Some("card returned at the desk")
+    );
+    let senders: Vec<&str> = view.lines.iter().map(|l| l.sender.as_str()).collect();
+    assert!(
+        senders.contains(&"agent") && senders.contains(&"visitor") && senders.contains(&"bot"),
+        "{senders:?}"
+    );
+    let found = db
+        .call(|conn| cloud_controller::chats::search(conn, "swallowed", 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        vec![chat.clone()],
+        "history search finds the transcript"
+    );
+    node.stop().await;
+    ctl_token.cancel();
+}
