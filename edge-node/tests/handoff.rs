@@ -58,6 +58,7 @@ async fn visitor_to_agent_and_back() {
     cc.http.listen = "127.0.0.1:0".into();
     cc.mqtt.listen = format!("127.0.0.1:{}", free_port());
     cc.store.data_dir = cdir.path().to_owned();
+    cc.sync.command_retry_secs = 1;
     let ctl_token = tokio_util::sync::CancellationToken::new();
     let ctl = cloud_controller::run(cc, ctl_token.clone()).await.unwrap();
     let http = reqwest::Client::new();

@@ -40,6 +40,7 @@ impl Cloud {
         c.mqtt.listen = format!("127.0.0.1:{}", free_port());
         c.store.data_dir = dir.path().to_owned();
         c.fleet.heartbeat_timeout_secs = 3;
+        c.sync.command_retry_secs = 1;
         tweak(&mut c);
         let token = tokio_util::sync::CancellationToken::new();
         let ctl = cloud_controller::run(c, token.clone())
