@@ -17,7 +17,7 @@ step "model reproducibility (same data + seed => same model.onnx)"
 scripts/check_reproducible.sh
 
 step "browser end-to-end tests (Chromium)"
-(cd tests/e2e && EDGE_NODE_BIN="$CARGO_TARGET_DIR/debug/edge-node" npm test)
+(cd tests/e2e && EDGE_NODE_BIN="$CARGO_TARGET_DIR/debug/edge-node" CLOUD_CONTROLLER_BIN="$CARGO_TARGET_DIR/debug/cloud-controller" npm test)
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then

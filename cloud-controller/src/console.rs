@@ -345,6 +345,24 @@ async fn agent_socket(s: Arc<ConsoleState>, agent: AgentRow, mut socket: WebSock
     s.hub.handoff.disconnect(&agent.id, &tx);
 }
 
+const PAGE: &str = include_str!("../assets/console.html");
+const SCRIPT: &str = include_str!("../assets/console.js");
+const STYLE: &str = include_str!("../assets/console.css");
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 pub fn router(state: Arc<ConsoleState>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -353,5 +371,17 @@ pub fn router(state: Arc<ConsoleState>) -> axum::Router {
         .route("/console/api/agents", get(list_agents).post(create_agent))
         .route("/console/api/agents/{id}/disable", post(disable_agent))
         .route("/console/ws", get(console_ws))
+        .route(
+            "/console",
+            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
+        )
+        .route(
+            "/console/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/console/console.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
         .with_state(state)
 }

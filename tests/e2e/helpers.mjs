@@ -52,3 +52,55 @@ export async function launchBrowser() {
 export async function botSays(page, text, timeout = 5000) {
   await page.locator(".log .msg.bot", { hasText: text }).last().waitFor({ timeout });
 }
+
+import { createServer } from "node:net";
+
+export function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+/// Start a real cloud-controller process; returns {url, token, stop}.
+export async function startController() {
+  const bin = process.env.CLOUD_CONTROLLER_BIN;
+  if (!bin) throw new Error("CLOUD_CONTROLLER_BIN must name the cloud-controller binary (scripts/test.sh sets it)");
+  const dir = mkdtempSync(join(tmpdir(), "edgedesk-cc-"));
+  const mqtt = await freePort();
+  const child = spawn(bin, ["serve"], {
+    env: {
+      ...process.env,
+      EDGEDESK_CC_HTTP__LISTEN: "127.0.0.1:0",
+      EDGEDESK_CC_MQTT__LISTEN: `127.0.0.1:${mqtt}`,
+      EDGEDESK_CC_STORE__DATA_DIR: JSON.stringify(dir),
+      EDGEDESK_CC_SYNC__COMMAND_RETRY_SECS: "1",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (d) => { stderr += d; });
+  const url = await new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error("controller did not start:\n" + stderr)), 20000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/controller: (http:\/\/\S+?)\/?\s/);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    child.on("exit", (code) => { clearTimeout(timer); reject(new Error(`controller exited ${code}:\n${stderr}`)); });
+  });
+  const { readFileSync } = await import("node:fs");
+  const token = readFileSync(join(dir, "admin-token"), "utf8").trim();
+  return { url, token, stop: () => new Promise((r) => { child.once("exit", r); child.kill("SIGTERM"); }) };
+}
+
+export async function adminCall(ctl, method, path, body) {
+  const r = await fetch(ctl.url + path, {
+    method,
+    headers: { authorization: `Bearer ${ctl.token}`, "content-type": "application/json" },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${await r.text()}`);
+  return r.status === 204 ? null : r.json();
+}

@@ -1,0 +1,110 @@
+// EdgeDesk agent console. Every chat text is inserted with textContent.
+(() => {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  let csrf = null, ws = null, current = null, me = null;
+  const chats = new Map(); // id -> {view, closed}
+
+  function toast(msg) { const t = $("toast"); t.textContent = msg; t.hidden = false; setTimeout(() => { t.hidden = true; }, 4000); }
+
+  async function api(path, opts = {}) {
+    const headers = { "content-type": "application/json" };
+    if (csrf) headers["x-csrf-token"] = csrf;
+    return fetch(path, { credentials: "same-origin", ...opts, headers });
+  }
+
+  function showLogin() { $("login").hidden = false; $("app").hidden = true; $("username").focus(); }
+
+  function showApp(session) {
+    me = session.agent; csrf = session.csrf;
+    $("login").hidden = true; $("app").hidden = false;
+    $("who").textContent = `${me.display_name} (${me.role})`;
+    connect();
+  }
+
+  function renderList() {
+    const ul = $("chats");
+    ul.replaceChildren();
+    for (const [id, c] of chats) {
+      const li = document.createElement("li");
+      if (c.closed) li.className = "closed";
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `${c.view.node_id} · ${c.view.lang} · ${(c.view.intents || []).join(", ") || "chat"}`;
+      b.setAttribute("aria-current", String(id === current));
+      b.addEventListener("click", () => { current = id; renderList(); renderChat(); });
+      li.appendChild(b);
+      ul.appendChild(li);
+    }
+  }
+
+  function lineEl(l) {
+    const li = document.createElement("li");
+    li.className = l.sender;
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = l.sender === "agent" ? "You" : l.sender;
+    const body = document.createElement("span");
+    body.textContent = l.text;
+    li.append(who, body);
+    return li;
+  }
+
+  function renderChat() {
+    const c = current && chats.get(current);
+    $("lines").replaceChildren();
+    $("reply").hidden = !c || c.closed;
+    $("chat-head").textContent = c ? `Branch ${c.view.node_id} — language ${c.view.lang}${c.closed ? " — closed" : ""}` : "No chat selected";
+    if (!c) return;
+    for (const l of c.view.lines) $("lines").appendChild(lineEl(l));
+    $("lines").scrollTop = $("lines").scrollHeight;
+  }
+
+  function connect() {
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console/ws";
+    ws = new WebSocket(url);
+    ws.addEventListener("open", () => { $("conn").textContent = "Connected"; ws.send(JSON.stringify({ type: "presence", state: $("presence").value })); });
+    ws.addEventListener("close", () => { $("conn").textContent = "Reconnecting…"; setTimeout(connect, 1500); });
+    ws.addEventListener("message", (ev) => {
+      let f; try { f = JSON.parse(ev.data); } catch { return; }
+      if (f.type === "assigned") {
+        chats.set(f.chat.id, { view: f.chat, closed: false });
+        if (!current) current = f.chat.id;
+        renderList(); renderChat();
+      } else if (f.type === "line") {
+        const c = chats.get(f.chat);
+        if (c) { c.view.lines.push(f.line); if (f.chat === current) { $("lines").appendChild(lineEl(f.line)); $("lines").scrollTop = $("lines").scrollHeight; } }
+      } else if (f.type === "closed" || f.type === "requeued") {
+        const c = chats.get(f.chat);
+        if (c) { c.closed = true; renderList(); renderChat(); }
+      } else if (f.type === "error") {
+        toast(f.message);
+      }
+    });
+  }
+
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await api("/console/api/login", { method: "POST", body: JSON.stringify({ username: $("username").value, password: $("password").value }) });
+    if (r.ok) { showApp(await r.json()); } else { const b = await r.json().catch(() => ({})); $("login-error").textContent = b.error || "Login failed"; }
+  });
+  $("logout").addEventListener("click", async () => { await api("/console/api/logout", { method: "POST" }); location.reload(); });
+  $("presence").addEventListener("change", () => { if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "presence", state: $("presence").value })); });
+  $("reply").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("reply-text").value.trim();
+    if (!text || !current) return;
+    ws.send(JSON.stringify({ type: "message", chat: current, text }));
+    const line = { sender: "agent", text, at: Date.now() };
+    chats.get(current).view.lines.push(line);
+    $("lines").appendChild(lineEl(line));
+    $("reply-text").value = "";
+  });
+  $("reply-text").addEventListener("input", () => { if (current && ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "typing", chat: current })); });
+  $("close-chat").addEventListener("click", () => {
+    if (!current) return;
+    ws.send(JSON.stringify({ type: "close", chat: current, resolution: $("resolution").value }));
+  });
+
+  api("/console/api/me").then(async (r) => { if (r.ok) showApp(await r.json()); else showLogin(); }).catch(showLogin);
+})();
