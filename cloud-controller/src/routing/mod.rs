@@ -18,6 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub type AgentId = String;
+
+/// Closed conversations remembered for session binding.
+const MAX_BINDINGS: usize = 100_000;
 pub type ChatId = String;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +102,8 @@ pub enum Action {
 pub struct Router {
     agents: BTreeMap<AgentId, Agent>,
     chats: BTreeMap<ChatId, Chat>,
+    /// Who last held each closed conversation (session binding), bounded.
+    bindings: BTreeMap<ChatId, AgentId>,
     stamp: u64,
     grace_ms: i64,
 }
@@ -110,6 +115,7 @@ impl Router {
         Router {
             agents: BTreeMap::new(),
             chats: BTreeMap::new(),
+            bindings: BTreeMap::new(),
             stamp: 0,
             grace_ms,
         }
@@ -188,8 +194,9 @@ impl Router {
                 if self.chats.get(&chat).is_some_and(|c| c.agent.is_some()) {
                     // Already with an agent: nothing to route.
                 } else {
-                    let bound =
-                        bound_to.or_else(|| self.chats.get(&chat).and_then(|c| c.bound_to.clone()));
+                    let bound = bound_to
+                        .or_else(|| self.chats.get(&chat).and_then(|c| c.bound_to.clone()))
+                        .or_else(|| self.bindings.get(&chat).cloned());
                     let since = self
                         .chats
                         .get(&chat)
@@ -207,6 +214,12 @@ impl Router {
             }
             Input::Closed { chat } => {
                 if let Some(c) = self.chats.remove(&chat) {
+                    if let Some(a) = c.agent.clone().or(c.bound_to.clone()) {
+                        if self.bindings.len() >= MAX_BINDINGS {
+                            self.bindings.pop_first();
+                        }
+                        self.bindings.insert(chat.clone(), a);
+                    }
                     if let Some(a) = c.agent.and_then(|a| self.agents.get_mut(&a)) {
                         a.chats.remove(&chat);
                     }

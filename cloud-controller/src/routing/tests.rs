@@ -111,6 +111,19 @@ fn returning_visitor_goes_back_to_the_same_agent() {
 }
 
 #[test]
+fn a_conversation_escalated_again_returns_to_its_agent() {
+    let mut r = router_with(&[("a", 5, &["en"]), ("b", 5, &["en"])]);
+    escalate(&mut r, "c1", "en", 0); // a
+    escalate(&mut r, "c2", "en", 1); // b
+    r.step(Input::Closed { chat: "c2".into() });
+    escalate(&mut r, "c3", "en", 2); // a (round robin)
+    escalate(&mut r, "c4", "en", 3); // b (round robin); a is next in turn
+    // The visitor of c2 comes back and asks again: b, not round robin.
+    let out = escalate(&mut r, "c2", "en", 3);
+    assert_eq!(assigned(&out), vec![("c2".into(), "b".into())]);
+}
+
+#[test]
 fn flaky_connection_keeps_chats_within_grace_then_requeues() {
     let mut r = router_with(&[("a", 2, &["en"]), ("b", 2, &["en"])]);
     escalate(&mut r, "c1", "en", 0);
