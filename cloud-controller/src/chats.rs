@@ -197,6 +197,52 @@ pub fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError
     Ok(Some(view))
 }
 
+/// Filters of the history view.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChatFilter {
+    /// Full-text query (3+ characters; trigram search, any language).
+    pub q: Option<String>,
+    pub node: Option<String>,
+    pub agent: Option<String>,
+    pub state: Option<String>,
+    /// Unix ms, inclusive / exclusive, on the chat's creation time.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// Chats matching `f`, newest first, without their lines.
+pub fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreError> {
+    let ids: Option<Vec<String>> = match f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        Some(q) => Some(search(conn, q, 10_000)?),
+        None => None,
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM chats WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR agent_id = ?2)
+           AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
+         ORDER BY created_at DESC",
+    )?;
+    let rows = stmt.query_map(params![f.node, f.agent, f.state, f.since, f.until], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let limit = f.limit.unwrap_or(100).min(1000);
+    let mut out = Vec::new();
+    for id in rows {
+        let id = id?;
+        if ids.as_ref().is_some_and(|ids| !ids.contains(&id)) {
+            continue;
+        }
+        if let Some(mut v) = get(conn, &id)? {
+            v.lines.clear();
+            out.push(v);
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Chat ids whose lines match `query` (at least 3 characters), newest first.
 pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
     // Quote the query as one FTS5 string so user text is never FTS syntax.

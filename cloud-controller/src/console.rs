@@ -363,6 +363,40 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// History: agents see their own chats, supervisors and admins everyone's.
+async fn list_chats(
+    State(s): S,
+    headers: HeaderMap,
+    axum::extract::Query(mut f): axum::extract::Query<crate::chats::ChatFilter>,
+) -> Result<Json<Vec<crate::chats::ChatView>>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, false).await?;
+    if me.role < Role::Supervisor {
+        f.agent = Some(me.id.clone());
+    }
+    Ok(Json(
+        s.hub.db.call(move |c| crate::chats::list(c, &f)).await?,
+    ))
+}
+
+/// One chat with its transcript (an agent only their own).
+async fn get_chat(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::chats::ChatView>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, false).await?;
+    let view = s
+        .hub
+        .db
+        .call(move |c| crate::chats::get(c, &id))
+        .await?
+        .ok_or(ConsoleError::NotFound)?;
+    if me.role < Role::Supervisor && view.agent_id.as_deref() != Some(me.id.as_str()) {
+        return Err(ConsoleError::Forbidden("that chat is not yours"));
+    }
+    Ok(Json(view))
+}
+
 pub fn router(state: Arc<ConsoleState>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -371,6 +405,8 @@ pub fn router(state: Arc<ConsoleState>) -> axum::Router {
         .route("/console/api/agents", get(list_agents).post(create_agent))
         .route("/console/api/agents/{id}/disable", post(disable_agent))
         .route("/console/ws", get(console_ws))
+        .route("/console/api/chats", get(list_chats))
+        .route("/console/api/chats/{id}", get(get_chat))
         .route(
             "/console",
             get(|| async { asset("text/html; charset=utf-8", PAGE) }),

@@ -295,3 +295,94 @@ async fn every_role_against_every_endpoint() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     env.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_search_respects_roles() {
+    use cloud_controller::chats;
+    let env = Env::start().await;
+    let a1 = env.agent("agent1", "agent").await;
+    let a2 = env.agent("agent2", "agent").await;
+    env.agent("super1", "supervisor").await;
+    let (x1, x2) = (a1.clone(), a2.clone());
+    env.ctl
+        .hub
+        .db
+        .call(move |c| {
+            chats::escalated(c, "chat-1", "branch-a", "zh", &[], 10)?;
+            chats::add_line(c, "chat-1", "1", "visitor", None, "我的银行卡被ATM吞了", 11)?;
+            chats::assign(c, "chat-1", &x1, 12)?;
+            chats::escalated(c, "chat-2", "branch-b", "en", &[], 20)?;
+            chats::add_line(
+                c,
+                "chat-2",
+                "1",
+                "visitor",
+                None,
+                "my mortgage payment bounced",
+                21,
+            )?;
+            chats::assign(c, "chat-2", &x2, 22)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let s1 = env.login("agent1").await;
+    let sup = env.login("super1").await;
+    let list = |session: &(String, String), query: &str| {
+        let req = env
+            .http
+            .get(env.url(&format!("/console/api/chats{query}")))
+            .header("cookie", &session.0);
+        async move {
+            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(&s1, "").await,
+        vec!["chat-1"],
+        "an agent sees only their chats"
+    );
+    assert_eq!(
+        list(&sup, "").await,
+        vec!["chat-2", "chat-1"],
+        "a supervisor sees all, newest first"
+    );
+    assert_eq!(
+        list(&sup, "?q=%E9%93%B6%E8%A1%8C%E5%8D%A1").await,
+        vec!["chat-1"],
+        "Chinese full text"
+    );
+    assert_eq!(list(&sup, "?q=mortgage").await, vec!["chat-2"]);
+    assert_eq!(list(&sup, "?node=branch-a").await, vec!["chat-1"]);
+    assert_eq!(
+        list(&s1, "?q=mortgage").await,
+        Vec::<String>::new(),
+        "search cannot reach others' chats"
+    );
+    let status = |session: &(String, String), id: &str| {
+        let req = env
+            .http
+            .get(env.url(&format!("/console/api/chats/{id}")))
+            .header("cookie", &session.0);
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(status(&s1, "chat-1").await, StatusCode::OK);
+    assert_eq!(status(&s1, "chat-2").await, StatusCode::FORBIDDEN);
+    assert_eq!(status(&sup, "chat-2").await, StatusCode::OK);
+    assert_eq!(status(&sup, "nope").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        env.http
+            .get(env.url("/console/api/chats"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    env.token.cancel();
+}
