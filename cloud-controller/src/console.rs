@@ -397,6 +397,126 @@ async fn get_chat(
     Ok(Json(view))
 }
 
+fn ticket_error(e: crate::tickets::TicketError) -> ConsoleError {
+    use crate::tickets::TicketError as T;
+    match e {
+        T::NotFound => ConsoleError::NotFound,
+        T::NotYours => ConsoleError::Forbidden(
+            "only the agent who claimed it (or a supervisor) may resolve it",
+        ),
+        other => ConsoleError::BadRequest(other.to_string()),
+    }
+}
+
+/// Offline messages: open tickets and the caller's own (supervisors: all).
+async fn list_tickets(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::tickets::Ticket>>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, false).await?;
+    let all = me.role >= Role::Supervisor;
+    Ok(Json(
+        s.hub
+            .db
+            .call(move |c| crate::tickets::list(c, &me.id, all))
+            .await?,
+    ))
+}
+
+async fn claim_ticket(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::tickets::Ticket>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, true).await?;
+    let t = s
+        .hub
+        .db
+        .call(move |c| crate::tickets::claim(c, &id, &me.id))
+        .await?
+        .map_err(ticket_error)?;
+    Ok(Json(t))
+}
+
+#[derive(Deserialize)]
+pub struct ResolveRequest {
+    pub note: String,
+}
+
+async fn resolve_ticket(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<Json<crate::tickets::Ticket>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, true).await?;
+    let supervisor = me.role >= Role::Supervisor;
+    let note: String = req.note.chars().take(2000).collect();
+    let now = now_ms();
+    let t = s
+        .hub
+        .db
+        .call(move |c| crate::tickets::resolve(c, &id, &me.id, supervisor, &note, now))
+        .await?
+        .map_err(ticket_error)?;
+    Ok(Json(t))
+}
+
+async fn list_canned(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::tickets::Canned>>, ConsoleError> {
+    authorized(&s, &headers, Role::Agent, false).await?;
+    Ok(Json(
+        s.hub.db.call(|c| crate::tickets::canned_list(c)).await?,
+    ))
+}
+
+async fn put_canned(
+    State(s): S,
+    headers: HeaderMap,
+    Json(c): Json<crate::tickets::Canned>,
+) -> Result<Json<crate::tickets::Canned>, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, true).await?;
+    let shortcut_ok = !c.shortcut.is_empty()
+        && c.shortcut.len() <= 32
+        && c.shortcut
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+    if !shortcut_ok
+        || !(c.lang == "en" || c.lang == "zh")
+        || c.text.trim().is_empty()
+        || c.text.len() > 2000
+    {
+        return Err(ConsoleError::BadRequest(
+            "lang en|zh, shortcut 1-32 of a-z 0-9 _ -, text 1-2000 bytes".into(),
+        ));
+    }
+    Ok(Json(
+        s.hub
+            .db
+            .call(move |conn| crate::tickets::canned_put(conn, &c))
+            .await?,
+    ))
+}
+
+async fn delete_canned(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, true).await?;
+    if s.hub
+        .db
+        .call(move |c| crate::tickets::canned_delete(c, id))
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ConsoleError::NotFound)
+    }
+}
+
 pub fn router(state: Arc<ConsoleState>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -407,6 +527,14 @@ pub fn router(state: Arc<ConsoleState>) -> axum::Router {
         .route("/console/ws", get(console_ws))
         .route("/console/api/chats", get(list_chats))
         .route("/console/api/chats/{id}", get(get_chat))
+        .route("/console/api/tickets", get(list_tickets))
+        .route("/console/api/tickets/{id}/claim", post(claim_ticket))
+        .route("/console/api/tickets/{id}/resolve", post(resolve_ticket))
+        .route("/console/api/canned", get(list_canned).post(put_canned))
+        .route(
+            "/console/api/canned/{id}",
+            axum::routing::delete(delete_canned),
+        )
         .route(
             "/console",
             get(|| async { asset("text/html; charset=utf-8", PAGE) }),

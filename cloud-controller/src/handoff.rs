@@ -305,6 +305,28 @@ impl Handoff {
                         }
                     }
                 }
+                EventBody::OfflineMessage(m) => {
+                    let (id, n, m2, at) = (e.id.clone(), node.to_owned(), m.clone(), e.at);
+                    let stored = hub
+                        .db
+                        .call(move |conn| {
+                            crate::tickets::open(
+                                conn,
+                                &id,
+                                &n,
+                                &m2.conversation,
+                                m2.lang.as_str(),
+                                &m2.name,
+                                &m2.contact,
+                                &m2.message,
+                                at,
+                            )
+                        })
+                        .await;
+                    if let Err(err) = stored {
+                        tracing::error!(error = %err, "storing a ticket failed");
+                    }
+                }
                 EventBody::Rating(r) => {
                     let (c, s) = (r.conversation.clone(), r.score);
                     let _ = hub.db.call(move |conn| chats::rate(conn, &c, s)).await;

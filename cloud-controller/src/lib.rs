@@ -20,6 +20,7 @@ pub mod link;
 pub mod metrics;
 pub mod routing;
 pub mod store;
+pub mod tickets;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -121,6 +122,7 @@ pub async fn run(
     let db = Db::open(&data.join("controller.db"))?;
     db.with(|c| {
         agents::migrate(c)?;
+        tickets::migrate(c)?;
         chats::migrate(c)
     })?;
     let key_path = data.join("controller.key");

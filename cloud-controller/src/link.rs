@@ -340,6 +340,7 @@ impl Hub {
                             edgedesk_common::event::EventBody::Escalation(_)
                                 | edgedesk_common::event::EventBody::ChatLine(_)
                                 | edgedesk_common::event::EventBody::Rating(_)
+                                | edgedesk_common::event::EventBody::OfflineMessage(_)
                                 | edgedesk_common::event::EventBody::ConversationSummary(_)
                         )
                     })

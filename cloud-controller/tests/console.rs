@@ -386,3 +386,186 @@ async fn history_search_respects_roles() {
     );
     env.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_and_canned_responses_by_role() {
+    use reqwest::Method;
+    let env = Env::start().await;
+    env.agent("agent1", "agent").await;
+    env.agent("agent2", "agent").await;
+    env.agent("super1", "supervisor").await;
+    env.ctl
+        .hub
+        .db
+        .call(|c| {
+            cloud_controller::tickets::open(
+                c,
+                "t1",
+                "branch-a",
+                "conv",
+                "en",
+                "Ada",
+                "+44 20",
+                "call me back",
+                5,
+            )
+        })
+        .await
+        .unwrap();
+    let (s1, s2, sup) = (
+        env.login("agent1").await,
+        env.login("agent2").await,
+        env.login("super1").await,
+    );
+    let count = |s: &(String, String)| {
+        let req = env
+            .http
+            .get(env.url("/console/api/tickets"))
+            .header("cookie", &s.0);
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(
+        count(&s2).await,
+        1,
+        "open tickets are visible to every agent"
+    );
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/tickets/t1/claim",
+            Some(&s1),
+            None
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/tickets/t1/claim",
+            Some(&s2),
+            None
+        )
+        .await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        count(&s2).await,
+        0,
+        "a ticket claimed by someone else is not listed"
+    );
+    assert_eq!(count(&sup).await, 1, "supervisors see every ticket");
+    let note = Some(serde_json::json!({ "note": "called back, card ordered" }));
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/tickets/t1/resolve",
+            Some(&s2),
+            note.clone()
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/tickets/t1/resolve",
+            Some(&s1),
+            note.clone()
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/tickets/t1/resolve",
+            Some(&s1),
+            note
+        )
+        .await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/tickets/nope/claim",
+            Some(&s1),
+            None
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
+
+    let canned =
+        serde_json::json!({ "lang": "zh", "shortcut": "hi", "text": "您好，请问有什么可以帮您？" });
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/canned",
+            Some(&s1),
+            Some(canned.clone())
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        env.call(
+            Method::POST,
+            "/console/api/canned",
+            Some(&sup),
+            Some(canned)
+        )
+        .await,
+        StatusCode::OK
+    );
+    let bad = serde_json::json!({ "lang": "fr", "shortcut": "has space", "text": "" });
+    assert_eq!(
+        env.call(Method::POST, "/console/api/canned", Some(&sup), Some(bad))
+            .await,
+        StatusCode::BAD_REQUEST
+    );
+    let list: serde_json::Value = env
+        .http
+        .get(env.url("/console/api/canned"))
+        .header("cookie", &s1.0)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["shortcut"], "hi");
+    let id = list[0]["id"].as_i64().unwrap();
+    assert_eq!(
+        env.call(
+            Method::DELETE,
+            &format!("/console/api/canned/{id}"),
+            Some(&s1),
+            None
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        env.call(
+            Method::DELETE,
+            &format!("/console/api/canned/{id}"),
+            Some(&sup),
+            None
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    env.token.cancel();
+}

@@ -265,3 +265,69 @@ async fn visitor_to_agent_and_back() {
     node.stop().await;
     ctl_token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_message_becomes_a_ticket() {
+    let cdir = tempfile::tempdir().unwrap();
+    let mut cc = cloud_controller::config::Config::default();
+    cc.http.listen = "127.0.0.1:0".into();
+    cc.mqtt.listen = format!("127.0.0.1:{}", free_port());
+    cc.store.data_dir = cdir.path().to_owned();
+    let ctl_token = tokio_util::sync::CancellationToken::new();
+    let ctl = cloud_controller::run(cc, ctl_token.clone()).await.unwrap();
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("http://{}/api/v1/tokens", ctl.http_addr))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({ "node_id": "branch-t" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let edir = tempfile::tempdir().unwrap();
+    let mut c = config(&edir);
+    c.cloud.enabled = true;
+    c.cloud.controller_url = format!("http://{}", ctl.http_addr);
+    c.cloud.node_id = "branch-t".into();
+    c.cloud.enroll_token = token["token"].as_str().unwrap().into();
+    c.cloud.identity_path = edir.path().join("identity.json");
+    let node = TestNode::start(c).await;
+    let mut visitor = node.connect().await;
+    start_session(&mut visitor).await;
+    say(&mut visitor, &msg("I want to talk to a human")).await;
+    say(&mut visitor, &button("Leave a message", "/leave_message")).await;
+    say(&mut visitor, &msg("Ada")).await;
+    say(&mut visitor, &msg("ada@example.com")).await;
+    say(
+        &mut visitor,
+        &msg("Please call me about my lost card 4111 1111 1111 1111"),
+    )
+    .await;
+    let db = ctl.hub.db.clone();
+    let mut ticket = None;
+    for _ in 0..100 {
+        let list = db
+            .call(|c| cloud_controller::tickets::list(c, "", true))
+            .await
+            .unwrap();
+        if let Some(t) = list.into_iter().next() {
+            ticket = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = ticket.expect("the offline message becomes a ticket");
+    assert_eq!(
+        (t.name.as_str(), t.contact.as_str(), t.state.as_str()),
+        ("Ada", "ada@example.com", "open")
+    );
+    assert!(
+        t.message.contains("[card]") && !t.message.contains("4111"),
+        "card numbers masked: {}",
+        t.message
+    );
+    node.stop().await;
+    ctl_token.cancel();
+}
