@@ -77,6 +77,9 @@
       } else if (f.type === "closed" || f.type === "requeued") {
         const c = chats.get(f.chat);
         if (c) { c.closed = true; renderList(); renderChat(); }
+      } else if (f.type === "node_status") {
+        toast(f.online ? `Branch ${f.node} is back online.` : `Branch ${f.node} went offline — your messages will be delivered when it returns.`);
+        $("conn").textContent = f.online ? "Connected" : `Branch ${f.node} offline`;
       } else if (f.type === "error") {
         toast(f.message);
       }

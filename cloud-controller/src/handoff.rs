@@ -40,6 +40,11 @@ pub enum ConsoleOut {
     Typing {
         chat: String,
     },
+    /// A branch with one of your chats went offline or came back.
+    NodeStatus {
+        node: String,
+        online: bool,
+    },
     Error {
         message: String,
     },
@@ -66,6 +71,8 @@ pub struct Handoff {
     /// its chats on reconnect.
     sockets: Mutex<HashMap<String, Vec<mpsc::Sender<ConsoleOut>>>>,
     names: Mutex<HashMap<String, String>>,
+    /// Node of each live chat (to tell agents when a branch drops).
+    chat_nodes: Mutex<HashMap<String, String>>,
 }
 
 impl Default for Handoff {
@@ -80,6 +87,7 @@ impl Handoff {
             router: Mutex::new(Router::new(grace_ms)),
             sockets: Mutex::default(),
             names: Mutex::default(),
+            chat_nodes: Mutex::default(),
         }
     }
 
@@ -94,6 +102,28 @@ impl Handoff {
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = sockets.get_mut(agent) {
             list.retain(|tx| tx.try_send(frame.clone()).is_ok());
+        }
+    }
+
+    /// A branch went offline or came back: tell the agents holding its chats.
+    pub fn node_status(&self, node: &str, online: bool) {
+        let agents: BTreeSet<String> = {
+            let nodes = self.chat_nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let r = self.router.lock().unwrap_or_else(|p| p.into_inner());
+            nodes
+                .iter()
+                .filter(|(_, n)| n.as_str() == node)
+                .filter_map(|(chat, _)| r.chat(chat).and_then(|c| c.agent.clone()))
+                .collect()
+        };
+        for a in agents {
+            self.push(
+                &a,
+                ConsoleOut::NodeStatus {
+                    node: node.to_owned(),
+                    online,
+                },
+            );
         }
     }
 
@@ -266,6 +296,10 @@ impl Handoff {
                         tracing::error!(error = %err, "storing an escalation failed");
                         continue;
                     }
+                    self.chat_nodes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(x.conversation.clone(), node.to_owned());
                     let actions = self.step(Input::Escalated {
                         chat: x.conversation.clone(),
                         lang: x.lang.as_str().to_owned(),

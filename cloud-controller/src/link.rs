@@ -210,10 +210,12 @@ impl Hub {
                 Transition::Online { node, reason } => {
                     tracing::info!(%node, reason, "node online");
                     self.metrics.nodes_online.inc();
+                    self.handoff.node_status(node, true);
                 }
                 Transition::Offline { node, reason } => {
                     tracing::info!(%node, reason, "node offline");
                     self.metrics.nodes_online.dec();
+                    self.handoff.node_status(node, false);
                 }
             }
         }

@@ -388,6 +388,7 @@ impl Receiver {
                     backoff = Duration::from_millis(200);
                     tracing::info!(%node, "connected to the broker");
                     self.app.metrics.uplink_connected.set(1);
+                    self.app.broadcast_link(true);
                     let _ = self
                         .client
                         .subscribe(topic::down(&node), QoS::AtLeastOnce)
@@ -412,6 +413,9 @@ impl Receiver {
                 Err(e) => {
                     if *connected.borrow() {
                         tracing::warn!(%node, error = %e, "broker connection lost; retrying");
+                    }
+                    if *connected.borrow() {
+                        self.app.broadcast_link(false);
                     }
                     self.app.metrics.uplink_connected.set(0);
                     let _ = connected.send(false);

@@ -331,3 +331,132 @@ async fn an_offline_message_becomes_a_ticket() {
     node.stop().await;
     ctl_token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_link_drops_mid_chat_and_nothing_typed_is_lost() {
+    let broker_port = free_port();
+    let proxy = support::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let cdir = tempfile::tempdir().unwrap();
+    let mut cc = cloud_controller::config::Config::default();
+    cc.http.listen = "127.0.0.1:0".into();
+    cc.mqtt.listen = format!("127.0.0.1:{broker_port}");
+    cc.mqtt.advertise_port = proxy.port;
+    cc.store.data_dir = cdir.path().to_owned();
+    cc.sync.command_retry_secs = 1;
+    cc.fleet.heartbeat_timeout_secs = 3;
+    let ctl_token = tokio_util::sync::CancellationToken::new();
+    let ctl = cloud_controller::run(cc, ctl_token.clone()).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", ctl.http_addr);
+    http.post(url("/api/v1/agents"))
+        .bearer_auth(&ctl.admin_token)
+        .json(
+            &serde_json::json!({ "username": "grace", "display_name": "Grace", "role": "agent",
+            "password": "a long enough password", "languages": ["en"], "capacity": 2 }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .post(url("/console/api/login"))
+        .json(&serde_json::json!({ "username": "grace", "password": "a long enough password" }))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut req = format!("ws://{}/console/ws", ctl.http_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (mut agent, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    console_send(
+        &mut agent,
+        serde_json::json!({ "type": "presence", "state": "online" }),
+    )
+    .await;
+    let token: serde_json::Value = http
+        .post(url("/api/v1/tokens"))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({ "node_id": "branch-l" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let edir = tempfile::tempdir().unwrap();
+    let mut c = config(&edir);
+    c.cloud.enabled = true;
+    c.cloud.controller_url = format!("http://{}", ctl.http_addr);
+    c.cloud.node_id = "branch-l".into();
+    c.cloud.enroll_token = token["token"].as_str().unwrap().into();
+    c.cloud.identity_path = edir.path().join("identity.json");
+    c.cloud.heartbeat_secs = 1;
+    c.cloud.ack_timeout_secs = 1;
+    let node = TestNode::start(c).await;
+    let mut visitor = node.connect().await;
+    start_session(&mut visitor).await;
+    say(&mut visitor, &msg("I want to talk to a human")).await;
+    let assigned = console_next(&mut agent, "assigned").await;
+    let chat = assigned["chat"]["id"].as_str().unwrap().to_owned();
+    let _joined = next_reply(&mut visitor).await;
+
+    // The branch's link drops.
+    proxy.cut();
+    let status = console_next(&mut agent, "node_status").await;
+    assert_eq!(
+        status["online"], false,
+        "the agent sees the branch go offline"
+    );
+    let notice = loop {
+        match recv(&mut visitor).await {
+            ServerFrame::Notice { code, .. } => break code,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        notice, "agent_reconnecting",
+        "the visitor is told the agent is reconnecting"
+    );
+    // Both keep typing.
+    console_send(
+        &mut agent,
+        serde_json::json!({ "type": "message", "chat": chat, "text": "first while down" }),
+    )
+    .await;
+    console_send(
+        &mut agent,
+        serde_json::json!({ "type": "message", "chat": chat, "text": "second while down" }),
+    )
+    .await;
+    send(&mut visitor, &msg("are you still there?")).await;
+    assert!(
+        matches!(recv(&mut visitor).await, ServerFrame::Ack { .. }),
+        "the visitor's line is stored locally"
+    );
+
+    // The link returns: everything arrives, in order.
+    proxy.restore();
+    let line = console_next(&mut agent, "line").await;
+    assert_eq!(line["line"]["text"], "are you still there?");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let ServerFrame::Reply {
+            from: Sender::Agent,
+            text,
+            ..
+        } = recv(&mut visitor).await
+        {
+            got.push(text);
+        }
+    }
+    assert_eq!(got, vec!["first while down", "second while down"]);
+    node.stop().await;
+    ctl_token.cancel();
+}

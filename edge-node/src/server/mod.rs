@@ -59,11 +59,20 @@ pub struct Claim {
 /// that holds it (or applied to the store when the visitor is away).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentAction {
-    Joined { agent: String },
-    Message { agent: String, text: String },
+    Joined {
+        agent: String,
+    },
+    Message {
+        agent: String,
+        text: String,
+    },
     Left,
     Closed,
     Typing,
+    /// The branch's link to the cloud dropped / came back (shown to visitors
+    /// who are with an agent; nothing is stored).
+    LinkDown,
+    LinkUp,
 }
 
 /// An agent action for a live connection; `done` reports whether it was stored.
@@ -99,6 +108,23 @@ impl AppState {
             previous.token.cancel();
         }
         (claim, agent_rx)
+    }
+
+    /// Tell every live connection that the cloud link went down or up.
+    pub fn broadcast_link(&self, up: bool) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for l in live.values() {
+            let action = if up {
+                AgentAction::LinkUp
+            } else {
+                AgentAction::LinkDown
+            };
+            let _ = l.agent_tx.try_send(AgentEvent {
+                conversation: String::new(),
+                action,
+                done: None,
+            });
+        }
     }
 
     /// The channel to the connection holding `session`, if any.

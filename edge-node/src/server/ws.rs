@@ -193,7 +193,7 @@ fn apply_action(
         AgentAction::Message { agent, text } => engine.agent_message(conv, agent, text),
         AgentAction::Left => engine.agent_left(conv),
         AgentAction::Closed => engine.agent_closed(conv),
-        AgentAction::Typing => return None,
+        AgentAction::Typing | AgentAction::LinkDown | AgentAction::LinkUp => return None,
     })
 }
 
@@ -203,7 +203,10 @@ async fn deliver_offline(
     conversation: &str,
     action: AgentAction,
 ) -> Result<(), String> {
-    if action == AgentAction::Typing {
+    if matches!(
+        action,
+        AgentAction::Typing | AgentAction::LinkDown | AgentAction::LinkUp
+    ) {
         return Ok(());
     }
     let row = app
@@ -292,6 +295,31 @@ impl Connection {
             action,
             done,
         } = ev;
+        if matches!(action, AgentAction::LinkDown | AgentAction::LinkUp) {
+            let with_agent = self
+                .session
+                .as_ref()
+                .is_some_and(|a| matches!(a.conv.phase, Phase::WithAgent { .. }));
+            if with_agent {
+                let (code, text) = if action == AgentAction::LinkDown {
+                    (
+                        "agent_reconnecting",
+                        "Our colleague's connection was interrupted. They are reconnecting; your messages will reach them.",
+                    )
+                } else {
+                    ("agent_reconnected", "Our colleague is back.")
+                };
+                let _ = send(
+                    socket,
+                    &ServerFrame::Notice {
+                        code: code.into(),
+                        text: text.into(),
+                    },
+                )
+                .await;
+            }
+            return;
+        }
         let holds_it = self
             .session
             .as_ref()
