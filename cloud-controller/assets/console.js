@@ -20,6 +20,42 @@
     $("login").hidden = true; $("app").hidden = false;
     $("who").textContent = `${me.display_name} (${me.role})`;
     connect();
+    if (me.role === "supervisor" || me.role === "admin") { $("dashboard").hidden = false; refreshDashboard(); setInterval(refreshDashboard, 5000); }
+  }
+
+  function bars(svg, values, max) {
+    svg.replaceChildren();
+    const w = 300 / Math.max(values.length, 1);
+    values.forEach((v, i) => {
+      if (v == null) return;
+      const h = Math.max(1, (v / max) * 76);
+      const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+      r.setAttribute("x", String(i * w + 1)); r.setAttribute("y", String(78 - h));
+      r.setAttribute("width", String(Math.max(1, w - 2))); r.setAttribute("height", String(h));
+      const t = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      t.textContent = String(Math.round(v * 10) / 10);
+      r.appendChild(t);
+      svg.appendChild(r);
+    });
+  }
+
+  async function refreshDashboard() {
+    const r = await api("/console/api/dashboard");
+    if (!r.ok) return;
+    const d = await r.json();
+    $("d-waiting").textContent = String(d.live.waiting);
+    $("d-wait").textContent = `${Math.round(d.live.longest_wait_ms / 1000)} s`;
+    $("d-online").textContent = String(d.nodes_online);
+    $("d-offline").textContent = String(d.nodes_offline);
+    const tb = $("d-agents"); tb.replaceChildren();
+    for (const a of d.live.agents) {
+      const tr = document.createElement("tr");
+      for (const v of [a.name || a.id, a.presence, `${a.chats} / ${a.capacity}`]) { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); }
+      tb.appendChild(tr);
+    }
+    const frt = d.days.map((x) => x.first_response_s);
+    bars($("d-frt"), frt, Math.max(1, ...frt.filter((x) => x != null)));
+    bars($("d-csat"), d.days.map((x) => x.csat), 5);
   }
 
   function renderList() {

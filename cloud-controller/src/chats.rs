@@ -243,6 +243,37 @@ pub fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreErr
     Ok(out)
 }
 
+/// Per-day service figures for the dashboard charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayStats {
+    /// Unix ms of the day's start (UTC).
+    pub day: i64,
+    pub chats: u64,
+    /// Mean seconds from assignment to the agent's first line.
+    pub first_response_s: Option<f64>,
+    /// Mean rating (1–5) of rated chats.
+    pub csat: Option<f64>,
+}
+
+pub fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT (created_at / 86400000) * 86400000 AS day, COUNT(*),
+                AVG(CASE WHEN first_response_at IS NOT NULL AND assigned_at IS NOT NULL
+                         THEN (first_response_at - assigned_at) / 1000.0 END),
+                AVG(rating)
+         FROM chats WHERE created_at >= ?1 GROUP BY day ORDER BY day",
+    )?;
+    let rows = stmt.query_map([since], |r| {
+        Ok(DayStats {
+            day: r.get(0)?,
+            chats: r.get::<_, i64>(1)? as u64,
+            first_response_s: r.get(2)?,
+            csat: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Chat ids whose lines match `query` (at least 3 characters), newest first.
 pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
     // Quote the query as one FTS5 string so user text is never FTS syntax.

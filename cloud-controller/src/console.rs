@@ -517,6 +517,38 @@ async fn delete_canned(
     }
 }
 
+#[derive(Serialize)]
+pub struct Dashboard {
+    pub live: crate::handoff::Live,
+    pub nodes_online: usize,
+    pub nodes_offline: usize,
+    pub days: Vec<crate::chats::DayStats>,
+}
+
+/// Supervisors: agents and their load, the queue, the fleet, and 30 days of
+/// first-response time and satisfaction.
+async fn dashboard(State(s): S, headers: HeaderMap) -> Result<Json<Dashboard>, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, false).await?;
+    let now = now_ms();
+    let live = s.hub.handoff.snapshot(now);
+    let nodes = s.hub.db.call(|c| crate::store::nodes(c)).await?;
+    let days = s
+        .hub
+        .db
+        .call(move |c| crate::chats::daily_stats(c, now - 30 * 86_400_000))
+        .await?;
+    let online = nodes
+        .iter()
+        .filter(|n| n.online && n.revoked_at.is_none())
+        .count();
+    Ok(Json(Dashboard {
+        live,
+        nodes_online: online,
+        nodes_offline: nodes.iter().filter(|n| n.revoked_at.is_none()).count() - online,
+        days,
+    }))
+}
+
 pub fn router(state: Arc<ConsoleState>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -528,6 +560,7 @@ pub fn router(state: Arc<ConsoleState>) -> axum::Router {
         .route("/console/api/chats", get(list_chats))
         .route("/console/api/chats/{id}", get(get_chat))
         .route("/console/api/tickets", get(list_tickets))
+        .route("/console/api/dashboard", get(dashboard))
         .route("/console/api/tickets/{id}/claim", post(claim_ticket))
         .route("/console/api/tickets/{id}/resolve", post(resolve_ticket))
         .route("/console/api/canned", get(list_canned).post(put_canned))

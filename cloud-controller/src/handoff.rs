@@ -61,6 +61,22 @@ pub enum ConsoleIn {
     Transfer { chat: String, to: Option<String> },
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentLoad {
+    pub id: String,
+    pub name: String,
+    pub presence: String,
+    pub chats: usize,
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Live {
+    pub agents: Vec<AgentLoad>,
+    pub waiting: usize,
+    pub longest_wait_ms: i64,
+}
+
 /// Longest line an agent may send.
 pub const MAX_LINE: usize = 2000;
 
@@ -102,6 +118,30 @@ impl Handoff {
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = sockets.get_mut(agent) {
             list.retain(|tx| tx.try_send(frame.clone()).is_ok());
+        }
+    }
+
+    /// Live numbers for the supervisor dashboard.
+    pub fn snapshot(&self, now: i64) -> Live {
+        let r = self.router.lock().unwrap_or_else(|p| p.into_inner());
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = r.queue();
+        Live {
+            agents: r
+                .agents()
+                .map(|(id, a)| AgentLoad {
+                    id: id.clone(),
+                    name: names.get(id).cloned().unwrap_or_default(),
+                    presence: format!("{:?}", a.presence).to_lowercase(),
+                    chats: a.chats.len(),
+                    capacity: a.capacity,
+                })
+                .collect(),
+            waiting: queue.len(),
+            longest_wait_ms: queue
+                .first()
+                .map(|(_, c)| now - c.waiting_since)
+                .unwrap_or(0),
         }
     }
 

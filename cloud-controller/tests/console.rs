@@ -569,3 +569,56 @@ async fn tickets_and_canned_responses_by_role() {
     );
     env.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_dashboard() {
+    use cloud_controller::chats;
+    let env = Env::start().await;
+    let a = env.agent("agent1", "agent").await;
+    env.agent("super1", "supervisor").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let a2 = a.clone();
+    env.ctl
+        .hub
+        .db
+        .call(move |c| {
+            for (i, (frt_ms, rating)) in [(4_000, Some(5u8)), (8_000, Some(3u8)), (6_000, None)]
+                .into_iter()
+                .enumerate()
+            {
+                let id = format!("c{i}");
+                chats::escalated(c, &id, "n", "en", &[], now)?;
+                chats::assign(c, &id, &a2, now)?;
+                chats::add_line(c, &id, "x", "agent", Some(&a2), "hi", now + frt_ms)?;
+                if let Some(r) = rating {
+                    chats::rate(c, &id, r)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let agent = env.login("agent1").await;
+    let sup = env.login("super1").await;
+    let get = |s: &(String, String)| {
+        env.http
+            .get(env.url("/console/api/dashboard"))
+            .header("cookie", &s.0)
+            .send()
+    };
+    assert_eq!(get(&agent).await.unwrap().status(), StatusCode::FORBIDDEN);
+    let d: serde_json::Value = get(&sup).await.unwrap().json().await.unwrap();
+    let today = d["days"].as_array().unwrap().last().unwrap();
+    assert_eq!(today["chats"], 3);
+    assert!(
+        (today["first_response_s"].as_f64().unwrap() - 6.0).abs() < 1e-9,
+        "{today}"
+    );
+    assert!(
+        (today["csat"].as_f64().unwrap() - 4.0).abs() < 1e-9,
+        "{today}"
+    );
+    assert_eq!(d["live"]["waiting"], 0);
+    assert_eq!(d["nodes_online"], 0);
+    env.token.cancel();
+}

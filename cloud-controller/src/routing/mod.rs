@@ -121,6 +121,11 @@ impl Router {
         }
     }
 
+    /// Every agent the router knows, by id.
+    pub fn agents(&self) -> impl Iterator<Item = (&AgentId, &Agent)> {
+        self.agents.iter()
+    }
+
     pub fn agent(&self, id: &str) -> Option<&Agent> {
         self.agents.get(id)
     }
