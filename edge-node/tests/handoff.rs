@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use edgedesk_common::chat::{ChatState, Sender, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
+use support::cloud::*;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -53,86 +54,20 @@ async fn next_reply(ws: &mut Ws) -> ServerFrame {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitor_to_agent_and_back() {
-    let cdir = tempfile::tempdir().unwrap();
-    let mut cc = cloud_controller::config::Config::default();
-    cc.http.listen = "127.0.0.1:0".into();
-    cc.mqtt.listen = format!("127.0.0.1:{}", free_port());
-    cc.store.data_dir = cdir.path().to_owned();
-    cc.sync.command_retry_secs = 1;
-    let ctl_token = tokio_util::sync::CancellationToken::new();
-    let ctl = cloud_controller::run(cc, ctl_token.clone()).await.unwrap();
-    let http = reqwest::Client::new();
-    let url = |p: &str| format!("http://{}{p}", ctl.http_addr);
-
-    // An agent, logged in, with the console socket open.
-    let r = http
-        .post(url("/api/v1/agents"))
-        .bearer_auth(&ctl.admin_token)
-        .json(
-            &serde_json::json!({ "username": "grace", "display_name": "Grace", "role": "agent",
-            "password": "a long enough password", "languages": ["en"], "capacity": 2 }),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let r = http
-        .post(url("/console/api/login"))
-        .json(&serde_json::json!({ "username": "grace", "password": "a long enough password" }))
-        .send()
-        .await
-        .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut req = format!("ws://{}/console/ws", ctl.http_addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    req.headers_mut().insert(
-        "origin",
-        format!("http://{}", ctl.http_addr).parse().unwrap(),
-    );
-    let (mut agent, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    console_send(
-        &mut agent,
-        serde_json::json!({ "type": "presence", "state": "online" }),
-    )
-    .await;
+    let cloud = Cloud::start().await;
+    cloud.create_agent("grace", "Grace", &["en"], 2).await;
+    let mut agent = cloud.console("grace").await;
     // A foreign page cannot open the console socket with the agent's cookie.
-    let mut evil = format!("ws://{}/console/ws", ctl.http_addr)
+    let cookie = cloud.console_cookie("grace").await;
+    let mut evil = format!("ws://{}/console/ws", cloud.ctl.http_addr)
         .into_client_request()
         .unwrap();
     evil.headers_mut().insert("cookie", cookie.parse().unwrap());
     evil.headers_mut()
         .insert("origin", "https://evil.example".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(evil).await.is_err());
-
-    // An edge node enrolled with the controller.
     let edir = tempfile::tempdir().unwrap();
-    let token: serde_json::Value = http
-        .post(url("/api/v1/tokens"))
-        .bearer_auth(&ctl.admin_token)
-        .json(&serde_json::json!({ "node_id": "branch-h" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut c = config(&edir);
-    c.cloud.enabled = true;
-    c.cloud.controller_url = format!("http://{}", ctl.http_addr);
-    c.cloud.node_id = "branch-h".into();
-    c.cloud.enroll_token = token["token"].as_str().unwrap().into();
-    c.cloud.identity_path = edir.path().join("identity.json");
-    c.cloud.heartbeat_secs = 1;
-    c.cloud.ack_timeout_secs = 2;
-    let node = TestNode::start(c).await;
+    let node = edge(&cloud, &edir, "branch-h").await;
 
     // The visitor asks for a person.
     let mut visitor = node.connect().await;
@@ -226,7 +161,7 @@ async fn visitor_to_agent_and_back() {
         .find(|q| q.payload == "/rate 4")
         .expect("rating buttons");
     say(&mut visitor, &button(&four.label, &four.payload)).await;
-    let db = ctl.hub.db.clone();
+    let db = cloud.ctl.hub.db.clone();
     let mut rated = None;
     for _ in 0..100 {
         let c = chat.clone();
@@ -263,37 +198,14 @@ async fn visitor_to_agent_and_back() {
         "history search finds the transcript"
     );
     node.stop().await;
-    ctl_token.cancel();
+    cloud.token.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_message_becomes_a_ticket() {
-    let cdir = tempfile::tempdir().unwrap();
-    let mut cc = cloud_controller::config::Config::default();
-    cc.http.listen = "127.0.0.1:0".into();
-    cc.mqtt.listen = format!("127.0.0.1:{}", free_port());
-    cc.store.data_dir = cdir.path().to_owned();
-    let ctl_token = tokio_util::sync::CancellationToken::new();
-    let ctl = cloud_controller::run(cc, ctl_token.clone()).await.unwrap();
-    let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!("http://{}/api/v1/tokens", ctl.http_addr))
-        .bearer_auth(&ctl.admin_token)
-        .json(&serde_json::json!({ "node_id": "branch-t" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cloud = Cloud::start().await;
     let edir = tempfile::tempdir().unwrap();
-    let mut c = config(&edir);
-    c.cloud.enabled = true;
-    c.cloud.controller_url = format!("http://{}", ctl.http_addr);
-    c.cloud.node_id = "branch-t".into();
-    c.cloud.enroll_token = token["token"].as_str().unwrap().into();
-    c.cloud.identity_path = edir.path().join("identity.json");
-    let node = TestNode::start(c).await;
+    let node = edge(&cloud, &edir, "branch-t").await;
     let mut visitor = node.connect().await;
     start_session(&mut visitor).await;
     say(&mut visitor, &msg("I want to talk to a human")).await;
@@ -305,7 +217,7 @@ async fn an_offline_message_becomes_a_ticket() {
         &msg("Please call me about my lost card 4111 1111 1111 1111"),
     )
     .await;
-    let db = ctl.hub.db.clone();
+    let db = cloud.ctl.hub.db.clone();
     let mut ticket = None;
     for _ in 0..100 {
         let list = db
@@ -329,77 +241,22 @@ async fn an_offline_message_becomes_a_ticket() {
         t.message
     );
     node.stop().await;
-    ctl_token.cancel();
+    cloud.token.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branch_link_drops_mid_chat_and_nothing_typed_is_lost() {
     let broker_port = free_port();
     let proxy = support::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
-    let cdir = tempfile::tempdir().unwrap();
-    let mut cc = cloud_controller::config::Config::default();
-    cc.http.listen = "127.0.0.1:0".into();
-    cc.mqtt.listen = format!("127.0.0.1:{broker_port}");
-    cc.mqtt.advertise_port = proxy.port;
-    cc.store.data_dir = cdir.path().to_owned();
-    cc.sync.command_retry_secs = 1;
-    cc.fleet.heartbeat_timeout_secs = 3;
-    let ctl_token = tokio_util::sync::CancellationToken::new();
-    let ctl = cloud_controller::run(cc, ctl_token.clone()).await.unwrap();
-    let http = reqwest::Client::new();
-    let url = |p: &str| format!("http://{}{p}", ctl.http_addr);
-    http.post(url("/api/v1/agents"))
-        .bearer_auth(&ctl.admin_token)
-        .json(
-            &serde_json::json!({ "username": "grace", "display_name": "Grace", "role": "agent",
-            "password": "a long enough password", "languages": ["en"], "capacity": 2 }),
-        )
-        .send()
-        .await
-        .unwrap();
-    let r = http
-        .post(url("/console/api/login"))
-        .json(&serde_json::json!({ "username": "grace", "password": "a long enough password" }))
-        .send()
-        .await
-        .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut req = format!("ws://{}/console/ws", ctl.http_addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let (mut agent, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    console_send(
-        &mut agent,
-        serde_json::json!({ "type": "presence", "state": "online" }),
-    )
+    let cloud = Cloud::start_with(|c| {
+        c.mqtt.listen = format!("127.0.0.1:{broker_port}");
+        c.mqtt.advertise_port = proxy.port;
+    })
     .await;
-    let token: serde_json::Value = http
-        .post(url("/api/v1/tokens"))
-        .bearer_auth(&ctl.admin_token)
-        .json(&serde_json::json!({ "node_id": "branch-l" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    cloud.create_agent("grace", "Grace", &["en"], 2).await;
+    let mut agent = cloud.console("grace").await;
     let edir = tempfile::tempdir().unwrap();
-    let mut c = config(&edir);
-    c.cloud.enabled = true;
-    c.cloud.controller_url = format!("http://{}", ctl.http_addr);
-    c.cloud.node_id = "branch-l".into();
-    c.cloud.enroll_token = token["token"].as_str().unwrap().into();
-    c.cloud.identity_path = edir.path().join("identity.json");
-    c.cloud.heartbeat_secs = 1;
-    c.cloud.ack_timeout_secs = 1;
-    let node = TestNode::start(c).await;
+    let node = edge(&cloud, &edir, "branch-l").await;
     let mut visitor = node.connect().await;
     start_session(&mut visitor).await;
     say(&mut visitor, &msg("I want to talk to a human")).await;
@@ -458,5 +315,5 @@ async fn branch_link_drops_mid_chat_and_nothing_typed_is_lost() {
     }
     assert_eq!(got, vec!["first while down", "second while down"]);
     node.stop().await;
-    ctl_token.cancel();
+    cloud.token.cancel();
 }

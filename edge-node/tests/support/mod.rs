@@ -3,6 +3,7 @@
 //! real WebSocket client.
 #![allow(dead_code)]
 
+pub mod cloud;
 pub mod proxy;
 
 use std::path::PathBuf;
