@@ -113,6 +113,14 @@
       } else if (f.type === "closed" || f.type === "requeued") {
         const c = chats.get(f.chat);
         if (c) { c.closed = true; renderList(); renderChat(); }
+      } else if (f.type === "typing") {
+        if (f.chat === current) {
+          const head = $("chat-head");
+          head.dataset.typing = "1";
+          const base = head.textContent.replace(/ — visitor is typing…$/, "");
+          head.textContent = base + " — visitor is typing…";
+          setTimeout(() => { head.textContent = head.textContent.replace(/ — visitor is typing…$/, ""); }, 3000);
+        }
       } else if (f.type === "node_status") {
         toast(f.online ? `Branch ${f.node} is back online.` : `Branch ${f.node} went offline — your messages will be delivered when it returns.`);
         $("conn").textContent = f.online ? "Connected" : `Branch ${f.node} offline`;

@@ -145,6 +145,18 @@ impl Handoff {
         }
     }
 
+    /// The visitor of `chat` is typing: tell its agent.
+    pub fn visitor_typing(&self, chat: &str) {
+        if let Some(agent) = self.holder(chat) {
+            self.push(
+                &agent,
+                ConsoleOut::Typing {
+                    chat: chat.to_owned(),
+                },
+            );
+        }
+    }
+
     /// A branch went offline or came back: tell the agents holding its chats.
     pub fn node_status(&self, node: &str, online: bool) {
         let agents: BTreeSet<String> = {

@@ -377,8 +377,7 @@ impl Hub {
                 }
             }
             Up::Will { .. } => {}
-            // Forwarded to the agent console once it exists (issue 4).
-            Up::Typing { .. } => {}
+            Up::Typing { conversation } => self.handoff.visitor_typing(&conversation),
         }
         Ok(())
     }

@@ -206,6 +206,13 @@
     });
   }
 
+  let lastTyping = 0;
+  input.addEventListener("input", () => {
+    // Tell a human agent the visitor is typing (at most every 2 s).
+    const now = Date.now();
+    if (ready && now - lastTyping > 2000) { lastTyping = now; frame({ type: "typing" }); }
+  });
+
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const text = input.value;

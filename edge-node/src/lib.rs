@@ -154,6 +154,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         tasks: tokio_util::task::TaskTracker::new(),
         outbox_notify: Default::default(),
         started: std::time::Instant::now(),
+        typing_tx: std::sync::OnceLock::new(),
     });
     tracing::info!(%addr, "edge node listening; kiosk page at http://{addr}/");
     let keeper = tokio::spawn(housekeeping::run(state.clone()));

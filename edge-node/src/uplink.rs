@@ -349,6 +349,22 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
         connect_id: connect_id.clone(),
     };
     let poll = tokio::spawn(receiver.poll(eventloop, connected_tx));
+    let (typing_tx, mut typing_rx) = mpsc::channel::<String>(64);
+    let _ = app.typing_tx.set(typing_tx);
+    let typing = {
+        let (client, sealer) = (client.clone(), sealer.clone());
+        tokio::spawn(async move {
+            while let Some(conversation) = typing_rx.recv().await {
+                let up = Up::Typing { conversation };
+                let _ = client.try_publish(
+                    topic::up(&sealer.node),
+                    ENVELOPE_QOS,
+                    false,
+                    sealer.seal(&up),
+                );
+            }
+        })
+    };
     let beat = tokio::spawn(heartbeats(
         app.clone(),
         client.clone(),
@@ -359,6 +375,7 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
     drain(app.clone(), client.clone(), sealer, connected_rx, ack_rx).await;
     let _ = client.disconnect().await;
     let _ = beat.await;
+    typing.abort();
     let _ = poll.await;
     Ok(())
 }

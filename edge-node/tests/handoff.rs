@@ -111,6 +111,24 @@ async fn visitor_to_agent_and_back() {
         matches!(&f, ServerFrame::Reply { from: Sender::Agent, text, .. } if text == "Hello, I'm Grace. Which ATM?"),
         "{f:?}"
     );
+    // Typing indicators both ways.
+    send(&mut visitor, &edgedesk_common::chat::ClientFrame::Typing).await;
+    let typing = console_next(&mut agent, "typing").await;
+    assert_eq!(typing["chat"], chat.as_str());
+    console_send(
+        &mut agent,
+        serde_json::json!({ "type": "typing", "chat": chat }),
+    )
+    .await;
+    loop {
+        match recv(&mut visitor).await {
+            ServerFrame::Typing { from } => {
+                assert_eq!(from, Sender::Agent);
+                break;
+            }
+            other => panic!("expected the agent's typing indicator, got {other:?}"),
+        }
+    }
     // Visitor → agent (the bot stays silent).
     send(&mut visitor, &msg("the one by the entrance <b>here</b>")).await;
     let line = console_next(&mut agent, "line").await;

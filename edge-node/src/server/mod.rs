@@ -46,6 +46,9 @@ pub struct AppState {
     /// Woken when a commit adds outbox events (the uplink drains them).
     pub outbox_notify: Arc<tokio::sync::Notify>,
     pub started: std::time::Instant,
+    /// Set by the uplink: conversations whose visitor is typing to an agent
+    /// (bounded 64; when full, typing signals are dropped — they are ephemeral).
+    pub typing_tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
 
 /// A connection's hold on a session.

@@ -555,7 +555,15 @@ impl Connection {
                     }
                 }
             }
-            ClientFrame::Typing => {}
+            ClientFrame::Typing => {
+                let with_agent = self
+                    .session
+                    .as_ref()
+                    .filter(|a| matches!(a.conv.phase, Phase::WithAgent { .. }));
+                if let (Some(a), Some(tx)) = (with_agent, self.app.typing_tx.get()) {
+                    let _ = tx.try_send(a.conv.id.clone());
+                }
+            }
             ClientFrame::Ping => {
                 let _ = send(socket, &ServerFrame::Pong).await;
             }
