@@ -4,6 +4,7 @@
   const $ = (id) => document.getElementById(id);
   let csrf = null, ws = null, current = null, me = null;
   const chats = new Map(); // id -> {view, closed}
+  let canned = []; // {lang, shortcut, text}
 
   function toast(msg) { const t = $("toast"); t.textContent = msg; t.hidden = false; setTimeout(() => { t.hidden = true; }, 4000); }
 
@@ -20,7 +21,39 @@
     $("login").hidden = true; $("app").hidden = false;
     $("who").textContent = `${me.display_name} (${me.role})`;
     connect();
+    loadCanned(); loadTickets(); setInterval(loadTickets, 10000);
     if (me.role === "supervisor" || me.role === "admin") { $("dashboard").hidden = false; refreshDashboard(); setInterval(refreshDashboard, 5000); }
+  }
+
+  async function loadCanned() {
+    const r = await api("/console/api/canned");
+    if (r.ok) canned = await r.json();
+  }
+
+  async function loadTickets() {
+    const r = await api("/console/api/tickets");
+    if (!r.ok) return;
+    const ul = $("tickets"); ul.replaceChildren();
+    for (const t of await r.json()) {
+      const li = document.createElement("li");
+      const p = document.createElement("p");
+      p.textContent = `${t.name} (${t.contact}) — ${t.message} [${t.state}]`;
+      li.appendChild(p);
+      if (t.state === "open") {
+        const b = document.createElement("button"); b.type = "button"; b.textContent = "Claim";
+        b.addEventListener("click", async () => { await api(`/console/api/tickets/${encodeURIComponent(t.id)}/claim`, { method: "POST" }); loadTickets(); });
+        li.appendChild(b);
+      } else if (t.state === "claimed") {
+        const b = document.createElement("button"); b.type = "button"; b.textContent = "Resolve";
+        b.addEventListener("click", async () => {
+          const note = window.prompt("Resolution note") || "";
+          await api(`/console/api/tickets/${encodeURIComponent(t.id)}/resolve`, { method: "POST", body: JSON.stringify({ note }) });
+          loadTickets();
+        });
+        li.appendChild(b);
+      }
+      ul.appendChild(li);
+    }
   }
 
   function bars(svg, values, max) {
@@ -139,7 +172,13 @@
   $("presence").addEventListener("change", () => { if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "presence", state: $("presence").value })); });
   $("reply").addEventListener("submit", (e) => {
     e.preventDefault();
-    const text = $("reply-text").value.trim();
+    let text = $("reply-text").value.trim();
+    // "/shortcut" expands to the canned response in the chat's language.
+    if (text.startsWith("/") && current) {
+      const lang = chats.get(current).view.lang;
+      const hit = canned.find((c) => c.lang === lang && "/" + c.shortcut === text);
+      if (hit) text = hit.text;
+    }
     if (!text || !current) return;
     ws.send(JSON.stringify({ type: "message", chat: current, text }));
     const line = { sender: "agent", text, at: Date.now() };
@@ -148,6 +187,28 @@
     $("reply-text").value = "";
   });
   $("reply-text").addEventListener("input", () => { if (current && ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "typing", chat: current })); });
+  $("requeue").addEventListener("click", () => {
+    if (current) ws.send(JSON.stringify({ type: "transfer", chat: current, to: null }));
+  });
+  $("search").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await api("/console/api/chats?q=" + encodeURIComponent($("search-q").value));
+    if (!r.ok) return;
+    const ul = $("results"); ul.replaceChildren();
+    for (const c of await r.json()) {
+      const li = document.createElement("li");
+      const b = document.createElement("button"); b.type = "button";
+      b.textContent = `${c.node_id} · ${new Date(c.created_at).toLocaleString()} · ${c.state}`;
+      b.addEventListener("click", async () => {
+        const v = await (await api("/console/api/chats/" + encodeURIComponent(c.id))).json();
+        current = null; renderList();
+        $("reply").hidden = true;
+        $("chat-head").textContent = `History: ${v.node_id} — ${v.resolution || v.state}${v.rating ? " — rated " + v.rating : ""}`;
+        $("lines").replaceChildren(...v.lines.map(lineEl));
+      });
+      li.appendChild(b); ul.appendChild(li);
+    }
+  });
   $("close-chat").addEventListener("click", () => {
     if (!current) return;
     ws.send(JSON.stringify({ type: "close", chat: current, resolution: $("resolution").value }));

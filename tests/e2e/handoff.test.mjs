@@ -16,6 +16,23 @@ before(async () => {
     username: "grace", display_name: "Grace", role: "agent",
     password: "a long enough password", languages: ["en", "zh"], capacity: 3,
   });
+  // A supervisor adds a canned response the agent will use by shortcut.
+  await adminCall(ctl, "POST", "/api/v1/agents", {
+    username: "sam", display_name: "Sam", role: "supervisor",
+    password: "a long enough password", languages: ["en"], capacity: 1,
+  });
+  const login = await fetch(ctl.url + "/console/api/login", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "sam", password: "a long enough password" }),
+  });
+  const cookie = login.headers.get("set-cookie").split(";")[0];
+  const { csrf } = await login.json();
+  const put = await fetch(ctl.url + "/console/api/canned", {
+    method: "POST",
+    headers: { "content-type": "application/json", cookie, "x-csrf-token": csrf },
+    body: JSON.stringify({ lang: "en", shortcut: "atm", text: "Please tell me which ATM kept your card." }),
+  });
+  if (!put.ok) throw new Error(`canned: ${put.status}`);
   const { token } = await adminCall(ctl, "POST", "/api/v1/tokens", { node_id: "branch-e2e" });
   const dir = mkdtempSync(join(tmpdir(), "edgedesk-node-"));
   node = await startEdgeNode({
@@ -85,6 +102,11 @@ test("a visitor reaches an agent, they talk, the visitor rates the chat; payload
     assert.equal(await page.locator("#lines img, #lines script, .log img, .log script").count(), 0);
   }
 
+  // A canned response by shortcut.
+  await agent.locator("#reply-text").fill("/atm");
+  await agent.getByRole("button", { name: "Send" }).click();
+  await visitor.locator(".msg.agent", { hasText: "Please tell me which ATM kept your card." }).waitFor({ timeout: 15000 });
+
   // The agent closes; the visitor rates.
   await agent.locator("#resolution").fill("card returned at the desk");
   await agent.getByRole("button", { name: "Close chat" }).click();
@@ -92,6 +114,13 @@ test("a visitor reaches an agent, they talk, the visitor rates the chat; payload
   await visitor.getByRole("button", { name: "★★★★★" }).click();
   await botSays(visitor, "Thank you for your feedback");
   await visitor.screenshot({ path: join(SHOTS, "kiosk-after-agent.png") });
+
+  // History search finds the conversation and shows its transcript.
+  await agent.locator("#search-q").fill("swallowed");
+  await agent.getByRole("button", { name: "Search" }).click();
+  await agent.locator("#results button").first().click();
+  await agent.locator("#lines li.visitor", { hasText: "my card was swallowed" }).waitFor();
+  await agent.locator("#chat-head", { hasText: "card returned at the desk" }).waitFor();
   assert.deepEqual(errors, []);
   await agentCtx.close();
   await visitorCtx.close();

@@ -776,7 +776,8 @@ impl Connection {
             entities: entities::extract(&text, today),
             today,
             now_ms: now,
-            agents_available: false,
+            // With a live cloud link a colleague can be found; without it, offer a message.
+            agents_available: app.metrics.uplink_connected.get() == 1,
         };
         let outcome = app.engine.handle(&mut active.conv, &turn);
         let mut messages = vec![NewMessage {
