@@ -234,6 +234,10 @@ pub async fn run(
             source,
         })?;
     let http_addr = listener.local_addr().map_err(ControllerError::Serve)?;
+    // Console frames are small and latency-bound: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let state = Arc::new(ApiState {
         hub: hub.clone(),
         admin_token: admin_token.clone(),

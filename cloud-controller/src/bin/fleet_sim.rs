@@ -5,6 +5,12 @@
 //!
 //! `--backlog N` instead measures one node draining N queued events the way an
 //! edge node does (batches of `--batch`, one batch in flight).
+//!
+//! `--handoff-agents A` measures live chats instead: A agents (console
+//! WebSockets) and `--nodes` simulated branches, each escalating
+//! `--chats-per-node` conversations; then each chat exchanges a line each way
+//! every `--line-every` seconds. Reports agent → branch and branch → agent
+//! latency (the branch's own hop to the visitor's page is not included).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +64,43 @@ struct Args {
     /// Events per envelope in backlog mode.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Live-chat mode: this many agents.
+    #[arg(long)]
+    handoff_agents: Option<usize>,
+    /// Live-chat mode: escalated conversations per node.
+    #[arg(long, default_value_t = 10)]
+    chats_per_node: usize,
+    /// Live-chat mode: seconds between lines of one chat (each way).
+    #[arg(long, default_value_t = 5.0)]
+    line_every: f64,
+}
+
+/// Live-chat measurements shared by the simulated branches and agents.
+struct Probe {
+    /// Agent lines sent, by text, waiting to reach a branch.
+    a2v_pending: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Visitor lines sent, by text, waiting to reach an agent.
+    v2a_pending: std::sync::Mutex<HashMap<String, Instant>>,
+    a2v: std::sync::Mutex<Histogram<u64>>,
+    v2a: std::sync::Mutex<Histogram<u64>>,
+    assigned: AtomicU64,
+}
+
+impl Probe {
+    fn new() -> Probe {
+        let h = || {
+            std::sync::Mutex::new(
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram"),
+            )
+        };
+        Probe {
+            a2v_pending: Default::default(),
+            v2a_pending: Default::default(),
+            a2v: h(),
+            v2a: h(),
+            assigned: AtomicU64::new(0),
+        }
+    }
 }
 
 const QOS_UP: QoS = QoS::AtMostOnce;
@@ -177,6 +220,7 @@ async fn connect(
     enrolled: EnrollResponse,
     stats: Arc<Stats>,
     latency: Arc<std::sync::Mutex<Histogram<u64>>>,
+    probe: Option<Arc<Probe>>,
 ) -> Result<Arc<SimNode>, String> {
     let m = &enrolled.mqtt;
     let mut o = MqttOptions::new(id.clone(), m.host.clone(), m.port);
@@ -228,6 +272,27 @@ async fn connect(
                     let Ok(plain) = env.open(&n.controller, &n.identity) else {
                         continue;
                     };
+                    if let (Ok(Down::Command(cmd)), Some(probe)) =
+                        (serde_json::from_slice::<Down>(&plain), probe.as_ref())
+                    {
+                        if cmd.kind == "agent_message" {
+                            let text = cmd.args["text"].as_str().unwrap_or_default().to_owned();
+                            if let Some(at) = probe.a2v_pending.lock().unwrap().remove(&text) {
+                                let _ = probe
+                                    .a2v
+                                    .lock()
+                                    .unwrap()
+                                    .record(at.elapsed().as_micros() as u64);
+                            }
+                        }
+                        let ack = Up::CommandAck {
+                            id: cmd.id,
+                            ok: true,
+                            detail: "delivered".into(),
+                        };
+                        n.send(&ack).await;
+                        continue;
+                    }
                     if let Ok(Down::EventsAck { ids }) = serde_json::from_slice(&plain) {
                         let mut out = n.outstanding.lock().await;
                         for id in ids {
@@ -278,11 +343,13 @@ async fn main() {
     } else {
         args.nodes
     };
+    let probe = args.handoff_agents.map(|_| Arc::new(Probe::new()));
     let started = Instant::now();
     // Enrol and connect, 32 at a time.
     let gate = Arc::new(tokio::sync::Semaphore::new(32));
     let mut joins = Vec::new();
     for i in 0..count {
+        let probe = probe.clone();
         let (args, http, stats, latency, gate) = (
             args.clone(),
             http.clone(),
@@ -294,7 +361,7 @@ async fn main() {
             let _permit = gate.acquire().await;
             let id = format!("{}-{i:05}", args.prefix);
             let (identity, enrolled) = enroll(&http, &args, &id).await?;
-            connect(id, identity, enrolled, stats, latency).await
+            connect(id, identity, enrolled, stats, latency, probe).await
         }));
     }
     let mut nodes = Vec::new();
@@ -315,6 +382,11 @@ async fn main() {
     );
     if nodes.is_empty() {
         std::process::exit(1);
+    }
+
+    if let (Some(agents), Some(probe)) = (args.handoff_agents, probe) {
+        run_handoff(&args, &nodes, probe, agents).await;
+        return;
     }
 
     if let Some(total) = args.backlog {
@@ -459,4 +531,211 @@ fn report_memory(args: &Args) {
             hwm as f64 / 1024.0
         );
     }
+}
+
+async fn run_handoff(args: &Args, nodes: &[Arc<SimNode>], probe: Arc<Probe>, agents: usize) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    type Sink = futures_util::stream::SplitSink<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        Message,
+    >;
+    let http = reqwest::Client::new();
+    let total = nodes.len() * args.chats_per_node;
+    let capacity = total.div_ceil(agents) + 1;
+    let host = args
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let chats: Arc<std::sync::Mutex<Vec<(String, usize)>>> = Arc::default();
+    let mut sinks: Vec<Arc<Mutex<Sink>>> = Vec::new();
+    for i in 0..agents {
+        let username = format!("{}-agent{i}", args.prefix);
+        let made = http
+            .post(format!("{}/api/v1/agents", args.url))
+            .bearer_auth(&args.token)
+            .json(&serde_json::json!({ "username": username, "display_name": username, "role": "agent",
+                "password": "benchmark password", "languages": ["en"], "capacity": capacity }))
+            .send()
+            .await
+            .expect("create agent");
+        assert!(
+            made.status().is_success(),
+            "create agent: {}",
+            made.status()
+        );
+        let login = http
+            .post(format!("{}/console/api/login", args.url))
+            .json(&serde_json::json!({ "username": username, "password": "benchmark password" }))
+            .send()
+            .await
+            .expect("login");
+        let cookie = login.headers()["set-cookie"]
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let mut req = format!("ws://{host}/console/ws")
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie"));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+            .await
+            .expect("console socket");
+        let (mut sink, mut stream) = ws.split();
+        sink.send(Message::text(
+            serde_json::json!({ "type": "presence", "state": "online" }).to_string(),
+        ))
+        .await
+        .expect("presence");
+        sinks.push(Arc::new(Mutex::new(sink)));
+        let (probe, chats) = (probe.clone(), chats.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(Message::Text(t))) = stream.next().await {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
+                    continue;
+                };
+                match v["type"].as_str() {
+                    Some("assigned") => {
+                        chats
+                            .lock()
+                            .unwrap()
+                            .push((v["chat"]["id"].as_str().unwrap_or_default().to_owned(), i));
+                        probe.assigned.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some("line") => {
+                        let text = v["line"]["text"].as_str().unwrap_or_default();
+                        if let Some(at) = probe.v2a_pending.lock().unwrap().remove(text) {
+                            let _ = probe
+                                .v2a
+                                .lock()
+                                .unwrap()
+                                .record(at.elapsed().as_micros() as u64);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    println!("agents online       {agents} (capacity {capacity} each)");
+    // Every node escalates its conversations.
+    for (k, node) in nodes.iter().enumerate() {
+        let events: Vec<Event> = (0..args.chats_per_node)
+            .map(|c| Event {
+                id: uuid::Uuid::new_v4().to_string(),
+                at: chrono::Utc::now().timestamp_millis(),
+                body: EventBody::Escalation(edgedesk_common::event::Escalation {
+                    conversation: format!("{}-{k}-{c}", args.prefix),
+                    lang: Lang::En,
+                    reason: "requested".into(),
+                    last_text: "I want a person".into(),
+                    intents: vec!["human_agent".into()],
+                    transcript: vec![],
+                }),
+            })
+            .collect();
+        node.send(&Up::Events { events }).await;
+    }
+    let started = Instant::now();
+    while (probe.assigned.load(Ordering::Relaxed) as usize) < total
+        && started.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "chats assigned      {} of {total} in {:.1} s",
+        probe.assigned.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    // Traffic: a line each way per chat every `line_every` seconds.
+    let stop = Instant::now() + Duration::from_secs(args.duration);
+    let period = Duration::from_secs_f64(args.line_every);
+    let assigned = chats.lock().unwrap().clone();
+    let mut tasks = Vec::new();
+    for (idx, (chat, agent)) in assigned.into_iter().enumerate() {
+        let k: usize = chat
+            .rsplit('-')
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        let (node, sink, probe) = (
+            nodes[k.min(nodes.len() - 1)].clone(),
+            sinks[agent].clone(),
+            probe.clone(),
+        );
+        let offset = period.mul_f64((idx % 997) as f64 / 997.0);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(offset).await;
+            let mut n = 0i64;
+            while Instant::now() < stop {
+                n += 1;
+                let a = format!("a {chat} {n}");
+                probe
+                    .a2v_pending
+                    .lock()
+                    .unwrap()
+                    .insert(a.clone(), Instant::now());
+                let frame =
+                    serde_json::json!({ "type": "message", "chat": chat, "text": a }).to_string();
+                let _ = sink.lock().await.send(Message::text(frame)).await;
+                let v = format!("v {chat} {n}");
+                probe
+                    .v2a_pending
+                    .lock()
+                    .unwrap()
+                    .insert(v.clone(), Instant::now());
+                let line = edgedesk_common::event::ChatLine {
+                    conversation: chat.clone(),
+                    line: edgedesk_common::event::TranscriptLine {
+                        id: n,
+                        from: edgedesk_common::chat::Sender::Visitor,
+                        text: v,
+                        at: chrono::Utc::now().timestamp_millis(),
+                    },
+                };
+                let event = Event {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    at: line.line.at,
+                    body: EventBody::ChatLine(line),
+                };
+                node.send(&Up::Events {
+                    events: vec![event],
+                })
+                .await;
+                tokio::time::sleep(period).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let report = |name: &str, h: &Histogram<u64>, left: usize| {
+        println!(
+            "{name:<19} {} lines, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, undelivered {left}",
+            h.len(),
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0
+        );
+    };
+    report(
+        "agent -> branch",
+        &probe.a2v.lock().unwrap(),
+        probe.a2v_pending.lock().unwrap().len(),
+    );
+    report(
+        "branch -> agent",
+        &probe.v2a.lock().unwrap(),
+        probe.v2a_pending.lock().unwrap().len(),
+    );
+    report_memory(args);
 }
