@@ -324,7 +324,8 @@ impl Handoff {
                     let stored = hub
                         .db
                         .call(move |conn| {
-                            chats::escalated(conn, &c, &n, &lang, &intents, at)?;
+                            let conn = conn.transaction()?;
+                            chats::escalated(&conn, &c, &n, &lang, &intents, at)?;
                             for (i, l) in lines.iter().enumerate() {
                                 let key = if l.id > 0 {
                                     l.id.to_string()
@@ -332,7 +333,7 @@ impl Handoff {
                                     format!("esc-{at}-{i}")
                                 };
                                 chats::add_line(
-                                    conn,
+                                    &conn,
                                     &c,
                                     &key,
                                     l.from.as_str(),
@@ -341,6 +342,7 @@ impl Handoff {
                                     l.at,
                                 )?;
                             }
+                            conn.commit()?;
                             Ok(())
                         })
                         .await;

@@ -172,19 +172,25 @@ impl Hub {
             args,
             issued_at: now_ms(),
         };
-        let (n, c2) = (node.to_owned(), cmd.clone());
-        self.db
-            .call(move |c| store::enqueue_command(c, &n, &c2))
-            .await?;
-        if self
+        let online = self
             .fleet
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_online(node)
-        {
-            if let Err(e) = self.send_command(node, cmd.clone()).await {
-                tracing::warn!(%node, error = %e, "sending a command failed; it stays queued");
-            }
+            .is_online(node);
+        let (n, c2) = (node.to_owned(), cmd.clone());
+        let sent_at = online.then(now_ms);
+        self.db
+            .call(move |c| store::enqueue_command(c, &n, &c2, sent_at))
+            .await?;
+        if online {
+            // Recorded as sent in the same write as the enqueue.
+            match self.send(node, &Down::Command(cmd.clone())).await {
+                Ok(()) => self.metrics.commands_sent.inc(),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "sending a command failed; it stays queued");
+                    0
+                }
+            };
         }
         Ok(cmd)
     }
@@ -326,8 +332,11 @@ impl Hub {
                 let value = serde_json::to_value(&hb).unwrap_or_default();
                 self.db
                     .call(move |c| {
-                        store::record_heartbeat(c, &n, &value, now)?;
-                        store::touch(c, &n, seq, now)
+                        // One transaction, one fsync.
+                        let tx = c.transaction()?;
+                        store::record_heartbeat(&tx, &n, &value, now)?;
+                        store::touch(&tx, &n, seq, now)?;
+                        Ok(tx.commit()?)
                     })
                     .await?;
             }
@@ -351,8 +360,10 @@ impl Hub {
                 let new = self
                     .db
                     .call(move |c| {
-                        let new = store::ingest(c, &n, &events, now)?;
-                        store::touch(c, &n, seq, now)?;
+                        let tx = c.transaction()?;
+                        let new = store::ingest(&tx, &n, &events, now)?;
+                        store::touch(&tx, &n, seq, now)?;
+                        tx.commit()?;
                         Ok(new)
                     })
                     .await? as u64;
@@ -368,8 +379,11 @@ impl Hub {
                 let acked = self
                     .db
                     .call(move |c| {
-                        store::touch(c, &n, seq, now)?;
-                        store::ack_command(c, &n, &id, ok, &detail, now)
+                        let tx = c.transaction()?;
+                        store::touch(&tx, &n, seq, now)?;
+                        let acked = store::ack_command(&tx, &n, &id, ok, &detail, now)?;
+                        tx.commit()?;
+                        Ok(acked)
                     })
                     .await?;
                 if acked {

@@ -436,13 +436,13 @@ pub fn history(conn: &Connection, id: &str, limit: usize) -> Result<Vec<HistoryR
 // ---- events ---------------------------------------------------------------
 
 /// Store events idempotently in one transaction; returns how many were new.
+/// Store events idempotently (call inside the caller's transaction).
 pub fn ingest(
-    conn: &mut Connection,
+    tx: &Connection,
     node: &str,
     events: &[Event],
     now: i64,
 ) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
     let mut new = 0;
     {
         let mut stmt = tx.prepare_cached(
@@ -454,7 +454,6 @@ pub fn ingest(
             new += stmt.execute(params![e.id, node, e.body.kind(), e.at, now, body])?;
         }
     }
-    tx.commit()?;
     Ok(new)
 }
 
@@ -498,10 +497,15 @@ pub fn event_count(conn: &Connection) -> Result<u64, StoreError> {
 
 // ---- commands ---------------------------------------------------------------
 
-pub fn enqueue_command(conn: &Connection, node: &str, cmd: &Command) -> Result<(), StoreError> {
+pub fn enqueue_command(
+    conn: &Connection,
+    node: &str,
+    cmd: &Command,
+    sent_at: Option<i64>,
+) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO commands (id, node_id, kind, args, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![cmd.id, node, cmd.kind, cmd.args.to_string(), cmd.issued_at],
+        "INSERT INTO commands (id, node_id, kind, args, created_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![cmd.id, node, cmd.kind, cmd.args.to_string(), cmd.issued_at, sent_at],
     )?;
     Ok(())
 }
@@ -679,7 +683,7 @@ mod tests {
                 args: serde_json::json!({}),
                 issued_at: 1,
             };
-            enqueue_command(c, "a", &cmd)?;
+            enqueue_command(c, "a", &cmd, None)?;
             assert_eq!(pending_commands(c, "a")?, vec![cmd.clone()]);
             assert!(
                 !ack_command(c, "b", "k1", true, "", 2)?,
