@@ -205,6 +205,8 @@ pub struct ChatFilter {
     pub node: Option<String>,
     pub agent: Option<String>,
     pub state: Option<String>,
+    /// Only chats in which this intent was recognised.
+    pub intent: Option<String>,
     /// Unix ms, inclusive / exclusive, on the chat's creation time.
     pub since: Option<i64>,
     pub until: Option<i64>,
@@ -220,11 +222,13 @@ pub fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreErr
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM chats WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR agent_id = ?2)
            AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
+           AND (?6 IS NULL OR EXISTS (SELECT 1 FROM json_each(chats.intents) WHERE value = ?6))
          ORDER BY created_at DESC",
     )?;
-    let rows = stmt.query_map(params![f.node, f.agent, f.state, f.since, f.until], |r| {
-        r.get::<_, String>(0)
-    })?;
+    let rows = stmt.query_map(
+        params![f.node, f.agent, f.state, f.since, f.until, f.intent],
+        |r| r.get::<_, String>(0),
+    )?;
     let limit = f.limit.unwrap_or(100).min(1000);
     let mut out = Vec::new();
     for id in rows {

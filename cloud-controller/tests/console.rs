@@ -308,7 +308,14 @@ async fn history_search_respects_roles() {
         .hub
         .db
         .call(move |c| {
-            chats::escalated(c, "chat-1", "branch-a", "zh", &[], 10)?;
+            chats::escalated(
+                c,
+                "chat-1",
+                "branch-a",
+                "zh",
+                &["card_swallowed".into()],
+                10,
+            )?;
             chats::add_line(c, "chat-1", "1", "visitor", None, "我的银行卡被ATM吞了", 11)?;
             chats::assign(c, "chat-1", &x1, 12)?;
             chats::escalated(c, "chat-2", "branch-b", "en", &[], 20)?;
@@ -359,6 +366,16 @@ async fn history_search_respects_roles() {
     );
     assert_eq!(list(&sup, "?q=mortgage").await, vec!["chat-2"]);
     assert_eq!(list(&sup, "?node=branch-a").await, vec!["chat-1"]);
+    assert_eq!(
+        list(&sup, "?intent=card_swallowed").await,
+        vec!["chat-1"],
+        "by intent"
+    );
+    assert_eq!(
+        list(&sup, "?since=15&until=25").await,
+        vec!["chat-2"],
+        "by date range"
+    );
     assert_eq!(
         list(&s1, "?q=mortgage").await,
         Vec::<String>::new(),
