@@ -22,12 +22,44 @@
     $("who").textContent = `${me.display_name} (${me.role})`;
     connect();
     loadCanned(); loadTickets(); setInterval(loadTickets, 10000);
-    if (me.role === "supervisor" || me.role === "admin") { $("dashboard").hidden = false; refreshDashboard(); setInterval(refreshDashboard, 5000); }
+    if (me.role === "supervisor" || me.role === "admin") {
+      $("dashboard").hidden = false; refreshDashboard(); setInterval(refreshDashboard, 5000);
+      $("manage").hidden = false; renderCanned();
+    }
+    if (me.role === "admin") { $("agent-form").hidden = false; renderAgents(); }
   }
 
   async function loadCanned() {
     const r = await api("/console/api/canned");
     if (r.ok) canned = await r.json();
+  }
+
+  async function renderCanned() {
+    await loadCanned();
+    const ul = $("canned-list"); ul.replaceChildren();
+    for (const c of canned) {
+      const li = document.createElement("li");
+      li.textContent = `${c.lang} /${c.shortcut}: ${c.text} `;
+      const b = document.createElement("button"); b.type = "button"; b.textContent = "Delete";
+      b.addEventListener("click", async () => { await api(`/console/api/canned/${c.id}`, { method: "DELETE" }); renderCanned(); });
+      li.appendChild(b); ul.appendChild(li);
+    }
+  }
+
+  async function renderAgents() {
+    const r = await api("/console/api/agents");
+    if (!r.ok) return;
+    const ul = $("agent-list"); ul.replaceChildren();
+    for (const a of await r.json()) {
+      const li = document.createElement("li");
+      li.textContent = `${a.display_name} (${a.username}, ${a.role}${a.disabled ? ", disabled" : ""}) `;
+      if (!a.disabled && a.id !== me.id) {
+        const b = document.createElement("button"); b.type = "button"; b.textContent = "Disable";
+        b.addEventListener("click", async () => { await api(`/console/api/agents/${encodeURIComponent(a.id)}/disable`, { method: "POST" }); renderAgents(); });
+        li.appendChild(b);
+      }
+      ul.appendChild(li);
+    }
   }
 
   async function loadTickets() {
@@ -187,6 +219,25 @@
     $("reply-text").value = "";
   });
   $("reply-text").addEventListener("input", () => { if (current && ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "typing", chat: current })); });
+  $("canned-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await api("/console/api/canned", { method: "POST", body: JSON.stringify({ lang: $("canned-lang").value, shortcut: $("canned-shortcut").value, text: $("canned-text").value }) });
+    if (!r.ok) { const b = await r.json().catch(() => ({})); toast(b.error || "Could not save"); return; }
+    $("canned-shortcut").value = ""; $("canned-text").value = "";
+    renderCanned();
+  });
+  $("agent-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = {
+      username: $("new-username").value, display_name: $("new-name").value, role: $("new-role").value,
+      password: $("new-password").value, languages: $("new-languages").value.split(",").map((s) => s.trim()).filter(Boolean),
+      capacity: Number($("new-capacity").value),
+    };
+    const r = await api("/console/api/agents", { method: "POST", body: JSON.stringify(body) });
+    if (!r.ok) { const b = await r.json().catch(() => ({})); toast(b.error || "Could not create"); return; }
+    $("new-password").value = "";
+    renderAgents();
+  });
   $("requeue").addEventListener("click", () => {
     if (current) ws.send(JSON.stringify({ type: "transfer", chat: current, to: null }));
   });

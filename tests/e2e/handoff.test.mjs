@@ -60,8 +60,8 @@ test("a visitor reaches an agent, they talk, the visitor rates the chat; payload
   const agent = await agentCtx.newPage();
   agent.on("pageerror", (e) => errors.push("agent: " + e.message));
   await agent.goto(ctl.url + "/console");
-  await agent.getByLabel("Username").fill("grace");
-  await agent.getByLabel("Password").fill("a long enough password");
+  await agent.getByLabel("Username", { exact: true }).fill("grace");
+  await agent.getByLabel("Password", { exact: true }).fill("a long enough password");
   await agent.getByRole("button", { name: "Log in" }).click();
   await agent.locator("#who", { hasText: "Grace" }).waitFor();
   await agent.locator("#conn", { hasText: "Connected" }).waitFor();
@@ -124,4 +124,24 @@ test("a visitor reaches an agent, they talk, the visitor rates the chat; payload
   assert.deepEqual(errors, []);
   await agentCtx.close();
   await visitorCtx.close();
+});
+
+test("a supervisor manages canned responses in the console page", async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(ctl.url + "/console");
+  await page.getByLabel("Username", { exact: true }).fill("sam");
+  await page.getByLabel("Password", { exact: true }).fill("a long enough password");
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.locator("#manage").waitFor();
+  assert.equal(await page.locator("#agent-form").isHidden(), true, "only admins manage agents");
+  await page.getByLabel("Shortcut").fill("bye");
+  await page.getByLabel("Canned text").fill("<b>Thanks</b> for visiting!");
+  await page.getByRole("button", { name: "Save response" }).click();
+  await page.locator("#canned-list li", { hasText: "/bye: <b>Thanks</b> for visiting!" }).waitFor();
+  assert.equal(await page.locator("#canned-list b").count(), 0, "stored text is shown as text");
+  assert.deepEqual(errors, []);
+  await ctx.close();
 });
