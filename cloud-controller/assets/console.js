@@ -238,6 +238,20 @@
     $("new-password").value = "";
     renderAgents();
   });
+  async function loadColleagues() {
+    const r = await api("/console/api/colleagues");
+    if (!r.ok) return;
+    const sel = $("transfer-to");
+    const keep = sel.value;
+    sel.replaceChildren(new Option("Transfer to…", ""));
+    for (const c of await r.json()) sel.appendChild(new Option(`${c.name} (${c.free} free)`, c.id));
+    sel.value = keep;
+  }
+  $("transfer-to").addEventListener("focus", loadColleagues);
+  $("transfer").addEventListener("click", () => {
+    const to = $("transfer-to").value;
+    if (current && to) ws.send(JSON.stringify({ type: "transfer", chat: current, to }));
+  });
   $("requeue").addEventListener("click", () => {
     if (current) ws.send(JSON.stringify({ type: "transfer", chat: current, to: null }));
   });

@@ -549,6 +549,33 @@ async fn dashboard(State(s): S, headers: HeaderMap) -> Result<Json<Dashboard>, C
     }))
 }
 
+#[derive(Serialize)]
+pub struct Colleague {
+    pub id: String,
+    pub name: String,
+    pub presence: String,
+    pub free: usize,
+}
+
+/// Colleagues a chat can be transferred to (every role): who is online and
+/// how many more chats each can take.
+async fn colleagues(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Colleague>>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, false).await?;
+    let live = s.hub.handoff.snapshot(now_ms());
+    Ok(Json(
+        live.agents
+            .into_iter()
+            .filter(|a| a.id != me.id && a.presence == "online")
+            .map(|a| Colleague {
+                free: a.capacity.saturating_sub(a.chats),
+                id: a.id,
+                name: a.name,
+                presence: a.presence,
+            })
+            .collect(),
+    ))
+}
+
 pub fn router(state: Arc<ConsoleState>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -561,6 +588,7 @@ pub fn router(state: Arc<ConsoleState>) -> axum::Router {
         .route("/console/api/chats/{id}", get(get_chat))
         .route("/console/api/tickets", get(list_tickets))
         .route("/console/api/dashboard", get(dashboard))
+        .route("/console/api/colleagues", get(colleagues))
         .route("/console/api/tickets/{id}/claim", post(claim_ticket))
         .route("/console/api/tickets/{id}/resolve", post(resolve_ticket))
         .route("/console/api/canned", get(list_canned).post(put_canned))

@@ -530,9 +530,17 @@ impl Handoff {
                 if !mine(&chat) {
                     return Err("that chat is not assigned to you".into());
                 }
-                let actions = self.step(Input::Transfer { chat, to });
+                let to_someone = to.is_some();
+                let actions = self.step(Input::Transfer {
+                    chat: chat.clone(),
+                    to,
+                });
                 if let Some(Action::Refused { reason }) = actions.first() {
                     return Err(reason.clone());
+                }
+                if to_someone {
+                    // The router hands it straight on; tell the sender it left them.
+                    self.push(&agent.id, ConsoleOut::Requeued { chat });
                 }
                 self.execute(hub, actions).await;
             }

@@ -639,3 +639,33 @@ async fn supervisor_dashboard() {
     assert_eq!(d["nodes_online"], 0);
     env.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colleagues_for_transfer_need_a_session() {
+    let env = Env::start().await;
+    env.agent("agent1", "agent").await;
+    let s1 = env.login("agent1").await;
+    let r = env
+        .http
+        .get(env.url("/console/api/colleagues"))
+        .header("cookie", &s1.0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!([]),
+        "nobody else is online"
+    );
+    assert_eq!(
+        env.http
+            .get(env.url("/console/api/colleagues"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    env.token.cancel();
+}

@@ -336,3 +336,99 @@ async fn branch_link_drops_mid_chat_and_nothing_typed_is_lost() {
     node.stop().await;
     cloud.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_transfers_a_chat_to_a_colleague() {
+    let cloud = Cloud::start().await;
+    cloud.create_agent("grace", "Grace", &["en"], 1).await;
+    let mut grace = cloud.console("grace").await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &edir, "branch-x").await;
+    let mut visitor = node.connect().await;
+    start_session(&mut visitor).await;
+    say(&mut visitor, &msg("I want to talk to a human")).await;
+    let assigned = console_next(&mut grace, "assigned").await;
+    let chat = assigned["chat"]["id"].as_str().unwrap().to_owned();
+    let _ = next_reply(&mut visitor).await; // Grace has joined
+    // A colleague comes online; Grace hands the chat over.
+    cloud.create_agent("alan", "Alan", &["en"], 1).await;
+    let mut alan = cloud.console("alan").await;
+    let alan_id = loop {
+        let r = cloud
+            .http
+            .get(cloud.url("/api/v1/agents"))
+            .bearer_auth(&cloud.ctl.admin_token)
+            .send()
+            .await
+            .unwrap();
+        let list: serde_json::Value = r.json().await.unwrap();
+        if let Some(a) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["username"] == "alan")
+        {
+            break a["id"].as_str().unwrap().to_owned();
+        }
+    };
+    // Wait until Alan shows as an online colleague of Grace's.
+    let cookie = cloud.console_cookie("grace").await;
+    loop {
+        let r = cloud
+            .http
+            .get(cloud.url("/console/api/colleagues"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        let list: serde_json::Value = r.json().await.unwrap();
+        if list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == alan_id.as_str() && c["free"] == 1)
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    console_send(
+        &mut grace,
+        serde_json::json!({ "type": "transfer", "chat": chat, "to": alan_id }),
+    )
+    .await;
+    let left = console_next(&mut grace, "requeued").await;
+    assert_eq!(left["chat"], chat.as_str());
+    let got = console_next(&mut alan, "assigned").await;
+    assert_eq!(got["chat"]["id"], chat.as_str());
+    let f = next_reply(&mut visitor).await;
+    assert!(
+        matches!(&f, ServerFrame::Reply { text, .. } if text.contains("Alan")),
+        "{f:?}"
+    );
+    // Grace can no longer write to it; Alan can.
+    console_send(
+        &mut grace,
+        serde_json::json!({ "type": "message", "chat": chat, "text": "still me" }),
+    )
+    .await;
+    let err = console_next(&mut grace, "error").await;
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not assigned to you")
+    );
+    console_send(
+        &mut alan,
+        serde_json::json!({ "type": "message", "chat": chat, "text": "Hi, Alan here." }),
+    )
+    .await;
+    let f = next_reply(&mut visitor).await;
+    assert!(
+        matches!(&f, ServerFrame::Reply { from: Sender::Agent, text, .. } if text == "Hi, Alan here."),
+        "{f:?}"
+    );
+    node.stop().await;
+    cloud.token.cancel();
+}
