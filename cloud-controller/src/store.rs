@@ -513,7 +513,7 @@ pub fn enqueue_command(
 /// Unacknowledged commands of `node`, oldest first.
 pub fn pending_commands(conn: &Connection, node: &str) -> Result<Vec<Command>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, kind, args, created_at FROM commands WHERE node_id = ?1 AND acked_at IS NULL ORDER BY created_at, id",
+        "SELECT id, kind, args, created_at FROM commands WHERE node_id = ?1 AND acked_at IS NULL ORDER BY rowid",
     )?;
     let rows = stmt.query_map([node], |r| {
         let args: String = r.get(2)?;
