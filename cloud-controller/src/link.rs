@@ -107,16 +107,29 @@ impl Hub {
 
     /// Seal `body` for `node` and publish it on the node's `down` topic.
     pub async fn send(&self, node: &str, body: &Down) -> Result<(), LinkError> {
-        let keys = self
-            .db
-            .call({
-                let node = node.to_owned();
-                move |c| Ok(store::node(c, &node)?.map(|n| n.keys))
-            })
-            .await?;
-        let Some(keys) = keys else { return Ok(()) };
-        let Ok(peer) = keys.parse() else {
-            return Ok(());
+        // The keys cached when the node last spoke; the store only otherwise
+        // (every ack would else cost a database read).
+        let cached = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .map(|s| s.peer.clone());
+        let peer = match cached {
+            Some(p) => p,
+            None => {
+                let keys = self
+                    .db
+                    .call({
+                        let node = node.to_owned();
+                        move |c| Ok(store::node(c, &node)?.map(|n| n.keys))
+                    })
+                    .await?;
+                let Some(Ok(peer)) = keys.map(|k| k.parse()) else {
+                    return Ok(());
+                };
+                peer
+            }
         };
         let plaintext = serde_json::to_vec(body).unwrap_or_default();
         let mut nonce = [0u8; 24];

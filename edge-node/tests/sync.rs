@@ -150,6 +150,30 @@ async fn refused(cloud: &Cloud, reason: &str) -> u64 {
     cloud.ctl.hub.metrics.refused_count(reason)
 }
 
+/// Publish `payload` on branch-a's up topic and wait until the controller
+/// refuses it for `reason`.
+async fn inject_refused(
+    cloud: &Cloud,
+    rogue: &rumqttc::AsyncClient,
+    payload: Vec<u8>,
+    reason: &str,
+    what: &str,
+) {
+    let before = refused(cloud, reason).await;
+    rogue
+        .publish(
+            "edgedesk/v1/nodes/branch-a/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .unwrap();
+    cloud
+        .eventually(5, what, || async { refused(cloud, reason).await > before })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_refused() {
     let cloud = Cloud::start().await;
@@ -201,21 +225,14 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
     );
 
     // Replay: an envelope captured off the broker, published again.
-    let before = refused(&cloud, "replay").await;
-    rogue
-        .publish(
-            "edgedesk/v1/nodes/branch-a/up",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            captured[0].clone(),
-        )
-        .await
-        .unwrap();
-    cloud
-        .eventually(5, "replay refused", || async {
-            refused(&cloud, "replay").await > before
-        })
-        .await;
+    inject_refused(
+        &cloud,
+        &rogue,
+        captured[0].clone(),
+        "replay",
+        "replay refused",
+    )
+    .await;
 
     // Tampering: change one character of the sealed body.
     let mut env: serde_json::Value = serde_json::from_slice(&captured[captured.len() - 1]).unwrap();
@@ -226,21 +243,14 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
     };
     env["body"] = serde_json::Value::String(flipped);
     env["seq"] = serde_json::json!(u64::MAX / 2);
-    let before = refused(&cloud, "signature").await;
-    rogue
-        .publish(
-            "edgedesk/v1/nodes/branch-a/up",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(&env).unwrap(),
-        )
-        .await
-        .unwrap();
-    cloud
-        .eventually(5, "tampered envelope refused", || async {
-            refused(&cloud, "signature").await > before
-        })
-        .await;
+    inject_refused(
+        &cloud,
+        &rogue,
+        serde_json::to_vec(&env).unwrap(),
+        "signature",
+        "tampered envelope refused",
+    )
+    .await;
 
     // Forgery: branch-b signs with its own key but claims to be branch-a.
     let fb: edge_node::uplink::IdentityFile =
@@ -262,39 +272,25 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
         [9; 24],
         &serde_json::to_vec(&forged_events).unwrap(),
     );
-    let before = refused(&cloud, "signature").await;
-    rogue
-        .publish(
-            "edgedesk/v1/nodes/branch-a/up",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            forged.to_json(),
-        )
-        .await
-        .unwrap();
-    cloud
-        .eventually(5, "forged envelope refused", || async {
-            refused(&cloud, "signature").await > before
-        })
-        .await;
+    inject_refused(
+        &cloud,
+        &rogue,
+        forged.to_json(),
+        "signature",
+        "forged envelope refused",
+    )
+    .await;
     // …and the honest sender name on the wrong topic is refused too.
     let mut wrong_topic = serde_json::from_slice::<serde_json::Value>(&forged.to_json()).unwrap();
     wrong_topic["from"] = serde_json::json!("branch-b");
-    let before = refused(&cloud, "malformed").await;
-    rogue
-        .publish(
-            "edgedesk/v1/nodes/branch-a/up",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(&wrong_topic).unwrap(),
-        )
-        .await
-        .unwrap();
-    cloud
-        .eventually(5, "sender/topic mismatch refused", || async {
-            refused(&cloud, "malformed").await > before
-        })
-        .await;
+    inject_refused(
+        &cloud,
+        &rogue,
+        serde_json::to_vec(&wrong_topic).unwrap(),
+        "malformed",
+        "sender/topic mismatch refused",
+    )
+    .await;
     assert_eq!(
         cloud.events("node=branch-a").await.len(),
         1,
