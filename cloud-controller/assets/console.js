@@ -257,13 +257,23 @@
   });
   $("search").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const r = await api("/console/api/chats?q=" + encodeURIComponent($("search-q").value));
+    const p = new URLSearchParams();
+    const put = (k, v) => { if (v) p.set(k, v); };
+    put("q", $("search-q").value.trim());
+    put("node", $("search-node").value.trim());
+    put("intent", $("search-intent").value.trim());
+    put("agent", $("search-agent").value.trim());
+    put("escalated", $("search-escalated").value);
+    const day = (id, plus) => { const v = $(id).value; return v ? String(Date.parse(v + "T00:00:00Z") + plus) : ""; };
+    put("since", day("search-since", 0));
+    put("until", day("search-until", 86400000));
+    const r = await api("/console/api/chats?" + p.toString());
     if (!r.ok) return;
     const ul = $("results"); ul.replaceChildren();
     for (const c of await r.json()) {
       const li = document.createElement("li");
       const b = document.createElement("button"); b.type = "button";
-      b.textContent = `${c.node_id} · ${new Date(c.created_at).toLocaleString()} · ${c.state}`;
+      b.textContent = `${c.node_id} · ${new Date(c.created_at).toLocaleString()} · ${c.escalated ? c.state : "bot only"}`;
       b.addEventListener("click", async () => {
         const v = await (await api("/console/api/chats/" + encodeURIComponent(c.id))).json();
         current = null; renderList();

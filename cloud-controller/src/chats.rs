@@ -1,9 +1,12 @@
-//! Escalated chats as the controller keeps them (issue 4 groundwork): who has
-//! them, their lines, resolution and rating, with full-text search (SQLite
-//! FTS5, trigram tokenizer, so Chinese works as well as English).
+//! Conversations as the controller keeps them: escalated chats (who has them,
+//! their lines, resolution and rating) and the transcripts of conversations
+//! the bot handled alone (from nodes' summaries), with full-text search
+//! (SQLite FTS5, trigram tokenizer, so Chinese works as well as English).
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+
+use edgedesk_common::event::{Event, EventBody, TranscriptLine};
 
 use crate::store::StoreError;
 
@@ -46,6 +49,18 @@ pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
             INSERT INTO chat_lines_fts(chat_lines_fts, rowid, text) VALUES ('delete', old.id, old.text);
         END;",
     )?;
+    // Added later: 0 for a conversation the bot handled alone.
+    let has_escalated: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('chats') WHERE name = 'escalated'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_escalated {
+        conn.execute_batch(
+            "ALTER TABLE chats ADD COLUMN escalated INTEGER NOT NULL DEFAULT 1;
+             CREATE INDEX IF NOT EXISTS chats_created ON chats(created_at);",
+        )?;
+    }
     Ok(())
 }
 
@@ -64,6 +79,8 @@ pub struct ChatView {
     pub state: String,
     pub agent_id: Option<String>,
     pub intents: Vec<String>,
+    /// False for a conversation the bot handled alone.
+    pub escalated: bool,
     pub created_at: i64,
     pub closed_at: Option<i64>,
     pub resolution: Option<String>,
@@ -100,6 +117,79 @@ pub fn escalated(
             Ok(true)
         }
     }
+}
+
+/// Record the transcript of a conversation that ended (a node's summary).
+/// A conversation the controller already holds (it was escalated) keeps its
+/// own lines, which came live; otherwise it is stored as closed and not
+/// escalated. Returns true if it was stored.
+#[allow(clippy::too_many_arguments)]
+pub fn summarized(
+    conn: &Connection,
+    chat: &str,
+    node: &str,
+    lang: &str,
+    intents: &[String],
+    started_at: i64,
+    ended_at: i64,
+    reason: &str,
+    lines: &[TranscriptLine],
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO chats (id, node_id, lang, state, intents, created_at, closed_at, resolution, escalated)
+         VALUES (?1, ?2, ?3, 'closed', ?4, ?5, ?6, ?7, 0)",
+        params![
+            chat,
+            node,
+            lang,
+            serde_json::to_string(intents).unwrap_or_else(|_| "[]".into()),
+            started_at,
+            ended_at,
+            reason
+        ],
+    )?;
+    if n == 0 {
+        return Ok(false);
+    }
+    for l in lines {
+        add_line(
+            conn,
+            chat,
+            &l.id.to_string(),
+            l.from.as_str(),
+            None,
+            &l.text,
+            l.at,
+        )?;
+    }
+    Ok(true)
+}
+
+/// Store the transcripts carried by `events`' summaries (in the caller's
+/// transaction, the one that records the events).
+pub fn ingest_transcripts(
+    conn: &Connection,
+    node: &str,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    for e in events {
+        if let EventBody::ConversationSummary(s) = &e.body {
+            if !s.transcript.is_empty() {
+                summarized(
+                    conn,
+                    &s.conversation,
+                    node,
+                    s.lang.as_str(),
+                    &s.intents,
+                    s.started_at,
+                    s.ended_at,
+                    &s.reason,
+                    &s.transcript,
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Add a line once (by `key`); returns true if it was new.
@@ -160,7 +250,7 @@ pub fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), StoreError> 
 pub fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
     let view = conn
         .query_row(
-            "SELECT id, node_id, lang, state, agent_id, intents, created_at, closed_at, resolution, rating FROM chats WHERE id = ?1",
+            "SELECT id, node_id, lang, state, agent_id, intents, created_at, closed_at, resolution, rating, escalated FROM chats WHERE id = ?1",
             [chat],
             |r| {
                 let intents: String = r.get(5)?;
@@ -171,6 +261,7 @@ pub fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError
                     state: r.get(3)?,
                     agent_id: r.get(4)?,
                     intents: serde_json::from_str(&intents).unwrap_or_default(),
+                    escalated: r.get(10)?,
                     created_at: r.get(6)?,
                     closed_at: r.get(7)?,
                     resolution: r.get(8)?,
@@ -210,6 +301,9 @@ pub struct ChatFilter {
     /// Unix ms, inclusive / exclusive, on the chat's creation time.
     pub since: Option<i64>,
     pub until: Option<i64>,
+    /// Only chats that reached a person (`true`) or only those the bot
+    /// handled alone (`false`).
+    pub escalated: Option<bool>,
     pub limit: Option<usize>,
 }
 
@@ -223,10 +317,19 @@ pub fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreErr
         "SELECT id FROM chats WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR agent_id = ?2)
            AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
            AND (?6 IS NULL OR EXISTS (SELECT 1 FROM json_each(chats.intents) WHERE value = ?6))
+           AND (?7 IS NULL OR escalated = ?7)
          ORDER BY created_at DESC",
     )?;
     let rows = stmt.query_map(
-        params![f.node, f.agent, f.state, f.since, f.until, f.intent],
+        params![
+            f.node,
+            f.agent,
+            f.state,
+            f.since,
+            f.until,
+            f.intent,
+            f.escalated
+        ],
         |r| r.get::<_, String>(0),
     )?;
     let limit = f.limit.unwrap_or(100).min(1000);
@@ -265,7 +368,7 @@ pub fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, Store
                 AVG(CASE WHEN first_response_at IS NOT NULL AND assigned_at IS NOT NULL
                          THEN (first_response_at - assigned_at) / 1000.0 END),
                 AVG(rating)
-         FROM chats WHERE created_at >= ?1 GROUP BY day ORDER BY day",
+         FROM chats WHERE created_at >= ?1 AND escalated = 1 GROUP BY day ORDER BY day",
     )?;
     let rows = stmt.query_map([since], |r| {
         Ok(DayStats {
@@ -338,6 +441,80 @@ mod tests {
         assert!(
             escalated(&c, "c1", "n1", "zh", &[], 9).unwrap(),
             "a closed chat can come back"
+        );
+    }
+
+    #[test]
+    fn bot_only_transcripts_are_searchable_and_filtered_by_escalation() {
+        use edgedesk_common::chat::Sender;
+        let c = Connection::open_in_memory().unwrap();
+        migrate(&c).unwrap();
+        migrate(&c).unwrap(); // idempotent, including the added column
+        escalated(&c, "esc", "n1", "en", &["human_agent".into()], 1).unwrap();
+        add_line(&c, "esc", "1", "visitor", None, "my card was swallowed", 1).unwrap();
+        let line = |id, from, text: &str| TranscriptLine {
+            id,
+            from,
+            text: text.into(),
+            at: 10 + id,
+        };
+        let lines = [
+            line(1, Sender::Visitor, "when will my card arrive"),
+            line(2, Sender::Bot, "Cards arrive within 5 working days."),
+        ];
+        let intents = vec!["card_arrival".to_string()];
+        assert!(summarized(&c, "bot", "n2", "en", &intents, 10, 20, "goodbye", &lines).unwrap());
+        assert!(
+            !summarized(&c, "bot", "n2", "en", &intents, 10, 20, "goodbye", &lines).unwrap(),
+            "a resent summary is stored once"
+        );
+        assert!(
+            !summarized(&c, "esc", "n1", "en", &[], 1, 30, "goodbye", &lines).unwrap(),
+            "an escalated chat keeps its live lines"
+        );
+        assert_eq!(get(&c, "esc").unwrap().unwrap().lines.len(), 1);
+        let v = get(&c, "bot").unwrap().unwrap();
+        assert_eq!(
+            (v.escalated, v.state.as_str(), v.lines.len()),
+            (false, "closed", 2)
+        );
+        let ids = |f: ChatFilter| -> Vec<String> {
+            list(&c, &f).unwrap().into_iter().map(|v| v.id).collect()
+        };
+        assert_eq!(
+            ids(ChatFilter {
+                q: Some("card".into()),
+                ..Default::default()
+            }),
+            vec!["bot", "esc"]
+        );
+        assert_eq!(
+            ids(ChatFilter {
+                q: Some("card".into()),
+                escalated: Some(false),
+                ..Default::default()
+            }),
+            vec!["bot"]
+        );
+        assert_eq!(
+            ids(ChatFilter {
+                q: Some("card".into()),
+                escalated: Some(true),
+                ..Default::default()
+            }),
+            vec!["esc"]
+        );
+        assert_eq!(
+            ids(ChatFilter {
+                intent: Some("card_arrival".into()),
+                ..Default::default()
+            }),
+            vec!["bot"]
+        );
+        assert_eq!(
+            daily_stats(&c, 0).unwrap()[0].chats,
+            1,
+            "the dashboard counts escalated chats"
         );
     }
 }

@@ -420,7 +420,7 @@ impl Handoff {
                     let _ = hub.db.call(move |conn| chats::rate(conn, &c, s)).await;
                 }
                 EventBody::ConversationSummary(s) if s.escalated => {
-                    // The visitor ended the conversation: release the agent.
+                    // The visitor ended an escalated conversation: release the agent.
                     if let Some(agent) = self.holder(&s.conversation) {
                         let (c, now) = (s.conversation.clone(), now_ms());
                         let _ = hub

@@ -375,6 +375,7 @@ impl Hub {
                     .call(move |c| {
                         let tx = c.transaction()?;
                         let new = store::ingest(&tx, &n, &events, now)?;
+                        crate::chats::ingest_transcripts(&tx, &n, &events)?;
                         store::touch(&tx, &n, seq, now)?;
                         tx.commit()?;
                         Ok(new)

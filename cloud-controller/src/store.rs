@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use edgedesk_common::envelope::PublicKeys;
-use edgedesk_common::event::Event;
+use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::Command;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -449,6 +449,19 @@ pub fn ingest(
             "INSERT OR IGNORE INTO events (id, node_id, kind, at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for e in events {
+            // A summary's transcript is kept once, by the history store (chats).
+            let stripped;
+            let e = match &e.body {
+                EventBody::ConversationSummary(s) if !s.transcript.is_empty() => {
+                    let mut c = e.clone();
+                    if let EventBody::ConversationSummary(s) = &mut c.body {
+                        s.transcript.clear();
+                    }
+                    stripped = c;
+                    &stripped
+                }
+                _ => e,
+            };
             let body =
                 serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))?;
             new += stmt.execute(params![e.id, node, e.body.kind(), e.at, now, body])?;

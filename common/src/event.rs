@@ -62,6 +62,10 @@ pub struct ConversationSummary {
     pub escalated: bool,
     /// Why it ended: `goodbye`, `idle`, `visitor_ended`.
     pub reason: String,
+    /// The conversation's lines, oldest first (filled by the node's store in
+    /// the transaction that records the end), for the cloud's history search.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transcript: Vec<TranscriptLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +90,17 @@ pub struct TranscriptLine {
     pub from: crate::chat::Sender,
     pub text: String,
     pub at: i64,
+}
+
+impl From<crate::chat::HistoryItem> for TranscriptLine {
+    fn from(h: crate::chat::HistoryItem) -> Self {
+        TranscriptLine {
+            id: h.id,
+            from: h.from,
+            text: h.text,
+            at: h.at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
+use edgedesk_common::chat::Sender;
 use edgedesk_common::envelope::{
     CONTROLLER, Envelope, Header, Identity, Peer, PublicKeys, ReplayWindow, SeqCounter, topic,
 };
@@ -250,11 +251,18 @@ pub fn outgoing(mut e: Event, mask: bool) -> Event {
         match &mut e.body {
             EventBody::Escalation(x) => x.last_text = mask_personal(&x.last_text),
             EventBody::OfflineMessage(x) => x.message = mask_personal(&x.message),
+            // History keeps what the visitor said without their numbers.
+            EventBody::ConversationSummary(x) => {
+                for l in x
+                    .transcript
+                    .iter_mut()
+                    .filter(|l| l.from == Sender::Visitor)
+                {
+                    l.text = mask_personal(&l.text);
+                }
+            }
             // Live chat lines go to a person who must read them as written.
-            EventBody::ConversationSummary(_)
-            | EventBody::FlowCompleted(_)
-            | EventBody::ChatLine(_)
-            | EventBody::Rating(_) => {}
+            EventBody::FlowCompleted(_) | EventBody::ChatLine(_) | EventBody::Rating(_) => {}
         }
     }
     e

@@ -453,3 +453,95 @@ async fn an_agent_transfers_a_chat_to_a_colleague() {
     node.stop().await;
     cloud.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_the_bot_handled_alone_reach_history_search() {
+    let cloud = Cloud::start().await;
+    cloud.create_agent("grace", "Grace", &["en"], 2).await;
+    let r = cloud
+        .http
+        .post(cloud.url("/api/v1/agents"))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(
+            &serde_json::json!({ "username": "sam", "display_name": "Sam", "role": "supervisor",
+            "password": "a long enough password", "languages": ["en"], "capacity": 1 }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let edir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &edir, "branch-h").await;
+    let mut visitor = node.connect().await;
+    start_session(&mut visitor).await;
+    say(
+        &mut visitor,
+        &msg("When will my new card arrive? my number is 4111 1111 1111 1111"),
+    )
+    .await;
+    say(&mut visitor, &button("Goodbye", "/end")).await;
+    let chats = |user: &'static str, query: &'static str| {
+        let cloud = &cloud;
+        async move {
+            let cookie = cloud.console_cookie(user).await;
+            let r = cloud
+                .http
+                .get(cloud.url(&format!("/console/api/chats?{query}")))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Vec<serde_json::Value>>().await.unwrap()
+        }
+    };
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = chats("sam", "q=card%20arrive&escalated=false").await;
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found.len(), 1, "the summary's transcript is searchable");
+    assert_eq!(found[0]["node_id"], "branch-h");
+    assert_eq!(found[0]["escalated"], false);
+    assert!(
+        chats("sam", "q=card%20arrive&escalated=true")
+            .await
+            .is_empty(),
+        "the escalated filter excludes it"
+    );
+    assert!(
+        chats("grace", "q=card%20arrive").await.is_empty(),
+        "an agent sees only their own chats"
+    );
+    let id = found[0]["id"].as_str().unwrap().to_owned();
+    let db = cloud.ctl.hub.db.clone();
+    let view = db
+        .call(move |c| cloud_controller::chats::get(c, &id))
+        .await
+        .unwrap()
+        .unwrap();
+    let senders: Vec<&str> = view.lines.iter().map(|l| l.sender.as_str()).collect();
+    assert!(
+        senders.contains(&"visitor") && senders.contains(&"bot"),
+        "{senders:?}"
+    );
+    let all: String = view.lines.iter().map(|l| l.text.as_str()).collect();
+    assert!(
+        !all.contains("4111"),
+        "card numbers are masked before leaving the branch: {all}"
+    );
+    let stored = cloud.events("kind=conversation_summary").await;
+    assert!(!stored.is_empty());
+    assert!(
+        stored
+            .iter()
+            .all(|e| e["event"]["conversation"].is_string()
+                && e["event"].get("transcript").is_none()),
+        "the event log keeps the summary without a second copy of the transcript"
+    );
+    node.stop().await;
+    cloud.token.cancel();
+}

@@ -121,6 +121,21 @@ test("a visitor reaches an agent, they talk, the visitor rates the chat; payload
   await agent.locator("#results button").first().click();
   await agent.locator("#lines li.visitor", { hasText: "my card was swallowed" }).waitFor();
   await agent.locator("#chat-head", { hasText: "card returned at the desk" }).waitFor();
+  // The filters narrow the search: this chat reached a person.
+  await agent.locator("#search details summary").click();
+  await agent.locator("#search-escalated").selectOption("false");
+  await agent.getByRole("button", { name: "Search" }).click();
+  await agent.locator("#results li").first().waitFor({ state: "detached" });
+  assert.equal(await agent.locator("#results li").count(), 0, "not a bot-only chat");
+  await agent.locator("#search-escalated").selectOption("true");
+  await agent.locator("#search-node").fill("no-such-branch");
+  await agent.getByRole("button", { name: "Search" }).click();
+  await agent.waitForTimeout(300);
+  assert.equal(await agent.locator("#results li").count(), 0, "another branch");
+  await agent.locator("#search-node").fill("");
+  await agent.getByRole("button", { name: "Search" }).click();
+  await agent.locator("#results li").first().waitFor();
+  assert.equal(await agent.locator("#results li").count(), 1);
   assert.deepEqual(errors, []);
   await agentCtx.close();
   await visitorCtx.close();

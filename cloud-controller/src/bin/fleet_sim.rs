@@ -165,6 +165,7 @@ fn summary(node: &str, n: u64) -> Event {
             intents: vec!["card_arrival".into(), "greeting".into()],
             escalated: false,
             reason: "goodbye".into(),
+            transcript: Vec::new(),
         }),
     }
 }

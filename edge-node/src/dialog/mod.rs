@@ -361,6 +361,7 @@ impl Engine {
             intents: conv.intents.clone(),
             escalated: conv.escalated,
             reason: reason.into(),
+            transcript: Vec::new(),
         }))
     }
 

@@ -803,12 +803,7 @@ impl Connection {
                 .await
                 .unwrap_or_default()
                 .into_iter()
-                .map(|h| TranscriptLine {
-                    id: h.id,
-                    from: h.from,
-                    text: h.text,
-                    at: h.at,
-                })
+                .map(TranscriptLine::from)
                 .collect();
             transcript.push(TranscriptLine {
                 id: 0,

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use edgedesk_common::chat::{HistoryItem, QuickReply, Sender};
-use edgedesk_common::event::{Event, EventBody};
+use edgedesk_common::event::{Event, EventBody, TranscriptLine};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -378,6 +378,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(TurnWrite, CommitReply)>) {
     }
 }
 
+/// Lines of a conversation a summary carries at most (the latest ones).
+const SUMMARY_TRANSCRIPT_MAX: usize = 200;
+
 fn apply_turn(tx: &rusqlite::Transaction<'_>, w: &TurnWrite) -> Result<Vec<i64>, StoreError> {
     let s = &w.session;
     if let Some((lang, started_at)) = &w.conversation_start {
@@ -444,6 +447,19 @@ fn apply_turn(tx: &rusqlite::Transaction<'_>, w: &TurnWrite) -> Result<Vec<i64>,
                 let mut c = e.clone();
                 if let EventBody::ChatLine(l) = &mut c.body {
                     l.line.id = ids[0];
+                }
+                filled = c;
+                &filled
+            }
+            // A summary carries the transcript, read in this same transaction
+            // so it includes this turn's lines.
+            EventBody::ConversationSummary(s) if s.transcript.is_empty() => {
+                let mut c = e.clone();
+                if let EventBody::ConversationSummary(s) = &mut c.body {
+                    s.transcript = load_history(tx, &s.conversation, SUMMARY_TRANSCRIPT_MAX)?
+                        .into_iter()
+                        .map(TranscriptLine::from)
+                        .collect();
                 }
                 filled = c;
                 &filled

@@ -237,6 +237,7 @@ async fn outbox_budget_drops_only_old_summaries() {
             intents: vec!["greeting".into(); 20],
             escalated: false,
             reason: "goodbye".into(),
+            transcript: Vec::new(),
         }),
     };
     let escalation = |i: i64| Event {
