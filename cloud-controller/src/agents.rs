@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::random_token;
-use crate::store::{StoreError, sha256_hex};
+use crate::store::{Db, StoreError, sha256_hex};
 
 /// Roles, in increasing power: supervisors see every chat, admins also manage agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -157,19 +157,48 @@ pub struct NewAgent {
     pub capacity: u32,
 }
 
+/// Check a new account's fields (before spending a password hash on it).
+pub fn validate(a: &NewAgent) -> Result<(), AccountError> {
+    if !valid_username(&a.username) {
+        return Err(AccountError::BadUsername);
+    }
+    if a.password.chars().count() < 10 {
+        return Err(AccountError::WeakPassword);
+    }
+    if !(1..=50).contains(&a.capacity) {
+        return Err(AccountError::BadCapacity);
+    }
+    Ok(())
+}
+
+/// Create an account: validate, hash the password off the store's lock,
+/// insert.
+pub async fn create_account(
+    db: &Db,
+    a: NewAgent,
+    now: i64,
+) -> Result<Result<AgentRow, AccountError>, StoreError> {
+    if let Err(e) = validate(&a) {
+        return Ok(Err(e));
+    }
+    let hash = hashing().run({
+        let p = a.password.clone();
+        move || hash_password(&p)
+    });
+    let hash = hash.await;
+    db.call(move |c| create(c, &a, &hash, now)).await
+}
+
+/// Insert an account whose password is already hashed (`password_hash`, a PHC
+/// string); the fields are validated again.
 pub fn create(
     conn: &Connection,
     a: &NewAgent,
+    password_hash: &str,
     now: i64,
 ) -> Result<Result<AgentRow, AccountError>, StoreError> {
-    if !valid_username(&a.username) {
-        return Ok(Err(AccountError::BadUsername));
-    }
-    if a.password.chars().count() < 10 {
-        return Ok(Err(AccountError::WeakPassword));
-    }
-    if !(1..=50).contains(&a.capacity) {
-        return Ok(Err(AccountError::BadCapacity));
+    if let Err(e) = validate(a) {
+        return Ok(Err(e));
     }
     let exists: bool = conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM agents WHERE username = ?1)",
@@ -188,7 +217,7 @@ pub fn create(
             a.username,
             a.display_name,
             a.role.as_str(),
-            hash_password(&a.password),
+            password_hash,
             serde_json::to_string(&a.languages).unwrap_or_else(|_| "[]".into()),
             a.capacity,
             now
@@ -224,27 +253,88 @@ pub fn disable(conn: &Connection, id: &str) -> Result<Result<(), AccountError>, 
 }
 
 /// Check a username and password; `None` for any failure (unknown user, wrong
-/// password, disabled), in about the same time.
-pub fn authenticate(
-    conn: &Connection,
+/// password, disabled), in about the same time. The hash is checked on the
+/// hashing threads, not under the store's lock.
+pub async fn authenticate(
+    db: &Db,
     username: &str,
     password: &str,
 ) -> Result<Option<AgentRow>, StoreError> {
-    let row: Option<(String, String)> = conn
-        .query_row(
-            "SELECT id, password_hash FROM agents WHERE username = ?1",
-            [username],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((id, phc)) = row else {
-        let _ = verify_password(password, dummy_hash());
-        return Ok(None);
-    };
-    if !verify_password(password, &phc) {
+    let u = username.to_owned();
+    let row: Option<(String, String)> = db
+        .call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT id, password_hash FROM agents WHERE username = ?1",
+                    [u],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await?;
+    let known = row.is_some();
+    let (id, phc) = row.unwrap_or_else(|| (String::new(), dummy_hash().to_owned()));
+    let p = password.to_owned();
+    let ok = hashing().run(move || verify_password(&p, &phc)).await;
+    if !(ok && known) {
         return Ok(None);
     }
-    Ok(get(conn, &id)?.filter(|a| !a.disabled))
+    Ok(db
+        .call(move |conn| get(conn, &id))
+        .await?
+        .filter(|a| !a.disabled))
+}
+
+/// Password hashing runs on a fixed set of threads. Argon2id needs 19 MiB
+/// per hash; on glibc, memory freed by a thread stays in that thread's
+/// arena, so hashing on whichever blocking thread is free let a burst of 50
+/// logins grow the controller to ~1 GiB. Two threads bound it to two hashes'
+/// worth and keep hashing off the store's lock.
+pub struct HashingThreads {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+const HASHING_THREADS: usize = 2;
+
+impl HashingThreads {
+    fn start(threads: usize) -> HashingThreads {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .expect("spawn a password hashing thread");
+        }
+        HashingThreads { jobs: tx }
+    }
+
+    /// Run `f` on a hashing thread and wait for its result.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        if self.jobs.send(job).is_err() {
+            unreachable!("hashing threads live as long as the process");
+        }
+        rx.await.expect("a hashing job always answers")
+    }
+}
+
+/// The process's hashing threads (started on first use).
+pub fn hashing() -> &'static HashingThreads {
+    static POOL: std::sync::OnceLock<HashingThreads> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| HashingThreads::start(HASHING_THREADS))
 }
 
 /// A new session: (cookie token, CSRF token).
@@ -362,6 +452,9 @@ mod tests {
         c
     }
 
+    /// Stands in for a hash where the test is not about passwords.
+    const PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+
     fn new_agent(username: &str, role: Role) -> NewAgent {
         NewAgent {
             username: username.into(),
@@ -373,33 +466,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn passwords_are_argon2id_and_checked() {
-        let c = conn();
-        let a = create(&c, &new_agent("ada", Role::Agent), 0)
+    #[tokio::test]
+    async fn passwords_are_argon2id_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("cc.db")).unwrap();
+        db.call(|c| Ok(migrate(c)?)).await.unwrap();
+        let a = create_account(&db, new_agent("ada", Role::Agent), 0)
+            .await
             .unwrap()
             .unwrap();
-        let phc: String = c
-            .query_row("SELECT password_hash FROM agents", [], |r| r.get(0))
+        let phc: String = db
+            .call(|c| Ok(c.query_row("SELECT password_hash FROM agents", [], |r| r.get(0))?))
+            .await
             .unwrap();
         assert!(phc.starts_with("$argon2id$"), "{phc}");
         assert!(!phc.contains("correct horse"));
+        let login = |u: &'static str, p: &'static str| {
+            let db = db.clone();
+            async move { authenticate(&db, u, p).await.unwrap() }
+        };
         assert_eq!(
-            authenticate(&c, "ada", "correct horse battery")
-                .unwrap()
-                .unwrap()
-                .id,
+            login("ada", "correct horse battery").await.unwrap().id,
             a.id
         );
+        assert!(login("ada", "wrong password!").await.is_none());
+        assert!(login("nobody", "correct horse battery").await.is_none());
+        let id = a.id.clone();
+        db.call(move |c| Ok(disable(c, &id)?))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
-            authenticate(&c, "ada", "wrong password!")
-                .unwrap()
-                .is_none()
+            login("ada", "correct horse battery").await.is_none(),
+            "disabled agents cannot log in"
         );
-        assert!(
-            authenticate(&c, "nobody", "correct horse battery")
-                .unwrap()
-                .is_none()
+        let mut weak = new_agent("bob", Role::Agent);
+        weak.password = "short".into();
+        assert_eq!(
+            create_account(&db, weak, 0).await.unwrap(),
+            Err(AccountError::WeakPassword)
         );
     }
 
@@ -407,23 +512,26 @@ mod tests {
     fn account_rules() {
         let c = conn();
         assert_eq!(
-            create(&c, &new_agent("Ada Lovelace", Role::Agent), 0).unwrap(),
+            create(&c, &new_agent("Ada Lovelace", Role::Agent), PHC, 0).unwrap(),
             Err(AccountError::BadUsername)
         );
         let mut weak = new_agent("bob", Role::Agent);
         weak.password = "short".into();
         assert_eq!(
-            create(&c, &weak, 0).unwrap(),
+            create(&c, &weak, PHC, 0).unwrap(),
             Err(AccountError::WeakPassword)
         );
         let mut cap = new_agent("bob", Role::Agent);
         cap.capacity = 0;
-        assert_eq!(create(&c, &cap, 0).unwrap(), Err(AccountError::BadCapacity));
-        create(&c, &new_agent("bob", Role::Agent), 0)
+        assert_eq!(
+            create(&c, &cap, PHC, 0).unwrap(),
+            Err(AccountError::BadCapacity)
+        );
+        create(&c, &new_agent("bob", Role::Agent), PHC, 0)
             .unwrap()
             .unwrap();
         assert_eq!(
-            create(&c, &new_agent("bob", Role::Admin), 0).unwrap(),
+            create(&c, &new_agent("bob", Role::Admin), PHC, 0).unwrap(),
             Err(AccountError::Taken("bob".into()))
         );
     }
@@ -431,7 +539,7 @@ mod tests {
     #[test]
     fn sessions_idle_out_and_end_when_disabled() {
         let c = conn();
-        let a = create(&c, &new_agent("ada", Role::Supervisor), 0)
+        let a = create(&c, &new_agent("ada", Role::Supervisor), PHC, 0)
             .unwrap()
             .unwrap();
         let (token, csrf) = open_session(&c, &a.id, 1_000).unwrap();
@@ -447,12 +555,6 @@ mod tests {
         let (token, _) = open_session(&c, &a.id, 20_000).unwrap();
         disable(&c, &a.id).unwrap().unwrap();
         assert!(session(&c, &token, 20_001, 10_000).unwrap().is_none());
-        assert!(
-            authenticate(&c, "ada", "correct horse battery")
-                .unwrap()
-                .is_none(),
-            "disabled agents cannot log in"
-        );
     }
 
     #[test]

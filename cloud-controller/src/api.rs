@@ -527,10 +527,7 @@ async fn create_agent(
 ) -> Result<(StatusCode, Json<crate::agents::AgentRow>), ApiError> {
     authorize(&s, &headers)?;
     let now = now_ms();
-    let row = s
-        .hub
-        .db
-        .call(move |c| crate::agents::create(c, &req, now))
+    let row = crate::agents::create_account(&s.hub.db, req, now)
         .await?
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(row)))

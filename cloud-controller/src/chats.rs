@@ -6,7 +6,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use edgedesk_common::event::{Event, EventBody, TranscriptLine};
+use edgedesk_common::event::TranscriptLine;
 
 use crate::store::StoreError;
 
@@ -163,33 +163,6 @@ pub fn summarized(
         )?;
     }
     Ok(true)
-}
-
-/// Store the transcripts carried by `events`' summaries (in the caller's
-/// transaction, the one that records the events).
-pub fn ingest_transcripts(
-    conn: &Connection,
-    node: &str,
-    events: &[Event],
-) -> Result<(), StoreError> {
-    for e in events {
-        if let EventBody::ConversationSummary(s) = &e.body {
-            if !s.transcript.is_empty() {
-                summarized(
-                    conn,
-                    &s.conversation,
-                    node,
-                    s.lang.as_str(),
-                    &s.intents,
-                    s.started_at,
-                    s.ended_at,
-                    &s.reason,
-                    &s.transcript,
-                )?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Add a line once (by `key`); returns true if it was new.

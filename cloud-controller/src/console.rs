@@ -169,11 +169,7 @@ async fn login(
         return Err(ConsoleError::TooManyAttempts(wait));
     }
     let (u, p) = (req.username.clone(), req.password);
-    let agent = s
-        .hub
-        .db
-        .call(move |c| agents::authenticate(c, &u, &p))
-        .await?;
+    let agent = agents::authenticate(&s.hub.db, &u, &p).await?;
     let Some(agent) = agent else {
         s.limiter.failed(&[&user_key, &ip_key], now);
         tracing::warn!(username = %req.username, %ip, "console login failed");
@@ -253,10 +249,7 @@ async fn create_agent(
 ) -> Result<(StatusCode, Json<AgentRow>), ConsoleError> {
     authorized(&s, &headers, Role::Admin, true).await?;
     let now = now_ms();
-    let row = s
-        .hub
-        .db
-        .call(move |c| agents::create(c, &req, now))
+    let row = agents::create_account(&s.hub.db, req, now)
         .await?
         .map_err(account_error)?;
     Ok((StatusCode::CREATED, Json(row)))

@@ -77,6 +77,87 @@ pub struct Live {
     pub longest_wait_ms: i64,
 }
 
+/// Record what newly stored `events` from `node` mean for chats, tickets and
+/// history, in the caller's transaction (the one that stores the events, so
+/// an acknowledged event is never half applied).
+pub fn project(
+    conn: &rusqlite::Connection,
+    node: &str,
+    events: &[Event],
+) -> Result<(), crate::store::StoreError> {
+    for e in events {
+        match &e.body {
+            EventBody::Escalation(x) => {
+                chats::escalated(
+                    conn,
+                    &x.conversation,
+                    node,
+                    x.lang.as_str(),
+                    &x.intents,
+                    e.at,
+                )?;
+                for (i, l) in x.transcript.iter().enumerate() {
+                    let key = if l.id > 0 {
+                        l.id.to_string()
+                    } else {
+                        format!("esc-{}-{i}", e.at)
+                    };
+                    chats::add_line(
+                        conn,
+                        &x.conversation,
+                        &key,
+                        l.from.as_str(),
+                        None,
+                        &l.text,
+                        l.at,
+                    )?;
+                }
+            }
+            EventBody::ChatLine(l) => {
+                let key = l.line.id.to_string();
+                chats::add_line(
+                    conn,
+                    &l.conversation,
+                    &key,
+                    "visitor",
+                    None,
+                    &l.line.text,
+                    l.line.at,
+                )?;
+            }
+            EventBody::OfflineMessage(m) => {
+                crate::tickets::open(
+                    conn,
+                    &e.id,
+                    node,
+                    &m.conversation,
+                    m.lang.as_str(),
+                    &m.name,
+                    &m.contact,
+                    &m.message,
+                    e.at,
+                )?;
+            }
+            EventBody::Rating(r) => chats::rate(conn, &r.conversation, r.score)?,
+            EventBody::ConversationSummary(s) if !s.transcript.is_empty() => {
+                chats::summarized(
+                    conn,
+                    &s.conversation,
+                    node,
+                    s.lang.as_str(),
+                    &s.intents,
+                    s.started_at,
+                    s.ended_at,
+                    &s.reason,
+                    &s.transcript,
+                )?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Longest line an agent may send.
 pub const MAX_LINE: usize = 2000;
 
@@ -308,48 +389,13 @@ impl Handoff {
         }
     }
 
-    /// Events from a node's outbox that concern live chats.
+    /// Newly stored events from a node's outbox that concern live chats
+    /// (already projected into the chat store by [`project`], in the
+    /// transaction that recorded them): route escalations, push lines.
     pub async fn on_events(&self, hub: &Hub, node: &str, events: &[Event]) {
         for e in events {
             match &e.body {
                 EventBody::Escalation(x) => {
-                    let (c, n, lang, intents, at) = (
-                        x.conversation.clone(),
-                        node.to_owned(),
-                        x.lang.as_str().to_owned(),
-                        x.intents.clone(),
-                        e.at,
-                    );
-                    let lines = x.transcript.clone();
-                    let stored = hub
-                        .db
-                        .call(move |conn| {
-                            let conn = conn.transaction()?;
-                            chats::escalated(&conn, &c, &n, &lang, &intents, at)?;
-                            for (i, l) in lines.iter().enumerate() {
-                                let key = if l.id > 0 {
-                                    l.id.to_string()
-                                } else {
-                                    format!("esc-{at}-{i}")
-                                };
-                                chats::add_line(
-                                    &conn,
-                                    &c,
-                                    &key,
-                                    l.from.as_str(),
-                                    None,
-                                    &l.text,
-                                    l.at,
-                                )?;
-                            }
-                            conn.commit()?;
-                            Ok(())
-                        })
-                        .await;
-                    if let Err(err) = stored {
-                        tracing::error!(error = %err, "storing an escalation failed");
-                        continue;
-                    }
                     self.chat_nodes
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -363,61 +409,20 @@ impl Handoff {
                     self.execute(hub, actions).await;
                 }
                 EventBody::ChatLine(l) => {
-                    let (c, key, text, at) = (
-                        l.conversation.clone(),
-                        l.line.id.to_string(),
-                        l.line.text.clone(),
-                        l.line.at,
-                    );
-                    let new = hub
-                        .db
-                        .call(move |conn| {
-                            chats::add_line(conn, &c, &key, "visitor", None, &text, at)
-                        })
-                        .await
-                        .unwrap_or(false);
-                    if new {
-                        if let Some(agent) = self.holder(&l.conversation) {
-                            let line = Line {
-                                sender: "visitor".into(),
-                                text: l.line.text.clone(),
-                                at: l.line.at,
-                            };
-                            self.push(
-                                &agent,
-                                ConsoleOut::Line {
-                                    chat: l.conversation.clone(),
-                                    line,
-                                },
-                            );
-                        }
+                    if let Some(agent) = self.holder(&l.conversation) {
+                        let line = Line {
+                            sender: "visitor".into(),
+                            text: l.line.text.clone(),
+                            at: l.line.at,
+                        };
+                        self.push(
+                            &agent,
+                            ConsoleOut::Line {
+                                chat: l.conversation.clone(),
+                                line,
+                            },
+                        );
                     }
-                }
-                EventBody::OfflineMessage(m) => {
-                    let (id, n, m2, at) = (e.id.clone(), node.to_owned(), m.clone(), e.at);
-                    let stored = hub
-                        .db
-                        .call(move |conn| {
-                            crate::tickets::open(
-                                conn,
-                                &id,
-                                &n,
-                                &m2.conversation,
-                                m2.lang.as_str(),
-                                &m2.name,
-                                &m2.contact,
-                                &m2.message,
-                                at,
-                            )
-                        })
-                        .await;
-                    if let Err(err) = stored {
-                        tracing::error!(error = %err, "storing a ticket failed");
-                    }
-                }
-                EventBody::Rating(r) => {
-                    let (c, s) = (r.conversation.clone(), r.score);
-                    let _ = hub.db.call(move |conn| chats::rate(conn, &c, s)).await;
                 }
                 EventBody::ConversationSummary(s) if s.escalated => {
                     // The visitor ended an escalated conversation: release the agent.

@@ -321,94 +321,108 @@ impl Hub {
         Ok((up, env.seq))
     }
 
-    /// Apply one opened message.
-    async fn apply(&self, node: &str, up: Up, seq: u64) -> Result<(), LinkError> {
+    /// Apply a batch of opened messages: every database change of the batch
+    /// in one transaction (one fsync: group commit), then, only after the
+    /// commit, acknowledgements and live-chat pushes in arrival order.
+    async fn apply_batch(&self, batch: Vec<(String, Up, u64)>) -> Result<(), LinkError> {
         let now = now_ms();
-        let transition = {
+        let mut transitions = Vec::new();
+        {
             let mut fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-            match &up {
-                Up::Hello { connect_id, .. } => fleet.heard(node, now, Some(connect_id)),
-                Up::Will { connect_id } => fleet.will(node, connect_id),
-                Up::Heartbeat(hb) => fleet.heard(node, now, Some(&hb.connect_id)),
-                _ => fleet.heard(node, now, None),
+            for (node, up, _) in &batch {
+                transitions.extend(match up {
+                    Up::Hello { connect_id, .. } => fleet.heard(node, now, Some(connect_id)),
+                    Up::Will { connect_id } => fleet.will(node, connect_id),
+                    Up::Heartbeat(hb) => fleet.heard(node, now, Some(&hb.connect_id)),
+                    _ => fleet.heard(node, now, None),
+                });
             }
-        };
-        self.record_transitions(transition.into_iter().collect());
-        let n = node.to_owned();
-        match up {
-            Up::Hello { .. } => {
-                self.db.call(move |c| store::touch(c, &n, seq, now)).await?;
-                self.send_pending(node).await?;
-            }
-            Up::Heartbeat(hb) => {
-                self.metrics.heartbeats.inc();
-                let value = serde_json::to_value(&hb).unwrap_or_default();
-                self.db
-                    .call(move |c| {
-                        // One transaction, one fsync.
-                        let tx = c.transaction()?;
-                        store::record_heartbeat(&tx, &n, &value, now)?;
-                        store::touch(&tx, &n, seq, now)?;
-                        Ok(tx.commit()?)
-                    })
-                    .await?;
-            }
-            Up::Events { events } => {
-                let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-                let total = events.len() as u64;
-                let live: Vec<edgedesk_common::event::Event> = events
-                    .iter()
-                    .filter(|e| {
-                        matches!(
-                            e.body,
-                            edgedesk_common::event::EventBody::Escalation(_)
-                                | edgedesk_common::event::EventBody::ChatLine(_)
-                                | edgedesk_common::event::EventBody::Rating(_)
-                                | edgedesk_common::event::EventBody::OfflineMessage(_)
-                                | edgedesk_common::event::EventBody::ConversationSummary(_)
-                        )
-                    })
-                    .cloned()
-                    .collect();
-                let new = self
-                    .db
-                    .call(move |c| {
-                        let tx = c.transaction()?;
-                        let new = store::ingest(&tx, &n, &events, now)?;
-                        crate::chats::ingest_transcripts(&tx, &n, &events)?;
-                        store::touch(&tx, &n, seq, now)?;
-                        tx.commit()?;
-                        Ok(new)
-                    })
-                    .await? as u64;
-                self.metrics.events_new.inc_by(new);
-                self.metrics.events_duplicate.inc_by(total - new);
-                // Acknowledge only after the commit above.
-                self.send(node, &Down::EventsAck { ids }).await?;
-                if !live.is_empty() {
-                    self.handoff.on_events(self, node, &live).await;
+        }
+        self.record_transitions(transitions);
+        // Typing signals are best effort and need no store.
+        let batch: Vec<(String, Up, u64)> = batch
+            .into_iter()
+            .filter(|(_, up, _)| match up {
+                Up::Typing { conversation } => {
+                    self.handoff.visitor_typing(conversation);
+                    false
                 }
-            }
-            Up::CommandAck { id, ok, detail } => {
-                let acked = self
-                    .db
-                    .call(move |c| {
-                        let tx = c.transaction()?;
-                        store::touch(&tx, &n, seq, now)?;
-                        let acked = store::ack_command(&tx, &n, &id, ok, &detail, now)?;
-                        tx.commit()?;
-                        Ok(acked)
-                    })
-                    .await?;
-                if acked {
+                Up::Will { .. } => false,
+                _ => true,
+            })
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (batch, outcomes) = self
+            .db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for (node, up, seq) in &batch {
+                    store::touch(&tx, node, *seq, now)?;
+                    outcomes.push(match up {
+                        Up::Heartbeat(hb) => {
+                            let value = serde_json::to_value(hb).unwrap_or_default();
+                            store::record_heartbeat(&tx, node, &value, now)?;
+                            Outcome::None
+                        }
+                        Up::Events { events } => {
+                            let new = store::ingest(&tx, node, events, now)?;
+                            let fresh: Vec<edgedesk_common::event::Event> =
+                                new.iter().map(|&i| events[i].clone()).collect();
+                            crate::handoff::project(&tx, node, &fresh)?;
+                            Outcome::Events {
+                                total: events.len(),
+                                fresh,
+                            }
+                        }
+                        Up::CommandAck { id, ok, detail } => Outcome::CommandAcked(
+                            store::ack_command(&tx, node, id, *ok, detail, now)?,
+                        ),
+                        _ => Outcome::None,
+                    });
+                }
+                tx.commit()?;
+                Ok((batch, outcomes))
+            })
+            .await?;
+        for ((node, up, _), outcome) in batch.into_iter().zip(outcomes) {
+            match (up, outcome) {
+                (Up::Hello { .. }, _) => self.send_pending(&node).await?,
+                (Up::Events { events }, Outcome::Events { total, fresh }) => {
+                    self.metrics.events_new.inc_by(fresh.len() as u64);
+                    self.metrics
+                        .events_duplicate
+                        .inc_by((total - fresh.len()) as u64);
+                    // Acknowledge only after the commit above.
+                    let ids = events.into_iter().map(|e| e.id).collect();
+                    self.send(&node, &Down::EventsAck { ids }).await?;
+                    if !fresh.is_empty() {
+                        self.handoff.on_events(self, &node, &fresh).await;
+                    }
+                }
+                (_, Outcome::CommandAcked(true)) => {
                     self.metrics.commands_acked.inc();
                 }
+                (Up::Heartbeat(_), _) => {
+                    self.metrics.heartbeats.inc();
+                }
+                _ => {}
             }
-            Up::Will { .. } => {}
-            Up::Typing { conversation } => self.handoff.visitor_typing(&conversation),
         }
         Ok(())
     }
+}
+
+/// What the store made of one message of a batch.
+enum Outcome {
+    None,
+    Events {
+        total: usize,
+        fresh: Vec<edgedesk_common::event::Event>,
+    },
+    CommandAcked(bool),
 }
 
 /// One inbound message, parsed just enough to route it.
@@ -448,23 +462,31 @@ pub fn mqtt_options(
     o
 }
 
+/// Most inbound messages applied in one transaction.
+const INBOUND_BATCH: usize = 256;
+
 /// Poll the MQTT event loop and process messages until `shutdown`.
 pub async fn run(hub: Arc<Hub>, mut eventloop: EventLoop, shutdown: CancellationToken) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Inbound>(8192);
     let processor = {
         let hub = hub.clone();
         tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                match hub.open(&msg.node, &msg.payload).await {
-                    Ok((up, seq)) => {
-                        if let Err(e) = hub.apply(&msg.node, up, seq).await {
-                            tracing::error!(node = %msg.node, error = %e, "applying a message failed");
+            // Group commit: whatever arrived while the previous batch was
+            // being written goes into the next one (up to INBOUND_BATCH).
+            let mut msgs = Vec::with_capacity(INBOUND_BATCH);
+            while rx.recv_many(&mut msgs, INBOUND_BATCH).await > 0 {
+                let mut batch = Vec::with_capacity(msgs.len());
+                for msg in msgs.drain(..) {
+                    match hub.open(&msg.node, &msg.payload).await {
+                        Ok((up, seq)) => batch.push((msg.node, up, seq)),
+                        Err(e) => {
+                            hub.metrics.refuse(e.reason());
+                            tracing::warn!(node = %msg.node, error = %e, "envelope refused");
                         }
                     }
-                    Err(e) => {
-                        hub.metrics.refuse(e.reason());
-                        tracing::warn!(node = %msg.node, error = %e, "envelope refused");
-                    }
+                }
+                if let Err(e) = hub.apply_batch(batch).await {
+                    tracing::error!(error = %e, "applying a batch of messages failed; nodes will resend");
                 }
             }
         })

@@ -435,20 +435,20 @@ pub fn history(conn: &Connection, id: &str, limit: usize) -> Result<Vec<HistoryR
 
 // ---- events ---------------------------------------------------------------
 
-/// Store events idempotently in one transaction; returns how many were new.
-/// Store events idempotently (call inside the caller's transaction).
+/// Store events idempotently (call inside the caller's transaction); returns
+/// the indices of those that were new.
 pub fn ingest(
     tx: &Connection,
     node: &str,
     events: &[Event],
     now: i64,
-) -> Result<usize, StoreError> {
-    let mut new = 0;
+) -> Result<Vec<usize>, StoreError> {
+    let mut new = Vec::new();
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO events (id, node_id, kind, at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
             // A summary's transcript is kept once, by the history store (chats).
             let stripped;
             let e = match &e.body {
@@ -464,7 +464,9 @@ pub fn ingest(
             };
             let body =
                 serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            new += stmt.execute(params![e.id, node, e.body.kind(), e.at, now, body])?;
+            if stmt.execute(params![e.id, node, e.body.kind(), e.at, now, body])? > 0 {
+                new.push(i);
+            }
         }
     }
     Ok(new)
@@ -663,8 +665,8 @@ mod tests {
         };
         db.with(|c| {
             let batch: Vec<Event> = (0..10).map(ev).collect();
-            assert_eq!(ingest(c, "a", &batch, 5)?, 10);
-            assert_eq!(ingest(c, "a", &batch[5..], 6)?, 0);
+            assert_eq!(ingest(c, "a", &batch, 5)?.len(), 10);
+            assert_eq!(ingest(c, "a", &batch[5..], 6)?.len(), 0);
             assert_eq!(event_count(c)?, 10);
             let q = EventQuery {
                 node: Some("a".into()),
