@@ -409,7 +409,7 @@ async fn post_command(
     }
     let cmd = s
         .hub
-        .queue_command(&id, &req.kind, req.args)
+        .queue_command(&id, &req.kind, req.args, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok((

@@ -363,7 +363,7 @@ impl Handoff {
                         agent_name: name
                     });
                     if let Err(e) = hub
-                        .queue_command(&view.node_id, cmd::AGENT_JOINED, args)
+                        .queue_command(&view.node_id, cmd::AGENT_JOINED, args, Some(&chat))
                         .await
                     {
                         tracing::error!(error = %e, "queueing agent_joined failed");
@@ -380,7 +380,7 @@ impl Handoff {
                             conversation: chat.clone()
                         });
                         let _ = hub
-                            .queue_command(&view.node_id, cmd::AGENT_LEFT, args)
+                            .queue_command(&view.node_id, cmd::AGENT_LEFT, args, Some(&chat))
                             .await;
                     }
                 }
@@ -487,11 +487,11 @@ impl Handoff {
                     .await
                     .map_err(|e| e.to_string())?;
                 let args = serde_json::json!(cmd::AgentMessage {
-                    conversation: chat,
+                    conversation: chat.clone(),
                     agent_name: agent.display_name.clone(),
                     text
                 });
-                hub.queue_command(&view.node_id, cmd::AGENT_MESSAGE, args)
+                hub.queue_command(&view.node_id, cmd::AGENT_MESSAGE, args, Some(&chat))
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -524,7 +524,7 @@ impl Handoff {
                 let args = serde_json::json!(cmd::AgentClosed {
                     conversation: chat.clone()
                 });
-                hub.queue_command(&view.node_id, cmd::AGENT_CLOSED, args)
+                hub.queue_command(&view.node_id, cmd::AGENT_CLOSED, args, Some(&chat))
                     .await
                     .map_err(|e| e.to_string())?;
                 let actions = self.step(Input::Closed { chat: chat.clone() });

@@ -173,17 +173,24 @@ impl Hub {
 
     /// Queue a command for `node` (kept until acknowledged) and send it now
     /// if the node is online.
+    /// Commands with the same `stream` key are executed by the node in the
+    /// order they were queued.
     pub async fn queue_command(
         &self,
         node: &str,
         kind: &str,
         args: serde_json::Value,
+        stream: Option<&str>,
     ) -> Result<Command, LinkError> {
         let cmd = Command {
             id: uuid::Uuid::new_v4().to_string(),
             kind: kind.to_owned(),
             args,
             issued_at: now_ms(),
+            stream: stream.map(|key| edgedesk_common::sync::Stream {
+                key: key.to_owned(),
+                seq: 0,
+            }),
         };
         let online = self
             .fleet
@@ -192,7 +199,8 @@ impl Hub {
             .is_online(node);
         let (n, c2) = (node.to_owned(), cmd.clone());
         let sent_at = online.then(now_ms);
-        self.db
+        let cmd = self
+            .db
             .call(move |c| store::enqueue_command(c, &n, &c2, sent_at))
             .await?;
         if online {
@@ -339,18 +347,26 @@ impl Hub {
             }
         }
         self.record_transitions(transitions);
-        // Typing signals are best effort and need no store.
+        // Typing signals and resend requests need no store.
+        let mut resend: Vec<String> = Vec::new();
         let batch: Vec<(String, Up, u64)> = batch
             .into_iter()
-            .filter(|(_, up, _)| match up {
+            .filter(|(node, up, _)| match up {
                 Up::Typing { conversation } => {
                     self.handoff.visitor_typing(conversation);
                     false
                 }
                 Up::Will { .. } => false,
+                Up::ResendCommands => {
+                    resend.push(node.clone());
+                    false
+                }
                 _ => true,
             })
             .collect();
+        for node in resend {
+            self.send_pending(&node).await?;
+        }
         if batch.is_empty() {
             return Ok(());
         }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use edgedesk_common::envelope::PublicKeys;
 use edgedesk_common::event::{Event, EventBody};
-use edgedesk_common::sync::Command;
+use edgedesk_common::sync::{Command, Stream};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,7 +50,8 @@ pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE tokens (
         hash        TEXT PRIMARY KEY,     -- sha256 of the one-time token
         node_id     TEXT,                 -- optional: only this node may use it
@@ -103,7 +104,19 @@ const MIGRATIONS: &[&str] = &[r#"
         detail     TEXT
     );
     CREATE INDEX commands_pending ON commands(node_id, acked_at, created_at);
-"#];
+"#,
+    r#"
+    -- Ordered command streams (per conversation): the last seq given out.
+    ALTER TABLE commands ADD COLUMN stream TEXT;
+    ALTER TABLE commands ADD COLUMN stream_seq INTEGER;
+    CREATE TABLE command_streams (
+        node_id TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        PRIMARY KEY (node_id, key)
+    );
+"#,
+];
 
 /// A node as listed by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -512,33 +525,63 @@ pub fn event_count(conn: &Connection) -> Result<u64, StoreError> {
 
 // ---- commands ---------------------------------------------------------------
 
+/// Queue `cmd` for `node`. A command with a stream gets the stream's next
+/// `seq` here (the one in `cmd` is ignored); returns the command as queued.
 pub fn enqueue_command(
     conn: &Connection,
     node: &str,
     cmd: &Command,
     sent_at: Option<i64>,
-) -> Result<(), StoreError> {
+) -> Result<Command, StoreError> {
+    let mut cmd = cmd.clone();
+    if let Some(stream) = cmd.stream.as_mut() {
+        stream.seq =
+            conn.prepare_cached(
+                "INSERT INTO command_streams (node_id, key, seq) VALUES (?1, ?2, 1)
+                 ON CONFLICT(node_id, key) DO UPDATE SET seq = seq + 1 RETURNING seq",
+            )?
+            .query_row(params![node, stream.key], |r| r.get::<_, i64>(0))? as u64;
+    }
     conn.execute(
-        "INSERT INTO commands (id, node_id, kind, args, created_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![cmd.id, node, cmd.kind, cmd.args.to_string(), cmd.issued_at, sent_at],
+        "INSERT INTO commands (id, node_id, kind, args, created_at, sent_at, stream, stream_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            cmd.id,
+            node,
+            cmd.kind,
+            cmd.args.to_string(),
+            cmd.issued_at,
+            sent_at,
+            cmd.stream.as_ref().map(|s| s.key.as_str()),
+            cmd.stream.as_ref().map(|s| s.seq as i64)
+        ],
     )?;
-    Ok(())
+    Ok(cmd)
+}
+
+fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Command> {
+    let args: String = r.get("args")?;
+    let key: Option<String> = r.get("stream")?;
+    let seq: Option<i64> = r.get("stream_seq")?;
+    Ok(Command {
+        id: r.get("id")?,
+        kind: r.get("kind")?,
+        args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+        issued_at: r.get("created_at")?,
+        stream: key.zip(seq).map(|(key, seq)| Stream {
+            key,
+            seq: seq as u64,
+        }),
+    })
 }
 
 /// Unacknowledged commands of `node`, oldest first.
 pub fn pending_commands(conn: &Connection, node: &str) -> Result<Vec<Command>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, kind, args, created_at FROM commands WHERE node_id = ?1 AND acked_at IS NULL ORDER BY rowid",
+        "SELECT id, kind, args, created_at, stream, stream_seq FROM commands
+         WHERE node_id = ?1 AND acked_at IS NULL ORDER BY rowid",
     )?;
-    let rows = stmt.query_map([node], |r| {
-        let args: String = r.get(2)?;
-        Ok(Command {
-            id: r.get(0)?,
-            kind: r.get(1)?,
-            args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
-            issued_at: r.get(3)?,
-        })
-    })?;
+    let rows = stmt.query_map([node], command_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -571,18 +614,12 @@ pub fn commands(
     limit: usize,
 ) -> Result<Vec<CommandRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, kind, args, created_at, sent_at, acked_at, ok, detail FROM commands
+        "SELECT id, kind, args, created_at, sent_at, acked_at, ok, detail, stream, stream_seq FROM commands
          WHERE node_id = ?1 ORDER BY created_at DESC, id LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![node, limit as i64], |r| {
-        let args: String = r.get(2)?;
         Ok(CommandRow {
-            command: Command {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
-                issued_at: r.get(3)?,
-            },
+            command: command_from_row(r)?,
             node_id: node.to_owned(),
             sent_at: r.get(4)?,
             acked_at: r.get(5)?,
@@ -697,6 +734,7 @@ mod tests {
                 kind: "ping".into(),
                 args: serde_json::json!({}),
                 issued_at: 1,
+                stream: None,
             };
             enqueue_command(c, "a", &cmd, None)?;
             assert_eq!(pending_commands(c, "a")?, vec![cmd.clone()]);

@@ -36,6 +36,8 @@ pub enum Up {
     Typing {
         conversation: String,
     },
+    /// The node saw a gap in a command stream: send the pending commands again.
+    ResendCommands,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -112,6 +114,19 @@ pub struct Command {
     #[serde(default)]
     pub args: serde_json::Value,
     pub issued_at: i64,
+    /// Commands of one stream (e.g. one conversation's agent lines) are
+    /// executed in `seq` order: a node that sees a gap holds back and asks
+    /// for the pending commands again, so a command lost in flight and resent
+    /// later cannot overtake a newer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
+}
+
+/// A command's place in its stream; `seq` starts at 1 for each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    pub key: String,
+    pub seq: u64,
 }
 
 /// `POST /api/v1/enroll`.

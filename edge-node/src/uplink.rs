@@ -422,15 +422,7 @@ impl Receiver {
                         connect_id: self.connect_id.clone(),
                         sw_version: env!("CARGO_PKG_VERSION").into(),
                     };
-                    let _ = self
-                        .client
-                        .publish(
-                            topic::up(&node),
-                            ENVELOPE_QOS,
-                            false,
-                            self.sealer.seal(&hello),
-                        )
-                        .await;
+                    let _ = self.send_up(&hello).await;
                     let _ = connected.send(true);
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => self.on_down(&p.payload).await,
@@ -551,6 +543,24 @@ impl Receiver {
         let (ok, detail) = match self.app.store.command_result(&cmd.id).await {
             Ok(Some(earlier)) => earlier,
             Ok(None) => {
+                // In order within a stream: after a gap (an earlier command
+                // lost in flight), hold this one back, unacknowledged, and ask
+                // for the pending commands again; they come in queue order.
+                if let Some(s) = &cmd.stream {
+                    match self.app.store.stream_seq(&s.key).await {
+                        Ok(last) if s.seq > last + 1 => {
+                            tracing::info!(stream = %s.key, seq = s.seq, last, "command stream gap; asking for a resend");
+                            self.app.metrics.command_gaps.inc();
+                            let _ = self.send_up(&Up::ResendCommands).await;
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading a command stream failed; it will be resent");
+                            return;
+                        }
+                    }
+                }
                 let (ok, detail) = self.execute(&cmd).await;
                 let record = CommandIn {
                     id: cmd.id.clone(),
@@ -559,6 +569,7 @@ impl Receiver {
                     received_at: now_ms(),
                     ok,
                     detail: detail.clone(),
+                    stream: cmd.stream.as_ref().map(|s| (s.key.clone(), s.seq)),
                 };
                 if let Err(e) = self.app.store.command_in(record).await {
                     tracing::error!(error = %e, "recording a command failed; it will be resent");
@@ -577,15 +588,19 @@ impl Receiver {
             ok,
             detail,
         };
-        let _ = self
-            .client
+        let _ = self.send_up(&ack).await;
+    }
+
+    /// Seal and publish one message on our up topic.
+    async fn send_up(&self, body: &Up) -> Result<(), rumqttc::ClientError> {
+        self.client
             .publish(
                 topic::up(&self.sealer.node),
                 ENVELOPE_QOS,
                 false,
-                self.sealer.seal(&ack),
+                self.sealer.seal(body),
             )
-            .await;
+            .await
     }
 }
 

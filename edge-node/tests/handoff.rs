@@ -545,3 +545,79 @@ async fn conversations_the_bot_handled_alone_reach_history_search() {
     node.stop().await;
     cloud.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_line_lost_in_flight_is_not_overtaken_by_the_next() {
+    let cloud = Cloud::start().await;
+    cloud.create_agent("grace", "Grace", &["en"], 2).await;
+    let mut agent = cloud.console("grace").await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &edir, "branch-o").await;
+    let mut visitor = node.connect().await;
+    start_session(&mut visitor).await;
+    say(&mut visitor, &msg("I want to talk to a human")).await;
+    let assigned = console_next(&mut agent, "assigned").await;
+    let chat = assigned["chat"]["id"].as_str().unwrap().to_owned();
+    let f = next_reply(&mut visitor).await;
+    assert!(
+        matches!(
+            &f,
+            ServerFrame::Reply {
+                from: Sender::System,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    // A line queued and marked sent, but lost on the way (never published).
+    let lost = edgedesk_common::sync::Command {
+        id: "lost-line".into(),
+        kind: edgedesk_common::sync::command::AGENT_MESSAGE.into(),
+        args: serde_json::json!({ "conversation": chat, "agent_name": "Grace", "text": "first line" }),
+        issued_at: cloud_controller::link::now_ms(),
+        stream: Some(edgedesk_common::sync::Stream {
+            key: chat.clone(),
+            seq: 0,
+        }),
+    };
+    let db = cloud.ctl.hub.db.clone();
+    let queued = db
+        .call(move |c| {
+            cloud_controller::store::enqueue_command(
+                c,
+                "branch-o",
+                &lost,
+                Some(cloud_controller::link::now_ms()),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.stream.unwrap().seq, 2, "after agent_joined");
+    // The next line goes out at once; the node sees the gap and asks again.
+    console_send(
+        &mut agent,
+        serde_json::json!({ "type": "message", "chat": chat, "text": "second line" }),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let ServerFrame::Reply {
+            from: Sender::Agent,
+            text,
+            ..
+        } = next_reply(&mut visitor).await
+        {
+            got.push(text);
+        }
+    }
+    assert_eq!(got, vec!["first line", "second line"]);
+    let (_, metrics) = node.get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("edgedesk_uplink_command_gaps_total") && !l.ends_with(" 0")),
+        "the gap was counted"
+    );
+    node.stop().await;
+    cloud.token.cancel();
+}

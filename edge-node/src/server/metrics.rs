@@ -38,6 +38,8 @@ pub struct Metrics {
     pub uplink_acked: Counter,
     /// Messages from the broker refused, by reason.
     pub uplink_refused: Family<Labels, Counter>,
+    /// Commands held back because an earlier one of their stream was missing.
+    pub command_gaps: Counter,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -65,6 +67,7 @@ impl Metrics {
             uplink_sent: Counter::default(),
             uplink_acked: Counter::default(),
             uplink_refused: Family::default(),
+            command_gaps: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +150,11 @@ impl Metrics {
             "uplink_refused",
             "Messages from the broker refused, by reason",
             m.uplink_refused.clone(),
+        );
+        registry.register(
+            "uplink_command_gaps",
+            "Commands held back until an earlier one of their stream arrived",
+            m.command_gaps.clone(),
         );
         // Publish every rejection reason at zero so rates exist before the first event.
         for reason in [

@@ -103,6 +103,8 @@ pub struct CommandIn {
     pub received_at: i64,
     pub ok: bool,
     pub detail: String,
+    /// The command's stream position, recorded with it.
+    pub stream: Option<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +151,7 @@ enum Request {
         CommandIn,
         oneshot::Sender<Result<Option<(bool, String)>, StoreError>>,
     ),
+    StreamSeq(String, oneshot::Sender<Result<u64, StoreError>>),
     Ping(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -317,6 +320,12 @@ impl Store {
     /// was already executed (a resend), `None` if it is new and now stored.
     pub async fn command_in(&self, cmd: CommandIn) -> Result<Option<(bool, String)>, StoreError> {
         self.ask(|r| Request::CommandIn(cmd, r)).await
+    }
+
+    /// The last executed `seq` of command stream `key` (0 if none yet).
+    pub async fn stream_seq(&self, key: &str) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        self.ask(|r| Request::StreamSeq(key, r)).await
     }
 
     /// Round trip through the writer thread (readiness probe).
@@ -544,6 +553,17 @@ fn serve(conn: &mut Connection, req: Request) {
         Request::CommandIn(c, r) => {
             let _ = r.send(command_in(conn, &c));
         }
+        Request::StreamSeq(key, r) => {
+            let seq = conn
+                .query_row(
+                    "SELECT seq FROM command_streams WHERE key = ?1",
+                    [key],
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|s| s.unwrap_or(0) as u64);
+            let _ = r.send(seq.map_err(Into::into));
+        }
         Request::Ping(r) => {
             let _ = r.send(
                 conn.query_row("SELECT 1", [], |_| Ok(()))
@@ -649,6 +669,8 @@ fn retention(conn: &mut Connection, cutoff: i64) -> Result<RetentionStats, Store
     )?;
     stats.sessions = tx.execute("DELETE FROM sessions WHERE last_seen < ?1", [cutoff])?;
     stats.offline_messages = tx.execute("DELETE FROM offline_messages WHERE at < ?1", [cutoff])?;
+    tx.execute("DELETE FROM commands_in WHERE received_at < ?1", [cutoff])?;
+    tx.execute("DELETE FROM command_streams WHERE at < ?1", [cutoff])?;
     tx.execute("DELETE FROM doomed", [])?;
     tx.commit()?;
     Ok(stats)
@@ -733,10 +755,19 @@ fn command_in(conn: &Connection, c: &CommandIn) -> Result<Option<(bool, String)>
     if earlier.is_some() {
         return Ok(earlier);
     }
-    conn.execute(
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
         "INSERT INTO commands_in (id, kind, args, received_at, ok, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![c.id, c.kind, c.args, c.received_at, c.ok, c.detail],
     )?;
+    if let Some((key, seq)) = &c.stream {
+        tx.execute(
+            "INSERT INTO command_streams (key, seq, at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET seq = MAX(seq, excluded.seq), at = excluded.at",
+            params![key, *seq as i64, c.received_at],
+        )?;
+    }
+    tx.commit()?;
     Ok(None)
 }
 

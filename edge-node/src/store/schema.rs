@@ -75,6 +75,15 @@ pub const MIGRATIONS: &[&str] = &[
         detail      TEXT NOT NULL
     );
     "#,
+    // 3: ordered command streams (one per conversation with an agent): the
+    //    last seq executed.
+    r#"
+    CREATE TABLE command_streams (
+        key TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the database to the latest schema version.

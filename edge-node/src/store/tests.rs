@@ -304,11 +304,18 @@ async fn commands_execute_once_and_kv_round_trips() {
         received_at: 1,
         ok: true,
         detail: "pong".into(),
+        stream: Some(("conv-1".into(), 1)),
     };
+    assert_eq!(store.stream_seq("conv-1").await.unwrap(), 0);
     assert_eq!(store.command_in(c.clone()).await.unwrap(), None);
     assert_eq!(
         store.command_in(c).await.unwrap(),
         Some((true, "pong".into()))
+    );
+    assert_eq!(
+        store.stream_seq("conv-1").await.unwrap(),
+        1,
+        "recorded with the command"
     );
     assert_eq!(store.kv_get("x").await.unwrap(), None);
     store.kv_set("x", "1").await.unwrap();
