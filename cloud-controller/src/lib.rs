@@ -18,6 +18,7 @@ pub mod handoff;
 pub mod identity;
 pub mod link;
 pub mod metrics;
+pub mod rollout;
 pub mod routing;
 pub mod store;
 pub mod tickets;

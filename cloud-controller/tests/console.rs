@@ -276,6 +276,89 @@ async fn every_role_against_every_endpoint() {
             None,
             disabled,
         ));
+        // The rest of the console API: (method, path, body, least role, status once allowed).
+        let canned =
+            serde_json::json!({ "lang": "en", "shortcut": format!("s-{role}"), "text": "Hello" });
+        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 10] = [
+            (
+                Method::GET,
+                "/console/api/chats",
+                None,
+                "agent",
+                StatusCode::OK,
+            ),
+            (
+                Method::GET,
+                "/console/api/chats/no-such-chat",
+                None,
+                "agent",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/tickets",
+                None,
+                "agent",
+                StatusCode::OK,
+            ),
+            (
+                Method::POST,
+                "/console/api/tickets/no-such/claim",
+                None,
+                "agent",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::POST,
+                "/console/api/tickets/no-such/resolve",
+                Some(serde_json::json!({ "note": "done" })),
+                "agent",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/canned",
+                None,
+                "agent",
+                StatusCode::OK,
+            ),
+            (
+                Method::POST,
+                "/console/api/canned",
+                Some(canned),
+                "supervisor",
+                StatusCode::OK,
+            ),
+            (
+                Method::DELETE,
+                "/console/api/canned/999999",
+                None,
+                "supervisor",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/dashboard",
+                None,
+                "supervisor",
+                StatusCode::OK,
+            ),
+            (
+                Method::GET,
+                "/console/api/colleagues",
+                None,
+                "agent",
+                StatusCode::OK,
+            ),
+        ];
+        for (method, path, body, min, allowed) in rest {
+            let want = if ok(min) == StatusCode::OK {
+                allowed
+            } else {
+                ok(min)
+            };
+            expectations.push((*role, method, path.to_owned(), body, want));
+        }
     }
     // Admin last so that the target is still there for the others' attempts.
     expectations.sort_by_key(|e| e.0 == "admin");
