@@ -32,6 +32,8 @@ pub struct ApiState {
     pub broker: (String, u16),
     /// CA certificate nodes pin for the broker's TLS; `None`: plain MQTT.
     pub broker_ca: Option<String>,
+    /// Model-signing key and QUIC endpoint handed to nodes at enrolment.
+    pub models: edgedesk_common::sync::ModelEndpoint,
 }
 
 /// Errors at the HTTP edge: a status and a safe message; internals are logged.
@@ -210,6 +212,7 @@ async fn enroll(
             username: req.node_id.clone(),
             password,
         },
+        models: Some(s.models.clone()),
     }))
 }
 
@@ -597,6 +600,107 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(list_events))
         .routes(routes!(create_agent, list_agents))
         .routes(routes!(disable_agent))
+        .routes(routes!(list_models))
+        .routes(routes!(get_model))
+        .routes(routes!(create_rollout, list_rollouts))
+        .routes(routes!(get_rollout))
+        .routes(routes!(operate_rollout))
+}
+
+/// Published model releases, newest first.
+#[utoipa::path(get, path = "/api/v1/models", responses((status = 200, body = Vec<crate::models::ModelRow>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_models(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::models::ModelRow>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(s.hub.db.call(|c| crate::models::list(c)).await?))
+}
+
+/// One release by id, `name@version` or version.
+#[utoipa::path(get, path = "/api/v1/models/{key}", params(("key" = String, Path, description = "release id, name@version or version")),
+    responses((status = 200, body = crate::models::ModelRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_model(
+    State(s): S,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<crate::models::ModelRow>, ApiError> {
+    authorize(&s, &headers)?;
+    let k = key.clone();
+    s.hub
+        .db
+        .call(move |c| crate::models::get(c, &k))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no model release {key:?}")))
+}
+
+fn rollout_error(e: crate::rollouts::RolloutError) -> ApiError {
+    use crate::rollouts::RolloutError as E;
+    match e {
+        E::Invalid(m) => ApiError::BadRequest(m),
+        e @ (E::NotFound(_) | E::NoModel(_)) => ApiError::NotFound(e.to_string()),
+        e @ E::Finished(..) => ApiError::Conflict(e.to_string()),
+        E::Store(e) => e.into(),
+    }
+}
+
+/// Start a rollout of a published release to the nodes a label selector picks.
+#[utoipa::path(post, path = "/api/v1/rollouts", request_body = crate::rollouts::CreateRollout,
+    responses((status = 201, body = crate::rollouts::RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn create_rollout(
+    State(s): S,
+    headers: HeaderMap,
+    Json(req): Json<crate::rollouts::CreateRollout>,
+) -> Result<(StatusCode, Json<crate::rollouts::RolloutView>), ApiError> {
+    authorize(&s, &headers)?;
+    let v = crate::rollouts::create(&s.hub, req)
+        .await
+        .map_err(rollout_error)?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// Rollouts, newest first.
+#[utoipa::path(get, path = "/api/v1/rollouts", responses((status = 200, body = Vec<crate::rollouts::RolloutView>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_rollouts(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::rollouts::RolloutView>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(s.hub.db.call(|c| crate::rollouts::list(c)).await?))
+}
+
+/// One rollout with every node's state.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", params(("id" = String, Path, description = "rollout id")),
+    responses((status = 200, body = crate::rollouts::RolloutView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_rollout(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::rollouts::RolloutView>, ApiError> {
+    authorize(&s, &headers)?;
+    let k = id.clone();
+    s.hub
+        .db
+        .call(move |c| crate::rollouts::get(c, &k))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id:?}")))
+}
+
+/// Pause, resume or abort (rolls updated nodes back) a rollout.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/{op}", params(("id" = String, Path, description = "rollout id"), ("op" = String, Path, description = "pause, resume or abort")),
+    responses((status = 200, body = crate::rollouts::RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+async fn operate_rollout(
+    State(s): S,
+    headers: HeaderMap,
+    Path((id, op)): Path<(String, String)>,
+) -> Result<Json<crate::rollouts::RolloutView>, ApiError> {
+    authorize(&s, &headers)?;
+    crate::rollouts::operate(&s.hub, &id, &op)
+        .await
+        .map(Json)
+        .map_err(rollout_error)
 }
 
 pub fn router(state: Arc<ApiState>) -> axum::Router {

@@ -16,6 +16,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
     pub console: ConsoleConfig,
+    pub models: ModelsConfig,
     pub store: StoreConfig,
     pub fleet: FleetConfig,
     pub sync: SyncConfig,
@@ -66,6 +67,17 @@ pub struct ConsoleConfig {
     pub secure_cookies: bool,
     pub login_max_failures: usize,
     pub login_window_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub quic_listen: String,
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    pub max_transfers: usize,
+    pub tick_ms: u64,
+    pub onnxruntime_path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +133,7 @@ impl Config {
         for (key, value) in [
             ("http.listen", &self.http.listen),
             ("mqtt.listen", &self.mqtt.listen),
+            ("models.quic_listen", &self.models.quic_listen),
         ] {
             if value.parse::<std::net::SocketAddr>().is_err() {
                 return bad(
@@ -139,6 +152,12 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.models.max_transfers == 0 {
+            return bad("models.max_transfers", "at least 1");
+        }
+        if self.models.tick_ms == 0 {
+            return bad("models.tick_ms", "at least 1");
         }
         if self.log.format != "text" && self.log.format != "json" {
             return bad("log.format", "expected \"text\" or \"json\"");

@@ -18,7 +18,10 @@ pub mod handoff;
 pub mod identity;
 pub mod link;
 pub mod metrics;
+pub mod models;
+pub mod quic;
 pub mod rollout;
+pub mod rollouts;
 pub mod routing;
 pub mod store;
 pub mod tickets;
@@ -124,8 +127,16 @@ pub async fn run(
     db.with(|c| {
         agents::migrate(c)?;
         tickets::migrate(c)?;
+        models::migrate(c)?;
+        rollouts::migrate(c)?;
         chats::migrate(c)
     })?;
+    let signing_path = data.join("model-signing.key");
+    let model_key =
+        models::signing_key(&signing_path).map_err(|source| ControllerError::Identity {
+            path: signing_path.display().to_string(),
+            source,
+        })?;
     let key_path = data.join("controller.key");
     let identity =
         identity::load_or_create(&key_path).map_err(|source| ControllerError::Identity {
@@ -138,6 +149,30 @@ pub async fn run(
     for (node, hash) in db.with(|c| store::broker_credentials(c))? {
         creds.set(&node, &hash);
     }
+    // One CA and server certificate for the embedded broker and the QUIC
+    // model service, naming every address nodes may use.
+    let quic_listen: SocketAddr =
+        config
+            .models
+            .quic_listen
+            .parse()
+            .map_err(|e: std::net::AddrParseError| ControllerError::Bind {
+                addr: config.models.quic_listen.clone(),
+                source: std::io::Error::other(e),
+            })?;
+    let mut tls_names = vec!["localhost".to_owned(), quic_listen.ip().to_string()];
+    if let Ok(l) = config.mqtt.listen.parse::<SocketAddr>() {
+        tls_names.push(l.ip().to_string());
+    }
+    for extra in [&config.mqtt.advertise_host, &config.models.advertise_host] {
+        if !extra.is_empty() {
+            tls_names.push(extra.clone());
+        }
+    }
+    tls_names.extend(config.mqtt.tls_names.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    tls_names.retain(|n| seen.insert(n.clone()));
+    let tls_material = tls::ensure_broker_tls(&data, &tls_names)?;
     // The controller's own broker login: fresh every start in embedded mode.
     let (ctl_user, ctl_pass, broker_addr, broker_ca) = match config.mqtt.mode {
         BrokerMode::Embedded => {
@@ -152,17 +187,7 @@ pub async fn run(
                         addr: config.mqtt.listen.clone(),
                         source: std::io::Error::other(e),
                     })?;
-            let tls = if config.mqtt.tls {
-                let mut names = vec![listen.ip().to_string(), "localhost".to_owned()];
-                if !config.mqtt.advertise_host.is_empty() {
-                    names.push(config.mqtt.advertise_host.clone());
-                }
-                names.extend(config.mqtt.tls_names.iter().cloned());
-                names.dedup();
-                Some(tls::ensure_broker_tls(&data, &names)?)
-            } else {
-                None
-            };
+            let tls = config.mqtt.tls.then(|| tls_material.clone());
             broker::start(&config.mqtt, listen, creds.clone(), tls.as_ref())?;
             // rumqttd cannot report readiness: wait until it accepts, so that
             // the controller subscribes before nodes start publishing.
@@ -227,6 +252,31 @@ pub async fn run(
     eventloop.set_network_options(link::network_options());
     let hub = Arc::new(Hub::new(config.clone(), db, identity, creds, client));
     let link_task = tokio::spawn(link::run(hub.clone(), eventloop, shutdown.clone()));
+    let quic = quic::endpoint(quic_listen, &tls_material.cert_path, &tls_material.key_path)?;
+    let quic_addr = quic.local_addr().map_err(ControllerError::Serve)?;
+    let models_endpoint = edgedesk_common::sync::ModelEndpoint {
+        signing_key: edgedesk_common::release::encode_key(&model_key.verifying_key()),
+        quic_host: [&config.models.advertise_host, &config.mqtt.advertise_host]
+            .into_iter()
+            .find(|h| !h.is_empty())
+            .cloned()
+            .unwrap_or_else(|| quic_addr.ip().to_string()),
+        quic_port: if config.models.advertise_port != 0 {
+            config.models.advertise_port
+        } else {
+            quic_addr.port()
+        },
+        ca_pem: tls_material.ca_pem.clone(),
+    };
+    tracing::info!(%quic_addr, "model service (QUIC) listening");
+    let quic_task = tokio::spawn(quic::serve(
+        quic,
+        hub.clone(),
+        data.join("models"),
+        config.models.max_transfers,
+        shutdown.clone(),
+    ));
+    let rollout_task = tokio::spawn(rollouts::run(hub.clone(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
@@ -244,6 +294,7 @@ pub async fn run(
         admin_token: admin_token.clone(),
         broker: broker.clone(),
         broker_ca,
+        models: models_endpoint,
     });
     let api = api::router(state);
     let ops = axum::Router::new()
@@ -261,6 +312,8 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
         let _ = link_task.await;
+        let _ = quic_task.await;
+        let _ = rollout_task.await;
         tracing::info!("cloud controller stopped");
         served.map_err(ControllerError::Serve)
     });

@@ -88,6 +88,14 @@ impl Hub {
             .next(chrono::Utc::now().timestamp_micros().max(1) as u64)
     }
 
+    /// Whether `node` is online now (fleet state machine).
+    pub fn is_online(&self, node: &str) -> bool {
+        self.fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_online(node)
+    }
+
     /// Forget cached keys of `node` (after revocation).
     pub fn forget(&self, node: &str) {
         self.nodes

@@ -58,6 +58,12 @@ enum Cmd {
     /// Console agents (human agents, supervisors, admins).
     #[command(subcommand)]
     Agents(AgentsCmd),
+    /// Model releases: publish (on the controller's host), list, show.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Model rollouts to the fleet.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// Events ingested from node outboxes.
     Events {
         #[arg(long)]
@@ -72,6 +78,65 @@ enum Cmd {
         until: Option<i64>,
         #[arg(long)]
         limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Validate a bundle folder (manifest, hashes, golden set in ONNX
+    /// Runtime), sign it with the model-signing key and store it in the data
+    /// directory. Runs where the controller's data directory is.
+    Publish {
+        bundle: PathBuf,
+        /// ONNX Runtime library (default: models.onnxruntime_path, then ORT_DYLIB_PATH).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+    },
+    /// Published releases.
+    List,
+    /// One release: id, name@version or version.
+    Show { key: String },
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Start a rollout.
+    Create {
+        /// Release id, name@version or version.
+        #[arg(long)]
+        model: String,
+        /// Node labels that must match: KEY=VALUE (repeatable).
+        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+        /// Cumulative wave sizes, e.g. 1,10%,50%,100%.
+        #[arg(long, value_delimiter = ',')]
+        waves: Vec<String>,
+        /// Seconds to wait after each wave (health gate applies).
+        #[arg(long)]
+        bake: Option<u64>,
+        /// Failed nodes tolerated: a count or a percentage.
+        #[arg(long)]
+        failure_threshold: Option<String>,
+        /// Largest allowed rise of the low-confidence rate, e.g. 0.05.
+        #[arg(long)]
+        health_margin: Option<f64>,
+        /// Seconds a wave waits for an offline node before skipping it.
+        #[arg(long)]
+        offline_deadline: Option<u64>,
+    },
+    /// One rollout, or all of them without an id.
+    Status {
+        id: Option<String>,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Abort and roll updated nodes back.
+    Abort {
+        id: String,
     },
 }
 
@@ -174,7 +239,57 @@ fn main() -> ExitCode {
             Ok(config) => serve(config),
             Err(code) => code,
         },
+        Some(Cmd::Model(ModelCmd::Publish {
+            bundle,
+            onnxruntime,
+        })) => match load_config(&cli) {
+            Ok(config) => publish(&config, bundle, onnxruntime.as_deref()),
+            Err(code) => code,
+        },
         Some(_) => client(&cli),
+    }
+}
+
+/// `model publish`: validate, sign and store a bundle in the data directory.
+fn publish(config: &Config, bundle: &std::path::Path, ort: Option<&std::path::Path>) -> ExitCode {
+    use cloud_controller::models;
+    let data = &config.store.data_dir;
+    let run = || -> Result<models::ModelRow, String> {
+        let db = cloud_controller::store::Db::open(&data.join("controller.db"))
+            .map_err(|e| e.to_string())?;
+        db.with(|c| models::migrate(c)).map_err(|e| e.to_string())?;
+        let key =
+            models::signing_key(&data.join("model-signing.key")).map_err(|e| e.to_string())?;
+        let ort = ort.unwrap_or(&config.models.onnxruntime_path).to_owned();
+        let now = chrono::Utc::now().timestamp_millis();
+        db.with(|c| {
+            Ok(models::publish(
+                c,
+                &data.join("models"),
+                &key,
+                bundle,
+                &ort,
+                now,
+            ))
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(row) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "id": row.id, "name": row.name, "version": row.version, "bytes": row.bytes,
+                }))
+                .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cloud-controller: model publish: {e}");
+            ExitCode::from(65)
+        }
     }
 }
 
@@ -230,6 +345,19 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// `KEY=VALUE` arguments as a JSON object (labels, selectors).
+fn key_values(pairs: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, ExitCode> {
+    let mut map = serde_json::Map::new();
+    for kv in pairs {
+        let Some((k, v)) = kv.split_once('=') else {
+            eprintln!("cloud-controller: {kv:?} is not KEY=VALUE");
+            return Err(ExitCode::from(64));
+        };
+        map.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+    }
+    Ok(map)
 }
 
 fn client(cli: &Cli) -> ExitCode {
@@ -291,14 +419,10 @@ fn client(cli: &Cli) -> ExitCode {
             None,
         ),
         Some(Cmd::Nodes(NodesCmd::Label { id, labels })) => {
-            let mut map = serde_json::Map::new();
-            for kv in labels {
-                let Some((k, v)) = kv.split_once('=') else {
-                    eprintln!("cloud-controller: label {kv:?} is not KEY=VALUE");
-                    return ExitCode::from(64);
-                };
-                map.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
-            }
+            let map = match key_values(labels) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
             (
                 reqwest::Method::PUT,
                 format!("/api/v1/nodes/{id}/labels"),
@@ -352,6 +476,51 @@ fn client(cli: &Cli) -> ExitCode {
                     "username": username, "display_name": name, "role": role,
                     "password": password, "languages": languages, "capacity": capacity,
                 })),
+            )
+        }
+        Some(Cmd::Model(ModelCmd::List)) => (reqwest::Method::GET, "/api/v1/models".into(), None),
+        Some(Cmd::Model(ModelCmd::Show { key })) => {
+            (reqwest::Method::GET, format!("/api/v1/models/{key}"), None)
+        }
+        Some(Cmd::Rollout(RolloutCmd::Create {
+            model,
+            selector,
+            waves,
+            bake,
+            failure_threshold,
+            health_margin,
+            offline_deadline,
+        })) => {
+            let sel = match key_values(selector) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            (
+                reqwest::Method::POST,
+                "/api/v1/rollouts".into(),
+                Some(serde_json::json!({
+                    "model": model, "selector": sel, "waves": waves, "bake_secs": bake,
+                    "failure_threshold": failure_threshold, "health_margin": health_margin,
+                    "offline_deadline_secs": offline_deadline,
+                })),
+            )
+        }
+        Some(Cmd::Rollout(RolloutCmd::Status { id })) => match id {
+            Some(id) => (reqwest::Method::GET, format!("/api/v1/rollouts/{id}"), None),
+            None => (reqwest::Method::GET, "/api/v1/rollouts".into(), None),
+        },
+        Some(Cmd::Rollout(
+            RolloutCmd::Pause { id } | RolloutCmd::Resume { id } | RolloutCmd::Abort { id },
+        )) => {
+            let op = match cli.command.as_ref() {
+                Some(Cmd::Rollout(RolloutCmd::Pause { .. })) => "pause",
+                Some(Cmd::Rollout(RolloutCmd::Resume { .. })) => "resume",
+                _ => "abort",
+            };
+            (
+                reqwest::Method::POST,
+                format!("/api/v1/rollouts/{id}/{op}"),
+                None,
             )
         }
         Some(Cmd::Events {

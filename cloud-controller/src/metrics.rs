@@ -20,6 +20,8 @@ pub struct Metrics {
     pub commands_acked: Counter,
     /// Inbound messages dropped because processing was behind (nodes resend).
     pub inbound_dropped: Counter,
+    /// Bundle bytes served over QUIC.
+    pub model_bytes_sent: Counter,
 }
 
 impl Metrics {
@@ -33,6 +35,12 @@ impl Metrics {
         let commands_sent = Counter::default();
         let commands_acked = Counter::default();
         let inbound_dropped = Counter::default();
+        let model_bytes_sent = Counter::default();
+        registry.register(
+            "model_bytes_sent",
+            "Model bundle bytes served over QUIC",
+            model_bytes_sent.clone(),
+        );
         registry.register(
             "envelopes_refused",
             "Envelopes refused, by reason",
@@ -78,6 +86,7 @@ impl Metrics {
             nodes_online,
             commands_sent,
             commands_acked,
+            model_bytes_sent,
             inbound_dropped,
         }
     }

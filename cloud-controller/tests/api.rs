@@ -43,6 +43,7 @@ async fn controller() -> (
     let mut c = cloud_controller::config::Config::default();
     c.http.listen = "127.0.0.1:0".into();
     c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+    c.models.quic_listen = "127.0.0.1:0".into();
     c.store.data_dir = dir.path().to_owned();
     let token = CancellationToken::new();
     let ctl = cloud_controller::run(c, token.clone()).await.unwrap();

@@ -26,6 +26,7 @@ impl Env {
         let mut c = cloud_controller::config::Config::default();
         c.http.listen = "127.0.0.1:0".into();
         c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+        c.models.quic_listen = "127.0.0.1:0".into();
         c.store.data_dir = dir.path().to_owned();
         c.console.login_max_failures = 3;
         let token = CancellationToken::new();

@@ -82,6 +82,16 @@ pub enum ManifestError {
     BadHash(String),
 }
 
+/// A bundle file name: letters, digits, `.`, `_`, `-`, not starting with a dot
+/// (so never a path, never hidden).
+pub fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 impl Manifest {
     pub fn parse(json: &str) -> Result<Manifest, ManifestError> {
         let m: Manifest =
@@ -109,12 +119,7 @@ impl Manifest {
             }
         }
         for (name, hash) in &self.files {
-            let plain = !name.is_empty()
-                && !name.starts_with('.')
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-            if !plain || name == MANIFEST_FILE {
+            if !plain_file_name(name) || name == MANIFEST_FILE {
                 return Err(ManifestError::BadFileName(name.clone()));
             }
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -5,6 +5,7 @@
 //! - [`bundle`]: the model bundle manifest, read by nodes and (later) the controller.
 //! - [`envelope`]: sealed, signed envelopes and the MQTT topic layout.
 //! - [`sync`]: what travels inside envelopes, and the enrolment exchange.
+//! - [`release`]: signed model releases (what nodes verify before a swap).
 //! - [`layered`]: configuration layering (defaults, file, environment) shared by both binaries.
 //!
 //! This crate has no runtime, no I/O and no networking code: each binary decides
@@ -15,4 +16,5 @@ pub mod chat;
 pub mod envelope;
 pub mod event;
 pub mod layered;
+pub mod release;
 pub mod sync;

@@ -52,6 +52,24 @@ pub struct Heartbeat {
     /// Routine summaries dropped to stay within the outbox disk budget, ever.
     pub outbox_compacted: u64,
     pub free_disk_bytes: u64,
+    /// Post-swap watch: low-confidence rate of the active model since it
+    /// became active, and of the model before it (its last window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_health: Option<ModelHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelHealth {
+    pub version: String,
+    pub previous_version: String,
+    /// Visitor turns classified by the active model, and the share below threshold.
+    pub turns: u64,
+    pub low_confidence_rate: f64,
+    pub previous_turns: u64,
+    pub previous_low_confidence_rate: f64,
+    /// Versions kept on disk, newest first.
+    #[serde(default)]
+    pub kept: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +121,25 @@ pub mod command {
     pub struct AgentClosed {
         pub conversation: String,
     }
+
+    /// Download, verify, test and activate a release: [`ModelUpdate`].
+    pub const MODEL_UPDATE: &str = "model_update";
+    /// Go back to an earlier version kept on the node: [`ModelRollback`].
+    pub const MODEL_ROLLBACK: &str = "model_rollback";
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ModelUpdate {
+        pub rollout: String,
+        pub release: crate::release::SignedRelease,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ModelRollback {
+        pub rollout: String,
+        /// The version to return to (the node's previous one if empty).
+        #[serde(default)]
+        pub to_version: String,
+    }
 }
 
 /// An instruction for a node, kept queued on the controller until acknowledged.
@@ -153,6 +190,66 @@ pub struct EnrollResponse {
     /// The controller's keys; the node pins them.
     pub controller: PublicKeys,
     pub mqtt: MqttEndpoint,
+    /// Model delivery: the controller's model-signing key and QUIC endpoint,
+    /// pinned like the rest (absent from controllers without rollouts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<ModelEndpoint>,
+}
+
+/// ALPN of the model delivery protocol over QUIC.
+pub const MODELS_ALPN: &[u8] = b"edgedesk-models/1";
+
+/// A node's request for one blob (a bundle file by sha256), from `offset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub node: String,
+    pub blob: String,
+    pub offset: u64,
+    /// Unix ms; refused outside the controller's allowed clock skew.
+    pub ts: i64,
+    /// Base64 signature by the node's enrolment key over [`Self::signed_text`].
+    pub sig: String,
+}
+
+impl FetchRequest {
+    pub fn signed_text(&self) -> Vec<u8> {
+        format!(
+            "edgedesk-models/1\n{}\n{}\n{}\n{}",
+            self.node, self.blob, self.offset, self.ts
+        )
+        .into_bytes()
+    }
+}
+
+/// The controller's answer line before the bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchHeader {
+    pub ok: bool,
+    /// The blob's whole size (bytes follow from the requested offset).
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl FetchHeader {
+    pub fn refused(error: String) -> FetchHeader {
+        FetchHeader {
+            ok: false,
+            size: 0,
+            error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelEndpoint {
+    /// Base64 Ed25519 public key that signs releases.
+    pub signing_key: String,
+    /// QUIC host and port serving bundle files.
+    pub quic_host: String,
+    pub quic_port: u16,
+    /// PEM certificate (CA) the QUIC server's certificate chains to.
+    pub ca_pem: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

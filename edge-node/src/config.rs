@@ -21,6 +21,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub nlu: NluConfig,
     pub dialog: DialogConfig,
+    pub models: ModelsConfig,
     pub store: StoreConfig,
     pub retention: RetentionConfig,
     pub cloud: CloudConfig,
@@ -79,6 +80,28 @@ pub struct DialogConfig {
 pub enum Synchronous {
     Full,
     Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub dir: PathBuf,
+    pub keep: usize,
+}
+
+impl Config {
+    /// The model folder: `models.dir`, else `models` beside the database.
+    pub fn models_dir(&self) -> PathBuf {
+        if !self.models.dir.as_os_str().is_empty() {
+            return self.models.dir.clone();
+        }
+        self.store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .join("models")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod dialog;
 pub mod housekeeping;
+pub mod models;
 pub mod nlu;
 pub mod server;
 pub mod store;
@@ -24,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::dialog::kb::KbError;
 use crate::dialog::{Engine, EngineConfig, KnowledgeBase};
-use crate::nlu::{ActiveModel, Model, NluError};
+use crate::models::ModelManager;
+use crate::nlu::NluError;
 use crate::server::{AppState, Metrics};
 use crate::store::{Store, StoreError};
 
@@ -80,14 +82,18 @@ impl Node {
     }
 }
 
-/// Load the model and knowledge base (the parts that need no socket or disk writes).
-pub fn load_engine(config: &Config) -> Result<(Model, Engine), NodeError> {
+/// Load the model (through the model manager: the active kept version, else
+/// the factory bundle) and the knowledge base.
+pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError> {
     nlu::runtime::init(&config.nlu.onnxruntime_path)?;
-    let model = Model::load(
+    let manager = ModelManager::open(
+        &config.models_dir(),
+        config.models.keep,
         &config.nlu.bundle,
         config.nlu.sessions,
         config.nlu.confidence_threshold,
     )?;
+    let model = manager.active.get();
     let kb = if config.dialog.knowledge_base.as_os_str().is_empty() {
         KnowledgeBase::builtin()
     } else {
@@ -115,7 +121,7 @@ pub fn load_engine(config: &Config) -> Result<(Model, Engine), NodeError> {
             closing_hour: config.dialog.closing_hour,
         },
     );
-    Ok((model, engine))
+    Ok((manager, engine))
 }
 
 /// Start a node: verify and load the model, open the store, bind, serve.
@@ -123,9 +129,10 @@ pub fn load_engine(config: &Config) -> Result<(Model, Engine), NodeError> {
 /// within `server.shutdown_grace_secs`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, NodeError> {
     let cfg = config.clone();
-    let (model, engine) = tokio::task::spawn_blocking(move || load_engine(&cfg))
+    let (manager, engine) = tokio::task::spawn_blocking(move || load_engine(&cfg))
         .await
         .map_err(|e| NodeError::Serve(std::io::Error::other(e.to_string())))??;
+    let model = manager.active.get();
     tracing::info!(
         model = %model.manifest().name,
         version = %model.manifest().version,
@@ -145,7 +152,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
         config,
         engine,
-        model: Arc::new(ActiveModel::new(model)),
+        model: manager.active.clone(),
+        models: Arc::new(manager),
         store,
         metrics: Metrics::new(),
         live: Default::default(),

@@ -25,7 +25,8 @@ use edgedesk_common::envelope::{
 };
 use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::{
-    Command, Down, EnrollRequest, EnrollResponse, Heartbeat, MqttEndpoint, Up, enroll_proof_message,
+    Command, Down, EnrollRequest, EnrollResponse, Heartbeat, ModelEndpoint, MqttEndpoint, Up,
+    enroll_proof_message,
 };
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,9 @@ pub struct IdentityFile {
     pub controller: Option<PublicKeys>,
     #[serde(default)]
     pub mqtt: Option<MqttEndpoint>,
+    /// Model-signing key and QUIC endpoint, pinned at enrolment.
+    #[serde(default)]
+    pub models: Option<ModelEndpoint>,
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -107,6 +111,7 @@ impl IdentityFile {
                     secret: hex::encode(secret),
                     controller: None,
                     mqtt: None,
+                    models: None,
                 };
                 f.save(path)?;
                 Ok(f)
@@ -182,6 +187,7 @@ pub async fn enroll(cfg: &CloudConfig, file: &mut IdentityFile) -> Result<(), Up
     })?;
     file.controller = Some(body.controller);
     file.mqtt = Some(body.mqtt);
+    file.models = body.models;
     tracing::info!(node = %cfg.node_id, "enrolled with the controller");
     Ok(())
 }
@@ -355,6 +361,13 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
         window: ReplayWindow::starting_at(high),
         ack_tx,
         connect_id: connect_id.clone(),
+        exec: Exec {
+            app: app.clone(),
+            client: client.clone(),
+            sealer: sealer.clone(),
+            models: file.models.clone(),
+        },
+        inflight: Default::default(),
     };
     let poll = tokio::spawn(receiver.poll(eventloop, connected_tx));
     let (typing_tx, mut typing_rx) = mpsc::channel::<String>(64);
@@ -397,6 +410,9 @@ struct Receiver {
     window: ReplayWindow,
     ack_tx: mpsc::Sender<Vec<String>>,
     connect_id: String,
+    exec: Exec,
+    /// Long-running commands in progress (by id).
+    inflight: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl Receiver {
@@ -422,7 +438,7 @@ impl Receiver {
                         connect_id: self.connect_id.clone(),
                         sw_version: env!("CARGO_PKG_VERSION").into(),
                     };
-                    let _ = self.send_up(&hello).await;
+                    let _ = self.exec.send_up(&hello).await;
                     let _ = connected.send(true);
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => self.on_down(&p.payload).await,
@@ -495,6 +511,45 @@ impl Receiver {
         }
     }
 
+    async fn on_command(&self, cmd: Command) {
+        use edgedesk_common::sync::command as k;
+        if cmd.kind == k::MODEL_UPDATE || cmd.kind == k::MODEL_ROLLBACK {
+            // Long-running: off the receive loop. A resend while it runs is
+            // ignored; the acknowledgement follows when it ends.
+            if !self
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cmd.id.clone())
+            {
+                return;
+            }
+            let (exec, inflight) = (self.exec.clone(), self.inflight.clone());
+            tokio::spawn(async move {
+                let id = cmd.id.clone();
+                exec.on_command(cmd).await;
+                inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+            return;
+        }
+        self.exec.on_command(cmd).await;
+    }
+}
+
+/// What running a command needs (cloneable, for commands run off the loop).
+#[derive(Clone)]
+struct Exec {
+    app: Arc<AppState>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+    /// The model service pinned at enrolment (absent: no rollouts).
+    models: Option<ModelEndpoint>,
+}
+
+impl Exec {
     /// Run a command; (ok, detail) for the acknowledgement.
     async fn execute(&self, cmd: &Command) -> (bool, String) {
         use edgedesk_common::sync::command as k;
@@ -523,6 +578,56 @@ impl Receiver {
             k::AGENT_LEFT => args::<k::AgentLeft>(cmd).map(|a| (a.conversation, AgentAction::Left)),
             k::AGENT_CLOSED => {
                 args::<k::AgentClosed>(cmd).map(|a| (a.conversation, AgentAction::Closed))
+            }
+            k::MODEL_UPDATE => {
+                let a = match args::<k::ModelUpdate>(cmd) {
+                    Ok(a) => a,
+                    Err(e) => return (false, e),
+                };
+                let Some(ep) = self.models.clone() else {
+                    return (
+                        false,
+                        "refused: no model-signing key was pinned at enrolment".into(),
+                    );
+                };
+                let ctx = crate::models::FetchContext {
+                    node: self.sealer.node.clone(),
+                    identity: self.sealer.identity.clone(),
+                    endpoint: ep.clone(),
+                };
+                tracing::info!(rollout = %a.rollout, "model update requested");
+                return match self
+                    .app
+                    .models
+                    .update(&a.release, &ep.signing_key, ctx)
+                    .await
+                {
+                    Ok(report) => {
+                        self.app.metrics.model_change("updated");
+                        (true, report)
+                    }
+                    Err(e) => {
+                        tracing::warn!(rollout = %a.rollout, error = %e, "model update failed");
+                        self.app.metrics.model_change(e.reason());
+                        (false, format!("{}: {e}", e.reason()))
+                    }
+                };
+            }
+            k::MODEL_ROLLBACK => {
+                let a = match args::<k::ModelRollback>(cmd) {
+                    Ok(a) => a,
+                    Err(e) => return (false, e),
+                };
+                return match self.app.models.rollback(&a.to_version).await {
+                    Ok(report) => {
+                        self.app.metrics.model_change("rolled_back");
+                        (true, report)
+                    }
+                    Err(e) => {
+                        self.app.metrics.model_change(e.reason());
+                        (false, format!("{}: {e}", e.reason()))
+                    }
+                };
             }
             other => return (false, format!("unknown command kind {other:?}")),
         };
@@ -664,6 +769,7 @@ pub async fn heartbeat(app: &AppState, connect_id: &str) -> Heartbeat {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         free_disk_bytes: fs4::available_space(dir).unwrap_or(0),
+        model_health: Some(app.models.health()),
     }
 }
 

@@ -48,6 +48,7 @@ fn spawn_controller(dir: &Path, http: u16, mqtt: u16, extra: &[(&str, String)]) 
     cmd.arg("serve")
         .env("EDGEDESK_CC_HTTP__LISTEN", format!("\"127.0.0.1:{http}\""))
         .env("EDGEDESK_CC_MQTT__LISTEN", format!("\"127.0.0.1:{mqtt}\""))
+        .env("EDGEDESK_CC_MODELS__QUIC_LISTEN", "\"127.0.0.1:0\"")
         .env(
             "EDGEDESK_CC_STORE__DATA_DIR",
             format!("{:?}", dir.to_string_lossy()),

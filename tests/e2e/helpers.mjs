@@ -73,6 +73,7 @@ export async function startController() {
       ...process.env,
       EDGEDESK_CC_HTTP__LISTEN: "127.0.0.1:0",
       EDGEDESK_CC_MQTT__LISTEN: `127.0.0.1:${mqtt}`,
+      EDGEDESK_CC_MODELS__QUIC_LISTEN: "127.0.0.1:0",
       EDGEDESK_CC_STORE__DATA_DIR: JSON.stringify(dir),
       EDGEDESK_CC_SYNC__COMMAND_RETRY_SECS: "1",
     },

@@ -40,6 +40,16 @@ pub struct Metrics {
     pub uplink_refused: Family<Labels, Counter>,
     /// Commands held back because an earlier one of their stream was missing.
     pub command_gaps: Counter,
+    /// Model updates and rollbacks, by outcome (updated, rolled_back, refused, fetch, verify, golden_set, …).
+    pub model_changes: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn model_change(&self, outcome: &str) {
+        self.model_changes
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+    }
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -68,6 +78,7 @@ impl Metrics {
             uplink_acked: Counter::default(),
             uplink_refused: Family::default(),
             command_gaps: Counter::default(),
+            model_changes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -150,6 +161,11 @@ impl Metrics {
             "uplink_refused",
             "Messages from the broker refused, by reason",
             m.uplink_refused.clone(),
+        );
+        registry.register(
+            "model_changes",
+            "Model updates and rollbacks, by outcome",
+            m.model_changes.clone(),
         );
         registry.register(
             "uplink_command_gaps",

@@ -32,6 +32,8 @@ pub struct AppState {
     pub config: Config,
     pub engine: Engine,
     pub model: Arc<ActiveModel>,
+    /// Versions on disk, updates and rollbacks of `model`.
+    pub models: Arc<crate::models::ModelManager>,
     pub store: Store,
     pub metrics: Metrics,
     /// One permit per open chat connection (`server.max_connections`).

@@ -147,6 +147,9 @@ struct Active {
     created_at: i64,
     conv: Conversation,
     claim: Claim,
+    /// The model a multi-turn flow started on: the flow finishes on it even
+    /// if a new model is swapped in meanwhile.
+    flow_model: Option<Arc<crate::nlu::Model>>,
 }
 
 enum Flow {
@@ -635,6 +638,7 @@ impl Connection {
             created_at: now,
             conv,
             claim,
+            flow_model: None,
         });
         let welcome = self.app.engine.welcome(lang);
         let messages = vec![bot_message(&welcome, now)];
@@ -717,6 +721,7 @@ impl Connection {
             created_at: row.created_at,
             conv,
             claim,
+            flow_model: None,
         });
         let _ = send(socket, &frame).await;
     }
@@ -744,7 +749,11 @@ impl Connection {
             .and_then(Command::parse)
             .or_else(|| Command::parse(&text));
         let nlu_started = Instant::now();
-        let model = app.model.get();
+        let in_flow = matches!(active.conv.phase, Phase::Flow(_));
+        let model = match (&active.flow_model, in_flow) {
+            (Some(m), true) => m.clone(),
+            _ => app.model.get(),
+        };
         let nlu = match model.classify(&text) {
             Ok(p) => Understanding {
                 intent: p.label,
@@ -768,6 +777,8 @@ impl Connection {
         } else {
             app.metrics.unanswered.inc();
         }
+        app.models
+            .observe(&model.manifest().version.to_string(), nlu.answered);
         let today = chrono::Local::now().date_naive();
         let turn = Turn {
             text: &text,
@@ -780,6 +791,10 @@ impl Connection {
             agents_available: app.metrics.uplink_connected.get() == 1,
         };
         let outcome = app.engine.handle(&mut active.conv, &turn);
+        active.flow_model = match active.conv.phase {
+            Phase::Flow(_) => Some(model.clone()),
+            _ => None,
+        };
         let mut messages = vec![NewMessage {
             sender: Sender::Visitor,
             text: text.clone(),

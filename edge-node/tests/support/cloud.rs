@@ -35,6 +35,7 @@ impl Cloud {
         let mut c = CcConfig::default();
         c.http.listen = "127.0.0.1:0".into();
         c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+        c.models.quic_listen = "127.0.0.1:0".into();
         c.store.data_dir = dir.path().to_owned();
         c.fleet.heartbeat_timeout_secs = 3;
         c.sync.command_retry_secs = 1;

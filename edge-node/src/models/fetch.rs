@@ -1,0 +1,250 @@
+//! Download bundle files from the controller over QUIC, verified chunk by
+//! chunk against the signed release and resumable from the last verified
+//! byte (the partial file is `<incoming>/<sha256>.part`; only whole verified
+//! chunks are ever kept in it).
+
+use std::io::{Read, Seek, Write};
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgedesk_common::envelope::Identity;
+use edgedesk_common::release::{CHUNK_SIZE, FileEntry};
+use edgedesk_common::sync::{FetchHeader, FetchRequest, MODELS_ALPN, ModelEndpoint};
+use quinn::crypto::rustls::QuicClientConfig;
+use sha2::{Digest, Sha256};
+
+use super::ModelError;
+
+/// What a node needs to fetch: who it is and where the controller serves.
+#[derive(Clone)]
+pub struct FetchContext {
+    pub node: String,
+    pub identity: Identity,
+    pub endpoint: ModelEndpoint,
+}
+
+/// A QUIC connection to the controller's model service.
+pub struct Fetcher {
+    ctx: FetchContext,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+fn net(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Fetch(e.to_string())
+}
+
+impl Fetcher {
+    pub async fn connect(ctx: FetchContext) -> Result<Fetcher, ModelError> {
+        let mut tls = (*crate::uplink::pinned_tls(&ctx.endpoint.ca_pem).map_err(net)?).clone();
+        tls.alpn_protocols = vec![MODELS_ALPN.to_vec()];
+        let quic = QuicClientConfig::try_from(tls).map_err(net)?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window((16u32 << 20).into());
+        transport.receive_window((64u32 << 20).into());
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        client.transport_config(Arc::new(transport));
+        let addr = (ctx.endpoint.quic_host.as_str(), ctx.endpoint.quic_port)
+            .to_socket_addrs()
+            .map_err(net)?
+            .next()
+            .ok_or_else(|| net("the controller's QUIC address does not resolve"))?;
+        let bind: std::net::SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(net)?;
+        endpoint.set_default_client_config(client);
+        let conn = endpoint
+            .connect(addr, &ctx.endpoint.quic_host)
+            .map_err(net)?
+            .await
+            .map_err(net)?;
+        Ok(Fetcher {
+            ctx,
+            endpoint,
+            conn,
+        })
+    }
+
+    /// Fetch `file` into `dest` (created atomically), resuming from
+    /// `<incoming>/<sha>.part`. Returns the bytes transferred this time.
+    pub async fn fetch(
+        &self,
+        file: &FileEntry,
+        incoming: &Path,
+        dest: &Path,
+    ) -> Result<u64, ModelError> {
+        std::fs::create_dir_all(incoming)?;
+        let part = incoming.join(format!("{}.part", file.sha256));
+        let mut verified = verified_prefix(&part, file)?;
+        let mut transferred = 0u64;
+        while verified < file.size {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(net)?;
+            let mut req = FetchRequest {
+                node: self.ctx.node.clone(),
+                blob: file.sha256.clone(),
+                offset: verified,
+                ts: chrono::Utc::now().timestamp_millis(),
+                sig: String::new(),
+            };
+            req.sig = self.ctx.identity.sign(&req.signed_text());
+            send.write_all(&serde_json::to_vec(&req).expect("serialises"))
+                .await
+                .map_err(net)?;
+            send.finish().map_err(net)?;
+            let header = read_header(&mut recv).await?;
+            if !header.ok {
+                return Err(ModelError::Fetch(format!(
+                    "controller refused {}: {}",
+                    file.sha256, header.error
+                )));
+            }
+            if header.size != file.size {
+                return Err(ModelError::Verify(format!(
+                    "{} is {} bytes on the controller, the release says {}",
+                    file.sha256, header.size, file.size
+                )));
+            }
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&part)?;
+            out.set_len(verified)?;
+            out.seek(std::io::SeekFrom::Start(verified))?;
+            let mut chunk = Vec::with_capacity(CHUNK_SIZE as usize);
+            let mut idx = (verified / CHUNK_SIZE) as usize;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match recv.read(&mut buf).await {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    // A dropped connection: keep what was verified, resume later.
+                    Err(e) => {
+                        out.sync_all()?;
+                        return Err(net(e));
+                    }
+                };
+                let mut data = &buf[..n];
+                while !data.is_empty() {
+                    let want = chunk_len(file, idx) - chunk.len();
+                    let take = want.min(data.len());
+                    chunk.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if chunk.len() == chunk_len(file, idx) {
+                        let got = hex::encode(Sha256::digest(&chunk));
+                        if Some(&got) != file.chunks.get(idx) {
+                            return Err(ModelError::Verify(format!(
+                                "chunk {idx} of {} has sha256 {got}, the release says {}",
+                                file.sha256,
+                                file.chunks
+                                    .get(idx)
+                                    .map(String::as_str)
+                                    .unwrap_or("nothing")
+                            )));
+                        }
+                        out.write_all(&chunk)?;
+                        verified += chunk.len() as u64;
+                        transferred += chunk.len() as u64;
+                        chunk.clear();
+                        idx += 1;
+                    }
+                }
+            }
+            out.sync_all()?;
+            if verified < file.size {
+                return Err(net(format!(
+                    "stream ended at byte {verified} of {}",
+                    file.size
+                )));
+            }
+        }
+        // The whole file once more against the release's sha256.
+        let whole = sha256_of(&part)?;
+        if whole != file.sha256 {
+            let _ = std::fs::remove_file(&part);
+            return Err(ModelError::Verify(format!(
+                "{} downloaded with sha256 {whole}",
+                file.sha256
+            )));
+        }
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(&part, dest)?;
+        Ok(transferred)
+    }
+
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn chunk_len(file: &FileEntry, idx: usize) -> usize {
+    let start = idx as u64 * CHUNK_SIZE;
+    (file.size - start).min(CHUNK_SIZE) as usize
+}
+
+async fn read_header(recv: &mut quinn::RecvStream) -> Result<FetchHeader, ModelError> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match recv.read(&mut byte).await.map_err(net)? {
+            Some(1) if byte[0] == b'\n' => break,
+            Some(1) => line.push(byte[0]),
+            Some(_) => {}
+            None => return Err(net("the controller closed the stream")),
+        }
+        if line.len() > 4096 {
+            return Err(net("answer line too long"));
+        }
+    }
+    serde_json::from_slice(&line).map_err(net)
+}
+
+/// Bytes at the start of `part` that make whole chunks matching the
+/// release; the rest (a torn tail after a crash) is cut off.
+pub fn verified_prefix(part: &Path, file: &FileEntry) -> Result<u64, ModelError> {
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(part)
+    else {
+        return Ok(0);
+    };
+    let len = f.metadata()?.len();
+    let mut good = 0u64;
+    let mut buf = vec![0u8; CHUNK_SIZE as usize];
+    for (idx, expected) in file.chunks.iter().enumerate() {
+        let n = chunk_len(file, idx);
+        if good + n as u64 > len {
+            break;
+        }
+        f.read_exact(&mut buf[..n])?;
+        if &hex::encode(Sha256::digest(&buf[..n])) != expected {
+            break;
+        }
+        good += n as u64;
+    }
+    if good < len {
+        f.set_len(good)?;
+    }
+    Ok(good)
+}
+
+pub fn sha256_of(path: &Path) -> Result<String, ModelError> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Where a blob lands while downloading.
+pub fn part_path(incoming: &Path, sha256: &str) -> PathBuf {
+    incoming.join(format!("{sha256}.part"))
+}

@@ -1,0 +1,428 @@
+//! The node's model manager: takes a signed release from a rollout command to
+//! the active model, and back.
+//!
+//! Steps of an update, each safe to be killed at (kill -9 tested):
+//! 1. verify the release's signature with the key pinned at enrolment; refuse
+//!    a version not newer than the active one (only `model_rollback` goes
+//!    back: TUF's rollback and freeze attacks);
+//! 2. download each file over QUIC into `incoming/` (verified per chunk,
+//!    resumable), then assemble `versions/.<v>.staging/` and rename it to
+//!    `versions/<v>/` (fsynced);
+//! 3. load it into new ONNX sessions and run the golden set against the
+//!    manifest's threshold;
+//! 4. swap the in-memory model (readers holding the old `Arc` finish on it),
+//!    then rewrite `active.json` (temp file, fsync, rename).
+//!
+//! At start the node loads the version `active.json` names, else the newest
+//! kept version that loads, else the configured factory bundle. The previous
+//! `keep` versions stay on disk for rollbacks. After a swap the manager
+//! counts low-confidence turns per version; heartbeats report both rates.
+
+pub mod fetch;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use edgedesk_common::bundle::MANIFEST_FILE;
+use edgedesk_common::release::{Release, SignedRelease};
+use edgedesk_common::sync::ModelHealth;
+use serde::{Deserialize, Serialize};
+
+use crate::nlu::{ActiveModel, Model, NluError};
+pub use fetch::FetchContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("release refused: {0}")]
+    Refused(String),
+    #[error("download failed: {0}")]
+    Fetch(String),
+    #[error("verification failed: {0}")]
+    Verify(String),
+    #[error("the new model failed: {0}")]
+    Model(#[from] NluError),
+    #[error("model files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("another model change is in progress")]
+    Busy,
+    #[error("version {0} is not kept on this node")]
+    NotKept(String),
+}
+
+impl ModelError {
+    /// Short reason for metrics and acknowledgements.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ModelError::Refused(_) => "refused",
+            ModelError::Fetch(_) => "fetch",
+            ModelError::Verify(_) => "verify",
+            ModelError::Model(NluError::Golden { .. }) => "golden_set",
+            ModelError::Model(_) => "load",
+            ModelError::Io(_) => "io",
+            ModelError::Busy => "busy",
+            ModelError::NotKept(_) => "not_kept",
+        }
+    }
+}
+
+/// `active.json`: the version in use and the ones kept, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pointer {
+    pub active: String,
+    pub kept: Vec<String>,
+}
+
+/// Low-confidence counts of one model version.
+#[derive(Debug, Clone, Default)]
+struct Window {
+    version: String,
+    turns: u64,
+    low: u64,
+}
+
+impl Window {
+    fn rate(&self) -> f64 {
+        if self.turns == 0 {
+            0.0
+        } else {
+            self.low as f64 / self.turns as f64
+        }
+    }
+}
+
+pub struct ModelManager {
+    dir: PathBuf,
+    keep: usize,
+    sessions: usize,
+    threshold_override: f32,
+    pub active: Arc<ActiveModel>,
+    watch: Mutex<(Window, Window)>,
+    busy: tokio::sync::Mutex<()>,
+    /// Test hook: abort the process at this step (`EDGEDESK_MODEL_CRASH_AT`).
+    crash_at: Option<String>,
+}
+
+/// Crash points, in order (see the module docs).
+pub const STEPS: [&str; 4] = ["downloaded", "staged", "loaded", "swapped"];
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn valid_version(v: &str) -> bool {
+    semver::Version::parse(v).is_ok()
+}
+
+impl ModelManager {
+    /// Open the model folder and load the model to start with: the active
+    /// version, else the newest kept one that loads, else `factory`.
+    pub fn open(
+        dir: &Path,
+        keep: usize,
+        factory: &Path,
+        sessions: usize,
+        threshold_override: f32,
+    ) -> Result<ModelManager, NluError> {
+        let pointer = Self::read_pointer(dir);
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        if let Some(p) = &pointer {
+            candidates.push(dir.join("versions").join(&p.active));
+            candidates.extend(p.kept.iter().map(|v| dir.join("versions").join(v)));
+        }
+        let mut model = None;
+        for c in candidates {
+            match Model::load(&c, sessions, threshold_override) {
+                Ok(m) => {
+                    model = Some(m);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(dir = %c.display(), error = %e, "kept model does not load; trying the next")
+                }
+            }
+        }
+        let model = match model {
+            Some(m) => m,
+            None => {
+                let m = Model::load(factory, sessions, threshold_override)?;
+                // Keep the factory bundle as a version too, so a rollback can
+                // return to it; a node that cannot write here still serves.
+                if let Err(e) = Self::adopt(dir, factory, &m) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the factory model as a version; rollbacks to it will not be possible");
+                }
+                m
+            }
+        };
+        let version = model.manifest().version.to_string();
+        Ok(ModelManager {
+            dir: dir.to_owned(),
+            keep: keep.max(1),
+            sessions,
+            threshold_override,
+            active: Arc::new(ActiveModel::new(model)),
+            watch: Mutex::new((
+                Window {
+                    version,
+                    ..Default::default()
+                },
+                Window::default(),
+            )),
+            busy: tokio::sync::Mutex::new(()),
+            crash_at: std::env::var("EDGEDESK_MODEL_CRASH_AT").ok(),
+        })
+    }
+
+    fn adopt(dir: &Path, factory: &Path, model: &Model) -> std::io::Result<()> {
+        let version = model.manifest().version.to_string();
+        let versions = dir.join("versions");
+        let target = versions.join(&version);
+        if !Model::load_manifest_ok(&target) {
+            let staging = versions.join(format!(".{version}.staging"));
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging)?;
+            let mut names: Vec<&String> = model.manifest().files.keys().collect();
+            let manifest = MANIFEST_FILE.to_owned();
+            names.push(&manifest);
+            for name in names {
+                std::fs::copy(factory.join(name), staging.join(name))?;
+                std::fs::File::open(staging.join(name))?.sync_all()?;
+            }
+            let _ = std::fs::remove_dir_all(&target);
+            std::fs::rename(&staging, &target)?;
+            sync_dir(&versions)?;
+        }
+        write_atomic(
+            &dir.join("active.json"),
+            &serde_json::to_vec_pretty(&Pointer {
+                active: version.clone(),
+                kept: vec![version],
+            })
+            .expect("serialises"),
+        )
+    }
+
+    fn read_pointer(dir: &Path) -> Option<Pointer> {
+        let text = std::fs::read_to_string(dir.join("active.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn checkpoint(&self, step: &str) {
+        if self.crash_at.as_deref() == Some(step) {
+            tracing::error!(
+                step,
+                "EDGEDESK_MODEL_CRASH_AT reached: aborting (test hook)"
+            );
+            std::process::abort();
+        }
+    }
+
+    pub fn active_version(&self) -> String {
+        self.active.get().manifest().version.to_string()
+    }
+
+    /// Versions on disk, newest first (from the pointer).
+    pub fn kept(&self) -> Vec<String> {
+        Self::read_pointer(&self.dir)
+            .map(|p| p.kept)
+            .unwrap_or_default()
+    }
+
+    /// Count one classified visitor turn for the active model.
+    pub fn observe(&self, version: &str, answered: bool) {
+        let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.version == version {
+            w.0.turns += 1;
+            w.0.low += u64::from(!answered);
+        }
+    }
+
+    pub fn health(&self) -> ModelHealth {
+        let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        ModelHealth {
+            version: w.0.version.clone(),
+            previous_version: w.1.version.clone(),
+            turns: w.0.turns,
+            low_confidence_rate: w.0.rate(),
+            previous_turns: w.1.turns,
+            previous_low_confidence_rate: w.1.rate(),
+            kept: self.kept(),
+        }
+    }
+
+    /// Verify, download, test and activate `signed`. Returns a short report.
+    pub async fn update(
+        &self,
+        signed: &SignedRelease,
+        pinned_key: &str,
+        ctx: FetchContext,
+    ) -> Result<String, ModelError> {
+        let _busy = self.busy.try_lock().map_err(|_| ModelError::Busy)?;
+        let key = edgedesk_common::release::verifying_key(pinned_key)
+            .map_err(|e| ModelError::Refused(e.to_string()))?;
+        let release = signed
+            .verify(&key)
+            .map_err(|e| ModelError::Refused(e.to_string()))?;
+        let active = self.active.get().manifest().version.clone();
+        if release.version == active {
+            return Ok(format!("{} already active", release.version));
+        }
+        if release.version < active {
+            return Err(ModelError::Refused(format!(
+                "version {} is older than the active {active}; only a rollback command goes back",
+                release.version
+            )));
+        }
+        let version = release.version.to_string();
+        let target = self.dir.join("versions").join(&version);
+        let fetched = if Model::load_manifest_ok(&target) {
+            0
+        } else {
+            self.download(&release, &target, ctx).await?
+        };
+        self.activate(&version, &release).await?;
+        Ok(format!("{version} active ({fetched} bytes fetched)"))
+    }
+
+    async fn download(
+        &self,
+        release: &Release,
+        target: &Path,
+        ctx: FetchContext,
+    ) -> Result<u64, ModelError> {
+        let incoming = self.dir.join("incoming");
+        let fetcher = fetch::Fetcher::connect(ctx).await?;
+        let mut total = 0;
+        let mut ready = Vec::new();
+        for (name, file) in &release.files {
+            let dest = incoming.join(&file.sha256);
+            if !(dest.is_file() && fetch::sha256_of(&dest)? == file.sha256) {
+                total += fetcher.fetch(file, &incoming, &dest).await?;
+            }
+            ready.push((name.clone(), dest));
+        }
+        fetcher.close().await;
+        self.checkpoint("downloaded");
+        let staging = self
+            .dir
+            .join("versions")
+            .join(format!(".{}.staging", release.version));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)?;
+        for (name, src) in &ready {
+            std::fs::copy(src, staging.join(name))?;
+            std::fs::File::open(staging.join(name))?.sync_all()?;
+        }
+        sync_dir(&staging)?;
+        let _ = std::fs::remove_dir_all(target);
+        std::fs::rename(&staging, target)?;
+        sync_dir(&self.dir.join("versions"))?;
+        for (_, src) in ready {
+            let _ = std::fs::remove_file(src);
+        }
+        self.checkpoint("staged");
+        Ok(total)
+    }
+
+    /// Load `version` from disk, check it, swap it in, record the pointer.
+    async fn activate(&self, version: &str, release: &Release) -> Result<(), ModelError> {
+        let dir = self.dir.join("versions").join(version);
+        // The manifest must be the one the signed release names.
+        let manifest_sha = fetch::sha256_of(&dir.join(MANIFEST_FILE))?;
+        if release.files.get(MANIFEST_FILE).map(|f| &f.sha256) != Some(&manifest_sha) {
+            return Err(ModelError::Verify(
+                "the kept manifest is not the released one".into(),
+            ));
+        }
+        self.load_and_swap(version).await
+    }
+
+    async fn load_and_swap(&self, version: &str) -> Result<(), ModelError> {
+        let dir = self.dir.join("versions").join(version);
+        let (sessions, thr) = (self.sessions, self.threshold_override);
+        let model = tokio::task::spawn_blocking(move || -> Result<Model, NluError> {
+            let m = Model::load(&dir, sessions, thr)?;
+            m.check_golden()?;
+            Ok(m)
+        })
+        .await
+        .map_err(|e| ModelError::Io(std::io::Error::other(e.to_string())))??;
+        self.checkpoint("loaded");
+        let previous = self.active.swap(model);
+        let previous_version = previous.manifest().version.to_string();
+        {
+            let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            let old = std::mem::take(&mut w.0);
+            w.1 = old;
+            w.0 = Window {
+                version: version.to_owned(),
+                ..Default::default()
+            };
+        }
+        self.checkpoint("swapped");
+        let mut pointer = Self::read_pointer(&self.dir).unwrap_or_default();
+        let mut kept: Vec<String> = vec![version.to_owned(), previous_version.clone()];
+        kept.extend(pointer.kept.iter().cloned());
+        kept.retain(|v| self.dir.join("versions").join(v).is_dir());
+        let mut seen = std::collections::HashSet::new();
+        kept.retain(|v| seen.insert(v.clone()));
+        let dropped: Vec<String> = kept.split_off(self.keep.min(kept.len()).max(1));
+        pointer = Pointer {
+            active: version.to_owned(),
+            kept,
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        write_atomic(
+            &self.dir.join("active.json"),
+            &serde_json::to_vec_pretty(&pointer).expect("serialises"),
+        )?;
+        for v in dropped {
+            if v != version {
+                let _ = std::fs::remove_dir_all(self.dir.join("versions").join(&v));
+            }
+        }
+        tracing::info!(version, previous = %previous_version, "model swapped");
+        Ok(())
+    }
+
+    /// Return to `to` (the previous kept version if empty).
+    pub async fn rollback(&self, to: &str) -> Result<String, ModelError> {
+        let _busy = self.busy.try_lock().map_err(|_| ModelError::Busy)?;
+        let active = self.active_version();
+        let kept = self.kept();
+        let to = if to.is_empty() {
+            kept.iter()
+                .find(|v| **v != active)
+                .cloned()
+                .ok_or_else(|| ModelError::NotKept("(previous)".into()))?
+        } else {
+            to.to_owned()
+        };
+        if to == active {
+            return Ok(format!("{to} already active"));
+        }
+        if !valid_version(&to) || !self.dir.join("versions").join(&to).is_dir() {
+            return Err(ModelError::NotKept(to));
+        }
+        self.load_and_swap(&to).await?;
+        Ok(format!("rolled back to {to}"))
+    }
+}
+
+impl Model {
+    /// Whether `dir` holds a bundle whose files match its manifest.
+    pub fn load_manifest_ok(dir: &Path) -> bool {
+        crate::nlu::model::verify_bundle(dir).is_ok()
+    }
+}
