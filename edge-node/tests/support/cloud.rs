@@ -131,6 +131,16 @@ impl Cloud {
 
 /// An edge node enrolled with `cloud`.
 pub async fn edge(cloud: &Cloud, dir: &tempfile::TempDir, node_id: &str) -> TestNode {
+    edge_with(cloud, dir, node_id, |_| {}).await
+}
+
+/// An edge node enrolled with `cloud`, its configuration adjusted by `tweak`.
+pub async fn edge_with(
+    cloud: &Cloud,
+    dir: &tempfile::TempDir,
+    node_id: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> TestNode {
     let mut c = config(dir);
     c.cloud.enabled = true;
     c.cloud.controller_url = format!("http://{}", cloud.ctl.http_addr);
@@ -139,7 +149,101 @@ pub async fn edge(cloud: &Cloud, dir: &tempfile::TempDir, node_id: &str) -> Test
     c.cloud.identity_path = dir.path().join("identity.json");
     c.cloud.heartbeat_secs = 1;
     c.cloud.ack_timeout_secs = 2;
+    tweak(&mut c);
     TestNode::start(c).await
+}
+
+impl Cloud {
+    /// Publish `bundle` as the operator's `model publish` does.
+    pub fn publish(&self, bundle: &std::path::Path) -> cloud_controller::models::ModelRow {
+        let data = self._dir.path();
+        let db = cloud_controller::store::Db::open(&data.join("controller.db")).unwrap();
+        let key = cloud_controller::models::signing_key(&data.join("model-signing.key")).unwrap();
+        db.with(|c| {
+            Ok(cloud_controller::models::publish(
+                c,
+                &data.join("models"),
+                &key,
+                bundle,
+                &ort_path(),
+                cloud_controller::link::now_ms(),
+            ))
+        })
+        .unwrap()
+        .expect("the bundle publishes")
+    }
+}
+
+/// A bundle `version` whose golden set adds a line the model gets right only
+/// with modest confidence, and a node threshold override under which the
+/// default bundle's golden set still passes but this one's does not: a model
+/// that passes its checks at the controller and fails them on one node.
+pub fn harder_bundle(dir: &std::path::Path, version: &str) -> (std::path::PathBuf, f32) {
+    use sha2::Digest;
+    edge_node::nlu::runtime::init(&ort_path()).unwrap();
+    let model = edge_node::nlu::Model::load(&bundle_dir(), 1, 0.0).unwrap();
+    let oos = model.manifest().out_of_scope_label.clone();
+    let golden = std::fs::read_to_string(bundle_dir().join("golden.jsonl")).unwrap();
+    let floor = golden
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["label"] != oos.as_str())
+        .map(|v| {
+            model
+                .classify(v["text"].as_str().unwrap())
+                .unwrap()
+                .confidence
+        })
+        .fold(f32::MAX, f32::min);
+    let base = model.threshold();
+    let csv =
+        std::fs::read_to_string(repo_root().join("data/intents/edgedesk_intents.csv")).unwrap();
+    let (text, label) = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.rsplit_once(','))
+        .find_map(|(t, label)| {
+            let p = model.classify(t).ok()?;
+            (p.label == label
+                && label != oos
+                && p.confidence > base + 0.02
+                && p.confidence < floor - 0.02)
+                .then(|| (t.to_owned(), label.to_owned()))
+        })
+        .expect("a training line the model gets right with modest confidence");
+    let out = bundle_version(dir, version);
+    let mut g = golden.clone();
+    g.push_str(&serde_json::json!({ "text": text, "label": label }).to_string());
+    g.push('\n');
+    std::fs::write(out.join("golden.jsonl"), &g).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    m["files"]["golden.jsonl"] = hex::encode(sha2::Sha256::digest(g.as_bytes())).into();
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    (out, floor - 0.01)
+}
+
+/// A copy of the default bundle under `dir` with its manifest's version set
+/// to `version` (the model itself unchanged).
+pub fn bundle_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("bundle-{version}"));
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["model.onnx", "golden.jsonl", "manifest.json"] {
+        std::fs::copy(bundle_dir().join(f), out.join(f)).unwrap();
+    }
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    m["version"] = serde_json::Value::String(version.into());
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    out
 }
 
 impl Cloud {
