@@ -11,6 +11,33 @@ use support::*;
 
 const NODES: usize = 20;
 
+async fn start_rollout(cloud: &Cloud, body: serde_json::Value) -> String {
+    let r = cloud
+        .http
+        .post(cloud.url("/api/v1/rollouts"))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let created: serde_json::Value = r.json().await.unwrap();
+    created["id"].as_str().unwrap().to_owned()
+}
+
+/// Poll rollout `id` until `phase` (or a terminal phase); its last view.
+async fn wait_phase(cloud: &Cloud, id: &str, phase: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..600 {
+        last = cloud.get(&format!("/api/v1/rollouts/{id}")).await;
+        if last["phase"] == phase || last["phase"] == "succeeded" || last["phase"] == "aborted" {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("rollout never reached {phase}: {last}");
+}
+
 struct Fleet {
     nodes: Vec<(String, TestNode, tempfile::TempDir)>,
 }
@@ -59,26 +86,8 @@ fn version(node: &TestNode) -> String {
 }
 
 async fn run_rollout(cloud: &Cloud, body: serde_json::Value) -> serde_json::Value {
-    let r = cloud
-        .http
-        .post(cloud.url("/api/v1/rollouts"))
-        .bearer_auth(&cloud.ctl.admin_token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    let created: serde_json::Value = r.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
-    let mut last = created;
-    for _ in 0..600 {
-        last = cloud.get(&format!("/api/v1/rollouts/{id}")).await;
-        if last["phase"] == "succeeded" || last["phase"] == "aborted" {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("rollout did not finish: {last}");
+    let id = start_rollout(cloud, body).await;
+    wait_phase(cloud, &id, "succeeded").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,6 +132,49 @@ async fn every_wave_succeeds_and_the_fleet_runs_the_new_model() {
             cloud.node("n03").await["heartbeat"]["model_health"]["version"] == "1.1.0"
         })
         .await;
+
+    // The next version: the operator aborts during the first bake; the two
+    // updated nodes go back to 1.1.0 and nobody else is asked.
+    cloud.publish(&bundle_version(work.path(), "1.3.0"));
+    let id = start_rollout(
+        &cloud,
+        serde_json::json!({ "model": "1.3.0", "selector": { "kind": "bank" },
+            "waves": ["2", "100%"], "bake_secs": 600 }),
+    )
+    .await;
+    let baking = wait_phase(&cloud, &id, "baking").await;
+    assert_eq!(
+        (baking["phase"].as_str(), baking["updated"].as_u64()),
+        (Some("baking"), Some(2))
+    );
+    assert_eq!(version(&fleet.nodes[0].1), "1.3.0");
+    let r = cloud
+        .http
+        .post(cloud.url(&format!("/api/v1/rollouts/{id}/abort")))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done = wait_phase(&cloud, &id, "aborted").await;
+    assert_eq!(done["phase"], "aborted", "{done}");
+    assert_eq!(done["rolled_back"], 2, "{done}");
+    for (id, node, _) in &fleet.nodes {
+        let want = if id.starts_with('n') {
+            "1.1.0"
+        } else {
+            "1.0.0"
+        };
+        assert_eq!(version(node), want, "{id} after the abort");
+    }
+    let r = cloud
+        .http
+        .post(cloud.url(&format!("/api/v1/rollouts/{id}/resume")))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a finished rollout cannot be resumed");
     for (_, node, _) in fleet.nodes {
         node.stop().await;
     }
@@ -166,13 +218,22 @@ async fn a_canary_failing_its_golden_set_aborts_and_nothing_else_changes() {
             );
         }
     }
-    // The canary reported why, and nobody else was asked.
+    // The canary was asked and reported why; nobody else was asked.
+    let canary_cmds = cloud.get("/api/v1/nodes/n00/commands").await;
+    assert!(
+        canary_cmds
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "model_update" && c["ok"] == false),
+        "{canary_cmds}"
+    );
     let cmds = cloud.get("/api/v1/nodes/n01/commands").await;
     assert!(
         cmds.as_array()
             .unwrap()
             .iter()
-            .all(|c| c["command"]["kind"] != "model_update"),
+            .all(|c| c["kind"] != "model_update"),
         "{cmds}"
     );
     for (_, node, _) in fleet.nodes {

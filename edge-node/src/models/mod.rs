@@ -218,12 +218,14 @@ impl ModelManager {
         serde_json::from_str(&text).ok()
     }
 
+    /// Test hook: with `EDGEDESK_MODEL_CRASH_AT=<step>` the process sends
+    /// itself SIGKILL at that step (no destructors, no flushing: a kill -9).
     fn checkpoint(&self, step: &str) {
         if self.crash_at.as_deref() == Some(step) {
-            tracing::error!(
-                step,
-                "EDGEDESK_MODEL_CRASH_AT reached: aborting (test hook)"
-            );
+            tracing::error!(step, "EDGEDESK_MODEL_CRASH_AT reached: kill -9 (test hook)");
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &std::process::id().to_string()])
+                .status();
             std::process::abort();
         }
     }
