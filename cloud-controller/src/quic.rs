@@ -25,6 +25,9 @@ use crate::link::{Hub, now_ms};
 use crate::store;
 use crate::tls::TlsError;
 
+/// Unacknowledged bytes a connection may have in flight (memory per transfer).
+const SEND_WINDOW: u64 = 4 << 20;
+
 /// Largest request line accepted.
 const MAX_REQUEST: usize = 4096;
 
@@ -54,9 +57,10 @@ pub fn endpoint(
     transport.max_concurrent_bidi_streams(8u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     // Room for a fast loopback or LAN link (the defaults cap a stream near
-    // 100 MB/s at 1 ms RTT).
+    // 100 MB/s at 1 ms RTT), but bounded: unacknowledged data per connection
+    // is held in memory, times `max_transfers`.
     transport.stream_receive_window((16u32 << 20).into());
-    transport.send_window(64 << 20);
+    transport.send_window(SEND_WINDOW);
     quinn::Endpoint::server(server, listen).map_err(|e| cfg(e.to_string()))
 }
 

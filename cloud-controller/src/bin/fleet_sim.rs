@@ -73,6 +73,10 @@ struct Args {
     /// Live-chat mode: seconds between lines of one chat (each way).
     #[arg(long, default_value_t = 5.0)]
     line_every: f64,
+    /// Model-delivery mode: every node downloads the largest file of this
+    /// published release (id, name@version or version) over QUIC at once.
+    #[arg(long)]
+    fetch: Option<String>,
 }
 
 /// Live-chat measurements shared by the simulated branches and agents.
@@ -334,6 +338,10 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(model) = &args.fetch {
+        run_fetch(&args, model).await;
+        return;
+    }
     let stats = Arc::new(Stats::default());
     let latency = Arc::new(std::sync::Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram"),
@@ -738,5 +746,124 @@ async fn run_handoff(args: &Args, nodes: &[Arc<SimNode>], probe: Arc<Probe>, age
         &probe.v2a.lock().unwrap(),
         probe.v2a_pending.lock().unwrap().len(),
     );
+    report_memory(args);
+}
+
+/// Model delivery: enrol `--nodes` nodes, then each downloads the release's
+/// largest file over QUIC at the same moment, verified chunk by chunk as an
+/// edge node does. Reports each node's throughput and the aggregate.
+async fn run_fetch(args: &Args, model: &str) {
+    use edge_node::models::fetch::Fetcher;
+    let http = reqwest::Client::new();
+    let row: serde_json::Value = match http
+        .get(format!("{}/api/v1/models/{model}", args.url))
+        .bearer_auth(&args.token)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+        Ok(r) => {
+            eprintln!("fleet-sim: model {model}: {}", r.status());
+            return;
+        }
+        Err(e) => {
+            eprintln!("fleet-sim: {e}");
+            return;
+        }
+    };
+    let release: edgedesk_common::release::Release =
+        match serde_json::from_str(row["signed"]["release"].as_str().unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("fleet-sim: release: {e}");
+                return;
+            }
+        };
+    let Some((name, file)) = release.files.iter().max_by_key(|(_, f)| f.size) else {
+        return;
+    };
+    println!(
+        "release             {} {} ({name}: {:.1} MB)",
+        release.name,
+        release.version,
+        file.size as f64 / 1e6
+    );
+    let mut fetchers = Vec::new();
+    for i in 0..args.nodes {
+        let id = format!("{}-{i:05}", args.prefix);
+        let (identity, enrolled) = match enroll(&http, args, &id).await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("fleet-sim: {e}");
+                return;
+            }
+        };
+        let Some(endpoint) = enrolled.models else {
+            eprintln!("fleet-sim: the controller offers no model service");
+            return;
+        };
+        let ctx = edge_node::models::FetchContext {
+            node: id,
+            identity,
+            endpoint,
+        };
+        match Fetcher::connect(ctx).await {
+            Ok(f) => fetchers.push(f),
+            Err(e) => {
+                eprintln!("fleet-sim: {e}");
+                return;
+            }
+        }
+    }
+    let work = std::env::temp_dir().join(format!("fleet-sim-fetch-{}", std::process::id()));
+    let started = Instant::now();
+    let mut joins = Vec::new();
+    for (i, f) in fetchers.into_iter().enumerate() {
+        let (file, dir) = (file.clone(), work.join(format!("n{i}")));
+        joins.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = f.fetch(&file, &dir, &dir.join("blob")).await;
+            let (secs, end) = (t.elapsed().as_secs_f64(), Instant::now());
+            let _ = std::fs::remove_dir_all(&dir);
+            f.close().await;
+            r.map(|bytes| (bytes, secs, end))
+        }));
+    }
+    let mut rates = Vec::new();
+    let mut total = 0u64;
+    let mut last = started;
+    for j in joins {
+        match j.await {
+            Ok(Ok((bytes, secs, end))) => {
+                total += bytes;
+                rates.push(bytes as f64 / secs / 1e6);
+                last = last.max(end);
+            }
+            Ok(Err(e)) => eprintln!("fleet-sim: fetch failed: {e}"),
+            Err(e) => eprintln!("fleet-sim: {e}"),
+        }
+    }
+    // Until the last transfer completed (closing connections not counted).
+    let wall = last.duration_since(started).as_secs_f64();
+    let _ = std::fs::remove_dir_all(&work);
+    rates.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| rates[((rates.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "completed           {} of {} nodes, {:.1} MB in {:.2} s: aggregate {:.0} MB/s",
+        rates.len(),
+        args.nodes,
+        total as f64 / 1e6,
+        wall,
+        total as f64 / wall / 1e6
+    );
+    if !rates.is_empty() {
+        println!(
+            "per node MB/s       min {:.1}  p50 {:.1}  max {:.1}  (max/min {:.2})",
+            pick(0.0),
+            pick(0.5),
+            pick(1.0),
+            pick(1.0) / pick(0.0)
+        );
+    }
     report_memory(args);
 }
