@@ -17,6 +17,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub console: ConsoleConfig,
     pub models: ModelsConfig,
+    pub kubernetes: KubernetesConfig,
     pub store: StoreConfig,
     pub fleet: FleetConfig,
     pub sync: SyncConfig,
@@ -67,6 +68,17 @@ pub struct ConsoleConfig {
     pub secure_cookies: bool,
     pub login_max_failures: usize,
     pub login_window_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    pub enabled: bool,
+    pub namespace: String,
+    pub lease_name: String,
+    pub lease_seconds: u64,
+    pub identity: String,
+    pub mirror_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +164,9 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.kubernetes.lease_seconds < 3 {
+            return bad("kubernetes.lease_seconds", "at least 3");
         }
         if self.models.max_transfers == 0 {
             return bad("models.max_transfers", "at least 1");

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod link;
 pub mod metrics;
 pub mod models;
+pub mod operator;
 pub mod quic;
 pub mod rollout;
 pub mod rollouts;
@@ -65,6 +66,8 @@ pub enum ControllerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("Kubernetes client (kubernetes.enabled): {0}")]
+    Kubernetes(String),
 }
 
 impl ControllerError {
@@ -277,6 +280,18 @@ pub async fn run(
         shutdown.clone(),
     ));
     let rollout_task = tokio::spawn(rollouts::run(hub.clone(), shutdown.clone()));
+    let operator_task = if config.kubernetes.enabled {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| ControllerError::Kubernetes(e.to_string()))?;
+        Some(tokio::spawn(operator::run(
+            client,
+            hub.clone(),
+            shutdown.clone(),
+        )))
+    } else {
+        None
+    };
 
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
@@ -314,6 +329,9 @@ pub async fn run(
         let _ = link_task.await;
         let _ = quic_task.await;
         let _ = rollout_task.await;
+        if let Some(t) = operator_task {
+            let _ = t.await;
+        }
         tracing::info!("cloud controller stopped");
         served.map_err(ControllerError::Serve)
     });

@@ -46,6 +46,9 @@ pub struct Hub {
     pub client: AsyncClient,
     /// Human agents' live chats.
     pub handoff: crate::handoff::Handoff,
+    /// False while another replica holds the leader Lease (Kubernetes mode);
+    /// the rollout driver and the operator act only while true.
+    pub leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
     nodes: Mutex<HashMap<String, NodeSec>>,
     seq: SeqCounter,
 }
@@ -67,6 +70,7 @@ impl Hub {
         client: AsyncClient,
     ) -> Hub {
         let timeout = config.fleet.heartbeat_timeout_secs as i64 * 1000;
+        let config_kubernetes_enabled = config.kubernetes.enabled;
         Hub {
             config,
             db,
@@ -76,6 +80,9 @@ impl Hub {
             fleet: Mutex::new(Fleet::new(timeout)),
             client,
             handoff: crate::handoff::Handoff::default(),
+            leader: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+                !config_kubernetes_enabled,
+            )),
             nodes: Mutex::new(HashMap::new()),
             seq: SeqCounter::default(),
         }

@@ -49,6 +49,8 @@ enum Cmd {
     Config(ConfigCmd),
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// Print the CustomResourceDefinitions (ModelRollout, EdgeNode) as YAML.
+    Crd,
     /// Enrolment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -233,6 +235,10 @@ fn main() -> ExitCode {
         },
         Some(Cmd::Openapi) => {
             print!("{}", cloud_controller::api::openapi_document());
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Crd) => {
+            print!("{}", cloud_controller::operator::crd::crd_yaml());
             ExitCode::SUCCESS
         }
         None | Some(Cmd::Serve) => match load_config(&cli) {

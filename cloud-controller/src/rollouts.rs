@@ -522,6 +522,9 @@ pub async fn run(hub: std::sync::Arc<Hub>, shutdown: tokio_util::sync::Cancellat
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = every.tick() => {
+                if !hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 if let Err(e) = tick(&hub).await {
                     tracing::error!(error = %e, "rollout driver pass failed");
                 }

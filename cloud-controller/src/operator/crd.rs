@@ -1,0 +1,124 @@
+//! The custom resources of the operator, in the `edgedesk.io` API group.
+//! Their YAML is generated from these types (`cloud-controller crd`); the
+//! chart's copy is checked against it in CI.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "edgedesk.io";
+
+/// A model rollout, driven by the controller's rollout engine.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "edgedesk.io",
+    version = "v1alpha1",
+    kind = "ModelRollout",
+    namespaced,
+    status = "ModelRolloutStatus",
+    shortname = "mro",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.wave"}"#,
+    printcolumn = r#"{"name":"Updated","type":"string","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRolloutSpec {
+    /// Published release: id, name@version or version.
+    pub model: String,
+    /// Node labels that must all match (empty: every node).
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Cumulative wave sizes, e.g. ["1", "10%", "50%", "100%"].
+    #[serde(default)]
+    pub waves: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_secs: Option<u64>,
+    /// Failed nodes tolerated: "0", "3" or "5%".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_margin: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_deadline_secs: Option<u64>,
+    /// Hold the rollout (no new nodes are started).
+    #[serde(default)]
+    pub paused: bool,
+    /// Abort and roll updated nodes back.
+    #[serde(default)]
+    pub abort: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRolloutStatus {
+    /// The controller's rollout id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
+    /// rolling, baking, paused, aborting, succeeded, aborted, or invalid.
+    pub phase: String,
+    /// "current/total" waves.
+    pub wave: String,
+    /// "updated/targets".
+    pub progress: String,
+    pub updated: u32,
+    pub total: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub rolled_back: u32,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A node of the fleet, mirrored from the controller's registry (read-only:
+/// the registry is the source of truth; edits are overwritten).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "edgedesk.io",
+    version = "v1alpha1",
+    kind = "EdgeNode",
+    namespaced,
+    status = "EdgeNodeStatus",
+    shortname = "en",
+    printcolumn = r#"{"name":"Online","type":"boolean","jsonPath":".status.online"}"#,
+    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".status.modelVersion"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.labels.region"}"#,
+    printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".status.lastSeen"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeNodeSpec {
+    /// The node id in the registry.
+    pub node_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeNodeStatus {
+    pub online: bool,
+    #[serde(default)]
+    pub model_version: String,
+    #[serde(default)]
+    pub sw_version: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    pub revoked: bool,
+}
+
+/// Both CRDs as one YAML stream (what `cloud-controller crd` prints).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut out = String::new();
+    for crd in [ModelRollout::crd(), EdgeNode::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serialises"));
+    }
+    out
+}

@@ -1,0 +1,364 @@
+//! The Kubernetes operator's reconcile against a FAKE Kubernetes API (kube's
+//! `tower_test` mock: each request the operator makes is checked and
+//! answered here), with a real controller behind it (store, rollouts). The
+//! opt-in test against a real cluster is `real_cluster_round_trip`, run when
+//! `KUBECONFIG` is set.
+
+use std::sync::Arc;
+
+use cloud_controller::operator::{
+    self, Context, ModelRollout, ModelRolloutSpec, ModelRolloutStatus,
+};
+use http::{Request, Response};
+use kube::client::Body;
+use tokio_util::sync::CancellationToken;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn controller() -> (
+    cloud_controller::Controller,
+    CancellationToken,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cloud_controller::config::Config::default();
+    c.http.listen = "127.0.0.1:0".into();
+    c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+    c.models.quic_listen = "127.0.0.1:0".into();
+    c.store.data_dir = dir.path().to_owned();
+    let token = CancellationToken::new();
+    let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
+    (ctl, token, dir)
+}
+
+fn fake_api(hub: Arc<cloud_controller::link::Hub>) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    (
+        Arc::new(Context::new(client, hub, Some("test".into()))),
+        handle,
+    )
+}
+
+fn rollout(model: &str, finalized: bool, status: Option<ModelRolloutStatus>) -> ModelRollout {
+    let mut mr = ModelRollout::new(
+        "r1",
+        ModelRolloutSpec {
+            model: model.into(),
+            selector: [("kind".to_string(), "bank".to_string())].into(),
+            waves: vec!["1".into(), "100%".into()],
+            bake_secs: Some(0),
+            failure_threshold: None,
+            health_margin: None,
+            offline_deadline_secs: None,
+            paused: false,
+            abort: false,
+        },
+    );
+    mr.metadata.namespace = Some("default".into());
+    mr.metadata.uid = Some("uid-r1".into());
+    mr.metadata.generation = Some(1);
+    mr.metadata.resource_version = Some("1".into());
+    if finalized {
+        mr.metadata.finalizers = Some(vec![operator::FINALIZER.into()]);
+    }
+    mr.status = status;
+    mr
+}
+
+/// Take the operator's next request, check it, answer `reply` (JSON).
+async fn expect(
+    handle: &mut Handle,
+    method: &str,
+    path: &str,
+    body_has: &[&str],
+    reply: serde_json::Value,
+) -> String {
+    let (req, send) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no {method} {path} request"))
+            .expect("service open");
+    assert_eq!(req.method().as_str(), method, "{}", req.uri());
+    assert_eq!(req.uri().path(), path);
+    let bytes = http_body_util::BodyExt::collect(req.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    for want in body_has {
+        assert!(
+            body.contains(want),
+            "{method} {path}: {want:?} not in {body}"
+        );
+    }
+    send.send_response(
+        Response::builder()
+            .status(if method == "POST" { 201 } else { 200 })
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+const MR: &str = "/apis/edgedesk.io/v1alpha1/namespaces/default/modelrollouts/r1";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+fn event_reply() -> serde_json::Value {
+    serde_json::json!({ "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": { "name": "e1", "namespace": "default" }, "eventTime": "2026-11-27T00:00:00.000000Z" })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizer_comes_first() {
+    let (ctl, token, _dir) = controller().await;
+    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let task = tokio::spawn(operator::reconcile(
+        Arc::new(rollout("1.0.0", false, None)),
+        ctx,
+    ));
+    let finalized = serde_json::to_value(rollout("1.0.0", true, None)).unwrap();
+    expect(
+        &mut handle,
+        "PATCH",
+        MR,
+        &["edgedesk.io/rollout"],
+        finalized,
+    )
+    .await;
+    task.await.unwrap().expect("reconciled");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpublished_model_is_reported_invalid_with_a_warning_event() {
+    let (ctl, token, _dir) = controller().await;
+    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let task = tokio::spawn(operator::reconcile(
+        Arc::new(rollout("9.9.9", true, None)),
+        ctx,
+    ));
+    let me = serde_json::to_value(rollout("9.9.9", true, None)).unwrap();
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{MR}/status"),
+        &["\"invalid\"", "9.9.9"],
+        me,
+    )
+    .await;
+    expect(
+        &mut handle,
+        "POST",
+        EVENTS,
+        &["Invalid", "Warning"],
+        event_reply(),
+    )
+    .await;
+    task.await.unwrap().expect("reconciled");
+    token.cancel();
+}
+
+/// Enrol a node over the REST API (no MQTT connection: it stays offline).
+async fn enrol(ctl: &cloud_controller::Controller, id: &str) {
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", ctl.http_addr);
+    let t: serde_json::Value = http
+        .post(format!("{base}/api/v1/tokens"))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({ "node_id": id }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_owned();
+    let identity = edgedesk_common::envelope::Identity::from_secret(&[5; 64]);
+    let req = edgedesk_common::sync::EnrollRequest {
+        proof: identity.sign(&edgedesk_common::sync::enroll_proof_message(id, &token)),
+        token,
+        node_id: id.into(),
+        keys: identity.public(),
+        sw_version: "test".into(),
+    };
+    let r = http
+        .post(format!("{base}/api/v1/enroll"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .put(format!("{base}/api/v1/nodes/{id}/labels"))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({ "labels": { "kind": "bank" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_created_mirrored_to_status_and_aborted_on_delete() {
+    let (ctl, token, dir) = controller().await;
+    enrol(&ctl, "branch-1").await;
+    // Publish the default bundle as the operator's CLI would.
+    let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/models/default");
+    let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (source build/env.sh)");
+    let key = cloud_controller::models::signing_key(&dir.path().join("model-signing.key")).unwrap();
+    ctl.hub
+        .db
+        .with(|c| {
+            Ok(cloud_controller::models::publish(
+                c,
+                &dir.path().join("models"),
+                &key,
+                &bundle,
+                std::path::Path::new(&ort),
+                cloud_controller::link::now_ms(),
+            ))
+        })
+        .unwrap()
+        .expect("published");
+
+    // First reconcile with the finalizer: the rollout is created.
+    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let task = tokio::spawn(operator::reconcile(
+        Arc::new(rollout("1.0.0", true, None)),
+        ctx.clone(),
+    ));
+    expect(&mut handle, "POST", EVENTS, &["Created"], event_reply()).await;
+    let body = expect(
+        &mut handle,
+        "PATCH",
+        &format!("{MR}/status"),
+        &["rolloutId", "\"rolling\"", "\"0/1\"", "\"1/2\""],
+        serde_json::to_value(rollout("1.0.0", true, None)).unwrap(),
+    )
+    .await;
+    task.await.unwrap().expect("reconciled");
+    let patch: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let status: ModelRolloutStatus = serde_json::from_value(patch["status"].clone()).unwrap();
+    let id = status.rollout_id.clone().unwrap();
+    let stored = ctl
+        .hub
+        .db
+        .call({
+            let id = id.clone();
+            move |c| cloud_controller::rollouts::get(c, &id)
+        })
+        .await
+        .unwrap()
+        .expect("the rollout exists in the controller's store");
+    assert_eq!((stored.phase.as_str(), stored.total), ("rolling", 1));
+
+    // Deleted while running: the finalizer aborts it, then lets go.
+    let mut gone = rollout("1.0.0", true, Some(status));
+    gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let task = tokio::spawn(operator::reconcile(Arc::new(gone.clone()), ctx));
+    expect(&mut handle, "POST", EVENTS, &["Aborted"], event_reply()).await;
+    let mut released = serde_json::to_value(&gone).unwrap();
+    released["metadata"]["finalizers"] = serde_json::json!([]);
+    expect(&mut handle, "PATCH", MR, &["finalizers"], released).await;
+    task.await.unwrap().expect("reconciled");
+    let after = ctl
+        .hub
+        .db
+        .call(move |c| cloud_controller::rollouts::get(c, &id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.phase, "aborted");
+    token.cancel();
+}
+
+#[test]
+fn crds_are_generated_and_the_chart_copy_matches() {
+    let yaml = cloud_controller::operator::crd::crd_yaml();
+    for want in [
+        "modelrollouts.edgedesk.io",
+        "edgenodes.edgedesk.io",
+        "subresources:",
+        "status: {}",
+        "jsonPath: .status.phase",
+        "jsonPath: .status.progress",
+        "jsonPath: .status.modelVersion",
+    ] {
+        assert!(yaml.contains(want), "{want} missing from the CRDs");
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/edgedesk/crds/crds.yaml"
+    );
+    let chart = std::fs::read_to_string(path).expect("the chart has its CRDs");
+    assert!(
+        chart == yaml,
+        "charts/edgedesk/crds/crds.yaml differs from `cloud-controller crd`; regenerate it:\n  cargo run -p cloud-controller --bin cloud-controller -- crd > charts/edgedesk/crds/crds.yaml"
+    );
+}
+
+#[test]
+fn node_ids_become_kubernetes_names_or_are_skipped() {
+    assert_eq!(
+        operator::object_name("Branch_7").as_deref(),
+        Some("branch-7")
+    );
+    assert_eq!(operator::object_name("-x"), None);
+    assert_eq!(operator::object_name(""), None);
+}
+
+/// Opt-in, against a REAL cluster (ignored by default, so never counted as
+/// a pass here): with `KUBECONFIG` set and the chart's CRDs installed, run
+/// `cargo nextest run -p cloud-controller --run-ignored only real_cluster`.
+/// It creates a ModelRollout for an unpublished model and waits for the
+/// operator to report it invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real Kubernetes cluster: set KUBECONFIG and run with --run-ignored"]
+async fn real_cluster_round_trip() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "set KUBECONFIG to run the real-cluster test"
+    );
+    use kube::api::{Api, DeleteParams, PostParams};
+    let (ctl, token, _dir) = controller().await;
+    let client = kube::Client::try_default()
+        .await
+        .expect("cluster reachable");
+    let ns = client.default_namespace().to_owned();
+    let api: Api<ModelRollout> = Api::namespaced(client.clone(), &ns);
+    let mut mr = rollout("0.0.0-not-published", false, None);
+    mr.metadata.namespace = Some(ns.clone());
+    mr.metadata.name = Some(format!("edgedesk-test-{}", std::process::id()));
+    mr.metadata.uid = None;
+    mr.metadata.resource_version = None;
+    let created = api
+        .create(&PostParams::default(), &mr)
+        .await
+        .expect("CRDs installed");
+    let name = created.metadata.name.clone().unwrap();
+    let run = tokio::spawn(operator::run(client, ctl.hub.clone(), token.clone()));
+    let mut phase = String::new();
+    for _ in 0..60 {
+        let got = api.get(&name).await.unwrap();
+        phase = got.status.map(|s| s.phase).unwrap_or_default();
+        if phase == "invalid" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let _ = api.delete(&name, &DeleteParams::default()).await;
+    token.cancel();
+    let _ = run.await;
+    assert_eq!(phase, "invalid");
+}
