@@ -362,3 +362,80 @@ async fn real_cluster_round_trip() {
     let _ = run.await;
     assert_eq!(phase, "invalid");
 }
+
+/// Not the operator, but the same store: a controller restarted in the middle
+/// of a rollout carries on from the state it left in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_resumes_a_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = cloud_controller::config::Config::default();
+        c.http.listen = "127.0.0.1:0".into();
+        c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+        c.models.quic_listen = "127.0.0.1:0".into();
+        c.models.tick_ms = 100;
+        c.store.data_dir = dir.path().to_owned();
+        c
+    };
+    let first_token = CancellationToken::new();
+    let first = cloud_controller::run(config(), first_token.clone())
+        .await
+        .unwrap();
+    enrol(&first, "branch-1").await;
+    enrol(&first, "branch-2").await;
+    let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/models/default");
+    let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (source build/env.sh)");
+    let key = cloud_controller::models::signing_key(&dir.path().join("model-signing.key")).unwrap();
+    first
+        .hub
+        .db
+        .with(|c| {
+            Ok(cloud_controller::models::publish(
+                c,
+                &dir.path().join("models"),
+                &key,
+                &bundle,
+                std::path::Path::new(&ort),
+                cloud_controller::link::now_ms(),
+            ))
+        })
+        .unwrap()
+        .expect("published");
+    // Both nodes are offline: each wave waits 2 s for its node, then skips it.
+    let req: cloud_controller::rollouts::CreateRollout =
+        serde_json::from_value(serde_json::json!({
+            "model": "1.0.0", "waves": ["1", "100%"], "bake_secs": 0, "offline_deadline_secs": 2
+        }))
+        .unwrap();
+    let created = cloud_controller::rollouts::create(&first.hub, req)
+        .await
+        .unwrap();
+    assert_eq!((created.phase.as_str(), created.wave), ("rolling", 1));
+    first_token.cancel();
+    first.wait().await.unwrap();
+
+    let second_token = CancellationToken::new();
+    let second = cloud_controller::run(config(), second_token.clone())
+        .await
+        .unwrap();
+    let id = created.id.clone();
+    let mut last = None;
+    for _ in 0..100 {
+        let id = id.clone();
+        let v = second
+            .hub
+            .db
+            .call(move |c| cloud_controller::rollouts::get(c, &id))
+            .await
+            .unwrap()
+            .unwrap();
+        if v.phase == "succeeded" {
+            last = Some(v);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let v = last.expect("the restarted controller finished the rollout");
+    assert_eq!((v.skipped, v.updated, v.total), (2, 0, 2), "{v:?}");
+    second_token.cancel();
+}

@@ -254,3 +254,105 @@ async fn kill_9_at_every_step_of_an_update_leaves_a_working_model() {
     }
     cloud.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swaps_under_load_lose_no_message_and_flows_keep_their_model() {
+    let cloud = Cloud::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = edge_with(&cloud, &dir, "branch-s", |c| {
+        c.server.rate_limit_per_sec = 1000.0;
+        c.server.rate_limit_burst = 1000;
+    })
+    .await;
+    cloud
+        .eventually(20, "online", || async {
+            cloud.node("branch-s").await["online"] == true
+        })
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let good = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
+
+    // A visitor inside the lost-card flow when the model changes…
+    let mut inflow = node.connect().await;
+    start_session(&mut inflow).await;
+    say(&mut inflow, &msg("I lost my card")).await;
+    let (ok, detail) = command(&cloud, "branch-s", "model_update", update(&good)).await;
+    assert!(ok, "{detail}");
+    let models = node.state().models.clone();
+    assert_eq!(models.health().version, "1.1.0");
+    // …finishes the flow on the model it started with (nothing counted for 1.1.0)…
+    let (_, replies) = say(&mut inflow, &msg("4321")).await;
+    assert!(
+        matches!(&replies[0], edgedesk_common::chat::ServerFrame::Reply { state, .. }
+            if *state == edgedesk_common::chat::ChatState::InFlow),
+        "{replies:?}"
+    );
+    assert_eq!(models.health().turns, 0, "the flow's turn ran on 1.0.0");
+    // …while a new conversation is on the new model.
+    let mut fresh = node.connect().await;
+    start_session(&mut fresh).await;
+    say(&mut fresh, &msg("when will my card arrive")).await;
+    assert_eq!(models.health().turns, 1);
+
+    // Load: 8 visitors keep talking while the model goes back and forth.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut visitors = Vec::new();
+    for v in 0..8 {
+        let (url, stop) = (node.ws_url(), stop.clone());
+        visitors.push(tokio::spawn(async move {
+            let mut ws = connect_url(&url, None).await;
+            start_session(&mut ws).await;
+            let mut answered = 0u32;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || i < 5 {
+                // `say` panics unless the line is acknowledged and answered.
+                let (_, replies) = say(
+                    &mut ws,
+                    &msg(&format!("visitor {v} asks about card fees {i}")),
+                )
+                .await;
+                assert!(!replies.is_empty());
+                answered += 1;
+                i += 1;
+            }
+            // Kept open until the metrics are read (a dropped socket counts).
+            (answered, ws)
+        }));
+    }
+    let mut swaps = 0;
+    for _ in 0..2 {
+        let (ok, detail) = command(
+            &cloud,
+            "branch-s",
+            "model_rollback",
+            serde_json::json!({ "rollout": "load" }),
+        )
+        .await;
+        assert!(ok, "{detail}");
+        let (ok, detail) = command(&cloud, "branch-s", "model_update", update(&good)).await;
+        assert!(ok, "{detail}");
+        swaps += 2;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    let mut sockets = Vec::new();
+    for v in visitors {
+        let (n, ws) = v.await.expect("no visitor saw an error");
+        total += n;
+        sockets.push(ws);
+    }
+    assert!(total >= 40, "{total} lines answered across {swaps} swaps");
+    let (_, metrics) = node.get("/metrics").await;
+    let rejected: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("edgedesk_rejected_inputs_total{"))
+        .collect();
+    assert!(!rejected.is_empty(), "the counters are published");
+    assert!(
+        rejected.iter().all(|l| l.ends_with(" 0")),
+        "no message was rejected during the swaps: {rejected:?}"
+    );
+    drop(sockets);
+    node.stop().await;
+    cloud.token.cancel();
+}
