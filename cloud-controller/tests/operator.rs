@@ -167,6 +167,27 @@ async fn an_unpublished_model_is_reported_invalid_with_a_warning_event() {
     token.cancel();
 }
 
+/// Publish the default bundle as the operator's `model publish` would.
+fn publish_default(ctl: &cloud_controller::Controller, data: &std::path::Path) {
+    let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/models/default");
+    let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (source build/env.sh)");
+    let key = cloud_controller::models::signing_key(&data.join("model-signing.key")).unwrap();
+    ctl.hub
+        .db
+        .with(|c| {
+            Ok(cloud_controller::models::publish(
+                c,
+                &data.join("models"),
+                &key,
+                &bundle,
+                std::path::Path::new(&ort),
+                cloud_controller::link::now_ms(),
+            ))
+        })
+        .unwrap()
+        .expect("published");
+}
+
 /// Enrol a node over the REST API (no MQTT connection: it stays offline).
 async fn enrol(ctl: &cloud_controller::Controller, id: &str) {
     let http = reqwest::Client::new();
@@ -211,24 +232,7 @@ async fn enrol(ctl: &cloud_controller::Controller, id: &str) {
 async fn a_rollout_is_created_mirrored_to_status_and_aborted_on_delete() {
     let (ctl, token, dir) = controller().await;
     enrol(&ctl, "branch-1").await;
-    // Publish the default bundle as the operator's CLI would.
-    let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/models/default");
-    let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (source build/env.sh)");
-    let key = cloud_controller::models::signing_key(&dir.path().join("model-signing.key")).unwrap();
-    ctl.hub
-        .db
-        .with(|c| {
-            Ok(cloud_controller::models::publish(
-                c,
-                &dir.path().join("models"),
-                &key,
-                &bundle,
-                std::path::Path::new(&ort),
-                cloud_controller::link::now_ms(),
-            ))
-        })
-        .unwrap()
-        .expect("published");
+    publish_default(&ctl, dir.path());
 
     // First reconcile with the finalizer: the rollout is created.
     let (ctx, mut handle) = fake_api(ctl.hub.clone());
@@ -383,24 +387,7 @@ async fn a_restarted_controller_resumes_a_rollout() {
         .unwrap();
     enrol(&first, "branch-1").await;
     enrol(&first, "branch-2").await;
-    let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/models/default");
-    let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (source build/env.sh)");
-    let key = cloud_controller::models::signing_key(&dir.path().join("model-signing.key")).unwrap();
-    first
-        .hub
-        .db
-        .with(|c| {
-            Ok(cloud_controller::models::publish(
-                c,
-                &dir.path().join("models"),
-                &key,
-                &bundle,
-                std::path::Path::new(&ort),
-                cloud_controller::link::now_ms(),
-            ))
-        })
-        .unwrap()
-        .expect("published");
+    publish_default(&first, dir.path());
     // Both nodes are offline: each wave waits 2 s for its node, then skips it.
     let req: cloud_controller::rollouts::CreateRollout =
         serde_json::from_value(serde_json::json!({
