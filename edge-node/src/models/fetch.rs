@@ -79,7 +79,12 @@ impl Fetcher {
         dest: &Path,
     ) -> Result<u64, ModelError> {
         std::fs::create_dir_all(incoming)?;
-        let part = incoming.join(format!("{}.part", file.sha256));
+        let part = part_path(incoming, &file.sha256);
+        // Exists even for an empty file (no chunk to fetch).
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)?;
         let mut verified = verified_prefix(&part, file)?;
         let mut transferred = 0u64;
         while verified < file.size {
