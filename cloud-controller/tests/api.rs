@@ -120,6 +120,48 @@ async fn cli_mirrors_the_rest_api() {
         String::from_utf8_lossy(&out.stderr).contains("401"),
         "{out:?}"
     );
+    // Models and rollouts: empty lists, and a clear error for an unknown release.
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["model", "list"]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["rollout", "status"]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            ctl2,
+            &[
+                "rollout",
+                "create",
+                "--model",
+                "9.9.9",
+                "--selector",
+                "kind=bank",
+                "--waves",
+                "1,50%,100%",
+            ],
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("9.9.9"), "{err}");
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            ctl2,
+            &["rollout", "create", "--model", "9.9.9", "--waves", "0"],
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a wave of 0 nodes"),
+        "{out:?}"
+    );
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["rollout", "pause", "ro-none"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{out:?}"
+    );
     token.cancel();
 }
 

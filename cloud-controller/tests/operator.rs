@@ -312,6 +312,52 @@ fn crds_are_generated_and_the_chart_copy_matches() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_mirrored_as_edge_nodes() {
+    let (ctl, token, _dir) = controller().await;
+    enrol(&ctl, "branch-1").await;
+    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let client = ctx.client.clone();
+    let hub = ctl.hub.clone();
+    let task = tokio::spawn(async move { operator::mirror_nodes(&client, "default", &hub).await });
+    const EN: &str = "/apis/edgedesk.io/v1alpha1/namespaces/default/edgenodes";
+    let node = serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1", "kind": "EdgeNode",
+        "metadata": { "name": "branch-1", "namespace": "default" },
+        "spec": { "nodeId": "branch-1", "labels": { "kind": "bank" } } });
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{EN}/branch-1"),
+        &["\"nodeId\":\"branch-1\"", "\"kind\":\"bank\""],
+        node.clone(),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{EN}/branch-1/status"),
+        &["\"online\":false", "\"revoked\":false"],
+        node.clone(),
+    )
+    .await;
+    // A mirror of a node no longer in the registry is deleted.
+    let stale = serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1", "kind": "EdgeNode",
+        "metadata": { "name": "gone-7", "namespace": "default" },
+        "spec": { "nodeId": "gone-7", "labels": {} } });
+    expect(
+        &mut handle,
+        "GET",
+        EN,
+        &[],
+        serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1",
+        "kind": "EdgeNodeList", "metadata": {}, "items": [node, stale.clone()] }),
+    )
+    .await;
+    expect(&mut handle, "DELETE", &format!("{EN}/gone-7"), &[], stale).await;
+    task.await.unwrap().expect("mirrored");
+    token.cancel();
+}
+
 #[test]
 fn node_ids_become_kubernetes_names_or_are_skipped() {
     assert_eq!(

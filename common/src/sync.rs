@@ -19,7 +19,7 @@ pub enum Up {
         connect_id: String,
         sw_version: String,
     },
-    Heartbeat(Heartbeat),
+    Heartbeat(Box<Heartbeat>),
     Events {
         events: Vec<Event>,
     },
@@ -65,8 +65,13 @@ pub struct ModelHealth {
     /// Visitor turns classified by the active model, and the share below threshold.
     pub turns: u64,
     pub low_confidence_rate: f64,
+    /// Share of those turns that escalated to a person.
+    #[serde(default)]
+    pub escalation_rate: f64,
     pub previous_turns: u64,
     pub previous_low_confidence_rate: f64,
+    #[serde(default)]
+    pub previous_escalation_rate: f64,
     /// Versions kept on disk, newest first.
     #[serde(default)]
     pub kept: Vec<String>,

@@ -735,7 +735,7 @@ async fn heartbeats(
                 topic::up(&sealer.node),
                 ENVELOPE_QOS,
                 false,
-                sealer.seal(&Up::Heartbeat(hb)),
+                sealer.seal(&Up::Heartbeat(Box::new(hb))),
             )
             .await;
     }

@@ -453,7 +453,7 @@ async fn main() {
                     model_version: "1.0.0".into(),
                     ..Default::default()
                 };
-                node.send(&Up::Heartbeat(hb)).await;
+                node.send(&Up::Heartbeat(Box::new(hb))).await;
                 stats.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
         }));

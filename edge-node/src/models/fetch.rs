@@ -103,7 +103,8 @@ impl Fetcher {
             send.finish().map_err(net)?;
             let header = read_header(&mut recv).await?;
             if !header.ok {
-                return Err(ModelError::Fetch(format!(
+                // Not a network fault: no point retrying.
+                return Err(ModelError::Refused(format!(
                     "controller refused {}: {}",
                     file.sha256, header.error
                 )));

@@ -78,14 +78,15 @@ struct Window {
     version: String,
     turns: u64,
     low: u64,
+    escalations: u64,
 }
 
 impl Window {
-    fn rate(&self) -> f64 {
+    fn share(&self, n: u64) -> f64 {
         if self.turns == 0 {
             0.0
         } else {
-            self.low as f64 / self.turns as f64
+            n as f64 / self.turns as f64
         }
     }
 }
@@ -101,6 +102,9 @@ pub struct ModelManager {
     /// Test hook: abort the process at this step (`EDGEDESK_MODEL_CRASH_AT`).
     crash_at: Option<String>,
 }
+
+/// Interrupted downloads resumed before the update is reported failed.
+const FETCH_RETRIES: u32 = 5;
 
 /// Crash points, in order (see the module docs).
 pub const STEPS: [&str; 4] = ["downloaded", "staged", "loaded", "swapped"];
@@ -241,12 +245,14 @@ impl ModelManager {
             .unwrap_or_default()
     }
 
-    /// Count one classified visitor turn for the active model.
-    pub fn observe(&self, version: &str, answered: bool) {
+    /// Count one classified visitor turn for the active model, and whether
+    /// it ended in an escalation to a person.
+    pub fn observe(&self, version: &str, answered: bool, escalated: bool) {
         let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
         if w.0.version == version {
             w.0.turns += 1;
             w.0.low += u64::from(!answered);
+            w.0.escalations += u64::from(escalated);
         }
     }
 
@@ -256,9 +262,11 @@ impl ModelManager {
             version: w.0.version.clone(),
             previous_version: w.1.version.clone(),
             turns: w.0.turns,
-            low_confidence_rate: w.0.rate(),
+            low_confidence_rate: w.0.share(w.0.low),
+            escalation_rate: w.0.share(w.0.escalations),
             previous_turns: w.1.turns,
-            previous_low_confidence_rate: w.1.rate(),
+            previous_low_confidence_rate: w.1.share(w.1.low),
+            previous_escalation_rate: w.1.share(w.1.escalations),
             kept: self.kept(),
         }
     }
@@ -304,17 +312,49 @@ impl ModelManager {
         ctx: FetchContext,
     ) -> Result<u64, ModelError> {
         let incoming = self.dir.join("incoming");
-        let fetcher = fetch::Fetcher::connect(ctx).await?;
         let mut total = 0;
         let mut ready = Vec::new();
+        // A dropped connection is retried (reconnecting, resuming from the
+        // last verified chunk) with backoff; a verification failure is not.
+        let mut attempt = 0u32;
+        let mut fetcher: Option<fetch::Fetcher> = None;
         for (name, file) in &release.files {
             let dest = incoming.join(&file.sha256);
-            if !(dest.is_file() && fetch::sha256_of(&dest)? == file.sha256) {
-                total += fetcher.fetch(file, &incoming, &dest).await?;
+            while !(dest.is_file() && fetch::sha256_of(&dest)? == file.sha256) {
+                let connected = match fetcher.take() {
+                    Some(f) => Ok(f),
+                    None => fetch::Fetcher::connect(ctx.clone()).await,
+                };
+                let step = match connected {
+                    Ok(f) => match f.fetch(file, &incoming, &dest).await {
+                        Ok(n) => {
+                            total += n;
+                            fetcher = Some(f);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            f.close().await;
+                            Err(e)
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                match step {
+                    Ok(()) => {}
+                    Err(ModelError::Fetch(e)) if attempt < FETCH_RETRIES => {
+                        attempt += 1;
+                        let wait = std::time::Duration::from_millis(500 << attempt.min(5));
+                        tracing::warn!(error = %e, attempt, ?wait, "model download interrupted; resuming");
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             ready.push((name.clone(), dest));
         }
-        fetcher.close().await;
+        if let Some(f) = fetcher {
+            f.close().await;
+        }
         self.checkpoint("downloaded");
         let staging = self
             .dir

@@ -777,8 +777,7 @@ impl Connection {
         } else {
             app.metrics.unanswered.inc();
         }
-        app.models
-            .observe(&model.manifest().version.to_string(), nlu.answered);
+
         let today = chrono::Local::now().date_naive();
         let turn = Turn {
             text: &text,
@@ -791,6 +790,14 @@ impl Connection {
             agents_available: app.metrics.uplink_connected.get() == 1,
         };
         let outcome = app.engine.handle(&mut active.conv, &turn);
+        app.models.observe(
+            &model.manifest().version.to_string(),
+            nlu.answered,
+            outcome
+                .events
+                .iter()
+                .any(|e| matches!(e, EventBody::Escalation(_))),
+        );
         active.flow_model = match active.conv.phase {
             Phase::Flow(_) => Some(model.clone()),
             _ => None,
