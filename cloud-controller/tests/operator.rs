@@ -472,3 +472,101 @@ async fn a_restarted_controller_resumes_a_rollout() {
     assert_eq!((v.skipped, v.updated, v.total), (2, 0, 2), "{v:?}");
     second_token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_taken_held_and_yielded() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let leader = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(operator::lease::run(
+        client,
+        "default".into(),
+        "edgedesk-leader".into(),
+        "replica-a".into(),
+        std::time::Duration::from_secs(3),
+        leader.clone(),
+        stop.clone(),
+    ));
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+    // No Lease yet: it is created with us as the holder.
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(
+        (req.method().as_str(), req.uri().path()),
+        ("GET", &*format!("{LEASE}/edgedesk-leader"))
+    );
+    send.send_response(
+        Response::builder()
+            .status(404)
+            .body(Body::from(
+                serde_json::to_vec(&serde_json::json!({ "kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found" }))
+                .unwrap(),
+            ))
+            .unwrap(),
+    );
+    let lease = |holder: &str, renewed: &str| {
+        serde_json::json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": { "name": "edgedesk-leader", "namespace": "default", "resourceVersion": "7" },
+            "spec": { "holderIdentity": holder, "leaseDurationSeconds": 3, "renewTime": renewed } })
+    };
+    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    expect(
+        &mut handle,
+        "POST",
+        LEASE,
+        &["replica-a"],
+        lease("replica-a", &now()),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        leader.load(Ordering::SeqCst),
+        "holder after creating the Lease"
+    );
+    // Someone else renewed it meanwhile (we lost a race): follow.
+    expect(
+        &mut handle,
+        "GET",
+        &format!("{LEASE}/edgedesk-leader"),
+        &[],
+        lease("replica-b", &now()),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !leader.load(Ordering::SeqCst),
+        "a live Lease of another replica is respected"
+    );
+    // Its holder stopped renewing: we take it over (a replace with the resourceVersion).
+    let stale = (chrono::Utc::now() - chrono::Duration::seconds(60))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    expect(
+        &mut handle,
+        "GET",
+        &format!("{LEASE}/edgedesk-leader"),
+        &[],
+        lease("replica-b", &stale),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "PUT",
+        &format!("{LEASE}/edgedesk-leader"),
+        &["replica-a", "\"resourceVersion\":\"7\""],
+        lease("replica-a", &now()),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        leader.load(Ordering::SeqCst),
+        "an expired Lease is taken over"
+    );
+    stop.cancel();
+    task.await.unwrap();
+    assert!(
+        !leader.load(Ordering::SeqCst),
+        "leadership ends with the process"
+    );
+}
