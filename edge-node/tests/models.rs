@@ -356,3 +356,49 @@ async fn swaps_under_load_lose_no_message_and_flows_keep_their_model() {
     node.stop().await;
     cloud.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_cut_mid_download_resumes_from_the_last_verified_chunk() {
+    let quic_port = free_port();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{quic_port}").parse().unwrap();
+    // The link dies after ~3 MB have come down and stays dead for 8 s
+    // (longer than the node's QUIC idle timeout).
+    let proxy = support::proxy::UdpCutProxy::start(
+        upstream,
+        3_000_000,
+        edge_node::models::fetch::IDLE_TIMEOUT + Duration::from_secs(2),
+    )
+    .await;
+    let cloud = Cloud::start_with(|c| {
+        c.models.quic_listen = format!("127.0.0.1:{quic_port}");
+        c.models.advertise_port = proxy.port;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &dir, "branch-c").await;
+    cloud
+        .eventually(20, "online", || async {
+            cloud.node("branch-c").await["online"] == true
+        })
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let release = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
+    let parsed: edgedesk_common::release::Release = serde_json::from_str(&release.release).unwrap();
+    let whole: u64 = parsed.files.values().map(|f| f.size).sum();
+    let (ok, detail) = command(&cloud, "branch-c", "model_update", update(&release)).await;
+    assert!(ok, "{detail}");
+    let fetched: u64 = detail
+        .split(['(', ' '])
+        .find_map(|w| w.parse().ok())
+        .expect("bytes fetched in the report");
+    assert!(
+        fetched < whole && fetched + CHUNK_SIZE <= whole,
+        "the second connection fetched only what was missing: {fetched} of {whole}"
+    );
+    assert_eq!(
+        node.state().model.get().manifest().version.to_string(),
+        "1.1.0"
+    );
+    node.stop().await;
+    cloud.token.cancel();
+}

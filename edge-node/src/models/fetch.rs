@@ -16,6 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::ModelError;
 
+/// How long a silent connection lives before the download gives up on it.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// What a node needs to fetch: who it is and where the controller serves.
 #[derive(Clone)]
 pub struct FetchContext {
@@ -44,7 +47,10 @@ impl Fetcher {
         let mut transport = quinn::TransportConfig::default();
         transport.stream_receive_window((16u32 << 20).into());
         transport.receive_window((64u32 << 20).into());
-        transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        // A dead link is noticed within IDLE_TIMEOUT (keep-alives every 2 s
+        // keep a quiet but live one open); the download then resumes.
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+        transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(net)?));
         client.transport_config(Arc::new(transport));
         let addr = (ctx.endpoint.quic_host.as_str(), ctx.endpoint.quic_port)
             .to_socket_addrs()
