@@ -6,7 +6,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use edgedesk_common::event::TranscriptLine;
+use edgedesk_common::event::ConversationSummary;
 
 use crate::store::StoreError;
 
@@ -123,35 +123,29 @@ pub fn escalated(
 /// A conversation the controller already holds (it was escalated) keeps its
 /// own lines, which came live; otherwise it is stored as closed and not
 /// escalated. Returns true if it was stored.
-#[allow(clippy::too_many_arguments)]
 pub fn summarized(
     conn: &Connection,
-    chat: &str,
     node: &str,
-    lang: &str,
-    intents: &[String],
-    started_at: i64,
-    ended_at: i64,
-    reason: &str,
-    lines: &[TranscriptLine],
+    s: &ConversationSummary,
 ) -> Result<bool, StoreError> {
+    let chat = s.conversation.as_str();
     let n = conn.execute(
         "INSERT OR IGNORE INTO chats (id, node_id, lang, state, intents, created_at, closed_at, resolution, escalated)
          VALUES (?1, ?2, ?3, 'closed', ?4, ?5, ?6, ?7, 0)",
         params![
             chat,
             node,
-            lang,
-            serde_json::to_string(intents).unwrap_or_else(|_| "[]".into()),
-            started_at,
-            ended_at,
-            reason
+            s.lang.as_str(),
+            serde_json::to_string(&s.intents).unwrap_or_else(|_| "[]".into()),
+            s.started_at,
+            s.ended_at,
+            s.reason
         ],
     )?;
     if n == 0 {
         return Ok(false);
     }
-    for l in lines {
+    for l in &s.transcript {
         add_line(
             conn,
             chat,
@@ -369,6 +363,7 @@ pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgedesk_common::event::TranscriptLine;
 
     #[test]
     fn lifecycle_and_search_in_english_and_chinese() {
@@ -435,14 +430,25 @@ mod tests {
             line(1, Sender::Visitor, "when will my card arrive"),
             line(2, Sender::Bot, "Cards arrive within 5 working days."),
         ];
-        let intents = vec!["card_arrival".to_string()];
-        assert!(summarized(&c, "bot", "n2", "en", &intents, 10, 20, "goodbye", &lines).unwrap());
+        let summary = |chat: &str, intents: Vec<String>| ConversationSummary {
+            conversation: chat.into(),
+            lang: edgedesk_common::chat::Lang::En,
+            started_at: 10,
+            ended_at: 20,
+            visitor_turns: 1,
+            intents,
+            escalated: false,
+            reason: "goodbye".into(),
+            transcript: lines.to_vec(),
+        };
+        let bot = summary("bot", vec!["card_arrival".to_string()]);
+        assert!(summarized(&c, "n2", &bot).unwrap());
         assert!(
-            !summarized(&c, "bot", "n2", "en", &intents, 10, 20, "goodbye", &lines).unwrap(),
+            !summarized(&c, "n2", &bot).unwrap(),
             "a resent summary is stored once"
         );
         assert!(
-            !summarized(&c, "esc", "n1", "en", &[], 1, 30, "goodbye", &lines).unwrap(),
+            !summarized(&c, "n1", &summary("esc", vec![])).unwrap(),
             "an escalated chat keeps its live lines"
         );
         assert_eq!(get(&c, "esc").unwrap().unwrap().lines.len(), 1);

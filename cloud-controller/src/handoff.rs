@@ -140,17 +140,7 @@ pub fn project(
             }
             EventBody::Rating(r) => chats::rate(conn, &r.conversation, r.score)?,
             EventBody::ConversationSummary(s) if !s.transcript.is_empty() => {
-                chats::summarized(
-                    conn,
-                    &s.conversation,
-                    node,
-                    s.lang.as_str(),
-                    &s.intents,
-                    s.started_at,
-                    s.ended_at,
-                    &s.reason,
-                    &s.transcript,
-                )?;
+                chats::summarized(conn, node, s)?;
             }
             _ => {}
         }

@@ -99,6 +99,7 @@ pub enum RolloutError {
     Store(#[from] StoreError),
 }
 
+#[derive(Clone)]
 struct Row {
     id: String,
     model_id: String,
@@ -287,14 +288,8 @@ pub async fn create(hub: &Hub, req: CreateRollout) -> Result<RolloutView, Rollou
 async fn persist(hub: &Hub, r: &Row) -> Result<RolloutView, StoreError> {
     let now = now_ms();
     let copy = Row {
-        id: r.id.clone(),
-        model_id: r.model_id.clone(),
-        version: r.version.clone(),
-        selector: r.selector.clone(),
-        state: r.state.clone(),
-        commands: r.commands.clone(),
-        created_at: r.created_at,
         updated_at: now,
+        ..r.clone()
     };
     hub.db
         .call(move |c| {
@@ -306,17 +301,22 @@ async fn persist(hub: &Hub, r: &Row) -> Result<RolloutView, StoreError> {
 
 /// Queue the commands the engine asked for; log its phase changes.
 async fn execute(hub: &Hub, r: &mut Row, actions: Vec<Action>) {
+    // The release is read once per batch of actions, and only if needed.
+    let mut release = None;
     for a in actions {
         match a {
             Action::Update { node } => {
-                let key = r.model_id.clone();
-                let release = match hub.db.call(move |c| crate::models::get(c, &key)).await {
-                    Ok(Some(m)) => m.signed,
-                    _ => {
-                        tracing::error!(rollout = %r.id, "the rollout's release vanished");
-                        continue;
-                    }
-                };
+                if release.is_none() {
+                    let key = r.model_id.clone();
+                    release = match hub.db.call(move |c| crate::models::get(c, &key)).await {
+                        Ok(Some(m)) => Some(m.signed),
+                        _ => {
+                            tracing::error!(rollout = %r.id, "the rollout's release vanished");
+                            continue;
+                        }
+                    };
+                }
+                let release = release.clone().expect("loaded above");
                 let args = serde_json::json!(cmd::ModelUpdate {
                     rollout: r.id.clone(),
                     release,

@@ -1,17 +1,10 @@
 //! The REST API and its documentation, and the CLI that mirrors it, against a
 //! real controller (embedded broker, SQLite) on loopback.
 
+mod support;
+use support::*;
+
 use std::process::Command;
-
-use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn openapi_document_matches_the_code() {
@@ -32,22 +25,6 @@ fn openapi_document_matches_the_code() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
-}
-
-async fn controller() -> (
-    cloud_controller::Controller,
-    CancellationToken,
-    tempfile::TempDir,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cloud_controller::config::Config::default();
-    c.http.listen = "127.0.0.1:0".into();
-    c.mqtt.listen = format!("127.0.0.1:{}", free_port());
-    c.models.quic_listen = "127.0.0.1:0".into();
-    c.store.data_dir = dir.path().to_owned();
-    let token = CancellationToken::new();
-    let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
-    (ctl, token, dir)
 }
 
 fn cli(ctl: &cloud_controller::Controller, args: &[&str]) -> std::process::Output {

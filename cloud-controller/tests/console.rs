@@ -2,16 +2,11 @@
 //! passwords, cookies, CSRF, login rate limit, and each role against each
 //! endpoint.
 
+mod support;
+use support::*;
+
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Env {
     ctl: cloud_controller::Controller,
@@ -23,11 +18,7 @@ struct Env {
 impl Env {
     async fn start() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = cloud_controller::config::Config::default();
-        c.http.listen = "127.0.0.1:0".into();
-        c.mqtt.listen = format!("127.0.0.1:{}", free_port());
-        c.models.quic_listen = "127.0.0.1:0".into();
-        c.store.data_dir = dir.path().to_owned();
+        let mut c = config(dir.path());
         c.console.login_max_failures = 3;
         let token = CancellationToken::new();
         let ctl = cloud_controller::run(c, token.clone()).await.unwrap();

@@ -1,8 +1,11 @@
 //! The Kubernetes operator's reconcile against a FAKE Kubernetes API (kube's
 //! `tower_test` mock: each request the operator makes is checked and
 //! answered here), with a real controller behind it (store, rollouts). The
-//! opt-in test against a real cluster is `real_cluster_round_trip`, run when
-//! `KUBECONFIG` is set.
+//! opt-in test against a real cluster is `real_cluster_round_trip` (ignored
+//! unless run with `--run-ignored` and `KUBECONFIG`).
+
+mod support;
+use support::*;
 
 use std::sync::Arc;
 
@@ -14,30 +17,6 @@ use kube::client::Body;
 use tokio_util::sync::CancellationToken;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn controller() -> (
-    cloud_controller::Controller,
-    CancellationToken,
-    tempfile::TempDir,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cloud_controller::config::Config::default();
-    c.http.listen = "127.0.0.1:0".into();
-    c.mqtt.listen = format!("127.0.0.1:{}", free_port());
-    c.models.quic_listen = "127.0.0.1:0".into();
-    c.store.data_dir = dir.path().to_owned();
-    let token = CancellationToken::new();
-    let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
-    (ctl, token, dir)
-}
 
 fn fake_api(hub: Arc<cloud_controller::link::Hub>) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -419,12 +398,8 @@ async fn real_cluster_round_trip() {
 async fn a_restarted_controller_resumes_a_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let config = || {
-        let mut c = cloud_controller::config::Config::default();
-        c.http.listen = "127.0.0.1:0".into();
-        c.mqtt.listen = format!("127.0.0.1:{}", free_port());
-        c.models.quic_listen = "127.0.0.1:0".into();
+        let mut c = config(dir.path());
         c.models.tick_ms = 100;
-        c.store.data_dir = dir.path().to_owned();
         c
     };
     let first_token = CancellationToken::new();

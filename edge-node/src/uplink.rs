@@ -353,11 +353,6 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let receiver = Receiver {
-        app: app.clone(),
-        client: client.clone(),
-        sealer: sealer.clone(),
-        identity,
-        controller,
         window: ReplayWindow::starting_at(high),
         ack_tx,
         connect_id: connect_id.clone(),
@@ -402,11 +397,6 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
 }
 
 struct Receiver {
-    app: Arc<AppState>,
-    client: AsyncClient,
-    sealer: Arc<Sealer>,
-    identity: Identity,
-    controller: Peer,
     window: ReplayWindow,
     ack_tx: mpsc::Sender<Vec<String>>,
     connect_id: String,
@@ -417,20 +407,21 @@ struct Receiver {
 
 impl Receiver {
     async fn poll(mut self, mut eventloop: EventLoop, connected: watch::Sender<bool>) {
-        let node = self.sealer.node.clone();
+        let node = self.exec.sealer.node.clone();
         let mut backoff = Duration::from_millis(200);
         loop {
             let ev = tokio::select! {
-                _ = self.app.shutdown.cancelled() => break,
+                _ = self.exec.app.shutdown.cancelled() => break,
                 ev = eventloop.poll() => ev,
             };
             match ev {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(200);
                     tracing::info!(%node, "connected to the broker");
-                    self.app.metrics.uplink_connected.set(1);
-                    self.app.broadcast_link(true);
+                    self.exec.app.metrics.uplink_connected.set(1);
+                    self.exec.app.broadcast_link(true);
                     let _ = self
+                        .exec
                         .client
                         .subscribe(topic::down(&node), QoS::AtLeastOnce)
                         .await;
@@ -448,12 +439,12 @@ impl Receiver {
                         tracing::warn!(%node, error = %e, "broker connection lost; retrying");
                     }
                     if *connected.borrow() {
-                        self.app.broadcast_link(false);
+                        self.exec.app.broadcast_link(false);
                     }
-                    self.app.metrics.uplink_connected.set(0);
+                    self.exec.app.metrics.uplink_connected.set(0);
                     let _ = connected.send(false);
                     tokio::select! {
-                        _ = self.app.shutdown.cancelled() => break,
+                        _ = self.exec.app.shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -465,19 +456,20 @@ impl Receiver {
 
     async fn on_down(&mut self, payload: &[u8]) {
         let opened = Envelope::from_json(payload).and_then(|env| {
-            if env.from != CONTROLLER || env.to != self.sealer.node {
+            if env.from != CONTROLLER || env.to != self.exec.sealer.node {
                 return Err(edgedesk_common::envelope::EnvelopeError::Malformed(
                     "wrong sender or recipient".into(),
                 ));
             }
-            let plain = env.open(&self.controller, &self.identity)?;
+            let plain = env.open(&self.exec.sealer.controller, &self.exec.sealer.identity)?;
             self.window.accept(env.seq)?;
             Ok(plain)
         });
         let plain = match opened {
             Ok(p) => p,
             Err(e) => {
-                self.app
+                self.exec
+                    .app
                     .metrics
                     .uplink_refused
                     .get_or_create(&vec![("reason".into(), e.reason().into())])
@@ -487,6 +479,7 @@ impl Receiver {
             }
         };
         let _ = self
+            .exec
             .app
             .store
             .kv_set(KV_DOWN_SEQ, &self.window.highest().to_string())
@@ -497,7 +490,7 @@ impl Receiver {
             }
             Ok(Down::Command(cmd)) => self.on_command(cmd).await,
             Ok(Down::Typing { conversation }) => {
-                let app = self.app.clone();
+                let app = self.exec.app.clone();
                 tokio::spawn(async move {
                     let _ = crate::server::ws::deliver_agent_action(
                         &app,

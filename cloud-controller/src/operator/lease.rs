@@ -71,8 +71,7 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let renew_every = duration / 3;
     loop {
-        let now = chrono::Utc::now();
-        let now_ms = now.timestamp_millis();
+        let now = k8s_openapi::jiff::Timestamp::now();
         let current = match api.get_opt(&name).await {
             Ok(l) => l,
             Err(e) => {
@@ -85,11 +84,15 @@ pub async fn run(
                 }
             }
         };
-        let decision = decide(current.as_ref().and_then(held).as_ref(), &me, now_ms);
+        let decision = decide(
+            current.as_ref().and_then(held).as_ref(),
+            &me,
+            now.as_millisecond(),
+        );
         let spec = LeaseSpec {
             holder_identity: Some(me.clone()),
             lease_duration_seconds: Some(duration.as_secs() as i32),
-            renew_time: Some(MicroTime(jiff_now())),
+            renew_time: Some(MicroTime(now)),
             ..Default::default()
         };
         let result = match (decision, current) {
@@ -140,10 +143,6 @@ pub async fn run(
         }
     }
     leader.store(false, Ordering::SeqCst);
-}
-
-fn jiff_now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
 }
 
 #[cfg(test)]

@@ -407,8 +407,3 @@ pub async fn run(client: Client, hub: Arc<Hub>, shutdown: CancellationToken) {
     let _ = mirror.await;
     let _ = lease.await;
 }
-
-/// The resource object's API version string (for documentation and tests).
-pub fn api_version() -> String {
-    ModelRollout::api_version(&()).into_owned()
-}

@@ -75,7 +75,7 @@ pub struct Pointer {
 /// Low-confidence counts of one model version.
 #[derive(Debug, Clone, Default)]
 struct Window {
-    version: String,
+    version: Option<semver::Version>,
     turns: u64,
     low: u64,
     escalations: u64,
@@ -169,7 +169,7 @@ impl ModelManager {
                 m
             }
         };
-        let version = model.manifest().version.to_string();
+        let version = model.manifest().version.clone();
         Ok(ModelManager {
             dir: dir.to_owned(),
             keep: keep.max(1),
@@ -178,7 +178,7 @@ impl ModelManager {
             active: Arc::new(ActiveModel::new(model)),
             watch: Mutex::new((
                 Window {
-                    version,
+                    version: Some(version),
                     ..Default::default()
                 },
                 Window::default(),
@@ -192,7 +192,7 @@ impl ModelManager {
         let version = model.manifest().version.to_string();
         let versions = dir.join("versions");
         let target = versions.join(&version);
-        if !Model::load_manifest_ok(&target) {
+        if crate::nlu::model::verify_bundle(&target).is_err() {
             let staging = versions.join(format!(".{version}.staging"));
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging)?;
@@ -247,9 +247,9 @@ impl ModelManager {
 
     /// Count one classified visitor turn for the active model, and whether
     /// it ended in an escalation to a person.
-    pub fn observe(&self, version: &str, answered: bool, escalated: bool) {
+    pub fn observe(&self, version: &semver::Version, answered: bool, escalated: bool) {
         let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-        if w.0.version == version {
+        if w.0.version.as_ref() == Some(version) {
             w.0.turns += 1;
             w.0.low += u64::from(!answered);
             w.0.escalations += u64::from(escalated);
@@ -257,17 +257,21 @@ impl ModelManager {
     }
 
     pub fn health(&self) -> ModelHealth {
+        // Read from disk before taking the lock visitor turns also take.
+        let kept = self.kept();
         let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let name =
+            |v: &Option<semver::Version>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
         ModelHealth {
-            version: w.0.version.clone(),
-            previous_version: w.1.version.clone(),
+            version: name(&w.0.version),
+            previous_version: name(&w.1.version),
             turns: w.0.turns,
             low_confidence_rate: w.0.share(w.0.low),
             escalation_rate: w.0.share(w.0.escalations),
             previous_turns: w.1.turns,
             previous_low_confidence_rate: w.1.share(w.1.low),
             previous_escalation_rate: w.1.share(w.1.escalations),
-            kept: self.kept(),
+            kept,
         }
     }
 
@@ -296,7 +300,7 @@ impl ModelManager {
         }
         let version = release.version.to_string();
         let target = self.dir.join("versions").join(&version);
-        let fetched = if Model::load_manifest_ok(&target) {
+        let fetched = if crate::nlu::model::verify_bundle(&target).is_ok() {
             0
         } else {
             self.download(&release, &target, ctx).await?
@@ -401,14 +405,14 @@ impl ModelManager {
         .await
         .map_err(|e| ModelError::Io(std::io::Error::other(e.to_string())))??;
         self.checkpoint("loaded");
+        let new_version = model.manifest().version.clone();
         let previous = self.active.swap(model);
         let previous_version = previous.manifest().version.to_string();
         {
             let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-            let old = std::mem::take(&mut w.0);
-            w.1 = old;
+            w.1 = std::mem::take(&mut w.0);
             w.0 = Window {
-                version: version.to_owned(),
+                version: Some(new_version),
                 ..Default::default()
             };
         }
@@ -459,12 +463,5 @@ impl ModelManager {
         }
         self.load_and_swap(&to).await?;
         Ok(format!("rolled back to {to}"))
-    }
-}
-
-impl Model {
-    /// Whether `dir` holds a bundle whose files match its manifest.
-    pub fn load_manifest_ok(dir: &Path) -> bool {
-        crate::nlu::model::verify_bundle(dir).is_ok()
     }
 }

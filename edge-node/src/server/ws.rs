@@ -791,7 +791,7 @@ impl Connection {
         };
         let outcome = app.engine.handle(&mut active.conv, &turn);
         app.models.observe(
-            &model.manifest().version.to_string(),
+            &model.manifest().version,
             nlu.answered,
             outcome
                 .events
