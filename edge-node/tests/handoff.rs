@@ -548,7 +548,9 @@ async fn conversations_the_bot_handled_alone_reach_history_search() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_line_lost_in_flight_is_not_overtaken_by_the_next() {
-    let cloud = Cloud::start().await;
+    // The periodic resend is pushed out of the test's reach, so the lost
+    // line can only come back through the node's gap-driven resend request.
+    let cloud = Cloud::start_with(|c| c.sync.command_retry_secs = 3600).await;
     cloud.create_agent("grace", "Grace", &["en"], 2).await;
     let mut agent = cloud.console("grace").await;
     let edir = tempfile::tempdir().unwrap();
