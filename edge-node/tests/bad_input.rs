@@ -165,12 +165,9 @@ async fn flood_is_rate_limited_then_closed_with_policy_violation() {
     let mut pongs = 0;
     let mut limited = 0;
     let code = loop {
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            futures_util::StreamExt::next(&mut ws),
-        )
-        .await
-        .unwrap()
+        match tokio::time::timeout(FRAME_WAIT, futures_util::StreamExt::next(&mut ws))
+            .await
+            .unwrap()
         {
             Some(Ok(Message::Text(t))) => {
                 match serde_json::from_str::<ServerFrame>(t.as_str()).unwrap() {

@@ -23,9 +23,9 @@ fn free_port() -> u16 {
 
 async fn console_next(ws: &mut Ws, kind: &str) -> serde_json::Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
             .await
-            .unwrap_or_else(|_| panic!("no {kind} frame within 10 s"))
+            .unwrap_or_else(|_| panic!("no {kind} frame within {FRAME_WAIT:?}"))
             .expect("open")
             .expect("ok");
         if let Message::Text(t) = msg {
@@ -164,7 +164,7 @@ async fn visitor_to_agent_and_back() {
     )
     .await;
     let err = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), agent.next())
+        let msg = tokio::time::timeout(FRAME_WAIT, agent.next())
             .await
             .unwrap()
             .unwrap()

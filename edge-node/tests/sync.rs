@@ -531,7 +531,7 @@ async fn the_broker_refuses_plain_mqtt_and_strangers() {
         let (_c, mut ev) = rumqttc::AsyncClient::new(o, 10);
         async move {
             matches!(
-                tokio::time::timeout(Duration::from_secs(5), ev.poll()).await,
+                tokio::time::timeout(FRAME_WAIT, ev.poll()).await,
                 Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))
             )
         }
