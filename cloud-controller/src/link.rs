@@ -120,31 +120,48 @@ impl Hub {
         }
     }
 
-    /// Seal `body` for `node` and publish it on the node's `down` topic.
-    pub async fn send(&self, node: &str, body: &Down) -> Result<(), LinkError> {
-        // The keys cached when the node last spoke; the store only otherwise
-        // (every ack would else cost a database read).
-        let cached = self
+    /// A node's public keys: cached since the node (or a send to it) last
+    /// needed them, from the store otherwise (every message would else cost
+    /// a database read). `None` for an unknown or revoked node, or one whose
+    /// stored keys do not parse (they were checked at enrolment).
+    async fn peer(&self, node: &str) -> Result<Option<Peer>, LinkError> {
+        if let Some(sec) = self
             .nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node)
-            .map(|s| s.peer.clone());
-        let peer = match cached {
-            Some(p) => p,
-            None => {
-                let keys = self
-                    .db
-                    .call({
-                        let node = node.to_owned();
-                        move |c| Ok(store::node(c, &node)?.map(|n| n.keys))
-                    })
-                    .await?;
-                let Some(Ok(peer)) = keys.map(|k| k.parse()) else {
-                    return Ok(());
-                };
-                peer
-            }
+        {
+            return Ok(Some(sec.peer.clone()));
+        }
+        let row = self
+            .db
+            .call({
+                let node = node.to_owned();
+                move |c| store::node(c, &node)
+            })
+            .await?;
+        let Some((row, peer)) = row
+            .filter(|r| r.revoked_at.is_none())
+            .and_then(|r| r.keys.parse().ok().map(|p| (r, p)))
+        else {
+            return Ok(None);
+        };
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeSec {
+                peer: peer.clone(),
+                window: ReplayWindow::starting_at(row.seq_high),
+            });
+        Ok(Some(peer))
+    }
+
+    /// Seal `body` for `node` and publish it on the node's `down` topic.
+    pub async fn send(&self, node: &str, body: &Down) -> Result<(), LinkError> {
+        // Unknown, revoked or unreadable keys: nothing to seal for.
+        let Some(peer) = self.peer(node).await? else {
+            return Ok(());
         };
         let plaintext = serde_json::to_vec(body).unwrap_or_default();
         let mut nonce = [0u8; 24];
@@ -297,40 +314,11 @@ impl Hub {
         if (env.ts - now_ms()).abs() > skew {
             return Err(EnvelopeError::Replay(env.seq));
         }
-        let cached = self
-            .nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(node)
-            .map(|s| s.peer.clone());
-        let peer = match cached {
-            Some(p) => p,
-            None => {
-                let row = self
-                    .db
-                    .call({
-                        let node = node.to_owned();
-                        move |c| store::node(c, &node)
-                    })
-                    .await
-                    .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-                let Some(row) = row else {
-                    return Err(EnvelopeError::BadKey);
-                };
-                if row.revoked_at.is_some() {
-                    return Err(EnvelopeError::BadKey);
-                }
-                let peer = row.keys.parse()?;
-                self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                    node.to_owned(),
-                    NodeSec {
-                        peer: peer.clone(),
-                        window: ReplayWindow::starting_at(row.seq_high),
-                    },
-                );
-                peer
-            }
-        };
+        let peer = self
+            .peer(node)
+            .await
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
+            .ok_or(EnvelopeError::BadKey)?;
         let plain = env.open(&peer, &self.identity)?;
         let up: Up =
             serde_json::from_slice(&plain).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
