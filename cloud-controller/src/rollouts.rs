@@ -304,7 +304,7 @@ async fn execute(hub: &Hub, r: &mut Row, actions: Vec<Action>) {
     // The release is read once per batch of actions, and only if needed.
     let mut release = None;
     for a in actions {
-        match a {
+        let (node, kind, args) = match a {
             Action::Update { node } => {
                 if release.is_none() {
                     let key = r.model_id.clone();
@@ -321,37 +321,26 @@ async fn execute(hub: &Hub, r: &mut Row, actions: Vec<Action>) {
                     rollout: r.id.clone(),
                     release,
                 });
-                match hub
-                    .queue_command(&node, cmd::MODEL_UPDATE, args, None)
-                    .await
-                {
-                    Ok(c) => {
-                        r.commands.insert(node, c.id);
-                    }
-                    Err(e) => {
-                        tracing::error!(rollout = %r.id, %node, error = %e, "queueing model_update failed")
-                    }
-                }
+                (node, cmd::MODEL_UPDATE, args)
             }
             Action::Rollback { node } => {
                 let args = serde_json::json!(cmd::ModelRollback {
                     rollout: r.id.clone(),
                     to_version: String::new(),
                 });
-                match hub
-                    .queue_command(&node, cmd::MODEL_ROLLBACK, args, None)
-                    .await
-                {
-                    Ok(c) => {
-                        r.commands.insert(node, c.id);
-                    }
-                    Err(e) => {
-                        tracing::error!(rollout = %r.id, %node, error = %e, "queueing model_rollback failed")
-                    }
-                }
+                (node, cmd::MODEL_ROLLBACK, args)
             }
             Action::Phase { phase, detail } => {
                 tracing::info!(rollout = %r.id, %phase, %detail, "rollout phase");
+                continue;
+            }
+        };
+        match hub.queue_command(&node, kind, args, None).await {
+            Ok(c) => {
+                r.commands.insert(node, c.id);
+            }
+            Err(e) => {
+                tracing::error!(rollout = %r.id, %node, kind, error = %e, "queueing a model command failed")
             }
         }
     }

@@ -11,14 +11,6 @@ use futures_util::StreamExt;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_node(dir: &tempfile::TempDir, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_edge-node"))
         .arg("serve")

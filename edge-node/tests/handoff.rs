@@ -13,14 +13,6 @@ use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn console_next(ws: &mut Ws, kind: &str) -> serde_json::Value {
     loop {
         let msg = tokio::time::timeout(FRAME_WAIT, ws.next())

@@ -47,11 +47,10 @@ async fn refusals_resume_and_rollback() {
     let cloud = Cloud::start().await;
     let dir = tempfile::tempdir().unwrap();
     let node = edge(&cloud, &dir, "branch-m").await;
-    cloud
-        .eventually(20, "online", || async {
-            cloud.node("branch-m").await["online"] == true
-        })
-        .await;
+    eventually(20, "online", || async {
+        cloud.node("branch-m").await["online"] == true
+    })
+    .await;
     let work = tempfile::tempdir().unwrap();
     let good = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
     let old = cloud.publish(&bundle_version(work.path(), "0.9.0")).signed;
@@ -191,11 +190,10 @@ async fn kill_9_at_every_step_of_an_update_leaves_a_working_model() {
         let node = node.as_str();
         let token = cloud.token(node).await;
         let mut child = spawn_node(&cloud.url(""), node, dir.path(), port, &token, Some(step));
-        cloud
-            .eventually(30, &format!("{step}: node online"), || async {
-                heartbeat_version(&cloud, node).await == "1.0.0"
-            })
-            .await;
+        eventually(30, &format!("{step}: node online"), || async {
+            heartbeat_version(&cloud, node).await == "1.0.0"
+        })
+        .await;
         let cmd = cloud
             .post(
                 &format!("/api/v1/nodes/{node}/commands"),
@@ -231,24 +229,22 @@ async fn kill_9_at_every_step_of_an_update_leaves_a_working_model() {
         );
         // The controller re-sends the unacknowledged command; the update completes.
         let id = cmd["id"].as_str().unwrap().to_owned();
-        cloud
-            .eventually(
-                60,
-                &format!("{step}: update completes after restart"),
-                || async {
-                    let list = cloud.get(&format!("/api/v1/nodes/{node}/commands")).await;
-                    list.as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|c| c["id"] == id.as_str() && c["ok"] == true)
-                },
-            )
-            .await;
-        cloud
-            .eventually(10, &format!("{step}: heartbeat shows 1.1.0"), || async {
-                heartbeat_version(&cloud, node).await == "1.1.0"
-            })
-            .await;
+        eventually(
+            60,
+            &format!("{step}: update completes after restart"),
+            || async {
+                let list = cloud.get(&format!("/api/v1/nodes/{node}/commands")).await;
+                list.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["id"] == id.as_str() && c["ok"] == true)
+            },
+        )
+        .await;
+        eventually(10, &format!("{step}: heartbeat shows 1.1.0"), || async {
+            heartbeat_version(&cloud, node).await == "1.1.0"
+        })
+        .await;
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -264,11 +260,10 @@ async fn swaps_under_load_lose_no_message_and_flows_keep_their_model() {
         c.server.rate_limit_burst = 1000;
     })
     .await;
-    cloud
-        .eventually(20, "online", || async {
-            cloud.node("branch-s").await["online"] == true
-        })
-        .await;
+    eventually(20, "online", || async {
+        cloud.node("branch-s").await["online"] == true
+    })
+    .await;
     let work = tempfile::tempdir().unwrap();
     let good = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
 
@@ -376,11 +371,10 @@ async fn a_link_cut_mid_download_resumes_from_the_last_verified_chunk() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let node = edge(&cloud, &dir, "branch-c").await;
-    cloud
-        .eventually(20, "online", || async {
-            cloud.node("branch-c").await["online"] == true
-        })
-        .await;
+    eventually(20, "online", || async {
+        cloud.node("branch-c").await["online"] == true
+    })
+    .await;
     let work = tempfile::tempdir().unwrap();
     let release = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
     let parsed: edgedesk_common::release::Release = serde_json::from_str(&release.release).unwrap();

@@ -12,14 +12,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The workspace's `cloud-controller` binary, next to this test's directory.
 fn controller_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -162,21 +154,6 @@ async fn escalate_at(addr: std::net::SocketAddr, i: usize) {
         &msg(&format!("I want to talk to a human please ({i})")),
     )
     .await;
-}
-
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn assert_exactly_once(ids: &[String], expected: usize) {

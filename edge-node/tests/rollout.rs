@@ -53,11 +53,10 @@ async fn fleet(cloud: &Cloud, canary_tweak: impl FnOnce(&mut edge_node::config::
             (0, Some(t)) => edge_with(cloud, &dir, &id, t).await,
             _ => edge(cloud, &dir, &id).await,
         };
-        cloud
-            .eventually(20, &format!("{id} enrolled"), || async {
-                cloud.node(&id).await["online"] == true
-            })
-            .await;
+        eventually(20, &format!("{id} enrolled"), || async {
+            cloud.node(&id).await["online"] == true
+        })
+        .await;
         let r = cloud
             .http
             .put(cloud.url(&format!("/api/v1/nodes/{id}/labels")))
@@ -73,11 +72,10 @@ async fn fleet(cloud: &Cloud, canary_tweak: impl FnOnce(&mut edge_node::config::
     let dir = tempfile::tempdir().unwrap();
     let other = edge(cloud, &dir, "retail-1").await;
     nodes.push(("retail-1".into(), other, dir));
-    cloud
-        .eventually(20, "retail-1 enrolled", || async {
-            cloud.node("retail-1").await["online"] == true
-        })
-        .await;
+    eventually(20, "retail-1 enrolled", || async {
+        cloud.node("retail-1").await["online"] == true
+    })
+    .await;
     Fleet { nodes }
 }
 
@@ -127,11 +125,10 @@ async fn every_wave_succeeds_and_the_fleet_runs_the_new_model() {
     assert_eq!(pointer["active"], "1.1.0");
     assert_eq!(pointer["kept"], serde_json::json!(["1.1.0", "1.0.0"]));
     // Heartbeats report the model and its post-swap watch.
-    cloud
-        .eventually(10, "heartbeat with the new model", || async {
-            cloud.node("n03").await["heartbeat"]["model_health"]["version"] == "1.1.0"
-        })
-        .await;
+    eventually(10, "heartbeat with the new model", || async {
+        cloud.node("n03").await["heartbeat"]["model_health"]["version"] == "1.1.0"
+    })
+    .await;
 
     // The next version: the operator aborts during the first bake; the two
     // updated nodes go back to 1.1.0 and nobody else is asked.

@@ -23,25 +23,23 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = edge(&cloud, &da, "branch-a").await;
     let b = edge(&cloud, &db, "branch-b").await;
-    cloud
-        .eventually(10, "both nodes online", || async {
-            let nodes = cloud.get("/api/v1/nodes").await;
-            nodes
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|n| n["online"] == true)
-                .count()
-                == 2
-        })
-        .await;
+    eventually(10, "both nodes online", || async {
+        let nodes = cloud.get("/api/v1/nodes").await;
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["online"] == true)
+            .count()
+            == 2
+    })
+    .await;
     escalate(&a, "I want to talk to a human, call me on +44 20 7946 0958").await;
     escalate(&b, "转人工").await;
-    cloud
-        .eventually(10, "two escalations stored", || async {
-            cloud.events("kind=escalation").await.len() == 2
-        })
-        .await;
+    eventually(10, "two escalations stored", || async {
+        cloud.events("kind=escalation").await.len() == 2
+    })
+    .await;
     let from_a = cloud.events("node=branch-a").await;
     assert_eq!(from_a.len(), 1);
     let text = from_a[0]["event"]["last_text"].as_str().unwrap();
@@ -49,18 +47,16 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
         text.contains("[phone]") && !text.contains("7946"),
         "personal data masked: {text}"
     );
-    cloud
-        .eventually(10, "outboxes drained", || async {
-            a.state().store.outbox_depth().await.unwrap() == 0
-                && b.state().store.outbox_depth().await.unwrap() == 0
-        })
-        .await;
+    eventually(10, "outboxes drained", || async {
+        a.state().store.outbox_depth().await.unwrap() == 0
+            && b.state().store.outbox_depth().await.unwrap() == 0
+    })
+    .await;
     // Heartbeats carry the node's state.
-    cloud
-        .eventually(10, "heartbeat recorded", || async {
-            cloud.node("branch-a").await["heartbeat"]["model_name"] == "edgedesk-intents"
-        })
-        .await;
+    eventually(10, "heartbeat recorded", || async {
+        cloud.node("branch-a").await["heartbeat"]["model_name"] == "edgedesk-intents"
+    })
+    .await;
     // Labels are the operator's key/values, shown with the node.
     let r = cloud
         .http
@@ -90,15 +86,14 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
         )
         .await;
     let id = cmd["id"].as_str().unwrap().to_owned();
-    cloud
-        .eventually(10, "command acknowledged", || async {
-            let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
-            cmds.as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["id"] == id.as_str() && c["ok"] == true && c["detail"] == "pong")
-        })
-        .await;
+    eventually(10, "command acknowledged", || async {
+        let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+        cmds.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str() && c["ok"] == true && c["detail"] == "pong")
+    })
+    .await;
     a.stop().await;
     b.stop().await;
     cloud.token.cancel();
@@ -169,9 +164,7 @@ async fn inject_refused(
         )
         .await
         .unwrap();
-    cloud
-        .eventually(5, what, || async { refused(cloud, reason).await > before })
-        .await;
+    eventually(5, what, || async { refused(cloud, reason).await > before }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,19 +173,18 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = edge(&cloud, &da, "branch-a").await;
     let b = edge(&cloud, &db, "branch-b").await;
-    cloud
-        .eventually(10, "both nodes online", || async {
-            cloud
-                .get("/api/v1/nodes")
-                .await
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|n| n["online"] == true)
-                .count()
-                == 2
-        })
-        .await;
+    eventually(10, "both nodes online", || async {
+        cloud
+            .get("/api/v1/nodes")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["online"] == true)
+            .count()
+            == 2
+    })
+    .await;
 
     // A rogue subscriber on `#` with branch-b's broker login.
     let (rogue, mut seen) = raw_client(&db.path().join("identity.json"), "rogue").await;
@@ -202,11 +194,10 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     escalate(&a, "I want a human, my secret word is PAPAYA-77").await;
-    cloud
-        .eventually(10, "escalation stored", || async {
-            cloud.events("node=branch-a").await.len() == 1
-        })
-        .await;
+    eventually(10, "escalation stored", || async {
+        cloud.events("node=branch-a").await.len() == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut captured = Vec::new();
     while let Ok((topic, payload)) = seen.try_recv() {
@@ -303,11 +294,10 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
         .await;
     let before = refused(&cloud, "bad_key").await;
     escalate(&b, "I want a human").await;
-    cloud
-        .eventually(10, "revoked node refused", || async {
-            refused(&cloud, "bad_key").await > before
-        })
-        .await;
+    eventually(10, "revoked node refused", || async {
+        refused(&cloud, "bad_key").await > before
+    })
+    .await;
     assert!(
         cloud.events("node=branch-b").await.is_empty(),
         "nothing from a revoked node is stored"
@@ -432,11 +422,10 @@ async fn link_cut_and_restored_backlog_drains_once() {
     .await;
     let da = tempfile::tempdir().unwrap();
     let a = edge(&cloud, &da, "branch-a").await;
-    cloud
-        .eventually(10, "online", || async {
-            cloud.node("branch-a").await["online"] == true
-        })
-        .await;
+    eventually(10, "online", || async {
+        cloud.node("branch-a").await["online"] == true
+    })
+    .await;
 
     proxy.cut();
     // A command for the unreachable node waits in the controller's queue.
@@ -451,11 +440,10 @@ async fn link_cut_and_restored_backlog_drains_once() {
     for i in 0..n {
         escalate(&a, &format!("I want to talk to a human ({i})")).await;
     }
-    cloud
-        .eventually(15, "node marked offline", || async {
-            cloud.node("branch-a").await["online"] == false
-        })
-        .await;
+    eventually(15, "node marked offline", || async {
+        cloud.node("branch-a").await["online"] == false
+    })
+    .await;
     assert_eq!(
         a.state().store.outbox_depth().await.unwrap(),
         n,
@@ -464,25 +452,23 @@ async fn link_cut_and_restored_backlog_drains_once() {
     assert!(cloud.events("node=branch-a").await.is_empty());
 
     proxy.restore();
-    cloud
-        .eventually(30, "backlog drained", || async {
-            cloud.events("node=branch-a").await.len() as u64 == n
-                && a.state().store.outbox_depth().await.unwrap() == 0
-        })
-        .await;
-    cloud
-        .eventually(
-            40,
-            "queued command delivered after the link returned",
-            || async {
-                let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
-                cmds.as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|c| c["id"] == cmd_id.as_str() && c["ok"] == true)
-            },
-        )
-        .await;
+    eventually(30, "backlog drained", || async {
+        cloud.events("node=branch-a").await.len() as u64 == n
+            && a.state().store.outbox_depth().await.unwrap() == 0
+    })
+    .await;
+    eventually(
+        40,
+        "queued command delivered after the link returned",
+        || async {
+            let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+            cmds.as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == cmd_id.as_str() && c["ok"] == true)
+        },
+    )
+    .await;
     let events = cloud.events("node=branch-a&limit=1000").await;
     let ids: std::collections::HashSet<&str> =
         events.iter().map(|e| e["id"].as_str().unwrap()).collect();
@@ -510,11 +496,10 @@ async fn the_broker_refuses_plain_mqtt_and_strangers() {
     let cloud = Cloud::start().await;
     let da = tempfile::tempdir().unwrap();
     let a = edge(&cloud, &da, "branch-a").await;
-    cloud
-        .eventually(10, "online", || async {
-            cloud.node("branch-a").await["online"] == true
-        })
-        .await;
+    eventually(10, "online", || async {
+        cloud.node("branch-a").await["online"] == true
+    })
+    .await;
     let f: edge_node::uplink::IdentityFile =
         serde_json::from_str(&std::fs::read_to_string(da.path().join("identity.json")).unwrap())
             .unwrap();
@@ -590,11 +575,10 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
     let cloud = Cloud::start().await;
     let da = tempfile::tempdir().unwrap();
     let a = edge(&cloud, &da, "branch-a").await;
-    cloud
-        .eventually(10, "online", || async {
-            cloud.node("branch-a").await["online"] == true
-        })
-        .await;
+    eventually(10, "online", || async {
+        cloud.node("branch-a").await["online"] == true
+    })
+    .await;
     let mut ws = a.connect().await;
     let (session, _) = start_session(&mut ws).await;
     say(&mut ws, &msg("my card was declined")).await;
@@ -603,11 +587,10 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
         panic!()
     };
     assert_eq!(*state, ChatState::WaitingForAgent);
-    cloud
-        .eventually(10, "escalation with transcript", || async {
-            !cloud.events("kind=escalation").await.is_empty()
-        })
-        .await;
+    eventually(10, "escalation with transcript", || async {
+        !cloud.events("kind=escalation").await.is_empty()
+    })
+    .await;
     let esc = &cloud.events("kind=escalation").await[0]["event"];
     let conversation = esc["conversation"].as_str().unwrap().to_owned();
     let lines: Vec<&str> = esc["transcript"]
@@ -650,15 +633,14 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
     // The visitor's answer goes to the cloud, not to the bot.
     send(&mut ws, &msg("my card keeps getting declined")).await;
     assert!(matches!(recv(&mut ws).await, ServerFrame::Ack { .. }));
-    cloud
-        .eventually(10, "visitor line forwarded", || async {
-            cloud
-                .events("kind=chat_line")
-                .await
-                .iter()
-                .any(|e| e["event"]["line"]["text"] == "my card keeps getting declined")
-        })
-        .await;
+    eventually(10, "visitor line forwarded", || async {
+        cloud
+            .events("kind=chat_line")
+            .await
+            .iter()
+            .any(|e| e["event"]["line"]["text"] == "my card keeps getting declined")
+    })
+    .await;
     command(
         "agent_closed",
         serde_json::json!({ "conversation": conversation }),
@@ -679,25 +661,23 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
         .find(|q| q.payload == "/rate 5")
         .expect("rating buttons");
     say(&mut ws, &button(&five.label, &five.payload)).await;
-    cloud
-        .eventually(10, "rating stored", || async {
-            cloud
-                .events("kind=rating")
-                .await
-                .iter()
-                .any(|e| e["event"]["score"] == 5)
-        })
-        .await;
+    eventually(10, "rating stored", || async {
+        cloud
+            .events("kind=rating")
+            .await
+            .iter()
+            .any(|e| e["event"]["score"] == 5)
+    })
+    .await;
     // Every command is acknowledged as delivered (the ack may trail the frame).
-    cloud
-        .eventually(10, "all commands acknowledged", || async {
-            let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
-            cmds.as_array()
-                .unwrap()
-                .iter()
-                .all(|c| c["ok"] == true && c["detail"] == "delivered")
-        })
-        .await;
+    eventually(10, "all commands acknowledged", || async {
+        let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+        cmds.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true && c["detail"] == "delivered")
+    })
+    .await;
     // A reload shows the agent's lines in the history.
     drop(ws);
     let mut ws = a.connect().await;

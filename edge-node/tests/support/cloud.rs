@@ -1,19 +1,8 @@
 //! A cloud controller in the test process (embedded broker, SQLite) and edge
 //! nodes enrolled with it, plus console helpers for agent tests.
-
-use std::time::Duration;
-
 use cloud_controller::config::Config as CcConfig;
 
 use super::*;
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub struct Cloud {
     pub ctl: cloud_controller::Controller,
@@ -102,22 +91,6 @@ impl Cloud {
             .post("/api/v1/tokens", serde_json::json!({ "node_id": node }))
             .await;
         v["token"].as_str().unwrap().to_owned()
-    }
-
-    /// Poll `f` until it returns true or `secs` pass.
-    pub async fn eventually<F, Fut>(&self, secs: u64, what: &str, mut f: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        while tokio::time::Instant::now() < deadline {
-            if f().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out waiting for: {what}");
     }
 
     pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {

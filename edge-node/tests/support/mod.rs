@@ -139,6 +139,31 @@ pub async fn send(ws: &mut Ws, frame: &ClientFrame) {
         .expect("send");
 }
 
+/// A TCP port free on 127.0.0.1 at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns true; panics naming `what` after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 pub async fn send_raw(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text.to_owned())).await.expect("send");
 }
