@@ -47,10 +47,7 @@ async fn refusals_resume_and_rollback() {
     let cloud = Cloud::start().await;
     let dir = tempfile::tempdir().unwrap();
     let node = edge(&cloud, &dir, "branch-m").await;
-    eventually(20, "online", || async {
-        cloud.node("branch-m").await["online"] == true
-    })
-    .await;
+    cloud.wait_online("branch-m", 20).await;
     let work = tempfile::tempdir().unwrap();
     let good = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
     let old = cloud.publish(&bundle_version(work.path(), "0.9.0")).signed;
@@ -260,10 +257,7 @@ async fn swaps_under_load_lose_no_message_and_flows_keep_their_model() {
         c.server.rate_limit_burst = 1000;
     })
     .await;
-    eventually(20, "online", || async {
-        cloud.node("branch-s").await["online"] == true
-    })
-    .await;
+    cloud.wait_online("branch-s", 20).await;
     let work = tempfile::tempdir().unwrap();
     let good = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
 
@@ -371,10 +365,7 @@ async fn a_link_cut_mid_download_resumes_from_the_last_verified_chunk() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let node = edge(&cloud, &dir, "branch-c").await;
-    eventually(20, "online", || async {
-        cloud.node("branch-c").await["online"] == true
-    })
-    .await;
+    cloud.wait_online("branch-c", 20).await;
     let work = tempfile::tempdir().unwrap();
     let release = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
     let parsed: edgedesk_common::release::Release = serde_json::from_str(&release.release).unwrap();

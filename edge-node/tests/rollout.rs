@@ -53,10 +53,7 @@ async fn fleet(cloud: &Cloud, canary_tweak: impl FnOnce(&mut edge_node::config::
             (0, Some(t)) => edge_with(cloud, &dir, &id, t).await,
             _ => edge(cloud, &dir, &id).await,
         };
-        eventually(20, &format!("{id} enrolled"), || async {
-            cloud.node(&id).await["online"] == true
-        })
-        .await;
+        cloud.wait_online(&id, 20).await;
         let r = cloud
             .http
             .put(cloud.url(&format!("/api/v1/nodes/{id}/labels")))
@@ -72,10 +69,7 @@ async fn fleet(cloud: &Cloud, canary_tweak: impl FnOnce(&mut edge_node::config::
     let dir = tempfile::tempdir().unwrap();
     let other = edge(cloud, &dir, "retail-1").await;
     nodes.push(("retail-1".into(), other, dir));
-    eventually(20, "retail-1 enrolled", || async {
-        cloud.node("retail-1").await["online"] == true
-    })
-    .await;
+    cloud.wait_online("retail-1", 20).await;
     Fleet { nodes }
 }
 

@@ -23,17 +23,8 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = edge(&cloud, &da, "branch-a").await;
     let b = edge(&cloud, &db, "branch-b").await;
-    eventually(10, "both nodes online", || async {
-        let nodes = cloud.get("/api/v1/nodes").await;
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["online"] == true)
-            .count()
-            == 2
-    })
-    .await;
+    cloud.wait_online("branch-a", 10).await;
+    cloud.wait_online("branch-b", 10).await;
     escalate(&a, "I want to talk to a human, call me on +44 20 7946 0958").await;
     escalate(&b, "转人工").await;
     eventually(10, "two escalations stored", || async {
@@ -173,18 +164,8 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = edge(&cloud, &da, "branch-a").await;
     let b = edge(&cloud, &db, "branch-b").await;
-    eventually(10, "both nodes online", || async {
-        cloud
-            .get("/api/v1/nodes")
-            .await
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["online"] == true)
-            .count()
-            == 2
-    })
-    .await;
+    cloud.wait_online("branch-a", 10).await;
+    cloud.wait_online("branch-b", 10).await;
 
     // A rogue subscriber on `#` with branch-b's broker login.
     let (rogue, mut seen) = raw_client(&db.path().join("identity.json"), "rogue").await;
@@ -422,10 +403,7 @@ async fn link_cut_and_restored_backlog_drains_once() {
     .await;
     let da = tempfile::tempdir().unwrap();
     let a = edge(&cloud, &da, "branch-a").await;
-    eventually(10, "online", || async {
-        cloud.node("branch-a").await["online"] == true
-    })
-    .await;
+    cloud.wait_online("branch-a", 10).await;
 
     proxy.cut();
     // A command for the unreachable node waits in the controller's queue.
@@ -496,10 +474,7 @@ async fn the_broker_refuses_plain_mqtt_and_strangers() {
     let cloud = Cloud::start().await;
     let da = tempfile::tempdir().unwrap();
     let a = edge(&cloud, &da, "branch-a").await;
-    eventually(10, "online", || async {
-        cloud.node("branch-a").await["online"] == true
-    })
-    .await;
+    cloud.wait_online("branch-a", 10).await;
     let f: edge_node::uplink::IdentityFile =
         serde_json::from_str(&std::fs::read_to_string(da.path().join("identity.json")).unwrap())
             .unwrap();
@@ -575,10 +550,7 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
     let cloud = Cloud::start().await;
     let da = tempfile::tempdir().unwrap();
     let a = edge(&cloud, &da, "branch-a").await;
-    eventually(10, "online", || async {
-        cloud.node("branch-a").await["online"] == true
-    })
-    .await;
+    cloud.wait_online("branch-a", 10).await;
     let mut ws = a.connect().await;
     let (session, _) = start_session(&mut ws).await;
     say(&mut ws, &msg("my card was declined")).await;

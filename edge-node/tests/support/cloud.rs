@@ -57,6 +57,14 @@ impl Cloud {
         r.json().await.unwrap()
     }
 
+    /// Wait until the registry shows `id` online; panics after `secs`.
+    pub async fn wait_online(&self, id: &str, secs: u64) {
+        eventually(secs, &format!("{id} online"), || async {
+            self.node(id).await["online"] == true
+        })
+        .await;
+    }
+
     /// A node as the API shows it, or null while it does not exist yet.
     pub async fn node(&self, id: &str) -> serde_json::Value {
         let r = self
