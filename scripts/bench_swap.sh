@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . build/env.sh
 SESSIONS=${1:-200} RATE=${2:-5} SECS=${3:-20} SWAP_EVERY=${SWAP_EVERY:-2}
-cargo build --release --locked -p edge-node -p cloud-controller >/dev/null
+cargo build --release --locked -p edge-node -p cloud-controller -p edgedesk-sim >/dev/null
 BIN=$CARGO_TARGET_DIR/release
 W=$(mktemp -d)
 pids=()

@@ -15,7 +15,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::random_token;
+use edgedesk_support::secret::random_hex as random_token;
 use crate::store::{Db, StoreError, sha256_hex};
 
 /// Roles, in increasing power: supervisors see every chat, admins also manage agents.

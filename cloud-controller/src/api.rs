@@ -20,7 +20,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::identity::random_token;
+use edgedesk_support::secret::random_hex as random_token;
 use crate::link::{Hub, now_ms};
 use crate::store::{self, EnrollError, EventQuery, StoreError, sha256_hex};
 

@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod api;
 pub mod broker;
+pub mod cli;
 pub mod chats;
 pub mod config;
 pub mod console;
@@ -112,8 +113,8 @@ fn read_or_create_secret(
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
         _ => {
-            let token = identity::random_token(24);
-            identity::write_secret(path, &token).map_err(err)?;
+            let token = edgedesk_support::secret::random_hex(24);
+            edgedesk_support::secret::write_private(path, token.as_bytes()).map_err(err)?;
             Ok(token)
         }
     }
@@ -179,7 +180,7 @@ pub async fn run(
     // The controller's own broker login: fresh every start in embedded mode.
     let (ctl_user, ctl_pass, broker_addr, broker_ca) = match config.mqtt.mode {
         BrokerMode::Embedded => {
-            let pass = identity::random_token(24);
+            let pass = edgedesk_support::secret::random_hex(24);
             creds.set("edgedesk-controller", &sha256_hex(&pass));
             let listen: SocketAddr =
                 config
@@ -242,7 +243,11 @@ pub async fn run(
         }
     };
     let broker = config.advertised_broker(broker_addr);
-    let client_tls = broker_ca.as_deref().map(tls::client_config).transpose()?;
+    let client_tls = broker_ca
+        .as_deref()
+        .map(edgedesk_support::tls::pinned_client)
+        .transpose()
+        .map_err(|e| tls::TlsError::Config(e.to_string()))?;
     let opts = link::mqtt_options(
         &broker_addr.ip().to_string(),
         broker_addr.port(),

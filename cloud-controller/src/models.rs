@@ -132,12 +132,11 @@ pub fn publish(
     onnxruntime: &Path,
     now: i64,
 ) -> Result<ModelRow, ModelError> {
-    use edge_node::nlu;
+    use edgedesk_nlu as nlu;
     let invalid = |e: nlu::NluError| ModelError::Invalid(e.to_string());
-    let manifest = nlu::model::verify_bundle(bundle).map_err(invalid)?;
     nlu::runtime::init(onnxruntime).map_err(invalid)?;
-    let model = nlu::Model::load(bundle, 1, 0.0).map_err(invalid)?;
-    model.check_golden().map_err(invalid)?;
+    let model = nlu::Model::load_checked(bundle, 1, 0.0).map_err(invalid)?;
+    let manifest = model.manifest().clone();
     drop(model);
     let mut names: Vec<String> = manifest.files.keys().cloned().collect();
     names.push(MANIFEST_FILE.to_owned());

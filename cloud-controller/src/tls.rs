@@ -3,13 +3,10 @@
 //! enrolment and trust nothing else for the broker.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 /// Files of the broker's TLS material.
 #[derive(Debug, Clone)]
@@ -70,7 +67,7 @@ pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsE
         let issuer =
             CertifiedIssuer::self_signed(ca_params, ca_key_pair).map_err(|e| err(e.to_string()))?;
         if ca_pem_existing.is_none() {
-            crate::identity::write_secret(&ca_key, &issuer.key().serialize_pem())
+            edgedesk_support::secret::write_private(&ca_key, &issuer.key().serialize_pem())
                 .map_err(|e| err(e.to_string()))?;
             std::fs::write(&ca_cert, issuer.pem()).map_err(|e| err(e.to_string()))?;
         }
@@ -82,7 +79,7 @@ pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsE
         let broker_cert = params
             .signed_by(&broker_key, &issuer)
             .map_err(|e| err(e.to_string()))?;
-        crate::identity::write_secret(&key, &broker_key.serialize_pem())
+        edgedesk_support::secret::write_private(&key, &broker_key.serialize_pem())
             .map_err(|e| err(e.to_string()))?;
         std::fs::write(&cert, broker_cert.pem()).map_err(|e| err(e.to_string()))?;
         std::fs::write(&sans, &wanted).map_err(|e| err(e.to_string()))?;
@@ -93,27 +90,6 @@ pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsE
         cert_path: cert,
         key_path: key,
     })
-}
-
-/// A rustls client configuration that trusts only the CA in `ca_pem`.
-pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| TlsError::Config(e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Config("no CA certificate given".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
@@ -134,7 +110,6 @@ mod tests {
             "the pinned CA survives a new broker certificate"
         );
         assert_ne!(cert1, std::fs::read_to_string(&c.cert_path).unwrap());
-        assert!(client_config(&a.ca_pem).is_ok());
-        assert!(client_config("not pem").is_err());
+        assert!(edgedesk_support::tls::pinned_client(&a.ca_pem).is_ok());
     }
 }

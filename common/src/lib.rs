@@ -6,7 +6,6 @@
 //! - [`envelope`]: sealed, signed envelopes and the MQTT topic layout.
 //! - [`sync`]: what travels inside envelopes, and the enrolment exchange.
 //! - [`release`]: signed model releases (what nodes verify before a swap).
-//! - [`layered`]: configuration layering (defaults, file, environment) shared by both binaries.
 //!
 //! This crate has no runtime, no I/O and no networking code: each binary decides
 //! what to do with these types.
@@ -15,6 +14,5 @@ pub mod bundle;
 pub mod chat;
 pub mod envelope;
 pub mod event;
-pub mod layered;
 pub mod release;
 pub mod sync;

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-pub use edgedesk_common::layered::ConfigError;
-use edgedesk_common::layered::{self, LayerError};
+pub use edgedesk_support::config::ConfigError;
+use edgedesk_support::config::{self as layered, LayerError};
 use serde::{Deserialize, Serialize};
 
 /// The documented default configuration file, embedded.

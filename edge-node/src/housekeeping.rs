@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dialog::Conversation;
+use edgedesk_dialog::Conversation;
 use crate::server::AppState;
 use crate::server::ws::{build_write, now_ms};
 use crate::store::{RetentionStats, StoreError};

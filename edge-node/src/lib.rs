@@ -1,16 +1,15 @@
 //! EdgeDesk edge node: kiosk chat answered locally.
 //!
-//! Data flow: a visitor's WebSocket frame ([`server`]) → NLU ([`nlu`]) →
-//! the dialog state machine ([`dialog`]) → one SQLite transaction with the
+//! Data flow: a visitor's WebSocket frame ([`server`]) → NLU (`edgedesk-nlu`)
+//! → the dialog state machine (`edgedesk-dialog`) → one SQLite transaction with the
 //! messages, the session state and any outbox events ([`store`]) → replies.
 //! [`run`] wires it together and returns a [`Node`]; `main.rs` only parses
 //! arguments, sets up logging and signals.
 
+pub mod cli;
 pub mod config;
-pub mod dialog;
 pub mod housekeeping;
 pub mod models;
-pub mod nlu;
 pub mod server;
 pub mod store;
 pub mod uplink;
@@ -23,10 +22,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::dialog::kb::KbError;
-use crate::dialog::{Engine, EngineConfig, KnowledgeBase};
+use edgedesk_dialog::kb::KbError;
+use edgedesk_dialog::{self as dialog, Engine, EngineConfig, KnowledgeBase};
 use crate::models::ModelManager;
-use crate::nlu::NluError;
+use edgedesk_nlu::NluError;
 use crate::server::{AppState, Metrics};
 use crate::store::{Store, StoreError};
 
@@ -39,6 +38,11 @@ pub enum NodeError {
     Nlu(#[from] NluError),
     #[error(transparent)]
     Kb(#[from] KbError),
+    #[error("cannot read knowledge base {path}: {source}")]
+    KbRead {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -58,6 +62,7 @@ impl NodeError {
             NodeError::Config(_) => 64,
             NodeError::Nlu(NluError::Runtime(_)) => 69,
             NodeError::Nlu(_) | NodeError::Kb(_) => 65,
+            NodeError::KbRead { .. } => 66,
             NodeError::Store(_) | NodeError::Bind { .. } | NodeError::Serve(_) => 74,
         }
     }
@@ -85,7 +90,7 @@ impl Node {
 /// Load the model (through the model manager: the active kept version, else
 /// the factory bundle) and the knowledge base.
 pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError> {
-    nlu::runtime::init(&config.nlu.onnxruntime_path)?;
+    edgedesk_nlu::runtime::init(&config.nlu.onnxruntime_path)?;
     let manager = ModelManager::open(
         &config.models_dir(),
         config.models.keep,
@@ -97,7 +102,12 @@ pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError>
     let kb = if config.dialog.knowledge_base.as_os_str().is_empty() {
         KnowledgeBase::builtin()
     } else {
-        KnowledgeBase::load(&config.dialog.knowledge_base)?
+        let path = &config.dialog.knowledge_base;
+        let text = std::fs::read_to_string(path).map_err(|source| NodeError::KbRead {
+            path: path.display().to_string(),
+            source,
+        })?;
+        KnowledgeBase::parse(&text, &path.display().to_string())?
     };
     let handled = [
         dialog::BOOK_APPOINTMENT,

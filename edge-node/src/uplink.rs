@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::CloudConfig;
-use crate::nlu::entities::mask_personal;
+use edgedesk_nlu::entities::mask_personal;
 use crate::server::ws::now_ms;
 use crate::server::{AgentAction, AppState};
 use crate::store::{CommandIn, KV_COMPACTED};
@@ -63,25 +63,6 @@ pub struct IdentityFile {
     /// Model-signing key and QUIC endpoint, pinned at enrolment.
     #[serde(default)]
     pub models: Option<ModelEndpoint>,
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 impl IdentityFile {
@@ -122,7 +103,7 @@ impl IdentityFile {
 
     pub fn save(&self, path: &Path) -> Result<(), UplinkError> {
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        write_private(path, &text).map_err(|e| UplinkError::Identity {
+        edgedesk_support::secret::write_private(path, text.as_bytes()).map_err(|e| UplinkError::Identity {
             path: path.display().to_string(),
             message: e.to_string(),
         })
@@ -190,29 +171,6 @@ pub async fn enroll(cfg: &CloudConfig, file: &mut IdentityFile) -> Result<(), Up
     file.models = body.models;
     tracing::info!(node = %cfg.node_id, "enrolled with the controller");
     Ok(())
-}
-
-/// TLS that trusts only the CA pinned at enrolment.
-pub fn pinned_tls(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(der.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    if roots.is_empty() {
-        return Err("the pinned broker CA is missing".into());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
 }
 
 /// Sends sealed envelopes to the controller.
@@ -330,9 +288,9 @@ async fn run_inner(app: Arc<AppState>, cfg: &CloudConfig) -> Result<(), UplinkEr
     ));
     if mqtt.tls {
         let ca = mqtt.ca_pem.as_deref().unwrap_or_default();
-        let tls = pinned_tls(ca).map_err(|message| UplinkError::Identity {
+        let tls = edgedesk_support::tls::pinned_client(ca).map_err(|e| UplinkError::Identity {
             path: cfg.identity_path.display().to_string(),
-            message,
+            message: e.to_string(),
         })?;
         opts.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(tls),

@@ -40,7 +40,7 @@ fn net(e: impl std::fmt::Display) -> ModelError {
 
 impl Fetcher {
     pub async fn connect(ctx: FetchContext) -> Result<Fetcher, ModelError> {
-        let mut tls = (*crate::uplink::pinned_tls(&ctx.endpoint.ca_pem).map_err(net)?).clone();
+        let mut tls = (*edgedesk_support::tls::pinned_client(&ctx.endpoint.ca_pem).map_err(net)?).clone();
         tls.alpn_protocols = vec![MODELS_ALPN.to_vec()];
         let quic = QuicClientConfig::try_from(tls).map_err(net)?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));

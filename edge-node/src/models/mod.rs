@@ -28,7 +28,7 @@ use edgedesk_common::release::{Release, SignedRelease};
 use edgedesk_common::sync::ModelHealth;
 use serde::{Deserialize, Serialize};
 
-use crate::nlu::{ActiveModel, Model, NluError};
+use edgedesk_nlu::{ActiveModel, Model, NluError};
 pub use fetch::FetchContext;
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +147,7 @@ impl ModelManager {
         }
         let mut model = None;
         for c in candidates {
-            match Model::load(&c, sessions, threshold_override) {
+            match Model::load_checked(&c, sessions, threshold_override) {
                 Ok(m) => {
                     model = Some(m);
                     break;
@@ -160,7 +160,7 @@ impl ModelManager {
         let model = match model {
             Some(m) => m,
             None => {
-                let m = Model::load(factory, sessions, threshold_override)?;
+                let m = Model::load_checked(factory, sessions, threshold_override)?;
                 // Keep the factory bundle as a version too, so a rollback can
                 // return to it; a node that cannot write here still serves.
                 if let Err(e) = Self::adopt(dir, factory, &m) {
@@ -192,7 +192,7 @@ impl ModelManager {
         let version = model.manifest().version.to_string();
         let versions = dir.join("versions");
         let target = versions.join(&version);
-        if crate::nlu::model::verify_bundle(&target).is_err() {
+        if edgedesk_nlu::bundle::verify_bundle(&target).is_err() {
             let staging = versions.join(format!(".{version}.staging"));
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging)?;
@@ -300,7 +300,7 @@ impl ModelManager {
         }
         let version = release.version.to_string();
         let target = self.dir.join("versions").join(&version);
-        let fetched = if crate::nlu::model::verify_bundle(&target).is_ok() {
+        let fetched = if edgedesk_nlu::bundle::verify_bundle(&target).is_ok() {
             0
         } else {
             self.download(&release, &target, ctx).await?
@@ -398,9 +398,7 @@ impl ModelManager {
         let dir = self.dir.join("versions").join(version);
         let (sessions, thr) = (self.sessions, self.threshold_override);
         let model = tokio::task::spawn_blocking(move || -> Result<Model, NluError> {
-            let m = Model::load(&dir, sessions, thr)?;
-            m.check_golden()?;
-            Ok(m)
+            Model::load_checked(&dir, sessions, thr)
         })
         .await
         .map_err(|e| ModelError::Io(std::io::Error::other(e.to_string())))??;

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::dialog::Engine;
-use crate::nlu::ActiveModel;
+use edgedesk_dialog::Engine;
+use edgedesk_nlu::ActiveModel;
 use crate::store::Store;
 pub use metrics::Metrics;
 

@@ -21,8 +21,8 @@ use futures_util::SinkExt;
 use sha2::{Digest, Sha256};
 
 use super::{AgentAction, AgentEvent, AppState, Claim};
-use crate::dialog::{BotReply, Command, Conversation, Phase, Turn, Understanding};
-use crate::nlu::entities;
+use edgedesk_dialog::{BotReply, Command, Conversation, Phase, Turn, Understanding};
+use edgedesk_nlu::entities;
 use crate::store::{NewMessage, SessionRow, TurnWrite};
 
 /// WebSocket close codes used by the node.
@@ -149,7 +149,7 @@ struct Active {
     claim: Claim,
     /// The model a multi-turn flow started on: the flow finishes on it even
     /// if a new model is swapped in meanwhile.
-    flow_model: Option<Arc<crate::nlu::Model>>,
+    flow_model: Option<Arc<edgedesk_nlu::Model>>,
 }
 
 enum Flow {
@@ -187,7 +187,7 @@ async fn recv_agent(
 
 /// Apply an agent action to a conversation; the line to store and show, if any.
 fn apply_action(
-    engine: &crate::dialog::Engine,
+    engine: &edgedesk_dialog::Engine,
     conv: &mut Conversation,
     action: &AgentAction,
 ) -> Option<BotReply> {

@@ -1,0 +1,574 @@
+//! The `cloud-controller` command line: run the controller, or operate it
+//! over its REST API (tokens, nodes, labels, revocation, commands, events).
+//! `main.rs` only calls [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crate::config::{Config, DEFAULT_TOML};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "cloud-controller",
+    version,
+    about = "EdgeDesk cloud controller: fleet registry, edge sync over MQTT, REST API",
+    long_about = "EdgeDesk cloud controller.\n\nWithout a command it runs the controller (embedded MQTT broker, SQLite \
+                  store, REST API). The other commands talk to a running controller's REST API."
+)]
+struct Cli {
+    /// Configuration file (TOML). See `cloud-controller config default`.
+    #[arg(long, short, global = true, env = "EDGEDESK_CC_CONFIG")]
+    config: Option<PathBuf>,
+    /// REST API of the controller to operate (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEDESK_CC_URL",
+        default_value = "http://127.0.0.1:8700"
+    )]
+    url: String,
+    /// Admin bearer token (client commands). Default: <data_dir>/admin-token.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEDESK_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the controller (the default).
+    Serve,
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
+    /// Print the CustomResourceDefinitions (ModelRollout, EdgeNode) as YAML.
+    Crd,
+    /// Enrolment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The fleet.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Console agents (human agents, supervisors, admins).
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Model releases: publish (on the controller's host), list, show.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Model rollouts to the fleet.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+    /// Events ingested from node outboxes.
+    Events {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Unix milliseconds, inclusive.
+        #[arg(long)]
+        since: Option<i64>,
+        /// Unix milliseconds, exclusive.
+        #[arg(long)]
+        until: Option<i64>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Validate a bundle folder (manifest, hashes, golden set in ONNX
+    /// Runtime), sign it with the model-signing key and store it in the data
+    /// directory. Runs where the controller's data directory is.
+    Publish {
+        bundle: PathBuf,
+        /// ONNX Runtime library (default: models.onnxruntime_path, then ORT_DYLIB_PATH).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+    },
+    /// Published releases.
+    List,
+    /// One release: id, name@version or version.
+    Show { key: String },
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Start a rollout.
+    Create {
+        /// Release id, name@version or version.
+        #[arg(long)]
+        model: String,
+        /// Node labels that must match: KEY=VALUE (repeatable).
+        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+        /// Cumulative wave sizes, e.g. 1,10%,50%,100%.
+        #[arg(long, value_delimiter = ',')]
+        waves: Vec<String>,
+        /// Seconds to wait after each wave (health gate applies).
+        #[arg(long)]
+        bake: Option<u64>,
+        /// Failed nodes tolerated: a count or a percentage.
+        #[arg(long)]
+        failure_threshold: Option<String>,
+        /// Largest allowed rise of the low-confidence rate, e.g. 0.05.
+        #[arg(long)]
+        health_margin: Option<f64>,
+        /// Seconds a wave waits for an offline node before skipping it.
+        #[arg(long)]
+        offline_deadline: Option<u64>,
+    },
+    /// One rollout, or all of them without an id.
+    Status {
+        id: Option<String>,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Abort and roll updated nodes back.
+    Abort {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the documented default configuration.
+    Default,
+    /// Validate the configuration and print the result.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue a one-time enrolment token.
+    Create {
+        /// Only this node id may use it.
+        #[arg(long)]
+        node: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    /// Create an agent. The password is read from EDGEDESK_AGENT_PASSWORD or
+    /// the first line of standard input.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        name: String,
+        /// agent, supervisor or admin.
+        #[arg(long, default_value = "agent", value_parser = ["agent", "supervisor", "admin"])]
+        role: String,
+        /// Languages the agent speaks, e.g. en,zh.
+        #[arg(long, default_value = "en", value_delimiter = ',')]
+        languages: Vec<String>,
+        /// Most chats at once.
+        #[arg(long, default_value_t = 3)]
+        capacity: u32,
+    },
+    /// List agents.
+    List,
+    /// Disable an agent (ends their sessions).
+    Disable { id: String },
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// List nodes.
+    List,
+    /// Show one node.
+    Show { id: String },
+    /// Replace a node's labels: KEY=VALUE...
+    Label { id: String, labels: Vec<String> },
+    /// A node's state history.
+    History { id: String },
+    /// Revoke a node.
+    Revoke { id: String },
+    /// Queue a command for a node.
+    Command {
+        id: String,
+        kind: String,
+        /// Arguments as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+    },
+    /// A node's commands and their acknowledgements.
+    Commands { id: String },
+}
+
+fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
+    Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| {
+        eprintln!("cloud-controller: configuration error: {e}");
+        ExitCode::from(64)
+    })
+}
+
+/// Parse the command line and run it; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Cmd::Config(ConfigCmd::Default)) => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Config(ConfigCmd::Check)) => match load_config(&cli) {
+            Ok(c) => {
+                print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Cmd::Openapi) => {
+            print!("{}", crate::api::openapi_document());
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Crd) => {
+            print!("{}", crate::operator::crd::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        None | Some(Cmd::Serve) => match load_config(&cli) {
+            Ok(config) => serve(config),
+            Err(code) => code,
+        },
+        Some(Cmd::Model(ModelCmd::Publish {
+            bundle,
+            onnxruntime,
+        })) => match load_config(&cli) {
+            Ok(config) => publish(&config, bundle, onnxruntime.as_deref()),
+            Err(code) => code,
+        },
+        Some(_) => client(&cli),
+    }
+}
+
+/// `model publish`: validate, sign and store a bundle in the data directory.
+fn publish(config: &Config, bundle: &std::path::Path, ort: Option<&std::path::Path>) -> ExitCode {
+    use crate::models;
+    let data = &config.store.data_dir;
+    let run = || -> Result<models::ModelRow, String> {
+        let db = crate::store::Db::open(&data.join("controller.db"))
+            .map_err(|e| e.to_string())?;
+        db.with(|c| models::migrate(c)).map_err(|e| e.to_string())?;
+        let key =
+            models::signing_key(&data.join("model-signing.key")).map_err(|e| e.to_string())?;
+        let ort = ort.unwrap_or(&config.models.onnxruntime_path).to_owned();
+        let now = chrono::Utc::now().timestamp_millis();
+        db.with(|c| {
+            Ok(models::publish(
+                c,
+                &data.join("models"),
+                &key,
+                bundle,
+                &ort,
+                now,
+            ))
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(row) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "id": row.id, "name": row.name, "version": row.version, "bytes": row.bytes,
+                }))
+                .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cloud-controller: model publish: {e}");
+            ExitCode::from(65)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    edgedesk_support::logging::init(&config.log.level, config.log.format == "json");
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(&config);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cloud-controller: cannot start the runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    rt.block_on(async {
+        let token = CancellationToken::new();
+        tokio::spawn(edgedesk_support::signal::cancel_on_signal(token.clone()));
+        match crate::run(config, token).await {
+            Ok(c) => {
+                println!("controller: http://{}/  broker: {}:{}", c.http_addr, c.broker.0, c.broker.1);
+                match c.wait().await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("cloud-controller: {e}");
+                        ExitCode::from(e.exit_code() as u8)
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("cloud-controller: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        }
+    })
+}
+
+/// `KEY=VALUE` arguments as a JSON object (labels, selectors).
+fn key_values(pairs: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, ExitCode> {
+    let mut map = serde_json::Map::new();
+    for kv in pairs {
+        let Some((k, v)) = kv.split_once('=') else {
+            eprintln!("cloud-controller: {kv:?} is not KEY=VALUE");
+            return Err(ExitCode::from(64));
+        };
+        map.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+    }
+    Ok(map)
+}
+
+fn client(cli: &Cli) -> ExitCode {
+    let token = match &cli.token {
+        Some(t) => t.clone(),
+        None => {
+            let data_dir = load_config(cli)
+                .map(|c| c.store.data_dir)
+                .unwrap_or_else(|_| PathBuf::from("build/controller"));
+            match std::fs::read_to_string(data_dir.join("admin-token")) {
+                Ok(t) => t.trim().to_owned(),
+                Err(_) => {
+                    eprintln!(
+                        "cloud-controller: no admin token: pass --token, set EDGEDESK_ADMIN_TOKEN, or run where <data_dir>/admin-token is readable"
+                    );
+                    return ExitCode::from(64);
+                }
+            }
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cloud-controller: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let base = cli.url.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let (method, path, body): (reqwest::Method, String, Option<serde_json::Value>) = match cli
+        .command
+        .as_ref()
+    {
+        Some(Cmd::Token(TokenCmd::Create { node, ttl })) => (
+            reqwest::Method::POST,
+            "/api/v1/tokens".into(),
+            Some(serde_json::json!({ "node_id": node, "ttl_secs": ttl })),
+        ),
+        Some(Cmd::Nodes(NodesCmd::List)) => (reqwest::Method::GET, "/api/v1/nodes".into(), None),
+        Some(Cmd::Nodes(NodesCmd::Show { id })) => {
+            (reqwest::Method::GET, format!("/api/v1/nodes/{id}"), None)
+        }
+        Some(Cmd::Nodes(NodesCmd::History { id })) => (
+            reqwest::Method::GET,
+            format!("/api/v1/nodes/{id}/history"),
+            None,
+        ),
+        Some(Cmd::Nodes(NodesCmd::Revoke { id })) => (
+            reqwest::Method::POST,
+            format!("/api/v1/nodes/{id}/revoke"),
+            None,
+        ),
+        Some(Cmd::Nodes(NodesCmd::Commands { id })) => (
+            reqwest::Method::GET,
+            format!("/api/v1/nodes/{id}/commands"),
+            None,
+        ),
+        Some(Cmd::Nodes(NodesCmd::Label { id, labels })) => {
+            let map = match key_values(labels) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            (
+                reqwest::Method::PUT,
+                format!("/api/v1/nodes/{id}/labels"),
+                Some(serde_json::json!({ "labels": map })),
+            )
+        }
+        Some(Cmd::Nodes(NodesCmd::Command { id, kind, args })) => {
+            let args: serde_json::Value = match serde_json::from_str(args) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("cloud-controller: --args is not JSON: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            (
+                reqwest::Method::POST,
+                format!("/api/v1/nodes/{id}/commands"),
+                Some(serde_json::json!({ "kind": kind, "args": args })),
+            )
+        }
+        Some(Cmd::Agents(AgentsCmd::List)) => (reqwest::Method::GET, "/api/v1/agents".into(), None),
+        Some(Cmd::Agents(AgentsCmd::Disable { id })) => (
+            reqwest::Method::POST,
+            format!("/api/v1/agents/{id}/disable"),
+            None,
+        ),
+        Some(Cmd::Agents(AgentsCmd::Create {
+            username,
+            name,
+            role,
+            languages,
+            capacity,
+        })) => {
+            let password = match std::env::var("EDGEDESK_AGENT_PASSWORD") {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    let mut line = String::new();
+                    if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                        eprintln!(
+                            "cloud-controller: give the password in EDGEDESK_AGENT_PASSWORD or on standard input"
+                        );
+                        return ExitCode::from(64);
+                    }
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            (
+                reqwest::Method::POST,
+                "/api/v1/agents".into(),
+                Some(serde_json::json!({
+                    "username": username, "display_name": name, "role": role,
+                    "password": password, "languages": languages, "capacity": capacity,
+                })),
+            )
+        }
+        Some(Cmd::Model(ModelCmd::List)) => (reqwest::Method::GET, "/api/v1/models".into(), None),
+        Some(Cmd::Model(ModelCmd::Show { key })) => {
+            (reqwest::Method::GET, format!("/api/v1/models/{key}"), None)
+        }
+        Some(Cmd::Rollout(RolloutCmd::Create {
+            model,
+            selector,
+            waves,
+            bake,
+            failure_threshold,
+            health_margin,
+            offline_deadline,
+        })) => {
+            let sel = match key_values(selector) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            (
+                reqwest::Method::POST,
+                "/api/v1/rollouts".into(),
+                Some(serde_json::json!({
+                    "model": model, "selector": sel, "waves": waves, "bake_secs": bake,
+                    "failure_threshold": failure_threshold, "health_margin": health_margin,
+                    "offline_deadline_secs": offline_deadline,
+                })),
+            )
+        }
+        Some(Cmd::Rollout(RolloutCmd::Status { id })) => match id {
+            Some(id) => (reqwest::Method::GET, format!("/api/v1/rollouts/{id}"), None),
+            None => (reqwest::Method::GET, "/api/v1/rollouts".into(), None),
+        },
+        Some(Cmd::Rollout(
+            RolloutCmd::Pause { id } | RolloutCmd::Resume { id } | RolloutCmd::Abort { id },
+        )) => {
+            let op = match cli.command.as_ref() {
+                Some(Cmd::Rollout(RolloutCmd::Pause { .. })) => "pause",
+                Some(Cmd::Rollout(RolloutCmd::Resume { .. })) => "resume",
+                _ => "abort",
+            };
+            (
+                reqwest::Method::POST,
+                format!("/api/v1/rollouts/{id}/{op}"),
+                None,
+            )
+        }
+        Some(Cmd::Events {
+            node,
+            kind,
+            since,
+            until,
+            limit,
+        }) => {
+            let mut q = Vec::new();
+            if let Some(v) = node {
+                q.push(format!("node={v}"));
+            }
+            if let Some(v) = kind {
+                q.push(format!("kind={v}"));
+            }
+            if let Some(v) = since {
+                q.push(format!("since={v}"));
+            }
+            if let Some(v) = until {
+                q.push(format!("until={v}"));
+            }
+            if let Some(v) = limit {
+                q.push(format!("limit={v}"));
+            }
+            (
+                reqwest::Method::GET,
+                format!("/api/v1/events?{}", q.join("&")),
+                None,
+            )
+        }
+        _ => unreachable!("server commands are handled in main"),
+    };
+    rt.block_on(async move {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                let pretty = serde_json::from_str::<serde_json::Value>(&text)
+                    .map(|v| serde_json::to_string_pretty(&v).unwrap_or(text.clone()))
+                    .unwrap_or(text);
+                if status.is_success() {
+                    println!("{pretty}");
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("cloud-controller: {status}: {pretty}");
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("cloud-controller: cannot reach {base}: {e}");
+                ExitCode::from(69)
+            }
+        }
+    })
+}

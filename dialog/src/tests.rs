@@ -1,0 +1,374 @@
+//! Engine tests: each dialog path, plus property tests over random turn sequences.
+
+use super::*;
+use chrono::NaiveDate;
+use proptest::prelude::*;
+
+fn engine() -> Engine {
+    Engine::new(Arc::new(KnowledgeBase::builtin()), EngineConfig::default())
+}
+
+fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 26).unwrap()
+}
+
+/// A turn as the server would build it: `intent` with confidence 0.9, or a
+/// low-confidence guess when `intent` is empty.
+fn turn<'a>(text: &'a str, intent: &str) -> Turn<'a> {
+    Turn {
+        text,
+        command: Command::parse(text),
+        nlu: Understanding {
+            intent: if intent.is_empty() {
+                "card_arrival".into()
+            } else {
+                intent.into()
+            },
+            confidence: if intent.is_empty() { 0.1 } else { 0.9 },
+            answered: !intent.is_empty() && intent != "out_of_scope",
+        },
+        entities: edgedesk_nlu::entities::extract(text, today()),
+        today: today(),
+        now_ms: 1_000,
+        agents_available: false,
+    }
+}
+
+fn conv() -> Conversation {
+    Conversation::new("c1".into(), Lang::En, 0)
+}
+
+#[test]
+fn answers_known_intents_from_the_knowledge_base() {
+    let (e, mut c) = (engine(), conv());
+    let out = e.handle(&mut c, &turn("when will my card arrive", "card_arrival"));
+    assert_eq!(out.replies.len(), 1);
+    assert!(
+        out.replies[0].text.contains("5 working days"),
+        "{:?}",
+        out.replies
+    );
+    assert_eq!(out.replies[0].intent.as_deref(), Some("card_arrival"));
+    assert_eq!(c.phase, Phase::Bot);
+    assert!(out.events.is_empty());
+}
+
+#[test]
+fn chinese_text_switches_language() {
+    let (e, mut c) = (engine(), conv());
+    let out = e.handle(&mut c, &turn("新卡什么时候寄到", "card_arrival"));
+    assert_eq!(c.lang, Lang::Zh);
+    assert!(out.replies[0].text.contains("工作日"), "{:?}", out.replies);
+}
+
+#[test]
+fn low_confidence_rephrase_then_offer_human() {
+    let (e, mut c) = (engine(), conv());
+    let first = e.handle(&mut c, &turn("blorp", ""));
+    assert!(first.replies[0].text.contains("another way"));
+    let second = e.handle(&mut c, &turn("blorp blorp", ""));
+    assert!(second.replies[0].text.contains("talk to a person"));
+    assert_eq!(second.replies[0].quick_replies[0].payload, "/agent");
+    // A confident turn resets the streak.
+    e.handle(&mut c, &turn("hi", "greeting"));
+    assert_eq!(c.low_confidence_streak, 0);
+    // Accepting the offer escalates with reason low_confidence.
+    e.handle(&mut c, &turn("blorp", ""));
+    e.handle(&mut c, &turn("blorp", ""));
+    let out = e.handle(&mut c, &turn("/agent", ""));
+    let EventBody::Escalation(esc) = &out.events[0] else {
+        panic!("{:?}", out.events)
+    };
+    assert_eq!(esc.reason, "low_confidence");
+}
+
+#[test]
+fn explicit_request_escalates_and_offers_offline_message() {
+    let (e, mut c) = (engine(), conv());
+    let out = e.handle(&mut c, &turn("I want a human", "human_agent"));
+    assert_eq!(c.phase, Phase::WaitingForAgent);
+    assert!(c.escalated);
+    assert!(matches!(&out.events[0], EventBody::Escalation(x) if x.reason == "requested"));
+    assert!(out.replies[0].text.contains("nobody is free"));
+    // Leave a message: name, contact (reprompt once), message.
+    let out = e.handle(&mut c, &turn("/leave_message", ""));
+    assert!(out.replies[0].text.contains("name"));
+    e.handle(&mut c, &turn("Ada Lovelace", ""));
+    let out = e.handle(&mut c, &turn("whenever", ""));
+    assert!(out.replies[0].text.contains("phone number or an e-mail"));
+    e.handle(&mut c, &turn("+44 20 7946 0958", ""));
+    let out = e.handle(&mut c, &turn("Please call me about my mortgage", ""));
+    let EventBody::OfflineMessage(m) = &out.events[0] else {
+        panic!("{:?}", out.events)
+    };
+    assert_eq!(m.name, "Ada Lovelace");
+    assert_eq!(m.contact, "+442079460958");
+    assert_eq!(m.message, "Please call me about my mortgage");
+    assert_eq!(c.phase, Phase::Bot);
+}
+
+#[test]
+fn waiting_visitor_can_decline() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("human", "human_agent"));
+    let out = e.handle(&mut c, &turn("/no", ""));
+    assert_eq!(c.phase, Phase::Bot);
+    assert!(out.events.is_empty());
+}
+
+#[test]
+fn appointment_flow_with_reprompts_and_confirmation() {
+    let (e, mut c) = (engine(), conv());
+    let out = e.handle(
+        &mut c,
+        &turn("I want to book an appointment", "book_appointment"),
+    );
+    assert!(out.replies[0].text.contains("Which day"));
+    let out = e.handle(&mut c, &turn("hmm", ""));
+    assert!(
+        out.replies[0].text.contains("Which day?"),
+        "{:?}",
+        out.replies
+    );
+    let out = e.handle(&mut c, &turn("tomorrow", ""));
+    assert!(
+        out.replies[0].text.contains("What time"),
+        "{:?}",
+        out.replies
+    );
+    let out = e.handle(&mut c, &turn("at 8pm", ""));
+    assert!(
+        out.replies.iter().any(|r| r.text.contains("closed")),
+        "{:?}",
+        out.replies
+    );
+    let out = e.handle(&mut c, &turn("10am", ""));
+    assert!(
+        out.replies[0].text.contains("2026-11-27 at 10:00"),
+        "{:?}",
+        out.replies
+    );
+    let out = e.handle(&mut c, &turn("yes", "affirm"));
+    let EventBody::FlowCompleted(f) = &out.events[0] else {
+        panic!()
+    };
+    assert_eq!(f.flow, "book_appointment");
+    assert_eq!(f.slots["date"], "2026-11-27");
+    assert_eq!(f.slots["time"], "10:00");
+    assert_eq!(c.phase, Phase::Bot);
+}
+
+#[test]
+fn appointment_slots_from_the_opening_sentence() {
+    let (e, mut c) = (engine(), conv());
+    let out = e.handle(
+        &mut c,
+        &turn("book me in for Friday at 2pm", "book_appointment"),
+    );
+    assert!(
+        out.replies[0].text.contains("2026-11-27 at 14:00"),
+        "{:?}",
+        out.replies
+    );
+    let out = e.handle(&mut c, &turn("no", "deny"));
+    assert!(out.events.is_empty());
+    assert_eq!(c.phase, Phase::Bot);
+}
+
+#[test]
+fn appointment_rejects_past_dates() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("appointment", "book_appointment"));
+    let out = e.handle(&mut c, &turn("2026-01-01", ""));
+    assert!(out.replies[0].text.contains("passed"), "{:?}", out.replies);
+    assert!(matches!(&c.phase, Phase::Flow(f) if f.step == Step::AskDate));
+}
+
+#[test]
+fn lost_card_flow_in_chinese() {
+    let (e, mut c) = (engine(), conv());
+    let out = e.handle(&mut c, &turn("我的卡丢了", "lost_or_stolen_card"));
+    assert!(out.replies[0].text.contains("后四位"), "{:?}", out.replies);
+    let out = e.handle(&mut c, &turn("1234", ""));
+    assert!(out.replies[0].text.contains("1234"), "{:?}", out.replies);
+    let out = e.handle(&mut c, &turn("是的", "affirm"));
+    let EventBody::FlowCompleted(f) = &out.events[0] else {
+        panic!()
+    };
+    assert_eq!(f.slots["card_last4"], "1234");
+    assert!(out.replies[0].text.contains("已冻结"));
+}
+
+#[test]
+fn flows_give_up_after_max_reprompts() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("lost card", "lost_or_stolen_card"));
+    e.handle(&mut c, &turn("what", ""));
+    e.handle(&mut c, &turn("what", ""));
+    let out = e.handle(&mut c, &turn("what", ""));
+    assert_eq!(c.phase, Phase::Bot);
+    assert_eq!(out.replies[0].quick_replies[0].payload, "/agent");
+}
+
+#[test]
+fn flows_cancel_midway_by_word_or_button() {
+    for cancel in ["cancel", "取消", "/cancel"] {
+        let (e, mut c) = (engine(), conv());
+        e.handle(&mut c, &turn("appointment", "book_appointment"));
+        e.handle(&mut c, &turn("tomorrow", ""));
+        let out = e.handle(&mut c, &turn(cancel, ""));
+        assert_eq!(c.phase, Phase::Bot, "{cancel}");
+        assert!(out.events.is_empty());
+    }
+}
+
+#[test]
+fn human_request_leaves_a_flow() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("lost card", "lost_or_stolen_card"));
+    let out = e.handle(&mut c, &turn("let me talk to a person", "human_agent"));
+    assert_eq!(c.phase, Phase::WaitingForAgent);
+    assert_eq!(out.events.len(), 1);
+}
+
+#[test]
+fn goodbye_ends_with_summary() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("hi", "greeting"));
+    e.handle(&mut c, &turn("card?", "card_arrival"));
+    let out = e.handle(&mut c, &turn("bye", "goodbye"));
+    let EventBody::ConversationSummary(s) = &out.events[0] else {
+        panic!()
+    };
+    assert_eq!(s.visitor_turns, 3);
+    assert_eq!(s.intents, vec!["greeting", "card_arrival", "goodbye"]);
+    assert_eq!(s.reason, "goodbye");
+    assert_eq!(c.phase, Phase::Ended);
+    assert!(
+        e.end(&mut c, "idle", 5).is_none(),
+        "ending twice yields one summary"
+    );
+}
+
+#[test]
+fn cancel_outside_a_flow_is_harmless() {
+    let (e, mut c) = (engine(), conv());
+    let out = e.handle(&mut c, &turn("cancel", ""));
+    assert!(out.replies[0].text.contains("nothing to cancel"));
+    assert_eq!(c.phase, Phase::Bot);
+}
+
+fn arb_turn() -> impl Strategy<Value = (String, String)> {
+    let texts = prop::sample::select(vec![
+        "hi",
+        "tomorrow",
+        "10am",
+        "1234",
+        "yes",
+        "no",
+        "cancel",
+        "/cancel",
+        "/agent",
+        "/yes",
+        "/no",
+        "/leave_message",
+        "Ada",
+        "+44 20 7946 0958",
+        "bye",
+        "blorp",
+        "2026-01-01",
+        "明天",
+        "取消",
+        "/end",
+    ]);
+    let intents = prop::sample::select(vec![
+        "",
+        "greeting",
+        "affirm",
+        "deny",
+        "book_appointment",
+        "lost_or_stolen_card",
+        "human_agent",
+        "goodbye",
+        "card_arrival",
+        "out_of_scope",
+    ]);
+    (texts, intents).prop_map(|(t, i)| (t.to_string(), i.to_string()))
+}
+
+proptest! {
+    /// Whatever the visitor does: every turn gets a reply, each escalation
+    /// event matches a move into WaitingForAgent, and a cancel in a flow
+    /// always returns to the bot without completing it.
+    #[test]
+    fn any_sequence_is_answered_and_cancellable(turns in prop::collection::vec(arb_turn(), 1..40)) {
+        let e = engine();
+        let mut c = conv();
+        for (text, intent) in &turns {
+            let before = c.phase.clone();
+            let out = e.handle(&mut c, &turn(text, intent));
+            prop_assert!(!out.replies.is_empty());
+            for ev in &out.events {
+                match ev {
+                    EventBody::Escalation(_) => prop_assert_eq!(&c.phase, &Phase::WaitingForAgent),
+                    EventBody::ConversationSummary(_) => prop_assert_eq!(&c.phase, &Phase::Ended),
+                    EventBody::FlowCompleted(_) => prop_assert!(matches!(before, Phase::Flow(_))),
+                    EventBody::OfflineMessage(_) => prop_assert!(matches!(before, Phase::LeavingMessage(_))),
+                    EventBody::ChatLine(_) => {
+                        let with_agent = matches!(before, Phase::WithAgent { .. });
+                        prop_assert!(with_agent);
+                    }
+                    EventBody::Rating(_) => prop_assert_eq!(&c.phase, &before),
+                }
+            }
+            if let Phase::Flow(_) = c.phase {
+                let mut copy = c.clone();
+                let out = e.handle(&mut copy, &turn("/cancel", ""));
+                prop_assert_eq!(copy.phase, Phase::Bot);
+                prop_assert!(out.events.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn with_an_agent_the_bot_is_silent_and_the_close_asks_for_a_rating() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("I want a human", "human_agent"));
+    let joined = e.agent_joined(&mut c, "Grace");
+    assert_eq!(joined.from, Sender::System);
+    assert!(joined.text.contains("Grace"));
+    assert_eq!(c.chat_state(), ChatState::WithAgent);
+    // Even a recognisable question goes to the agent, not the bot.
+    let out = e.handle(&mut c, &turn("when will my card arrive", "card_arrival"));
+    assert!(out.replies.is_empty(), "{:?}", out.replies);
+    let EventBody::ChatLine(l) = &out.events[0] else {
+        panic!("{:?}", out.events)
+    };
+    assert_eq!(l.line.text, "when will my card arrive");
+    assert_eq!(l.line.from, Sender::Visitor);
+    let said = e.agent_message(&mut c, "Grace", "It is on its way.");
+    assert_eq!(
+        (said.from, said.text.as_str()),
+        (Sender::Agent, "It is on its way.")
+    );
+    let closed = e.agent_closed(&mut c);
+    assert_eq!(closed.quick_replies.len(), 5);
+    assert_eq!(closed.quick_replies[4].payload, "/rate 5");
+    assert_eq!(c.phase, Phase::Bot);
+    let out = e.handle(&mut c, &turn("/rate 4", ""));
+    assert!(matches!(&out.events[0], EventBody::Rating(r) if r.score == 4));
+    let again = e.handle(&mut c, &turn("/rate 5", ""));
+    assert!(again.events.is_empty(), "one rating per closed chat");
+}
+
+#[test]
+fn agent_handing_back_to_the_queue() {
+    let (e, mut c) = (engine(), conv());
+    e.agent_joined(&mut c, "Grace");
+    let left = e.agent_left(&mut c);
+    assert_eq!(c.phase, Phase::WaitingForAgent);
+    assert!(left.text.contains("queue"));
+    assert_eq!(Command::parse("/rate 9"), None);
+    assert_eq!(Command::parse("/rate 3"), Some(Command::Rate(3)));
+}

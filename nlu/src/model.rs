@@ -1,0 +1,263 @@
+//! A loaded, verified model bundle and the swappable handle on the active one.
+//!
+//! [`Model::load`] checks the manifest and every file's sha256 and builds a
+//! pool of single-threaded ONNX sessions; [`Model::load_checked`] also runs
+//! the golden set, once. `Session::run` needs `&mut`, so each session sits
+//! behind its own mutex and callers take the first free one. Callers on an
+//! async runtime run these on a blocking thread, never on a worker.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use edgedesk_common::bundle::{GOLDEN_FILE, GoldenItem, MODEL_FILE, Manifest};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::Tensor;
+
+use crate::bundle::verify_bundle;
+use crate::{NluError, runtime};
+
+/// The outcome of classifying one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The most probable label (may be the out-of-scope label).
+    pub label: String,
+    pub confidence: f32,
+    /// `true` when the node should answer with this intent: confident enough
+    /// and not out of scope.
+    pub answered: bool,
+}
+
+pub struct Model {
+    manifest: Manifest,
+    dir: PathBuf,
+    threshold: f32,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    input_name: String,
+    prob_name: String,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version.to_string())
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Load the bundle in `dir` after checking its hashes, without running
+    /// the golden set. `threshold_override` > 0 replaces the manifest's
+    /// confidence threshold. ONNX Runtime must be initialised.
+    pub fn load(dir: &Path, sessions: usize, threshold_override: f32) -> Result<Model, NluError> {
+        let manifest = verify_bundle(dir)?;
+        let env = runtime::environment()
+            .ok_or_else(|| NluError::Runtime("ONNX Runtime is not initialised".into()))?;
+        let model_bytes = std::fs::read(dir.join(MODEL_FILE)).map_err(|source| NluError::Io {
+            path: dir.join(MODEL_FILE),
+            source,
+        })?;
+        let mut pool = Vec::with_capacity(sessions.max(1));
+        for _ in 0..sessions.max(1) {
+            let session = Session::builder(env)?
+                .with_intra_threads(1)
+                .map_err(|e| NluError::Onnx(e.to_string()))?
+                .with_inter_threads(1)
+                .map_err(|e| NluError::Onnx(e.to_string()))?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| NluError::Onnx(e.to_string()))?
+                .commit_from_memory(&model_bytes)?;
+            pool.push(Mutex::new(session));
+        }
+        let input_name = manifest
+            .inputs
+            .get("text")
+            .cloned()
+            .unwrap_or_else(|| "text".into());
+        let prob_name = manifest
+            .outputs
+            .get("probabilities")
+            .cloned()
+            .unwrap_or_else(|| "probabilities".into());
+        {
+            let first = pool[0].lock().unwrap_or_else(|p| p.into_inner());
+            if !first.inputs().iter().any(|i| i.name() == input_name) {
+                return Err(NluError::Shape(format!(
+                    "model has no input named {input_name:?}"
+                )));
+            }
+            if !first.outputs().iter().any(|o| o.name() == prob_name) {
+                return Err(NluError::Shape(format!(
+                    "model has no output named {prob_name:?}"
+                )));
+            }
+        }
+        let threshold = if threshold_override > 0.0 {
+            threshold_override
+        } else {
+            manifest.confidence_threshold
+        };
+        let model = Model {
+            manifest,
+            dir: dir.to_owned(),
+            threshold,
+            sessions: pool,
+            next: AtomicUsize::new(0),
+            input_name,
+            prob_name,
+        };
+        Ok(model)
+    }
+
+    /// [`Model::load`], then the golden set: what a model must pass before
+    /// it serves anyone.
+    pub fn load_checked(
+        dir: &Path,
+        sessions: usize,
+        threshold_override: f32,
+    ) -> Result<Model, NluError> {
+        let model = Model::load(dir, sessions, threshold_override)?;
+        model.check_golden()?;
+        Ok(model)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Run every golden utterance; all must give the expected label, and
+    /// in-scope ones must clear the threshold.
+    pub fn check_golden(&self) -> Result<(), NluError> {
+        let path = self.dir.join(GOLDEN_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| NluError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut total = 0;
+        let mut failures = Vec::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let item: GoldenItem = serde_json::from_str(line)
+                .map_err(|e| NluError::Shape(format!("{GOLDEN_FILE} line {}: {e}", n + 1)))?;
+            total += 1;
+            let p = self.classify(&item.text)?;
+            let oos = item.label == self.manifest.out_of_scope_label;
+            let ok = p.label == item.label && (oos || p.confidence >= self.threshold);
+            if !ok {
+                failures.push(format!(
+                    "{:?}: expected {}, got {} ({:.2})",
+                    item.text, item.label, p.label, p.confidence
+                ));
+            }
+        }
+        if total == 0 {
+            return Err(NluError::Golden {
+                failed: 0,
+                total: 0,
+                first: "golden set is empty".into(),
+            });
+        }
+        if let Some(first) = failures.first() {
+            return Err(NluError::Golden {
+                failed: failures.len(),
+                total,
+                first: first.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Classify one utterance (raw text; preprocessing lives in the model).
+    pub fn classify(&self, text: &str) -> Result<Prediction, NluError> {
+        let probs = self.probabilities(text)?;
+        let (best, confidence) =
+            probs
+                .iter()
+                .copied()
+                .enumerate()
+                .fold(
+                    (0, f32::MIN),
+                    |acc, (i, p)| if p > acc.1 { (i, p) } else { acc },
+                );
+        let label = self.manifest.labels[best].clone();
+        let answered = confidence >= self.threshold && label != self.manifest.out_of_scope_label;
+        Ok(Prediction {
+            label,
+            confidence,
+            answered,
+        })
+    }
+
+    /// Class probabilities in manifest label order.
+    pub fn probabilities(&self, text: &str) -> Result<Vec<f32>, NluError> {
+        let input = Tensor::from_string_array(([1usize, 1], &[text.to_owned()][..]))?;
+        let mut session = self.session();
+        let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
+        let (shape, data) = outputs[self.prob_name.as_str()].try_extract_tensor::<f32>()?;
+        if data.len() != self.manifest.labels.len() {
+            return Err(NluError::Shape(format!(
+                "probabilities shape {shape:?} for {} labels",
+                self.manifest.labels.len()
+            )));
+        }
+        Ok(data.to_vec())
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        // All busy: wait for the one we were handed. A poisoned lock only means
+        // another caller panicked mid-run; the session itself is still usable.
+        self.sessions[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The one swappable handle on the active model. Readers clone the `Arc`
+/// and keep using that model even if a swap happens meanwhile.
+#[derive(Debug)]
+pub struct ActiveModel {
+    current: RwLock<Arc<Model>>,
+}
+
+impl ActiveModel {
+    pub fn new(model: Model) -> ActiveModel {
+        ActiveModel {
+            current: RwLock::new(Arc::new(model)),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Model> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Make `model` active; returns the previous one.
+    pub fn swap(&self, model: Model) -> Arc<Model> {
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, Arc::new(model))
+    }
+}

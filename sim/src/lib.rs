@@ -1,0 +1,1 @@
+//! Load generators and simulators for EdgeDesk benchmarks (see docs/BENCHMARKS.md).

@@ -1,0 +1,16 @@
+//! Plumbing the two EdgeDesk binaries share, so each is said once:
+//!
+//! - [`config`]: layered configuration (documented defaults, file, environment).
+//! - [`sqlite`]: opening a database file (0600, WAL) and the versioned migration runner.
+//! - [`tls`]: a rustls client that trusts only a pinned CA.
+//! - [`secret`]: files only their owner can read, written atomically.
+//! - [`logging`] and [`signal`]: process set-up for `main`.
+//!
+//! Nothing here knows about chats, nodes or models.
+
+pub mod config;
+pub mod logging;
+pub mod secret;
+pub mod signal;
+pub mod sqlite;
+pub mod tls;

@@ -1,0 +1,292 @@
+//! A cloud controller in the test process (embedded broker, SQLite) and edge
+//! nodes enrolled with it, plus console helpers for agent tests.
+use cloud_controller::config::Config as CcConfig;
+
+use super::*;
+
+pub struct Cloud {
+    pub ctl: cloud_controller::Controller,
+    pub token: tokio_util::sync::CancellationToken,
+    pub http: reqwest::Client,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Cloud {
+    pub async fn start() -> Cloud {
+        Cloud::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut CcConfig)) -> Cloud {
+        if std::env::var("TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = CcConfig::default();
+        c.http.listen = "127.0.0.1:0".into();
+        c.mqtt.listen = format!("127.0.0.1:{}", free_port());
+        c.models.quic_listen = "127.0.0.1:0".into();
+        c.store.data_dir = dir.path().to_owned();
+        c.fleet.heartbeat_timeout_secs = 3;
+        c.sync.command_retry_secs = 1;
+        tweak(&mut c);
+        let token = tokio_util::sync::CancellationToken::new();
+        let ctl = cloud_controller::run(c, token.clone())
+            .await
+            .expect("controller starts");
+        Cloud {
+            ctl,
+            token,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ctl.http_addr)
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.ctl.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Wait until the registry shows `id` online; panics after `secs`.
+    pub async fn wait_online(&self, id: &str, secs: u64) {
+        eventually(secs, &format!("{id} online"), || async {
+            self.node(id).await["online"] == true
+        })
+        .await;
+    }
+
+    /// A node as the API shows it, or null while it does not exist yet.
+    pub async fn node(&self, id: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .get(self.url(&format!("/api/v1/nodes/{id}")))
+            .bearer_auth(&self.ctl.admin_token)
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            r.json().await.unwrap()
+        } else {
+            serde_json::Value::Null
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.ctl.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn token(&self, node: &str) -> String {
+        let v = self
+            .post("/api/v1/tokens", serde_json::json!({ "node_id": node }))
+            .await;
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
+        self.get(&format!("/api/v1/events?{query}"))
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// An edge node enrolled with `cloud`.
+pub async fn edge(cloud: &Cloud, dir: &tempfile::TempDir, node_id: &str) -> TestNode {
+    edge_with(cloud, dir, node_id, |_| {}).await
+}
+
+/// An edge node enrolled with `cloud`, its configuration adjusted by `tweak`.
+pub async fn edge_with(
+    cloud: &Cloud,
+    dir: &tempfile::TempDir,
+    node_id: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> TestNode {
+    let mut c = config(dir);
+    c.cloud.enabled = true;
+    c.cloud.controller_url = format!("http://{}", cloud.ctl.http_addr);
+    c.cloud.node_id = node_id.into();
+    c.cloud.enroll_token = cloud.token(node_id).await;
+    c.cloud.identity_path = dir.path().join("identity.json");
+    c.cloud.heartbeat_secs = 1;
+    c.cloud.ack_timeout_secs = 2;
+    tweak(&mut c);
+    TestNode::start(c).await
+}
+
+impl Cloud {
+    /// Publish `bundle` as the operator's `model publish` does.
+    pub fn publish(&self, bundle: &std::path::Path) -> cloud_controller::models::ModelRow {
+        let data = self._dir.path();
+        let db = cloud_controller::store::Db::open(&data.join("controller.db")).unwrap();
+        let key = cloud_controller::models::signing_key(&data.join("model-signing.key")).unwrap();
+        db.with(|c| {
+            Ok(cloud_controller::models::publish(
+                c,
+                &data.join("models"),
+                &key,
+                bundle,
+                &ort_path(),
+                cloud_controller::link::now_ms(),
+            ))
+        })
+        .unwrap()
+        .expect("the bundle publishes")
+    }
+}
+
+/// A bundle `version` whose golden set adds a line the model gets right only
+/// with modest confidence, and a node threshold override under which the
+/// default bundle's golden set still passes but this one's does not: a model
+/// that passes its checks at the controller and fails them on one node.
+pub fn harder_bundle(dir: &std::path::Path, version: &str) -> (std::path::PathBuf, f32) {
+    use sha2::Digest;
+    edgedesk_nlu::runtime::init(&ort_path()).unwrap();
+    let model = edgedesk_nlu::Model::load(&bundle_dir(), 1, 0.0).unwrap();
+    let oos = model.manifest().out_of_scope_label.clone();
+    let golden = std::fs::read_to_string(bundle_dir().join("golden.jsonl")).unwrap();
+    let floor = golden
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["label"] != oos.as_str())
+        .map(|v| {
+            model
+                .classify(v["text"].as_str().unwrap())
+                .unwrap()
+                .confidence
+        })
+        .fold(f32::MAX, f32::min);
+    let base = model.threshold();
+    let csv =
+        std::fs::read_to_string(repo_root().join("data/intents/edgedesk_intents.csv")).unwrap();
+    let (text, label) = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.rsplit_once(','))
+        .find_map(|(t, label)| {
+            let p = model.classify(t).ok()?;
+            (p.label == label
+                && label != oos
+                && p.confidence > base + 0.02
+                && p.confidence < floor - 0.02)
+                .then(|| (t.to_owned(), label.to_owned()))
+        })
+        .expect("a training line the model gets right with modest confidence");
+    let out = bundle_version(dir, version);
+    let mut g = golden.clone();
+    g.push_str(&serde_json::json!({ "text": text, "label": label }).to_string());
+    g.push('\n');
+    std::fs::write(out.join("golden.jsonl"), &g).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    m["files"]["golden.jsonl"] = hex::encode(sha2::Sha256::digest(g.as_bytes())).into();
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    (out, floor - 0.01)
+}
+
+/// A copy of the default bundle under `dir` with its manifest's version set
+/// to `version` (the model itself unchanged).
+pub fn bundle_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("bundle-{version}"));
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["model.onnx", "golden.jsonl", "manifest.json"] {
+        std::fs::copy(bundle_dir().join(f), out.join(f)).unwrap();
+    }
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    m["version"] = serde_json::Value::String(version.into());
+    // An empty file too: a bundle may carry one (nothing to fetch but the name).
+    std::fs::write(out.join("empty.txt"), b"").unwrap();
+    m["files"]["empty.txt"] =
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into();
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
+impl Cloud {
+    /// Create a console agent through the operator API.
+    pub async fn create_agent(
+        &self,
+        username: &str,
+        name: &str,
+        languages: &[&str],
+        capacity: u32,
+    ) {
+        let r = self
+            .http
+            .post(self.url("/api/v1/agents"))
+            .bearer_auth(&self.ctl.admin_token)
+            .json(&serde_json::json!({ "username": username, "display_name": name, "role": "agent",
+                "password": "a long enough password", "languages": languages, "capacity": capacity }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+
+    /// Log `username` in; the session cookie (`name=value`).
+    pub async fn console_cookie(&self, username: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/console/api/login"))
+            .json(
+                &serde_json::json!({ "username": username, "password": "a long enough password" }),
+            )
+            .send()
+            .await
+            .unwrap();
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The console WebSocket of a logged-in agent, set online.
+    pub async fn console(&self, username: &str) -> Ws {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let cookie = self.console_cookie(username).await;
+        let mut req = format!("ws://{}/console/ws", self.ctl.http_addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            serde_json::json!({ "type": "presence", "state": "online" }).to_string(),
+        ))
+        .await
+        .unwrap();
+        ws
+    }
+}

@@ -1,0 +1,271 @@
+//! System tests of EdgeDesk: the edge node and the controller as black boxes,
+//! together. This library is the harness the tests in `tests/` share:
+//!
+//! - the crate root: start a real node (real ONNX Runtime, real SQLite) on
+//!   127.0.0.1:0 and talk to it through a real WebSocket client;
+//! - [`cloud`]: a controller in the test process and nodes enrolled with it;
+//! - [`proxy`]: TCP and UDP fault proxies that cut and restore links.
+//!
+//! The package also builds `systest-edge-node` and `systest-cloud-controller`,
+//! the real command lines under names of their own, for tests that kill and
+//! restart processes.
+
+pub mod cloud;
+pub mod proxy;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edge_node::config::Config;
+use edge_node::{Node, run};
+use edgedesk_common::chat::{ClientFrame, PROTOCOL_VERSION, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The default bundle built by scripts/provision.sh.
+pub fn bundle_dir() -> PathBuf {
+    let dir = repo_root().join("build/models/default");
+    assert!(
+        dir.join("manifest.json").exists(),
+        "no model bundle at {}; run scripts/provision.sh first",
+        dir.display()
+    );
+    dir
+}
+
+pub fn ort_path() -> PathBuf {
+    let p = std::env::var("ORT_DYLIB_PATH")
+        .expect("ORT_DYLIB_PATH must point at libonnxruntime (source build/env.sh after scripts/provision.sh)");
+    PathBuf::from(p)
+}
+
+pub fn config(dir: &tempfile::TempDir) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.nlu.bundle = bundle_dir();
+    c.nlu.onnxruntime_path = ort_path();
+    c.store.path = dir.path().join("edge.db");
+    c.server.shutdown_grace_secs = 2;
+    c
+}
+
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub token: CancellationToken,
+    pub addr: std::net::SocketAddr,
+}
+
+impl TestNode {
+    pub async fn start(config: Config) -> TestNode {
+        let token = CancellationToken::new();
+        let node = run(config, token.clone()).await.expect("node starts");
+        let addr = node.addr;
+        TestNode {
+            node: Some(node),
+            token,
+            addr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn state(&self) -> &std::sync::Arc<edge_node::server::AppState> {
+        &self.node.as_ref().expect("running").state
+    }
+
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(n) = self.node.take() {
+            tokio::time::timeout(Duration::from_secs(10), n.wait())
+                .await
+                .expect("node stops within 10 s")
+                .expect("node stops cleanly");
+        }
+    }
+
+    pub async fn connect(&self) -> Ws {
+        connect_url(&self.ws_url(), None).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+}
+
+pub async fn connect_url(url: &str, origin: Option<&str>) -> Ws {
+    let mut req = url.into_client_request().expect("request");
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("Origin", o.parse().expect("origin header"));
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connects");
+    ws
+}
+
+/// Minimal HTTP/1.1 GET (no client library needed for our few checks).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+pub async fn send(ws: &mut Ws, frame: &ClientFrame) {
+    ws.send(Message::text(serde_json::to_string(frame).expect("json")))
+        .await
+        .expect("send");
+}
+
+/// A TCP port free on 127.0.0.1 at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns true; panics naming `what` after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub async fn send_raw(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text.to_owned())).await.expect("send");
+}
+
+/// How long a test waits for a frame it expects. Generous: this is a
+/// liveness bound, not a latency check (latency is benchmarked), and the
+/// suite runs on two busy cores.
+pub const FRAME_WAIT: Duration = Duration::from_secs(15);
+
+/// Next server frame (skipping pings); panics after [`FRAME_WAIT`].
+pub async fn recv(ws: &mut Ws) -> ServerFrame {
+    loop {
+        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .expect("a frame within FRAME_WAIT")
+            .expect("stream open")
+            .expect("frame ok");
+        match msg {
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str()).expect("server frame parses");
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Wait for the close frame; returns its code.
+pub async fn recv_close(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .expect("close within FRAME_WAIT")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+pub fn hello(session: Option<&str>) -> ClientFrame {
+    ClientFrame::Hello {
+        v: PROTOCOL_VERSION,
+        session: session.map(str::to_owned),
+        lang: None,
+    }
+}
+
+pub fn msg(text: &str) -> ClientFrame {
+    ClientFrame::Message {
+        text: text.into(),
+        client_id: Some(format!("c-{text}")),
+        payload: None,
+    }
+}
+
+pub fn button(label: &str, payload: &str) -> ClientFrame {
+    ClientFrame::Message {
+        text: label.into(),
+        client_id: None,
+        payload: Some(payload.into()),
+    }
+}
+
+/// Hello and the welcome; returns (session token, welcome frame).
+pub async fn start_session(ws: &mut Ws) -> (String, ServerFrame) {
+    send(ws, &hello(None)).await;
+    let w = recv(ws).await;
+    match &w {
+        ServerFrame::Welcome { session, .. } => (session.clone(), w.clone()),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+/// Send a message, expect the ack and then `replies` replies; returns their texts.
+pub async fn say(ws: &mut Ws, frame: &ClientFrame) -> (i64, Vec<ServerFrame>) {
+    send(ws, frame).await;
+    let ack = recv(ws).await;
+    let ServerFrame::Ack { id, .. } = ack else {
+        panic!("expected ack, got {ack:?}")
+    };
+    let mut replies = vec![recv(ws).await];
+    // Drain further replies that arrive right behind (multi-reply turns).
+    while let Ok(Some(Ok(Message::Text(t)))) =
+        tokio::time::timeout(Duration::from_millis(50), ws.next()).await
+    {
+        replies.push(serde_json::from_str(t.as_str()).expect("frame"));
+    }
+    (id, replies)
+}
+
+pub fn reply_text(f: &ServerFrame) -> &str {
+    match f {
+        ServerFrame::Reply { text, .. } => text,
+        other => panic!("expected reply, got {other:?}"),
+    }
+}

@@ -1,0 +1,370 @@
+//! No loss across failures, with real processes: the controller killed with
+//! -9 and restarted under load; an edge node killed with -9 while it holds
+//! unsent events; Mosquitto (Debian's package) killed and restarted under
+//! load, which also runs the whole sync through a third-party broker.
+//! After each, every event is in the controller's store exactly once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use edgedesk_systest::*;
+
+/// The workspace's `cloud-controller` binary, next to this test's directory.
+fn controller_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("cloud-controller");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+struct CtlProcess {
+    child: Child,
+    http: u16,
+    token: String,
+}
+
+fn spawn_controller(dir: &Path, http: u16, mqtt: u16, extra: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(controller_bin());
+    cmd.arg("serve")
+        .env("EDGEDESK_CC_HTTP__LISTEN", format!("\"127.0.0.1:{http}\""))
+        .env("EDGEDESK_CC_MQTT__LISTEN", format!("\"127.0.0.1:{mqtt}\""))
+        .env("EDGEDESK_CC_MODELS__QUIC_LISTEN", "\"127.0.0.1:0\"")
+        .env(
+            "EDGEDESK_CC_STORE__DATA_DIR",
+            format!("{:?}", dir.to_string_lossy()),
+        )
+        .env("EDGEDESK_CC_FLEET__HEARTBEAT_TIMEOUT_SECS", "3")
+        .env("EDGEDESK_CC_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("controller starts")
+}
+
+async fn start_controller(
+    dir: &Path,
+    http: u16,
+    mqtt: u16,
+    extra: &[(&str, String)],
+) -> CtlProcess {
+    let mut child = spawn_controller(dir, http, mqtt, extra);
+    let addr = format!("127.0.0.1:{http}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http_get(addr, "/healthz").await.0 == 200
+        {
+            let token = std::fs::read_to_string(dir.join("admin-token"))
+                .unwrap()
+                .trim()
+                .to_owned();
+            return CtlProcess { child, http, token };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("controller never became healthy");
+}
+
+impl CtlProcess {
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Option<serde_json::Value> {
+        let mut r = reqwest::Client::new()
+            .request(method, format!("http://127.0.0.1:{}{path}", self.http))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+
+    async fn token_for(&self, node: &str) -> String {
+        let v = self
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/tokens",
+                Some(serde_json::json!({ "node_id": node })),
+            )
+            .await
+            .unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn event_ids(&self, node: &str) -> Option<Vec<String>> {
+        let v = self
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/v1/events?node={node}&limit=100000"),
+                None,
+            )
+            .await?;
+        Some(
+            v.as_array()?
+                .iter()
+                .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+                .collect(),
+        )
+    }
+}
+
+fn edge_config(
+    dir: &tempfile::TempDir,
+    node: &str,
+    http: u16,
+    token: String,
+) -> edge_node::config::Config {
+    let mut c = config(dir);
+    c.cloud.enabled = true;
+    c.cloud.controller_url = format!("http://127.0.0.1:{http}");
+    c.cloud.node_id = node.into();
+    c.cloud.enroll_token = token;
+    c.cloud.identity_path = dir.path().join("identity.json");
+    c.cloud.heartbeat_secs = 1;
+    c.cloud.ack_timeout_secs = 2;
+    c
+}
+
+async fn escalate_at(addr: std::net::SocketAddr, i: usize) {
+    let mut ws = connect_url(&format!("ws://{addr}/ws"), None).await;
+    start_session(&mut ws).await;
+    say(
+        &mut ws,
+        &msg(&format!("I want to talk to a human please ({i})")),
+    )
+    .await;
+}
+
+fn assert_exactly_once(ids: &[String], expected: usize) {
+    let set: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(set.len(), ids.len(), "duplicates in the controller's store");
+    assert_eq!(ids.len(), expected, "every event stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_with_sigkill_under_load_loses_nothing() {
+    let cdir = tempfile::tempdir().unwrap();
+    let (http, mqtt) = (free_port(), free_port());
+    let mut ctl = start_controller(cdir.path(), http, mqtt, &[]).await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(edge_config(
+        &edir,
+        "branch-k",
+        http,
+        ctl.token_for("branch-k").await,
+    ))
+    .await;
+    let addr = node.addr;
+    let total = 60;
+    let load = tokio::spawn(async move {
+        for i in 0..total {
+            escalate_at(addr, i).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ctl.child.kill().unwrap(); // SIGKILL
+    ctl.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut ctl = start_controller(cdir.path(), http, mqtt, &[]).await;
+    load.await.unwrap();
+    eventually(40, "all events stored after the restart", || async {
+        ctl.event_ids("branch-k")
+            .await
+            .is_some_and(|ids| ids.len() >= total)
+            && node.state().store.outbox_depth().await.unwrap() == 0
+    })
+    .await;
+    assert_exactly_once(&ctl.event_ids("branch-k").await.unwrap(), total);
+    node.stop().await;
+    ctl.child.kill().unwrap();
+    ctl.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
+    let cdir = tempfile::tempdir().unwrap();
+    let (http, mqtt) = (free_port(), free_port());
+    let proxy = edgedesk_systest::proxy::FaultProxy::start(format!("127.0.0.1:{mqtt}")).await;
+    let mut ctl = start_controller(
+        cdir.path(),
+        http,
+        mqtt,
+        &[("EDGEDESK_CC_MQTT__ADVERTISE_PORT", proxy.port.to_string())],
+    )
+    .await;
+    let edir = tempfile::tempdir().unwrap();
+    let cfg = edge_config(&edir, "branch-e", http, ctl.token_for("branch-e").await);
+    let port = free_port();
+    let spawn_edge = |cfg: &edge_node::config::Config| {
+        let q = |s: &str| format!("{s:?}");
+        Command::new(env!("CARGO_BIN_EXE_systest-edge-node"))
+            .arg("serve")
+            .env("EDGEDESK_SERVER__LISTEN", q(&format!("127.0.0.1:{port}")))
+            .env("EDGEDESK_STORE__PATH", q(&cfg.store.path.to_string_lossy()))
+            .env("EDGEDESK_NLU__BUNDLE", q(&cfg.nlu.bundle.to_string_lossy()))
+            .env("EDGEDESK_CLOUD__ENABLED", "true")
+            .env(
+                "EDGEDESK_CLOUD__CONTROLLER_URL",
+                q(&cfg.cloud.controller_url),
+            )
+            .env("EDGEDESK_CLOUD__NODE_ID", q(&cfg.cloud.node_id))
+            .env("EDGEDESK_CLOUD__ENROLL_TOKEN", q(&cfg.cloud.enroll_token))
+            .env(
+                "EDGEDESK_CLOUD__IDENTITY_PATH",
+                q(&cfg.cloud.identity_path.to_string_lossy()),
+            )
+            .env("EDGEDESK_CLOUD__HEARTBEAT_SECS", "1")
+            .env("EDGEDESK_CLOUD__ACK_TIMEOUT_SECS", "2")
+            .env("ORT_DYLIB_PATH", ort_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let wait_ready = || async move {
+        eventually(20, "edge ready", || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+                && http_get(addr, "/readyz").await.0 == 200
+        })
+        .await
+    };
+    let mut edge = spawn_edge(&cfg);
+    wait_ready().await;
+    eventually(15, "edge online", || async {
+        ctl.api(reqwest::Method::GET, "/api/v1/nodes/branch-e", None)
+            .await
+            .is_some_and(|n| n["online"] == true)
+    })
+    .await;
+    proxy.cut();
+    let total = 25;
+    for i in 0..total {
+        escalate_at(addr, i).await;
+    }
+    edge.kill().unwrap(); // SIGKILL with 25 unsent events in its outbox
+    edge.wait().unwrap();
+    assert_eq!(
+        ctl.event_ids("branch-e").await.unwrap().len(),
+        0,
+        "nothing got through the cut link"
+    );
+    proxy.restore();
+    let mut edge = spawn_edge(&cfg);
+    wait_ready().await;
+    eventually(40, "backlog delivered after restart", || async {
+        ctl.event_ids("branch-e")
+            .await
+            .is_some_and(|ids| ids.len() >= total)
+    })
+    .await;
+    assert_exactly_once(&ctl.event_ids("branch-e").await.unwrap(), total);
+    edge.kill().unwrap();
+    edge.wait().unwrap();
+    ctl.child.kill().unwrap();
+    ctl.child.wait().unwrap();
+}
+
+fn spawn_mosquitto(dir: &Path, port: u16) -> Child {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed: scripts/test.sh installs Debian's mosquitto package");
+    Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_port(port: u16) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(10, "port open", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_mosquitto_and_mosquitto_killed_under_load() {
+    let mdir = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let mut mosq = spawn_mosquitto(mdir.path(), mport);
+    wait_port(mport).await;
+    let cdir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let ext = [
+        ("EDGEDESK_CC_MQTT__MODE", "external".to_owned()),
+        ("EDGEDESK_CC_MQTT__EXTERNAL_PORT", mport.to_string()),
+    ];
+    let mut ctl = start_controller(cdir.path(), http, free_port(), &ext).await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(edge_config(
+        &edir,
+        "branch-m",
+        http,
+        ctl.token_for("branch-m").await,
+    ))
+    .await;
+    eventually(15, "online through mosquitto", || async {
+        ctl.api(reqwest::Method::GET, "/api/v1/nodes/branch-m", None)
+            .await
+            .is_some_and(|n| n["online"] == true)
+    })
+    .await;
+    let addr = node.addr;
+    let total = 50;
+    let load = tokio::spawn(async move {
+        for i in 0..total {
+            escalate_at(addr, i).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    mosq.kill().unwrap();
+    mosq.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut mosq = spawn_mosquitto(mdir.path(), mport);
+    load.await.unwrap();
+    eventually(40, "all events stored after the broker restart", || async {
+        ctl.event_ids("branch-m")
+            .await
+            .is_some_and(|ids| ids.len() >= total)
+            && node.state().store.outbox_depth().await.unwrap() == 0
+    })
+    .await;
+    assert_exactly_once(&ctl.event_ids("branch-m").await.unwrap(), total);
+    node.stop().await;
+    ctl.child.kill().unwrap();
+    ctl.child.wait().unwrap();
+    mosq.kill().unwrap();
+    mosq.wait().unwrap();
+}

@@ -1,0 +1,666 @@
+//! Edge ↔ cloud sync with real parts: a cloud controller (embedded rumqttd
+//! broker, SQLite) and edge nodes in this process, talking MQTT over
+//! loopback with sealed envelopes.
+
+use std::time::Duration;
+
+use edgedesk_common::chat::ServerFrame;
+use edgedesk_systest::cloud::*;
+use edgedesk_systest::*;
+
+async fn escalate(node: &TestNode, text: &str) {
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    let (_, r) = say(&mut ws, &msg(text)).await;
+    assert!(matches!(&r[0], ServerFrame::Reply { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_the_controller_once_and_leave_the_outbox() {
+    let cloud = Cloud::start().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = edge(&cloud, &da, "branch-a").await;
+    let b = edge(&cloud, &db, "branch-b").await;
+    cloud.wait_online("branch-a", 10).await;
+    cloud.wait_online("branch-b", 10).await;
+    escalate(&a, "I want to talk to a human, call me on +44 20 7946 0958").await;
+    escalate(&b, "转人工").await;
+    eventually(10, "two escalations stored", || async {
+        cloud.events("kind=escalation").await.len() == 2
+    })
+    .await;
+    let from_a = cloud.events("node=branch-a").await;
+    assert_eq!(from_a.len(), 1);
+    let text = from_a[0]["event"]["last_text"].as_str().unwrap();
+    assert!(
+        text.contains("[phone]") && !text.contains("7946"),
+        "personal data masked: {text}"
+    );
+    eventually(10, "outboxes drained", || async {
+        a.state().store.outbox_depth().await.unwrap() == 0
+            && b.state().store.outbox_depth().await.unwrap() == 0
+    })
+    .await;
+    // Heartbeats carry the node's state.
+    eventually(10, "heartbeat recorded", || async {
+        cloud.node("branch-a").await["heartbeat"]["model_name"] == "edgedesk-intents"
+    })
+    .await;
+    // Labels are the operator's key/values, shown with the node.
+    let r = cloud
+        .http
+        .put(cloud.url("/api/v1/nodes/branch-a/labels"))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(&serde_json::json!({ "labels": { "region": "emea", "branch": "paris-1", "kind": "bank" } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let shown = cloud.node("branch-a").await;
+    assert_eq!(shown["labels"]["region"], "emea");
+    assert_eq!(shown["labels"]["kind"], "bank");
+    let listed = cloud.get("/api/v1/nodes").await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "branch-a" && n["labels"]["branch"] == "paris-1")
+    );
+    // A command travels down, is executed once, and acknowledged.
+    let cmd = cloud
+        .post(
+            "/api/v1/nodes/branch-a/commands",
+            serde_json::json!({ "kind": "ping" }),
+        )
+        .await;
+    let id = cmd["id"].as_str().unwrap().to_owned();
+    eventually(10, "command acknowledged", || async {
+        let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+        cmds.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str() && c["ok"] == true && c["detail"] == "pong")
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    cloud.token.cancel();
+}
+
+/// A raw MQTT client on the broker with a node's credentials.
+async fn raw_client(
+    identity_file: &std::path::Path,
+    client_suffix: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let f: edge_node::uplink::IdentityFile =
+        serde_json::from_str(&std::fs::read_to_string(identity_file).unwrap()).unwrap();
+    let m = f.mqtt.unwrap();
+    let mut o =
+        rumqttc::MqttOptions::new(format!("{}~{client_suffix}", m.username), m.host, m.port);
+    o.set_credentials(m.username, m.password);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    assert!(m.tls, "the embedded broker speaks TLS by default");
+    let tls = edgedesk_support::tls::pinned_client(m.ca_pem.as_deref().unwrap()).unwrap();
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls),
+    ));
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
+    let (tx, rx) = tokio::sync::mpsc::channel(1000);
+    tokio::spawn(async move {
+        loop {
+            let e = match ev.poll().await {
+                Ok(e) => e,
+                Err(err) => {
+                    eprintln!("raw client: {err}");
+                    break;
+                }
+            };
+            if std::env::var("DEBUG_RAW").is_ok() {
+                eprintln!("raw: {e:?}");
+            }
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec())).await;
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn refused(cloud: &Cloud, reason: &str) -> u64 {
+    cloud.ctl.hub.metrics.refused_count(reason)
+}
+
+/// Publish `payload` on branch-a's up topic and wait until the controller
+/// refuses it for `reason`.
+async fn inject_refused(
+    cloud: &Cloud,
+    rogue: &rumqttc::AsyncClient,
+    payload: Vec<u8>,
+    reason: &str,
+    what: &str,
+) {
+    let before = refused(cloud, reason).await;
+    rogue
+        .publish(
+            "edgedesk/v1/nodes/branch-a/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .unwrap();
+    eventually(5, what, || async { refused(cloud, reason).await > before }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_refused() {
+    let cloud = Cloud::start().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = edge(&cloud, &da, "branch-a").await;
+    let b = edge(&cloud, &db, "branch-b").await;
+    cloud.wait_online("branch-a", 10).await;
+    cloud.wait_online("branch-b", 10).await;
+
+    // A rogue subscriber on `#` with branch-b's broker login.
+    let (rogue, mut seen) = raw_client(&db.path().join("identity.json"), "rogue").await;
+    rogue
+        .subscribe("#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    escalate(&a, "I want a human, my secret word is PAPAYA-77").await;
+    eventually(10, "escalation stored", || async {
+        cloud.events("node=branch-a").await.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut captured = Vec::new();
+    while let Ok((topic, payload)) = seen.try_recv() {
+        let text = String::from_utf8_lossy(&payload);
+        assert!(
+            !text.contains("PAPAYA"),
+            "plaintext visible to a subscriber on # ({topic})"
+        );
+        if topic == "edgedesk/v1/nodes/branch-a/up" {
+            captured.push(payload);
+        }
+    }
+    assert!(
+        !captured.is_empty(),
+        "the rogue saw branch-a's traffic (as ciphertext)"
+    );
+
+    // Replay: an envelope captured off the broker, published again.
+    inject_refused(
+        &cloud,
+        &rogue,
+        captured[0].clone(),
+        "replay",
+        "replay refused",
+    )
+    .await;
+
+    // Tampering: change one character of the sealed body.
+    let mut env: serde_json::Value = serde_json::from_slice(&captured[captured.len() - 1]).unwrap();
+    let body = env["body"].as_str().unwrap().to_owned();
+    let flipped = match body.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &body[1..]),
+    };
+    env["body"] = serde_json::Value::String(flipped);
+    env["seq"] = serde_json::json!(u64::MAX / 2);
+    inject_refused(
+        &cloud,
+        &rogue,
+        serde_json::to_vec(&env).unwrap(),
+        "signature",
+        "tampered envelope refused",
+    )
+    .await;
+
+    // Forgery: branch-b signs with its own key but claims to be branch-a.
+    let fb: edge_node::uplink::IdentityFile =
+        serde_json::from_str(&std::fs::read_to_string(db.path().join("identity.json")).unwrap())
+            .unwrap();
+    let b_identity = fb.identity().unwrap();
+    let controller = fb.controller.unwrap().parse().unwrap();
+    let forged_events = edgedesk_common::sync::Up::Events { events: vec![] };
+    let forged = edgedesk_common::envelope::Envelope::seal(
+        &b_identity,
+        &controller,
+        edgedesk_common::envelope::Header {
+            id: "forged-1",
+            from: "branch-a",
+            to: "controller",
+            seq: u64::MAX / 2,
+            ts: chrono::Utc::now().timestamp_millis(),
+        },
+        [9; 24],
+        &serde_json::to_vec(&forged_events).unwrap(),
+    );
+    inject_refused(
+        &cloud,
+        &rogue,
+        forged.to_json(),
+        "signature",
+        "forged envelope refused",
+    )
+    .await;
+    // …and the honest sender name on the wrong topic is refused too.
+    let mut wrong_topic = serde_json::from_slice::<serde_json::Value>(&forged.to_json()).unwrap();
+    wrong_topic["from"] = serde_json::json!("branch-b");
+    inject_refused(
+        &cloud,
+        &rogue,
+        serde_json::to_vec(&wrong_topic).unwrap(),
+        "malformed",
+        "sender/topic mismatch refused",
+    )
+    .await;
+    assert_eq!(
+        cloud.events("node=branch-a").await.len(),
+        1,
+        "nothing forged was stored"
+    );
+
+    // Revocation: everything branch-b sends afterwards is refused.
+    cloud
+        .post("/api/v1/nodes/branch-b/revoke", serde_json::json!({}))
+        .await;
+    let before = refused(&cloud, "bad_key").await;
+    escalate(&b, "I want a human").await;
+    eventually(10, "revoked node refused", || async {
+        refused(&cloud, "bad_key").await > before
+    })
+    .await;
+    assert!(
+        cloud.events("node=branch-b").await.is_empty(),
+        "nothing from a revoked node is stored"
+    );
+    let node = cloud.get("/api/v1/nodes/branch-b").await;
+    assert_eq!(node["revoked"], true);
+    let history = cloud.get("/api/v1/nodes/branch-b/history").await;
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["kind"] == "revoked"),
+        "{history}"
+    );
+
+    a.stop().await;
+    b.stop().await;
+    cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_tokens_are_one_time_and_ids_unique() {
+    let cloud = Cloud::start().await;
+    let http = reqwest::Client::new();
+    let identity = edgedesk_common::envelope::Identity::from_secret(&[5; 64]);
+    let token = cloud.token("branch-z").await;
+    let enroll = |node: &str, token: &str| {
+        let req = edgedesk_common::sync::EnrollRequest {
+            token: token.into(),
+            node_id: node.into(),
+            keys: identity.public(),
+            proof: identity.sign(&edgedesk_common::sync::enroll_proof_message(node, token)),
+            sw_version: String::new(),
+        };
+        http.post(cloud.url("/api/v1/enroll")).json(&req).send()
+    };
+    assert_eq!(
+        enroll("branch-y", &token).await.unwrap().status(),
+        403,
+        "token bound to another node"
+    );
+    assert_eq!(enroll("branch-z", &token).await.unwrap().status(), 200);
+    assert_eq!(
+        enroll("branch-z", &token).await.unwrap().status(),
+        403,
+        "token used twice"
+    );
+    let t2 = cloud.post("/api/v1/tokens", serde_json::json!({})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        enroll("branch-z", &t2).await.unwrap().status(),
+        409,
+        "node id enrolled twice"
+    );
+    assert_eq!(enroll("Bad/Id", &t2).await.unwrap().status(), 400);
+    assert_eq!(
+        enroll("edgedesk-controller", &t2).await.unwrap().status(),
+        400,
+        "reserved for the controller"
+    );
+    // A proof made with another key is refused.
+    let mut req = edgedesk_common::sync::EnrollRequest {
+        token: t2.clone(),
+        node_id: "branch-q".into(),
+        keys: identity.public(),
+        proof: edgedesk_common::envelope::Identity::from_secret(&[6; 64]).sign(b"whatever"),
+        sw_version: String::new(),
+    };
+    assert_eq!(
+        http.post(cloud.url("/api/v1/enroll"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    req.proof = identity.sign(&edgedesk_common::sync::enroll_proof_message(
+        "branch-q", &t2,
+    ));
+    assert_eq!(
+        http.post(cloud.url("/api/v1/enroll"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The operator API needs the admin token.
+    assert_eq!(
+        http.get(cloud.url("/api/v1/nodes"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.get(cloud.url("/api/v1/nodes"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_and_restored_backlog_drains_once() {
+    let broker_port = free_port();
+    let proxy = edgedesk_systest::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let cloud = Cloud::start_with(|c| {
+        c.mqtt.listen = format!("127.0.0.1:{broker_port}");
+        c.mqtt.advertise_port = proxy.port;
+    })
+    .await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge(&cloud, &da, "branch-a").await;
+    cloud.wait_online("branch-a", 10).await;
+
+    proxy.cut();
+    // A command for the unreachable node waits in the controller's queue.
+    let cmd = cloud
+        .post(
+            "/api/v1/nodes/branch-a/commands",
+            serde_json::json!({ "kind": "ping" }),
+        )
+        .await;
+    let cmd_id = cmd["id"].as_str().unwrap().to_owned();
+    let n = 30;
+    for i in 0..n {
+        escalate(&a, &format!("I want to talk to a human ({i})")).await;
+    }
+    eventually(15, "node marked offline", || async {
+        cloud.node("branch-a").await["online"] == false
+    })
+    .await;
+    assert_eq!(
+        a.state().store.outbox_depth().await.unwrap(),
+        n,
+        "events held while the link is down"
+    );
+    assert!(cloud.events("node=branch-a").await.is_empty());
+
+    proxy.restore();
+    eventually(30, "backlog drained", || async {
+        cloud.events("node=branch-a").await.len() as u64 == n
+            && a.state().store.outbox_depth().await.unwrap() == 0
+    })
+    .await;
+    eventually(
+        40,
+        "queued command delivered after the link returned",
+        || async {
+            let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+            cmds.as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == cmd_id.as_str() && c["ok"] == true)
+        },
+    )
+    .await;
+    let events = cloud.events("node=branch-a&limit=1000").await;
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len() as u64, n, "each event stored exactly once");
+    let history = cloud.get("/api/v1/nodes/branch-a/history").await;
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds
+            .windows(3)
+            .any(|w| w == ["online", "offline", "online"]),
+        "{kinds:?}"
+    );
+    a.stop().await;
+    cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_refuses_plain_mqtt_and_strangers() {
+    let cloud = Cloud::start().await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge(&cloud, &da, "branch-a").await;
+    cloud.wait_online("branch-a", 10).await;
+    let f: edge_node::uplink::IdentityFile =
+        serde_json::from_str(&std::fs::read_to_string(da.path().join("identity.json")).unwrap())
+            .unwrap();
+    let m = f.mqtt.unwrap();
+    let try_connect = |tls: bool, user: &str, pass: &str| {
+        let mut o = rumqttc::MqttOptions::new(format!("{user}~probe"), m.host.clone(), m.port);
+        o.set_credentials(user, pass);
+        if tls {
+            let t = edgedesk_support::tls::pinned_client(m.ca_pem.as_deref().unwrap()).unwrap();
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(t),
+            ));
+        }
+        let (_c, mut ev) = rumqttc::AsyncClient::new(o, 10);
+        async move {
+            matches!(
+                tokio::time::timeout(FRAME_WAIT, ev.poll()).await,
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))
+            )
+        }
+    };
+    assert!(
+        try_connect(true, &m.username, &m.password).await,
+        "the node's own login over TLS works"
+    );
+    assert!(
+        !try_connect(false, &m.username, &m.password).await,
+        "plain MQTT is refused"
+    );
+    assert!(
+        !try_connect(true, &m.username, "wrong").await,
+        "a wrong password is refused"
+    );
+    assert!(
+        !try_connect(true, "nobody", "x").await,
+        "an unknown user is refused"
+    );
+    a.stop().await;
+    cloud.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_reachable_controller_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.cloud.enabled = true;
+    c.cloud.controller_url = format!("http://127.0.0.1:{}", free_port()); // nothing listens
+    c.cloud.node_id = "branch-lonely".into();
+    c.cloud.enroll_token = "unused".into();
+    c.cloud.identity_path = dir.path().join("identity.json");
+    let node = TestNode::start(c).await;
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    let (_, r) = say(&mut ws, &msg("I want to talk to a human")).await;
+    assert!(matches!(&r[0], ServerFrame::Reply { .. }));
+    assert_eq!(
+        node.state().store.outbox_depth().await.unwrap(),
+        1,
+        "the escalation waits in the outbox"
+    );
+    assert!(
+        dir.path().join("identity.json").exists(),
+        "the key pair is made at first start"
+    );
+    node.stop().await;
+}
+
+/// The edge side of a live handoff, driven through the controller's command
+/// queue: agent joins, visitor and agent talk, agent closes, visitor rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
+    use edgedesk_common::chat::{ChatState, Sender};
+    let cloud = Cloud::start().await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge(&cloud, &da, "branch-a").await;
+    cloud.wait_online("branch-a", 10).await;
+    let mut ws = a.connect().await;
+    let (session, _) = start_session(&mut ws).await;
+    say(&mut ws, &msg("my card was declined")).await;
+    let (_, r) = say(&mut ws, &msg("I want to talk to a human")).await;
+    let ServerFrame::Reply { state, .. } = &r[0] else {
+        panic!()
+    };
+    assert_eq!(*state, ChatState::WaitingForAgent);
+    eventually(10, "escalation with transcript", || async {
+        !cloud.events("kind=escalation").await.is_empty()
+    })
+    .await;
+    let esc = &cloud.events("kind=escalation").await[0]["event"];
+    let conversation = esc["conversation"].as_str().unwrap().to_owned();
+    let lines: Vec<&str> = esc["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines.contains(&"my card was declined") && lines.contains(&"I want to talk to a human"),
+        "{lines:?}"
+    );
+
+    let command = |kind: &str, args: serde_json::Value| {
+        cloud.post(
+            "/api/v1/nodes/branch-a/commands",
+            serde_json::json!({ "kind": kind, "args": args }),
+        )
+    };
+    command(
+        "agent_joined",
+        serde_json::json!({ "conversation": conversation, "agent_name": "Grace" }),
+    )
+    .await;
+    let f = recv(&mut ws).await;
+    let ServerFrame::Reply {
+        from, text, state, ..
+    } = &f
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!((*from, *state), (Sender::System, ChatState::WithAgent));
+    assert!(text.contains("Grace"));
+    command("agent_message", serde_json::json!({ "conversation": conversation, "agent_name": "Grace", "text": "Hello, how can I help?" })).await;
+    let f = recv(&mut ws).await;
+    assert!(
+        matches!(&f, ServerFrame::Reply { from: Sender::Agent, text, .. } if text == "Hello, how can I help?"),
+        "{f:?}"
+    );
+    // The visitor's answer goes to the cloud, not to the bot.
+    send(&mut ws, &msg("my card keeps getting declined")).await;
+    assert!(matches!(recv(&mut ws).await, ServerFrame::Ack { .. }));
+    eventually(10, "visitor line forwarded", || async {
+        cloud
+            .events("kind=chat_line")
+            .await
+            .iter()
+            .any(|e| e["event"]["line"]["text"] == "my card keeps getting declined")
+    })
+    .await;
+    command(
+        "agent_closed",
+        serde_json::json!({ "conversation": conversation }),
+    )
+    .await;
+    let f = recv(&mut ws).await;
+    let ServerFrame::Reply {
+        quick_replies,
+        state,
+        ..
+    } = &f
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!(*state, ChatState::Bot);
+    let five = quick_replies
+        .iter()
+        .find(|q| q.payload == "/rate 5")
+        .expect("rating buttons");
+    say(&mut ws, &button(&five.label, &five.payload)).await;
+    eventually(10, "rating stored", || async {
+        cloud
+            .events("kind=rating")
+            .await
+            .iter()
+            .any(|e| e["event"]["score"] == 5)
+    })
+    .await;
+    // Every command is acknowledged as delivered (the ack may trail the frame).
+    eventually(10, "all commands acknowledged", || async {
+        let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
+        cmds.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true && c["detail"] == "delivered")
+    })
+    .await;
+    // A reload shows the agent's lines in the history.
+    drop(ws);
+    let mut ws = a.connect().await;
+    send(&mut ws, &hello(Some(&session))).await;
+    let ServerFrame::Welcome { history, .. } = recv(&mut ws).await else {
+        panic!()
+    };
+    assert!(
+        history
+            .iter()
+            .any(|h| h.from == Sender::Agent && h.text == "Hello, how can I help?"),
+        "{history:?}"
+    );
+    a.stop().await;
+    cloud.token.cancel();
+}
