@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use crate::config::{Config, DEFAULT_TOML};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -236,7 +236,7 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Some(Cmd::Openapi) => {
-            print!("{}", crate::api::openapi_document());
+            print!("{}", crate::http::api::openapi_document());
             ExitCode::SUCCESS
         }
         Some(Cmd::Crd) => {
@@ -262,25 +262,25 @@ pub fn main() -> ExitCode {
 fn publish(config: &Config, bundle: &std::path::Path, ort: Option<&std::path::Path>) -> ExitCode {
     use crate::models;
     let data = &config.store.data_dir;
-    let run = || -> Result<models::ModelRow, String> {
-        let db = crate::store::Db::open(&data.join("controller.db"))
-            .map_err(|e| e.to_string())?;
-        db.with(|c| models::migrate(c)).map_err(|e| e.to_string())?;
+    let run = || -> Result<crate::store::ModelRow, String> {
+        let store =
+            crate::store::Store::open(&data.join("controller.db")).map_err(|e| e.to_string())?;
         let key =
             models::signing_key(&data.join("model-signing.key")).map_err(|e| e.to_string())?;
         let ort = ort.unwrap_or(&config.models.onnxruntime_path).to_owned();
         let now = chrono::Utc::now().timestamp_millis();
-        db.with(|c| {
-            Ok(models::publish(
-                c,
-                &data.join("models"),
-                &key,
-                bundle,
-                &ort,
-                now,
-            ))
-        })
-        .map_err(|e| e.to_string())?
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(models::publish(
+            &store,
+            &data.join("models"),
+            &key,
+            bundle,
+            &ort,
+            now,
+        ))
         .map_err(|e| e.to_string())
     };
     match run() {
@@ -319,7 +319,10 @@ fn serve(config: Config) -> ExitCode {
         tokio::spawn(edgedesk_support::signal::cancel_on_signal(token.clone()));
         match crate::run(config, token).await {
             Ok(c) => {
-                println!("controller: http://{}/  broker: {}:{}", c.http_addr, c.broker.0, c.broker.1);
+                println!(
+                    "controller: http://{}/  broker: {}:{}",
+                    c.http_addr, c.broker.0, c.broker.1
+                );
                 match c.wait().await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

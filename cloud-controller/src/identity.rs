@@ -23,4 +23,3 @@ pub fn secret_file<const N: usize>(path: &Path) -> std::io::Result<[u8; N]> {
     edgedesk_support::secret::write_private(path, hex::encode(secret).as_bytes())?;
     Ok(secret)
 }
-

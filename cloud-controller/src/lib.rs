@@ -1,21 +1,24 @@
 //! EdgeDesk cloud controller: fleet registry, enrolment, store-and-forward
-//! ingestion of edge outboxes, and a command queue down to nodes.
+//! ingestion of edge outboxes, a command queue down to nodes, the agents'
+//! desk and model rollouts.
 //!
 //! Data flow: nodes publish sealed envelopes to `edgedesk/v1/nodes/{id}/up`
-//! on the broker (embedded rumqttd by default, [`broker`]); [`link`] verifies,
-//! opens and applies them against the SQLite [`store`], and answers with
-//! sealed acknowledgements on `…/down`. [`fleet`] tracks online/offline;
-//! [`api`] serves the REST API. `main.rs` is the CLI.
+//! on the broker (embedded rumqttd by default, [`broker`]); [`link`] opens,
+//! checks and applies them in batches against the [`store`], acknowledges,
+//! and feeds the live-chat desk ([`handoff`]) through a channel. Everything
+//! that goes down to nodes goes through [`downlink`] (queued, then sealed by
+//! the link's publisher). [`rollouts`] drives model rollouts, [`quic`]
+//! serves model files, [`http`] serves the REST API and the console.
+//! [`run`] wires the parts together; `main.rs` only calls [`cli::main`].
 
-pub mod agents;
-pub mod api;
+pub mod accounts;
 pub mod broker;
 pub mod cli;
-pub mod chats;
 pub mod config;
-pub mod console;
+pub mod downlink;
 pub mod fleet;
 pub mod handoff;
+pub mod http;
 pub mod identity;
 pub mod link;
 pub mod metrics;
@@ -26,24 +29,23 @@ pub mod rollout;
 pub mod rollouts;
 pub mod routing;
 pub mod store;
-pub mod tickets;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiState;
 use crate::broker::Credentials;
 use crate::config::{BrokerMode, Config};
-use crate::link::Hub;
-use crate::store::{Db, StoreError, sha256_hex};
+use crate::downlink::Downlink;
+use crate::fleet::Fleet;
+use crate::handoff::Handoff;
+use crate::metrics::Metrics;
+use crate::rollouts::Rollouts;
+use crate::store::{Store, StoreError, sha256_hex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -80,19 +82,24 @@ impl ControllerError {
     }
 }
 
-/// A running controller.
+/// A running controller, with handles on its parts (for tests and tools).
 pub struct Controller {
     pub http_addr: SocketAddr,
     /// Where nodes reach the broker.
     pub broker: (String, u16),
-    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub downlink: Downlink,
+    pub handoff: Handoff,
+    pub rollouts: Rollouts,
+    pub metrics: Arc<Metrics>,
+    /// False while another replica holds the leader Lease (Kubernetes mode).
+    pub leader: Arc<AtomicBool>,
     pub admin_token: String,
     task: JoinHandle<Result<(), ControllerError>>,
 }
 
 impl Controller {
     pub async fn wait(self) -> Result<(), ControllerError> {
-        drop(self.hub);
         self.task
             .await
             .map_err(|e| ControllerError::Serve(std::io::Error::other(e.to_string())))?
@@ -121,20 +128,14 @@ fn read_or_create_secret(
 }
 
 /// Start the controller: store, identity, broker (embedded mode), MQTT link,
-/// REST API. Cancelling `shutdown` stops it.
+/// the desk, the rollout driver, the model service and HTTP. Cancelling
+/// `shutdown` stops it.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<Controller, ControllerError> {
     let data = config.store.data_dir.clone();
-    let db = Db::open(&data.join("controller.db"))?;
-    db.with(|c| {
-        agents::migrate(c)?;
-        tickets::migrate(c)?;
-        models::migrate(c)?;
-        rollouts::migrate(c)?;
-        chats::migrate(c)
-    })?;
+    let store = Store::open(&data.join("controller.db"))?;
     let signing_path = data.join("model-signing.key");
     let model_key =
         models::signing_key(&signing_path).map_err(|source| ControllerError::Identity {
@@ -150,7 +151,7 @@ pub async fn run(
     let admin_token = read_or_create_secret(&data.join("admin-token"), &config.http.admin_token)?;
 
     let creds = Credentials::default();
-    for (node, hash) in db.with(|c| store::broker_credentials(c))? {
+    for (node, hash) in store.broker_credentials().await? {
         creds.set(&node, &hash);
     }
     // One CA and server certificate for the embedded broker and the QUIC
@@ -248,7 +249,7 @@ pub async fn run(
         .map(edgedesk_support::tls::pinned_client)
         .transpose()
         .map_err(|e| tls::TlsError::Config(e.to_string()))?;
-    let opts = link::mqtt_options(
+    let opts = link::transport::mqtt_options(
         &broker_addr.ip().to_string(),
         broker_addr.port(),
         &ctl_user,
@@ -257,9 +258,63 @@ pub async fn run(
         client_tls,
     );
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
-    eventloop.set_network_options(link::network_options());
-    let hub = Arc::new(Hub::new(config.clone(), db, identity, creds, client));
-    let link_task = tokio::spawn(link::run(hub.clone(), eventloop, shutdown.clone()));
+    eventloop.set_network_options(link::transport::network_options());
+
+    // The parts, wired explicitly: who may talk to whom is visible here.
+    let metrics = Arc::new(Metrics::new());
+    let fleet = Arc::new(Mutex::new(Fleet::new(
+        config.fleet.heartbeat_timeout_secs as i64 * 1000,
+    )));
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel(downlink::OUTGOING_QUEUE);
+    let downlink = Downlink::new(store.clone(), fleet.clone(), out_tx, metrics.clone());
+    let (desk_tx, desk_rx) = tokio::sync::mpsc::channel(handoff::QUEUE);
+    let handoff = Handoff::new(desk_tx);
+    let desk_task = tokio::spawn(
+        handoff::driver::Driver::new(
+            handoff::Desk::new(30_000),
+            store.clone(),
+            downlink.clone(),
+            metrics.clone(),
+        )
+        .run(desk_rx, shutdown.clone()),
+    );
+    let leader = Arc::new(AtomicBool::new(!config.kubernetes.enabled));
+    let rollouts = Rollouts {
+        store: store.clone(),
+        downlink: downlink.clone(),
+        leader: leader.clone(),
+        tick_ms: config.models.tick_ms,
+    };
+    let link = link::Link {
+        config: config.clone(),
+        store: store.clone(),
+        controller_keys: identity.public(),
+        identity,
+        keys: link::Keys::new(store.clone()),
+        presence: link::Presence::new(
+            fleet,
+            store.clone(),
+            metrics.clone(),
+            handoff.clone(),
+            config.fleet.history_limit,
+        ),
+        downlink: downlink.clone(),
+        handoff: handoff.clone(),
+        metrics: metrics.clone(),
+        creds: creds.clone(),
+    };
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(link::transport::INBOUND_QUEUE);
+    let poll_task = tokio::spawn(link::transport::poll(
+        link.clone(),
+        client.clone(),
+        eventloop,
+        in_tx,
+        shutdown.clone(),
+    ));
+    let publish_task = tokio::spawn(link::transport::publish(link.clone(), client, out_rx));
+    let dispatch_task = tokio::spawn(link::dispatch::run(link.clone(), in_rx));
+    let ticker_task = tokio::spawn(link::dispatch::ticker(link.clone(), shutdown.clone()));
+
     let quic = quic::endpoint(quic_listen, &tls_material.cert_path, &tls_material.key_path)?;
     let quic_addr = quic.local_addr().map_err(ControllerError::Serve)?;
     let models_endpoint = edgedesk_common::sync::ModelEndpoint {
@@ -279,19 +334,24 @@ pub async fn run(
     tracing::info!(%quic_addr, "model service (QUIC) listening");
     let quic_task = tokio::spawn(quic::serve(
         quic,
-        hub.clone(),
+        quic::Service {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            max_skew_ms: config.sync.max_clock_skew_secs as i64 * 1000,
+        },
         data.join("models"),
         config.models.max_transfers,
         shutdown.clone(),
     ));
-    let rollout_task = tokio::spawn(rollouts::run(hub.clone(), shutdown.clone()));
+    let rollout_task = tokio::spawn(rollouts.clone().run(shutdown.clone()));
     let operator_task = if config.kubernetes.enabled {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| ControllerError::Kubernetes(e.to_string()))?;
         Some(tokio::spawn(operator::run(
             client,
-            hub.clone(),
+            config.kubernetes.clone(),
+            rollouts.clone(),
             shutdown.clone(),
         )))
     } else {
@@ -309,20 +369,26 @@ pub async fn run(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let state = Arc::new(ApiState {
-        hub: hub.clone(),
+    let c = &config.console;
+    let state = Arc::new(http::Http {
+        store: store.clone(),
+        downlink: downlink.clone(),
+        handoff: handoff.clone(),
+        rollouts: rollouts.clone(),
+        metrics: metrics.clone(),
+        creds,
+        controller_keys: link.controller_keys.clone(),
         admin_token: admin_token.clone(),
         broker: broker.clone(),
         broker_ca,
         models: models_endpoint,
+        console: c.clone(),
+        limiter: accounts::LoginLimiter::new(
+            c.login_max_failures,
+            c.login_window_secs as i64 * 1000,
+        ),
     });
-    let api = api::router(state);
-    let ops = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics_text))
-        .with_state(hub.clone());
-    let console = console::router(Arc::new(console::ConsoleState::new(hub.clone())));
-    let app = api.merge(ops).merge(console);
+    let app = http::router(state);
     tracing::info!(%http_addr, broker = %format!("{}:{}", broker.0, broker.1), "cloud controller listening");
     let task = tokio::spawn(async move {
         let served = axum::serve(
@@ -331,30 +397,31 @@ pub async fn run(
         )
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
-        let _ = link_task.await;
+        let _ = poll_task.await;
+        // The dispatcher finishes its last batch once the poller is gone.
+        let _ = dispatch_task.await;
+        let _ = ticker_task.await;
         let _ = quic_task.await;
         let _ = rollout_task.await;
         if let Some(t) = operator_task {
             let _ = t.await;
         }
+        let _ = desk_task.await;
+        // Nothing more goes down once everything above has stopped.
+        publish_task.abort();
         tracing::info!("cloud controller stopped");
         served.map_err(ControllerError::Serve)
     });
     Ok(Controller {
         http_addr,
         broker,
-        hub,
+        store,
+        downlink,
+        handoff,
+        rollouts,
+        metrics,
+        leader,
         admin_token,
         task,
     })
-}
-
-async fn metrics_text(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        hub.metrics.render(),
-    )
 }

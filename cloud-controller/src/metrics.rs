@@ -22,6 +22,11 @@ pub struct Metrics {
     pub inbound_dropped: Counter,
     /// Bundle bytes served over QUIC.
     pub model_bytes_sent: Counter,
+    /// Messages for nodes dropped because the publisher was behind (stored
+    /// commands go again with the next resend).
+    pub outgoing_dropped: Counter,
+    /// Inputs to the live-chat desk dropped because it was behind.
+    pub handoff_dropped: Counter,
 }
 
 impl Metrics {
@@ -36,6 +41,18 @@ impl Metrics {
         let commands_acked = Counter::default();
         let inbound_dropped = Counter::default();
         let model_bytes_sent = Counter::default();
+        let outgoing_dropped = Counter::default();
+        let handoff_dropped = Counter::default();
+        registry.register(
+            "outgoing_dropped",
+            "Messages for nodes dropped while the publisher was behind (commands are resent)",
+            outgoing_dropped.clone(),
+        );
+        registry.register(
+            "handoff_dropped",
+            "Live-chat inputs dropped while the desk was behind",
+            handoff_dropped.clone(),
+        );
         registry.register(
             "model_bytes_sent",
             "Model bundle bytes served over QUIC",
@@ -88,6 +105,8 @@ impl Metrics {
             commands_acked,
             model_bytes_sent,
             inbound_dropped,
+            outgoing_dropped,
+            handoff_dropped,
         }
     }
 

@@ -12,11 +12,9 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use edgedesk_common::bundle::MANIFEST_FILE;
 use edgedesk_common::release::{CHUNK_SIZE, FileEntry, Release, SignedRelease};
-use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::StoreError;
+use crate::store::{ModelRow, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -36,40 +34,6 @@ pub enum ModelError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<rusqlite::Error> for ModelError {
-    fn from(e: rusqlite::Error) -> Self {
-        ModelError::Store(e.into())
-    }
-}
-
-pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS models (
-            id           TEXT PRIMARY KEY,   -- sha256 of the signed release text
-            name         TEXT NOT NULL,
-            version      TEXT NOT NULL,
-            signed       TEXT NOT NULL,      -- SignedRelease as JSON
-            bytes        INTEGER NOT NULL,
-            published_at INTEGER NOT NULL,
-            UNIQUE (name, version)
-        );",
-    )?;
-    Ok(())
-}
-
-/// A published release as listed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModelRow {
-    pub id: String,
-    pub name: String,
-    pub version: String,
-    /// Total bytes of its files.
-    pub bytes: u64,
-    pub published_at: i64,
-    #[schema(value_type = Object)]
-    pub signed: SignedRelease,
 }
 
 /// Load the model-signing key at `path`, creating it if absent.
@@ -124,14 +88,65 @@ pub fn describe_file(path: &Path) -> std::io::Result<FileEntry> {
 /// Validate `bundle` (hashes, then the golden set in ONNX Runtime at
 /// `onnxruntime`, which may be empty to use `ORT_DYLIB_PATH`), sign it and
 /// store it. Publishing the same bundle again returns the existing release.
-pub fn publish(
-    conn: &Connection,
+pub async fn publish(
+    store: &Store,
     models_dir: &Path,
     key: &SigningKey,
     bundle: &Path,
     onnxruntime: &Path,
     now: i64,
 ) -> Result<ModelRow, ModelError> {
+    let (models_dir, bundle, onnxruntime) = (
+        models_dir.to_owned(),
+        bundle.to_owned(),
+        onnxruntime.to_owned(),
+    );
+    let release =
+        tokio::task::spawn_blocking(move || prepare(&models_dir, &bundle, &onnxruntime, now))
+            .await
+            .map_err(|e| ModelError::Io(std::io::Error::other(e.to_string())))??;
+    let key_name = format!("{}@{}", release.name, release.version);
+    if let Some(existing) = store
+        .model(&key_name)
+        .await?
+        .filter(|m| m.name == release.name)
+    {
+        let old: Release = serde_json::from_str(&existing.signed.release)
+            .map_err(|e| ModelError::Invalid(format!("stored release {}: {e}", existing.id)))?;
+        if old.files == release.files {
+            return Ok(existing);
+        }
+        return Err(ModelError::VersionExists {
+            name: release.name,
+            version: release.version.to_string(),
+            existing: existing.id,
+        });
+    }
+    let bytes: u64 = release.files.values().map(|f| f.size).sum();
+    let signed = SignedRelease::sign(&release, key);
+    let id = hex::encode(Sha256::digest(signed.release.as_bytes()));
+    let row = store
+        .model_insert(
+            id,
+            signed,
+            release.name.clone(),
+            release.version.to_string(),
+            bytes,
+            now,
+        )
+        .await?;
+    tracing::info!(id = %row.id, name = %release.name, version = %release.version, bytes, "model published");
+    Ok(row)
+}
+
+/// Check the bundle (hashes and golden set, once) and copy its files into
+/// the blob store; the release to sign. Blocking.
+fn prepare(
+    models_dir: &Path,
+    bundle: &Path,
+    onnxruntime: &Path,
+    now: i64,
+) -> Result<Release, ModelError> {
     use edgedesk_nlu as nlu;
     let invalid = |e: nlu::NluError| ModelError::Invalid(e.to_string());
     nlu::runtime::init(onnxruntime).map_err(invalid)?;
@@ -161,8 +176,7 @@ pub fn publish(
         }
         files.insert(name, entry);
     }
-    let bytes: u64 = files.values().map(|f| f.size).sum();
-    let release = Release {
+    Ok(Release {
         name: manifest.name.clone(),
         version: manifest.version.clone(),
         published_at: chrono::DateTime::from_timestamp_millis(now)
@@ -170,81 +184,7 @@ pub fn publish(
             .to_rfc3339(),
         confidence_threshold: manifest.confidence_threshold,
         files,
-    };
-    let existing: Option<(String, String)> = conn
-        .query_row(
-            "SELECT id, signed FROM models WHERE name = ?1 AND version = ?2",
-            params![manifest.name, manifest.version.to_string()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    if let Some((id, signed)) = existing {
-        let signed: SignedRelease = serde_json::from_str(&signed)
-            .map_err(|e| ModelError::Invalid(format!("stored release {id}: {e}")))?;
-        let old: Release = serde_json::from_str(&signed.release)
-            .map_err(|e| ModelError::Invalid(format!("stored release {id}: {e}")))?;
-        if old.files == release.files {
-            return get(conn, &id)?.ok_or(ModelError::NotFound(id));
-        }
-        return Err(ModelError::VersionExists {
-            name: manifest.name,
-            version: manifest.version.to_string(),
-            existing: id,
-        });
-    }
-    let signed = SignedRelease::sign(&release, key);
-    let id = hex::encode(Sha256::digest(signed.release.as_bytes()));
-    conn.execute(
-        "INSERT INTO models (id, name, version, signed, bytes, published_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            id,
-            release.name,
-            release.version.to_string(),
-            serde_json::to_string(&signed).expect("serialises"),
-            bytes as i64,
-            now
-        ],
-    )?;
-    tracing::info!(%id, name = %release.name, version = %release.version, bytes, "model published");
-    get(conn, &id)?.ok_or(ModelError::NotFound(id))
-}
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelRow> {
-    let signed: String = r.get(3)?;
-    Ok(ModelRow {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        version: r.get(2)?,
-        signed: serde_json::from_str(&signed).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
-        })?,
-        bytes: r.get::<_, i64>(4)? as u64,
-        published_at: r.get(5)?,
     })
-}
-
-pub fn list(conn: &Connection) -> Result<Vec<ModelRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, name, version, signed, bytes, published_at FROM models ORDER BY published_at DESC, id",
-    )?;
-    let rows = stmt.query_map([], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// A release by id, or by `name@version` / bare `version` (newest name).
-pub fn get(conn: &Connection, key: &str) -> Result<Option<ModelRow>, StoreError> {
-    let (name, version) = match key.split_once('@') {
-        Some((n, v)) => (Some(n), v),
-        None => (None, key),
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, name, version, signed, bytes, published_at FROM models
-         WHERE id = ?1 OR (version = ?2 AND (?3 IS NULL OR name = ?3))
-         ORDER BY published_at DESC LIMIT 1",
-    )?;
-    Ok(stmt
-        .query_row(params![key, version, name], row)
-        .optional()?)
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{Hub, now_ms};
-use crate::store;
+use crate::downlink::now_ms;
+use crate::metrics::Metrics;
+use crate::store::Store;
 use crate::tls::TlsError;
 
 /// Unacknowledged bytes a connection may have in flight (memory per transfer).
@@ -64,10 +65,18 @@ pub fn endpoint(
     quinn::Endpoint::server(server, listen).map_err(|e| cfg(e.to_string()))
 }
 
+/// What serving needs: the registry (nodes' keys), metrics, the clock skew allowed.
+#[derive(Clone)]
+pub struct Service {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub max_skew_ms: i64,
+}
+
 /// Serve bundle files until `shutdown`.
 pub async fn serve(
     endpoint: quinn::Endpoint,
-    hub: Arc<Hub>,
+    hub: Service,
     models_dir: PathBuf,
     max_transfers: usize,
     shutdown: CancellationToken,
@@ -101,7 +110,7 @@ pub async fn serve(
 }
 
 async fn transfer(
-    hub: &Hub,
+    hub: &Service,
     dir: &std::path::Path,
     permits: &Semaphore,
     mut send: quinn::SendStream,
@@ -173,15 +182,17 @@ async fn transfer(
 
 /// The blob's path if `req` is from an enrolled, unrevoked node, signed by
 /// its key, recent, and names a blob we have.
-async fn check(hub: &Hub, dir: &std::path::Path, req: &FetchRequest) -> Result<PathBuf, String> {
-    let skew = hub.config.sync.max_clock_skew_secs as i64 * 1000;
-    if (req.ts - now_ms()).abs() > skew {
+async fn check(
+    hub: &Service,
+    dir: &std::path::Path,
+    req: &FetchRequest,
+) -> Result<PathBuf, String> {
+    if (req.ts - now_ms()).abs() > hub.max_skew_ms {
         return Err("request timestamp outside the allowed clock skew".into());
     }
-    let node = req.node.clone();
     let row = hub
-        .db
-        .call(move |c| store::node(c, &node))
+        .store
+        .node(&req.node)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("unknown node")?;

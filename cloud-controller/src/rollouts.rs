@@ -11,33 +11,18 @@
 
 use std::collections::BTreeMap;
 
-use edgedesk_common::sync::command as cmd;
-use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use edgedesk_common::sync::{CommandBody, ModelRollback, ModelUpdate};
 use serde::{Deserialize, Serialize};
 
-use crate::link::{Hub, now_ms};
+use crate::downlink::{Downlink, now_ms};
 use crate::rollout::{Action, Input, NodeState, Phase, Rollout, Size, Strategy};
-use crate::store::{self, StoreError};
+use crate::store::{RolloutRow as Row, Store, StoreError};
 
 /// Visitor turns on the new model before its low-confidence rate counts.
 pub const MIN_HEALTH_TURNS: u64 = 20;
-
-pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS rollouts (
-            id         TEXT PRIMARY KEY,
-            model_id   TEXT NOT NULL,
-            version    TEXT NOT NULL,
-            selector   TEXT NOT NULL,
-            phase      TEXT NOT NULL,
-            state      TEXT NOT NULL,     -- crate::rollout::Rollout as JSON
-            commands   TEXT NOT NULL,     -- node -> id of the last command sent
-            created_at INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL
-        );",
-    )?;
-    Ok(())
-}
 
 /// `POST /api/v1/rollouts`.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -99,66 +84,14 @@ pub enum RolloutError {
     Store(#[from] StoreError),
 }
 
+/// What the driver needs: the store, the way down to nodes, and whether
+/// this replica leads (only the leader drives rollouts).
 #[derive(Clone)]
-struct Row {
-    id: String,
-    model_id: String,
-    version: String,
-    selector: BTreeMap<String, String>,
-    state: Rollout,
-    commands: BTreeMap<String, String>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-fn load(conn: &Connection, id: &str) -> Result<Option<Row>, StoreError> {
-    conn.query_row(
-        "SELECT id, model_id, version, selector, state, commands, created_at, updated_at FROM rollouts WHERE id = ?1",
-        [id],
-        row,
-    )
-    .optional()
-    .map_err(Into::into)
-}
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    let json = |i: usize, s: String| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, s.into())
-    };
-    let selector: String = r.get(3)?;
-    let state: String = r.get(4)?;
-    let commands: String = r.get(5)?;
-    Ok(Row {
-        id: r.get(0)?,
-        model_id: r.get(1)?,
-        version: r.get(2)?,
-        selector: serde_json::from_str(&selector).map_err(|e| json(3, e.to_string()))?,
-        state: serde_json::from_str(&state).map_err(|e| json(4, e.to_string()))?,
-        commands: serde_json::from_str(&commands).map_err(|e| json(5, e.to_string()))?,
-        created_at: r.get(6)?,
-        updated_at: r.get(7)?,
-    })
-}
-
-fn save(conn: &Connection, r: &Row, now: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO rollouts (id, model_id, version, selector, phase, state, commands, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT(id) DO UPDATE SET phase = excluded.phase, state = excluded.state,
-             commands = excluded.commands, updated_at = excluded.updated_at",
-        params![
-            r.id,
-            r.model_id,
-            r.version,
-            serde_json::to_string(&r.selector).expect("serialises"),
-            r.state.phase.name(),
-            serde_json::to_string(&r.state).expect("serialises"),
-            serde_json::to_string(&r.commands).expect("serialises"),
-            r.created_at,
-            now
-        ],
-    )?;
-    Ok(())
+pub struct Rollouts {
+    pub store: Store,
+    pub downlink: Downlink,
+    pub leader: Arc<AtomicBool>,
+    pub tick_ms: u64,
 }
 
 fn view(r: &Row) -> RolloutView {
@@ -199,20 +132,15 @@ fn view(r: &Row) -> RolloutView {
     }
 }
 
-pub fn list(conn: &Connection) -> Result<Vec<RolloutView>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, model_id, version, selector, state, commands, created_at, updated_at FROM rollouts ORDER BY created_at DESC",
-    )?;
-    let rows = stmt.query_map([], row)?;
-    Ok(rows
-        .collect::<Result<Vec<_>, _>>()?
-        .iter()
-        .map(view)
-        .collect())
-}
+impl Rollouts {
+    /// Every rollout, newest first.
+    pub async fn list(&self) -> Result<Vec<RolloutView>, StoreError> {
+        Ok(self.store.rollouts().await?.iter().map(view).collect())
+    }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<RolloutView>, StoreError> {
-    Ok(load(conn, id)?.as_ref().map(view))
+    pub async fn get(&self, id: &str) -> Result<Option<RolloutView>, StoreError> {
+        Ok(self.store.rollout(id).await?.as_ref().map(view))
+    }
 }
 
 impl CreateRollout {
@@ -247,275 +175,221 @@ impl CreateRollout {
     }
 }
 
-/// Create a rollout and take its first step.
-pub async fn create(hub: &Hub, req: CreateRollout) -> Result<RolloutView, RolloutError> {
-    let strategy = req.strategy()?;
-    let key = req.model.clone();
-    let model = hub
-        .db
-        .call(move |c| crate::models::get(c, &key))
-        .await?
-        .ok_or_else(|| RolloutError::NoModel(req.model.clone()))?;
-    let nodes = hub.db.call(|c| store::nodes(c)).await?;
-    let fleet: BTreeMap<_, _> = nodes
-        .into_iter()
-        .filter(|n| n.revoked_at.is_none())
-        .map(|n| (n.id.clone(), (n.labels.clone(), hub.is_online(&n.id))))
-        .collect();
-    let now = now_ms();
-    let (state, actions) = Rollout::new(strategy, &req.selector, &fleet, now);
-    if state.order.is_empty() {
-        return Err(RolloutError::Invalid(
-            "the selector matches no enrolled node".into(),
-        ));
-    }
-    let mut r = Row {
-        id: format!("ro-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        model_id: model.id.clone(),
-        version: model.version.clone(),
-        selector: req.selector,
-        state,
-        commands: BTreeMap::new(),
-        created_at: now,
-        updated_at: now,
-    };
-    tracing::info!(rollout = %r.id, version = %r.version, targets = r.state.order.len(), "rollout created");
-    execute(hub, &mut r, actions).await;
-    let saved = persist(hub, &r).await?;
-    Ok(saved)
-}
-
-async fn persist(hub: &Hub, r: &Row) -> Result<RolloutView, StoreError> {
-    let now = now_ms();
-    let copy = Row {
-        updated_at: now,
-        ..r.clone()
-    };
-    hub.db
-        .call(move |c| {
-            save(c, &copy, now)?;
-            Ok(view(&copy))
-        })
-        .await
-}
-
-/// Queue the commands the engine asked for; log its phase changes.
-async fn execute(hub: &Hub, r: &mut Row, actions: Vec<Action>) {
-    // The release is read once per batch of actions, and only if needed.
-    let mut release = None;
-    for a in actions {
-        let (node, kind, args) = match a {
-            Action::Update { node } => {
-                if release.is_none() {
-                    let key = r.model_id.clone();
-                    release = match hub.db.call(move |c| crate::models::get(c, &key)).await {
-                        Ok(Some(m)) => Some(m.signed),
-                        _ => {
-                            tracing::error!(rollout = %r.id, "the rollout's release vanished");
-                            continue;
-                        }
-                    };
-                }
-                let release = release.clone().expect("loaded above");
-                let args = serde_json::json!(cmd::ModelUpdate {
-                    rollout: r.id.clone(),
-                    release,
-                });
-                (node, cmd::MODEL_UPDATE, args)
-            }
-            Action::Rollback { node } => {
-                let args = serde_json::json!(cmd::ModelRollback {
-                    rollout: r.id.clone(),
-                    to_version: String::new(),
-                });
-                (node, cmd::MODEL_ROLLBACK, args)
-            }
-            Action::Phase { phase, detail } => {
-                tracing::info!(rollout = %r.id, %phase, %detail, "rollout phase");
-                continue;
-            }
-        };
-        match hub.queue_command(&node, kind, args, None).await {
-            Ok(c) => {
-                r.commands.insert(node, c.id);
-            }
-            Err(e) => {
-                tracing::error!(rollout = %r.id, %node, kind, error = %e, "queueing a model command failed")
-            }
-        }
-    }
-}
-
-/// An operator's command.
-pub async fn operate(hub: &Hub, id: &str, op: &str) -> Result<RolloutView, RolloutError> {
-    let key = id.to_owned();
-    let mut r = hub
-        .db
-        .call(move |c| load(c, &key))
-        .await?
-        .ok_or_else(|| RolloutError::NotFound(id.to_owned()))?;
-    if r.state.phase.is_terminal() {
-        return Err(RolloutError::Finished(
-            r.id.clone(),
-            r.state.phase.name().into(),
-        ));
-    }
-    let input = match op {
-        "pause" => Input::Pause,
-        "resume" => Input::Resume { now: now_ms() },
-        "abort" => Input::Abort {
-            reason: "aborted by the operator".into(),
-        },
-        other => return Err(RolloutError::Invalid(format!("unknown operation {other}"))),
-    };
-    tracing::info!(rollout = %r.id, op, "rollout operation");
-    let actions = r.state.step(input);
-    execute(hub, &mut r, actions).await;
-    Ok(persist(hub, &r).await?)
-}
-
-/// One driver pass over every running rollout.
-pub async fn tick(hub: &Hub) -> Result<(), StoreError> {
-    let rows: Vec<Row> = hub
-        .db
-        .call(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, model_id, version, selector, state, commands, created_at, updated_at
-                 FROM rollouts WHERE phase NOT IN ('succeeded', 'aborted')",
-            )?;
-            let rows = stmt.query_map([], row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await?;
-    for mut r in rows {
-        let before = serde_json::to_string(&r.state).unwrap_or_default();
-        let mut inputs = Vec::new();
-        for node in r.state.order.clone() {
-            inputs.push(Input::Online {
-                online: hub.is_online(&node),
-                node,
-            });
-        }
-        // Outcomes of the commands in flight.
-        let pending: Vec<(String, String, NodeState)> = r
-            .commands
-            .iter()
-            .filter_map(|(n, c)| {
-                let s = r.state.nodes.get(n)?.state.clone();
-                matches!(s, NodeState::Updating { .. } | NodeState::RollingBack)
-                    .then(|| (n.clone(), c.clone(), s))
+impl Rollouts {
+    /// Create a rollout and take its first step.
+    pub async fn create(&self, req: CreateRollout) -> Result<RolloutView, RolloutError> {
+        let strategy = req.strategy()?;
+        let model = self
+            .store
+            .model(&req.model)
+            .await?
+            .ok_or_else(|| RolloutError::NoModel(req.model.clone()))?;
+        let nodes = self.store.nodes().await?;
+        let fleet: BTreeMap<_, _> = nodes
+            .into_iter()
+            .filter(|n| n.revoked_at.is_none())
+            .map(|n| {
+                let online = self.downlink.is_online(&n.id);
+                (n.id.clone(), (n.labels.clone(), online))
             })
             .collect();
-        let ids: Vec<(String, String)> = pending
-            .iter()
-            .map(|(n, c, _)| (n.clone(), c.clone()))
-            .collect();
-        let outcomes = hub
-            .db
-            .call(move |c| {
-                let mut out = Vec::new();
-                for (node, id) in &ids {
-                    let row: Option<(Option<bool>, Option<String>)> = c
-                        .query_row(
-                            "SELECT ok, detail FROM commands WHERE id = ?1 AND acked_at IS NOT NULL",
-                            [id],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    if let Some((ok, detail)) = row {
-                        out.push((node.clone(), ok.unwrap_or(false), detail.unwrap_or_default()));
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
         let now = now_ms();
-        for (node, ok, detail) in outcomes {
-            let state = &r.state.nodes[&node].state;
-            inputs.push(match (state, ok) {
-                (NodeState::Updating { .. }, true) => Input::Updated { node, now },
-                (NodeState::Updating { .. }, false) => Input::UpdateFailed {
-                    node,
-                    reason: detail,
-                },
-                (_, true) => Input::RolledBack { node },
-                (_, false) => Input::RollbackFailed {
-                    node,
-                    reason: detail,
-                },
-            });
+        let (state, actions) = Rollout::new(strategy, &req.selector, &fleet, now);
+        if state.order.is_empty() {
+            return Err(RolloutError::Invalid(
+                "the selector matches no enrolled node".into(),
+            ));
         }
-        // Post-swap health from heartbeats of updated nodes.
-        let updated: Vec<String> = r
-            .state
-            .nodes
-            .iter()
-            .filter(|(_, e)| matches!(e.state, NodeState::Updated { .. }))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if !updated.is_empty() {
-            let version = r.version.clone();
-            let health = hub
-                .db
-                .call(move |c| {
-                    let mut out = Vec::new();
-                    for n in &updated {
-                        if let Some(row) = store::node(c, n)? {
-                            let h = row
-                                .heartbeat
-                                .as_ref()
-                                .and_then(|hb| hb.get("model_health").cloned())
-                                .and_then(|v| {
-                                    serde_json::from_value::<edgedesk_common::sync::ModelHealth>(v)
-                                        .ok()
-                                });
-                            if let Some(h) = h.filter(|h| {
-                                h.version == version
-                                    && h.turns >= MIN_HEALTH_TURNS
-                                    && h.previous_turns >= MIN_HEALTH_TURNS
-                            }) {
-                                out.push((n.clone(), h));
-                            }
-                        }
-                    }
-                    Ok(out)
-                })
-                .await?;
-            for (node, h) in health {
-                inputs.push(Input::Health {
-                    node,
-                    baseline: h.previous_low_confidence_rate,
-                    current: h.low_confidence_rate,
-                });
-            }
-        }
-        inputs.push(Input::Tick { now });
-        let mut actions = Vec::new();
-        for i in inputs {
-            actions.extend(r.state.step(i));
-        }
-        execute(hub, &mut r, actions).await;
-        if serde_json::to_string(&r.state).unwrap_or_default() != before {
-            persist(hub, &r).await?;
-        }
+        let mut r = Row {
+            id: format!("ro-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            model_id: model.id.clone(),
+            version: model.version.clone(),
+            selector: req.selector,
+            state,
+            commands: BTreeMap::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        tracing::info!(rollout = %r.id, version = %r.version, targets = r.state.order.len(), "rollout created");
+        self.execute(&mut r, actions).await;
+        Ok(self.persist(r).await?)
     }
-    Ok(())
-}
 
-/// Run the driver until `shutdown`.
-pub async fn run(hub: std::sync::Arc<Hub>, shutdown: tokio_util::sync::CancellationToken) {
-    let mut every =
-        tokio::time::interval(std::time::Duration::from_millis(hub.config.models.tick_ms));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = every.tick() => {
-                if !hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
+    async fn persist(&self, mut r: Row) -> Result<RolloutView, StoreError> {
+        r.updated_at = now_ms();
+        let v = view(&r);
+        self.store.rollout_save(r).await?;
+        Ok(v)
+    }
+
+    /// Queue the commands the engine asked for; log its phase changes.
+    async fn execute(&self, r: &mut Row, actions: Vec<Action>) {
+        // The release is read once per batch of actions, and only if needed.
+        let mut release = None;
+        for a in actions {
+            let (node, body) = match a {
+                Action::Update { node } => {
+                    if release.is_none() {
+                        release = match self.store.model(&r.model_id).await {
+                            Ok(Some(m)) => Some(m.signed),
+                            _ => {
+                                tracing::error!(rollout = %r.id, "the rollout's release vanished");
+                                continue;
+                            }
+                        };
+                    }
+                    let release = release.clone().expect("loaded above");
+                    let body = CommandBody::ModelUpdate(ModelUpdate {
+                        rollout: r.id.clone(),
+                        release,
+                    });
+                    (node, body)
+                }
+                Action::Rollback { node } => {
+                    let body = CommandBody::ModelRollback(ModelRollback {
+                        rollout: r.id.clone(),
+                        to_version: String::new(),
+                    });
+                    (node, body)
+                }
+                Action::Phase { phase, detail } => {
+                    tracing::info!(rollout = %r.id, %phase, %detail, "rollout phase");
                     continue;
                 }
-                if let Err(e) = tick(&hub).await {
-                    tracing::error!(error = %e, "rollout driver pass failed");
+            };
+            let kind = body.kind();
+            match self.downlink.queue(&node, body, None).await {
+                Ok(c) => {
+                    r.commands.insert(node, c.id);
+                }
+                Err(e) => {
+                    tracing::error!(rollout = %r.id, %node, kind, error = %e, "queueing a model command failed")
+                }
+            }
+        }
+    }
+
+    /// An operator's command.
+    pub async fn operate(&self, id: &str, op: &str) -> Result<RolloutView, RolloutError> {
+        let mut r = self
+            .store
+            .rollout(id)
+            .await?
+            .ok_or_else(|| RolloutError::NotFound(id.to_owned()))?;
+        if r.state.phase.is_terminal() {
+            return Err(RolloutError::Finished(
+                r.id.clone(),
+                r.state.phase.name().into(),
+            ));
+        }
+        let input = match op {
+            "pause" => Input::Pause,
+            "resume" => Input::Resume { now: now_ms() },
+            "abort" => Input::Abort {
+                reason: "aborted by the operator".into(),
+            },
+            other => return Err(RolloutError::Invalid(format!("unknown operation {other}"))),
+        };
+        tracing::info!(rollout = %r.id, op, "rollout operation");
+        let actions = r.state.step(input);
+        self.execute(&mut r, actions).await;
+        Ok(self.persist(r).await?)
+    }
+
+    /// One driver pass over every running rollout.
+    pub async fn tick(&self) -> Result<(), StoreError> {
+        for mut r in self.store.rollouts_running().await? {
+            let before = serde_json::to_string(&r.state).unwrap_or_default();
+            let mut inputs = Vec::new();
+            for node in r.state.order.clone() {
+                inputs.push(Input::Online {
+                    online: self.downlink.is_online(&node),
+                    node,
+                });
+            }
+            // Outcomes of the commands in flight.
+            let pending: Vec<String> = r
+                .commands
+                .iter()
+                .filter(|(n, _)| {
+                    r.state.nodes.get(*n).is_some_and(|e| {
+                        matches!(e.state, NodeState::Updating { .. } | NodeState::RollingBack)
+                    })
+                })
+                .map(|(_, c)| c.clone())
+                .collect();
+            let by_command: BTreeMap<String, String> = r
+                .commands
+                .iter()
+                .map(|(n, c)| (c.clone(), n.clone()))
+                .collect();
+            let now = now_ms();
+            for (id, ok, detail) in self.store.command_outcomes(pending).await? {
+                let Some(node) = by_command.get(&id).cloned() else {
+                    continue;
+                };
+                let state = &r.state.nodes[&node].state;
+                inputs.push(match (state, ok) {
+                    (NodeState::Updating { .. }, true) => Input::Updated { node, now },
+                    (NodeState::Updating { .. }, false) => Input::UpdateFailed {
+                        node,
+                        reason: detail,
+                    },
+                    (_, true) => Input::RolledBack { node },
+                    (_, false) => Input::RollbackFailed {
+                        node,
+                        reason: detail,
+                    },
+                });
+            }
+            // Post-swap health from heartbeats of updated nodes.
+            for (n, e) in &r.state.nodes {
+                if !matches!(e.state, NodeState::Updated { .. }) {
+                    continue;
+                }
+                let Some(row) = self.store.node(n).await? else {
+                    continue;
+                };
+                let health = row.heartbeat.and_then(|hb| hb.model_health).filter(|h| {
+                    h.version == r.version
+                        && h.turns >= MIN_HEALTH_TURNS
+                        && h.previous_turns >= MIN_HEALTH_TURNS
+                });
+                if let Some(h) = health {
+                    inputs.push(Input::Health {
+                        node: n.clone(),
+                        baseline: h.previous_low_confidence_rate,
+                        current: h.low_confidence_rate,
+                    });
+                }
+            }
+            inputs.push(Input::Tick { now });
+            let mut actions = Vec::new();
+            for i in inputs {
+                actions.extend(r.state.step(i));
+            }
+            self.execute(&mut r, actions).await;
+            if serde_json::to_string(&r.state).unwrap_or_default() != before {
+                self.persist(r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the driver until `shutdown`.
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(self.tick_ms));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {
+                    if !self.leader.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if let Err(e) = self.tick().await {
+                        tracing::error!(error = %e, "rollout driver pass failed");
+                    }
                 }
             }
         }

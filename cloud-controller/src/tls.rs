@@ -67,7 +67,7 @@ pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsE
         let issuer =
             CertifiedIssuer::self_signed(ca_params, ca_key_pair).map_err(|e| err(e.to_string()))?;
         if ca_pem_existing.is_none() {
-            edgedesk_support::secret::write_private(&ca_key, &issuer.key().serialize_pem())
+            edgedesk_support::secret::write_private(&ca_key, issuer.key().serialize_pem())
                 .map_err(|e| err(e.to_string()))?;
             std::fs::write(&ca_cert, issuer.pem()).map_err(|e| err(e.to_string()))?;
         }
@@ -79,7 +79,7 @@ pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsE
         let broker_cert = params
             .signed_by(&broker_key, &issuer)
             .map_err(|e| err(e.to_string()))?;
-        edgedesk_support::secret::write_private(&key, &broker_key.serialize_pem())
+        edgedesk_support::secret::write_private(&key, broker_key.serialize_pem())
             .map_err(|e| err(e.to_string()))?;
         std::fs::write(&cert, broker_cert.pem()).map_err(|e| err(e.to_string()))?;
         std::fs::write(&sans, &wanted).map_err(|e| err(e.to_string()))?;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 #[test]
 fn openapi_document_matches_the_code() {
-    let generated = cloud_controller::api::openapi_document();
+    let generated = cloud_controller::http::api::openapi_document();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
     let committed = std::fs::read_to_string(path).expect("docs/openapi.json exists");
     assert!(

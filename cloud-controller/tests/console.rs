@@ -373,41 +373,39 @@ async fn every_role_against_every_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_search_respects_roles() {
-    use cloud_controller::chats;
     let env = Env::start().await;
     let a1 = env.agent("agent1", "agent").await;
     let a2 = env.agent("agent2", "agent").await;
     env.agent("super1", "supervisor").await;
-    let (x1, x2) = (a1.clone(), a2.clone());
-    env.ctl
-        .hub
-        .db
-        .call(move |c| {
-            chats::escalated(
-                c,
-                "chat-1",
-                "branch-a",
-                "zh",
-                &["card_swallowed".into()],
-                10,
-            )?;
-            chats::add_line(c, "chat-1", "1", "visitor", None, "我的银行卡被ATM吞了", 11)?;
-            chats::assign(c, "chat-1", &x1, 12)?;
-            chats::escalated(c, "chat-2", "branch-b", "en", &[], 20)?;
-            chats::add_line(
-                c,
-                "chat-2",
-                "1",
-                "visitor",
-                None,
-                "my mortgage payment bounced",
-                21,
-            )?;
-            chats::assign(c, "chat-2", &x2, 22)?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let store = &env.ctl.store;
+    ingest(
+        store,
+        "branch-a",
+        vec![escalation(
+            "chat-1",
+            "zh",
+            &["card_swallowed"],
+            &["我的银行卡被ATM吞了"],
+            10,
+        )],
+        10,
+    )
+    .await;
+    store.chat_assign("chat-1", &a1, 12).await.unwrap();
+    ingest(
+        store,
+        "branch-b",
+        vec![escalation(
+            "chat-2",
+            "en",
+            &[],
+            &["my mortgage payment bounced"],
+            20,
+        )],
+        20,
+    )
+    .await;
+    store.chat_assign("chat-2", &a2, 22).await.unwrap();
     let s1 = env.login("agent1").await;
     let sup = env.login("super1").await;
     let list = |session: &(String, String), query: &str| {
@@ -486,24 +484,22 @@ async fn tickets_and_canned_responses_by_role() {
     env.agent("agent1", "agent").await;
     env.agent("agent2", "agent").await;
     env.agent("super1", "supervisor").await;
-    env.ctl
-        .hub
-        .db
-        .call(|c| {
-            cloud_controller::tickets::open(
-                c,
-                "t1",
-                "branch-a",
-                "conv",
-                "en",
-                "Ada",
-                "+44 20",
-                "call me back",
-                5,
-            )
-        })
-        .await
-        .unwrap();
+    ingest_with_ids(
+        &env.ctl.store,
+        "branch-a",
+        vec!["t1".into()],
+        vec![edgedesk_common::event::EventBody::OfflineMessage(
+            edgedesk_common::event::OfflineMessage {
+                conversation: "conv".into(),
+                lang: edgedesk_common::chat::Lang::En,
+                name: "Ada".into(),
+                contact: "+44 20".into(),
+                message: "call me back".into(),
+            },
+        )],
+        5,
+    )
+    .await;
     let (s1, s2, sup) = (
         env.login("agent1").await,
         env.login("agent2").await,
@@ -664,32 +660,37 @@ async fn tickets_and_canned_responses_by_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_dashboard() {
-    use cloud_controller::chats;
     let env = Env::start().await;
     let a = env.agent("agent1", "agent").await;
     env.agent("super1", "supervisor").await;
     let now = chrono::Utc::now().timestamp_millis();
-    let a2 = a.clone();
-    env.ctl
-        .hub
-        .db
-        .call(move |c| {
-            for (i, (frt_ms, rating)) in [(4_000, Some(5u8)), (8_000, Some(3u8)), (6_000, None)]
-                .into_iter()
-                .enumerate()
-            {
-                let id = format!("c{i}");
-                chats::escalated(c, &id, "n", "en", &[], now)?;
-                chats::assign(c, &id, &a2, now)?;
-                chats::add_line(c, &id, "x", "agent", Some(&a2), "hi", now + frt_ms)?;
-                if let Some(r) = rating {
-                    chats::rate(c, &id, r)?;
-                }
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let store = &env.ctl.store;
+    for (i, (frt_ms, rating)) in [(4_000, Some(5u8)), (8_000, Some(3u8)), (6_000, None)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("c{i}");
+        ingest(store, "n", vec![escalation(&id, "en", &[], &[], now)], now).await;
+        store.chat_assign(&id, &a, now).await.unwrap();
+        store
+            .chat_add_line(&id, "x", "agent", Some(&a), "hi", now + frt_ms)
+            .await
+            .unwrap();
+        if let Some(score) = rating {
+            ingest(
+                store,
+                "n",
+                vec![edgedesk_common::event::EventBody::Rating(
+                    edgedesk_common::event::Rating {
+                        conversation: id.clone(),
+                        score,
+                    },
+                )],
+                now,
+            )
+            .await;
+        }
+    }
     let agent = env.login("agent1").await;
     let sup = env.login("super1").await;
     let get = |s: &(String, String)| {

@@ -18,11 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-fn fake_api(hub: Arc<cloud_controller::link::Hub>) -> (Arc<Context>, Handle) {
+fn fake_api(ctl: &cloud_controller::Controller) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     (
-        Arc::new(Context::new(client, hub, Some("test".into()))),
+        Arc::new(Context::new(
+            client,
+            ctl.rollouts.clone(),
+            Some("test".into()),
+        )),
         handle,
     )
 }
@@ -99,7 +103,7 @@ fn event_reply() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_finalizer_comes_first() {
     let (ctl, token, _dir) = controller().await;
-    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let (ctx, mut handle) = fake_api(&ctl);
     let task = tokio::spawn(operator::reconcile(
         Arc::new(rollout("1.0.0", false, None)),
         ctx,
@@ -120,7 +124,7 @@ async fn the_finalizer_comes_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpublished_model_is_reported_invalid_with_a_warning_event() {
     let (ctl, token, _dir) = controller().await;
-    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let (ctx, mut handle) = fake_api(&ctl);
     let task = tokio::spawn(operator::reconcile(
         Arc::new(rollout("9.9.9", true, None)),
         ctx,
@@ -147,24 +151,20 @@ async fn an_unpublished_model_is_reported_invalid_with_a_warning_event() {
 }
 
 /// Publish the default bundle as the operator's `model publish` would.
-fn publish_default(ctl: &cloud_controller::Controller, data: &std::path::Path) {
+async fn publish_default(ctl: &cloud_controller::Controller, data: &std::path::Path) {
     let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/models/default");
     let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (source build/env.sh)");
     let key = cloud_controller::models::signing_key(&data.join("model-signing.key")).unwrap();
-    ctl.hub
-        .db
-        .with(|c| {
-            Ok(cloud_controller::models::publish(
-                c,
-                &data.join("models"),
-                &key,
-                &bundle,
-                std::path::Path::new(&ort),
-                cloud_controller::link::now_ms(),
-            ))
-        })
-        .unwrap()
-        .expect("published");
+    cloud_controller::models::publish(
+        &ctl.store,
+        &data.join("models"),
+        &key,
+        &bundle,
+        std::path::Path::new(&ort),
+        cloud_controller::downlink::now_ms(),
+    )
+    .await
+    .expect("published");
 }
 
 /// Enrol a node over the REST API (no MQTT connection: it stays offline).
@@ -211,10 +211,10 @@ async fn enrol(ctl: &cloud_controller::Controller, id: &str) {
 async fn a_rollout_is_created_mirrored_to_status_and_aborted_on_delete() {
     let (ctl, token, dir) = controller().await;
     enrol(&ctl, "branch-1").await;
-    publish_default(&ctl, dir.path());
+    publish_default(&ctl, dir.path()).await;
 
     // First reconcile with the finalizer: the rollout is created.
-    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let (ctx, mut handle) = fake_api(&ctl);
     let task = tokio::spawn(operator::reconcile(
         Arc::new(rollout("1.0.0", true, None)),
         ctx.clone(),
@@ -233,12 +233,8 @@ async fn a_rollout_is_created_mirrored_to_status_and_aborted_on_delete() {
     let status: ModelRolloutStatus = serde_json::from_value(patch["status"].clone()).unwrap();
     let id = status.rollout_id.clone().unwrap();
     let stored = ctl
-        .hub
-        .db
-        .call({
-            let id = id.clone();
-            move |c| cloud_controller::rollouts::get(c, &id)
-        })
+        .rollouts
+        .get(&id)
         .await
         .unwrap()
         .expect("the rollout exists in the controller's store");
@@ -255,13 +251,7 @@ async fn a_rollout_is_created_mirrored_to_status_and_aborted_on_delete() {
     released["metadata"]["finalizers"] = serde_json::json!([]);
     expect(&mut handle, "PATCH", MR, &["finalizers"], released).await;
     task.await.unwrap().expect("reconciled");
-    let after = ctl
-        .hub
-        .db
-        .call(move |c| cloud_controller::rollouts::get(c, &id))
-        .await
-        .unwrap()
-        .unwrap();
+    let after = ctl.rollouts.get(&id).await.unwrap().unwrap();
     assert_eq!(after.phase, "aborted");
     token.cancel();
 }
@@ -295,10 +285,11 @@ fn crds_are_generated_and_the_chart_copy_matches() {
 async fn the_registry_is_mirrored_as_edge_nodes() {
     let (ctl, token, _dir) = controller().await;
     enrol(&ctl, "branch-1").await;
-    let (ctx, mut handle) = fake_api(ctl.hub.clone());
+    let (ctx, mut handle) = fake_api(&ctl);
     let client = ctx.client.clone();
-    let hub = ctl.hub.clone();
-    let task = tokio::spawn(async move { operator::mirror_nodes(&client, "default", &hub).await });
+    let store = ctl.store.clone();
+    let task =
+        tokio::spawn(async move { operator::mirror_nodes(&client, "default", &store).await });
     const EN: &str = "/apis/edgedesk.io/v1alpha1/namespaces/default/edgenodes";
     let node = serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1", "kind": "EdgeNode",
         "metadata": { "name": "branch-1", "namespace": "default" },
@@ -376,7 +367,12 @@ async fn real_cluster_round_trip() {
         .await
         .expect("CRDs installed");
     let name = created.metadata.name.clone().unwrap();
-    let run = tokio::spawn(operator::run(client, ctl.hub.clone(), token.clone()));
+    let run = tokio::spawn(operator::run(
+        client,
+        cloud_controller::config::Config::default().kubernetes,
+        ctl.rollouts.clone(),
+        token.clone(),
+    ));
     let mut phase = String::new();
     for _ in 0..60 {
         let got = api.get(&name).await.unwrap();
@@ -408,16 +404,14 @@ async fn a_restarted_controller_resumes_a_rollout() {
         .unwrap();
     enrol(&first, "branch-1").await;
     enrol(&first, "branch-2").await;
-    publish_default(&first, dir.path());
+    publish_default(&first, dir.path()).await;
     // Both nodes are offline: each wave waits 2 s for its node, then skips it.
     let req: cloud_controller::rollouts::CreateRollout =
         serde_json::from_value(serde_json::json!({
             "model": "1.0.0", "waves": ["1", "100%"], "bake_secs": 0, "offline_deadline_secs": 2
         }))
         .unwrap();
-    let created = cloud_controller::rollouts::create(&first.hub, req)
-        .await
-        .unwrap();
+    let created = first.rollouts.create(req).await.unwrap();
     assert_eq!((created.phase.as_str(), created.wave), ("rolling", 1));
     first_token.cancel();
     first.wait().await.unwrap();
@@ -429,14 +423,7 @@ async fn a_restarted_controller_resumes_a_rollout() {
     let id = created.id.clone();
     let mut last = None;
     for _ in 0..100 {
-        let id = id.clone();
-        let v = second
-            .hub
-            .db
-            .call(move |c| cloud_controller::rollouts::get(c, &id))
-            .await
-            .unwrap()
-            .unwrap();
+        let v = second.rollouts.get(&id).await.unwrap().unwrap();
         if v.phase == "succeeded" {
             last = Some(v);
             break;

@@ -213,6 +213,8 @@ pub enum ErrorCode {
     UnsupportedVersion,
     HelloRequired,
     Internal,
+    /// The node is overloaded; the message was not taken. Send it again.
+    Busy,
 }
 
 impl ErrorCode {
@@ -228,6 +230,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::HelloRequired => "hello_required",
             ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
         }
     }
 }
@@ -257,6 +260,10 @@ const CLIENT_TYPES: &[&str] = &["hello", "message", "set_lang", "typing", "ping"
 impl ClientFrame {
     /// Decode a text frame, telling an unknown `type` apart from bad JSON.
     pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+        // The common case parses once; only a failure is looked at twice.
+        if let Ok(frame) = serde_json::from_str::<ClientFrame>(text) {
+            return Ok(frame);
+        }
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
         let kind = value

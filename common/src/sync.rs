@@ -91,70 +91,141 @@ pub enum Down {
     },
 }
 
-/// Command kinds for the live handoff, with their `args`.
-pub mod command {
-    use serde::{Deserialize, Serialize};
+/// What a node is asked to do. On the wire `{"kind": "...", "args": {...}}`
+/// beside the command's id (`args` is absent for `ping`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "args", rename_all = "snake_case")]
+pub enum CommandBody {
+    /// Answer `pong` (operators check a node's command path).
+    Ping,
+    /// An agent took the chat.
+    AgentJoined(AgentJoined),
+    /// An agent's line for the visitor.
+    AgentMessage(AgentMessage),
+    /// The agent handed the chat back to the queue.
+    AgentLeft(AgentLeft),
+    /// The agent closed the chat.
+    AgentClosed(AgentClosed),
+    /// Download, verify, test and activate a release.
+    ModelUpdate(ModelUpdate),
+    /// Go back to an earlier version kept on the node.
+    ModelRollback(ModelRollback),
+}
 
-    /// An agent took the chat: [`AgentJoined`].
-    pub const AGENT_JOINED: &str = "agent_joined";
-    /// An agent's line: [`AgentMessage`].
-    pub const AGENT_MESSAGE: &str = "agent_message";
-    /// The agent handed the chat back to the queue: [`AgentLeft`].
-    pub const AGENT_LEFT: &str = "agent_left";
-    /// The agent closed the chat: [`AgentClosed`].
-    pub const AGENT_CLOSED: &str = "agent_closed";
+impl CommandBody {
+    /// Every kind this build understands.
+    pub const KINDS: &'static [&'static str] = &[
+        "ping",
+        "agent_joined",
+        "agent_message",
+        "agent_left",
+        "agent_closed",
+        "model_update",
+        "model_rollback",
+    ];
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct AgentJoined {
-        pub conversation: String,
-        pub agent_name: String,
+    /// The wire name of this command's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandBody::Ping => "ping",
+            CommandBody::AgentJoined(_) => "agent_joined",
+            CommandBody::AgentMessage(_) => "agent_message",
+            CommandBody::AgentLeft(_) => "agent_left",
+            CommandBody::AgentClosed(_) => "agent_closed",
+            CommandBody::ModelUpdate(_) => "model_update",
+            CommandBody::ModelRollback(_) => "model_rollback",
+        }
     }
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct AgentMessage {
-        pub conversation: String,
-        pub agent_name: String,
-        pub text: String,
+    /// A body from its kind and JSON arguments (operators' REST requests,
+    /// stored command rows). An unknown kind is its own error.
+    pub fn from_parts(kind: &str, args: serde_json::Value) -> Result<CommandBody, CommandError> {
+        if !Self::KINDS.contains(&kind) {
+            return Err(CommandError::UnknownKind(kind.to_owned()));
+        }
+        let mut obj = serde_json::Map::new();
+        obj.insert("kind".into(), serde_json::Value::String(kind.to_owned()));
+        if !args.is_null() {
+            obj.insert("args".into(), args);
+        }
+        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| CommandError::BadArgs {
+            kind: kind.to_owned(),
+            message: e.to_string(),
+        })
     }
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct AgentLeft {
-        pub conversation: String,
+    /// The arguments as JSON (`null` for a kind without any).
+    pub fn args(&self) -> serde_json::Value {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|mut v| v.get_mut("args").map(serde_json::Value::take))
+            .unwrap_or(serde_json::Value::Null)
     }
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct AgentClosed {
-        pub conversation: String,
+    /// The conversation a live-chat command concerns.
+    pub fn conversation(&self) -> Option<&str> {
+        match self {
+            CommandBody::AgentJoined(a) => Some(&a.conversation),
+            CommandBody::AgentMessage(a) => Some(&a.conversation),
+            CommandBody::AgentLeft(a) => Some(&a.conversation),
+            CommandBody::AgentClosed(a) => Some(&a.conversation),
+            _ => None,
+        }
     }
+}
 
-    /// Download, verify, test and activate a release: [`ModelUpdate`].
-    pub const MODEL_UPDATE: &str = "model_update";
-    /// Go back to an earlier version kept on the node: [`ModelRollback`].
-    pub const MODEL_ROLLBACK: &str = "model_rollback";
+/// Why a command could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("unknown command kind {0:?}")]
+    UnknownKind(String),
+    #[error("bad arguments for {kind}: {message}")]
+    BadArgs { kind: String, message: String },
+}
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct ModelUpdate {
-        pub rollout: String,
-        pub release: crate::release::SignedRelease,
-    }
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentJoined {
+    pub conversation: String,
+    pub agent_name: String,
+}
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct ModelRollback {
-        pub rollout: String,
-        /// The version to return to (the node's previous one if empty).
-        #[serde(default)]
-        pub to_version: String,
-    }
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentMessage {
+    pub conversation: String,
+    pub agent_name: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentLeft {
+    pub conversation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentClosed {
+    pub conversation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelUpdate {
+    pub rollout: String,
+    pub release: crate::release::SignedRelease,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRollback {
+    pub rollout: String,
+    /// The version to return to (the node's previous one if empty).
+    #[serde(default)]
+    pub to_version: String,
 }
 
 /// An instruction for a node, kept queued on the controller until acknowledged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     pub id: String,
-    /// e.g. `ping`; later issues add agent and model commands.
-    pub kind: String,
-    #[serde(default)]
-    pub args: serde_json::Value,
+    #[serde(flatten)]
+    pub body: CommandBody,
     pub issued_at: i64,
     /// Commands of one stream (e.g. one conversation's agent lines) are
     /// executed in `seq` order: a node that sees a gap holds back and asks
@@ -162,6 +233,55 @@ pub struct Command {
     /// later cannot overtake a newer one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
+}
+
+impl Down {
+    /// Parse a message from the controller. A command this build cannot run
+    /// (unknown kind, bad arguments) is [`DownError::Command`] with its id,
+    /// so the node refuses it by acknowledgement instead of ignoring it.
+    pub fn decode(bytes: &[u8]) -> Result<Down, DownError> {
+        let e = match serde_json::from_slice::<Down>(bytes) {
+            Ok(d) => return Ok(d),
+            Err(e) => e,
+        };
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(rename = "type")]
+            ty: String,
+            id: Option<String>,
+            kind: Option<String>,
+            #[serde(default)]
+            args: serde_json::Value,
+        }
+        match serde_json::from_slice::<Probe>(bytes) {
+            Ok(Probe {
+                ty,
+                id: Some(id),
+                kind: Some(kind),
+                args,
+            }) if ty == "command" => {
+                let error = match CommandBody::from_parts(&kind, args) {
+                    Err(err) => err,
+                    Ok(_) => CommandError::BadArgs {
+                        kind,
+                        message: e.to_string(),
+                    },
+                };
+                Err(DownError::Command { id, error })
+            }
+            _ => Err(DownError::Malformed(e.to_string())),
+        }
+    }
+}
+
+/// Why a message from the controller could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownError {
+    /// A command this node cannot run; acknowledge `id` with the error.
+    #[error("command {id}: {error}")]
+    Command { id: String, error: CommandError },
+    #[error("unreadable message from the controller: {0}")]
+    Malformed(String),
 }
 
 /// A command's place in its stream; `seq` starts at 1 for each key.
@@ -287,5 +407,76 @@ mod tests {
         };
         let s = serde_json::to_string(&down).unwrap();
         assert_eq!(serde_json::from_str::<Down>(&s).unwrap(), down);
+    }
+
+    #[test]
+    fn commands_are_typed_and_keep_their_wire_shape() {
+        let cmd = Command {
+            id: "c1".into(),
+            body: CommandBody::AgentMessage(AgentMessage {
+                conversation: "conv".into(),
+                agent_name: "Grace".into(),
+                text: "hi".into(),
+            }),
+            issued_at: 5,
+            stream: Some(Stream {
+                key: "conv".into(),
+                seq: 2,
+            }),
+        };
+        let v = serde_json::to_value(Down::Command(cmd.clone())).unwrap();
+        assert_eq!(v["kind"], "agent_message");
+        assert_eq!(v["args"]["text"], "hi");
+        assert_eq!(v["id"], "c1");
+        let back = Down::decode(v.to_string().as_bytes()).unwrap();
+        assert_eq!(back, Down::Command(cmd.clone()));
+        assert_eq!(cmd.body.args()["agent_name"], "Grace");
+        assert_eq!(cmd.body.conversation(), Some("conv"));
+        assert_eq!(
+            CommandBody::from_parts("agent_message", cmd.body.args()).unwrap(),
+            cmd.body
+        );
+        let ping =
+            serde_json::json!({"type": "command", "id": "p", "kind": "ping", "issued_at": 1});
+        match Down::decode(ping.to_string().as_bytes()).unwrap() {
+            Down::Command(c) => assert_eq!(c.body, CommandBody::Ping),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(CommandBody::Ping.args(), serde_json::Value::Null);
+        assert_eq!(
+            CommandBody::from_parts("ping", serde_json::Value::Null),
+            Ok(CommandBody::Ping)
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_and_bad_args_are_explicit_errors_with_the_id() {
+        let unknown = serde_json::json!({"type": "command", "id": "x1", "kind": "self_destruct", "args": {}, "issued_at": 1});
+        assert_eq!(
+            Down::decode(unknown.to_string().as_bytes()),
+            Err(DownError::Command {
+                id: "x1".into(),
+                error: CommandError::UnknownKind("self_destruct".into())
+            })
+        );
+        let bad = serde_json::json!({"type": "command", "id": "x2", "kind": "agent_message", "args": {"text": 3}, "issued_at": 1});
+        match Down::decode(bad.to_string().as_bytes()) {
+            Err(DownError::Command {
+                id,
+                error: CommandError::BadArgs { kind, .. },
+            }) => {
+                assert_eq!(id, "x2");
+                assert_eq!(kind, "agent_message");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Down::decode(b"{not json"),
+            Err(DownError::Malformed(_))
+        ));
+        assert!(matches!(
+            CommandBody::from_parts("nope", serde_json::Value::Null),
+            Err(CommandError::UnknownKind(_))
+        ));
     }
 }

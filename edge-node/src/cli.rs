@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
 use crate::config::{Config, DEFAULT_TOML, LogFormat};
+use clap::{Parser, Subcommand};
 use edgedesk_nlu::eval::{self, Outcome};
 use edgedesk_nlu::{Model, runtime};
 use tokio_util::sync::CancellationToken;

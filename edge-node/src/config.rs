@@ -63,6 +63,8 @@ pub struct NluConfig {
     pub onnxruntime_path: PathBuf,
     pub bundle: PathBuf,
     pub sessions: usize,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
     pub confidence_threshold: f32,
 }
 
@@ -192,6 +194,12 @@ impl Config {
         }
         if self.nlu.sessions == 0 || self.nlu.sessions > 64 {
             return bad("nlu.sessions", "must be between 1 and 64");
+        }
+        if self.nlu.queue_capacity == 0 || self.nlu.queue_capacity > 1_000_000 {
+            return bad("nlu.queue_capacity", "must be between 1 and 1000000");
+        }
+        if self.nlu.batch_max == 0 || self.nlu.batch_max > 1024 {
+            return bad("nlu.batch_max", "must be between 1 and 1024");
         }
         if !(0.0..1.0).contains(&self.nlu.confidence_threshold) {
             return bad(

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgedesk_dialog::Conversation;
-use crate::server::AppState;
-use crate::server::ws::{build_write, now_ms};
-use crate::store::{RetentionStats, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CloudConfig, RetentionConfig};
+use crate::metrics::Metrics;
+use crate::session::{Sessions, now_ms};
+use crate::store::{RetentionStats, Store, StoreError};
 
 /// What one pass did.
 #[derive(Debug, Default, PartialEq)]
@@ -20,67 +22,53 @@ pub struct Pass {
     pub compacted: u64,
 }
 
-pub async fn run(app: Arc<AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(app.config.retention.interval_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            _ = tick.tick() => match pass(&app, now_ms()).await {
-                Ok(p) => {
-                    if p.idle_closed > 0 || p.retention != RetentionStats::default() {
-                        tracing::info!(idle_closed = p.idle_closed, deleted = ?p.retention, "housekeeping");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "housekeeping failed"),
-            },
-        }
-    }
+/// What housekeeping needs, wired by [`crate::run`].
+pub struct Keeper {
+    pub retention: RetentionConfig,
+    pub cloud: CloudConfig,
+    pub sessions: Arc<Sessions>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
 }
 
-/// One housekeeping pass at time `now` (milliseconds).
-pub async fn pass(app: &AppState, now: i64) -> Result<Pass, StoreError> {
-    let r = &app.config.retention;
-    let idle_cutoff = now - i64::from(r.idle_conversation_minutes) * 60_000;
-    let mut out = Pass::default();
-    for row in app.store.idle_sessions(idle_cutoff, 1000).await? {
-        if app.is_live(&row.id) {
-            continue; // its connection ends it itself
+impl Keeper {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(self.retention.interval_secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => match self.pass(now_ms()).await {
+                    Ok(p) => {
+                        if p.idle_closed > 0 || p.retention != RetentionStats::default() {
+                            tracing::info!(idle_closed = p.idle_closed, deleted = ?p.retention, "housekeeping");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "housekeeping failed"),
+                },
+            }
         }
-        let Ok(mut conv) = serde_json::from_str::<Conversation>(&row.state) else {
-            tracing::warn!(session = %row.id, "unreadable session state; skipped");
-            continue;
-        };
-        let Some(summary) = app.engine.end(&mut conv, "idle", now) else {
-            continue;
-        };
-        let write = build_write(
-            &row.id,
-            &row.token_hash,
-            row.created_at,
-            &conv,
-            Vec::new(),
-            vec![summary],
-            None,
-        );
-        // Keep the session's last_seen: ending it is not visitor activity.
-        let mut write = write;
-        write.session.last_seen = row.last_seen;
-        app.store.commit(write).await?;
-        app.metrics.ended("idle");
-        app.outbox_notify.notify_one();
-        out.idle_closed += 1;
     }
-    let retention_cutoff = now - i64::from(r.transcript_max_age_days) * 86_400_000;
-    out.retention = app.store.enforce_retention(retention_cutoff).await?;
-    // The outbox budget holds whether or not a cloud link exists.
-    let c = app
-        .store
-        .outbox_compact(app.config.cloud.outbox_budget_bytes)
-        .await?;
-    out.compacted = c.dropped;
-    app.metrics.outbox_compacted.set(c.dropped_total as i64);
-    out.outbox_depth = app.store.outbox_depth().await?;
-    app.metrics.outbox_depth.set(out.outbox_depth as i64);
-    Ok(out)
+
+    /// One housekeeping pass at time `now` (milliseconds).
+    pub async fn pass(&self, now: i64) -> Result<Pass, StoreError> {
+        let r = &self.retention;
+        let idle_cutoff = now - i64::from(r.idle_conversation_minutes) * 60_000;
+        let mut out = Pass {
+            idle_closed: self.sessions.end_idle_stored(idle_cutoff, now).await?,
+            ..Pass::default()
+        };
+        let retention_cutoff = now - i64::from(r.transcript_max_age_days) * 86_400_000;
+        out.retention = self.store.enforce_retention(retention_cutoff).await?;
+        // The outbox budget holds whether or not a cloud link exists.
+        let c = self
+            .store
+            .outbox_compact(self.cloud.outbox_budget_bytes)
+            .await?;
+        out.compacted = c.dropped;
+        self.metrics.outbox_compacted.set(c.dropped_total as i64);
+        out.outbox_depth = self.store.outbox_depth().await?;
+        self.metrics.outbox_depth.set(out.outbox_depth as i64);
+        Ok(out)
+    }
 }

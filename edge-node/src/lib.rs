@@ -1,16 +1,22 @@
 //! EdgeDesk edge node: kiosk chat answered locally.
 //!
-//! Data flow: a visitor's WebSocket frame ([`server`]) → NLU (`edgedesk-nlu`)
-//! → the dialog state machine (`edgedesk-dialog`) → one SQLite transaction with the
-//! messages, the session state and any outbox events ([`store`]) → replies.
-//! [`run`] wires it together and returns a [`Node`]; `main.rs` only parses
-//! arguments, sets up logging and signals.
+//! Data flow: a visitor's WebSocket frame ([`server`]) → the session service
+//! ([`session`]): NLU on the inference pool ([`inference`], `edgedesk-nlu`) →
+//! the dialog state machine (`edgedesk-dialog`) → one SQLite transaction with
+//! the messages, the session state and any outbox events ([`store`]) →
+//! replies. [`uplink`] carries the outbox to the cloud and agent lines back
+//! through the same session service; [`models`] swaps in new models.
+//! [`run`] wires the parts together explicitly and returns a [`Node`];
+//! `main.rs` only calls [`cli::main`].
 
 pub mod cli;
 pub mod config;
 pub mod housekeeping;
+pub mod inference;
+pub mod metrics;
 pub mod models;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod uplink;
 
@@ -22,12 +28,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::housekeeping::Keeper;
+use crate::inference::Inference;
+use crate::metrics::Metrics;
+use crate::models::ModelManager;
+use crate::server::AppState;
+use crate::session::Sessions;
+use crate::store::{Store, StoreError};
 use edgedesk_dialog::kb::KbError;
 use edgedesk_dialog::{self as dialog, Engine, EngineConfig, KnowledgeBase};
-use crate::models::ModelManager;
 use edgedesk_nlu::NluError;
-use crate::server::{AppState, Metrics};
-use crate::store::{Store, StoreError};
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -68,19 +78,31 @@ impl NodeError {
     }
 }
 
-/// A running node.
+/// A running node, with handles on its parts (for operators' tools and tests).
 pub struct Node {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
+    pub store: Store,
+    pub models: Arc<ModelManager>,
+    pub sessions: Arc<Sessions>,
+    pub keeper: Arc<Keeper>,
     task: JoinHandle<Result<(), NodeError>>,
 }
 
 impl Node {
     /// Wait until the node has shut down (after the shutdown token fires).
     pub async fn wait(self) -> Result<(), NodeError> {
-        drop(self.state);
-        match self.task.await {
+        let Node {
+            task,
+            store,
+            models,
+            sessions,
+            keeper,
+            ..
+        } = self;
+        // The store and inference threads stop when their last handle goes.
+        drop((store, models, sessions, keeper));
+        match task.await {
             Ok(r) => r,
             Err(e) => Err(NodeError::Serve(std::io::Error::other(e.to_string()))),
         }
@@ -88,7 +110,8 @@ impl Node {
 }
 
 /// Load the model (through the model manager: the active kept version, else
-/// the factory bundle) and the knowledge base.
+/// the factory bundle) and the knowledge base. Blocking: call it off the
+/// async workers.
 pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError> {
     edgedesk_nlu::runtime::init(&config.nlu.onnxruntime_path)?;
     let manager = ModelManager::open(
@@ -149,6 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         threshold = model.threshold(),
         "model bundle verified and loaded"
     );
+    let models = Arc::new(manager);
     let (store, store_thread) = Store::open(&config.store)?;
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
@@ -158,62 +182,122 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         })?;
     let addr = listener.local_addr().map_err(NodeError::Serve)?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let state = Arc::new(AppState {
-        connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
-        config,
+    let metrics = Arc::new(Metrics::new());
+    let (inference, inference_threads) = Inference::start(
+        config.nlu.sessions,
+        config.nlu.queue_capacity,
+        config.nlu.batch_max,
+    );
+    let outbox = Arc::new(tokio::sync::Notify::new());
+    // Visitors typing to an agent, for the uplink (bounded; dropped when
+    // full: typing signals are ephemeral).
+    let (typing_tx, typing_rx) = tokio::sync::mpsc::channel(64);
+    let (link_tx, link_rx) = tokio::sync::watch::channel(false);
+    let sessions = Arc::new(Sessions::new(session::Deps {
         engine,
-        model: manager.active.clone(),
-        models: Arc::new(manager),
-        store,
-        metrics: Metrics::new(),
-        live: Default::default(),
-        claims: Default::default(),
+        models: models.clone(),
+        inference,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        outbox: outbox.clone(),
+        typing_up: typing_tx,
+        link_up: link_rx,
+        history_limit: config.server.history_limit,
+    }));
+    let keeper = Arc::new(Keeper {
+        retention: config.retention.clone(),
+        cloud: config.cloud.clone(),
+        sessions: sessions.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    });
+    let tasks = tokio_util::task::TaskTracker::new();
+    let state = Arc::new(AppState {
+        server: config.server.clone(),
+        idle_conversation: Duration::from_secs(
+            u64::from(config.retention.idle_conversation_minutes) * 60,
+        ),
+        sessions: sessions.clone(),
+        metrics: metrics.clone(),
+        store: store.clone(),
+        models: models.clone(),
+        connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
         shutdown: shutdown.clone(),
-        tasks: tokio_util::task::TaskTracker::new(),
-        outbox_notify: Default::default(),
-        started: std::time::Instant::now(),
-        typing_tx: std::sync::OnceLock::new(),
+        tasks: tasks.clone(),
     });
     tracing::info!(%addr, "edge node listening; kiosk page at http://{addr}/");
-    let keeper = tokio::spawn(housekeeping::run(state.clone()));
-    let uplink = state
-        .config
-        .cloud
-        .enabled
-        .then(|| tokio::spawn(uplink::run(state.clone())));
-    let app = server::router(state.clone());
-    let serve_state = state.clone();
+    let keeper_task = tokio::spawn(keeper.clone().run(shutdown.clone()));
+    let uplink = config.cloud.enabled.then(|| {
+        let data_dir = config
+            .store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_owned();
+        tokio::spawn(uplink::run(
+            uplink::Uplink {
+                cloud: config.cloud.clone(),
+                store: store.clone(),
+                sessions: sessions.clone(),
+                models: models.clone(),
+                metrics: metrics.clone(),
+                outbox,
+                link_up: link_tx,
+                shutdown: shutdown.clone(),
+                started: std::time::Instant::now(),
+                data_dir,
+            },
+            typing_rx,
+        ))
+    });
+    let app = server::router(state);
     // Chat frames are small and latency-bound: no Nagle delay.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
+    let handles = (
+        store.clone(),
+        models.clone(),
+        sessions.clone(),
+        keeper.clone(),
+    );
+    drop((store, models, sessions, keeper));
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         // Chat sockets see the same token and close themselves; wait for them.
-        serve_state.tasks.close();
-        if tokio::time::timeout(grace, serve_state.tasks.wait())
-            .await
-            .is_err()
-        {
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!("shutdown grace period over; dropping remaining connections");
         }
-        let _ = keeper.await;
+        let _ = keeper_task.await;
         if let Some(u) = uplink {
             let _ = u.await;
         }
-        drop(serve_state);
-        // The store thread flushes and exits once the last handle is gone.
+        // The store thread flushes and exits once the last handle is gone;
+        // the inference threads once the sessions (the last sender) are.
         let _ = tokio::time::timeout(
             grace,
-            tokio::task::spawn_blocking(move || store_thread.join()),
+            tokio::task::spawn_blocking(move || {
+                store_thread.join();
+                inference_threads.join();
+            }),
         )
         .await;
         tracing::info!("edge node stopped");
         served.map_err(NodeError::Serve)
     });
-    Ok(Node { addr, state, task })
+    let (store, models, sessions, keeper) = handles;
+    Ok(Node {
+        addr,
+        store,
+        models,
+        sessions,
+        keeper,
+        task,
+    })
 }

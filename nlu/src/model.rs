@@ -185,6 +185,18 @@ impl Model {
     /// Classify one utterance (raw text; preprocessing lives in the model).
     pub fn classify(&self, text: &str) -> Result<Prediction, NluError> {
         let probs = self.probabilities(text)?;
+        Ok(self.predict(&probs))
+    }
+
+    /// Classify several utterances in one ONNX Runtime call (the inference
+    /// pool batches visitors' turns this way under load).
+    pub fn classify_batch(&self, texts: &[String]) -> Result<Vec<Prediction>, NluError> {
+        let n = self.manifest.labels.len();
+        let flat = self.run(texts)?;
+        Ok(flat.chunks_exact(n).map(|p| self.predict(p)).collect())
+    }
+
+    fn predict(&self, probs: &[f32]) -> Prediction {
         let (best, confidence) =
             probs
                 .iter()
@@ -196,22 +208,31 @@ impl Model {
                 );
         let label = self.manifest.labels[best].clone();
         let answered = confidence >= self.threshold && label != self.manifest.out_of_scope_label;
-        Ok(Prediction {
+        Prediction {
             label,
             confidence,
             answered,
-        })
+        }
     }
 
     /// Class probabilities in manifest label order.
     pub fn probabilities(&self, text: &str) -> Result<Vec<f32>, NluError> {
-        let input = Tensor::from_string_array(([1usize, 1], &[text.to_owned()][..]))?;
+        self.run(&[text.to_owned()])
+    }
+
+    /// Probabilities of `texts`, row after row (`texts.len() × labels`).
+    fn run(&self, texts: &[String]) -> Result<Vec<f32>, NluError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
         let mut session = self.session();
         let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
         let (shape, data) = outputs[self.prob_name.as_str()].try_extract_tensor::<f32>()?;
-        if data.len() != self.manifest.labels.len() {
+        if data.len() != texts.len() * self.manifest.labels.len() {
             return Err(NluError::Shape(format!(
-                "probabilities shape {shape:?} for {} labels",
+                "probabilities shape {shape:?} for {} texts and {} labels",
+                texts.len(),
                 self.manifest.labels.len()
             )));
         }

@@ -167,3 +167,25 @@ fn missing_or_malformed_bundle_files_are_clear_errors() {
     assert!(matches!(model(dir.path()), Err(NluError::Manifest { .. })));
 }
 
+#[test]
+fn a_batch_classifies_each_utterance_as_alone() {
+    let m = model(&bundle_dir()).unwrap();
+    let texts: Vec<String> = [
+        "I think someone stole my card",
+        "我要人工服务",
+        "what's the capital of Peru",
+        "",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let batch = m.classify_batch(&texts).unwrap();
+    assert_eq!(batch.len(), texts.len());
+    for (t, b) in texts.iter().zip(&batch) {
+        let one = m.classify(t).unwrap();
+        assert_eq!(one.label, b.label, "{t}");
+        assert!((one.confidence - b.confidence).abs() < 1e-5, "{t}");
+        assert_eq!(one.answered, b.answered, "{t}");
+    }
+    assert!(m.classify_batch(&[]).unwrap().is_empty());
+}

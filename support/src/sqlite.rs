@@ -160,7 +160,9 @@ mod tests {
         let mut c = open(&dir.path().join("t.db"), Durability::Normal).unwrap();
         let bad = [Step::Sql("CREATE TABLE b (x);"), Step::Sql("NOT SQL")];
         assert!(migrate(&mut c, &bad).is_err());
-        let v: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: u32 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, 1);
     }
 }

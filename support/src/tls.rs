@@ -22,9 +22,7 @@ pub fn pinned_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, PinError
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let der = der.map_err(|e| PinError::Pem(e.to_string()))?;
-        roots
-            .add(der)
-            .map_err(|e| PinError::Pem(e.to_string()))?;
+        roots.add(der).map_err(|e| PinError::Pem(e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(PinError::Empty);

@@ -136,21 +136,18 @@ pub async fn edge_with(
 
 impl Cloud {
     /// Publish `bundle` as the operator's `model publish` does.
-    pub fn publish(&self, bundle: &std::path::Path) -> cloud_controller::models::ModelRow {
+    pub async fn publish(&self, bundle: &std::path::Path) -> cloud_controller::store::ModelRow {
         let data = self._dir.path();
-        let db = cloud_controller::store::Db::open(&data.join("controller.db")).unwrap();
         let key = cloud_controller::models::signing_key(&data.join("model-signing.key")).unwrap();
-        db.with(|c| {
-            Ok(cloud_controller::models::publish(
-                c,
-                &data.join("models"),
-                &key,
-                bundle,
-                &ort_path(),
-                cloud_controller::link::now_ms(),
-            ))
-        })
-        .unwrap()
+        cloud_controller::models::publish(
+            &self.ctl.store,
+            &data.join("models"),
+            &key,
+            bundle,
+            &ort_path(),
+            cloud_controller::downlink::now_ms(),
+        )
+        .await
         .expect("the bundle publishes")
     }
 }

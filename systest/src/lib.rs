@@ -85,8 +85,29 @@ impl TestNode {
         format!("ws://{}/ws", self.addr)
     }
 
-    pub fn state(&self) -> &std::sync::Arc<edge_node::server::AppState> {
-        &self.node.as_ref().expect("running").state
+    fn running(&self) -> &Node {
+        self.node.as_ref().expect("running")
+    }
+
+    pub fn store(&self) -> &edge_node::store::Store {
+        &self.running().store
+    }
+
+    pub fn models(&self) -> &std::sync::Arc<edge_node::models::ModelManager> {
+        &self.running().models
+    }
+
+    /// The active model's version.
+    pub fn model_version(&self) -> String {
+        self.models().active_version()
+    }
+
+    /// One housekeeping pass as if the clock said `now` (ms).
+    pub async fn housekeeping(
+        &self,
+        now: i64,
+    ) -> Result<edge_node::housekeeping::Pass, edge_node::store::StoreError> {
+        self.running().keeper.pass(now).await
     }
 
     pub async fn stop(mut self) {

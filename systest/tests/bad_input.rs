@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use edgedesk_common::chat::{ClientFrame, ErrorCode, ServerFrame};
-use futures_util::SinkExt;
 use edgedesk_systest::*;
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};

@@ -108,7 +108,7 @@ async fn appointment_flow_over_the_socket() {
     assert_eq!(quick_replies[0].payload, "/yes");
     let (_, r) = say(&mut ws, &button("Yes", "/yes")).await;
     assert!(reply_text(&r[0]).contains("booked"), "{r:?}");
-    let outbox = node.state().store.outbox_peek(10).await.unwrap();
+    let outbox = node.store().outbox_peek(10).await.unwrap();
     assert!(
         outbox.iter().any(
             |e| matches!(&e.event.body, EventBody::FlowCompleted(f) if f.slots["time"] == "10:30")
@@ -141,8 +141,7 @@ async fn escalation_then_offline_message_reach_the_outbox() {
     let (_, r) = say(&mut ws, &msg("Please call me about a mortgage")).await;
     assert!(reply_text(&r[0]).contains("grace@example.com"), "{r:?}");
     let kinds: Vec<&str> = node
-        .state()
-        .store
+        .store()
         .outbox_peek(10)
         .await
         .unwrap()
@@ -179,7 +178,7 @@ async fn goodbye_ends_the_conversation_and_the_next_message_starts_another() {
         panic!()
     };
     assert_eq!(*state, ChatState::Bot);
-    let outbox = node.state().store.outbox_peek(10).await.unwrap();
+    let outbox = node.store().outbox_peek(10).await.unwrap();
     let EventBody::ConversationSummary(s) = &outbox[0].event.body else {
         panic!("{outbox:?}")
     };
@@ -286,26 +285,19 @@ async fn housekeeping_ends_idle_conversations_and_enforces_retention() {
     };
     say(&mut ws, &msg("hello")).await;
     // While connected, the session is live and housekeeping leaves it alone.
-    let now = edge_node::server::ws::now_ms();
-    let pass = edge_node::housekeeping::pass(node.state(), now + 3_600_000)
-        .await
-        .unwrap();
+    let now = edge_node::session::now_ms();
+    let pass = node.housekeeping(now + 3_600_000).await.unwrap();
     assert_eq!(pass.idle_closed, 0);
     drop(ws);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let pass = edge_node::housekeeping::pass(node.state(), now + 3_600_000)
-        .await
-        .unwrap();
+    let pass = node.housekeeping(now + 3_600_000).await.unwrap();
     assert_eq!(pass.idle_closed, 1);
     assert_eq!(pass.outbox_depth, 1, "one idle summary");
     // A year later, the transcript is gone.
-    let pass = edge_node::housekeeping::pass(node.state(), now + 400 * 86_400_000)
-        .await
-        .unwrap();
+    let pass = node.housekeeping(now + 400 * 86_400_000).await.unwrap();
     assert!(pass.retention.messages >= 3, "{pass:?}");
     assert!(
-        node.state()
-            .store
+        node.store()
             .history(&conversation, 10)
             .await
             .unwrap()
@@ -363,14 +355,11 @@ async fn offline_node_keeps_its_outbox_within_budget_without_losing_escalations(
         start_session(&mut ws).await;
         say(&mut ws, &msg("I want to talk to a human")).await;
     }
-    let now = edge_node::server::ws::now_ms();
-    let pass = edge_node::housekeeping::pass(node.state(), now)
-        .await
-        .unwrap();
+    let now = edge_node::session::now_ms();
+    let pass = node.housekeeping(now).await.unwrap();
     assert!(pass.compacted > 0, "{pass:?}");
     let kinds: Vec<String> = node
-        .state()
-        .store
+        .store()
         .outbox_peek(100)
         .await
         .unwrap()

@@ -5,8 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use edgedesk_common::chat::ServerFrame;
-use futures_util::StreamExt;
 use edgedesk_systest::*;
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 fn spawn_node(dir: &tempfile::TempDir, port: u16) -> Child {

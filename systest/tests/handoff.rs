@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use edgedesk_common::chat::{ChatState, Sender, ServerFrame};
-use futures_util::{SinkExt, StreamExt};
 use edgedesk_systest::cloud::*;
 use edgedesk_systest::*;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -191,15 +191,10 @@ async fn visitor_to_agent_and_back() {
         .find(|q| q.payload == "/rate 4")
         .expect("rating buttons");
     say(&mut visitor, &button(&four.label, &four.payload)).await;
-    let db = cloud.ctl.hub.db.clone();
+    let store = cloud.ctl.store.clone();
     let mut rated = None;
     for _ in 0..100 {
-        let c = chat.clone();
-        let view = db
-            .call(move |conn| cloud_controller::chats::get(conn, &c))
-            .await
-            .unwrap()
-            .unwrap();
+        let view = store.chat(&chat).await.unwrap().unwrap();
         if view.rating.is_some() {
             rated = Some(view);
             break;
@@ -218,10 +213,16 @@ async fn visitor_to_agent_and_back() {
         senders.contains(&"agent") && senders.contains(&"visitor") && senders.contains(&"bot"),
         "{senders:?}"
     );
-    let found = db
-        .call(|conn| cloud_controller::chats::search(conn, "swallowed", 10))
+    let found: Vec<String> = store
+        .chats(cloud_controller::store::ChatFilter {
+            q: Some("swallowed".into()),
+            ..Default::default()
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(
         found,
         vec![chat.clone()],
@@ -247,13 +248,10 @@ async fn an_offline_message_becomes_a_ticket() {
         &msg("Please call me about my lost card 4111 1111 1111 1111"),
     )
     .await;
-    let db = cloud.ctl.hub.db.clone();
+    let store = cloud.ctl.store.clone();
     let mut ticket = None;
     for _ in 0..100 {
-        let list = db
-            .call(|c| cloud_controller::tickets::list(c, "", true))
-            .await
-            .unwrap();
+        let list = store.tickets("", true).await.unwrap();
         if let Some(t) = list.into_iter().next() {
             ticket = Some(t);
             break;
@@ -277,7 +275,8 @@ async fn an_offline_message_becomes_a_ticket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branch_link_drops_mid_chat_and_nothing_typed_is_lost() {
     let broker_port = free_port();
-    let proxy = edgedesk_systest::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let proxy =
+        edgedesk_systest::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
     let cloud = Cloud::start_with(|c| {
         c.mqtt.listen = format!("127.0.0.1:{broker_port}");
         c.mqtt.advertise_port = proxy.port;
@@ -507,12 +506,7 @@ async fn conversations_the_bot_handled_alone_reach_history_search() {
         "an agent sees only their own chats"
     );
     let id = found[0]["id"].as_str().unwrap().to_owned();
-    let db = cloud.ctl.hub.db.clone();
-    let view = db
-        .call(move |c| cloud_controller::chats::get(c, &id))
-        .await
-        .unwrap()
-        .unwrap();
+    let view = cloud.ctl.store.chat(&id).await.unwrap().unwrap();
     let senders: Vec<&str> = view.lines.iter().map(|l| l.sender.as_str()).collect();
     assert!(
         senders.contains(&"visitor") && senders.contains(&"bot"),
@@ -564,24 +558,23 @@ async fn an_agent_line_lost_in_flight_is_not_overtaken_by_the_next() {
     // A line queued and marked sent, but lost on the way (never published).
     let lost = edgedesk_common::sync::Command {
         id: "lost-line".into(),
-        kind: edgedesk_common::sync::command::AGENT_MESSAGE.into(),
-        args: serde_json::json!({ "conversation": chat, "agent_name": "Grace", "text": "first line" }),
-        issued_at: cloud_controller::link::now_ms(),
+        body: edgedesk_common::sync::CommandBody::AgentMessage(
+            edgedesk_common::sync::AgentMessage {
+                conversation: chat.clone(),
+                agent_name: "Grace".into(),
+                text: "first line".into(),
+            },
+        ),
+        issued_at: cloud_controller::downlink::now_ms(),
         stream: Some(edgedesk_common::sync::Stream {
             key: chat.clone(),
             seq: 0,
         }),
     };
-    let db = cloud.ctl.hub.db.clone();
-    let queued = db
-        .call(move |c| {
-            cloud_controller::store::enqueue_command(
-                c,
-                "branch-o",
-                &lost,
-                Some(cloud_controller::link::now_ms()),
-            )
-        })
+    let queued = cloud
+        .ctl
+        .store
+        .enqueue_command("branch-o", lost, Some(cloud_controller::downlink::now_ms()))
         .await
         .unwrap();
     assert_eq!(queued.stream.unwrap().seq, 2, "after agent_joined");

@@ -47,8 +47,14 @@ async fn refusals_resume_and_rollback() {
     let node = edge(&cloud, &dir, "branch-m").await;
     cloud.wait_online("branch-m", 20).await;
     let work = tempfile::tempdir().unwrap();
-    let good = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
-    let old = cloud.publish(&bundle_version(work.path(), "0.9.0")).signed;
+    let good = cloud
+        .publish(&bundle_version(work.path(), "1.1.0"))
+        .await
+        .signed;
+    let old = cloud
+        .publish(&bundle_version(work.path(), "0.9.0"))
+        .await
+        .signed;
 
     // Unsigned.
     let unsigned = SignedRelease {
@@ -72,11 +78,7 @@ async fn refusals_resume_and_rollback() {
     // Older than the active one, without a rollback command (freeze/rollback attack).
     let (ok, detail) = command(&cloud, "branch-m", "model_update", update(&old)).await;
     assert!(!ok && detail.contains("older"), "{detail}");
-    assert_eq!(
-        node.state().model.get().manifest().version.to_string(),
-        "1.0.0",
-        "nothing changed"
-    );
+    assert_eq!(node.model_version(), "1.0.0", "nothing changed");
     let (_, metrics) = node.get("/metrics").await;
     assert!(
         metrics.contains("edgedesk_model_changes_total{outcome=\"refused\"} 4"),
@@ -100,10 +102,7 @@ async fn refusals_resume_and_rollback() {
         format!("1.1.0 active ({fetched} bytes fetched)"),
         "resumed from the last verified byte"
     );
-    assert_eq!(
-        node.state().model.get().manifest().version.to_string(),
-        "1.1.0"
-    );
+    assert_eq!(node.model_version(), "1.1.0");
     // Sent again: already active, nothing fetched.
     let (ok, detail) = command(&cloud, "branch-m", "model_update", update(&good)).await;
     assert!(ok && detail.contains("already active"), "{detail}");
@@ -117,10 +116,7 @@ async fn refusals_resume_and_rollback() {
     )
     .await;
     assert!(ok, "{detail}");
-    assert_eq!(
-        node.state().model.get().manifest().version.to_string(),
-        "1.0.0"
-    );
+    assert_eq!(node.model_version(), "1.0.0");
     let (ok, detail) = command(
         &cloud,
         "branch-m",
@@ -177,7 +173,10 @@ async fn heartbeat_version(cloud: &Cloud, node: &str) -> String {
 async fn kill_9_at_every_step_of_an_update_leaves_a_working_model() {
     let cloud = Cloud::start().await;
     let work = tempfile::tempdir().unwrap();
-    let release = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
+    let release = cloud
+        .publish(&bundle_version(work.path(), "1.1.0"))
+        .await
+        .signed;
     for step in edge_node::models::STEPS {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -257,7 +256,10 @@ async fn swaps_under_load_lose_no_message_and_flows_keep_their_model() {
     .await;
     cloud.wait_online("branch-s", 20).await;
     let work = tempfile::tempdir().unwrap();
-    let good = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
+    let good = cloud
+        .publish(&bundle_version(work.path(), "1.1.0"))
+        .await
+        .signed;
 
     // A visitor inside the lost-card flow when the model changes…
     let mut inflow = node.connect().await;
@@ -265,7 +267,7 @@ async fn swaps_under_load_lose_no_message_and_flows_keep_their_model() {
     say(&mut inflow, &msg("I lost my card")).await;
     let (ok, detail) = command(&cloud, "branch-s", "model_update", update(&good)).await;
     assert!(ok, "{detail}");
-    let models = node.state().models.clone();
+    let models = node.models().clone();
     assert_eq!(models.health().version, "1.1.0");
     // …finishes the flow on the model it started with (nothing counted for 1.1.0)…
     let (_, replies) = say(&mut inflow, &msg("4321")).await;
@@ -365,7 +367,10 @@ async fn a_link_cut_mid_download_resumes_from_the_last_verified_chunk() {
     let node = edge(&cloud, &dir, "branch-c").await;
     cloud.wait_online("branch-c", 20).await;
     let work = tempfile::tempdir().unwrap();
-    let release = cloud.publish(&bundle_version(work.path(), "1.1.0")).signed;
+    let release = cloud
+        .publish(&bundle_version(work.path(), "1.1.0"))
+        .await
+        .signed;
     let parsed: edgedesk_common::release::Release = serde_json::from_str(&release.release).unwrap();
     let whole: u64 = parsed.files.values().map(|f| f.size).sum();
     let (ok, detail) = command(&cloud, "branch-c", "model_update", update(&release)).await;
@@ -378,10 +383,7 @@ async fn a_link_cut_mid_download_resumes_from_the_last_verified_chunk() {
         fetched < whole && fetched + CHUNK_SIZE <= whole,
         "the second connection fetched only what was missing: {fetched} of {whole}"
     );
-    assert_eq!(
-        node.state().model.get().manifest().version.to_string(),
-        "1.1.0"
-    );
+    assert_eq!(node.model_version(), "1.1.0");
     node.stop().await;
     cloud.token.cancel();
 }

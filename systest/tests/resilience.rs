@@ -191,7 +191,7 @@ async fn controller_killed_with_sigkill_under_load_loses_nothing() {
         ctl.event_ids("branch-k")
             .await
             .is_some_and(|ids| ids.len() >= total)
-            && node.state().store.outbox_depth().await.unwrap() == 0
+            && node.store().outbox_depth().await.unwrap() == 0
     })
     .await;
     assert_exactly_once(&ctl.event_ids("branch-k").await.unwrap(), total);
@@ -358,7 +358,7 @@ async fn through_mosquitto_and_mosquitto_killed_under_load() {
         ctl.event_ids("branch-m")
             .await
             .is_some_and(|ids| ids.len() >= total)
-            && node.state().store.outbox_depth().await.unwrap() == 0
+            && node.store().outbox_depth().await.unwrap() == 0
     })
     .await;
     assert_exactly_once(&ctl.event_ids("branch-m").await.unwrap(), total);

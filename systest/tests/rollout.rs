@@ -72,7 +72,7 @@ async fn fleet(cloud: &Cloud, canary_tweak: impl FnOnce(&mut edge_node::config::
 }
 
 fn version(node: &TestNode) -> String {
-    node.state().model.get().manifest().version.to_string()
+    node.model_version()
 }
 
 async fn run_rollout(cloud: &Cloud, body: serde_json::Value) -> serde_json::Value {
@@ -85,7 +85,7 @@ async fn every_wave_succeeds_and_the_fleet_runs_the_new_model() {
     let cloud = Cloud::start_with(|c| c.models.tick_ms = 100).await;
     let fleet = fleet(&cloud, |_| {}).await;
     let work = tempfile::tempdir().unwrap();
-    let published = cloud.publish(&bundle_version(work.path(), "1.1.0"));
+    let published = cloud.publish(&bundle_version(work.path(), "1.1.0")).await;
     assert_eq!(published.version, "1.1.0");
     let done = run_rollout(
         &cloud,
@@ -124,7 +124,7 @@ async fn every_wave_succeeds_and_the_fleet_runs_the_new_model() {
 
     // The next version: the operator aborts during the first bake; the two
     // updated nodes go back to 1.1.0 and nobody else is asked.
-    cloud.publish(&bundle_version(work.path(), "1.3.0"));
+    cloud.publish(&bundle_version(work.path(), "1.3.0")).await;
     let id = start_rollout(
         &cloud,
         serde_json::json!({ "model": "1.3.0", "selector": { "kind": "bank" },
@@ -179,7 +179,7 @@ async fn a_canary_failing_its_golden_set_aborts_and_nothing_else_changes() {
     let work = tempfile::tempdir().unwrap();
     let (bundle, strict) = harder_bundle(work.path(), "1.2.0");
     let fleet = fleet(&cloud, |c| c.nlu.confidence_threshold = strict).await;
-    cloud.publish(&bundle);
+    cloud.publish(&bundle).await;
     let done = run_rollout(
         &cloud,
         serde_json::json!({ "model": "edgedesk-intents@1.2.0", "selector": { "kind": "bank" },

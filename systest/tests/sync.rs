@@ -37,8 +37,7 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
         "personal data masked: {text}"
     );
     eventually(10, "outboxes drained", || async {
-        a.state().store.outbox_depth().await.unwrap() == 0
-            && b.state().store.outbox_depth().await.unwrap() == 0
+        a.store().outbox_depth().await.unwrap() == 0 && b.store().outbox_depth().await.unwrap() == 0
     })
     .await;
     // Heartbeats carry the node's state.
@@ -131,7 +130,7 @@ async fn raw_client(
 }
 
 async fn refused(cloud: &Cloud, reason: &str) -> u64 {
-    cloud.ctl.hub.metrics.refused_count(reason)
+    cloud.ctl.metrics.refused_count(reason)
 }
 
 /// Publish `payload` on branch-a's up topic and wait until the controller
@@ -393,7 +392,8 @@ async fn enrolment_tokens_are_one_time_and_ids_unique() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_cut_and_restored_backlog_drains_once() {
     let broker_port = free_port();
-    let proxy = edgedesk_systest::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let proxy =
+        edgedesk_systest::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
     let cloud = Cloud::start_with(|c| {
         c.mqtt.listen = format!("127.0.0.1:{broker_port}");
         c.mqtt.advertise_port = proxy.port;
@@ -421,7 +421,7 @@ async fn link_cut_and_restored_backlog_drains_once() {
     })
     .await;
     assert_eq!(
-        a.state().store.outbox_depth().await.unwrap(),
+        a.store().outbox_depth().await.unwrap(),
         n,
         "events held while the link is down"
     );
@@ -430,7 +430,7 @@ async fn link_cut_and_restored_backlog_drains_once() {
     proxy.restore();
     eventually(30, "backlog drained", || async {
         cloud.events("node=branch-a").await.len() as u64 == n
-            && a.state().store.outbox_depth().await.unwrap() == 0
+            && a.store().outbox_depth().await.unwrap() == 0
     })
     .await;
     eventually(
@@ -529,7 +529,7 @@ async fn a_node_without_a_reachable_controller_still_serves() {
     let (_, r) = say(&mut ws, &msg("I want to talk to a human")).await;
     assert!(matches!(&r[0], ServerFrame::Reply { .. }));
     assert_eq!(
-        node.state().store.outbox_depth().await.unwrap(),
+        node.store().outbox_depth().await.unwrap(),
         1,
         "the escalation waits in the outbox"
     );

@@ -28,7 +28,6 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::link::Hub;
 use crate::rollouts::{self, CreateRollout, RolloutError, RolloutView};
 pub use crd::{
     EdgeNode, EdgeNodeSpec, EdgeNodeStatus, ModelRollout, ModelRolloutSpec, ModelRolloutStatus,
@@ -48,12 +47,12 @@ pub enum OperatorError {
 /// What a reconcile needs.
 pub struct Context {
     pub client: Client,
-    pub hub: Arc<Hub>,
+    pub rollouts: rollouts::Rollouts,
     pub recorder: Recorder,
 }
 
 impl Context {
-    pub fn new(client: Client, hub: Arc<Hub>, instance: Option<String>) -> Context {
+    pub fn new(client: Client, rollouts: rollouts::Rollouts, instance: Option<String>) -> Context {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance,
@@ -61,7 +60,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            hub,
+            rollouts,
         }
     }
 }
@@ -112,7 +111,7 @@ async fn patch_status(
 
 /// Bring one ModelRollout and the controller's rollout in line.
 pub async fn reconcile(mr: Arc<ModelRollout>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
-    if !ctx.hub.leader.load(Ordering::SeqCst) {
+    if !ctx.rollouts.leader.load(Ordering::SeqCst) {
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let ns = mr.namespace().unwrap_or_else(|| "default".into());
@@ -153,7 +152,7 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
                 health_margin: s.health_margin,
                 offline_deadline_secs: s.offline_deadline_secs,
             };
-            match rollouts::create(&ctx.hub, req).await {
+            match ctx.rollouts.create(req).await {
                 Ok(v) => {
                     publish(
                         ctx,
@@ -181,11 +180,9 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
             }
         }
         Some(id) => {
-            let k = id.clone();
             let mut v = ctx
-                .hub
-                .db
-                .call(move |c| rollouts::get(c, &k))
+                .rollouts
+                .get(&id)
                 .await
                 .map_err(RolloutError::from)?
                 .ok_or(RolloutError::NotFound(id.clone()))?;
@@ -202,7 +199,7 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
                 None
             };
             if let Some(op) = op {
-                v = rollouts::operate(&ctx.hub, &id, op).await?;
+                v = ctx.rollouts.operate(&id, op).await?;
                 publish(
                     ctx,
                     mr,
@@ -244,7 +241,7 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
 
 async fn cleanup(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError> {
     if let Some(id) = mr.status.as_ref().and_then(|s| s.rollout_id.clone()) {
-        match rollouts::operate(&ctx.hub, &id, "abort").await {
+        match ctx.rollouts.operate(&id, "abort").await {
             Ok(_) => {
                 publish(
                     ctx,
@@ -284,14 +281,10 @@ pub fn object_name(node_id: &str) -> Option<String> {
 pub async fn mirror_nodes(
     client: &Client,
     namespace: &str,
-    hub: &Hub,
+    store: &crate::store::Store,
 ) -> Result<(), OperatorError> {
     let api: Api<EdgeNode> = Api::namespaced(client.clone(), namespace);
-    let nodes = hub
-        .db
-        .call(|c| crate::store::nodes(c))
-        .await
-        .map_err(RolloutError::from)?;
+    let nodes = store.nodes().await.map_err(RolloutError::from)?;
     let pp = PatchParams::apply(MANAGER).force();
     let mut names = std::collections::BTreeSet::new();
     for n in &nodes {
@@ -318,8 +311,8 @@ pub async fn mirror_nodes(
         let hb = n.heartbeat.clone().unwrap_or_default();
         let status = EdgeNodeStatus {
             online: n.online,
-            model_version: hb["model_version"].as_str().unwrap_or_default().to_owned(),
-            sw_version: hb["sw_version"].as_str().unwrap_or_default().to_owned(),
+            model_version: hb.model_version,
+            sw_version: hb.sw_version,
             last_seen: n
                 .last_seen
                 .and_then(chrono::DateTime::from_timestamp_millis)
@@ -347,8 +340,12 @@ pub async fn mirror_nodes(
 
 /// Run the operator until `shutdown`: leader election, the ModelRollout
 /// controller and the EdgeNode mirror.
-pub async fn run(client: Client, hub: Arc<Hub>, shutdown: CancellationToken) {
-    let cfg = hub.config.kubernetes.clone();
+pub async fn run(
+    client: Client,
+    cfg: crate::config::KubernetesConfig,
+    rollouts: rollouts::Rollouts,
+    shutdown: CancellationToken,
+) {
     let namespace = if cfg.namespace.is_empty() {
         client.default_namespace().to_owned()
     } else {
@@ -366,13 +363,13 @@ pub async fn run(client: Client, hub: Arc<Hub>, shutdown: CancellationToken) {
         cfg.lease_name.clone(),
         identity.clone(),
         Duration::from_secs(cfg.lease_seconds),
-        hub.leader.clone(),
+        rollouts.leader.clone(),
         shutdown.clone(),
     ));
     let mirror = {
-        let (client, hub, shutdown, ns) = (
+        let (client, rollouts, shutdown, ns) = (
             client.clone(),
-            hub.clone(),
+            rollouts.clone(),
             shutdown.clone(),
             namespace.clone(),
         );
@@ -382,8 +379,8 @@ pub async fn run(client: Client, hub: Arc<Hub>, shutdown: CancellationToken) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = every.tick() => {
-                        if hub.leader.load(Ordering::SeqCst) {
-                            if let Err(e) = mirror_nodes(&client, &ns, &hub).await {
+                        if rollouts.leader.load(Ordering::SeqCst) {
+                            if let Err(e) = mirror_nodes(&client, &ns, &rollouts.store).await {
                                 tracing::warn!(error = %e, "EdgeNode mirror pass failed");
                             }
                         }
@@ -392,7 +389,7 @@ pub async fn run(client: Client, hub: Arc<Hub>, shutdown: CancellationToken) {
             }
         })
     };
-    let ctx = Arc::new(Context::new(client.clone(), hub.clone(), Some(identity)));
+    let ctx = Arc::new(Context::new(client.clone(), rollouts, Some(identity)));
     let api: Api<ModelRollout> = Api::namespaced(client, &namespace);
     let token = shutdown.clone();
     Controller::new(api, watcher::Config::default())

@@ -35,3 +35,74 @@ pub async fn controller() -> (
         .unwrap();
     (ctl, token, dir)
 }
+
+/// Store events as if `node` had sent them (the real ingestion path, with
+/// its projection into chats, tickets and history).
+pub async fn ingest(
+    store: &cloud_controller::store::Store,
+    node: &str,
+    bodies: Vec<edgedesk_common::event::EventBody>,
+    at: i64,
+) {
+    let ids = bodies
+        .iter()
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    ingest_with_ids(store, node, ids, bodies, at).await
+}
+
+/// [`ingest`] with the events' ids given (a ticket's id is its event's).
+pub async fn ingest_with_ids(
+    store: &cloud_controller::store::Store,
+    node: &str,
+    ids: Vec<String>,
+    bodies: Vec<edgedesk_common::event::EventBody>,
+    at: i64,
+) {
+    use cloud_controller::store::events::{Inbound, InboundKind};
+    let events = ids
+        .into_iter()
+        .zip(bodies)
+        .map(|(id, body)| edgedesk_common::event::Event { id, at, body })
+        .collect();
+    store
+        .apply_inbound(
+            vec![Inbound {
+                node: node.into(),
+                seq: 1,
+                what: InboundKind::Events(events),
+            }],
+            at,
+        )
+        .await
+        .unwrap();
+}
+
+/// An escalation of `chat` whose transcript is `lines` (visitor lines).
+pub fn escalation(
+    chat: &str,
+    lang: &str,
+    intents: &[&str],
+    lines: &[&str],
+    at: i64,
+) -> edgedesk_common::event::EventBody {
+    use edgedesk_common::chat::{Lang, Sender};
+    use edgedesk_common::event::{Escalation, EventBody, TranscriptLine};
+    EventBody::Escalation(Escalation {
+        conversation: chat.into(),
+        lang: if lang == "zh" { Lang::Zh } else { Lang::En },
+        reason: "requested".into(),
+        last_text: lines.last().map(|s| s.to_string()).unwrap_or_default(),
+        intents: intents.iter().map(|s| s.to_string()).collect(),
+        transcript: lines
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TranscriptLine {
+                id: i as i64 + 1,
+                from: Sender::Visitor,
+                text: t.to_string(),
+                at: at + i as i64,
+            })
+            .collect(),
+    })
+}

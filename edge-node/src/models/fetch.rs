@@ -14,7 +14,7 @@ use edgedesk_common::sync::{FetchHeader, FetchRequest, MODELS_ALPN, ModelEndpoin
 use quinn::crypto::rustls::QuicClientConfig;
 use sha2::{Digest, Sha256};
 
-use super::ModelError;
+use super::{ModelError, blocking};
 
 /// How long a silent connection lives before the download gives up on it.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
@@ -40,7 +40,8 @@ fn net(e: impl std::fmt::Display) -> ModelError {
 
 impl Fetcher {
     pub async fn connect(ctx: FetchContext) -> Result<Fetcher, ModelError> {
-        let mut tls = (*edgedesk_support::tls::pinned_client(&ctx.endpoint.ca_pem).map_err(net)?).clone();
+        let mut tls =
+            (*edgedesk_support::tls::pinned_client(&ctx.endpoint.ca_pem).map_err(net)?).clone();
         tls.alpn_protocols = vec![MODELS_ALPN.to_vec()];
         let quic = QuicClientConfig::try_from(tls).map_err(net)?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));
@@ -78,20 +79,27 @@ impl Fetcher {
 
     /// Fetch `file` into `dest` (created atomically), resuming from
     /// `<incoming>/<sha>.part`. Returns the bytes transferred this time.
+    /// File work (hashing, writing, fsync) runs on blocking threads.
     pub async fn fetch(
         &self,
         file: &FileEntry,
         incoming: &Path,
         dest: &Path,
     ) -> Result<u64, ModelError> {
-        std::fs::create_dir_all(incoming)?;
         let part = part_path(incoming, &file.sha256);
-        // Exists even for an empty file (no chunk to fetch).
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part)?;
-        let mut verified = verified_prefix(&part, file)?;
+        let mut verified = {
+            let (incoming, part, file) = (incoming.to_owned(), part.clone(), file.clone());
+            blocking(move || {
+                std::fs::create_dir_all(&incoming)?;
+                // Exists even for an empty file (no chunk to fetch).
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&part)?;
+                verified_prefix(&part, &file)
+            })
+            .await?
+        };
         let mut transferred = 0u64;
         while verified < file.size {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(net)?;
@@ -121,13 +129,20 @@ impl Fetcher {
                     file.sha256, header.size, file.size
                 )));
             }
-            let mut out = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&part)?;
-            out.set_len(verified)?;
-            out.seek(std::io::SeekFrom::Start(verified))?;
+            let mut out = {
+                let part = part.clone();
+                blocking(move || {
+                    let mut out = std::fs::OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(false)
+                        .open(&part)?;
+                    out.set_len(verified)?;
+                    out.seek(std::io::SeekFrom::Start(verified))?;
+                    Ok(out)
+                })
+                .await?
+            };
             let mut chunk = Vec::with_capacity(CHUNK_SIZE as usize);
             let mut idx = (verified / CHUNK_SIZE) as usize;
             let mut buf = vec![0u8; 256 * 1024];
@@ -137,7 +152,7 @@ impl Fetcher {
                     Ok(None) => break,
                     // A dropped connection: keep what was verified, resume later.
                     Err(e) => {
-                        out.sync_all()?;
+                        blocking(move || Ok(out.sync_all()?)).await?;
                         return Err(net(e));
                     }
                 };
@@ -148,26 +163,30 @@ impl Fetcher {
                     chunk.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if chunk.len() == chunk_len(file, idx) {
-                        let got = hex::encode(Sha256::digest(&chunk));
-                        if Some(&got) != file.chunks.get(idx) {
-                            return Err(ModelError::Verify(format!(
-                                "chunk {idx} of {} has sha256 {got}, the release says {}",
-                                file.sha256,
-                                file.chunks
-                                    .get(idx)
-                                    .map(String::as_str)
-                                    .unwrap_or("nothing")
-                            )));
-                        }
-                        out.write_all(&chunk)?;
-                        verified += chunk.len() as u64;
-                        transferred += chunk.len() as u64;
-                        chunk.clear();
+                        let expected = file.chunks.get(idx).cloned();
+                        let blob = file.sha256.clone();
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_SIZE as usize));
+                        let len = full.len() as u64;
+                        out = blocking(move || {
+                            let got = hex::encode(Sha256::digest(&full));
+                            if Some(&got) != expected.as_ref() {
+                                return Err(ModelError::Verify(format!(
+                                    "chunk {idx} of {blob} has sha256 {got}, the release says {}",
+                                    expected.as_deref().unwrap_or("nothing")
+                                )));
+                            }
+                            out.write_all(&full)?;
+                            Ok(out)
+                        })
+                        .await?;
+                        verified += len;
+                        transferred += len;
                         idx += 1;
                     }
                 }
             }
-            out.sync_all()?;
+            blocking(move || Ok(out.sync_all()?)).await?;
             if verified < file.size {
                 return Err(net(format!(
                     "stream ended at byte {verified} of {}",
@@ -176,18 +195,22 @@ impl Fetcher {
             }
         }
         // The whole file once more against the release's sha256.
-        let whole = sha256_of(&part)?;
-        if whole != file.sha256 {
-            let _ = std::fs::remove_file(&part);
-            return Err(ModelError::Verify(format!(
-                "{} downloaded with sha256 {whole}",
-                file.sha256
-            )));
-        }
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::rename(&part, dest)?;
+        let (sha, dest) = (file.sha256.clone(), dest.to_owned());
+        blocking(move || {
+            let whole = sha256_of(&part)?;
+            if whole != sha {
+                let _ = std::fs::remove_file(&part);
+                return Err(ModelError::Verify(format!(
+                    "{sha} downloaded with sha256 {whole}"
+                )));
+            }
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::rename(&part, &dest)?;
+            Ok(())
+        })
+        .await?;
         Ok(transferred)
     }
 

@@ -17,6 +17,9 @@
 //! kept version that loads, else the configured factory bundle. The previous
 //! `keep` versions stay on disk for rollbacks. After a swap the manager
 //! counts low-confidence turns per version; heartbeats report both rates.
+//!
+//! File work (hashing, copying, fsync) runs on blocking threads ([`blocking`]),
+//! never on the async workers.
 
 pub mod fetch;
 
@@ -30,6 +33,15 @@ use serde::{Deserialize, Serialize};
 
 use edgedesk_nlu::{ActiveModel, Model, NluError};
 pub use fetch::FetchContext;
+
+/// Run blocking file work on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ModelError> + Send + 'static,
+) -> Result<T, ModelError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ModelError::Io(std::io::Error::other(e.to_string())))?
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -98,6 +110,9 @@ pub struct ModelManager {
     threshold_override: f32,
     pub active: Arc<ActiveModel>,
     watch: Mutex<(Window, Window)>,
+    /// Versions on disk, newest first (what `active.json` says), kept in
+    /// memory so heartbeats never read the disk.
+    kept: Mutex<Vec<String>>,
     busy: tokio::sync::Mutex<()>,
     /// Test hook: abort the process at this step (`EDGEDESK_MODEL_CRASH_AT`).
     crash_at: Option<String>,
@@ -170,7 +185,9 @@ impl ModelManager {
             }
         };
         let version = model.manifest().version.clone();
+        let kept = Self::read_pointer(dir).map(|p| p.kept).unwrap_or_default();
         Ok(ModelManager {
+            kept: Mutex::new(kept),
             dir: dir.to_owned(),
             keep: keep.max(1),
             sessions,
@@ -240,9 +257,7 @@ impl ModelManager {
 
     /// Versions on disk, newest first (from the pointer).
     pub fn kept(&self) -> Vec<String> {
-        Self::read_pointer(&self.dir)
-            .map(|p| p.kept)
-            .unwrap_or_default()
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Count one classified visitor turn for the active model, and whether
@@ -257,7 +272,6 @@ impl ModelManager {
     }
 
     pub fn health(&self) -> ModelHealth {
-        // Read from disk before taking the lock visitor turns also take.
         let kept = self.kept();
         let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
         let name =
@@ -300,7 +314,11 @@ impl ModelManager {
         }
         let version = release.version.to_string();
         let target = self.dir.join("versions").join(&version);
-        let fetched = if edgedesk_nlu::bundle::verify_bundle(&target).is_ok() {
+        let kept_whole = {
+            let target = target.clone();
+            blocking(move || Ok(edgedesk_nlu::bundle::verify_bundle(&target).is_ok())).await?
+        };
+        let fetched = if kept_whole {
             0
         } else {
             self.download(&release, &target, ctx).await?
@@ -324,7 +342,14 @@ impl ModelManager {
         let mut fetcher: Option<fetch::Fetcher> = None;
         for (name, file) in &release.files {
             let dest = incoming.join(&file.sha256);
-            while !(dest.is_file() && fetch::sha256_of(&dest)? == file.sha256) {
+            loop {
+                let have = {
+                    let (dest, sha) = (dest.clone(), file.sha256.clone());
+                    blocking(move || Ok(dest.is_file() && fetch::sha256_of(&dest)? == sha)).await?
+                };
+                if have {
+                    break;
+                }
                 let connected = match fetcher.take() {
                     Some(f) => Ok(f),
                     None => fetch::Fetcher::connect(ctx.clone()).await,
@@ -364,19 +389,24 @@ impl ModelManager {
             .dir
             .join("versions")
             .join(format!(".{}.staging", release.version));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging)?;
-        for (name, src) in &ready {
-            std::fs::copy(src, staging.join(name))?;
-            std::fs::File::open(staging.join(name))?.sync_all()?;
-        }
-        sync_dir(&staging)?;
-        let _ = std::fs::remove_dir_all(target);
-        std::fs::rename(&staging, target)?;
-        sync_dir(&self.dir.join("versions"))?;
-        for (_, src) in ready {
-            let _ = std::fs::remove_file(src);
-        }
+        let (versions, target) = (self.dir.join("versions"), target.to_owned());
+        blocking(move || {
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging)?;
+            for (name, src) in &ready {
+                std::fs::copy(src, staging.join(name))?;
+                std::fs::File::open(staging.join(name))?.sync_all()?;
+            }
+            sync_dir(&staging)?;
+            let _ = std::fs::remove_dir_all(&target);
+            std::fs::rename(&staging, &target)?;
+            sync_dir(&versions)?;
+            for (_, src) in ready {
+                let _ = std::fs::remove_file(src);
+            }
+            Ok(())
+        })
+        .await?;
         self.checkpoint("staged");
         Ok(total)
     }
@@ -385,7 +415,7 @@ impl ModelManager {
     async fn activate(&self, version: &str, release: &Release) -> Result<(), ModelError> {
         let dir = self.dir.join("versions").join(version);
         // The manifest must be the one the signed release names.
-        let manifest_sha = fetch::sha256_of(&dir.join(MANIFEST_FILE))?;
+        let manifest_sha = blocking(move || fetch::sha256_of(&dir.join(MANIFEST_FILE))).await?;
         if release.files.get(MANIFEST_FILE).map(|f| &f.sha256) != Some(&manifest_sha) {
             return Err(ModelError::Verify(
                 "the kept manifest is not the released one".into(),
@@ -397,11 +427,7 @@ impl ModelManager {
     async fn load_and_swap(&self, version: &str) -> Result<(), ModelError> {
         let dir = self.dir.join("versions").join(version);
         let (sessions, thr) = (self.sessions, self.threshold_override);
-        let model = tokio::task::spawn_blocking(move || -> Result<Model, NluError> {
-            Model::load_checked(&dir, sessions, thr)
-        })
-        .await
-        .map_err(|e| ModelError::Io(std::io::Error::other(e.to_string())))??;
+        let model = blocking(move || Ok(Model::load_checked(&dir, sessions, thr)?)).await?;
         self.checkpoint("loaded");
         let new_version = model.manifest().version.clone();
         let previous = self.active.swap(model);
@@ -415,27 +441,34 @@ impl ModelManager {
             };
         }
         self.checkpoint("swapped");
-        let mut pointer = Self::read_pointer(&self.dir).unwrap_or_default();
-        let mut kept: Vec<String> = vec![version.to_owned(), previous_version.clone()];
-        kept.extend(pointer.kept.iter().cloned());
-        kept.retain(|v| self.dir.join("versions").join(v).is_dir());
-        let mut seen = std::collections::HashSet::new();
-        kept.retain(|v| seen.insert(v.clone()));
-        let dropped: Vec<String> = kept.split_off(self.keep.min(kept.len()).max(1));
-        pointer = Pointer {
-            active: version.to_owned(),
-            kept,
-        };
-        std::fs::create_dir_all(&self.dir)?;
-        write_atomic(
-            &self.dir.join("active.json"),
-            &serde_json::to_vec_pretty(&pointer).expect("serialises"),
-        )?;
-        for v in dropped {
-            if v != version {
-                let _ = std::fs::remove_dir_all(self.dir.join("versions").join(&v));
+        let (dir, keep, active) = (self.dir.clone(), self.keep, version.to_owned());
+        let previous = previous_version.clone();
+        let kept = blocking(move || {
+            let pointer = Self::read_pointer(&dir).unwrap_or_default();
+            let mut kept: Vec<String> = vec![active.clone(), previous];
+            kept.extend(pointer.kept.iter().cloned());
+            kept.retain(|v| dir.join("versions").join(v).is_dir());
+            let mut seen = std::collections::HashSet::new();
+            kept.retain(|v| seen.insert(v.clone()));
+            let dropped: Vec<String> = kept.split_off(keep.min(kept.len()).max(1));
+            let pointer = Pointer {
+                active: active.clone(),
+                kept: kept.clone(),
+            };
+            std::fs::create_dir_all(&dir)?;
+            write_atomic(
+                &dir.join("active.json"),
+                &serde_json::to_vec_pretty(&pointer).expect("serialises"),
+            )?;
+            for v in dropped {
+                if v != active {
+                    let _ = std::fs::remove_dir_all(dir.join("versions").join(&v));
+                }
             }
-        }
+            Ok(kept)
+        })
+        .await?;
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = kept;
         tracing::info!(version, previous = %previous_version, "model swapped");
         Ok(())
     }
@@ -456,7 +489,11 @@ impl ModelManager {
         if to == active {
             return Ok(format!("{to} already active"));
         }
-        if !valid_version(&to) || !self.dir.join("versions").join(&to).is_dir() {
+        let kept_dir = {
+            let dir = self.dir.join("versions").join(&to);
+            blocking(move || Ok(dir.is_dir())).await?
+        };
+        if !valid_version(&to) || !kept_dir {
             return Err(ModelError::NotKept(to));
         }
         self.load_and_swap(&to).await?;

@@ -240,7 +240,7 @@ async fn connect(
         ));
     }
     let (client, mut ev) = AsyncClient::new(o, 64);
-    ev.set_network_options(cloud_controller::link::network_options());
+    ev.set_network_options(cloud_controller::link::transport::network_options());
     let controller = enrolled.controller.parse().map_err(|e| e.to_string())?;
     let node = Arc::new(SimNode {
         id: id.clone(),
@@ -280,8 +280,8 @@ async fn connect(
                     if let (Ok(Down::Command(cmd)), Some(probe)) =
                         (serde_json::from_slice::<Down>(&plain), probe.as_ref())
                     {
-                        if cmd.kind == "agent_message" {
-                            let text = cmd.args["text"].as_str().unwrap_or_default().to_owned();
+                        if let edgedesk_common::sync::CommandBody::AgentMessage(m) = &cmd.body {
+                            let text = m.text.clone();
                             if let Some(at) = probe.a2v_pending.lock().unwrap().remove(&text) {
                                 let _ = probe
                                     .a2v

@@ -20,21 +20,14 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use edgedesk_common::sync::{CommandBody, Heartbeat};
 use edgedesk_support::secret::random_hex as random_token;
-use crate::link::{Hub, now_ms};
-use crate::store::{self, EnrollError, EventQuery, StoreError, sha256_hex};
 
-/// Shared by the handlers.
-pub struct ApiState {
-    pub hub: Arc<Hub>,
-    pub admin_token: String,
-    /// Broker address nodes are told to use.
-    pub broker: (String, u16),
-    /// CA certificate nodes pin for the broker's TLS; `None`: plain MQTT.
-    pub broker_ca: Option<String>,
-    /// Model-signing key and QUIC endpoint handed to nodes at enrolment.
-    pub models: edgedesk_common::sync::ModelEndpoint,
-}
+use super::Http;
+use crate::downlink::now_ms;
+use crate::store::{
+    self, AgentRow, EnrollError, EventQuery, ModelRow, NewAgent, StoreError, sha256_hex,
+};
 
 /// Errors at the HTTP edge: a status and a safe message; internals are logged.
 #[derive(Debug)]
@@ -79,7 +72,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(state: &Http, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -93,7 +86,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-type S = State<Arc<ApiState>>;
+type S = State<Arc<Http>>;
 
 /// Node ids may not start with this: the controller's own broker login uses it.
 pub const RESERVED_PREFIX: &str = "edgedesk-";
@@ -131,10 +124,8 @@ async fn create_token(
     let token = random_token(24);
     let now = now_ms();
     let ttl = req.ttl_secs.unwrap_or(86_400).clamp(60, 30 * 86_400) as i64 * 1000;
-    let (t, n) = (token.clone(), req.node_id.clone());
-    s.hub
-        .db
-        .call(move |c| store::create_token(c, &t, n.as_deref(), now, ttl))
+    s.store
+        .create_token(token.clone(), req.node_id.clone(), now, ttl)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -177,16 +168,15 @@ async fn enroll(
     let password = random_token(24);
     let hash = sha256_hex(&password);
     let now = now_ms();
-    let (token, node, keys, h) = (
-        req.token.clone(),
-        req.node_id.clone(),
-        req.keys.clone(),
-        hash.clone(),
-    );
     let outcome = s
-        .hub
-        .db
-        .call(move |c| store::enroll(c, &token, &node, &keys, &h, now))
+        .store
+        .enroll(
+            req.token.clone(),
+            req.node_id.clone(),
+            req.keys.clone(),
+            hash.clone(),
+            now,
+        )
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
     match outcome {
@@ -195,15 +185,15 @@ async fn enroll(
             return Err(fail(StatusCode::CONFLICT, e.to_string()));
         }
         Err(e) => {
-            s.hub.metrics.refuse("enroll_token");
+            s.metrics.refuse("enroll_token");
             return Err(fail(StatusCode::FORBIDDEN, e.to_string()));
         }
     }
-    s.hub.creds.set(&req.node_id, &hash);
+    s.creds.set(&req.node_id, &hash);
     tracing::info!(node = %req.node_id, "node enrolled");
     Ok(Json(EnrollResponse {
         node_id: req.node_id.clone(),
-        controller: s.hub.identity.public(),
+        controller: s.controller_keys.clone(),
         mqtt: MqttEndpoint {
             host: s.broker.0.clone(),
             port: s.broker.1,
@@ -227,7 +217,7 @@ pub struct NodeView {
     pub last_seen: Option<i64>,
     /// The last heartbeat (software and model version, uptime, sessions, outbox, disk).
     #[schema(value_type = Object)]
-    pub heartbeat: Option<serde_json::Value>,
+    pub heartbeat: Option<Heartbeat>,
 }
 
 impl From<store::NodeRow> for NodeView {
@@ -248,15 +238,13 @@ impl From<store::NodeRow> for NodeView {
 #[utoipa::path(get, path = "/api/v1/nodes", responses((status = 200, body = Vec<NodeView>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 async fn list_nodes(State(s): S, headers: HeaderMap) -> Result<Json<Vec<NodeView>>, ApiError> {
     authorize(&s, &headers)?;
-    let nodes = s.hub.db.call(|c| store::nodes(c)).await?;
+    let nodes = s.store.nodes().await?;
     Ok(Json(nodes.into_iter().map(NodeView::from).collect()))
 }
 
-async fn find_node(s: &ApiState, id: String) -> Result<store::NodeRow, ApiError> {
-    let wanted = id.clone();
-    s.hub
-        .db
-        .call(move |c| store::node(c, &wanted))
+async fn find_node(s: &Http, id: String) -> Result<store::NodeRow, ApiError> {
+    s.store
+        .node(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))
 }
@@ -300,13 +288,7 @@ async fn put_labels(
         ));
     }
     let now = now_ms();
-    let (i, labels) = (id.clone(), req.labels);
-    if !s
-        .hub
-        .db
-        .call(move |c| store::set_labels(c, &i, &labels, now))
-        .await?
-    {
+    if !s.store.set_labels(&id, req.labels, now).await? {
         return Err(ApiError::NotFound(format!("no node {id:?}")));
     }
     Ok(Json(find_node(&s, id).await?.into()))
@@ -330,11 +312,7 @@ async fn node_history(
     authorize(&s, &headers)?;
     find_node(&s, id.clone()).await?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let rows = s
-        .hub
-        .db
-        .call(move |c| store::history(c, &id, limit))
-        .await?;
+    let rows = s.store.history(&id, limit).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| HistoryView {
@@ -364,9 +342,8 @@ async fn revoke(
     authorize(&s, &headers)?;
     find_node(&s, id.clone()).await?;
     let now = now_ms();
-    let i = id.clone();
-    s.hub.db.call(move |c| store::revoke(c, &i, now)).await?;
-    s.hub.forget(&id);
+    s.store.revoke(&id, now).await?;
+    s.downlink.forget(&id).await;
     tracing::warn!(node = %id, "node revoked");
     Ok(Json(find_node(&s, id).await?.into()))
 }
@@ -407,20 +384,19 @@ async fn post_command(
     if node.revoked_at.is_some() {
         return Err(ApiError::Conflict(format!("node {id:?} is revoked")));
     }
-    if req.kind.is_empty() || req.kind.len() > 64 {
-        return Err(ApiError::BadRequest("kind must be 1-64 characters".into()));
-    }
-    let cmd = s
-        .hub
-        .queue_command(&id, &req.kind, req.args, None)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body = CommandBody::from_parts(&req.kind, req.args).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{e}; known kinds: {}",
+            CommandBody::KINDS.join(", ")
+        ))
+    })?;
+    let cmd = s.downlink.queue(&id, body, None).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(CommandView {
             id: cmd.id,
-            kind: cmd.kind,
-            args: cmd.args,
+            kind: cmd.body.kind().to_owned(),
+            args: cmd.body.args(),
             issued_at: cmd.issued_at,
             sent_at: None,
             acked_at: None,
@@ -442,17 +418,13 @@ async fn list_commands(
     authorize(&s, &headers)?;
     find_node(&s, id.clone()).await?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let rows = s
-        .hub
-        .db
-        .call(move |c| store::commands(c, &id, limit))
-        .await?;
+    let rows = s.store.commands(&id, limit).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| CommandView {
                 id: r.command.id,
-                kind: r.command.kind,
-                args: r.command.args,
+                kind: r.command.body.kind().to_owned(),
+                args: r.command.body.args(),
                 issued_at: r.command.issued_at,
                 sent_at: r.sent_at,
                 acked_at: r.acked_at,
@@ -505,7 +477,7 @@ async fn list_events(
         until: q.until,
         limit: q.limit,
     };
-    let rows = s.hub.db.call(move |c| store::events(c, &query)).await?;
+    let rows = s.store.events(query).await?;
     Ok(Json(
         rows.into_iter()
             .map(|e| EventView {
@@ -526,11 +498,11 @@ async fn list_events(
 async fn create_agent(
     State(s): S,
     headers: HeaderMap,
-    Json(req): Json<crate::agents::NewAgent>,
-) -> Result<(StatusCode, Json<crate::agents::AgentRow>), ApiError> {
+    Json(req): Json<NewAgent>,
+) -> Result<(StatusCode, Json<AgentRow>), ApiError> {
     authorize(&s, &headers)?;
     let now = now_ms();
-    let row = crate::agents::create_account(&s.hub.db, req, now)
+    let row = crate::accounts::create_account(&s.store, req, now)
         .await?
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(row)))
@@ -538,12 +510,9 @@ async fn create_agent(
 
 /// List console agents.
 #[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = Vec<Object>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
-async fn list_agents(
-    State(s): S,
-    headers: HeaderMap,
-) -> Result<Json<Vec<crate::agents::AgentRow>>, ApiError> {
+async fn list_agents(State(s): S, headers: HeaderMap) -> Result<Json<Vec<AgentRow>>, ApiError> {
     authorize(&s, &headers)?;
-    Ok(Json(s.hub.db.call(|c| crate::agents::list(c)).await?))
+    Ok(Json(s.store.agents().await?))
 }
 
 /// Disable a console agent and end their sessions.
@@ -555,12 +524,7 @@ async fn disable_agent(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorize(&s, &headers)?;
-    match s
-        .hub
-        .db
-        .call(move |c| crate::agents::disable(c, &id))
-        .await?
-    {
+    match s.store.agent_disable(&id).await? {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(e) => Err(ApiError::NotFound(e.to_string())),
     }
@@ -587,7 +551,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The API router and its OpenAPI document, built from the same annotations.
-fn routes() -> OpenApiRouter<Arc<ApiState>> {
+fn routes() -> OpenApiRouter<Arc<Http>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(create_token))
         .routes(routes!(enroll))
@@ -608,28 +572,23 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
 }
 
 /// Published model releases, newest first.
-#[utoipa::path(get, path = "/api/v1/models", responses((status = 200, body = Vec<crate::models::ModelRow>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
-async fn list_models(
-    State(s): S,
-    headers: HeaderMap,
-) -> Result<Json<Vec<crate::models::ModelRow>>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/models", responses((status = 200, body = Vec<ModelRow>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_models(State(s): S, headers: HeaderMap) -> Result<Json<Vec<ModelRow>>, ApiError> {
     authorize(&s, &headers)?;
-    Ok(Json(s.hub.db.call(|c| crate::models::list(c)).await?))
+    Ok(Json(s.store.models().await?))
 }
 
 /// One release by id, `name@version` or version.
 #[utoipa::path(get, path = "/api/v1/models/{key}", params(("key" = String, Path, description = "release id, name@version or version")),
-    responses((status = 200, body = crate::models::ModelRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ModelRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn get_model(
     State(s): S,
     headers: HeaderMap,
     Path(key): Path<String>,
-) -> Result<Json<crate::models::ModelRow>, ApiError> {
+) -> Result<Json<ModelRow>, ApiError> {
     authorize(&s, &headers)?;
-    let k = key.clone();
-    s.hub
-        .db
-        .call(move |c| crate::models::get(c, &k))
+    s.store
+        .model(&key)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no model release {key:?}")))
@@ -654,9 +613,7 @@ async fn create_rollout(
     Json(req): Json<crate::rollouts::CreateRollout>,
 ) -> Result<(StatusCode, Json<crate::rollouts::RolloutView>), ApiError> {
     authorize(&s, &headers)?;
-    let v = crate::rollouts::create(&s.hub, req)
-        .await
-        .map_err(rollout_error)?;
+    let v = s.rollouts.create(req).await.map_err(rollout_error)?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -667,7 +624,7 @@ async fn list_rollouts(
     headers: HeaderMap,
 ) -> Result<Json<Vec<crate::rollouts::RolloutView>>, ApiError> {
     authorize(&s, &headers)?;
-    Ok(Json(s.hub.db.call(|c| crate::rollouts::list(c)).await?))
+    Ok(Json(s.rollouts.list().await?))
 }
 
 /// One rollout with every node's state.
@@ -679,10 +636,8 @@ async fn get_rollout(
     Path(id): Path<String>,
 ) -> Result<Json<crate::rollouts::RolloutView>, ApiError> {
     authorize(&s, &headers)?;
-    let k = id.clone();
-    s.hub
-        .db
-        .call(move |c| crate::rollouts::get(c, &k))
+    s.rollouts
+        .get(&id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no rollout {id:?}")))
@@ -697,13 +652,14 @@ async fn operate_rollout(
     Path((id, op)): Path<(String, String)>,
 ) -> Result<Json<crate::rollouts::RolloutView>, ApiError> {
     authorize(&s, &headers)?;
-    crate::rollouts::operate(&s.hub, &id, &op)
+    s.rollouts
+        .operate(&id, &op)
         .await
         .map(Json)
         .map_err(rollout_error)
 }
 
-pub fn router(state: Arc<ApiState>) -> axum::Router {
+pub fn router(state: Arc<Http>) -> axum::Router {
     routes().with_state(state).split_for_parts().0
 }
 

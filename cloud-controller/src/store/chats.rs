@@ -8,61 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use edgedesk_common::event::ConversationSummary;
 
-use crate::store::StoreError;
-
-pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS chats (
-            id          TEXT PRIMARY KEY,      -- the node's conversation id
-            node_id     TEXT NOT NULL,
-            lang        TEXT NOT NULL,
-            state       TEXT NOT NULL,         -- waiting, assigned, closed
-            agent_id    TEXT,
-            intents     TEXT NOT NULL DEFAULT '[]',
-            created_at  INTEGER NOT NULL,
-            assigned_at INTEGER,
-            first_response_at INTEGER,
-            closed_at   INTEGER,
-            resolution  TEXT,
-            rating      INTEGER
-        );
-        CREATE INDEX IF NOT EXISTS chats_state ON chats(state, created_at);
-        CREATE INDEX IF NOT EXISTS chats_agent ON chats(agent_id, state);
-        CREATE TABLE IF NOT EXISTS chat_lines (
-            id       INTEGER PRIMARY KEY,
-            chat_id  TEXT NOT NULL,
-            key      TEXT NOT NULL,            -- dedupe: node line id or agent line uuid
-            sender   TEXT NOT NULL,            -- visitor, bot, agent, system
-            agent_id TEXT,
-            text     TEXT NOT NULL,
-            at       INTEGER NOT NULL,
-            UNIQUE (chat_id, key)
-        );
-        CREATE INDEX IF NOT EXISTS chat_lines_chat ON chat_lines(chat_id, id);
-        CREATE VIRTUAL TABLE IF NOT EXISTS chat_lines_fts USING fts5(
-            text, content='chat_lines', content_rowid='id', tokenize='trigram'
-        );
-        CREATE TRIGGER IF NOT EXISTS chat_lines_ai AFTER INSERT ON chat_lines BEGIN
-            INSERT INTO chat_lines_fts(rowid, text) VALUES (new.id, new.text);
-        END;
-        CREATE TRIGGER IF NOT EXISTS chat_lines_ad AFTER DELETE ON chat_lines BEGIN
-            INSERT INTO chat_lines_fts(chat_lines_fts, rowid, text) VALUES ('delete', old.id, old.text);
-        END;",
-    )?;
-    // Added later: 0 for a conversation the bot handled alone.
-    let has_escalated: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('chats') WHERE name = 'escalated'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_escalated {
-        conn.execute_batch(
-            "ALTER TABLE chats ADD COLUMN escalated INTEGER NOT NULL DEFAULT 1;
-             CREATE INDEX IF NOT EXISTS chats_created ON chats(created_at);",
-        )?;
-    }
-    Ok(())
-}
+use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
@@ -90,7 +36,7 @@ pub struct ChatView {
 
 /// Record an escalation; returns true if the chat is new (or was closed and
 /// is waiting again).
-pub fn escalated(
+pub(super) fn escalated(
     conn: &Connection,
     chat: &str,
     node: &str,
@@ -123,7 +69,7 @@ pub fn escalated(
 /// A conversation the controller already holds (it was escalated) keeps its
 /// own lines, which came live; otherwise it is stored as closed and not
 /// escalated. Returns true if it was stored.
-pub fn summarized(
+pub(super) fn summarized(
     conn: &Connection,
     node: &str,
     s: &ConversationSummary,
@@ -160,7 +106,7 @@ pub fn summarized(
 }
 
 /// Add a line once (by `key`); returns true if it was new.
-pub fn add_line(
+pub(super) fn add_line(
     conn: &Connection,
     chat: &str,
     key: &str,
@@ -182,7 +128,7 @@ pub fn add_line(
     Ok(n > 0)
 }
 
-pub fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
+fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET state = 'assigned', agent_id = ?2, assigned_at = ?3 WHERE id = ?1",
         params![chat, agent, at],
@@ -190,7 +136,7 @@ pub fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(),
     Ok(())
 }
 
-pub fn requeue(conn: &Connection, chat: &str) -> Result<(), StoreError> {
+fn requeue(conn: &Connection, chat: &str) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET state = 'waiting', agent_id = NULL WHERE id = ?1 AND state != 'closed'",
         [chat],
@@ -198,7 +144,7 @@ pub fn requeue(conn: &Connection, chat: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub fn close(conn: &Connection, chat: &str, resolution: &str, at: i64) -> Result<(), StoreError> {
+fn close(conn: &Connection, chat: &str, resolution: &str, at: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET state = 'closed', closed_at = ?2, resolution = ?3 WHERE id = ?1",
         params![chat, at, resolution],
@@ -206,7 +152,7 @@ pub fn close(conn: &Connection, chat: &str, resolution: &str, at: i64) -> Result
     Ok(())
 }
 
-pub fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), StoreError> {
+pub(super) fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET rating = ?2 WHERE id = ?1",
         params![chat, score],
@@ -214,7 +160,7 @@ pub fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), StoreError> 
     Ok(())
 }
 
-pub fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
+fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
     let view = conn
         .query_row(
             "SELECT id, node_id, lang, state, agent_id, intents, created_at, closed_at, resolution, rating, escalated FROM chats WHERE id = ?1",
@@ -275,7 +221,7 @@ pub struct ChatFilter {
 }
 
 /// Chats matching `f`, newest first, without their lines.
-pub fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreError> {
+fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreError> {
     let ids: Option<Vec<String>> = match f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         Some(q) => Some(search(conn, q, 10_000)?),
         None => None,
@@ -329,7 +275,7 @@ pub struct DayStats {
     pub csat: Option<f64>,
 }
 
-pub fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, StoreError> {
+fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT (created_at / 86400000) * 86400000 AS day, COUNT(*),
                 AVG(CASE WHEN first_response_at IS NOT NULL AND assigned_at IS NOT NULL
@@ -349,7 +295,7 @@ pub fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, Store
 }
 
 /// Chat ids whose lines match `query` (at least 3 characters), newest first.
-pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
     // Quote the query as one FTS5 string so user text is never FTS syntax.
     let quoted = format!("\"{}\"", query.replace('"', "\"\""));
     let mut stmt = conn.prepare_cached(
@@ -360,6 +306,70 @@ pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+impl Store {
+    /// Record that `agent` holds the chat (from `at`).
+    pub async fn chat_assign(&self, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
+        let (chat, agent) = (chat.to_owned(), agent.to_owned());
+        self.db.call(move |c| assign(c, &chat, &agent, at)).await
+    }
+
+    /// The chat is waiting again (unless closed).
+    pub async fn chat_requeue(&self, chat: &str) -> Result<(), StoreError> {
+        let chat = chat.to_owned();
+        self.db.call(move |c| requeue(c, &chat)).await
+    }
+
+    pub async fn chat_close(
+        &self,
+        chat: &str,
+        resolution: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let (chat, resolution) = (chat.to_owned(), resolution.to_owned());
+        self.db
+            .call(move |c| close(c, &chat, &resolution, at))
+            .await
+    }
+
+    /// Add a line once (by `key`); true if it was new.
+    pub async fn chat_add_line(
+        &self,
+        chat: &str,
+        key: &str,
+        sender: &str,
+        agent: Option<&str>,
+        text: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let (chat, key, sender, agent, text) = (
+            chat.to_owned(),
+            key.to_owned(),
+            sender.to_owned(),
+            agent.map(str::to_owned),
+            text.to_owned(),
+        );
+        self.db
+            .call(move |c| add_line(c, &chat, &key, &sender, agent.as_deref(), &text, at))
+            .await
+    }
+
+    /// A chat with its lines.
+    pub async fn chat(&self, chat: &str) -> Result<Option<ChatView>, StoreError> {
+        let chat = chat.to_owned();
+        self.db.call(move |c| get(c, &chat)).await
+    }
+
+    /// Chats matching `f`, newest first, without their lines.
+    pub async fn chats(&self, f: ChatFilter) -> Result<Vec<ChatView>, StoreError> {
+        self.db.call(move |c| list(c, &f)).await
+    }
+
+    /// Per-day figures since `since` (ms) for the dashboard.
+    pub async fn daily_stats(&self, since: i64) -> Result<Vec<DayStats>, StoreError> {
+        self.db.call(move |c| daily_stats(c, since)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,8 +377,7 @@ mod tests {
 
     #[test]
     fn lifecycle_and_search_in_english_and_chinese() {
-        let c = Connection::open_in_memory().unwrap();
-        migrate(&c).unwrap();
+        let c = super::super::test_conn();
         assert!(escalated(&c, "c1", "n1", "zh", &["human_agent".into()], 1).unwrap());
         assert!(
             !escalated(&c, "c1", "n1", "zh", &[], 2).unwrap(),
@@ -415,9 +424,7 @@ mod tests {
     #[test]
     fn bot_only_transcripts_are_searchable_and_filtered_by_escalation() {
         use edgedesk_common::chat::Sender;
-        let c = Connection::open_in_memory().unwrap();
-        migrate(&c).unwrap();
-        migrate(&c).unwrap(); // idempotent, including the added column
+        let c = super::super::test_conn();
         escalated(&c, "esc", "n1", "en", &["human_agent".into()], 1).unwrap();
         add_line(&c, "esc", "1", "visitor", None, "my card was swallowed", 1).unwrap();
         let line = |id, from, text: &str| TranscriptLine {

@@ -1,4 +1,10 @@
 //! Prometheus metrics of the node, served as text at `/metrics`.
+//!
+//! Counters with a label are [`ByLabel`]: looked up by `&str` without
+//! allocating on the hot path (the label set is made once per value).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -9,16 +15,62 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
+/// A counter family with one label whose counters are found by value.
+pub struct ByLabel {
+    key: &'static str,
+    family: Family<Labels, Counter>,
+    cache: RwLock<HashMap<String, Counter>>,
+}
+
+impl ByLabel {
+    fn new(key: &'static str) -> ByLabel {
+        ByLabel {
+            key,
+            family: Family::default(),
+            cache: RwLock::default(),
+        }
+    }
+
+    /// The counter for `value`.
+    pub fn get(&self, value: &str) -> Counter {
+        if let Some(c) = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(value)
+        {
+            return c.clone();
+        }
+        let c = self
+            .family
+            .get_or_create(&vec![(self.key.to_owned(), value.to_owned())])
+            .clone();
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(value.to_owned(), c.clone());
+        c
+    }
+
+    pub fn inc(&self, value: &str) {
+        self.get(value).inc();
+    }
+
+    pub fn inc_by(&self, value: &str, n: u64) {
+        self.get(value).inc_by(n);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Open chat WebSockets.
     pub connections: Gauge,
     /// Sessions started, by `kind` = new | resumed.
-    pub sessions: Family<Labels, Counter>,
+    pub sessions: ByLabel,
     /// Chat lines, by `direction` = in | out.
-    pub messages: Family<Labels, Counter>,
+    pub messages: ByLabel,
     /// Recognised intents (answered ones), by `intent`.
-    pub intents: Family<Labels, Counter>,
+    pub intents: ByLabel,
     /// Turns NLU could not answer (low confidence or out of scope).
     pub unanswered: Counter,
     pub nlu_latency: Histogram,
@@ -26,9 +78,9 @@ pub struct Metrics {
     pub turn_latency: Histogram,
     pub escalations: Counter,
     pub offline_messages: Counter,
-    pub conversations_ended: Family<Labels, Counter>,
+    pub conversations_ended: ByLabel,
     /// Rejected input, by `reason` (too_large, invalid_json, rate_limited, …).
-    pub rejected: Family<Labels, Counter>,
+    pub rejected: ByLabel,
     pub outbox_depth: Gauge,
     /// Routine summaries dropped to keep the outbox within budget (total).
     pub outbox_compacted: Gauge,
@@ -37,23 +89,19 @@ pub struct Metrics {
     pub uplink_sent: Counter,
     pub uplink_acked: Counter,
     /// Messages from the broker refused, by reason.
-    pub uplink_refused: Family<Labels, Counter>,
+    pub uplink_refused: ByLabel,
     /// Commands held back because an earlier one of their stream was missing.
     pub command_gaps: Counter,
     /// Model updates and rollbacks, by outcome (updated, rolled_back, refused, fetch, verify, golden_set, …).
-    pub model_changes: Family<Labels, Counter>,
+    pub model_changes: ByLabel,
+    /// Turns refused because the model was busy (inference queue full).
+    pub shed: Counter,
 }
 
 impl Metrics {
     pub fn model_change(&self, outcome: &str) {
-        self.model_changes
-            .get_or_create(&label("outcome", outcome))
-            .inc();
+        self.model_changes.inc(outcome);
     }
-}
-
-fn label(k: &str, v: &str) -> Labels {
-    vec![(k.to_owned(), v.to_owned())]
 }
 
 impl Metrics {
@@ -61,24 +109,25 @@ impl Metrics {
         let mut registry = Registry::with_prefix("edgedesk");
         let m = Metrics {
             connections: Gauge::default(),
-            sessions: Family::default(),
-            messages: Family::default(),
-            intents: Family::default(),
+            sessions: ByLabel::new("kind"),
+            messages: ByLabel::new("direction"),
+            intents: ByLabel::new("intent"),
             unanswered: Counter::default(),
             nlu_latency: Histogram::new(exponential_buckets(0.00001, 2.0, 14)),
             turn_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
             escalations: Counter::default(),
             offline_messages: Counter::default(),
-            conversations_ended: Family::default(),
-            rejected: Family::default(),
+            conversations_ended: ByLabel::new("reason"),
+            rejected: ByLabel::new("reason"),
             outbox_depth: Gauge::default(),
             outbox_compacted: Gauge::default(),
             uplink_connected: Gauge::default(),
             uplink_sent: Counter::default(),
             uplink_acked: Counter::default(),
-            uplink_refused: Family::default(),
+            uplink_refused: ByLabel::new("reason"),
             command_gaps: Counter::default(),
-            model_changes: Family::default(),
+            model_changes: ByLabel::new("outcome"),
+            shed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -89,14 +138,18 @@ impl Metrics {
         registry.register(
             "sessions",
             "Chat sessions started, by kind (new, resumed)",
-            m.sessions.clone(),
+            m.sessions.family.clone(),
         );
         registry.register(
             "messages",
             "Chat messages, by direction (in, out)",
-            m.messages.clone(),
+            m.messages.family.clone(),
         );
-        registry.register("intents", "Answered intents, by intent", m.intents.clone());
+        registry.register(
+            "intents",
+            "Answered intents, by intent",
+            m.intents.family.clone(),
+        );
         registry.register(
             "nlu_unanswered",
             "Turns below the confidence threshold or out of scope",
@@ -125,12 +178,12 @@ impl Metrics {
         registry.register(
             "conversations_ended",
             "Conversations ended, by reason",
-            m.conversations_ended.clone(),
+            m.conversations_ended.family.clone(),
         );
         registry.register(
             "rejected_inputs",
             "Rejected visitor input, by reason",
-            m.rejected.clone(),
+            m.rejected.family.clone(),
         );
         registry.register(
             "outbox_depth",
@@ -160,12 +213,17 @@ impl Metrics {
         registry.register(
             "uplink_refused",
             "Messages from the broker refused, by reason",
-            m.uplink_refused.clone(),
+            m.uplink_refused.family.clone(),
         );
         registry.register(
             "model_changes",
             "Model updates and rollbacks, by outcome",
-            m.model_changes.clone(),
+            m.model_changes.family.clone(),
+        );
+        registry.register(
+            "turns_shed",
+            "Visitor turns answered `busy` because the model's queue was full",
+            m.shed.clone(),
         );
         registry.register(
             "uplink_command_gaps",
@@ -188,34 +246,31 @@ impl Metrics {
             "too_many_connections",
             "flood",
             "protocol",
+            "busy",
         ] {
-            let _ = m.rejected.get_or_create(&label("reason", reason));
+            let _ = m.rejected.get(reason);
         }
         Metrics { registry, ..m }
     }
 
     pub fn reject(&self, reason: &str) {
-        self.rejected.get_or_create(&label("reason", reason)).inc();
+        self.rejected.inc(reason);
     }
 
     pub fn session(&self, kind: &str) {
-        self.sessions.get_or_create(&label("kind", kind)).inc();
+        self.sessions.inc(kind);
     }
 
     pub fn message(&self, direction: &str, n: u64) {
-        self.messages
-            .get_or_create(&label("direction", direction))
-            .inc_by(n);
+        self.messages.inc_by(direction, n);
     }
 
     pub fn intent(&self, intent: &str) {
-        self.intents.get_or_create(&label("intent", intent)).inc();
+        self.intents.inc(intent);
     }
 
     pub fn ended(&self, reason: &str) {
-        self.conversations_ended
-            .get_or_create(&label("reason", reason))
-            .inc();
+        self.conversations_ended.inc(reason);
     }
 
     pub fn render(&self) -> String {

@@ -17,31 +17,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::agents::{self, AccountError, AgentRow, LoginLimiter, NewAgent, Role};
-use crate::api::ErrorBody;
+use super::Http;
+use super::api::ErrorBody;
+use crate::downlink::now_ms;
 use crate::handoff::{ConsoleIn, ConsoleOut};
-use crate::link::{Hub, now_ms};
-use crate::store::StoreError;
+use crate::store::{
+    AccountError, AgentRow, Canned, ChatFilter, ChatView, DayStats, NewAgent, Role, StoreError,
+    Ticket, TicketError,
+};
 
 pub const COOKIE: &str = "edgedesk_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
-
-pub struct ConsoleState {
-    pub hub: Arc<Hub>,
-    pub limiter: LoginLimiter,
-}
-
-impl ConsoleState {
-    pub fn new(hub: Arc<Hub>) -> ConsoleState {
-        let c = &hub.config.console;
-        let limiter = LoginLimiter::new(c.login_max_failures, c.login_window_secs as i64 * 1000);
-        ConsoleState { hub, limiter }
-    }
-
-    fn idle_ms(&self) -> i64 {
-        self.hub.config.console.idle_timeout_minutes as i64 * 60_000
-    }
-}
 
 /// Errors at the console's HTTP edge; internals are logged, not shown.
 #[derive(Debug)]
@@ -104,23 +90,18 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The logged-in agent and the session's CSRF token.
-async fn current(
-    s: &ConsoleState,
-    headers: &HeaderMap,
-) -> Result<(AgentRow, String), ConsoleError> {
+async fn current(s: &Http, headers: &HeaderMap) -> Result<(AgentRow, String), ConsoleError> {
     let token = cookie_value(headers).ok_or(ConsoleError::Unauthenticated)?;
-    let idle = s.idle_ms();
-    let now = now_ms();
-    s.hub
-        .db
-        .call(move |c| agents::session(c, &token, now, idle))
+    let idle = s.console.idle_timeout_minutes as i64 * 60_000;
+    s.store
+        .session(&token, now_ms(), idle)
         .await?
         .ok_or(ConsoleError::Unauthenticated)
 }
 
 /// `current` plus a CSRF check and a minimum role, for state-changing routes.
 async fn authorized(
-    s: &ConsoleState,
+    s: &Http,
     headers: &HeaderMap,
     min: Role,
     changing: bool,
@@ -154,7 +135,7 @@ pub struct SessionView {
     pub csrf: String,
 }
 
-type S = State<Arc<ConsoleState>>;
+type S = State<Arc<Http>>;
 
 async fn login(
     State(s): S,
@@ -169,7 +150,7 @@ async fn login(
         return Err(ConsoleError::TooManyAttempts(wait));
     }
     let (u, p) = (req.username.clone(), req.password);
-    let agent = agents::authenticate(&s.hub.db, &u, &p).await?;
+    let agent = crate::accounts::authenticate(&s.store, &u, &p).await?;
     let Some(agent) = agent else {
         s.limiter.failed(&[&user_key, &ip_key], now);
         tracing::warn!(username = %req.username, %ip, "console login failed");
@@ -178,14 +159,9 @@ async fn login(
         );
     };
     s.limiter.succeeded(&user_key);
-    let id = agent.id.clone();
     // A fresh token at every login (no session fixation).
-    let (token, csrf) = s
-        .hub
-        .db
-        .call(move |c| agents::open_session(c, &id, now))
-        .await?;
-    let secure = if s.hub.config.console.secure_cookies {
+    let (token, csrf) = s.store.session_open(&agent.id, now).await?;
+    let secure = if s.console.secure_cookies {
         "; Secure"
     } else {
         ""
@@ -212,10 +188,7 @@ impl ConsoleError {
 async fn logout(State(s): S, headers: HeaderMap) -> Result<Response, ConsoleError> {
     authorized(&s, &headers, Role::Agent, true).await?;
     if let Some(token) = cookie_value(&headers) {
-        s.hub
-            .db
-            .call(move |c| agents::close_session(c, &token))
-            .await?;
+        s.store.session_close(&token).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(
@@ -232,7 +205,7 @@ async fn me(State(s): S, headers: HeaderMap) -> Result<Json<SessionView>, Consol
 
 async fn list_agents(State(s): S, headers: HeaderMap) -> Result<Json<Vec<AgentRow>>, ConsoleError> {
     authorized(&s, &headers, Role::Supervisor, false).await?;
-    Ok(Json(s.hub.db.call(|c| agents::list(c)).await?))
+    Ok(Json(s.store.agents().await?))
 }
 
 fn account_error(e: AccountError) -> ConsoleError {
@@ -249,7 +222,7 @@ async fn create_agent(
 ) -> Result<(StatusCode, Json<AgentRow>), ConsoleError> {
     authorized(&s, &headers, Role::Admin, true).await?;
     let now = now_ms();
-    let row = agents::create_account(&s.hub.db, req, now)
+    let row = crate::accounts::create_account(&s.store, req, now)
         .await?
         .map_err(account_error)?;
     Ok((StatusCode::CREATED, Json(row)))
@@ -266,11 +239,7 @@ async fn disable_agent(
             "you cannot disable yourself".into(),
         ));
     }
-    s.hub
-        .db
-        .call(move |c| agents::disable(c, &id))
-        .await?
-        .map_err(account_error)?;
+    s.store.agent_disable(&id).await?.map_err(account_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -306,9 +275,10 @@ async fn console_ws(
         .on_upgrade(move |socket| agent_socket(s, agent, socket)))
 }
 
-async fn agent_socket(s: Arc<ConsoleState>, agent: AgentRow, mut socket: WebSocket) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<ConsoleOut>(64);
-    s.hub.handoff.connect(&s.hub, &agent, tx.clone()).await;
+async fn agent_socket(s: Arc<Http>, agent: AgentRow, mut socket: WebSocket) {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<ConsoleOut>(crate::handoff::driver::SOCKET_QUEUE);
+    s.handoff.connect(agent.clone(), tx.clone()).await;
     loop {
         tokio::select! {
             out = rx.recv() => {
@@ -325,7 +295,7 @@ async fn agent_socket(s: Arc<ConsoleState>, agent: AgentRow, mut socket: WebSock
                     _ => break,
                 };
                 let result = match serde_json::from_str::<ConsoleIn>(text.as_str()) {
-                    Ok(frame) => s.hub.handoff.on_console(&s.hub, &agent, frame).await,
+                    Ok(frame) => s.handoff.console(agent.clone(), frame).await,
                     Err(e) => Err(format!("invalid frame: {e}")),
                 };
                 if let Err(message) = result {
@@ -335,12 +305,12 @@ async fn agent_socket(s: Arc<ConsoleState>, agent: AgentRow, mut socket: WebSock
             }
         }
     }
-    s.hub.handoff.disconnect(&agent.id, &tx);
+    s.handoff.disconnect(&agent.id, tx).await;
 }
 
-const PAGE: &str = include_str!("../assets/console.html");
-const SCRIPT: &str = include_str!("../assets/console.js");
-const STYLE: &str = include_str!("../assets/console.css");
+const PAGE: &str = include_str!("../../assets/console.html");
+const SCRIPT: &str = include_str!("../../assets/console.js");
+const STYLE: &str = include_str!("../../assets/console.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -360,15 +330,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 async fn list_chats(
     State(s): S,
     headers: HeaderMap,
-    axum::extract::Query(mut f): axum::extract::Query<crate::chats::ChatFilter>,
-) -> Result<Json<Vec<crate::chats::ChatView>>, ConsoleError> {
+    axum::extract::Query(mut f): axum::extract::Query<ChatFilter>,
+) -> Result<Json<Vec<ChatView>>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Agent, false).await?;
     if me.role < Role::Supervisor {
         f.agent = Some(me.id.clone());
     }
-    Ok(Json(
-        s.hub.db.call(move |c| crate::chats::list(c, &f)).await?,
-    ))
+    Ok(Json(s.store.chats(f).await?))
 }
 
 /// One chat with its transcript (an agent only their own).
@@ -376,22 +344,17 @@ async fn get_chat(
     State(s): S,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<crate::chats::ChatView>, ConsoleError> {
+) -> Result<Json<ChatView>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Agent, false).await?;
-    let view = s
-        .hub
-        .db
-        .call(move |c| crate::chats::get(c, &id))
-        .await?
-        .ok_or(ConsoleError::NotFound)?;
+    let view = s.store.chat(&id).await?.ok_or(ConsoleError::NotFound)?;
     if me.role < Role::Supervisor && view.agent_id.as_deref() != Some(me.id.as_str()) {
         return Err(ConsoleError::Forbidden("that chat is not yours"));
     }
     Ok(Json(view))
 }
 
-fn ticket_error(e: crate::tickets::TicketError) -> ConsoleError {
-    use crate::tickets::TicketError as T;
+fn ticket_error(e: TicketError) -> ConsoleError {
+    use TicketError as T;
     match e {
         T::NotFound => ConsoleError::NotFound,
         T::NotYours => ConsoleError::Forbidden(
@@ -402,30 +365,21 @@ fn ticket_error(e: crate::tickets::TicketError) -> ConsoleError {
 }
 
 /// Offline messages: open tickets and the caller's own (supervisors: all).
-async fn list_tickets(
-    State(s): S,
-    headers: HeaderMap,
-) -> Result<Json<Vec<crate::tickets::Ticket>>, ConsoleError> {
+async fn list_tickets(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Ticket>>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Agent, false).await?;
     let all = me.role >= Role::Supervisor;
-    Ok(Json(
-        s.hub
-            .db
-            .call(move |c| crate::tickets::list(c, &me.id, all))
-            .await?,
-    ))
+    Ok(Json(s.store.tickets(&me.id, all).await?))
 }
 
 async fn claim_ticket(
     State(s): S,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<crate::tickets::Ticket>, ConsoleError> {
+) -> Result<Json<Ticket>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Agent, true).await?;
     let t = s
-        .hub
-        .db
-        .call(move |c| crate::tickets::claim(c, &id, &me.id))
+        .store
+        .ticket_claim(&id, &me.id)
         .await?
         .map_err(ticket_error)?;
     Ok(Json(t))
@@ -441,35 +395,29 @@ async fn resolve_ticket(
     headers: HeaderMap,
     Path(id): Path<String>,
     Json(req): Json<ResolveRequest>,
-) -> Result<Json<crate::tickets::Ticket>, ConsoleError> {
+) -> Result<Json<Ticket>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Agent, true).await?;
     let supervisor = me.role >= Role::Supervisor;
     let note: String = req.note.chars().take(2000).collect();
     let now = now_ms();
     let t = s
-        .hub
-        .db
-        .call(move |c| crate::tickets::resolve(c, &id, &me.id, supervisor, &note, now))
+        .store
+        .ticket_resolve(&id, &me.id, supervisor, &note, now)
         .await?
         .map_err(ticket_error)?;
     Ok(Json(t))
 }
 
-async fn list_canned(
-    State(s): S,
-    headers: HeaderMap,
-) -> Result<Json<Vec<crate::tickets::Canned>>, ConsoleError> {
+async fn list_canned(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Canned>>, ConsoleError> {
     authorized(&s, &headers, Role::Agent, false).await?;
-    Ok(Json(
-        s.hub.db.call(|c| crate::tickets::canned_list(c)).await?,
-    ))
+    Ok(Json(s.store.canned_list().await?))
 }
 
 async fn put_canned(
     State(s): S,
     headers: HeaderMap,
-    Json(c): Json<crate::tickets::Canned>,
-) -> Result<Json<crate::tickets::Canned>, ConsoleError> {
+    Json(c): Json<Canned>,
+) -> Result<Json<Canned>, ConsoleError> {
     authorized(&s, &headers, Role::Supervisor, true).await?;
     let shortcut_ok = !c.shortcut.is_empty()
         && c.shortcut.len() <= 32
@@ -485,12 +433,7 @@ async fn put_canned(
             "lang en|zh, shortcut 1-32 of a-z 0-9 _ -, text 1-2000 bytes".into(),
         ));
     }
-    Ok(Json(
-        s.hub
-            .db
-            .call(move |conn| crate::tickets::canned_put(conn, &c))
-            .await?,
-    ))
+    Ok(Json(s.store.canned_put(c).await?))
 }
 
 async fn delete_canned(
@@ -499,11 +442,7 @@ async fn delete_canned(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ConsoleError> {
     authorized(&s, &headers, Role::Supervisor, true).await?;
-    if s.hub
-        .db
-        .call(move |c| crate::tickets::canned_delete(c, id))
-        .await?
-    {
+    if s.store.canned_delete(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ConsoleError::NotFound)
@@ -515,7 +454,7 @@ pub struct Dashboard {
     pub live: crate::handoff::Live,
     pub nodes_online: usize,
     pub nodes_offline: usize,
-    pub days: Vec<crate::chats::DayStats>,
+    pub days: Vec<DayStats>,
 }
 
 /// Supervisors: agents and their load, the queue, the fleet, and 30 days of
@@ -523,13 +462,9 @@ pub struct Dashboard {
 async fn dashboard(State(s): S, headers: HeaderMap) -> Result<Json<Dashboard>, ConsoleError> {
     authorized(&s, &headers, Role::Supervisor, false).await?;
     let now = now_ms();
-    let live = s.hub.handoff.snapshot(now);
-    let nodes = s.hub.db.call(|c| crate::store::nodes(c)).await?;
-    let days = s
-        .hub
-        .db
-        .call(move |c| crate::chats::daily_stats(c, now - 30 * 86_400_000))
-        .await?;
+    let live = s.handoff.snapshot().await;
+    let nodes = s.store.nodes().await?;
+    let days = s.store.daily_stats(now - 30 * 86_400_000).await?;
     let online = nodes
         .iter()
         .filter(|n| n.online && n.revoked_at.is_none())
@@ -554,7 +489,7 @@ pub struct Colleague {
 /// how many more chats each can take.
 async fn colleagues(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Colleague>>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Agent, false).await?;
-    let live = s.hub.handoff.snapshot(now_ms());
+    let live = s.handoff.snapshot().await;
     Ok(Json(
         live.agents
             .into_iter()
@@ -569,7 +504,7 @@ async fn colleagues(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Colleagu
     ))
 }
 
-pub fn router(state: Arc<ConsoleState>) -> axum::Router {
+pub fn router(state: Arc<Http>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
         .route("/console/api/logout", post(logout))

@@ -1,39 +1,11 @@
-//! Offline messages as tickets (issue 4 groundwork): left by visitors when
+//! Offline messages as tickets: left by visitors when
 //! nobody could come, claimed and resolved by agents in the console; and the
 //! canned responses agents insert by shortcut, managed by supervisors.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
-
-pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS tickets (
-            id           TEXT PRIMARY KEY,   -- the offline-message event id
-            node_id      TEXT NOT NULL,
-            conversation TEXT NOT NULL,
-            lang         TEXT NOT NULL,
-            name         TEXT NOT NULL,
-            contact      TEXT NOT NULL,
-            message      TEXT NOT NULL,
-            created_at   INTEGER NOT NULL,
-            state        TEXT NOT NULL DEFAULT 'open',   -- open, claimed, resolved
-            agent_id     TEXT,
-            resolution   TEXT,
-            resolved_at  INTEGER
-        );
-        CREATE INDEX IF NOT EXISTS tickets_state ON tickets(state, created_at);
-        CREATE TABLE IF NOT EXISTS canned (
-            id       INTEGER PRIMARY KEY,
-            lang     TEXT NOT NULL,
-            shortcut TEXT NOT NULL,
-            text     TEXT NOT NULL,
-            UNIQUE (lang, shortcut)
-        );",
-    )?;
-    Ok(())
-}
+use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ticket {
@@ -64,7 +36,7 @@ pub enum TicketError {
 
 /// Store an offline message as an open ticket (once per event id).
 #[allow(clippy::too_many_arguments)]
-pub fn open(
+pub(super) fn open(
     conn: &Connection,
     id: &str,
     node: &str,
@@ -102,7 +74,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
 }
 
 /// Open tickets and those `agent` holds (or every ticket when `all`), oldest first.
-pub fn list(conn: &Connection, agent: &str, all: bool) -> Result<Vec<Ticket>, StoreError> {
+fn list(conn: &Connection, agent: &str, all: bool) -> Result<Vec<Ticket>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM tickets WHERE ?2 OR state = 'open' OR agent_id = ?1 ORDER BY created_at"
     ))?;
@@ -110,7 +82,7 @@ pub fn list(conn: &Connection, agent: &str, all: bool) -> Result<Vec<Ticket>, St
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<Ticket>, StoreError> {
+fn get(conn: &Connection, id: &str) -> Result<Option<Ticket>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM tickets WHERE id = ?1"),
@@ -120,7 +92,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Ticket>, StoreError> {
         .optional()?)
 }
 
-pub fn claim(
+fn claim(
     conn: &Connection,
     id: &str,
     agent: &str,
@@ -140,7 +112,7 @@ pub fn claim(
     Ok(Ok(get(conn, id)?.expect("exists")))
 }
 
-pub fn resolve(
+fn resolve(
     conn: &Connection,
     id: &str,
     agent: &str,
@@ -174,7 +146,7 @@ pub struct Canned {
     pub text: String,
 }
 
-pub fn canned_list(conn: &Connection) -> Result<Vec<Canned>, StoreError> {
+fn canned_list(conn: &Connection) -> Result<Vec<Canned>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT id, lang, shortcut, text FROM canned ORDER BY lang, shortcut")?;
     let rows = stmt.query_map([], |r| {
@@ -189,7 +161,7 @@ pub fn canned_list(conn: &Connection) -> Result<Vec<Canned>, StoreError> {
 }
 
 /// Add or replace the response for (lang, shortcut).
-pub fn canned_put(conn: &Connection, c: &Canned) -> Result<Canned, StoreError> {
+fn canned_put(conn: &Connection, c: &Canned) -> Result<Canned, StoreError> {
     conn.execute(
         "INSERT INTO canned (lang, shortcut, text) VALUES (?1, ?2, ?3)
          ON CONFLICT(lang, shortcut) DO UPDATE SET text = excluded.text",
@@ -203,8 +175,51 @@ pub fn canned_put(conn: &Connection, c: &Canned) -> Result<Canned, StoreError> {
     Ok(Canned { id, ..c.clone() })
 }
 
-pub fn canned_delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+fn canned_delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
     Ok(conn.execute("DELETE FROM canned WHERE id = ?1", [id])? > 0)
+}
+
+impl Store {
+    /// Open tickets and those of `agent` (every ticket if `all`), oldest first.
+    pub async fn tickets(&self, agent: &str, all: bool) -> Result<Vec<Ticket>, StoreError> {
+        let agent = agent.to_owned();
+        self.db.call(move |c| list(c, &agent, all)).await
+    }
+
+    pub async fn ticket_claim(
+        &self,
+        id: &str,
+        agent: &str,
+    ) -> Result<Result<Ticket, TicketError>, StoreError> {
+        let (id, agent) = (id.to_owned(), agent.to_owned());
+        self.db.call(move |c| claim(c, &id, &agent)).await
+    }
+
+    pub async fn ticket_resolve(
+        &self,
+        id: &str,
+        agent: &str,
+        supervisor: bool,
+        note: &str,
+        at: i64,
+    ) -> Result<Result<Ticket, TicketError>, StoreError> {
+        let (id, agent, note) = (id.to_owned(), agent.to_owned(), note.to_owned());
+        self.db
+            .call(move |c| resolve(c, &id, &agent, supervisor, &note, at))
+            .await
+    }
+
+    pub async fn canned_list(&self) -> Result<Vec<Canned>, StoreError> {
+        self.db.call(|c| canned_list(c)).await
+    }
+
+    pub async fn canned_put(&self, canned: Canned) -> Result<Canned, StoreError> {
+        self.db.call(move |c| canned_put(c, &canned)).await
+    }
+
+    pub async fn canned_delete(&self, id: i64) -> Result<bool, StoreError> {
+        self.db.call(move |c| canned_delete(c, id)).await
+    }
 }
 
 #[cfg(test)]
@@ -213,8 +228,7 @@ mod tests {
 
     #[test]
     fn ticket_lifecycle() {
-        let c = Connection::open_in_memory().unwrap();
-        migrate(&c).unwrap();
+        let c = super::super::test_conn();
         open(&c, "t1", "n", "c", "en", "Ada", "+44", "call me", 1).unwrap();
         open(&c, "t1", "n", "c", "en", "Ada", "+44", "call me", 1).unwrap();
         assert_eq!(list(&c, "a", false).unwrap().len(), 1, "stored once");
@@ -241,8 +255,7 @@ mod tests {
 
     #[test]
     fn canned_responses_by_language_and_shortcut() {
-        let c = Connection::open_in_memory().unwrap();
-        migrate(&c).unwrap();
+        let c = super::super::test_conn();
         let hi = canned_put(
             &c,
             &Canned {

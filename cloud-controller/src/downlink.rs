@@ -1,0 +1,161 @@
+//! The way down to nodes, as the rest of the controller sees it: queue a
+//! command (stored until the node acknowledges it, sent at once when the
+//! node is online), resend what is pending, show an agent typing, forget a
+//! revoked node. It never seals or publishes itself: it hands [`Outgoing`]
+//! messages to the link's publisher, so services need no transport.
+//!
+//! Queue policy: bounded (4096). When full, an outgoing message is dropped
+//! and counted; commands are already stored and go again with the next
+//! resend (on the node's `hello`, its resend request, or the retry timer),
+//! typing signals are ephemeral.
+
+use std::sync::{Arc, Mutex};
+
+use edgedesk_common::sync::{Command, CommandBody, Down, Stream};
+use tokio::sync::mpsc;
+
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// For the link's publisher.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Seal `down` for `node` and publish it.
+    Send { node: String, down: Down },
+    /// `node` was revoked: drop its cached keys and its live state.
+    Forget { node: String },
+}
+
+/// Capacity of the outgoing queue.
+pub const OUTGOING_QUEUE: usize = 4096;
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Downlink {
+    store: Store,
+    fleet: Arc<Mutex<Fleet>>,
+    tx: mpsc::Sender<Outgoing>,
+    metrics: Arc<Metrics>,
+}
+
+impl Downlink {
+    pub fn new(
+        store: Store,
+        fleet: Arc<Mutex<Fleet>>,
+        tx: mpsc::Sender<Outgoing>,
+        metrics: Arc<Metrics>,
+    ) -> Downlink {
+        Downlink {
+            store,
+            fleet,
+            tx,
+            metrics,
+        }
+    }
+
+    /// Whether `node` is online now (fleet state machine).
+    pub fn is_online(&self, node: &str) -> bool {
+        self.fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_online(node)
+    }
+
+    fn offer(&self, out: Outgoing) -> bool {
+        if self.tx.try_send(out).is_err() {
+            self.metrics.outgoing_dropped.inc();
+            return false;
+        }
+        true
+    }
+
+    /// Queue a command for `node` (kept until acknowledged) and send it now
+    /// if the node is online. Commands with the same `stream` key are
+    /// executed by the node in the order they were queued.
+    pub async fn queue(
+        &self,
+        node: &str,
+        body: CommandBody,
+        stream: Option<&str>,
+    ) -> Result<Command, StoreError> {
+        let cmd = Command {
+            id: uuid::Uuid::new_v4().to_string(),
+            body,
+            issued_at: now_ms(),
+            stream: stream.map(|key| Stream {
+                key: key.to_owned(),
+                seq: 0,
+            }),
+        };
+        let online = self.is_online(node);
+        // Recorded as sent in the same write as the enqueue.
+        let cmd = self
+            .store
+            .enqueue_command(node, cmd, online.then(now_ms))
+            .await?;
+        if online
+            && self.offer(Outgoing::Send {
+                node: node.to_owned(),
+                down: Down::Command(cmd.clone()),
+            })
+        {
+            self.metrics.commands_sent.inc();
+        }
+        Ok(cmd)
+    }
+
+    /// Send every unacknowledged command of `node` again, in queue order.
+    pub async fn send_pending(&self, node: &str) -> Result<(), StoreError> {
+        let pending = self.store.pending_commands(node).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut sent = Vec::with_capacity(pending.len());
+        for cmd in pending {
+            let id = cmd.id.clone();
+            if !self.offer(Outgoing::Send {
+                node: node.to_owned(),
+                down: Down::Command(cmd),
+            }) {
+                break;
+            }
+            self.metrics.commands_sent.inc();
+            sent.push(id);
+        }
+        self.store.mark_sent(sent, now_ms()).await
+    }
+
+    /// The agent is typing in `conversation` on `node` (ephemeral).
+    pub fn typing(&self, node: &str, conversation: &str) {
+        self.offer(Outgoing::Send {
+            node: node.to_owned(),
+            down: Down::Typing {
+                conversation: conversation.to_owned(),
+            },
+        });
+    }
+
+    /// Tell the link that `node` was revoked.
+    pub async fn forget(&self, node: &str) {
+        // Not dropped when busy: a revocation must reach the link.
+        let _ = self
+            .tx
+            .send(Outgoing::Forget {
+                node: node.to_owned(),
+            })
+            .await;
+    }
+
+    /// Send `down` to `node` (acknowledgements; the link's own use).
+    pub fn send(&self, node: &str, down: Down) -> bool {
+        self.offer(Outgoing::Send {
+            node: node.to_owned(),
+            down,
+        })
+    }
+}

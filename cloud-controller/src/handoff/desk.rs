@@ -1,0 +1,433 @@
+//! The live-chat desk as an I/O-free state machine: escalations, visitor
+//! lines, agents' consoles and time go in; what to store, which commands to
+//! queue for which node, and what to push to which console come out. The
+//! routing decisions themselves are [`Router`]'s; the desk adds what each
+//! decision means (the chat's node, the agent's name, the frames) so that
+//! one step decides everything and the driver only carries it out.
+
+use std::collections::{BTreeSet, HashMap};
+
+use edgedesk_common::sync::{AgentClosed, AgentJoined, AgentLeft, AgentMessage, CommandBody};
+
+use super::{AgentLoad, ConsoleIn, ConsoleOut, Live, MAX_LINE};
+use crate::routing::{self, Presence, Router};
+use crate::store::{AgentRow, Line};
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum In {
+    /// A visitor asked for a person (a new escalation event from `node`,
+    /// waiting since `at`).
+    Escalated {
+        chat: String,
+        node: String,
+        lang: String,
+        at: i64,
+    },
+    /// A visitor's line in a live chat.
+    VisitorLine {
+        chat: String,
+        line: Line,
+    },
+    /// The visitor ended an escalated conversation.
+    VisitorEnded {
+        chat: String,
+    },
+    VisitorTyping {
+        chat: String,
+    },
+    /// A branch went offline or came back.
+    NodeStatus {
+        node: String,
+        online: bool,
+    },
+    /// An agent's first console socket opened.
+    Connected {
+        agent: AgentRow,
+    },
+    /// An agent's last console socket closed.
+    Disconnected {
+        agent: String,
+    },
+    /// A frame from an agent's console; the step ends with [`Do::Reply`].
+    Console {
+        agent: AgentRow,
+        frame: ConsoleIn,
+    },
+    /// Time passes (presence grace periods).
+    Tick,
+}
+
+/// A change to the chat store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreOp {
+    Assign {
+        chat: String,
+        agent: String,
+        at: i64,
+    },
+    Requeue {
+        chat: String,
+    },
+    Close {
+        chat: String,
+        resolution: String,
+        at: i64,
+    },
+    AgentLine {
+        chat: String,
+        agent: String,
+        text: String,
+        at: i64,
+    },
+}
+
+/// What to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Do {
+    Store(StoreOp),
+    /// Queue a command for the chat's node, in the chat's stream.
+    Command {
+        node: String,
+        chat: String,
+        body: CommandBody,
+    },
+    /// The agent is typing (ephemeral, not queued).
+    Typing {
+        node: String,
+        chat: String,
+    },
+    Push {
+        agent: String,
+        frame: ConsoleOut,
+    },
+    /// Push the chat with its transcript (the driver reads it).
+    PushAssigned {
+        agent: String,
+        chat: String,
+    },
+    /// The answer to a console frame (unless an earlier step failed).
+    Reply(Result<(), String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Desk {
+    router: Router,
+    /// The node of each live chat (waiting or held); dropped when it closes.
+    nodes: HashMap<String, String>,
+    names: HashMap<String, String>,
+}
+
+impl Desk {
+    pub fn new(grace_ms: i64) -> Desk {
+        Desk {
+            router: Router::new(grace_ms),
+            nodes: HashMap::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// Live chats the desk knows (for tests and the dashboard).
+    pub fn live_chats(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The agent holding `chat`.
+    pub fn holder(&self, chat: &str) -> Option<&str> {
+        self.router.chat(chat).and_then(|c| c.agent.as_deref())
+    }
+
+    /// Live numbers for the supervisor dashboard.
+    pub fn snapshot(&self, now: i64) -> Live {
+        let queue = self.router.queue();
+        Live {
+            agents: self
+                .router
+                .agents()
+                .map(|(id, a)| AgentLoad {
+                    id: id.clone(),
+                    name: self.names.get(id).cloned().unwrap_or_default(),
+                    presence: format!("{:?}", a.presence).to_lowercase(),
+                    chats: a.chats.len(),
+                    capacity: a.capacity,
+                })
+                .collect(),
+            waiting: queue.len(),
+            longest_wait_ms: queue
+                .first()
+                .map(|(_, c)| now - c.waiting_since)
+                .unwrap_or(0),
+        }
+    }
+
+    /// Take `input` at controller time `now` (ms); what to do, in order.
+    pub fn step(&mut self, input: In, now: i64) -> Vec<Do> {
+        let mut out = Vec::new();
+        match input {
+            In::Escalated {
+                chat,
+                node,
+                lang,
+                at,
+            } => {
+                self.nodes.insert(chat.clone(), node);
+                let actions = self.router.step(routing::Input::Escalated {
+                    chat,
+                    lang,
+                    at,
+                    bound_to: None,
+                });
+                self.apply(actions, now, &mut out);
+            }
+            In::VisitorLine { chat, line } => {
+                if let Some(agent) = self.holder(&chat) {
+                    out.push(Do::Push {
+                        agent: agent.to_owned(),
+                        frame: ConsoleOut::Line { chat, line },
+                    });
+                }
+            }
+            In::VisitorEnded { chat } => {
+                if let Some(agent) = self.holder(&chat).map(str::to_owned) {
+                    out.push(Do::Store(StoreOp::Close {
+                        chat: chat.clone(),
+                        resolution: "visitor left".into(),
+                        at: now,
+                    }));
+                    out.push(Do::Push {
+                        agent,
+                        frame: ConsoleOut::Closed { chat: chat.clone() },
+                    });
+                    let actions = self
+                        .router
+                        .step(routing::Input::Closed { chat: chat.clone() });
+                    self.nodes.remove(&chat);
+                    self.apply(actions, now, &mut out);
+                }
+            }
+            In::VisitorTyping { chat } => {
+                if let Some(agent) = self.holder(&chat) {
+                    out.push(Do::Push {
+                        agent: agent.to_owned(),
+                        frame: ConsoleOut::Typing { chat },
+                    });
+                }
+            }
+            In::NodeStatus { node, online } => {
+                let agents: BTreeSet<&str> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| **n == node)
+                    .filter_map(|(chat, _)| self.holder(chat))
+                    .collect();
+                for agent in agents {
+                    out.push(Do::Push {
+                        agent: agent.to_owned(),
+                        frame: ConsoleOut::NodeStatus {
+                            node: node.clone(),
+                            online,
+                        },
+                    });
+                }
+            }
+            In::Connected { agent } => {
+                self.names
+                    .insert(agent.id.clone(), agent.display_name.clone());
+                let mut actions = self.router.step(routing::Input::AgentUpsert {
+                    agent: agent.id.clone(),
+                    capacity: agent.capacity as usize,
+                    languages: agent.languages.iter().cloned().collect(),
+                });
+                actions.extend(self.router.step(routing::Input::Reconnected {
+                    agent: agent.id.clone(),
+                }));
+                // The chats this agent holds come back to the new console.
+                let held: Vec<String> = self
+                    .router
+                    .agent(&agent.id)
+                    .map(|a| a.chats.iter().cloned().collect())
+                    .unwrap_or_default();
+                for chat in held {
+                    out.push(Do::PushAssigned {
+                        agent: agent.id.clone(),
+                        chat,
+                    });
+                }
+                self.apply(actions, now, &mut out);
+            }
+            In::Disconnected { agent } => {
+                let actions = self
+                    .router
+                    .step(routing::Input::Disconnected { agent, at: now });
+                self.apply(actions, now, &mut out);
+            }
+            In::Tick => {
+                let actions = self.router.step(routing::Input::Tick { now });
+                self.apply(actions, now, &mut out);
+            }
+            In::Console { agent, frame } => {
+                let result = self.console(&agent, frame, now, &mut out);
+                out.push(Do::Reply(result));
+            }
+        }
+        out
+    }
+
+    fn console(
+        &mut self,
+        agent: &AgentRow,
+        frame: ConsoleIn,
+        now: i64,
+        out: &mut Vec<Do>,
+    ) -> Result<(), String> {
+        let mine = |desk: &Desk, chat: &str| desk.holder(chat) == Some(agent.id.as_str());
+        match frame {
+            ConsoleIn::Presence { state } => {
+                let presence = match state.as_str() {
+                    "online" => Presence::Online,
+                    "away" => Presence::Away,
+                    "offline" => Presence::Offline,
+                    other => return Err(format!("unknown presence {other:?}")),
+                };
+                let actions = self.router.step(routing::Input::SetPresence {
+                    agent: agent.id.clone(),
+                    presence,
+                });
+                self.apply(actions, now, out);
+            }
+            ConsoleIn::Message { chat, text } => {
+                let text = text.trim().to_owned();
+                if text.is_empty() || text.chars().count() > MAX_LINE {
+                    return Err(format!("a message must be 1 to {MAX_LINE} characters"));
+                }
+                if !mine(self, &chat) {
+                    return Err("that chat is not assigned to you".into());
+                }
+                let node = self.nodes.get(&chat).cloned().ok_or("unknown chat")?;
+                out.push(Do::Store(StoreOp::AgentLine {
+                    chat: chat.clone(),
+                    agent: agent.id.clone(),
+                    text: text.clone(),
+                    at: now,
+                }));
+                out.push(Do::Command {
+                    node,
+                    chat: chat.clone(),
+                    body: CommandBody::AgentMessage(AgentMessage {
+                        conversation: chat,
+                        agent_name: agent.display_name.clone(),
+                        text,
+                    }),
+                });
+            }
+            ConsoleIn::Typing { chat } => {
+                if mine(self, &chat) {
+                    if let Some(node) = self.nodes.get(&chat) {
+                        out.push(Do::Typing {
+                            node: node.clone(),
+                            chat,
+                        });
+                    }
+                }
+            }
+            ConsoleIn::Close { chat, resolution } => {
+                if !mine(self, &chat) {
+                    return Err("that chat is not assigned to you".into());
+                }
+                let node = self.nodes.get(&chat).cloned().ok_or("unknown chat")?;
+                out.push(Do::Store(StoreOp::Close {
+                    chat: chat.clone(),
+                    resolution: resolution.chars().take(MAX_LINE).collect(),
+                    at: now,
+                }));
+                out.push(Do::Command {
+                    node,
+                    chat: chat.clone(),
+                    body: CommandBody::AgentClosed(AgentClosed {
+                        conversation: chat.clone(),
+                    }),
+                });
+                out.push(Do::Push {
+                    agent: agent.id.clone(),
+                    frame: ConsoleOut::Closed { chat: chat.clone() },
+                });
+                let actions = self
+                    .router
+                    .step(routing::Input::Closed { chat: chat.clone() });
+                self.nodes.remove(&chat);
+                self.apply(actions, now, out);
+            }
+            ConsoleIn::Transfer { chat, to } => {
+                if !mine(self, &chat) {
+                    return Err("that chat is not assigned to you".into());
+                }
+                let to_someone = to.is_some();
+                let actions = self.router.step(routing::Input::Transfer {
+                    chat: chat.clone(),
+                    to,
+                });
+                if let Some(routing::Action::Refused { reason }) = actions.first() {
+                    return Err(reason.clone());
+                }
+                if to_someone {
+                    // The router hands it straight on; tell the sender it left them.
+                    out.push(Do::Push {
+                        agent: agent.id.clone(),
+                        frame: ConsoleOut::Requeued { chat },
+                    });
+                }
+                self.apply(actions, now, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the router's decisions mean.
+    fn apply(&self, actions: Vec<routing::Action>, now: i64, out: &mut Vec<Do>) {
+        for action in actions {
+            match action {
+                routing::Action::Assign { chat, agent } => {
+                    let Some(node) = self.nodes.get(&chat).cloned() else {
+                        tracing::error!(%chat, "an assigned chat has no node");
+                        continue;
+                    };
+                    let name = self.names.get(&agent).cloned().unwrap_or_default();
+                    out.push(Do::Store(StoreOp::Assign {
+                        chat: chat.clone(),
+                        agent: agent.clone(),
+                        at: now,
+                    }));
+                    out.push(Do::Command {
+                        node,
+                        chat: chat.clone(),
+                        body: CommandBody::AgentJoined(AgentJoined {
+                            conversation: chat.clone(),
+                            agent_name: name,
+                        }),
+                    });
+                    out.push(Do::PushAssigned { agent, chat });
+                }
+                routing::Action::Requeued { chat, from } => {
+                    out.push(Do::Store(StoreOp::Requeue { chat: chat.clone() }));
+                    out.push(Do::Push {
+                        agent: from,
+                        frame: ConsoleOut::Requeued { chat: chat.clone() },
+                    });
+                    if let Some(node) = self.nodes.get(&chat).cloned() {
+                        out.push(Do::Command {
+                            node,
+                            chat: chat.clone(),
+                            body: CommandBody::AgentLeft(AgentLeft { conversation: chat }),
+                        });
+                    }
+                }
+                routing::Action::Refused { reason } => {
+                    tracing::debug!(%reason, "routing refused an input")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

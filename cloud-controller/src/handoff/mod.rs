@@ -1,0 +1,169 @@
+//! Live handoff on the controller: escalations from node outboxes feed the
+//! routing state machine; its assignments become `agent_joined` commands to
+//! the node and `assigned` frames on the agent's console WebSocket; lines
+//! travel both ways (agent → command queue → node; visitor → outbox event →
+//! agent), so nothing either side types is lost when a branch link drops.
+//!
+//! - [`desk`]: one pure step decides everything ([`Desk::step`]).
+//! - [`driver`]: one task owns the desk and does what it says (store, queue
+//!   commands through the [`Downlink`](crate::downlink::Downlink), push to
+//!   consoles). Everyone else talks to it through [`Handoff`], a channel —
+//!   the link never calls into here and this module never sees the transport.
+
+pub mod desk;
+pub mod driver;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{AgentRow, ChatView, Line};
+pub use desk::{Desk, Do, In, StoreOp};
+
+/// Frames to an agent's console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConsoleOut {
+    /// A chat is now yours (with the whole conversation so far).
+    Assigned {
+        chat: ChatView,
+    },
+    Line {
+        chat: String,
+        line: Line,
+    },
+    /// The chat left you (transfer, or you went offline).
+    Requeued {
+        chat: String,
+    },
+    Closed {
+        chat: String,
+    },
+    Typing {
+        chat: String,
+    },
+    /// A branch with one of your chats went offline or came back.
+    NodeStatus {
+        node: String,
+        online: bool,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Frames from an agent's console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConsoleIn {
+    Presence { state: String },
+    Message { chat: String, text: String },
+    Typing { chat: String },
+    Close { chat: String, resolution: String },
+    Transfer { chat: String, to: Option<String> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentLoad {
+    pub id: String,
+    pub name: String,
+    pub presence: String,
+    pub chats: usize,
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Live {
+    pub agents: Vec<AgentLoad>,
+    pub waiting: usize,
+    pub longest_wait_ms: i64,
+}
+
+/// Longest line an agent may send.
+pub const MAX_LINE: usize = 2000;
+
+/// A message for the desk's task.
+pub enum Msg {
+    Input(In),
+    /// A console frame; the answer comes back on `reply`.
+    Console {
+        agent: AgentRow,
+        frame: ConsoleIn,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A console socket opened for `agent`.
+    Connect {
+        agent: AgentRow,
+        tx: mpsc::Sender<ConsoleOut>,
+    },
+    /// A console socket closed.
+    Disconnect {
+        agent: String,
+        tx: mpsc::Sender<ConsoleOut>,
+    },
+    Snapshot(oneshot::Sender<Live>),
+}
+
+/// Capacity of the desk's queue. Policy: senders of events wait (an
+/// escalation is never dropped); ephemeral typing signals are dropped and
+/// counted when it is full.
+pub const QUEUE: usize = 4096;
+
+/// Handle on the desk's task; cheap to clone.
+#[derive(Clone)]
+pub struct Handoff {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Handoff {
+    pub fn new(tx: mpsc::Sender<Msg>) -> Handoff {
+        Handoff { tx }
+    }
+
+    /// Feed an input; waits when the desk is behind.
+    pub async fn input(&self, input: In) {
+        let _ = self.tx.send(Msg::Input(input)).await;
+    }
+
+    /// Feed an ephemeral input; `false` if it was dropped.
+    pub fn try_input(&self, input: In) -> bool {
+        self.tx.try_send(Msg::Input(input)).is_ok()
+    }
+
+    pub async fn console(&self, agent: AgentRow, frame: ConsoleIn) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Console {
+                agent,
+                frame,
+                reply,
+            })
+            .await
+            .map_err(|_| "the controller is shutting down".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the controller is shutting down".to_owned())?
+    }
+
+    pub async fn connect(&self, agent: AgentRow, tx: mpsc::Sender<ConsoleOut>) {
+        let _ = self.tx.send(Msg::Connect { agent, tx }).await;
+    }
+
+    pub async fn disconnect(&self, agent: &str, tx: mpsc::Sender<ConsoleOut>) {
+        let _ = self
+            .tx
+            .send(Msg::Disconnect {
+                agent: agent.to_owned(),
+                tx,
+            })
+            .await;
+    }
+
+    /// Live numbers for the supervisor dashboard.
+    pub async fn snapshot(&self) -> Live {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Msg::Snapshot(reply)).await.is_err() {
+            return Live::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+}

@@ -1,0 +1,68 @@
+//! The controller's HTTP side: the operators' REST API ([`api`]), the
+//! agents' console and its WebSocket ([`console`]), and `/healthz` and
+//! `/metrics`. Handlers share one [`Http`] of narrow handles; none of them
+//! reaches the MQTT transport.
+
+pub mod api;
+pub mod console;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use edgedesk_common::envelope::PublicKeys;
+use edgedesk_common::sync::ModelEndpoint;
+
+use crate::accounts::LoginLimiter;
+use crate::broker::Credentials;
+use crate::config::ConsoleConfig;
+use crate::downlink::Downlink;
+use crate::handoff::Handoff;
+use crate::metrics::Metrics;
+use crate::rollouts::Rollouts;
+use crate::store::Store;
+
+/// What the handlers need.
+pub struct Http {
+    pub store: Store,
+    pub downlink: Downlink,
+    pub handoff: Handoff,
+    pub rollouts: Rollouts,
+    pub metrics: Arc<Metrics>,
+    /// Broker logins (enrolment adds one).
+    pub creds: Credentials,
+    /// The controller's public keys, handed to nodes at enrolment.
+    pub controller_keys: PublicKeys,
+    pub admin_token: String,
+    /// Broker address nodes are told to use.
+    pub broker: (String, u16),
+    /// CA certificate nodes pin for the broker's TLS; `None`: plain MQTT.
+    pub broker_ca: Option<String>,
+    /// Model-signing key and QUIC endpoint handed to nodes at enrolment.
+    pub models: ModelEndpoint,
+    pub console: ConsoleConfig,
+    pub limiter: LoginLimiter,
+}
+
+/// Every route of the controller.
+pub fn router(state: Arc<Http>) -> axum::Router {
+    let ops = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .with_state(state.clone());
+    api::router(state.clone())
+        .merge(ops)
+        .merge(console::router(state))
+}
+
+async fn metrics_text(State(s): State<Arc<Http>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}

@@ -1,0 +1,229 @@
+//! What arrives from nodes, in arrival order: open and check each envelope
+//! (sender, addressee, clock skew, signature, decryption, replay window),
+//! apply the batch in one store transaction (group commit), and only after
+//! the commit acknowledge, update the fleet, and feed the live-chat desk.
+//!
+//! After the commit nothing stops the rest of the batch: a failed send is
+//! logged and the node resends, but every message of a committed batch is
+//! acknowledged and every fresh event reaches the desk.
+
+use std::time::Duration;
+
+use edgedesk_common::envelope::{CONTROLLER, Envelope, EnvelopeError};
+use edgedesk_common::event::{Event, EventBody};
+use edgedesk_common::sync::{Down, Up};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Link;
+use super::transport::Inbound;
+use crate::downlink::now_ms;
+use crate::handoff::In;
+use crate::store::events::{Inbound as Stored, InboundKind};
+use crate::store::{InboundOutcome, Line};
+
+/// Most inbound messages applied in one transaction.
+pub const BATCH: usize = 256;
+
+/// Process inbound messages until the queue closes.
+pub async fn run(link: Link, mut rx: mpsc::Receiver<Inbound>) {
+    // Group commit: whatever arrived while the previous batch was being
+    // written goes into the next one (up to BATCH).
+    let mut msgs = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut msgs, BATCH).await > 0 {
+        let mut batch = Vec::with_capacity(msgs.len());
+        for msg in msgs.drain(..) {
+            match open(&link, &msg.node, &msg.payload).await {
+                Ok((up, seq)) => batch.push((msg.node, up, seq)),
+                Err(e) => {
+                    link.metrics.refuse(e.reason());
+                    tracing::warn!(node = %msg.node, error = %e, "envelope refused");
+                }
+            }
+        }
+        apply(&link, batch).await;
+    }
+}
+
+/// Verify, open and check one envelope from `node`'s up topic.
+async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), EnvelopeError> {
+    let env = Envelope::from_json(payload)?;
+    if env.from != node {
+        return Err(EnvelopeError::Malformed(format!(
+            "sender {} on {node}'s topic",
+            env.from
+        )));
+    }
+    if env.to != CONTROLLER {
+        return Err(EnvelopeError::Malformed(format!("addressed to {}", env.to)));
+    }
+    let skew = link.config.sync.max_clock_skew_secs as i64 * 1000;
+    if (env.ts - now_ms()).abs() > skew {
+        return Err(EnvelopeError::Replay(env.seq));
+    }
+    let peer = link
+        .keys
+        .peer(node)
+        .await
+        .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
+        .ok_or(EnvelopeError::BadKey)?;
+    let plain = env.open(&peer, &link.identity)?;
+    let up: Up =
+        serde_json::from_slice(&plain).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    // A will was sealed at connect time; it is checked against the current
+    // connection instead of the sequence window.
+    if !matches!(up, Up::Will { .. }) {
+        link.keys.accept(node, env.seq)?;
+    }
+    Ok((up, env.seq))
+}
+
+/// Apply a batch of opened messages: every database change of the batch in
+/// one transaction, then, only after the commit, acknowledgements and the
+/// desk's inputs in arrival order.
+pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
+    let now = now_ms();
+    let transitions: Vec<_> = {
+        let mut fleet = link.presence.fleet();
+        batch
+            .iter()
+            .filter_map(|(node, up, _)| match up {
+                Up::Hello { connect_id, .. } => fleet.heard(node, now, Some(connect_id)),
+                Up::Will { connect_id } => fleet.will(node, connect_id),
+                Up::Heartbeat(hb) => fleet.heard(node, now, Some(&hb.connect_id)),
+                _ => fleet.heard(node, now, None),
+            })
+            .collect()
+    };
+    link.presence.record(transitions).await;
+    let mut stored = Vec::with_capacity(batch.len());
+    let mut hellos = Vec::new();
+    for (node, up, seq) in batch {
+        let what = match up {
+            // Ephemeral or answered without the store.
+            Up::Typing { conversation } => {
+                if !link
+                    .handoff
+                    .try_input(In::VisitorTyping { chat: conversation })
+                {
+                    link.metrics.handoff_dropped.inc();
+                }
+                continue;
+            }
+            Up::Will { .. } => continue,
+            Up::ResendCommands => {
+                if let Err(e) = link.downlink.send_pending(&node).await {
+                    tracing::warn!(%node, error = %e, "resending commands failed");
+                }
+                continue;
+            }
+            Up::Hello { .. } => {
+                hellos.push(node.clone());
+                InboundKind::Seen
+            }
+            Up::Heartbeat(hb) => InboundKind::Heartbeat(hb),
+            Up::Events { events } => InboundKind::Events(events),
+            Up::CommandAck { id, ok, detail } => InboundKind::CommandAck { id, ok, detail },
+        };
+        stored.push(Stored { node, seq, what });
+    }
+    if stored.is_empty() {
+        return;
+    }
+    let (stored, outcomes) = match link.store.apply_inbound(stored, now).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "applying a batch of messages failed; nodes will resend");
+            return;
+        }
+    };
+    after_commit(link, stored, outcomes).await;
+    for node in hellos {
+        if let Err(e) = link.downlink.send_pending(&node).await {
+            tracing::warn!(%node, error = %e, "sending pending commands failed");
+        }
+    }
+}
+
+/// Acknowledge and hand on what a committed batch brought, message by
+/// message; a failure with one never skips the others.
+pub async fn after_commit(link: &Link, stored: Vec<Stored>, outcomes: Vec<InboundOutcome>) {
+    for (m, outcome) in stored.into_iter().zip(outcomes) {
+        match (m.what, outcome) {
+            (InboundKind::Events(events), InboundOutcome::Events { total, fresh }) => {
+                link.metrics.events_new.inc_by(fresh.len() as u64);
+                link.metrics
+                    .events_duplicate
+                    .inc_by((total - fresh.len()) as u64);
+                // Acknowledge only after the commit above.
+                let ids = events.into_iter().map(|e| e.id).collect();
+                if !link.downlink.send(&m.node, Down::EventsAck { ids }) {
+                    tracing::debug!(node = %m.node, "acknowledgement dropped; the node resends");
+                }
+                for input in desk_inputs(&m.node, fresh) {
+                    link.handoff.input(input).await;
+                }
+            }
+            (_, InboundOutcome::CommandAcked(true)) => {
+                link.metrics.commands_acked.inc();
+            }
+            (InboundKind::Heartbeat(_), _) => {
+                link.metrics.heartbeats.inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What newly stored events from `node` mean for live chats.
+fn desk_inputs(node: &str, events: Vec<Event>) -> Vec<In> {
+    events
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::Escalation(x) => Some(In::Escalated {
+                chat: x.conversation,
+                node: node.to_owned(),
+                lang: x.lang.as_str().to_owned(),
+                at: e.at,
+            }),
+            EventBody::ChatLine(l) => Some(In::VisitorLine {
+                chat: l.conversation,
+                line: Line {
+                    sender: "visitor".into(),
+                    text: l.line.text,
+                    at: l.line.at,
+                },
+            }),
+            EventBody::ConversationSummary(s) if s.escalated => Some(In::VisitorEnded {
+                chat: s.conversation,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Fleet timeouts every second; every `command_retry_secs`, unacknowledged
+/// commands of online nodes go again.
+pub async fn ticker(link: Link, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let retry = Duration::from_secs(link.config.sync.command_retry_secs.max(1));
+    let mut last_retry = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                let ts = link.presence.fleet().tick(now_ms());
+                link.presence.record(ts).await;
+                if last_retry.elapsed() >= retry {
+                    last_retry = tokio::time::Instant::now();
+                    let online = link.store.online_nodes().await.unwrap_or_default();
+                    for node in online {
+                        if let Err(e) = link.downlink.send_pending(&node).await {
+                            tracing::warn!(%node, error = %e, "resending commands failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! MQTT for the controller: the event loop only parses and hands messages to
+//! a bounded queue (policy: when full, drop the newest and count it — nodes
+//! resend anything not acknowledged, so nothing is lost); the publisher seals
+//! what [`Downlink`](crate::downlink::Downlink) hands it and publishes on the
+//! node's `down` topic. Requests go through the client's queue, which the
+//! event loop drains, so neither task ever waits on the other's socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgedesk_common::envelope::{CONTROLLER, Envelope, Header, SeqCounter, topic};
+use edgedesk_common::sync::Down;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Link;
+use crate::downlink::{Outgoing, now_ms};
+
+/// One inbound message, parsed just enough to route it.
+pub struct Inbound {
+    pub node: String,
+    pub payload: Vec<u8>,
+}
+
+/// Capacity of the inbound queue.
+pub const INBOUND_QUEUE: usize = 8192;
+
+/// Small messages, latency-bound: no Nagle delay (for every MQTT client of ours).
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n.set_connection_timeout(10);
+    n
+}
+
+/// MQTT options for the controller's own client.
+pub fn mqtt_options(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    max_payload: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> MqttOptions {
+    let mut o = MqttOptions::new("edgedesk-controller", host, port);
+    if let Some(t) = tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(t),
+        ));
+    }
+    o.set_credentials(user, password);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_clean_session(false);
+    o.set_max_packet_size(max_payload, max_payload);
+    o.set_inflight(200);
+    o
+}
+
+/// Poll the MQTT event loop until `shutdown`, handing publishes to `inbound`.
+pub async fn poll(
+    link: Link,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    inbound: mpsc::Sender<Inbound>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!("controller connected to the broker");
+                if let Err(e) = client.try_subscribe(topic::ALL_UP, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "subscribe failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some(node) = topic::node_of_up(&p.topic) else {
+                    link.metrics.refuse("topic");
+                    continue;
+                };
+                let msg = Inbound {
+                    node: node.to_owned(),
+                    payload: p.payload.to_vec(),
+                };
+                if inbound.try_send(msg).is_err() {
+                    link.metrics.inbound_dropped.inc();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "broker connection lost; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+/// Seal and publish what the rest of the controller sends down, until the
+/// queue closes.
+pub async fn publish(link: Link, client: AsyncClient, mut rx: mpsc::Receiver<Outgoing>) {
+    let seq = SeqCounter::default();
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Send { node, down } => {
+                if let Err(e) = send(&link, &client, &seq, &node, &down).await {
+                    tracing::warn!(%node, error = %e, "sending to a node failed; what is queued goes again");
+                }
+            }
+            Outgoing::Forget { node } => {
+                link.keys.forget(&node);
+                link.creds.remove(&node);
+                let t = link.presence.fleet().remove(&node);
+                link.presence.record(t.into_iter().collect()).await;
+            }
+        }
+    }
+}
+
+async fn send(
+    link: &Link,
+    client: &AsyncClient,
+    seq: &SeqCounter,
+    node: &str,
+    body: &Down,
+) -> Result<(), String> {
+    // Unknown, revoked or unreadable keys: nothing to seal for.
+    let Some(peer) = link.keys.peer(node).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let plaintext = serde_json::to_vec(body).unwrap_or_default();
+    let mut nonce = [0u8; 24];
+    getrandom::fill(&mut nonce).expect("OS random source");
+    let id = uuid::Uuid::new_v4().to_string();
+    let env = Envelope::seal(
+        &link.identity,
+        &peer,
+        Header {
+            id: &id,
+            from: CONTROLLER,
+            to: node,
+            // Strictly increasing: max(previous + 1, now in µs), so it also
+            // increases across restarts without being stored.
+            seq: seq.next(chrono::Utc::now().timestamp_micros().max(1) as u64),
+            ts: now_ms(),
+        },
+        nonce,
+        &plaintext,
+    );
+    client
+        // QoS 0: delivery is end to end (acks and resends); see the node
+        // uplink's ENVELOPE_QOS for why not QoS 1.
+        .publish(topic::down(node), QoS::AtMostOnce, false, env.to_json())
+        .await
+        .map_err(|e| e.to_string())
+}

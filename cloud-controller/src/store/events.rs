@@ -1,0 +1,307 @@
+//! What nodes send up, stored once by event id, and what it means for
+//! chats, tickets and history — all in the transaction of its batch, so an
+//! acknowledged event is never half applied.
+
+use edgedesk_common::event::{Event, EventBody};
+use edgedesk_common::sync::Heartbeat;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub id: String,
+    pub node_id: String,
+    pub kind: String,
+    pub at: i64,
+    pub received_at: i64,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventQuery {
+    pub node: Option<String>,
+    pub kind: Option<String>,
+    /// Unix ms, inclusive.
+    pub since: Option<i64>,
+    /// Unix ms, exclusive.
+    pub until: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// One opened inbound message, as the store needs it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub node: String,
+    /// The envelope's sequence number (the node's replay mark).
+    pub seq: u64,
+    pub what: InboundKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum InboundKind {
+    Heartbeat(Box<Heartbeat>),
+    Events(Vec<Event>),
+    CommandAck {
+        id: String,
+        ok: bool,
+        detail: String,
+    },
+    /// Anything else: only the node's last-seen time and replay mark.
+    Seen,
+}
+
+/// What the store made of one inbound message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundOutcome {
+    None,
+    /// Events: those stored for the first time (the rest were resends).
+    Events {
+        fresh: Vec<Event>,
+        total: usize,
+    },
+    /// A command acknowledgement; `false` if no such pending command of that node.
+    CommandAcked(bool),
+}
+
+/// Store events idempotently (call inside the caller's transaction); returns
+/// the indices of those that were new.
+fn ingest(
+    tx: &Connection,
+    node: &str,
+    events: &[Event],
+    now: i64,
+) -> Result<Vec<usize>, StoreError> {
+    let mut new = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (id, node_id, kind, at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (i, e) in events.iter().enumerate() {
+            // A summary's transcript is kept once, by the history store (chats).
+            let stripped;
+            let e = match &e.body {
+                EventBody::ConversationSummary(s) if !s.transcript.is_empty() => {
+                    let mut c = e.clone();
+                    if let EventBody::ConversationSummary(s) = &mut c.body {
+                        s.transcript.clear();
+                    }
+                    stripped = c;
+                    &stripped
+                }
+                _ => e,
+            };
+            let body =
+                serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            if stmt.execute(params![e.id, node, e.body.kind(), e.at, now, body])? > 0 {
+                new.push(i);
+            }
+        }
+    }
+    Ok(new)
+}
+
+/// Record what newly stored `events` from `node` mean for chats, tickets and
+/// history, in the caller's transaction (the one that stores the events, so
+/// an acknowledged event is never half applied).
+fn project(conn: &rusqlite::Connection, node: &str, events: &[Event]) -> Result<(), StoreError> {
+    for e in events {
+        match &e.body {
+            EventBody::Escalation(x) => {
+                super::chats::escalated(
+                    conn,
+                    &x.conversation,
+                    node,
+                    x.lang.as_str(),
+                    &x.intents,
+                    e.at,
+                )?;
+                for (i, l) in x.transcript.iter().enumerate() {
+                    let key = if l.id > 0 {
+                        l.id.to_string()
+                    } else {
+                        format!("esc-{}-{i}", e.at)
+                    };
+                    super::chats::add_line(
+                        conn,
+                        &x.conversation,
+                        &key,
+                        l.from.as_str(),
+                        None,
+                        &l.text,
+                        l.at,
+                    )?;
+                }
+            }
+            EventBody::ChatLine(l) => {
+                let key = l.line.id.to_string();
+                super::chats::add_line(
+                    conn,
+                    &l.conversation,
+                    &key,
+                    "visitor",
+                    None,
+                    &l.line.text,
+                    l.line.at,
+                )?;
+            }
+            EventBody::OfflineMessage(m) => {
+                super::tickets::open(
+                    conn,
+                    &e.id,
+                    node,
+                    &m.conversation,
+                    m.lang.as_str(),
+                    &m.name,
+                    &m.contact,
+                    &m.message,
+                    e.at,
+                )?;
+            }
+            EventBody::Rating(r) => super::chats::rate(conn, &r.conversation, r.score)?,
+            EventBody::ConversationSummary(s) if !s.transcript.is_empty() => {
+                super::chats::summarized(conn, node, s)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, node_id, kind, at, received_at, body FROM events
+         WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR kind = ?2)
+           AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4)
+         ORDER BY at, id LIMIT ?5",
+    )?;
+    let limit = q.limit.unwrap_or(1000).min(100_000) as i64;
+    let rows = stmt.query_map(params![q.node, q.kind, q.since, q.until, limit], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, node_id, kind, at, received_at, body) = row?;
+        let event = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        out.push(StoredEvent {
+            id,
+            node_id,
+            kind,
+            at,
+            received_at,
+            event,
+        });
+    }
+    Ok(out)
+}
+
+fn event_count(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+impl Store {
+    /// Apply a batch of inbound messages in one transaction (group commit):
+    /// replay marks, heartbeats, events (idempotent) with their projection
+    /// into chats, tickets and history, command acknowledgements.
+    pub async fn apply_inbound(
+        &self,
+        batch: Vec<Inbound>,
+        now: i64,
+    ) -> Result<(Vec<Inbound>, Vec<InboundOutcome>), StoreError> {
+        self.db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for m in &batch {
+                    super::nodes::touch(&tx, &m.node, m.seq, now)?;
+                    outcomes.push(match &m.what {
+                        InboundKind::Heartbeat(hb) => {
+                            super::nodes::record_heartbeat(&tx, &m.node, hb, now)?;
+                            InboundOutcome::None
+                        }
+                        InboundKind::Events(events) => {
+                            let new = ingest(&tx, &m.node, events, now)?;
+                            let fresh: Vec<Event> =
+                                new.iter().map(|&i| events[i].clone()).collect();
+                            project(&tx, &m.node, &fresh)?;
+                            InboundOutcome::Events {
+                                total: events.len(),
+                                fresh,
+                            }
+                        }
+                        InboundKind::CommandAck { id, ok, detail } => InboundOutcome::CommandAcked(
+                            super::commands::ack_command(&tx, &m.node, id, *ok, detail, now)?,
+                        ),
+                        InboundKind::Seen => InboundOutcome::None,
+                    });
+                }
+                tx.commit()?;
+                Ok((batch, outcomes))
+            })
+            .await
+    }
+
+    /// Stored events matching `q`, oldest first.
+    pub async fn events(&self, q: EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        self.db.call(move |c| events(c, &q)).await
+    }
+
+    pub async fn event_count(&self) -> Result<u64, StoreError> {
+        self.db.call(|c| event_count(c)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgedesk_common::chat::Lang;
+    use edgedesk_common::event::Escalation;
+
+    #[test]
+    fn ingest_is_idempotent() {
+        let c = super::super::test_conn();
+        let ev = |i: usize| Event {
+            id: format!("e{i}"),
+            at: i as i64,
+            body: EventBody::Escalation(Escalation {
+                conversation: "c".into(),
+                lang: Lang::En,
+                reason: "requested".into(),
+                last_text: String::new(),
+                intents: vec![],
+                transcript: vec![],
+            }),
+        };
+        let batch: Vec<Event> = (0..10).map(ev).collect();
+        assert_eq!(ingest(&c, "a", &batch, 5).unwrap().len(), 10);
+        assert_eq!(ingest(&c, "a", &batch[5..], 6).unwrap().len(), 0);
+        assert_eq!(event_count(&c).unwrap(), 10);
+        let q = EventQuery {
+            node: Some("a".into()),
+            since: Some(3),
+            until: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(
+            events(&c, &q)
+                .unwrap()
+                .iter()
+                .map(|e| e.at)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
+        let q = EventQuery {
+            kind: Some("offline_message".into()),
+            ..Default::default()
+        };
+        assert!(events(&c, &q).unwrap().is_empty());
+    }
+}

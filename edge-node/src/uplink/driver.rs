@@ -1,0 +1,484 @@
+//! The MQTT side of the uplink: connect with the pinned CA and the broker
+//! login from enrolment, open and check what arrives on the node's `down`
+//! topic, drain the outbox in batches, send heartbeats.
+//!
+//! The event loop only parses and hands work on: acknowledgements to the
+//! drain, commands to [`super::exec`] (bounded 256; when full the newest is
+//! dropped and counted — the controller resends anything unacknowledged).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgedesk_common::chat::Sender;
+use edgedesk_common::envelope::{
+    CONTROLLER, Envelope, EnvelopeError, Header, Identity, Peer, ReplayWindow, SeqCounter, topic,
+};
+use edgedesk_common::event::{Event, EventBody};
+use edgedesk_common::sync::{Down, DownError, Heartbeat, Up};
+use edgedesk_nlu::entities::mask_personal;
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use super::exec::{Exec, Work};
+use super::sync::{Next, Outbox, Streams};
+use super::{IdentityFile, Uplink, UplinkError, enroll};
+use crate::session::now_ms;
+use crate::store::KV_COMPACTED;
+
+/// Sends sealed envelopes to the controller.
+pub struct Sealer {
+    pub node: String,
+    pub identity: Identity,
+    pub controller: Peer,
+    seq: SeqCounter,
+}
+
+impl Sealer {
+    fn next_seq(&self) -> u64 {
+        self.seq
+            .next(chrono::Utc::now().timestamp_micros().max(1) as u64)
+    }
+
+    pub fn seal(&self, body: &Up) -> Vec<u8> {
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).expect("OS random source");
+        let id = uuid::Uuid::new_v4().to_string();
+        let plain = serde_json::to_vec(body).unwrap_or_default();
+        Envelope::seal(
+            &self.identity,
+            &self.controller,
+            Header {
+                id: &id,
+                from: &self.node,
+                to: CONTROLLER,
+                seq: self.next_seq(),
+                ts: now_ms(),
+            },
+            nonce,
+            &plain,
+        )
+        .to_json()
+    }
+
+    /// Seal and publish one message on our up topic.
+    pub async fn send(&self, client: &AsyncClient, body: &Up) -> Result<(), rumqttc::ClientError> {
+        client
+            .publish(topic::up(&self.node), ENVELOPE_QOS, false, self.seal(body))
+            .await
+    }
+}
+
+/// Mask personal data in what leaves the branch (contact details for a call-back stay).
+pub fn outgoing(mut e: Event, mask: bool) -> Event {
+    if mask {
+        match &mut e.body {
+            EventBody::Escalation(x) => x.last_text = mask_personal(&x.last_text),
+            EventBody::OfflineMessage(x) => x.message = mask_personal(&x.message),
+            // History keeps what the visitor said without their numbers.
+            EventBody::ConversationSummary(x) => {
+                for l in x
+                    .transcript
+                    .iter_mut()
+                    .filter(|l| l.from == Sender::Visitor)
+                {
+                    l.text = mask_personal(&l.text);
+                }
+            }
+            // Live chat lines go to a person who must read them as written.
+            EventBody::FlowCompleted(_) | EventBody::ChatLine(_) | EventBody::Rating(_) => {}
+        }
+    }
+    e
+}
+
+const KV_DOWN_SEQ: &str = "controller_seq_high";
+
+/// Design: envelopes are published at QoS 0. Delivery is guaranteed end to
+/// end by the controller's `events_ack` and our resends, not by the broker
+/// (which keeps nothing); QoS 1 added PUBACKs that, with a broker that does
+/// not set TCP_NODELAY, stalled each acknowledgement ~40 ms (Nagle + delayed ACK).
+const ENVELOPE_QOS: QoS = QoS::AtMostOnce;
+
+/// Commands waiting for the executor.
+const WORK_QUEUE: usize = 256;
+
+pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(), UplinkError> {
+    let cfg = u.cloud.clone();
+    let mut file = IdentityFile::load_or_create(&cfg.identity_path, &cfg.node_id)?;
+    tokio::select! {
+        _ = u.shutdown.cancelled() => return Ok(()),
+        r = enroll(&cfg, &mut file) => r?,
+    }
+    file.save(&cfg.identity_path)?;
+    let identity = file.identity()?;
+    let bad = |message: &str| UplinkError::Identity {
+        path: cfg.identity_path.display().to_string(),
+        message: message.into(),
+    };
+    let controller = file
+        .controller
+        .clone()
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| bad("bad controller keys"))?;
+    let mqtt = file.mqtt.clone().ok_or_else(|| bad("no broker pinned"))?;
+    let sealer = Arc::new(Sealer {
+        node: cfg.node_id.clone(),
+        identity,
+        controller,
+        seq: SeqCounter::default(),
+    });
+    let connect_id = uuid::Uuid::new_v4().to_string();
+
+    let mut opts = MqttOptions::new(cfg.node_id.clone(), mqtt.host.clone(), mqtt.port);
+    opts.set_credentials(mqtt.username.clone(), mqtt.password.clone());
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_last_will(LastWill::new(
+        topic::up(&cfg.node_id),
+        sealer.seal(&Up::Will {
+            connect_id: connect_id.clone(),
+        }),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    if mqtt.tls {
+        let ca = mqtt.ca_pem.as_deref().unwrap_or_default();
+        let tls = edgedesk_support::tls::pinned_client(ca).map_err(|e| bad(&e.to_string()))?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let (ack_tx, ack_rx) = mpsc::channel::<Vec<String>>(256);
+    let (work_tx, work_rx) = mpsc::channel::<Work>(WORK_QUEUE);
+    let high = u
+        .store
+        .kv_get(KV_DOWN_SEQ)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let u = Arc::new(u);
+    let receiver = Receiver {
+        u: u.clone(),
+        window: ReplayWindow::starting_at(high),
+        ack_tx,
+        work_tx,
+        client: client.clone(),
+        sealer: sealer.clone(),
+        connect_id: connect_id.clone(),
+    };
+    let poll = tokio::spawn(receiver.poll(eventloop));
+    let exec = Exec {
+        sessions: u.sessions.clone(),
+        models: u.models.clone(),
+        store: u.store.clone(),
+        metrics: u.metrics.clone(),
+        client: client.clone(),
+        sealer: sealer.clone(),
+        endpoint: file.models.clone(),
+        streams: Streams::new(1000),
+        inflight: Default::default(),
+    };
+    let exec = tokio::spawn(exec.run(work_rx, u.shutdown.clone()));
+    let typing = tokio::spawn(forward_typing(typing, client.clone(), sealer.clone()));
+    let beat = tokio::spawn(heartbeats(
+        u.clone(),
+        client.clone(),
+        sealer.clone(),
+        connect_id,
+    ));
+    drain(&u, &client, &sealer, ack_rx).await;
+    let _ = client.disconnect().await;
+    let _ = beat.await;
+    typing.abort();
+    let _ = exec.await;
+    let _ = poll.await;
+    Ok(())
+}
+
+/// The MQTT event loop's task.
+struct Receiver {
+    u: Arc<Uplink>,
+    window: ReplayWindow,
+    ack_tx: mpsc::Sender<Vec<String>>,
+    work_tx: mpsc::Sender<Work>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+    connect_id: String,
+}
+
+impl Receiver {
+    async fn poll(mut self, mut eventloop: EventLoop) {
+        let node = self.sealer.node.clone();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let ev = tokio::select! {
+                _ = self.u.shutdown.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(200);
+                    tracing::info!(%node, "connected to the broker");
+                    self.u.metrics.uplink_connected.set(1);
+                    self.u.sessions.broadcast_link(true);
+                    // Requests go through the client's queue, which this
+                    // loop drains: never await them here.
+                    let _ = self
+                        .client
+                        .try_subscribe(topic::down(&node), QoS::AtLeastOnce);
+                    let hello = Up::Hello {
+                        connect_id: self.connect_id.clone(),
+                        sw_version: env!("CARGO_PKG_VERSION").into(),
+                    };
+                    let _ = self.client.try_publish(
+                        topic::up(&node),
+                        ENVELOPE_QOS,
+                        false,
+                        self.sealer.seal(&hello),
+                    );
+                    let _ = self.u.link_up.send(true);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => self.on_down(&p.payload).await,
+                Ok(_) => {}
+                Err(e) => {
+                    if *self.u.link_up.borrow() {
+                        tracing::warn!(%node, error = %e, "broker connection lost; retrying");
+                        self.u.sessions.broadcast_link(false);
+                    }
+                    self.u.metrics.uplink_connected.set(0);
+                    let _ = self.u.link_up.send(false);
+                    tokio::select! {
+                        _ = self.u.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let _ = self.u.link_up.send(false);
+    }
+
+    fn open(&mut self, payload: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let env = Envelope::from_json(payload)?;
+        if env.from != CONTROLLER || env.to != self.sealer.node {
+            return Err(EnvelopeError::Malformed("wrong sender or recipient".into()));
+        }
+        let plain = env.open(&self.sealer.controller, &self.sealer.identity)?;
+        self.window.accept(env.seq)?;
+        Ok(plain)
+    }
+
+    async fn on_down(&mut self, payload: &[u8]) {
+        let plain = match self.open(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                self.u.metrics.uplink_refused.inc(e.reason());
+                tracing::warn!(error = %e, "message from the broker refused");
+                return;
+            }
+        };
+        let _ = self
+            .u
+            .store
+            .kv_set(KV_DOWN_SEQ, &self.window.highest().to_string())
+            .await;
+        let work = match Down::decode(&plain) {
+            Ok(Down::EventsAck { ids }) => {
+                let _ = self.ack_tx.try_send(ids);
+                return;
+            }
+            Ok(Down::Command(cmd)) => Work::Command(cmd),
+            Ok(Down::Typing { conversation }) => Work::Typing(conversation),
+            Err(DownError::Command { id, error }) => Work::Refuse {
+                id,
+                reason: error.to_string(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable message from the controller");
+                return;
+            }
+        };
+        if self.work_tx.try_send(work).is_err() {
+            // The controller resends what is not acknowledged.
+            self.u.metrics.reject("uplink_work_full");
+        }
+    }
+}
+
+async fn forward_typing(
+    mut typing: mpsc::Receiver<String>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+) {
+    while let Some(conversation) = typing.recv().await {
+        let up = Up::Typing { conversation };
+        // Ephemeral: dropped when the client's queue is full.
+        let _ = client.try_publish(
+            topic::up(&sealer.node),
+            ENVELOPE_QOS,
+            false,
+            sealer.seal(&up),
+        );
+    }
+}
+
+async fn heartbeats(u: Arc<Uplink>, client: AsyncClient, sealer: Arc<Sealer>, connect_id: String) {
+    let mut connected = u.link_up.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(u.cloud.heartbeat_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = u.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            _ = connected.changed() => {}
+        }
+        if !*connected.borrow() {
+            continue;
+        }
+        let hb = heartbeat(&u, &connect_id).await;
+        let _ = sealer.send(&client, &Up::Heartbeat(Box::new(hb))).await;
+    }
+}
+
+/// The node's current state, as reported upstream.
+pub async fn heartbeat(u: &Uplink, connect_id: &str) -> Heartbeat {
+    let model = u.models.active.get();
+    Heartbeat {
+        connect_id: connect_id.to_owned(),
+        sw_version: env!("CARGO_PKG_VERSION").into(),
+        model_name: model.manifest().name.clone(),
+        model_version: model.manifest().version.to_string(),
+        uptime_s: u.started.elapsed().as_secs(),
+        open_sessions: u.sessions.registry.len() as u64,
+        outbox_depth: u.store.outbox_depth().await.unwrap_or(0),
+        outbox_compacted: u
+            .store
+            .kv_get(KV_COMPACTED)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        free_disk_bytes: fs4::available_space(&u.data_dir).unwrap_or(0),
+        model_health: Some(u.models.health()),
+    }
+}
+
+/// Send the outbox up, batch by batch, until shutdown.
+async fn drain(
+    u: &Uplink,
+    client: &AsyncClient,
+    sealer: &Sealer,
+    mut acks: mpsc::Receiver<Vec<String>>,
+) {
+    let cfg = &u.cloud;
+    let mut link = u.link_up.subscribe();
+    let mut state = Outbox::new(cfg.ack_timeout_secs as i64 * 1000);
+    let mut last_compact = tokio::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        if u.shutdown.is_cancelled() {
+            break;
+        }
+        if last_compact.elapsed() >= Duration::from_secs(5) {
+            last_compact = tokio::time::Instant::now();
+            compact(u).await;
+        }
+        let up = *link.borrow_and_update();
+        if up != state.is_connected() {
+            state.link(up);
+        }
+        match state.next(now_ms()) {
+            Next::WaitForLink => {
+                tokio::select! {
+                    _ = u.shutdown.cancelled() => break,
+                    _ = link.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+            Next::WaitForAcks { deadline } => {
+                let wait = Duration::from_millis((deadline - now_ms()).max(0) as u64);
+                tokio::select! {
+                    _ = u.shutdown.cancelled() => break,
+                    _ = link.changed() => {}
+                    _ = tokio::time::sleep(wait) => {
+                        tracing::debug!("no acknowledgement in time; sending again");
+                    }
+                    ids = acks.recv() => {
+                        let Some(ids) = ids else { break };
+                        acked(u, &mut state, ids).await;
+                    }
+                }
+            }
+            Next::Send => {
+                let batch = match u.store.outbox_peek(cfg.batch_max).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the outbox failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if batch.is_empty() {
+                    tokio::select! {
+                        _ = u.shutdown.cancelled() => break,
+                        _ = u.outbox.notified() => {}
+                        _ = link.changed() => {}
+                        ids = acks.recv() => {
+                            // Late acknowledgements of an earlier send.
+                            let Some(ids) = ids else { break };
+                            acked(u, &mut state, ids).await;
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+                let ids: Vec<String> = batch.iter().map(|e| e.event.id.clone()).collect();
+                let events: Vec<Event> = batch
+                    .into_iter()
+                    .map(|e| outgoing(e.event, cfg.mask_personal_data))
+                    .collect();
+                let n = events.len() as u64;
+                if sealer.send(client, &Up::Events { events }).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                u.metrics.uplink_sent.inc_by(n);
+                state.sent(ids, now_ms());
+            }
+        }
+    }
+}
+
+/// Delete what the controller acknowledged (late acks of earlier sends count too).
+async fn acked(u: &Uplink, state: &mut Outbox, ids: Vec<String>) {
+    state.acked(&ids);
+    match u.store.outbox_delete(ids).await {
+        Ok(deleted) => {
+            u.metrics.uplink_acked.inc_by(deleted as u64);
+        }
+        Err(e) => tracing::error!(error = %e, "deleting acknowledged events failed"),
+    }
+}
+
+async fn compact(u: &Uplink) {
+    match u.store.outbox_compact(u.cloud.outbox_budget_bytes).await {
+        Ok(c) => {
+            u.metrics.outbox_compacted.set(c.dropped_total as i64);
+            if c.dropped > 0 {
+                tracing::warn!(
+                    dropped = c.dropped,
+                    total = c.dropped_total,
+                    "outbox over budget: oldest routine summaries dropped"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "outbox compaction failed"),
+    }
+}

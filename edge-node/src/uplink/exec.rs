@@ -1,0 +1,312 @@
+//! Runs what the controller asks, on a task of its own so the MQTT event
+//! loop never waits for a visitor or a model download.
+//!
+//! Exactly once: a command id seen before is acknowledged with its first
+//! result (kept in the store). In order: commands of one stream run in `seq`
+//! order ([`Streams`]). Model updates and rollbacks run on their own tasks
+//! (minutes); a resend while one runs is ignored, and its acknowledgement
+//! follows when it ends.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use edgedesk_common::sync::{Command, CommandBody, ModelEndpoint, Up};
+use rumqttc::AsyncClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::driver::Sealer;
+use super::sync::{Admit, Streams};
+use crate::metrics::Metrics;
+use crate::models::{FetchContext, ModelManager};
+use crate::session::{AgentAction, Sessions, now_ms};
+use crate::store::{CommandIn, Store};
+
+/// Work from the controller, in arrival order.
+pub enum Work {
+    Command(Command),
+    /// A command this build cannot run: acknowledge `id` with `reason`.
+    Refuse {
+        id: String,
+        reason: String,
+    },
+    /// The agent is typing in `conversation` (ephemeral).
+    Typing(String),
+}
+
+pub struct Exec {
+    pub sessions: Arc<Sessions>,
+    pub models: Arc<ModelManager>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub client: AsyncClient,
+    pub sealer: Arc<Sealer>,
+    /// The model service pinned at enrolment (absent: no rollouts).
+    pub endpoint: Option<ModelEndpoint>,
+    pub streams: Streams,
+    /// Long-running commands in progress (by id).
+    pub inflight: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Exec {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Work>, shutdown: CancellationToken) {
+        loop {
+            let work = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                w = rx.recv() => match w { Some(w) => w, None => break },
+            };
+            match work {
+                Work::Typing(conversation) => {
+                    let _ = self
+                        .sessions
+                        .deliver(&conversation, AgentAction::Typing)
+                        .await;
+                }
+                Work::Refuse { id, reason } => {
+                    tracing::warn!(%id, %reason, "command refused");
+                    self.record_and_ack(&id, "unknown", "null", None, false, reason)
+                        .await;
+                }
+                Work::Command(cmd) => self.on_command(cmd).await,
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        if matches!(
+            cmd.body,
+            CommandBody::ModelUpdate(_) | CommandBody::ModelRollback(_)
+        ) {
+            if !self
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cmd.id.clone())
+            {
+                return;
+            }
+            let this = self.handle();
+            tokio::spawn(async move {
+                let id = cmd.id.clone();
+                this.once(cmd).await;
+                this.inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+            return;
+        }
+        // In order within a stream: after a gap (an earlier command lost in
+        // flight), hold this one back, unacknowledged, and ask for the
+        // pending commands again; they come in queue order.
+        if let Some(s) = &cmd.stream {
+            match self.store.command_result(&cmd.id).await {
+                Ok(Some(_)) => {} // a resend: acknowledged again below
+                Ok(None) => match self.store.stream_seq(&s.key).await {
+                    Ok(last) => match self.streams.admit(Some(s), last, now_ms()) {
+                        Admit::Run => {}
+                        Admit::Hold { ask } => {
+                            tracing::info!(stream = %s.key, seq = s.seq, last, "command stream gap; holding back");
+                            self.metrics.command_gaps.inc();
+                            if ask {
+                                let _ = self.sealer.send(&self.client, &Up::ResendCommands).await;
+                            }
+                            return;
+                        }
+                        Admit::Superseded => {
+                            let body = cmd.body.clone();
+                            self.record_and_ack(
+                                &cmd.id,
+                                body.kind(),
+                                &body.args().to_string(),
+                                Some((s.key.clone(), s.seq)),
+                                true,
+                                "superseded".into(),
+                            )
+                            .await;
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading a command stream failed; it will be resent");
+                        return;
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "reading command results failed; it will be resent");
+                    return;
+                }
+            }
+        }
+        self.handle().once(cmd).await;
+    }
+
+    /// What a spawned command needs.
+    fn handle(&self) -> Handle {
+        Handle {
+            sessions: self.sessions.clone(),
+            models: self.models.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            client: self.client.clone(),
+            sealer: self.sealer.clone(),
+            endpoint: self.endpoint.clone(),
+            inflight: self.inflight.clone(),
+        }
+    }
+
+    async fn record_and_ack(
+        &self,
+        id: &str,
+        kind: &str,
+        args: &str,
+        stream: Option<(String, u64)>,
+        ok: bool,
+        detail: String,
+    ) {
+        self.handle()
+            .record_and_ack(id, kind, args, stream, ok, detail)
+            .await;
+    }
+}
+
+#[derive(Clone)]
+struct Handle {
+    sessions: Arc<Sessions>,
+    models: Arc<ModelManager>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+    endpoint: Option<ModelEndpoint>,
+    inflight: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Handle {
+    /// Run `cmd` unless it ran before; record the result and acknowledge.
+    async fn once(&self, cmd: Command) {
+        let (ok, detail) = match self.store.command_result(&cmd.id).await {
+            Ok(Some(earlier)) => earlier,
+            Ok(None) => {
+                let (ok, detail) = self.execute(&cmd).await;
+                let record = CommandIn {
+                    id: cmd.id.clone(),
+                    kind: cmd.body.kind().to_owned(),
+                    args: cmd.body.args().to_string(),
+                    received_at: now_ms(),
+                    ok,
+                    detail: detail.clone(),
+                    stream: cmd.stream.as_ref().map(|s| (s.key.clone(), s.seq)),
+                };
+                if let Err(e) = self.store.command_in(record).await {
+                    tracing::error!(error = %e, "recording a command failed; it will be resent");
+                    return;
+                }
+                (ok, detail)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading command results failed; it will be resent");
+                return;
+            }
+        };
+        tracing::info!(id = %cmd.id, kind = cmd.body.kind(), ok, "command executed");
+        self.ack(cmd.id, ok, detail).await;
+    }
+
+    async fn record_and_ack(
+        &self,
+        id: &str,
+        kind: &str,
+        args: &str,
+        stream: Option<(String, u64)>,
+        ok: bool,
+        detail: String,
+    ) {
+        let record = CommandIn {
+            id: id.to_owned(),
+            kind: kind.to_owned(),
+            args: args.to_owned(),
+            received_at: now_ms(),
+            ok,
+            detail: detail.clone(),
+            stream,
+        };
+        let (ok, detail) = match self.store.command_in(record).await {
+            Ok(Some(earlier)) => earlier,
+            Ok(None) => (ok, detail),
+            Err(e) => {
+                tracing::error!(error = %e, "recording a command failed; it will be resent");
+                return;
+            }
+        };
+        self.ack(id.to_owned(), ok, detail).await;
+    }
+
+    async fn ack(&self, id: String, ok: bool, detail: String) {
+        let ack = Up::CommandAck { id, ok, detail };
+        let _ = self.sealer.send(&self.client, &ack).await;
+    }
+
+    /// Run a command; (ok, detail) for the acknowledgement.
+    async fn execute(&self, cmd: &Command) -> (bool, String) {
+        let (conversation, action) = match &cmd.body {
+            CommandBody::Ping => return (true, "pong".into()),
+            CommandBody::AgentJoined(a) => (
+                &a.conversation,
+                AgentAction::Joined {
+                    agent: a.agent_name.clone(),
+                },
+            ),
+            CommandBody::AgentMessage(a) => (
+                &a.conversation,
+                AgentAction::Message {
+                    agent: a.agent_name.clone(),
+                    text: a.text.clone(),
+                },
+            ),
+            CommandBody::AgentLeft(a) => (&a.conversation, AgentAction::Left),
+            CommandBody::AgentClosed(a) => (&a.conversation, AgentAction::Closed),
+            CommandBody::ModelUpdate(a) => {
+                let Some(ep) = self.endpoint.clone() else {
+                    return (
+                        false,
+                        "refused: no model-signing key was pinned at enrolment".into(),
+                    );
+                };
+                let ctx = FetchContext {
+                    node: self.sealer.node.clone(),
+                    identity: self.sealer.identity.clone(),
+                    endpoint: ep.clone(),
+                };
+                tracing::info!(rollout = %a.rollout, "model update requested");
+                return match self.models.update(&a.release, &ep.signing_key, ctx).await {
+                    Ok(report) => {
+                        self.metrics.model_change("updated");
+                        (true, report)
+                    }
+                    Err(e) => {
+                        tracing::warn!(rollout = %a.rollout, error = %e, "model update failed");
+                        self.metrics.model_change(e.reason());
+                        (false, format!("{}: {e}", e.reason()))
+                    }
+                };
+            }
+            CommandBody::ModelRollback(a) => {
+                return match self.models.rollback(&a.to_version).await {
+                    Ok(report) => {
+                        self.metrics.model_change("rolled_back");
+                        (true, report)
+                    }
+                    Err(e) => {
+                        self.metrics.model_change(e.reason());
+                        (false, format!("{}: {e}", e.reason()))
+                    }
+                };
+            }
+        };
+        match self.sessions.deliver(conversation, action).await {
+            Ok(()) => (true, "delivered".into()),
+            Err(e) => (false, e),
+        }
+    }
+}
