@@ -227,3 +227,96 @@ pub async fn ticker(link: Link, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use edgedesk_common::chat::Lang;
+    use edgedesk_common::envelope::Identity;
+    use edgedesk_common::event::Escalation;
+
+    use super::*;
+    use crate::downlink::Downlink;
+    use crate::fleet::Fleet;
+    use crate::handoff::{Handoff, Msg};
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+
+    fn escalation(id: &str, chat: &str) -> Event {
+        Event {
+            id: id.into(),
+            at: 1,
+            body: EventBody::Escalation(Escalation {
+                conversation: chat.into(),
+                lang: Lang::En,
+                reason: "requested".into(),
+                last_text: String::new(),
+                intents: vec![],
+                transcript: vec![],
+            }),
+        }
+    }
+
+    /// Before: after the commit, a failed acknowledgement returned early and
+    /// skipped the rest of the batch — an escalation could be stored and
+    /// never routed. Now every message of a committed batch goes on.
+    #[tokio::test]
+    async fn a_failed_acknowledgement_skips_nothing_else_in_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let fleet = Arc::new(Mutex::new(Fleet::new(10_000)));
+        // A publisher that is gone: every send down fails.
+        let (out_tx, out_rx) = mpsc::channel(1);
+        drop(out_rx);
+        let downlink = Downlink::new(store.clone(), fleet.clone(), out_tx, metrics.clone());
+        let (desk_tx, mut desk_rx) = mpsc::channel(16);
+        let handoff = Handoff::new(desk_tx);
+        let link = Link {
+            config: crate::config::Config::default(),
+            store: store.clone(),
+            identity: Identity::from_secret(&[1; 64]),
+            controller_keys: Identity::from_secret(&[1; 64]).public(),
+            keys: super::super::Keys::new(store.clone()),
+            presence: super::super::Presence::new(
+                fleet,
+                store.clone(),
+                metrics.clone(),
+                handoff.clone(),
+                10,
+            ),
+            downlink,
+            handoff,
+            metrics: metrics.clone(),
+            creds: crate::broker::Credentials::default(),
+        };
+        let batch = vec![
+            Stored {
+                node: "a".into(),
+                seq: 1,
+                what: InboundKind::Events(vec![escalation("e1", "chat-a")]),
+            },
+            Stored {
+                node: "b".into(),
+                seq: 1,
+                what: InboundKind::Events(vec![escalation("e2", "chat-b")]),
+            },
+        ];
+        let (stored, outcomes) = store.apply_inbound(batch, 1).await.unwrap();
+        after_commit(&link, stored, outcomes).await;
+        let mut routed = Vec::new();
+        while let Ok(Msg::Input(In::Escalated { chat, node, .. })) = desk_rx.try_recv() {
+            routed.push((chat, node));
+        }
+        assert_eq!(
+            routed,
+            vec![
+                ("chat-a".to_owned(), "a".to_owned()),
+                ("chat-b".to_owned(), "b".to_owned())
+            ]
+        );
+        assert_eq!(metrics.events_new.get(), 2);
+        assert_eq!(metrics.outgoing_dropped.get(), 2, "both acks failed");
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use edgedesk_common::chat::Sender;
 use edgedesk_common::envelope::{
-    CONTROLLER, Envelope, EnvelopeError, Header, Identity, Peer, ReplayWindow, SeqCounter, topic,
+    CONTROLLER, Envelope, EnvelopeError, ReplayWindow, SeqCounter, topic,
 };
 use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::{Down, DownError, Heartbeat, Up};
@@ -20,53 +20,11 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 use super::exec::{Exec, Work};
+use super::seal::{ENVELOPE_QOS, Sealer};
 use super::sync::{Next, Outbox, Streams};
 use super::{IdentityFile, Uplink, UplinkError, enroll};
 use crate::session::now_ms;
 use crate::store::KV_COMPACTED;
-
-/// Sends sealed envelopes to the controller.
-pub struct Sealer {
-    pub node: String,
-    pub identity: Identity,
-    pub controller: Peer,
-    seq: SeqCounter,
-}
-
-impl Sealer {
-    fn next_seq(&self) -> u64 {
-        self.seq
-            .next(chrono::Utc::now().timestamp_micros().max(1) as u64)
-    }
-
-    pub fn seal(&self, body: &Up) -> Vec<u8> {
-        let mut nonce = [0u8; 24];
-        getrandom::fill(&mut nonce).expect("OS random source");
-        let id = uuid::Uuid::new_v4().to_string();
-        let plain = serde_json::to_vec(body).unwrap_or_default();
-        Envelope::seal(
-            &self.identity,
-            &self.controller,
-            Header {
-                id: &id,
-                from: &self.node,
-                to: CONTROLLER,
-                seq: self.next_seq(),
-                ts: now_ms(),
-            },
-            nonce,
-            &plain,
-        )
-        .to_json()
-    }
-
-    /// Seal and publish one message on our up topic.
-    pub async fn send(&self, client: &AsyncClient, body: &Up) -> Result<(), rumqttc::ClientError> {
-        client
-            .publish(topic::up(&self.node), ENVELOPE_QOS, false, self.seal(body))
-            .await
-    }
-}
 
 /// Mask personal data in what leaves the branch (contact details for a call-back stay).
 pub fn outgoing(mut e: Event, mask: bool) -> Event {
@@ -92,12 +50,6 @@ pub fn outgoing(mut e: Event, mask: bool) -> Event {
 }
 
 const KV_DOWN_SEQ: &str = "controller_seq_high";
-
-/// Design: envelopes are published at QoS 0. Delivery is guaranteed end to
-/// end by the controller's `events_ack` and our resends, not by the broker
-/// (which keeps nothing); QoS 1 added PUBACKs that, with a broker that does
-/// not set TCP_NODELAY, stalled each acknowledgement ~40 ms (Nagle + delayed ACK).
-const ENVELOPE_QOS: QoS = QoS::AtMostOnce;
 
 /// Commands waiting for the executor.
 const WORK_QUEUE: usize = 256;

@@ -15,7 +15,7 @@ use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::Sealer;
+use super::seal::Sealer;
 use super::sync::{Admit, Streams};
 use crate::metrics::Metrics;
 use crate::models::{FetchContext, ModelManager};

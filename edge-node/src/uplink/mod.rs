@@ -7,6 +7,7 @@
 //!   stream gaps, resend requests) as an I/O-free state machine.
 //! - [`driver`]: the MQTT event loop, sealing and opening envelopes, the
 //!   outbox drain and heartbeats.
+//! - [`seal`]: signing and sealing what goes up.
 //! - [`exec`]: runs commands from the controller exactly once, in stream
 //!   order, on a task of its own: the MQTT loop never waits for a visitor.
 //!
@@ -16,6 +17,7 @@
 pub mod driver;
 pub mod enroll;
 pub mod exec;
+pub mod seal;
 pub mod sync;
 
 use std::path::PathBuf;
