@@ -49,6 +49,7 @@ pub struct ServerConfig {
     pub listen: String,
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
+    pub max_turns_in_flight: usize,
     pub max_frame_bytes: usize,
     pub rate_limit_per_sec: f64,
     pub rate_limit_burst: u32,
@@ -171,6 +172,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1");
+        }
+        if self.server.max_turns_in_flight == 0 {
+            return bad("server.max_turns_in_flight", "must be at least 1");
         }
         if !(64..=1 << 20).contains(&self.server.max_frame_bytes) {
             return bad("server.max_frame_bytes", "must be between 64 and 1048576");

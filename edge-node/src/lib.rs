@@ -203,6 +203,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         typing_up: typing_tx,
         link_up: link_rx,
         history_limit: config.server.history_limit,
+        max_turns_in_flight: config.server.max_turns_in_flight,
     }));
     let keeper = Arc::new(Keeper {
         retention: config.retention.clone(),

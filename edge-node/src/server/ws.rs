@@ -80,11 +80,13 @@ pub async fn upgrade(
     let hard_cap = (app.server.max_frame_bytes * 4).max(16 * 1024);
     let tasks = app.tasks.clone();
     // Design: small per-connection buffers. tungstenite's defaults (128 KiB
-    // each way) cost ~256 KiB per idle kiosk; chat frames are a few hundred bytes.
+    // each way) cost ~256 KiB per idle kiosk; chat frames are a few hundred
+    // bytes. A turn's frames (ack and replies) gather in a small write buffer
+    // and leave in one write at the flush.
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(1024)
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(hard_cap.max(64 * 1024))
         .on_upgrade(move |mut socket| {
             tasks.track_future(async move {
@@ -137,7 +139,7 @@ enum Wake {
     Shutdown,
     TakenOver,
     Idle,
-    Agent(Option<AgentEvent>),
+    Agent(Option<Box<AgentEvent>>),
     Socket(Option<Result<Message, axum::Error>>),
 }
 
@@ -148,10 +150,10 @@ struct Connection {
     session: Option<Active>,
     last_activity: tokio::time::Instant,
     /// Agent actions for the held session.
-    agent_rx: Option<mpsc::Receiver<AgentEvent>>,
+    agent_rx: Option<mpsc::Receiver<Box<AgentEvent>>>,
 }
 
-async fn recv_agent(rx: &mut Option<mpsc::Receiver<AgentEvent>>) -> Option<AgentEvent> {
+async fn recv_agent(rx: &mut Option<mpsc::Receiver<Box<AgentEvent>>>) -> Option<Box<AgentEvent>> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -227,7 +229,10 @@ impl Connection {
                 Wake::Idle => {
                     self.last_activity = tokio::time::Instant::now();
                     match self.session.as_mut() {
-                        Some(a) => self.app.sessions.end_idle(a).await.into_iter().collect(),
+                        Some(a) => Box::pin(self.app.sessions.end_idle(a))
+                            .await
+                            .into_iter()
+                            .collect(),
                         None => Vec::new(),
                     }
                 }
@@ -250,7 +255,9 @@ impl Connection {
                         break None;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Vec::new(),
-                    Some(Ok(other)) => match self.frame(other).await {
+                    // Boxed: the turn's state lives on the heap only while a
+                    // frame is being handled, so an idle connection stays small.
+                    Some(Ok(other)) => match Box::pin(self.frame(other)).await {
                         (frames, Flow::Continue) => frames,
                         (frames, Flow::Close(code, reason)) => {
                             let _ = write(&mut socket, frames).await;

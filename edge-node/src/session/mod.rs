@@ -107,7 +107,7 @@ impl Active {
 /// session now held with the channel its agent actions arrive on.
 pub struct Hello {
     pub frames: Vec<ServerFrame>,
-    pub session: Option<(Active, mpsc::Receiver<AgentEvent>)>,
+    pub session: Option<(Active, mpsc::Receiver<Box<AgentEvent>>)>,
 }
 
 /// What the service needs, wired by [`crate::run`].
@@ -126,19 +126,32 @@ pub struct Deps {
     pub link_up: watch::Receiver<bool>,
     /// Lines replayed when a session resumes.
     pub history_limit: usize,
+    /// Turns answered at once (`server.max_turns_in_flight`); past it, `busy`.
+    pub max_turns_in_flight: usize,
 }
 
 pub struct Sessions {
     d: Deps,
     pub registry: Registry,
+    /// Admission of turns: one permit per turn in progress.
+    turns: tokio::sync::Semaphore,
 }
 
 impl Sessions {
     pub fn new(d: Deps) -> Sessions {
         Sessions {
+            turns: tokio::sync::Semaphore::new(d.max_turns_in_flight.max(1)),
             d,
             registry: Registry::default(),
         }
+    }
+
+    fn busy(&self) -> Vec<ServerFrame> {
+        self.d.metrics.shed.inc();
+        vec![self.error(
+            ErrorCode::Busy,
+            "the assistant is busy right now; please send your message again",
+        )]
     }
 
     pub fn engine(&self) -> &Engine {
@@ -302,6 +315,10 @@ impl Sessions {
         client_id: Option<String>,
         payload: Option<String>,
     ) -> Vec<ServerFrame> {
+        // Shed at the door when saturated (policy: refuse, never queue).
+        let Ok(_turn) = self.turns.try_acquire() else {
+            return self.busy();
+        };
         let started = Instant::now();
         let now = now_ms();
         let command = payload
@@ -320,13 +337,7 @@ impl Sessions {
                 confidence: p.confidence,
                 answered: p.answered,
             },
-            Err(InferError::Busy) => {
-                self.d.metrics.shed.inc();
-                return vec![self.error(
-                    ErrorCode::Busy,
-                    "the assistant is busy right now; please send your message again",
-                )];
-            }
+            Err(InferError::Busy) => return self.busy(),
             Err(e) => {
                 tracing::error!(error = %e, "classification failed; treating as not understood");
                 Understanding {
@@ -501,13 +512,13 @@ impl Sessions {
     pub async fn agent_event(
         &self,
         active: Option<&mut Active>,
-        ev: AgentEvent,
+        ev: Box<AgentEvent>,
     ) -> Vec<ServerFrame> {
         let AgentEvent {
             conversation,
             action,
             done,
-        } = ev;
+        } = *ev;
         let mut frames = Vec::new();
         let result = match (action, active) {
             (action @ (AgentAction::LinkDown | AgentAction::LinkUp), active) => {
@@ -589,11 +600,11 @@ impl Sessions {
             .ok_or_else(|| format!("unknown conversation {conversation}"))?;
         if let Some(tx) = self.registry.sender(&row.id) {
             let (done, wait) = oneshot::channel();
-            let ev = AgentEvent {
+            let ev = Box::new(AgentEvent {
                 conversation: conversation.to_owned(),
                 action: action.clone(),
                 done: Some(done),
-            };
+            });
             if tx.send(ev).await.is_ok() {
                 if let Ok(r) = wait.await {
                     return r;

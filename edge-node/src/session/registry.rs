@@ -4,6 +4,8 @@
 //! second tab) takes it over and the older is told to close. Agent actions
 //! for a conversation reach the holding connection through its bounded
 //! channel (16; when full, the sender waits — agent lines are never dropped).
+//! Events travel boxed: an idle connection's channel then costs a few
+//! hundred bytes instead of a block of full-size slots.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,7 +27,7 @@ pub struct Claim {
 struct Holder {
     number: u64,
     token: CancellationToken,
-    tx: mpsc::Sender<AgentEvent>,
+    tx: mpsc::Sender<Box<AgentEvent>>,
 }
 
 /// Capacity of each connection's agent-action channel.
@@ -45,7 +47,7 @@ impl Registry {
     }
 
     /// Register `session` as held by a new connection, closing any older holder.
-    pub fn claim(&self, session: &str) -> (Claim, mpsc::Receiver<AgentEvent>) {
+    pub fn claim(&self, session: &str) -> (Claim, mpsc::Receiver<Box<AgentEvent>>) {
         let claim = Claim {
             number: self.claims.fetch_add(1, Ordering::Relaxed),
             token: CancellationToken::new(),
@@ -71,7 +73,7 @@ impl Registry {
     }
 
     /// The channel to the connection holding `session`, if any.
-    pub fn sender(&self, session: &str) -> Option<mpsc::Sender<AgentEvent>> {
+    pub fn sender(&self, session: &str) -> Option<mpsc::Sender<Box<AgentEvent>>> {
         self.map().get(session).map(|l| l.tx.clone())
     }
 
@@ -91,7 +93,7 @@ impl Registry {
     /// channel skips that connection: for ephemeral notices only).
     pub fn broadcast(&self, make: impl Fn() -> AgentEvent) {
         for holder in self.map().values() {
-            let _ = holder.tx.try_send(make());
+            let _ = holder.tx.try_send(Box::new(make()));
         }
     }
 }

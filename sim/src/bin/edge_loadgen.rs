@@ -1,9 +1,13 @@
 //! `edge-loadgen`: opens N chat sessions against an edge node, sends at a set
 //! rate, and reports throughput and round-trip latency (send → first reply).
 //!
-//! Each session is closed-loop: it sends, waits for the acknowledgement and the
-//! reply, then waits for its next tick (sending at once if it is behind). Runs
-//! for a bounded time against the address given (loopback in our benchmarks).
+//! Open loop by default (`--mode open`, as wrk2 does): each session sends on
+//! its schedule whatever the replies do, and latency is measured from when
+//! the message was *due*, so a node that falls behind shows its queue in the
+//! figures instead of slowing the generator down (coordinated omission).
+//! Turns the node refuses with `busy` are counted as shed. `--mode closed`
+//! keeps the old behaviour: send, wait for the reply, then wait for the next
+//! tick — its figures are labelled closed loop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +50,10 @@ struct Args {
     /// Print the report as one JSON line as well.
     #[arg(long)]
     json: bool,
+    /// `open`: send on schedule regardless of replies; `closed`: wait for
+    /// each reply before the next send.
+    #[arg(long, default_value = "open", value_parser = ["open", "closed"])]
+    mode: String,
 }
 
 const UTTERANCES: &[&str] = &[
@@ -68,6 +76,8 @@ struct Stats {
     sent: AtomicU64,
     replies: AtomicU64,
     errors: AtomicU64,
+    /// Turns the node refused with `busy` (load shed).
+    shed: AtomicU64,
 }
 
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
@@ -82,7 +92,7 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-async fn session(
+async fn closed_session(
     args: Args,
     n: usize,
     measure_from: Instant,
@@ -91,28 +101,7 @@ async fn session(
     hist: Arc<Mutex<Histogram<u64>>>,
     gate: Arc<tokio::sync::Semaphore>,
 ) -> Result<(), String> {
-    let permit = gate.acquire().await.map_err(|e| e.to_string())?;
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&args.url, None, true)
-        .await
-        .map_err(|e| e.to_string())?;
-    let hello = ClientFrame::Hello {
-        v: PROTOCOL_VERSION,
-        session: None,
-        lang: None,
-    };
-    ws.send(Message::text(
-        serde_json::to_string(&hello).map_err(|e| e.to_string())?,
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str().contains("\"welcome\"") => break,
-            Some(Ok(_)) => continue,
-            other => return Err(format!("no welcome: {other:?}")),
-        }
-    }
-    drop(permit);
+    let mut ws = connect(&args.url, &gate).await?;
     let period = Duration::from_secs_f64(1.0 / args.rate);
     // Spread sessions over one period so they do not send in lockstep.
     let offset = period.mul_f64((n % 997) as f64 / 997.0);
@@ -172,6 +161,143 @@ async fn session(
     Ok(())
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Open a session: connect, hello, wait for the welcome.
+async fn connect(url: &str, gate: &tokio::sync::Semaphore) -> Result<Ws, String> {
+    let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hello = ClientFrame::Hello {
+        v: PROTOCOL_VERSION,
+        session: None,
+        lang: None,
+    };
+    ws.send(Message::text(
+        serde_json::to_string(&hello).map_err(|e| e.to_string())?,
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"welcome\"") => return Ok(ws),
+            Some(Ok(_)) => continue,
+            other => return Err(format!("no welcome: {other:?}")),
+        }
+    }
+}
+
+/// One open-loop session: a writer sends each message when it is due; a
+/// reader matches each turn's acknowledgement (by `client_id`) and first
+/// reply, and records latency from the due time.
+async fn open_session(
+    args: Args,
+    n: usize,
+    measure_from: Instant,
+    stop_at: Instant,
+    stats: Arc<Stats>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> Result<(), String> {
+    let ws = connect(&args.url, &gate).await?;
+    let (mut sink, mut stream) = ws.split();
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let offset = period.mul_f64((n % 997) as f64 / 997.0);
+    let start = Instant::now() + offset;
+    // Due times of turns in flight, by client id.
+    let due: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let writer = {
+        let (due, stats) = (due.clone(), stats.clone());
+        async move {
+            let mut k: u64 = 0;
+            loop {
+                let at = start + period.mul_f64(k as f64);
+                if at >= stop_at {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                let frame = ClientFrame::Message {
+                    text: UTTERANCES[(n + k as usize) % UTTERANCES.len()].into(),
+                    client_id: Some(k.to_string()),
+                    payload: None,
+                };
+                if at >= measure_from {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                due.lock().unwrap().insert(k, at);
+                let text = serde_json::to_string(&frame).map_err(|e| e.to_string())?;
+                sink.send(Message::text(text))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                k += 1;
+            }
+            Ok::<_, String>(sink)
+        }
+    };
+    let reader = {
+        let (due, stats) = (due.clone(), stats.clone());
+        async move {
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+            // The turn whose acknowledgement came and whose reply has not.
+            let mut awaiting: Option<Instant> = None;
+            let grace = stop_at + Duration::from_secs(10);
+            loop {
+                let msg = match tokio::time::timeout_at(grace.into(), stream.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                };
+                let Some(Ok(Message::Text(t))) = msg else {
+                    break;
+                };
+                match serde_json::from_str::<ServerFrame>(t.as_str()) {
+                    Ok(ServerFrame::Ack { client_id, .. }) => {
+                        let k: u64 = client_id.and_then(|c| c.parse().ok()).unwrap_or(u64::MAX);
+                        awaiting = due.lock().unwrap().remove(&k);
+                    }
+                    Ok(ServerFrame::Reply { .. }) => {
+                        if let Some(at) = awaiting.take() {
+                            if at >= measure_from && at < stop_at {
+                                stats.replies.fetch_add(1, Ordering::Relaxed);
+                                let _ = local.record(at.elapsed().as_micros() as u64);
+                            }
+                        }
+                    }
+                    Ok(ServerFrame::Error { code, .. }) => {
+                        // A refused turn: the oldest one still due.
+                        let oldest = {
+                            let mut d = due.lock().unwrap();
+                            let k = d.keys().min().copied();
+                            k.and_then(|k| d.remove(&k))
+                        };
+                        if oldest.is_some_and(|at| at >= measure_from && at < stop_at) {
+                            if code == edgedesk_common::chat::ErrorCode::Busy {
+                                stats.shed.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                stats.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                if Instant::now() > stop_at && due.lock().unwrap().is_empty() && awaiting.is_none()
+                {
+                    break;
+                }
+            }
+            Ok::<_, String>(local)
+        }
+    };
+    let (sink, local) = tokio::join!(writer, reader);
+    hist.lock().await.add(&local?).map_err(|e| e.to_string())?;
+    if let Ok(mut sink) = sink {
+        let _ = sink.close().await;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -185,8 +311,9 @@ async fn main() {
     let measure_from = start + Duration::from_secs(args.warmup);
     let stop_at = measure_from + Duration::from_secs(args.duration);
     let mut tasks = Vec::with_capacity(args.sessions);
+    let open = args.mode == "open";
     for n in 0..args.sessions {
-        tasks.push(tokio::spawn(session(
+        let run = (
             args.clone(),
             n,
             measure_from,
@@ -194,7 +321,16 @@ async fn main() {
             stats.clone(),
             hist.clone(),
             gate.clone(),
-        )));
+        );
+        tasks.push(if open {
+            tokio::spawn(open_session(
+                run.0, run.1, run.2, run.3, run.4, run.5, run.6,
+            ))
+        } else {
+            tokio::spawn(closed_session(
+                run.0, run.1, run.2, run.3, run.4, run.5, run.6,
+            ))
+        });
     }
     let mut rss_peak = None;
     if let Some(pid) = args.pid {
@@ -226,6 +362,10 @@ async fn main() {
     let secs = args.duration as f64;
     let replies = stats.replies.load(Ordering::Relaxed);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "mode                {} loop",
+        if open { "open" } else { "closed" }
+    );
     println!("sessions            {} ({} failed)", args.sessions, failed);
     if let Some(e) = &first_error {
         println!("first failure       {e}");
@@ -236,6 +376,10 @@ async fn main() {
     );
     println!("sent (measured)     {}", stats.sent.load(Ordering::Relaxed));
     println!("replies (measured)  {replies}");
+    let shed = stats.shed.load(Ordering::Relaxed);
+    let errors = stats.errors.load(Ordering::Relaxed);
+    println!("shed (busy)         {shed}");
+    println!("other errors        {errors}");
     println!("throughput          {:.0} msg/s", replies as f64 / secs);
     println!(
         "round trip          p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
@@ -257,6 +401,7 @@ async fn main() {
         println!(
             "{}",
             serde_json::json!({
+                "mode": args.mode, "shed": shed, "errors": errors,
                 "sessions": args.sessions, "failed": failed, "rate_per_session": args.rate,
                 "duration_s": args.duration, "replies": replies, "throughput": replies as f64 / secs,
                 "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": h.max() as f64 / 1000.0,
