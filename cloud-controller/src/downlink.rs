@@ -74,15 +74,15 @@ impl Downlink {
         true
     }
 
-    /// Queue a command for `node` (kept until acknowledged) and send it now
-    /// if the node is online. Commands with the same `stream` key are
-    /// executed by the node in the order they were queued.
-    pub async fn queue(
+    /// A new command for `node` and, if the node is online, when it is sent
+    /// (now): for callers that store it in a transaction of their own and
+    /// then hand it to [`Downlink::sent`].
+    pub fn prepare(
         &self,
         node: &str,
         body: CommandBody,
         stream: Option<&str>,
-    ) -> Result<Command, StoreError> {
+    ) -> (Command, Option<i64>) {
         let cmd = Command {
             id: uuid::Uuid::new_v4().to_string(),
             body,
@@ -92,19 +92,33 @@ impl Downlink {
                 seq: 0,
             }),
         };
-        let online = self.is_online(node);
-        // Recorded as sent in the same write as the enqueue.
-        let cmd = self
-            .store
-            .enqueue_command(node, cmd, online.then(now_ms))
-            .await?;
-        if online
-            && self.offer(Outgoing::Send {
-                node: node.to_owned(),
-                down: Down::Command(cmd.clone()),
-            })
-        {
+        (cmd, self.is_online(node).then(now_ms))
+    }
+
+    /// Send a stored command that [`Downlink::prepare`] marked sent.
+    pub fn sent(&self, node: &str, cmd: Command) {
+        if self.offer(Outgoing::Send {
+            node: node.to_owned(),
+            down: Down::Command(cmd),
+        }) {
             self.metrics.commands_sent.inc();
+        }
+    }
+
+    /// Queue a command for `node` (kept until acknowledged) and send it now
+    /// if the node is online. Commands with the same `stream` key are
+    /// executed by the node in the order they were queued.
+    pub async fn queue(
+        &self,
+        node: &str,
+        body: CommandBody,
+        stream: Option<&str>,
+    ) -> Result<Command, StoreError> {
+        let (cmd, sent_at) = self.prepare(node, body, stream);
+        // Recorded as sent in the same write as the enqueue.
+        let cmd = self.store.enqueue_command(node, cmd, sent_at).await?;
+        if sent_at.is_some() {
+            self.sent(node, cmd.clone());
         }
         Ok(cmd)
     }

@@ -289,8 +289,8 @@ pub async fn run(
         config: config.clone(),
         store: store.clone(),
         controller_keys: identity.public(),
+        keys: link::Keys::new(store.clone(), identity.clone()),
         identity,
-        keys: link::Keys::new(store.clone()),
         presence: link::Presence::new(
             fleet,
             store.clone(),

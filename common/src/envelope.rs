@@ -227,6 +227,30 @@ fn signed_bytes(v: &str, h: &Header<'_>, nonce: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A peer with the key both sides seal with already agreed: one X25519
+/// agreement when the peer is first met, not one per message (it was most of
+/// the cost of sealing and opening).
+#[derive(Clone)]
+pub struct PeerBox {
+    pub peer: Peer,
+    shared: std::sync::Arc<SalsaBox>,
+}
+
+impl std::fmt::Debug for PeerBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerBox")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerBox {
+    pub fn new(me: &Identity, peer: Peer) -> PeerBox {
+        let shared = std::sync::Arc::new(SalsaBox::new(&peer.seal, &me.sealing));
+        PeerBox { peer, shared }
+    }
+}
+
 impl Envelope {
     /// Seal `plaintext` for `recipient` and sign it as `sender`.
     pub fn seal(
@@ -236,7 +260,19 @@ impl Envelope {
         nonce: [u8; NONCE_LEN],
         plaintext: &[u8],
     ) -> Envelope {
-        let sealer = SalsaBox::new(&recipient.seal, &sender.sealing);
+        let pair = PeerBox::new(sender, recipient.clone());
+        Envelope::seal_for(sender, &pair, header, nonce, plaintext)
+    }
+
+    /// [`Envelope::seal`] with the agreement precomputed.
+    pub fn seal_for(
+        sender: &Identity,
+        recipient: &PeerBox,
+        header: Header<'_>,
+        nonce: [u8; NONCE_LEN],
+        plaintext: &[u8],
+    ) -> Envelope {
+        let sealer = &recipient.shared;
         let n = crypto_box::Nonce::from(nonce);
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
         let ct = sealer.encrypt(&n, plaintext).unwrap_or_default();
@@ -281,6 +317,11 @@ impl Envelope {
 
     /// Verify the sender's signature and open the body addressed to `me`.
     pub fn open(&self, sender: &Peer, me: &Identity) -> Result<Vec<u8>, EnvelopeError> {
+        self.open_from(&PeerBox::new(me, sender.clone()))
+    }
+
+    /// [`Envelope::open`] with the agreement precomputed.
+    pub fn open_from(&self, sender: &PeerBox) -> Result<Vec<u8>, EnvelopeError> {
         self.check_version()?;
         let header = Header {
             id: &self.id,
@@ -292,6 +333,7 @@ impl Envelope {
         let msg = signed_bytes(&self.v, &header, &self.nonce, &self.body);
         let sig: [u8; 64] = decode_fixed(&self.sig).map_err(|_| EnvelopeError::BadSignature)?;
         sender
+            .peer
             .verify
             .verify(&msg, &Signature::from_bytes(&sig))
             .map_err(|_| EnvelopeError::BadSignature)?;
@@ -299,8 +341,8 @@ impl Envelope {
         let ct = B64
             .decode(&self.body)
             .map_err(|_| EnvelopeError::Malformed("body base64".into()))?;
-        let opener = SalsaBox::new(&sender.seal, &me.sealing);
-        opener
+        sender
+            .shared
             .decrypt(&crypto_box::Nonce::from(nonce), ct.as_slice())
             .map_err(|_| EnvelopeError::Undecryptable)
     }

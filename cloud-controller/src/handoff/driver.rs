@@ -1,22 +1,64 @@
 //! The desk's task: owns the [`Desk`] and the agents' console sockets, and
-//! carries out what each step decides, in order. An I/O failure answers the
-//! console frame that caused it with the error instead of the desk's verdict.
+//! carries out what the desk decides.
+//!
+//! Group commit: the task takes whatever messages have queued up (up to
+//! [`BATCH`]), steps the desk through all of them, writes every chat change
+//! and queues every command of the batch in one store transaction, and only
+//! then sends the commands, pushes to consoles and answers console frames, in
+//! the order the desk decided them. A failed commit answers the batch's
+//! console frames with the error instead of the desk's verdict.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use edgedesk_common::sync::Command;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{ConsoleOut, Desk, Do, In, Msg, StoreOp};
 use crate::downlink::{Downlink, now_ms};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{ChatWrite, Store};
 
 /// Capacity of each console socket's queue. Policy: a full or closed socket
 /// is dropped — the console reloads its chats when it reconnects.
 pub const SOCKET_QUEUE: usize = 64;
+
+/// Most messages stepped through and committed together.
+pub const BATCH: usize = 128;
+
+/// What to do once the batch's transaction has committed, in order.
+enum After {
+    /// Send the `n`-th command of the batch to `node`.
+    Send {
+        node: String,
+        n: usize,
+    },
+    Typing {
+        node: String,
+        chat: String,
+    },
+    Push {
+        agent: String,
+        frame: ConsoleOut,
+    },
+    PushAssigned {
+        agent: String,
+        chat: String,
+    },
+    Reply {
+        to: oneshot::Sender<Result<(), String>>,
+        verdict: Result<(), String>,
+    },
+}
+
+#[derive(Default)]
+struct Plan {
+    writes: Vec<ChatWrite>,
+    commands: Vec<(String, Command, Option<i64>)>,
+    after: Vec<After>,
+}
 
 pub struct Driver {
     pub desk: Desk,
@@ -41,85 +83,146 @@ impl Driver {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut msgs = Vec::with_capacity(BATCH);
         loop {
-            let msg = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => Msg::Input(In::Tick),
-                m = rx.recv() => match m { Some(m) => m, None => break },
-            };
-            self.handle(msg).await;
+                _ = tick.tick() => msgs.push(Msg::Input(In::Tick)),
+                n = rx.recv_many(&mut msgs, BATCH) => if n == 0 { break },
+            }
+            self.handle(msgs.drain(..)).await;
         }
     }
 
-    pub async fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Input(input) => {
-                let todo = self.desk.step(input, now_ms());
-                self.carry_out(todo, None).await;
-            }
-            Msg::Console {
-                agent,
-                frame,
-                reply,
-            } => {
-                let todo = self.desk.step(In::Console { agent, frame }, now_ms());
-                self.carry_out(todo, Some(reply)).await;
-            }
-            Msg::Connect { agent, tx } => {
-                let list = self.sockets.entry(agent.id.clone()).or_default();
-                list.push(tx);
-                // Every new console gets the agent's chats again.
-                let todo = self.desk.step(In::Connected { agent }, now_ms());
-                self.carry_out(todo, None).await;
-            }
-            Msg::Disconnect { agent, tx } => {
-                let now_empty = {
-                    let list = self.sockets.entry(agent.clone()).or_default();
-                    list.retain(|t| !t.same_channel(&tx));
-                    list.is_empty()
-                };
-                if now_empty {
-                    self.sockets.remove(&agent);
-                    let todo = self.desk.step(In::Disconnected { agent }, now_ms());
-                    self.carry_out(todo, None).await;
+    /// Step the desk through `msgs` and carry the outcome out.
+    pub async fn handle(&mut self, msgs: impl IntoIterator<Item = Msg>) {
+        let mut plan = Plan::default();
+        for msg in msgs {
+            let now = now_ms();
+            match msg {
+                Msg::Input(input) => {
+                    let todo = self.desk.step(input, now);
+                    self.plan(todo, None, &mut plan);
+                }
+                Msg::Console {
+                    agent,
+                    frame,
+                    reply,
+                } => {
+                    let todo = self.desk.step(In::Console { agent, frame }, now);
+                    self.plan(todo, Some(reply), &mut plan);
+                }
+                Msg::Connect { agent, tx } => {
+                    self.sockets.entry(agent.id.clone()).or_default().push(tx);
+                    // Every new console gets the agent's chats again.
+                    let todo = self.desk.step(In::Connected { agent }, now);
+                    self.plan(todo, None, &mut plan);
+                }
+                Msg::Disconnect { agent, tx } => {
+                    let now_empty = {
+                        let list = self.sockets.entry(agent.clone()).or_default();
+                        list.retain(|t| !t.same_channel(&tx));
+                        list.is_empty()
+                    };
+                    if now_empty {
+                        self.sockets.remove(&agent);
+                        let todo = self.desk.step(In::Disconnected { agent }, now);
+                        self.plan(todo, None, &mut plan);
+                    }
+                }
+                Msg::Snapshot(reply) => {
+                    let _ = reply.send(self.desk.snapshot(now));
                 }
             }
-            Msg::Snapshot(reply) => {
-                let _ = reply.send(self.desk.snapshot(now_ms()));
-            }
         }
+        self.commit(plan).await;
     }
 
-    fn push(&mut self, agent: &str, frame: ConsoleOut) {
-        if let Some(list) = self.sockets.get_mut(agent) {
-            list.retain(|tx| tx.try_send(frame.clone()).is_ok());
-        }
-    }
-
-    async fn carry_out(
-        &mut self,
+    fn plan(
+        &self,
         todo: Vec<Do>,
-        mut reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        mut reply: Option<oneshot::Sender<Result<(), String>>>,
+        plan: &mut Plan,
     ) {
-        let mut failed: Option<String> = None;
         for d in todo {
             match d {
-                Do::Store(op) => {
-                    if let Err(e) = self.store_op(op).await {
-                        tracing::error!(error = %e, "recording a live-chat change failed");
-                        failed.get_or_insert_with(|| e.to_string());
-                    }
-                }
+                Do::Store(op) => plan.writes.push(match op {
+                    StoreOp::Assign { chat, agent, at } => ChatWrite::Assign { chat, agent, at },
+                    StoreOp::Requeue { chat } => ChatWrite::Requeue { chat },
+                    StoreOp::Close {
+                        chat,
+                        resolution,
+                        at,
+                    } => ChatWrite::Close {
+                        chat,
+                        resolution,
+                        at,
+                    },
+                    StoreOp::AgentLine {
+                        chat,
+                        agent,
+                        text,
+                        at,
+                    } => ChatWrite::AgentLine {
+                        chat,
+                        agent,
+                        text,
+                        at,
+                    },
+                }),
                 Do::Command { node, chat, body } => {
-                    let kind = body.kind();
-                    if let Err(e) = self.downlink.queue(&node, body, Some(&chat)).await {
-                        tracing::error!(error = %e, %chat, kind, "queueing a command failed");
-                        failed.get_or_insert_with(|| e.to_string());
+                    let (cmd, sent_at) = self.downlink.prepare(&node, body, Some(&chat));
+                    if sent_at.is_some() {
+                        plan.after.push(After::Send {
+                            node: node.clone(),
+                            n: plan.commands.len(),
+                        });
+                    }
+                    plan.commands.push((node, cmd, sent_at));
+                }
+                Do::Typing { node, chat } => plan.after.push(After::Typing { node, chat }),
+                Do::Push { agent, frame } => plan.after.push(After::Push { agent, frame }),
+                Do::PushAssigned { agent, chat } => {
+                    plan.after.push(After::PushAssigned { agent, chat })
+                }
+                Do::Reply(verdict) => {
+                    if let Some(to) = reply.take() {
+                        plan.after.push(After::Reply { to, verdict });
                     }
                 }
-                Do::Typing { node, chat } => self.downlink.typing(&node, &chat),
-                Do::Push { agent, frame } => self.push(&agent, frame),
-                Do::PushAssigned { agent, chat } => match self.store.chat(&chat).await {
+            }
+        }
+    }
+
+    async fn commit(&mut self, plan: Plan) {
+        let Plan {
+            writes,
+            commands,
+            after,
+        } = plan;
+        let (queued, failed) = if writes.is_empty() && commands.is_empty() {
+            (Vec::new(), None)
+        } else {
+            let nodes: Vec<String> = commands.iter().map(|(n, _, _)| n.clone()).collect();
+            match self.store.chat_writes(writes, commands).await {
+                Ok(q) => (nodes.into_iter().zip(q).collect(), None),
+                Err(e) => {
+                    tracing::error!(error = %e, "recording live-chat changes failed");
+                    (Vec::new(), Some(e.to_string()))
+                }
+            }
+        };
+        let mut queued: Vec<Option<(String, Command)>> = queued.into_iter().map(Some).collect();
+        for a in after {
+            match a {
+                After::Send { node, n } => {
+                    if let Some((_, cmd)) = queued.get_mut(n).and_then(Option::take) {
+                        self.downlink.sent(&node, cmd);
+                    }
+                }
+                After::Typing { node, chat } => self.downlink.typing(&node, &chat),
+                After::Push { agent, frame } => self.push(&agent, frame),
+                After::PushAssigned { agent, chat } => match self.store.chat(&chat).await {
                     Ok(Some(view)) => {
                         tracing::info!(%chat, %agent, "chat assigned");
                         self.push(&agent, ConsoleOut::Assigned { chat: view });
@@ -127,39 +230,19 @@ impl Driver {
                     Ok(None) => tracing::error!(%chat, "an assigned chat is not stored"),
                     Err(e) => tracing::error!(%chat, error = %e, "loading an assigned chat failed"),
                 },
-                Do::Reply(verdict) => {
-                    if let Some(r) = reply.take() {
-                        let _ = r.send(match failed.take() {
-                            Some(e) => Err(e),
-                            None => verdict,
-                        });
-                    }
+                After::Reply { to, verdict } => {
+                    let _ = to.send(match &failed {
+                        Some(e) => Err(e.clone()),
+                        None => verdict,
+                    });
                 }
             }
         }
     }
 
-    async fn store_op(&self, op: StoreOp) -> Result<(), StoreError> {
-        match op {
-            StoreOp::Assign { chat, agent, at } => self.store.chat_assign(&chat, &agent, at).await,
-            StoreOp::Requeue { chat } => self.store.chat_requeue(&chat).await,
-            StoreOp::Close {
-                chat,
-                resolution,
-                at,
-            } => self.store.chat_close(&chat, &resolution, at).await,
-            StoreOp::AgentLine {
-                chat,
-                agent,
-                text,
-                at,
-            } => {
-                let key = uuid::Uuid::new_v4().to_string();
-                self.store
-                    .chat_add_line(&chat, &key, "agent", Some(&agent), &text, at)
-                    .await
-                    .map(|_| ())
-            }
+    fn push(&mut self, agent: &str, frame: ConsoleOut) {
+        if let Some(list) = self.sockets.get_mut(agent) {
+            list.retain(|tx| tx.try_send(frame.clone()).is_ok());
         }
     }
 }

@@ -67,7 +67,7 @@ async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), Enve
         .await
         .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
         .ok_or(EnvelopeError::BadKey)?;
-    let plain = env.open(&peer, &link.identity)?;
+    let plain = env.open_from(&peer)?;
     let up: Up =
         serde_json::from_slice(&plain).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     // A will was sealed at connect time; it is checked against the current
@@ -278,7 +278,7 @@ mod tests {
             store: store.clone(),
             identity: Identity::from_secret(&[1; 64]),
             controller_keys: Identity::from_secret(&[1; 64]).public(),
-            keys: super::super::Keys::new(store.clone()),
+            keys: super::super::Keys::new(store.clone(), Identity::from_secret(&[1; 64])),
             presence: super::super::Presence::new(
                 fleet,
                 store.clone(),

@@ -16,7 +16,7 @@ pub mod transport;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use edgedesk_common::envelope::{Peer, ReplayWindow};
+use edgedesk_common::envelope::{Identity, PeerBox, ReplayWindow};
 
 use crate::downlink::{Downlink, now_ms};
 use crate::fleet::{Fleet, Transition};
@@ -27,7 +27,7 @@ use crate::store::{Store, StoreError};
 
 /// What the controller knows about a node's keys and replay state.
 struct NodeSec {
-    peer: Peer,
+    peer: PeerBox,
     window: ReplayWindow,
 }
 
@@ -37,13 +37,16 @@ struct NodeSec {
 #[derive(Clone)]
 pub struct Keys {
     store: Store,
+    /// The controller's own keys (the sealing agreement is made with them).
+    me: Identity,
     nodes: Arc<Mutex<HashMap<String, NodeSec>>>,
 }
 
 impl Keys {
-    pub fn new(store: Store) -> Keys {
+    pub fn new(store: Store, me: Identity) -> Keys {
         Keys {
             store,
+            me,
             nodes: Arc::default(),
         }
     }
@@ -54,7 +57,7 @@ impl Keys {
 
     /// `None` for an unknown or revoked node, or one whose stored keys do
     /// not parse (they were checked at enrolment).
-    pub async fn peer(&self, node: &str) -> Result<Option<Peer>, StoreError> {
+    pub async fn peer(&self, node: &str) -> Result<Option<PeerBox>, StoreError> {
         if let Some(sec) = self.map().get(node) {
             return Ok(Some(sec.peer.clone()));
         }
@@ -67,6 +70,7 @@ impl Keys {
         else {
             return Ok(None);
         };
+        let peer = PeerBox::new(&self.me, peer);
         self.map()
             .entry(node.to_owned())
             .or_insert_with(|| NodeSec {

@@ -139,7 +139,7 @@ async fn send(
     let mut nonce = [0u8; 24];
     getrandom::fill(&mut nonce).expect("OS random source");
     let id = uuid::Uuid::new_v4().to_string();
-    let env = Envelope::seal(
+    let env = Envelope::seal_for(
         &link.identity,
         &peer,
         Header {

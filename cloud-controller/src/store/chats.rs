@@ -306,7 +306,73 @@ fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, S
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A change the live-chat desk makes to a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatWrite {
+    Assign {
+        chat: String,
+        agent: String,
+        at: i64,
+    },
+    Requeue {
+        chat: String,
+    },
+    Close {
+        chat: String,
+        resolution: String,
+        at: i64,
+    },
+    AgentLine {
+        chat: String,
+        agent: String,
+        text: String,
+        at: i64,
+    },
+}
+
 impl Store {
+    /// The desk's changes and the commands they send, in one transaction
+    /// (group commit: one fsync for a whole batch of the desk's work). Each
+    /// command is queued for its node with its stream's next `seq`, marked
+    /// sent at `sent_at` when given; returns them as queued.
+    pub async fn chat_writes(
+        &self,
+        writes: Vec<ChatWrite>,
+        commands: Vec<(String, edgedesk_common::sync::Command, Option<i64>)>,
+    ) -> Result<Vec<edgedesk_common::sync::Command>, StoreError> {
+        self.db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for w in &writes {
+                    match w {
+                        ChatWrite::Assign { chat, agent, at } => assign(&tx, chat, agent, *at)?,
+                        ChatWrite::Requeue { chat } => requeue(&tx, chat)?,
+                        ChatWrite::Close {
+                            chat,
+                            resolution,
+                            at,
+                        } => close(&tx, chat, resolution, *at)?,
+                        ChatWrite::AgentLine {
+                            chat,
+                            agent,
+                            text,
+                            at,
+                        } => {
+                            let key = uuid::Uuid::new_v4().to_string();
+                            add_line(&tx, chat, &key, "agent", Some(agent), text, *at)?;
+                        }
+                    }
+                }
+                let mut queued = Vec::with_capacity(commands.len());
+                for (node, cmd, sent_at) in &commands {
+                    queued.push(super::commands::enqueue(&tx, node, cmd, *sent_at)?);
+                }
+                tx.commit()?;
+                Ok(queued)
+            })
+            .await
+    }
+
     /// Record that `agent` holds the chat (from `at`).
     pub async fn chat_assign(&self, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
         let (chat, agent) = (chat.to_owned(), agent.to_owned());

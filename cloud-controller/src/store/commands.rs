@@ -19,7 +19,7 @@ pub struct CommandRow {
 
 /// Queue `cmd` for `node`. A command with a stream gets the stream's next
 /// `seq` here (the one in `cmd` is ignored); returns the command as queued.
-fn enqueue_command(
+pub(super) fn enqueue(
     conn: &Connection,
     node: &str,
     cmd: &Command,
@@ -127,7 +127,7 @@ impl Store {
     ) -> Result<Command, StoreError> {
         let node = node.to_owned();
         self.db
-            .call(move |c| enqueue_command(c, &node, &cmd, sent_at))
+            .call(move |c| enqueue(c, &node, &cmd, sent_at))
             .await
     }
 
@@ -197,7 +197,7 @@ mod tests {
             issued_at: 1,
             stream: None,
         };
-        enqueue_command(&c, "a", &cmd, None).unwrap();
+        enqueue(&c, "a", &cmd, None).unwrap();
         assert_eq!(pending_commands(&c, "a").unwrap(), vec![cmd.clone()]);
         assert!(
             !ack_command(&c, "b", "k1", true, "", 2).unwrap(),
@@ -220,8 +220,8 @@ mod tests {
                 seq: 0,
             }),
         };
-        let one = enqueue_command(&c, "a", &streamed("s1"), None).unwrap();
-        let two = enqueue_command(&c, "a", &streamed("s2"), None).unwrap();
+        let one = enqueue(&c, "a", &streamed("s1"), None).unwrap();
+        let two = enqueue(&c, "a", &streamed("s2"), None).unwrap();
         assert_eq!((one.stream.unwrap().seq, two.stream.unwrap().seq), (1, 2));
         let rows = commands(&c, "a", 10).unwrap();
         assert_eq!(rows.len(), 3);

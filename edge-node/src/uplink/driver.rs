@@ -75,8 +75,8 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
     let mqtt = file.mqtt.clone().ok_or_else(|| bad("no broker pinned"))?;
     let sealer = Arc::new(Sealer {
         node: cfg.node_id.clone(),
+        controller: edgedesk_common::envelope::PeerBox::new(&identity, controller),
         identity,
-        controller,
         seq: SeqCounter::default(),
     });
     let connect_id = uuid::Uuid::new_v4().to_string();
@@ -222,7 +222,7 @@ impl Receiver {
         if env.from != CONTROLLER || env.to != self.sealer.node {
             return Err(EnvelopeError::Malformed("wrong sender or recipient".into()));
         }
-        let plain = env.open(&self.sealer.controller, &self.sealer.identity)?;
+        let plain = env.open_from(&self.sealer.controller)?;
         self.window.accept(env.seq)?;
         Ok(plain)
     }

@@ -1,7 +1,9 @@
 //! Sealing what the node sends up: signed by the node's key, sealed for
 //! the controller's, numbered, and published on the node's `up` topic.
 
-use edgedesk_common::envelope::{CONTROLLER, Envelope, Header, Identity, Peer, SeqCounter, topic};
+use edgedesk_common::envelope::{
+    CONTROLLER, Envelope, Header, Identity, PeerBox, SeqCounter, topic,
+};
 use edgedesk_common::sync::Up;
 use rumqttc::{AsyncClient, QoS};
 
@@ -17,7 +19,8 @@ pub const ENVELOPE_QOS: QoS = QoS::AtMostOnce;
 pub struct Sealer {
     pub node: String,
     pub identity: Identity,
-    pub controller: Peer,
+    /// The controller, with the sealing agreement made once.
+    pub controller: PeerBox,
     pub seq: SeqCounter,
 }
 
@@ -32,7 +35,7 @@ impl Sealer {
         getrandom::fill(&mut nonce).expect("OS random source");
         let id = uuid::Uuid::new_v4().to_string();
         let plain = serde_json::to_vec(body).unwrap_or_default();
-        Envelope::seal(
+        Envelope::seal_for(
             &self.identity,
             &self.controller,
             Header {

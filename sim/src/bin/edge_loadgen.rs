@@ -148,6 +148,15 @@ async fn closed_session(
                     }
                     break;
                 }
+                Ok(ServerFrame::Error { code, .. })
+                    if code == edgedesk_common::chat::ErrorCode::Busy =>
+                {
+                    // Shed by the node: counted, and the session goes on.
+                    if measured {
+                        stats.shed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
                 Ok(ServerFrame::Error { code, message }) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     return Err(format!("server error {code:?}: {message}"));

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use edgedesk_common::chat::Lang;
-use edgedesk_common::envelope::{CONTROLLER, Envelope, Header, Identity, Peer, topic};
+use edgedesk_common::envelope::{CONTROLLER, Envelope, Header, Identity, PeerBox, topic};
 use edgedesk_common::event::{ConversationSummary, Event, EventBody};
 use edgedesk_common::sync::{
     Down, EnrollRequest, EnrollResponse, Heartbeat, Up, enroll_proof_message,
@@ -120,7 +120,7 @@ struct Stats {
 struct SimNode {
     id: String,
     identity: Identity,
-    controller: Peer,
+    controller: PeerBox,
     client: AsyncClient,
     seq: AtomicU64,
     outstanding: Mutex<HashMap<String, Instant>>,
@@ -132,7 +132,7 @@ impl SimNode {
         getrandom::fill(&mut nonce).expect("random");
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let id = uuid::Uuid::new_v4().to_string();
-        Envelope::seal(
+        Envelope::seal_for(
             &self.identity,
             &self.controller,
             Header {
@@ -241,7 +241,10 @@ async fn connect(
     }
     let (client, mut ev) = AsyncClient::new(o, 64);
     ev.set_network_options(cloud_controller::link::transport::network_options());
-    let controller = enrolled.controller.parse().map_err(|e| e.to_string())?;
+    let controller = PeerBox::new(
+        &identity,
+        enrolled.controller.parse().map_err(|e| e.to_string())?,
+    );
     let node = Arc::new(SimNode {
         id: id.clone(),
         identity: identity.clone(),
@@ -274,7 +277,7 @@ async fn connect(
                     let Ok(env) = Envelope::from_json(&p.payload) else {
                         continue;
                     };
-                    let Ok(plain) = env.open(&n.controller, &n.identity) else {
+                    let Ok(plain) = env.open_from(&n.controller) else {
                         continue;
                     };
                     if let (Ok(Down::Command(cmd)), Some(probe)) =
