@@ -148,9 +148,10 @@ async fn closed_session(
                     }
                     break;
                 }
-                Ok(ServerFrame::Error { code, .. })
-                    if code == edgedesk_common::chat::ErrorCode::Busy =>
-                {
+                Ok(ServerFrame::Error {
+                    code: edgedesk_common::chat::ErrorCode::Busy,
+                    ..
+                }) => {
                     // Shed by the node: counted, and the session goes on.
                     if measured {
                         stats.shed.fetch_add(1, Ordering::Relaxed);
