@@ -11,7 +11,7 @@ use edgedesk_common::sync::{AgentClosed, AgentJoined, AgentLeft, AgentMessage, C
 
 use super::{AgentLoad, ConsoleIn, ConsoleOut, Live, MAX_LINE};
 use crate::routing::{self, Presence, Router};
-use crate::store::{AgentRow, Line};
+use crate::store::{AgentRow, ChatWrite, Line};
 
 /// What happened.
 #[derive(Debug, Clone)]
@@ -58,34 +58,10 @@ pub enum In {
     Tick,
 }
 
-/// A change to the chat store.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreOp {
-    Assign {
-        chat: String,
-        agent: String,
-        at: i64,
-    },
-    Requeue {
-        chat: String,
-    },
-    Close {
-        chat: String,
-        resolution: String,
-        at: i64,
-    },
-    AgentLine {
-        chat: String,
-        agent: String,
-        text: String,
-        at: i64,
-    },
-}
-
 /// What to do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Do {
-    Store(StoreOp),
+    Store(ChatWrite),
     /// Queue a command for the chat's node, in the chat's stream.
     Command {
         node: String,
@@ -189,7 +165,7 @@ impl Desk {
             }
             In::VisitorEnded { chat } => {
                 if let Some(agent) = self.holder(&chat).map(str::to_owned) {
-                    out.push(Do::Store(StoreOp::Close {
+                    out.push(Do::Store(ChatWrite::Close {
                         chat: chat.clone(),
                         resolution: "visitor left".into(),
                         at: now,
@@ -304,7 +280,7 @@ impl Desk {
                     return Err("that chat is not assigned to you".into());
                 }
                 let node = self.nodes.get(&chat).cloned().ok_or("unknown chat")?;
-                out.push(Do::Store(StoreOp::AgentLine {
+                out.push(Do::Store(ChatWrite::AgentLine {
                     chat: chat.clone(),
                     agent: agent.id.clone(),
                     text: text.clone(),
@@ -335,7 +311,7 @@ impl Desk {
                     return Err("that chat is not assigned to you".into());
                 }
                 let node = self.nodes.get(&chat).cloned().ok_or("unknown chat")?;
-                out.push(Do::Store(StoreOp::Close {
+                out.push(Do::Store(ChatWrite::Close {
                     chat: chat.clone(),
                     resolution: resolution.chars().take(MAX_LINE).collect(),
                     at: now,
@@ -392,7 +368,7 @@ impl Desk {
                         continue;
                     };
                     let name = self.names.get(&agent).cloned().unwrap_or_default();
-                    out.push(Do::Store(StoreOp::Assign {
+                    out.push(Do::Store(ChatWrite::Assign {
                         chat: chat.clone(),
                         agent: agent.clone(),
                         at: now,
@@ -408,7 +384,7 @@ impl Desk {
                     out.push(Do::PushAssigned { agent, chat });
                 }
                 routing::Action::Requeued { chat, from } => {
-                    out.push(Do::Store(StoreOp::Requeue { chat: chat.clone() }));
+                    out.push(Do::Store(ChatWrite::Requeue { chat: chat.clone() }));
                     out.push(Do::Push {
                         agent: from,
                         frame: ConsoleOut::Requeued { chat: chat.clone() },

@@ -16,7 +16,7 @@ use edgedesk_common::sync::Command;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConsoleOut, Desk, Do, In, Msg, StoreOp};
+use super::{ConsoleOut, Desk, Do, In, Msg};
 use crate::downlink::{Downlink, now_ms};
 use crate::metrics::Metrics;
 use crate::store::{ChatWrite, Store};
@@ -146,30 +146,7 @@ impl Driver {
     ) {
         for d in todo {
             match d {
-                Do::Store(op) => plan.writes.push(match op {
-                    StoreOp::Assign { chat, agent, at } => ChatWrite::Assign { chat, agent, at },
-                    StoreOp::Requeue { chat } => ChatWrite::Requeue { chat },
-                    StoreOp::Close {
-                        chat,
-                        resolution,
-                        at,
-                    } => ChatWrite::Close {
-                        chat,
-                        resolution,
-                        at,
-                    },
-                    StoreOp::AgentLine {
-                        chat,
-                        agent,
-                        text,
-                        at,
-                    } => ChatWrite::AgentLine {
-                        chat,
-                        agent,
-                        text,
-                        at,
-                    },
-                }),
+                Do::Store(write) => plan.writes.push(write),
                 Do::Command { node, chat, body } => {
                     let (cmd, sent_at) = self.downlink.prepare(&node, body, Some(&chat));
                     if sent_at.is_some() {

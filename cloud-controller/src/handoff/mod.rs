@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{AgentRow, ChatView, Line};
-pub use desk::{Desk, Do, In, StoreOp};
+pub use desk::{Desk, Do, In};
 
 /// Frames to an agent's console.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -587,17 +587,21 @@ impl Sessions {
         frames
     }
 
-    /// Deliver an agent action to `conversation`: through the connection
-    /// holding it when the visitor is here (so its in-memory state stays
-    /// right), else straight to the store. `Ok` once it is stored.
-    pub async fn deliver(&self, conversation: &str, action: AgentAction) -> Result<(), String> {
-        let row = self
-            .d
+    /// The stored session whose current conversation is `conversation`.
+    async fn stored_session(&self, conversation: &str) -> Result<SessionRow, String> {
+        self.d
             .store
             .session_by_conversation(conversation)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("unknown conversation {conversation}"))?;
+            .ok_or_else(|| format!("unknown conversation {conversation}"))
+    }
+
+    /// Deliver an agent action to `conversation`: through the connection
+    /// holding it when the visitor is here (so its in-memory state stays
+    /// right), else straight to the store. `Ok` once it is stored.
+    pub async fn deliver(&self, conversation: &str, action: AgentAction) -> Result<(), String> {
+        let row = self.stored_session(conversation).await?;
         if let Some(tx) = self.registry.sender(&row.id) {
             let (done, wait) = oneshot::channel();
             let ev = Box::new(AgentEvent {
@@ -620,13 +624,7 @@ impl Sessions {
         if action.ephemeral() {
             return Ok(());
         }
-        let row = self
-            .d
-            .store
-            .session_by_conversation(conversation)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("unknown conversation {conversation}"))?;
+        let row = self.stored_session(conversation).await?;
         let mut conv: Conversation = serde_json::from_str(&row.state).map_err(|e| e.to_string())?;
         if conv.id != conversation {
             return Err(format!("conversation {conversation} is over"));

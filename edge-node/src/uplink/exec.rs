@@ -185,34 +185,23 @@ struct Handle {
 impl Handle {
     /// Run `cmd` unless it ran before; record the result and acknowledge.
     async fn once(&self, cmd: Command) {
-        let (ok, detail) = match self.store.command_result(&cmd.id).await {
-            Ok(Some(earlier)) => earlier,
+        match self.store.command_result(&cmd.id).await {
+            Ok(Some((ok, detail))) => self.ack(cmd.id, ok, detail).await,
             Ok(None) => {
                 let (ok, detail) = self.execute(&cmd).await;
-                let record = CommandIn {
-                    id: cmd.id.clone(),
-                    kind: cmd.body.kind().to_owned(),
-                    args: cmd.body.args().to_string(),
-                    received_at: now_ms(),
-                    ok,
-                    detail: detail.clone(),
-                    stream: cmd.stream.as_ref().map(|s| (s.key.clone(), s.seq)),
-                };
-                if let Err(e) = self.store.command_in(record).await {
-                    tracing::error!(error = %e, "recording a command failed; it will be resent");
-                    return;
-                }
-                (ok, detail)
+                tracing::info!(id = %cmd.id, kind = cmd.body.kind(), ok, "command executed");
+                let stream = cmd.stream.as_ref().map(|s| (s.key.clone(), s.seq));
+                let args = cmd.body.args().to_string();
+                self.record_and_ack(&cmd.id, cmd.body.kind(), &args, stream, ok, detail)
+                    .await;
             }
             Err(e) => {
-                tracing::error!(error = %e, "reading command results failed; it will be resent");
-                return;
+                tracing::error!(error = %e, "reading command results failed; it will be resent")
             }
-        };
-        tracing::info!(id = %cmd.id, kind = cmd.body.kind(), ok, "command executed");
-        self.ack(cmd.id, ok, detail).await;
+        }
     }
 
+    /// Record a command's result once (an earlier record wins) and acknowledge.
     async fn record_and_ack(
         &self,
         id: &str,

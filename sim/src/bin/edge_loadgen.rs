@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use edgedesk_common::chat::{ClientFrame, PROTOCOL_VERSION, ServerFrame};
+use edgedesk_sim::rss_kib;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -78,18 +79,6 @@ struct Stats {
     errors: AtomicU64,
     /// Turns the node refused with `busy` (load shed).
     shed: AtomicU64,
-}
-
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 async fn closed_session(

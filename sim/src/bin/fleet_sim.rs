@@ -24,6 +24,7 @@ use edgedesk_common::event::{ConversationSummary, Event, EventBody};
 use edgedesk_common::sync::{
     Down, EnrollRequest, EnrollResponse, Heartbeat, Up, enroll_proof_message,
 };
+use edgedesk_sim::rss_kib;
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use tokio::sync::Mutex;
@@ -324,18 +325,6 @@ async fn connect(
         .map_err(|_| format!("{id}: no connection within 30 s"))?
         .map_err(|_| format!("{id}: connection task ended"))?;
     Ok(node)
-}
-
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 #[tokio::main]

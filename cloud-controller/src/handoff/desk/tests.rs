@@ -52,7 +52,7 @@ fn an_escalation_is_assigned_with_one_step_of_decisions() {
     assert_eq!(
         todo,
         vec![
-            Do::Store(StoreOp::Assign {
+            Do::Store(ChatWrite::Assign {
                 chat: "c1".into(),
                 agent: "a1".into(),
                 at: 10
@@ -93,7 +93,7 @@ fn only_the_holder_may_write_and_lines_go_to_the_chats_node() {
         vec![Do::Reply(Err("that chat is not assigned to you".into()))]
     );
     let todo = desk.step(msg(&holder), 20);
-    assert!(matches!(&todo[0], Do::Store(StoreOp::AgentLine { text, .. }) if text == "hello"));
+    assert!(matches!(&todo[0], Do::Store(ChatWrite::AgentLine { text, .. }) if text == "hello"));
     assert!(
         matches!(&todo[1], Do::Command { node, body: CommandBody::AgentMessage(m), .. } if node == "n1" && m.text == "hello")
     );
@@ -134,7 +134,7 @@ fn closed_and_abandoned_chats_are_forgotten() {
         }
     )));
     let todo = desk.step(In::VisitorEnded { chat: "c2".into() }, 31);
-    assert!(todo.contains(&Do::Store(StoreOp::Close {
+    assert!(todo.contains(&Do::Store(ChatWrite::Close {
         chat: "c2".into(),
         resolution: "visitor left".into(),
         at: 31
