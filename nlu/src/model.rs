@@ -18,6 +18,14 @@ use ort::value::Tensor;
 use crate::bundle::verify_bundle;
 use crate::{NluError, runtime};
 
+/// Golden-set runs in this process (a model is checked once per load).
+static GOLDEN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times this process has run a golden set.
+pub fn golden_runs() -> usize {
+    GOLDEN_RUNS.load(Ordering::Relaxed)
+}
+
 /// The outcome of classifying one utterance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
@@ -140,6 +148,7 @@ impl Model {
     /// Run every golden utterance; all must give the expected label, and
     /// in-scope ones must clear the threshold.
     pub fn check_golden(&self) -> Result<(), NluError> {
+        GOLDEN_RUNS.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(GOLDEN_FILE);
         let text = std::fs::read_to_string(&path).map_err(|source| NluError::Io {
             path: path.clone(),

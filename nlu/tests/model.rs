@@ -189,3 +189,19 @@ fn a_batch_classifies_each_utterance_as_alone() {
     }
     assert!(m.classify_batch(&[]).unwrap().is_empty());
 }
+
+#[test]
+fn a_model_runs_its_golden_set_once_per_checked_load() {
+    // Before, `Model::load` ran it and callers ran it again.
+    runtime::init(&ort_path()).expect("ONNX Runtime loads");
+    let before = edgedesk_nlu::model::golden_runs();
+    let m = Model::load(&bundle_dir(), 1, 0.0).unwrap();
+    assert_eq!(
+        edgedesk_nlu::model::golden_runs(),
+        before,
+        "a plain load runs none"
+    );
+    drop(m);
+    Model::load_checked(&bundle_dir(), 1, 0.0).unwrap();
+    assert_eq!(edgedesk_nlu::model::golden_runs(), before + 1);
+}

@@ -47,10 +47,16 @@ async fn refusals_resume_and_rollback() {
     let node = edge(&cloud, &dir, "branch-m").await;
     cloud.wait_online("branch-m", 20).await;
     let work = tempfile::tempdir().unwrap();
+    let published_before = edgedesk_nlu::model::golden_runs();
     let good = cloud
         .publish(&bundle_version(work.path(), "1.1.0"))
         .await
         .signed;
+    assert_eq!(
+        edgedesk_nlu::model::golden_runs(),
+        published_before + 1,
+        "publishing runs the golden set once (it ran twice before)"
+    );
     let old = cloud
         .publish(&bundle_version(work.path(), "0.9.0"))
         .await
@@ -94,8 +100,14 @@ async fn refusals_resume_and_rollback() {
     let mut torn = bytes[..3 * CHUNK_SIZE as usize].to_vec();
     torn.extend_from_slice(b"garbage written before a power cut");
     std::fs::write(incoming.join(format!("{}.part", model.sha256)), &torn).unwrap();
+    let golden_before = edgedesk_nlu::model::golden_runs();
     let (ok, detail) = command(&cloud, "branch-m", "model_update", update(&good)).await;
     assert!(ok, "{detail}");
+    assert_eq!(
+        edgedesk_nlu::model::golden_runs(),
+        golden_before + 1,
+        "the new model ran its golden set once (it ran twice before)"
+    );
     let fetched: u64 = release.files.values().map(|f| f.size).sum::<u64>() - 3 * CHUNK_SIZE;
     assert_eq!(
         detail,
