@@ -91,6 +91,9 @@ pub enum ClientFrame {
 pub struct HistoryItem {
     pub id: i64,
     pub from: Sender,
+    /// The person who wrote an agent line (their display name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
     pub text: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quick_replies: Vec<QuickReply>,
@@ -163,6 +166,13 @@ pub enum ServerFrame {
         /// `true` when the session given in `Hello` was restored.
         resumed: bool,
         history: Vec<HistoryItem>,
+        /// Older lines exist that `history` leaves out (it is kept small).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
+        /// A shared kiosk forgets the session after this long without input
+        /// once the bot has answered (0: never).
+        #[serde(default)]
+        idle_reset_secs: u32,
     },
     /// The visitor's message with `client_id` is stored.
     Ack {
@@ -170,10 +180,12 @@ pub enum ServerFrame {
         client_id: Option<String>,
         id: i64,
     },
-    /// A reply from the bot (or, later, a human agent).
+    /// A reply from the bot, a human agent (`author` names them) or the system.
     Reply {
         id: i64,
         from: Sender,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        author: Option<String>,
         text: String,
         lang: Lang,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -184,6 +196,13 @@ pub enum ServerFrame {
     },
     Typing {
         from: Sender,
+    },
+    /// A line shown earlier changes (the greeting after a language switch).
+    Edit {
+        id: i64,
+        text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        quick_replies: Vec<QuickReply>,
     },
     /// Informational line shown apart from the conversation.
     Notice {
@@ -334,8 +353,13 @@ mod tests {
             }],
             state: ChatState::InFlow,
             intent: Some("greeting".into()),
+            author: None,
         };
         let json = f.to_json();
+        assert!(
+            !json.contains("author"),
+            "absent author is not sent: {json}"
+        );
         assert!(json.contains(r#""type":"reply""#), "{json}");
         assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), f);
     }

@@ -34,6 +34,11 @@ pub enum EventBody {
     ChatLine(ChatLine),
     /// The visitor rated a closed agent chat.
     Rating(Rating),
+    /// A waiting visitor no longer wants a person: they left, declined, or
+    /// left a message instead. The escalation leaves the queue.
+    EscalationWithdrawn(EscalationWithdrawn),
+    /// The visitor of an escalated conversation left the page or came back.
+    VisitorPresence(VisitorPresence),
 }
 
 impl EventBody {
@@ -46,6 +51,8 @@ impl EventBody {
             EventBody::FlowCompleted(_) => "flow_completed",
             EventBody::ChatLine(_) => "chat_line",
             EventBody::Rating(_) => "rating",
+            EventBody::EscalationWithdrawn(_) => "escalation_withdrawn",
+            EventBody::VisitorPresence(_) => "visitor_presence",
         }
     }
 }
@@ -114,6 +121,21 @@ pub struct Rating {
     pub conversation: String,
     /// 1 (poor) to 5 (excellent).
     pub score: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationWithdrawn {
+    pub conversation: String,
+    /// `visitor_left` (gone longer than the grace), `declined` (said no
+    /// while waiting) or `offline_message` (left a message instead).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitorPresence {
+    pub conversation: String,
+    /// Whether a page holds the conversation now.
+    pub present: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -89,6 +89,13 @@ pub enum Down {
     Typing {
         conversation: String,
     },
+    /// Where a waiting visitor stands in the queue (ephemeral, sent when it
+    /// changes); `position` 1 is next.
+    QueueStatus {
+        conversation: String,
+        position: u32,
+        agents_online: u32,
+    },
 }
 
 /// What a node is asked to do. On the wire `{"kind": "...", "args": {...}}`

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use chrono::{NaiveDate, NaiveTime, Timelike};
 use edgedesk_common::chat::{ChatState, Lang, QuickReply, Sender};
 use edgedesk_common::event::{
-    ChatLine, ConversationSummary, Escalation, EventBody, FlowCompleted, OfflineMessage, Rating,
-    TranscriptLine,
+    ChatLine, ConversationSummary, Escalation, EscalationWithdrawn, EventBody, FlowCompleted,
+    OfflineMessage, Rating, TranscriptLine,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,8 @@ pub enum Command {
     TryAgain,
     /// Rate a closed agent chat, 1–5 (`/rate N`).
     Rate(u8),
+    /// Stay in the queue after the offer to leave a message.
+    KeepWaiting,
 }
 
 impl Command {
@@ -66,6 +68,7 @@ impl Command {
             "/no" => Command::No,
             "/end" => Command::End,
             "/try_again" => Command::TryAgain,
+            "/keep_waiting" => Command::KeepWaiting,
             other => {
                 let n: u8 = other.strip_prefix("/rate ")?.trim().parse().ok()?;
                 return (1..=5).contains(&n).then_some(Command::Rate(n));
@@ -82,6 +85,7 @@ impl Command {
             Command::No => "/no".into(),
             Command::End => "/end".into(),
             Command::TryAgain => "/try_again".into(),
+            Command::KeepWaiting => "/keep_waiting".into(),
             Command::Rate(n) => format!("/rate {n}"),
         }
     }
@@ -101,6 +105,16 @@ pub struct Conversation {
     /// An agent closed the chat and the visitor may rate it.
     #[serde(default)]
     pub awaiting_rating: bool,
+    /// The visitor picked the language (EN/中文): their choice wins over
+    /// what their messages look like. Detection only picks before that.
+    #[serde(default)]
+    pub lang_chosen: bool,
+    /// When the current escalation started waiting (ms).
+    #[serde(default)]
+    pub escalated_at: Option<i64>,
+    /// The visitor was offered to leave a message after a long wait.
+    #[serde(default)]
+    pub queue_offer_made: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +228,8 @@ impl Turn<'_> {
 pub struct BotReply {
     /// Bot, or Agent for a human agent's line, or System for notices.
     pub from: Sender,
+    /// The agent who wrote an agent line.
+    pub author: Option<String>,
     pub text: String,
     pub quick_replies: Vec<QuickReply>,
     /// The intent this reply answers, if any (shown to agents later).
@@ -261,6 +277,9 @@ impl Conversation {
             intents: Vec::new(),
             escalated: false,
             awaiting_rating: false,
+            lang_chosen: false,
+            escalated_at: None,
+            queue_offer_made: false,
         }
     }
 
@@ -320,6 +339,7 @@ impl Engine {
             Command::Yes => "button_yes",
             Command::Cancel => "button_cancel",
             Command::End => "goodbye",
+            Command::KeepWaiting => "button_keep_waiting",
             Command::Rate(n) => {
                 let label = "★".repeat(n as usize);
                 return QuickReply {
@@ -343,6 +363,7 @@ impl Engine {
     ) -> BotReply {
         BotReply {
             from: Sender::Bot,
+            author: None,
             text: self.kb.prompt(prompt, lang, vars),
             quick_replies: buttons.iter().map(|c| self.button(*c, lang)).collect(),
             intent: None,
@@ -389,6 +410,7 @@ impl Engine {
         }
         BotReply {
             from: Sender::Agent,
+            author: Some(agent.to_owned()),
             text: text.to_owned(),
             quick_replies: Vec::new(),
             intent: None,
@@ -413,12 +435,54 @@ impl Engine {
         r
     }
 
+    /// The waiting visitor no longer wants a person (`reason`: see
+    /// [`EscalationWithdrawn`]): back to the bot, and the event that takes
+    /// the escalation out of the queue. `None` unless waiting.
+    pub fn withdraw(&self, conv: &mut Conversation, reason: &str) -> Option<EventBody> {
+        if conv.phase != Phase::WaitingForAgent {
+            return None;
+        }
+        conv.phase = Phase::Bot;
+        conv.escalated_at = None;
+        Some(EventBody::EscalationWithdrawn(EscalationWithdrawn {
+            conversation: conv.id.clone(),
+            reason: reason.into(),
+        }))
+    }
+
+    /// After a long wait, offer once to leave a message instead. `None`
+    /// unless waiting without the offer made yet.
+    pub fn offer_message(&self, conv: &mut Conversation) -> Option<BotReply> {
+        if conv.phase != Phase::WaitingForAgent || conv.queue_offer_made {
+            return None;
+        }
+        conv.queue_offer_made = true;
+        Some(self.reply(
+            "queue_offer",
+            conv.lang,
+            &[],
+            &[Command::LeaveMessage, Command::KeepWaiting],
+        ))
+    }
+
+    /// The visitor's place in the queue, as a notice (not stored).
+    pub fn queue_position(&self, conv: &Conversation, position: u32) -> String {
+        let ahead = position.saturating_sub(1).to_string();
+        self.kb.prompt(
+            "queue_position",
+            conv.lang,
+            &[("position", &position.to_string()), ("ahead", &ahead)],
+        )
+    }
+
     /// Handle one visitor turn.
     pub fn handle(&self, conv: &mut Conversation, turn: &Turn<'_>) -> Outcome {
         let mut out = Outcome::default();
         conv.visitor_turns = conv.visitor_turns.saturating_add(1);
-        if let Some(lang) = Lang::detect(turn.text) {
-            conv.lang = lang;
+        if !conv.lang_chosen {
+            if let Some(lang) = Lang::detect(turn.text) {
+                conv.lang = lang;
+            }
         }
         if turn.nlu.answered
             && !conv.intents.contains(&turn.nlu.intent)
@@ -516,6 +580,8 @@ impl Engine {
         conv.escalated = true;
         conv.low_confidence_streak = 0;
         conv.phase = Phase::WaitingForAgent;
+        conv.escalated_at = Some(turn.now_ms);
+        conv.queue_offer_made = false;
         out.events.push(EventBody::Escalation(Escalation {
             conversation: conv.id.clone(),
             lang: conv.lang,
@@ -599,6 +665,7 @@ impl Engine {
                     };
                     out.replies.push(BotReply {
                         from: Sender::Bot,
+                        author: None,
                         text: match conv.lang {
                             Lang::En => answer.en.clone(),
                             Lang::Zh => answer.zh.clone(),
@@ -814,10 +881,14 @@ impl Engine {
         let lang = conv.lang;
         let accept = turn.command == Some(Command::LeaveMessage) || turn.yes();
         let decline = turn.no() || turn.wants_cancel();
-        if accept {
+        if turn.command == Some(Command::KeepWaiting) {
+            out.replies
+                .push(self.reply("escalate_waiting", lang, &[], &[Command::LeaveMessage]));
+        } else if accept {
+            out.events.extend(self.withdraw(conv, "offline_message"));
             self.start_contact(conv, out);
         } else if decline {
-            conv.phase = Phase::Bot;
+            out.events.extend(self.withdraw(conv, "declined"));
             out.replies
                 .push(self.reply("contact_declined", lang, &[], &[]));
         } else {

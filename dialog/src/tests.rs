@@ -113,7 +113,12 @@ fn waiting_visitor_can_decline() {
     e.handle(&mut c, &turn("human", "human_agent"));
     let out = e.handle(&mut c, &turn("/no", ""));
     assert_eq!(c.phase, Phase::Bot);
-    assert!(out.events.is_empty());
+    // The only event takes the escalation out of the queue.
+    assert!(
+        matches!(&out.events[..], [EventBody::EscalationWithdrawn(w)] if w.reason == "declined"),
+        "{:?}",
+        out.events
+    );
 }
 
 #[test]
@@ -319,6 +324,11 @@ proptest! {
                         prop_assert!(with_agent);
                     }
                     EventBody::Rating(_) => prop_assert_eq!(&c.phase, &before),
+                    EventBody::EscalationWithdrawn(_) => {
+                        prop_assert_eq!(&before, &Phase::WaitingForAgent);
+                        prop_assert!(c.phase != Phase::WaitingForAgent);
+                    }
+                    EventBody::VisitorPresence(_) => prop_assert!(false, "the engine never reports presence"),
                 }
             }
             if let Phase::Flow(_) = c.phase {
@@ -371,4 +381,85 @@ fn agent_handing_back_to_the_queue() {
     assert!(left.text.contains("queue"));
     assert_eq!(Command::parse("/rate 9"), None);
     assert_eq!(Command::parse("/rate 3"), Some(Command::Rate(3)));
+}
+
+#[test]
+fn the_visitors_language_choice_wins_over_detection() {
+    let e = engine();
+    // Chosen English: a Chinese word does not switch the bot.
+    let mut c = conv();
+    c.lang_chosen = true;
+    let out = e.handle(&mut c, &turn("Thanks 👍 — 谢谢", "thanks"));
+    assert_eq!(c.lang, Lang::En);
+    assert!(
+        out.replies[0].text.is_ascii() || !out.replies[0].text.contains('谢'),
+        "{:?}",
+        out.replies
+    );
+    // Not chosen yet: detection picks.
+    let mut c = conv();
+    e.handle(&mut c, &turn("谢谢", "thanks"));
+    assert_eq!(c.lang, Lang::Zh);
+    // Chosen Chinese stays Chinese for an English line, closing prompt included.
+    let mut c = conv();
+    c.lang = Lang::Zh;
+    c.lang_chosen = true;
+    e.handle(&mut c, &turn("I want a human", "human_agent"));
+    e.agent_joined(&mut c, "Grace");
+    let closed = e.agent_closed(&mut c);
+    assert_eq!(c.lang, Lang::Zh);
+    assert!(
+        closed
+            .text
+            .chars()
+            .any(|ch| ('\u{4e00}'..='\u{9fff}').contains(&ch)),
+        "{}",
+        closed.text
+    );
+}
+
+#[test]
+fn a_waiting_visitor_who_declines_or_leaves_a_message_withdraws_the_escalation() {
+    let e = engine();
+    for (text, reason) in [("/no", "declined"), ("/leave_message", "offline_message")] {
+        let mut c = conv();
+        e.handle(&mut c, &turn("I want a human", "human_agent"));
+        assert_eq!(c.phase, Phase::WaitingForAgent);
+        assert!(c.escalated_at.is_some());
+        let out = e.handle(&mut c, &turn(text, ""));
+        let withdrawn: Vec<_> = out
+            .events
+            .iter()
+            .filter_map(|ev| match ev {
+                EventBody::EscalationWithdrawn(w) => Some(w.reason.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(withdrawn, vec![reason], "{text}");
+        assert_ne!(c.phase, Phase::WaitingForAgent);
+    }
+    // Someone who left: withdrawn once; a visitor not waiting has nothing to withdraw.
+    let mut c = conv();
+    e.handle(&mut c, &turn("I want a human", "human_agent"));
+    assert!(e.withdraw(&mut c, "visitor_left").is_some());
+    assert!(e.withdraw(&mut c, "visitor_left").is_none());
+}
+
+#[test]
+fn a_long_wait_offers_a_message_once_and_keeping_waiting_stays_queued() {
+    let e = engine();
+    let mut c = conv();
+    e.handle(&mut c, &turn("I want a human", "human_agent"));
+    let offer = e.offer_message(&mut c).expect("offered");
+    let payloads: Vec<&str> = offer
+        .quick_replies
+        .iter()
+        .map(|q| q.payload.as_str())
+        .collect();
+    assert_eq!(payloads, vec!["/leave_message", "/keep_waiting"]);
+    assert!(e.offer_message(&mut c).is_none(), "offered once");
+    let out = e.handle(&mut c, &turn("/keep_waiting", ""));
+    assert!(out.events.is_empty());
+    assert_eq!(c.phase, Phase::WaitingForAgent);
+    assert!(e.queue_position(&c, 3).contains('3'));
 }

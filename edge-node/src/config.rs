@@ -56,6 +56,7 @@ pub struct ServerConfig {
     pub rate_limit_close_after: u32,
     pub history_limit: usize,
     pub shutdown_grace_secs: u64,
+    pub kiosk_idle_reset_secs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,8 @@ pub struct DialogConfig {
     pub max_reprompts: u8,
     pub opening_hour: u32,
     pub closing_hour: u32,
+    pub queue_offer_secs: u32,
+    pub abandon_grace_secs: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +198,18 @@ impl Config {
                     "each origin must start with http:// or https://",
                 );
             }
+        }
+        if self.server.kiosk_idle_reset_secs != 0 && self.server.kiosk_idle_reset_secs < 15 {
+            return bad(
+                "server.kiosk_idle_reset_secs",
+                "must be 0 (never) or at least 15 seconds",
+            );
+        }
+        if self.dialog.abandon_grace_secs < 10 {
+            return bad(
+                "dialog.abandon_grace_secs",
+                "must be at least 10 seconds (a page reload must not lose the place in the queue)",
+            );
         }
         if self.nlu.sessions == 0 || self.nlu.sessions > 64 {
             return bad("nlu.sessions", "must be between 1 and 64");

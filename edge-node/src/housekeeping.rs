@@ -1,6 +1,8 @@
 //! Background upkeep: end conversations idle too long (when no connection
 //! holds them), enforce the transcript age limit and the outbox disk budget,
-//! refresh the outbox gauges.
+//! refresh the outbox gauges; every couple of seconds, follow visitors who
+//! left an escalated chat (shown as gone to the agent, out of the queue
+//! after the grace).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,9 @@ use crate::config::{CloudConfig, RetentionConfig};
 use crate::metrics::Metrics;
 use crate::session::{Sessions, now_ms};
 use crate::store::{RetentionStats, Store, StoreError};
+
+/// How often departed visitors are checked on.
+const DEPARTURE_TICK: Duration = Duration::from_secs(2);
 
 /// What one pass did.
 #[derive(Debug, Default, PartialEq)]
@@ -35,9 +40,19 @@ impl Keeper {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(self.retention.interval_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut departures = tokio::time::interval(DEPARTURE_TICK);
+        departures.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Escalated chats nobody holds since before a restart are followed too.
+        self.sessions.adopt_departures().await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = departures.tick() => {
+                    let withdrawn = self.sessions.check_departures(now_ms()).await;
+                    if withdrawn > 0 {
+                        tracing::info!(withdrawn, "visitors who left were taken out of the queue");
+                    }
+                }
                 _ = tick.tick() => match self.pass(now_ms()).await {
                     Ok(p) => {
                         if p.idle_closed > 0 || p.retention != RetentionStats::default() {

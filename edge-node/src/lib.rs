@@ -204,6 +204,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         link_up: link_rx,
         history_limit: config.server.history_limit,
         max_turns_in_flight: config.server.max_turns_in_flight,
+        idle_reset_secs: config.server.kiosk_idle_reset_secs,
+        abandon_grace_ms: i64::from(config.dialog.abandon_grace_secs) * 1000,
+        queue_offer_ms: i64::from(config.dialog.queue_offer_secs) * 1000,
     }));
     let keeper = Arc::new(Keeper {
         retention: config.retention.clone(),

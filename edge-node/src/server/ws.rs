@@ -139,6 +139,8 @@ enum Wake {
     Shutdown,
     TakenOver,
     Idle,
+    /// A waiting visitor has waited long enough to be offered a message instead.
+    Offer,
     Agent(Option<Box<AgentEvent>>),
     Socket(Option<Result<Message, axum::Error>>),
 }
@@ -204,6 +206,10 @@ impl Connection {
             let taken_over = self.session.as_ref().map(|s| s.claim().token.clone());
             let conversation_open = self.session.as_ref().is_some_and(Active::is_open);
             let idle_deadline = self.last_activity + idle;
+            let offer_deadline = self
+                .session
+                .as_ref()
+                .and_then(|a| self.app.sessions.offer_deadline(a));
             // Wait for the next thing to do; handle it once the borrows of the
             // wait are over.
             let wake = {
@@ -212,6 +218,7 @@ impl Connection {
                     _ = shutdown.cancelled() => Wake::Shutdown,
                     _ = async { taken_over.unwrap().cancelled().await }, if taken_over.is_some() => Wake::TakenOver,
                     _ = tokio::time::sleep_until(idle_deadline), if conversation_open => Wake::Idle,
+                    _ = async { tokio::time::sleep_until(offer_deadline.unwrap()).await }, if offer_deadline.is_some() => Wake::Offer,
                     ev = recv_agent(agent_rx) => Wake::Agent(ev),
                     msg = socket.recv() => Wake::Socket(msg),
                 }
@@ -236,6 +243,10 @@ impl Connection {
                         None => Vec::new(),
                     }
                 }
+                Wake::Offer => match self.session.as_mut() {
+                    Some(a) => Box::pin(self.app.sessions.offer_message(a)).await,
+                    None => Vec::new(),
+                },
                 Wake::Agent(Some(ev)) => {
                     self.app
                         .sessions
@@ -378,12 +389,10 @@ impl Connection {
                 };
                 sessions.turn(active, text, client_id, payload).await
             }
-            ClientFrame::SetLang { lang } => {
-                if let Some(active) = self.session.as_mut() {
-                    sessions.set_lang(active, lang).await;
-                }
-                Vec::new()
-            }
+            ClientFrame::SetLang { lang } => match self.session.as_mut() {
+                Some(active) => sessions.set_lang(active, lang).await,
+                None => Vec::new(),
+            },
             ClientFrame::Typing => {
                 if let Some(active) = &self.session {
                     sessions.typing(active);

@@ -10,11 +10,12 @@
 
 pub mod registry;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use edgedesk_common::chat::{ErrorCode, HistoryItem, Lang, PROTOCOL_VERSION, Sender, ServerFrame};
-use edgedesk_common::event::{Event, EventBody, TranscriptLine};
+use edgedesk_common::event::{Event, EventBody, TranscriptLine, VisitorPresence};
 use edgedesk_dialog::{BotReply, Command, Conversation, Engine, Phase, Turn, Understanding};
 use edgedesk_nlu::{Model, entities};
 use sha2::{Digest, Sha256};
@@ -57,6 +58,11 @@ pub enum AgentAction {
     /// who are with an agent; nothing is stored).
     LinkDown,
     LinkUp,
+    /// The waiting visitor's place in the queue (shown, not stored).
+    Queue {
+        position: u32,
+        agents_online: u32,
+    },
 }
 
 impl AgentAction {
@@ -64,7 +70,10 @@ impl AgentAction {
     fn ephemeral(&self) -> bool {
         matches!(
             self,
-            AgentAction::Typing | AgentAction::LinkDown | AgentAction::LinkUp
+            AgentAction::Typing
+                | AgentAction::LinkDown
+                | AgentAction::LinkUp
+                | AgentAction::Queue { .. }
         )
     }
 }
@@ -86,6 +95,9 @@ pub struct Active {
     /// The model a multi-turn flow started on: the flow finishes on it even
     /// if a new model is swapped in meanwhile.
     flow_model: Option<Arc<Model>>,
+    /// The greeting's line, while the visitor has not written yet (a
+    /// language switch rewrites it).
+    welcome_id: Option<i64>,
 }
 
 impl Active {
@@ -101,7 +113,32 @@ impl Active {
     pub fn is_open(&self) -> bool {
         self.conv.phase != Phase::Ended
     }
+
+    /// When a waiting visitor should be offered to leave a message (ms).
+    pub fn offer_due(&self, after_ms: i64) -> Option<i64> {
+        match (&self.conv.phase, self.conv.escalated_at) {
+            (Phase::WaitingForAgent, Some(at)) if !self.conv.queue_offer_made && after_ms > 0 => {
+                Some(at + after_ms)
+            }
+            _ => None,
+        }
+    }
 }
+
+/// A visitor of an escalated conversation whose page went away.
+#[derive(Debug, Clone)]
+struct Departure {
+    at: i64,
+    /// "Left" was reported to the agent.
+    reported: bool,
+}
+
+/// A visitor gone this long is shown as gone to the agent.
+const PRESENCE_GRACE_MS: i64 = 10_000;
+
+/// Most bytes of history a `welcome` replays (it must fit a WebSocket
+/// write; older lines are left out and `more` says so).
+pub const WELCOME_HISTORY_BYTES: usize = 32 * 1024;
 
 /// What a `hello` produced: frames to send and, unless it failed, the
 /// session now held with the channel its agent actions arrive on.
@@ -128,6 +165,12 @@ pub struct Deps {
     pub history_limit: usize,
     /// Turns answered at once (`server.max_turns_in_flight`); past it, `busy`.
     pub max_turns_in_flight: usize,
+    /// The kiosk page forgets an idle session after this long (0: never).
+    pub idle_reset_secs: u32,
+    /// A waiting visitor gone this long leaves the queue (ms).
+    pub abandon_grace_ms: i64,
+    /// A visitor waiting this long is offered to leave a message (ms; 0: never).
+    pub queue_offer_ms: i64,
 }
 
 pub struct Sessions {
@@ -135,6 +178,9 @@ pub struct Sessions {
     pub registry: Registry,
     /// Admission of turns: one permit per turn in progress.
     turns: tokio::sync::Semaphore,
+    /// Escalated sessions whose visitor left, by session id. Design: a std
+    /// mutex held for map operations only, never across an await.
+    departures: Mutex<HashMap<String, Departure>>,
 }
 
 impl Sessions {
@@ -143,7 +189,12 @@ impl Sessions {
             turns: tokio::sync::Semaphore::new(d.max_turns_in_flight.max(1)),
             d,
             registry: Registry::default(),
+            departures: Mutex::default(),
         }
+    }
+
+    fn departures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departure>> {
+        self.departures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn busy(&self) -> Vec<ServerFrame> {
@@ -177,6 +228,9 @@ impl Sessions {
                 .await
             {
                 Ok(Some(row)) => match serde_json::from_str::<Conversation>(&row.state) {
+                    // An ended conversation is never shown again (a shared
+                    // kiosk: the next visitor must not see it): start anew.
+                    Ok(conv) if conv.phase == Phase::Ended => {}
                     Ok(conv) => return self.resume(token, row, conv).await,
                     Err(e) => {
                         tracing::error!(error = %e, session = %row.id, "stored session state unreadable; starting anew")
@@ -195,18 +249,23 @@ impl Sessions {
                 }
             }
         }
+        let chosen = lang.is_some();
         let lang = lang.unwrap_or_default();
         let token = new_token();
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let (claim, agent_rx) = self.registry.claim(&id);
-        let active = Active {
+        let mut conv = Conversation::new(uuid::Uuid::new_v4().to_string(), lang, now);
+        // A page sends a language only when the visitor picked one.
+        conv.lang_chosen = chosen;
+        let mut active = Active {
             id,
             token_hash: hash_token(&token),
             created_at: now,
-            conv: Conversation::new(uuid::Uuid::new_v4().to_string(), lang, now),
+            conv,
             claim,
             flow_model: None,
+            welcome_id: None,
         };
         let welcome = self.d.engine.welcome(lang);
         let write = build_write(
@@ -219,6 +278,7 @@ impl Sessions {
             Ok(ids) => {
                 self.d.metrics.session("new");
                 self.d.metrics.message("out", 1);
+                active.welcome_id = Some(ids[0]);
                 frames.push(ServerFrame::Welcome {
                     v: PROTOCOL_VERSION,
                     session: token,
@@ -229,10 +289,13 @@ impl Sessions {
                     history: vec![HistoryItem {
                         id: ids[0],
                         from: Sender::Bot,
+                        author: None,
                         text: welcome.text,
                         quick_replies: welcome.quick_replies,
                         at: now,
                     }],
+                    more: false,
+                    idle_reset_secs: self.d.idle_reset_secs,
                 });
                 Hello {
                     frames,
@@ -263,7 +326,11 @@ impl Sessions {
                 Vec::new()
             }
         };
+        let (history, more) = cap_history(history, WELCOME_HISTORY_BYTES);
         self.d.metrics.session("resumed");
+        let welcome_id = (conv.visitor_turns == 0)
+            .then(|| history.first().map(|h| h.id))
+            .flatten();
         let frame = ServerFrame::Welcome {
             v: PROTOCOL_VERSION,
             session: token,
@@ -272,24 +339,152 @@ impl Sessions {
             state: conv.chat_state(),
             resumed: true,
             history,
+            more,
+            idle_reset_secs: self.d.idle_reset_secs,
         };
-        let active = Active {
+        let mut active = Active {
             id: row.id,
             token_hash: row.token_hash,
             created_at: row.created_at,
             conv,
             claim,
             flow_model: None,
+            welcome_id,
         };
+        // Back after being reported gone: tell the agent.
+        let back = self.departures().remove(&active.id);
+        if back.is_some_and(|d| d.reported) {
+            self.presence(&mut active, true).await;
+        }
         Hello {
             frames: vec![frame],
             session: Some((active, agent_rx)),
         }
     }
 
-    /// The connection holding `active` is going away.
+    /// Record that the visitor of `active` left or came back.
+    async fn presence(&self, active: &mut Active, present: bool) {
+        let event = EventBody::VisitorPresence(VisitorPresence {
+            conversation: active.conv.id.clone(),
+            present,
+        });
+        let write = build_write(active, Vec::new(), vec![event], None);
+        match self.d.store.commit(write).await {
+            Ok(_) => self.d.outbox.notify_one(),
+            Err(e) => tracing::error!(error = %e, "recording the visitor's presence failed"),
+        }
+    }
+
+    /// The connection holding `active` is going away. A visitor who leaves
+    /// an escalated conversation is watched: shown as gone to the agent
+    /// after a short grace, out of the queue after `abandon_grace`.
     pub fn release(&self, active: &Active) {
-        self.registry.release(&active.id, &active.claim);
+        let left = self.registry.release(&active.id, &active.claim);
+        let escalated = matches!(
+            active.conv.phase,
+            Phase::WaitingForAgent | Phase::WithAgent { .. }
+        );
+        if left && escalated {
+            self.departures().insert(
+                active.id.clone(),
+                Departure {
+                    at: now_ms(),
+                    reported: false,
+                },
+            );
+        }
+    }
+
+    /// Escalated sessions nobody holds after a restart count as departed
+    /// from now (call once at start).
+    pub async fn adopt_departures(&self) {
+        match self.d.store.escalated_sessions(10_000).await {
+            Ok(rows) => {
+                let now = now_ms();
+                let mut d = self.departures();
+                for row in rows {
+                    if !self.registry.is_live(&row.id) {
+                        d.entry(row.id).or_insert(Departure {
+                            at: now,
+                            reported: false,
+                        });
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "loading escalated sessions failed"),
+        }
+    }
+
+    /// Tell agents about visitors who left, and take those who left a
+    /// waiting conversation too long ago out of the queue. Returns how many
+    /// escalations were withdrawn.
+    pub async fn check_departures(&self, now: i64) -> usize {
+        let due: Vec<(String, Departure)> = self
+            .departures()
+            .iter()
+            .filter(|(_, d)| {
+                (!d.reported && now - d.at >= PRESENCE_GRACE_MS)
+                    || now - d.at >= self.d.abandon_grace_ms
+            })
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect();
+        let mut withdrawn = 0;
+        for (id, d) in due {
+            if self.registry.is_live(&id) {
+                self.departures().remove(&id);
+                continue;
+            }
+            let row = match self.d.store.session(&id).await {
+                Ok(Some(row)) => row,
+                Ok(None) => {
+                    self.departures().remove(&id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a departed session failed");
+                    continue;
+                }
+            };
+            let Ok(mut conv) = serde_json::from_str::<Conversation>(&row.state) else {
+                self.departures().remove(&id);
+                continue;
+            };
+            let waiting = conv.phase == Phase::WaitingForAgent;
+            let with_agent = matches!(conv.phase, Phase::WithAgent { .. });
+            let mut events = Vec::new();
+            if waiting && now - d.at >= self.d.abandon_grace_ms {
+                events.extend(self.d.engine.withdraw(&mut conv, "visitor_left"));
+            } else if (waiting || with_agent) && !d.reported {
+                events.push(EventBody::VisitorPresence(VisitorPresence {
+                    conversation: conv.id.clone(),
+                    present: false,
+                }));
+            }
+            if events.is_empty() {
+                if !(waiting || with_agent) {
+                    self.departures().remove(&id);
+                }
+                continue;
+            }
+            let withdrew = events
+                .iter()
+                .any(|e| matches!(e, EventBody::EscalationWithdrawn(_)));
+            let mut write = Stored::from_row(&row, conv).write(Vec::new(), events, None);
+            write.session.last_seen = row.last_seen;
+            if let Err(e) = self.d.store.commit(write).await {
+                tracing::error!(error = %e, "recording a departure failed");
+                continue;
+            }
+            self.d.outbox.notify_one();
+            let mut map = self.departures();
+            if withdrew {
+                map.remove(&id);
+                withdrawn += 1;
+            } else if let Some(entry) = map.get_mut(&id) {
+                entry.reported = true;
+            }
+        }
+        withdrawn
     }
 
     /// Put back the stored state after a failed commit (the engine had
@@ -391,7 +586,11 @@ impl Sessions {
                     m.offline_messages.inc();
                 }
                 EventBody::ConversationSummary(s) => m.ended(&s.reason),
-                EventBody::FlowCompleted(_) | EventBody::ChatLine(_) | EventBody::Rating(_) => {}
+                EventBody::FlowCompleted(_)
+                | EventBody::ChatLine(_)
+                | EventBody::Rating(_)
+                | EventBody::EscalationWithdrawn(_)
+                | EventBody::VisitorPresence(_) => {}
             }
         }
         let had_events = !outcome.events.is_empty();
@@ -425,6 +624,7 @@ impl Sessions {
         let mut messages = Vec::with_capacity(1 + replies);
         messages.push(NewMessage {
             sender: Sender::Visitor,
+            author: None,
             text,
             quick_replies: Vec::new(),
             intent: nlu.answered.then_some(nlu.intent),
@@ -454,29 +654,78 @@ impl Sessions {
             client_id,
             id: ids[0],
         });
-        let state = active.conv.chat_state();
         for (reply, id) in outcome.replies.into_iter().zip(ids.into_iter().skip(1)) {
-            frames.push(ServerFrame::Reply {
-                id,
-                from: reply.from,
-                text: reply.text,
-                lang: active.conv.lang,
-                quick_replies: reply.quick_replies,
-                state,
-                intent: reply.intent,
-            });
+            frames.push(reply_frame(id, reply, &active.conv));
         }
         m.turn_latency.observe(started.elapsed().as_secs_f64());
         frames
     }
 
-    /// The visitor switched the page language.
-    pub async fn set_lang(&self, active: &mut Active, lang: Lang) {
+    /// The visitor picked the page language: it wins from now on. Before
+    /// they have written, the greeting is rewritten in it.
+    pub async fn set_lang(&self, active: &mut Active, lang: Lang) -> Vec<ServerFrame> {
+        let changed = active.conv.lang != lang;
         active.conv.lang = lang;
+        active.conv.lang_chosen = true;
         let write = build_write(active, Vec::new(), Vec::new(), None);
         if let Err(e) = self.d.store.commit(write).await {
             tracing::error!(error = %e, "storing language change failed");
+            return Vec::new();
         }
+        let Some(id) = active
+            .welcome_id
+            .filter(|_| changed && active.conv.visitor_turns == 0)
+        else {
+            return Vec::new();
+        };
+        let welcome = self.d.engine.welcome(lang);
+        match self
+            .d
+            .store
+            .edit_message(id, &welcome.text, welcome.quick_replies.clone())
+            .await
+        {
+            Ok(true) => vec![ServerFrame::Edit {
+                id,
+                text: welcome.text,
+                quick_replies: welcome.quick_replies,
+            }],
+            Ok(false) => Vec::new(),
+            Err(e) => {
+                tracing::error!(error = %e, "rewriting the greeting failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A waiting visitor has waited long enough: offer, once, to leave a
+    /// message instead (stored like any line).
+    pub async fn offer_message(&self, active: &mut Active) -> Vec<ServerFrame> {
+        let Some(reply) = self.d.engine.offer_message(&mut active.conv) else {
+            return Vec::new();
+        };
+        let write = build_write(
+            active,
+            vec![bot_message(&reply, now_ms())],
+            Vec::new(),
+            None,
+        );
+        match self.d.store.commit(write).await {
+            Ok(ids) => vec![reply_frame(ids[0], reply, &active.conv)],
+            Err(e) => {
+                tracing::error!(error = %e, "storing the queue offer failed");
+                self.restore(active).await;
+                Vec::new()
+            }
+        }
+    }
+
+    /// When the held conversation's visitor should be offered to leave a
+    /// message instead of waiting on (tokio instant), if ever.
+    pub fn offer_deadline(&self, active: &Active) -> Option<tokio::time::Instant> {
+        let due = active.offer_due(self.d.queue_offer_ms)?;
+        let wait = u64::try_from(due - now_ms()).unwrap_or(0);
+        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(wait))
     }
 
     /// The visitor is typing: tell the agent, if one holds the chat.
@@ -540,8 +789,22 @@ impl Sessions {
                 }
                 Ok(())
             }
+            (AgentAction::Queue { position, .. }, active) => {
+                if let Some(a) = active
+                    .filter(|a| a.conv.id == conversation && a.conv.phase == Phase::WaitingForAgent)
+                {
+                    frames.push(ServerFrame::Notice {
+                        code: "queue_position".into(),
+                        text: self.d.engine.queue_position(&a.conv, position),
+                    });
+                }
+                Ok(())
+            }
             (action, Some(a)) if a.conv.id == conversation => {
-                if action == AgentAction::Typing {
+                if a.conv.phase == Phase::Ended {
+                    // A conversation the visitor ended is never reopened.
+                    Err(format!("conversation {conversation} is over"))
+                } else if action == AgentAction::Typing {
                     frames.push(ServerFrame::Typing {
                         from: Sender::Agent,
                     });
@@ -558,15 +821,7 @@ impl Sessions {
                             );
                             match self.d.store.commit(write).await {
                                 Ok(ids) => {
-                                    frames.push(ServerFrame::Reply {
-                                        id: ids[0],
-                                        from: reply.from,
-                                        text: reply.text,
-                                        lang: a.conv.lang,
-                                        quick_replies: reply.quick_replies,
-                                        state: a.conv.chat_state(),
-                                        intent: None,
-                                    });
+                                    frames.push(reply_frame(ids[0], reply, &a.conv));
                                     Ok(())
                                 }
                                 Err(e) => {
@@ -626,7 +881,7 @@ impl Sessions {
         }
         let row = self.stored_session(conversation).await?;
         let mut conv: Conversation = serde_json::from_str(&row.state).map_err(|e| e.to_string())?;
-        if conv.id != conversation {
+        if conv.id != conversation || conv.phase == Phase::Ended {
             return Err(format!("conversation {conversation} is over"));
         }
         let Some(reply) = apply_action(&self.d.engine, &mut conv, &action) else {
@@ -697,7 +952,10 @@ fn apply_action(
         AgentAction::Message { agent, text } => engine.agent_message(conv, agent, text),
         AgentAction::Left => engine.agent_left(conv),
         AgentAction::Closed => engine.agent_closed(conv),
-        AgentAction::Typing | AgentAction::LinkDown | AgentAction::LinkUp => return None,
+        AgentAction::Typing
+        | AgentAction::LinkDown
+        | AgentAction::LinkUp
+        | AgentAction::Queue { .. } => return None,
     })
 }
 
@@ -788,9 +1046,48 @@ fn write_for(
     }
 }
 
+/// A stored reply as the page gets it.
+fn reply_frame(id: i64, reply: BotReply, conv: &Conversation) -> ServerFrame {
+    ServerFrame::Reply {
+        id,
+        from: reply.from,
+        author: reply.author,
+        text: reply.text,
+        lang: conv.lang,
+        quick_replies: reply.quick_replies,
+        state: conv.chat_state(),
+        intent: reply.intent,
+    }
+}
+
+/// The newest lines of `history` that fit in `bytes` of JSON; `true` when
+/// older ones were left out.
+pub fn cap_history(mut history: Vec<HistoryItem>, bytes: usize) -> (Vec<HistoryItem>, bool) {
+    let mut used = 0;
+    let mut keep = history.len();
+    for h in history.iter().rev() {
+        // Text, quick replies and the frame's fixed fields, roughly as sent.
+        let size = 96
+            + h.text.len()
+            + h.author.as_ref().map_or(0, String::len)
+            + h.quick_replies
+                .iter()
+                .map(|q| q.label.len() + q.payload.len() + 32)
+                .sum::<usize>();
+        if used + size > bytes {
+            break;
+        }
+        used += size;
+        keep -= 1;
+    }
+    let more = keep > 0;
+    (history.split_off(keep), more)
+}
+
 fn bot_message(reply: &BotReply, at: i64) -> NewMessage {
     NewMessage {
         sender: reply.from,
+        author: reply.author.clone(),
         text: reply.text.clone(),
         quick_replies: reply.quick_replies.clone(),
         intent: reply.intent.clone(),

@@ -64,12 +64,15 @@ impl Registry {
         (claim, rx)
     }
 
-    /// Forget `session` if `claim` still holds it.
-    pub fn release(&self, session: &str, claim: &Claim) {
+    /// Forget `session` if `claim` still holds it; `true` if it did (the
+    /// visitor left rather than moved to another window).
+    pub fn release(&self, session: &str, claim: &Claim) -> bool {
         let mut live = self.map();
         if live.get(session).is_some_and(|l| l.number == claim.number) {
             live.remove(session);
+            return true;
         }
+        false
     }
 
     /// The channel to the connection holding `session`, if any.

@@ -55,6 +55,8 @@ pub struct SessionRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     pub sender: Sender,
+    /// The agent who wrote an agent line.
+    pub author: Option<String>,
     pub text: String,
     pub quick_replies: Vec<QuickReply>,
     pub intent: Option<String>,
@@ -130,6 +132,10 @@ enum Request {
         String,
         oneshot::Sender<Result<Option<SessionRow>, StoreError>>,
     ),
+    SessionById(
+        String,
+        oneshot::Sender<Result<Option<SessionRow>, StoreError>>,
+    ),
     History(
         String,
         usize,
@@ -152,6 +158,13 @@ enum Request {
         oneshot::Sender<Result<Option<(bool, String)>, StoreError>>,
     ),
     StreamSeq(String, oneshot::Sender<Result<u64, StoreError>>),
+    EditMessage(
+        i64,
+        String,
+        Vec<QuickReply>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    Escalated(usize, oneshot::Sender<Result<Vec<SessionRow>, StoreError>>),
     Ping(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -246,6 +259,12 @@ impl Store {
         self.ask(|r| Request::SessionByConversation(c, r)).await
     }
 
+    /// The session with this id.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let id = id.to_owned();
+        self.ask(|r| Request::SessionById(id, r)).await
+    }
+
     pub async fn session_by_token_hash(
         &self,
         token_hash: &str,
@@ -326,6 +345,25 @@ impl Store {
     pub async fn stream_seq(&self, key: &str) -> Result<u64, StoreError> {
         let key = key.to_owned();
         self.ask(|r| Request::StreamSeq(key, r)).await
+    }
+
+    /// Change the text of a stored line (the greeting after a language
+    /// switch); false if there is no such line.
+    pub async fn edit_message(
+        &self,
+        id: i64,
+        text: &str,
+        quick_replies: Vec<QuickReply>,
+    ) -> Result<bool, StoreError> {
+        let t = text.to_owned();
+        self.ask(|r| Request::EditMessage(id, t, quick_replies, r))
+            .await
+    }
+
+    /// Sessions whose conversation waits for a person or is with one (at
+    /// most `limit`), for presence and abandonment checks after a restart.
+    pub async fn escalated_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
+        self.ask(|r| Request::Escalated(limit, r)).await
     }
 
     /// Round trip through the writer thread (readiness probe).
@@ -416,8 +454,8 @@ fn apply_turn(tx: &rusqlite::Transaction<'_>, w: &TurnWrite) -> Result<Vec<i64>,
     let mut ids = Vec::with_capacity(w.messages.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (conversation_id, sender, text, quick_replies, intent, confidence, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO messages (conversation_id, sender, text, quick_replies, intent, confidence, at, author)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for m in &w.messages {
             let qr = if m.quick_replies.is_empty() {
@@ -435,7 +473,8 @@ fn apply_turn(tx: &rusqlite::Transaction<'_>, w: &TurnWrite) -> Result<Vec<i64>,
                 qr,
                 m.intent,
                 m.confidence,
-                m.at
+                m.at,
+                m.author
             ])?;
             ids.push(tx.last_insert_rowid());
         }
@@ -513,6 +552,14 @@ fn serve(conn: &mut Connection, req: Request) {
                 .and_then(|mut s| s.query_row([c], session_from_row).optional());
             let _ = r.send(found.map_err(Into::into));
         }
+        Request::SessionById(id, r) => {
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+                ))
+                .and_then(|mut s| s.query_row([id], session_from_row).optional());
+            let _ = r.send(found.map_err(Into::into));
+        }
         Request::History(c, limit, r) => {
             let _ = r.send(load_history(conn, &c, limit));
         }
@@ -564,6 +611,21 @@ fn serve(conn: &mut Connection, req: Request) {
                 .map(|s| s.unwrap_or(0) as u64);
             let _ = r.send(seq.map_err(Into::into));
         }
+        Request::EditMessage(id, text, qr, r) => {
+            let qr = if qr.is_empty() {
+                None
+            } else {
+                serde_json::to_string(&qr).ok()
+            };
+            let n = conn.execute(
+                "UPDATE messages SET text = ?2, quick_replies = ?3 WHERE id = ?1",
+                params![id, text, qr],
+            );
+            let _ = r.send(n.map(|n| n > 0).map_err(Into::into));
+        }
+        Request::Escalated(limit, r) => {
+            let _ = r.send(escalated_sessions(conn, limit));
+        }
         Request::Ping(r) => {
             let _ = r.send(
                 conn.query_row("SELECT 1", [], |_| Ok(()))
@@ -609,13 +671,23 @@ fn idle_sessions(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+fn escalated_sessions(conn: &Connection, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions
+         WHERE json_extract(state, '$.phase.phase') IN ('waiting_for_agent', 'with_agent')
+         ORDER BY last_seen LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit as i64], session_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn load_history(
     conn: &Connection,
     conversation: &str,
     limit: usize,
 ) -> Result<Vec<HistoryItem>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, sender, text, quick_replies, at FROM
+        "SELECT id, sender, text, quick_replies, at, author FROM
            (SELECT * FROM messages WHERE conversation_id = ?1 ORDER BY id DESC LIMIT ?2)
          ORDER BY id",
     )?;
@@ -626,11 +698,12 @@ fn load_history(
             r.get::<_, String>(2)?,
             r.get::<_, Option<String>>(3)?,
             r.get::<_, i64>(4)?,
+            r.get::<_, Option<String>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, sender, text, qr, at) = row?;
+        let (id, sender, text, qr, at, author) = row?;
         let from = Sender::parse(&sender)
             .ok_or_else(|| StoreError::Corrupt(format!("sender {sender:?}")))?;
         let quick_replies = match qr {
@@ -640,6 +713,7 @@ fn load_history(
         out.push(HistoryItem {
             id,
             from,
+            author,
             text,
             quick_replies,
             at,

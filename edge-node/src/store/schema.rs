@@ -84,6 +84,10 @@ pub const MIGRATIONS: &[&str] = &[
         at  INTEGER NOT NULL
     );
     "#,
+    // 4: who wrote an agent line (shown to the visitor with the line).
+    r#"
+    ALTER TABLE messages ADD COLUMN author TEXT;
+    "#,
 ];
 
 /// Bring the database to the latest schema version.

@@ -35,6 +35,7 @@ fn write(session: &str, conv: &str, at: i64, texts: &[&str]) -> TurnWrite {
                 intent: None,
                 confidence: None,
                 at,
+                author: None,
             })
             .collect(),
         events: vec![],

@@ -43,7 +43,11 @@ pub fn outgoing(mut e: Event, mask: bool) -> Event {
                 }
             }
             // Live chat lines go to a person who must read them as written.
-            EventBody::FlowCompleted(_) | EventBody::ChatLine(_) | EventBody::Rating(_) => {}
+            EventBody::FlowCompleted(_)
+            | EventBody::ChatLine(_)
+            | EventBody::Rating(_)
+            | EventBody::EscalationWithdrawn(_)
+            | EventBody::VisitorPresence(_) => {}
         }
     }
     e
@@ -248,6 +252,15 @@ impl Receiver {
             }
             Ok(Down::Command(cmd)) => Work::Command(cmd),
             Ok(Down::Typing { conversation }) => Work::Typing(conversation),
+            Ok(Down::QueueStatus {
+                conversation,
+                position,
+                agents_online,
+            }) => Work::Queue {
+                conversation,
+                position,
+                agents_online,
+            },
             Err(DownError::Command { id, error }) => Work::Refuse {
                 id,
                 reason: error.to_string(),

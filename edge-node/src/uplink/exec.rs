@@ -32,6 +32,12 @@ pub enum Work {
     },
     /// The agent is typing in `conversation` (ephemeral).
     Typing(String),
+    /// A waiting visitor's place in the agents' queue (shown, not stored).
+    Queue {
+        conversation: String,
+        position: u32,
+        agents_online: u32,
+    },
 }
 
 pub struct Exec {
@@ -60,6 +66,22 @@ impl Exec {
                     let _ = self
                         .sessions
                         .deliver(&conversation, AgentAction::Typing)
+                        .await;
+                }
+                Work::Queue {
+                    conversation,
+                    position,
+                    agents_online,
+                } => {
+                    let _ = self
+                        .sessions
+                        .deliver(
+                            &conversation,
+                            AgentAction::Queue {
+                                position,
+                                agents_online,
+                            },
+                        )
                         .await;
                 }
                 Work::Refuse { id, reason } => {
