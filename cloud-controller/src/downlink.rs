@@ -74,17 +74,18 @@ impl Downlink {
         true
     }
 
-    /// A new command for `node` and, if the node is online, when it is sent
-    /// (now): for callers that store it in a transaction of their own and
-    /// then hand it to [`Downlink::sent`].
+    /// A new command for `node` (with `id`, else a fresh one) and, if the
+    /// node is online, when it is sent (now): for callers that store it in
+    /// a transaction of their own and then hand it to [`Downlink::sent`].
     pub fn prepare(
         &self,
         node: &str,
         body: CommandBody,
         stream: Option<&str>,
+        id: Option<String>,
     ) -> (Command, Option<i64>) {
         let cmd = Command {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             body,
             issued_at: now_ms(),
             stream: stream.map(|key| Stream {
@@ -114,7 +115,7 @@ impl Downlink {
         body: CommandBody,
         stream: Option<&str>,
     ) -> Result<Command, StoreError> {
-        let (cmd, sent_at) = self.prepare(node, body, stream);
+        let (cmd, sent_at) = self.prepare(node, body, stream, None);
         // Recorded as sent in the same write as the enqueue.
         let cmd = self.store.enqueue_command(node, cmd, sent_at).await?;
         if sent_at.is_some() {
@@ -142,6 +143,18 @@ impl Downlink {
             sent.push(id);
         }
         self.store.mark_sent(sent, now_ms()).await
+    }
+
+    /// Where a waiting visitor stands (ephemeral).
+    pub fn queue_status(&self, node: &str, conversation: &str, position: u32, agents_online: u32) {
+        self.offer(Outgoing::Send {
+            node: node.to_owned(),
+            down: Down::QueueStatus {
+                conversation: conversation.to_owned(),
+                position,
+                agents_online,
+            },
+        });
     }
 
     /// The agent is typing in `conversation` on `node` (ephemeral).

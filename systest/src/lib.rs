@@ -102,6 +102,27 @@ impl TestNode {
         self.models().active_version()
     }
 
+    pub fn sessions(&self) -> &std::sync::Arc<edge_node::session::Sessions> {
+        &self.running().sessions
+    }
+
+    /// Follow departed visitors as if the clock said `now` (ms); returns how
+    /// many escalations were withdrawn.
+    pub async fn departures(&self, now: i64) -> usize {
+        self.sessions().check_departures(now).await
+    }
+
+    /// Kinds of the events waiting in the outbox, oldest first.
+    pub async fn outbox_kinds(&self) -> Vec<String> {
+        self.store()
+            .outbox_peek(1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event.body.kind().to_owned())
+            .collect()
+    }
+
     /// One housekeeping pass as if the clock said `now` (ms).
     pub async fn housekeeping(
         &self,

@@ -148,7 +148,11 @@ async fn escalation_then_offline_message_reach_the_outbox() {
         .iter()
         .map(|e| e.event.body.kind())
         .collect();
-    assert_eq!(kinds, vec!["escalation", "offline_message"]);
+    // Leaving a message takes the visitor out of the agents' queue.
+    assert_eq!(
+        kinds,
+        vec!["escalation", "escalation_withdrawn", "offline_message"]
+    );
     let (_, metrics) = node.get("/metrics").await;
     assert!(
         metrics.contains("edgedesk_escalations_total 1"),
@@ -320,8 +324,18 @@ async fn set_lang_switches_replies_and_is_remembered() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(config(&dir)).await;
     let mut ws = node.connect().await;
-    let (token, _) = start_session(&mut ws).await;
+    let (token, welcome) = start_session(&mut ws).await;
+    let ServerFrame::Welcome { history, .. } = &welcome else {
+        panic!()
+    };
+    let greeting = history[0].id;
     send(&mut ws, &ClientFrame::SetLang { lang: Lang::Zh }).await;
+    // The greeting is rewritten in the chosen language, in place.
+    let f = recv(&mut ws).await;
+    assert!(
+        matches!(&f, ServerFrame::Edit { id, text, .. } if *id == greeting && text.contains("您好")),
+        "{f:?}"
+    );
     let (_, r) = say(&mut ws, &msg("1234")).await; // no language in the text itself
     let ServerFrame::Reply { lang, .. } = &r[0] else {
         panic!()
@@ -330,10 +344,14 @@ async fn set_lang_switches_replies_and_is_remembered() {
     drop(ws);
     let mut ws = node.connect().await;
     send(&mut ws, &hello(Some(&token))).await;
-    let ServerFrame::Welcome { lang, .. } = recv(&mut ws).await else {
+    let ServerFrame::Welcome { lang, history, .. } = recv(&mut ws).await else {
         panic!()
     };
     assert_eq!(lang, Lang::Zh);
+    assert!(
+        history[0].text.contains("您好"),
+        "the greeting stays Chinese after a reload: {history:?}"
+    );
     node.stop().await;
 }
 

@@ -110,11 +110,13 @@ impl CtlProcess {
         v["token"].as_str().unwrap().to_owned()
     }
 
+    /// The node's escalation events the controller stored (visitors who
+    /// left also produce presence events after a grace; not counted here).
     async fn event_ids(&self, node: &str) -> Option<Vec<String>> {
         let v = self
             .api(
                 reqwest::Method::GET,
-                &format!("/api/v1/events?node={node}&limit=100000"),
+                &format!("/api/v1/events?node={node}&kind=escalation&limit=100000"),
                 None,
             )
             .await?;

@@ -574,6 +574,12 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
         "{lines:?}"
     );
 
+    // Nobody is online at the desk: the visitor is told their place.
+    let f = recv(&mut ws).await;
+    assert!(
+        matches!(&f, ServerFrame::Notice { code, text } if code == "queue_position" && text.contains("number 1")),
+        "{f:?}"
+    );
     let command = |kind: &str, args: serde_json::Value| {
         cloud.post(
             "/api/v1/nodes/branch-a/commands",

@@ -11,7 +11,7 @@ use edgedesk_common::sync::{AgentClosed, AgentJoined, AgentLeft, AgentMessage, C
 
 use super::{AgentLoad, ConsoleIn, ConsoleOut, Live, MAX_LINE};
 use crate::routing::{self, Presence, Router};
-use crate::store::{AgentRow, ChatWrite, Line};
+use crate::store::{AgentRow, ChatWrite, Line, LiveChat};
 
 /// What happened.
 #[derive(Debug, Clone)]
@@ -32,6 +32,21 @@ pub enum In {
     /// The visitor ended an escalated conversation.
     VisitorEnded {
         chat: String,
+    },
+    /// The node took a waiting chat out of the queue (the visitor left,
+    /// declined, or left a message instead); `reason` in words.
+    Withdrawn {
+        chat: String,
+        reason: String,
+    },
+    /// The visitor's page closed or opened again.
+    VisitorPresence {
+        chat: String,
+        present: bool,
+    },
+    /// Rebuild from the store at start: the chats that were waiting or held.
+    Restore {
+        chats: Vec<LiveChat>,
     },
     VisitorTyping {
         chat: String,
@@ -62,11 +77,21 @@ pub enum In {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Do {
     Store(ChatWrite),
-    /// Queue a command for the chat's node, in the chat's stream.
+    /// Queue a command for the chat's node, in the chat's stream. `id`:
+    /// a deterministic command id (a line the console may send twice),
+    /// else a fresh one.
     Command {
         node: String,
         chat: String,
         body: CommandBody,
+        id: Option<String>,
+    },
+    /// Tell a waiting visitor their place (ephemeral, not queued).
+    QueueStatus {
+        node: String,
+        chat: String,
+        position: u32,
+        agents_online: u32,
     },
     /// The agent is typing (ephemeral, not queued).
     Typing {
@@ -92,6 +117,11 @@ pub struct Desk {
     /// The node of each live chat (waiting or held); dropped when it closes.
     nodes: HashMap<String, String>,
     names: HashMap<String, String>,
+    /// The place last told to each waiting visitor, and how many agents
+    /// were online then (told again only when it changes).
+    told: HashMap<String, (u32, u32)>,
+    /// Agent lines sent without a console id, numbered for their keys.
+    lines: u64,
 }
 
 impl Desk {
@@ -100,6 +130,8 @@ impl Desk {
             router: Router::new(grace_ms),
             nodes: HashMap::new(),
             names: HashMap::new(),
+            told: HashMap::new(),
+            lines: 0,
         }
     }
 
@@ -124,16 +156,62 @@ impl Desk {
                     id: id.clone(),
                     name: self.names.get(id).cloned().unwrap_or_default(),
                     presence: format!("{:?}", a.presence).to_lowercase(),
+                    connected: Router::connected(a),
                     chats: a.chats.len(),
                     capacity: a.capacity,
                 })
                 .collect(),
-            waiting: queue.len(),
+            waiting: queue.iter().filter(|(_, c)| c.present).count(),
+            waiting_away: queue.iter().filter(|(_, c)| !c.present).count(),
             longest_wait_ms: queue
-                .first()
+                .iter()
+                .find(|(_, c)| c.present)
                 .map(|(_, c)| now - c.waiting_since)
                 .unwrap_or(0),
         }
+    }
+
+    /// Tell waiting visitors whose place (or the number of agents online)
+    /// changed where they stand.
+    fn queue_status(&mut self, out: &mut Vec<Do>) {
+        let online = self
+            .router
+            .agents()
+            .filter(|(_, a)| a.presence == Presence::Online && Router::connected(a))
+            .count() as u32;
+        let mut position = 0;
+        let mut waiting = BTreeSet::new();
+        for (chat, c) in self.router.queue() {
+            if !c.present {
+                continue;
+            }
+            position += 1;
+            waiting.insert(chat.clone());
+            if self.told.get(chat) == Some(&(position, online)) {
+                continue;
+            }
+            let Some(node) = self.nodes.get(chat) else {
+                continue;
+            };
+            self.told.insert(chat.clone(), (position, online));
+            out.push(Do::QueueStatus {
+                node: node.clone(),
+                chat: chat.clone(),
+                position,
+                agents_online: online,
+            });
+        }
+        self.told.retain(|chat, _| waiting.contains(chat));
+    }
+
+    /// Forget a chat that ended (the router's close and the desk's maps).
+    fn forget(&mut self, chat: &str, now: i64, out: &mut Vec<Do>) {
+        let actions = self.router.step(routing::Input::Closed {
+            chat: chat.to_owned(),
+        });
+        self.nodes.remove(chat);
+        self.told.remove(chat);
+        self.apply(actions, now, out);
     }
 
     /// Take `input` at controller time `now` (ms); what to do, in order.
@@ -154,6 +232,7 @@ impl Desk {
                     bound_to: None,
                 });
                 self.apply(actions, now, &mut out);
+                self.queue_status(&mut out);
             }
             In::VisitorLine { chat, line } => {
                 if let Some(agent) = self.holder(&chat) {
@@ -164,21 +243,109 @@ impl Desk {
                 }
             }
             In::VisitorEnded { chat } => {
+                // A waiting chat was closed in the store with the event.
                 if let Some(agent) = self.holder(&chat).map(str::to_owned) {
                     out.push(Do::Store(ChatWrite::Close {
                         chat: chat.clone(),
-                        resolution: "visitor left".into(),
+                        resolution: "visitor ended the chat".into(),
                         at: now,
                     }));
                     out.push(Do::Push {
                         agent,
-                        frame: ConsoleOut::Closed { chat: chat.clone() },
+                        frame: ConsoleOut::Closed {
+                            chat: chat.clone(),
+                            reason: Some("The visitor ended the chat.".into()),
+                        },
                     });
-                    let actions = self
-                        .router
-                        .step(routing::Input::Closed { chat: chat.clone() });
-                    self.nodes.remove(&chat);
+                }
+                if self.router.chat(&chat).is_some() {
+                    self.forget(&chat, now, &mut out);
+                }
+            }
+            In::Withdrawn { chat, reason } => {
+                if let Some(agent) = self.holder(&chat).map(str::to_owned) {
+                    // Assigned while the node withdrew it: the agent's
+                    // join crossed the withdrawal. Close on both sides.
+                    out.push(Do::Store(ChatWrite::Close {
+                        chat: chat.clone(),
+                        resolution: reason.clone(),
+                        at: now,
+                    }));
+                    if let Some(node) = self.nodes.get(&chat).cloned() {
+                        out.push(Do::Command {
+                            node,
+                            chat: chat.clone(),
+                            body: CommandBody::AgentClosed(AgentClosed {
+                                conversation: chat.clone(),
+                            }),
+                            id: None,
+                        });
+                    }
+                    out.push(Do::Push {
+                        agent,
+                        frame: ConsoleOut::Closed {
+                            chat: chat.clone(),
+                            reason: Some(reason),
+                        },
+                    });
+                }
+                if self.router.chat(&chat).is_some() {
+                    self.forget(&chat, now, &mut out);
+                }
+            }
+            In::VisitorPresence { chat, present } => {
+                if let Some(agent) = self.holder(&chat) {
+                    out.push(Do::Push {
+                        agent: agent.to_owned(),
+                        frame: ConsoleOut::Visitor {
+                            chat: chat.clone(),
+                            present,
+                        },
+                    });
+                }
+                let actions = self
+                    .router
+                    .step(routing::Input::VisitorPresence { chat, present });
+                self.apply(actions, now, &mut out);
+                self.queue_status(&mut out);
+            }
+            In::Restore { chats } => {
+                for c in chats {
+                    self.nodes.insert(c.id.clone(), c.node_id);
+                    let actions = match c.agent {
+                        Some(agent) => {
+                            self.names
+                                .insert(agent.id.clone(), agent.display_name.clone());
+                            if self.router.agent(&agent.id).is_none() {
+                                self.router.step(routing::Input::AgentUpsert {
+                                    agent: agent.id.clone(),
+                                    capacity: agent.capacity as usize,
+                                    languages: agent.languages.iter().cloned().collect(),
+                                });
+                            }
+                            self.router.step(routing::Input::Held {
+                                chat: c.id.clone(),
+                                lang: c.lang,
+                                since: c.queued_at,
+                                agent: agent.id,
+                                at: now,
+                            })
+                        }
+                        None => self.router.step(routing::Input::Escalated {
+                            chat: c.id.clone(),
+                            lang: c.lang,
+                            at: c.queued_at,
+                            bound_to: None,
+                        }),
+                    };
                     self.apply(actions, now, &mut out);
+                    if !c.visitor_present {
+                        let actions = self.router.step(routing::Input::VisitorPresence {
+                            chat: c.id,
+                            present: false,
+                        });
+                        self.apply(actions, now, &mut out);
+                    }
                 }
             }
             In::VisitorTyping { chat } => {
@@ -240,6 +407,7 @@ impl Desk {
             In::Tick => {
                 let actions = self.router.step(routing::Input::Tick { now });
                 self.apply(actions, now, &mut out);
+                self.queue_status(&mut out);
             }
             In::Console { agent, frame } => {
                 let result = self.console(&agent, frame, now, &mut out);
@@ -271,20 +439,49 @@ impl Desk {
                 });
                 self.apply(actions, now, out);
             }
-            ConsoleIn::Message { chat, text } => {
+            ConsoleIn::Message {
+                chat,
+                text,
+                client_id,
+            } => {
                 let text = text.trim().to_owned();
                 if text.is_empty() || text.chars().count() > MAX_LINE {
                     return Err(format!("a message must be 1 to {MAX_LINE} characters"));
+                }
+                if let Some(id) = &client_id {
+                    let ok = (1..=64).contains(&id.len())
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+                    if !ok {
+                        return Err("client_id must be 1 to 64 of A-Z a-z 0-9 _ -".into());
+                    }
                 }
                 if !mine(self, &chat) {
                     return Err("that chat is not assigned to you".into());
                 }
                 let node = self.nodes.get(&chat).cloned().ok_or("unknown chat")?;
+                // A line the console sends again (it had no answer before a
+                // reconnect) has the same keys: stored and sent once.
+                let (key, id) = match &client_id {
+                    Some(c) => {
+                        let digest = crate::store::sha256_hex(&format!("{chat}\n{c}"));
+                        (
+                            format!("console:{c}"),
+                            Some(format!("line-{}", &digest[..32])),
+                        )
+                    }
+                    None => {
+                        self.lines += 1;
+                        (format!("agent:{}:{now}:{}", agent.id, self.lines), None)
+                    }
+                };
                 out.push(Do::Store(ChatWrite::AgentLine {
                     chat: chat.clone(),
                     agent: agent.id.clone(),
                     text: text.clone(),
                     at: now,
+                    key,
                 }));
                 out.push(Do::Command {
                     node,
@@ -294,6 +491,7 @@ impl Desk {
                         agent_name: agent.display_name.clone(),
                         text,
                     }),
+                    id,
                 });
             }
             ConsoleIn::Typing { chat } => {
@@ -322,16 +520,16 @@ impl Desk {
                     body: CommandBody::AgentClosed(AgentClosed {
                         conversation: chat.clone(),
                     }),
+                    id: None,
                 });
                 out.push(Do::Push {
                     agent: agent.id.clone(),
-                    frame: ConsoleOut::Closed { chat: chat.clone() },
+                    frame: ConsoleOut::Closed {
+                        chat: chat.clone(),
+                        reason: None,
+                    },
                 });
-                let actions = self
-                    .router
-                    .step(routing::Input::Closed { chat: chat.clone() });
-                self.nodes.remove(&chat);
-                self.apply(actions, now, out);
+                self.forget(&chat, now, out);
             }
             ConsoleIn::Transfer { chat, to } => {
                 if !mine(self, &chat) {
@@ -380,6 +578,7 @@ impl Desk {
                             conversation: chat.clone(),
                             agent_name: name,
                         }),
+                        id: None,
                     });
                     out.push(Do::PushAssigned { agent, chat });
                 }
@@ -394,6 +593,7 @@ impl Desk {
                             node,
                             chat: chat.clone(),
                             body: CommandBody::AgentLeft(AgentLeft { conversation: chat }),
+                            id: None,
                         });
                     }
                 }

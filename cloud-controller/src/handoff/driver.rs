@@ -39,6 +39,12 @@ enum After {
         node: String,
         chat: String,
     },
+    QueueStatus {
+        node: String,
+        chat: String,
+        position: u32,
+        agents_online: u32,
+    },
     Push {
         agent: String,
         frame: ConsoleOut,
@@ -79,8 +85,25 @@ impl Driver {
         }
     }
 
-    /// Serve the desk until `shutdown`; ticks once a second.
+    /// Serve the desk until `shutdown`; ticks once a second. First the desk
+    /// is rebuilt from the store: chats that were waiting wait again, chats
+    /// that were assigned stay with their agent (whose console has the
+    /// reconnect grace to come back).
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
+        match self.store.live_chats().await {
+            Ok(chats) => {
+                if !chats.is_empty() {
+                    let held = chats.iter().filter(|c| c.agent.is_some()).count();
+                    tracing::info!(
+                        waiting = chats.len() - held,
+                        held,
+                        "live chats restored from the store"
+                    );
+                }
+                self.handle([Msg::Input(In::Restore { chats })]).await;
+            }
+            Err(e) => tracing::error!(error = %e, "restoring live chats failed"),
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut msgs = Vec::with_capacity(BATCH);
@@ -147,8 +170,13 @@ impl Driver {
         for d in todo {
             match d {
                 Do::Store(write) => plan.writes.push(write),
-                Do::Command { node, chat, body } => {
-                    let (cmd, sent_at) = self.downlink.prepare(&node, body, Some(&chat));
+                Do::Command {
+                    node,
+                    chat,
+                    body,
+                    id,
+                } => {
+                    let (cmd, sent_at) = self.downlink.prepare(&node, body, Some(&chat), id);
                     if sent_at.is_some() {
                         plan.after.push(After::Send {
                             node: node.clone(),
@@ -158,6 +186,17 @@ impl Driver {
                     plan.commands.push((node, cmd, sent_at));
                 }
                 Do::Typing { node, chat } => plan.after.push(After::Typing { node, chat }),
+                Do::QueueStatus {
+                    node,
+                    chat,
+                    position,
+                    agents_online,
+                } => plan.after.push(After::QueueStatus {
+                    node,
+                    chat,
+                    position,
+                    agents_online,
+                }),
                 Do::Push { agent, frame } => plan.after.push(After::Push { agent, frame }),
                 Do::PushAssigned { agent, chat } => {
                     plan.after.push(After::PushAssigned { agent, chat })
@@ -198,6 +237,14 @@ impl Driver {
                     }
                 }
                 After::Typing { node, chat } => self.downlink.typing(&node, &chat),
+                After::QueueStatus {
+                    node,
+                    chat,
+                    position,
+                    agents_online,
+                } => self
+                    .downlink
+                    .queue_status(&node, &chat, position, agents_online),
                 After::Push { agent, frame } => self.push(&agent, frame),
                 After::PushAssigned { agent, chat } => match self.store.chat(&chat).await {
                     Ok(Some(view)) => {

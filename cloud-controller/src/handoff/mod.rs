@@ -35,8 +35,20 @@ pub enum ConsoleOut {
     Requeued {
         chat: String,
     },
+    /// The chat is over; `reason` says why when it was not you who closed it.
     Closed {
         chat: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The visitor's page closed (`present: false`) or opened again.
+    Visitor {
+        chat: String,
+        present: bool,
+    },
+    /// The line the console sent as `client_id` is stored and on its way.
+    Ack {
+        client_id: String,
     },
     Typing {
         chat: String,
@@ -46,8 +58,11 @@ pub enum ConsoleOut {
         node: String,
         online: bool,
     },
+    /// A frame was refused; `client_id` names the line that was not sent.
     Error {
         message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
 }
 
@@ -55,11 +70,29 @@ pub enum ConsoleOut {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ConsoleIn {
-    Presence { state: String },
-    Message { chat: String, text: String },
-    Typing { chat: String },
-    Close { chat: String, resolution: String },
-    Transfer { chat: String, to: Option<String> },
+    Presence {
+        state: String,
+    },
+    /// A line for the visitor. `client_id`: the console's id for it, so a
+    /// line sent again after a reconnect is delivered once, and the answer
+    /// (`ack` or `error`) names it.
+    Message {
+        chat: String,
+        text: String,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    Typing {
+        chat: String,
+    },
+    Close {
+        chat: String,
+        resolution: String,
+    },
+    Transfer {
+        chat: String,
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +100,8 @@ pub struct AgentLoad {
     pub id: String,
     pub name: String,
     pub presence: String,
+    /// False while the console is in the reconnect grace.
+    pub connected: bool,
     pub chats: usize,
     pub capacity: usize,
 }
@@ -74,7 +109,10 @@ pub struct AgentLoad {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Live {
     pub agents: Vec<AgentLoad>,
+    /// Waiting chats whose visitor is there.
     pub waiting: usize,
+    /// Waiting chats whose visitor closed the page (parked).
+    pub waiting_away: usize,
     pub longest_wait_ms: i64,
 }
 

@@ -33,6 +33,9 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 #[derive(Debug)]
 pub enum ConsoleError {
     Unauthenticated,
+    /// A login with a wrong username or password (one neutral message: it
+    /// does not tell which of the two was wrong).
+    WrongCredentials,
     Forbidden(&'static str),
     BadRequest(String),
     NotFound,
@@ -50,6 +53,10 @@ impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         let (status, msg) = match self {
             ConsoleError::Unauthenticated => (StatusCode::UNAUTHORIZED, "please log in".to_owned()),
+            ConsoleError::WrongCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "wrong username or password".to_owned(),
+            ),
             ConsoleError::Forbidden(why) => (StatusCode::FORBIDDEN, why.to_owned()),
             ConsoleError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ConsoleError::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
@@ -154,9 +161,7 @@ async fn login(
     let Some(agent) = agent else {
         s.limiter.failed(&[&user_key, &ip_key], now);
         tracing::warn!(username = %req.username, %ip, "console login failed");
-        return Err(
-            ConsoleError::BadRequest("wrong username or password".into()).unauthenticated(),
-        );
+        return Err(ConsoleError::WrongCredentials);
     };
     s.limiter.succeeded(&user_key);
     // A fresh token at every login (no session fixation).
@@ -173,16 +178,6 @@ async fn login(
         HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?,
     );
     Ok(resp)
-}
-
-impl ConsoleError {
-    /// Wrong credentials are a 401 with a neutral message.
-    fn unauthenticated(self) -> ConsoleError {
-        match self {
-            ConsoleError::BadRequest(_) => ConsoleError::Unauthenticated,
-            other => other,
-        }
-    }
 }
 
 async fn logout(State(s): S, headers: HeaderMap) -> Result<Response, ConsoleError> {
@@ -294,13 +289,24 @@ async fn agent_socket(s: Arc<Http>, agent: AgentRow, mut socket: WebSocket) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     _ => break,
                 };
-                let result = match serde_json::from_str::<ConsoleIn>(text.as_str()) {
-                    Ok(frame) => s.handoff.console(agent.clone(), frame).await,
-                    Err(e) => Err(format!("invalid frame: {e}")),
+                let (result, client_id) = match serde_json::from_str::<ConsoleIn>(text.as_str()) {
+                    Ok(frame) => {
+                        let client_id = match &frame {
+                            ConsoleIn::Message { client_id, .. } => client_id.clone(),
+                            _ => None,
+                        };
+                        (s.handoff.console(agent.clone(), frame).await, client_id)
+                    }
+                    Err(e) => (Err(format!("invalid frame: {e}")), None),
                 };
-                if let Err(message) = result {
-                    let text = serde_json::to_string(&ConsoleOut::Error { message }).unwrap_or_default();
-                    let _ = socket.send(Message::Text(text.into())).await;
+                let answer = match (result, client_id) {
+                    (Ok(()), Some(client_id)) => ConsoleOut::Ack { client_id },
+                    (Ok(()), None) => continue,
+                    (Err(message), client_id) => ConsoleOut::Error { message, client_id },
+                };
+                let text = serde_json::to_string(&answer).unwrap_or_default();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break;
                 }
             }
         }
@@ -493,7 +499,7 @@ async fn colleagues(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Colleagu
     Ok(Json(
         live.agents
             .into_iter()
-            .filter(|a| a.id != me.id && a.presence == "online")
+            .filter(|a| a.id != me.id && a.presence == "online" && a.connected)
             .map(|a| Colleague {
                 free: a.capacity.saturating_sub(a.chats),
                 id: a.id,

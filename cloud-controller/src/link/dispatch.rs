@@ -192,10 +192,19 @@ fn desk_inputs(node: &str, events: Vec<Event>) -> Vec<In> {
                     sender: "visitor".into(),
                     text: l.line.text,
                     at: l.line.at,
+                    author: None,
                 },
             }),
             EventBody::ConversationSummary(s) if s.escalated => Some(In::VisitorEnded {
                 chat: s.conversation,
+            }),
+            EventBody::EscalationWithdrawn(w) => Some(In::Withdrawn {
+                chat: w.conversation,
+                reason: crate::store::events::withdrawal(&w.reason),
+            }),
+            EventBody::VisitorPresence(p) => Some(In::VisitorPresence {
+                chat: p.conversation,
+                present: p.present,
             }),
             _ => None,
         })

@@ -1,9 +1,13 @@
 //! Chat routing for human agents: an I/O-free state machine.
 //!
 //! Inputs: agents' presence and capacity, escalated chats (with a language and,
-//! for a returning visitor, the agent who had the conversation), closes,
-//! transfers, and time (for the presence grace period). Output: the
-//! assignments to make. Policy, in order:
+//! for a returning visitor, the agent who had the conversation), whether each
+//! waiting visitor is still there, closes, transfers, and time (for the
+//! presence grace period). Output: the assignments to make. Policy, in order:
+//! 0. only a chat whose visitor is still there is handed out (a visitor who
+//!    closed the page is parked until they return or the node withdraws the
+//!    chat), and only to an agent whose console is connected (an agent in the
+//!    reconnect grace keeps their chats but gets no new ones);
 //! 1. oldest waiting chat first;
 //! 2. a returning visitor goes back to the same agent when that agent is online
 //!    with free capacity;
@@ -12,8 +16,8 @@
 //! 4. among equals, round robin (the agent assigned least recently).
 //!
 //! Invariants (property-tested): a chat is held by at most one agent; no agent
-//! holds more than its capacity; after every step, no chat waits while an
-//! online agent has free capacity.
+//! holds more than its capacity; after every step, no present visitor's chat
+//! waits while a connected online agent has free capacity.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,6 +54,8 @@ pub struct Chat {
     pub agent: Option<AgentId>,
     /// Session binding: the agent who last held this conversation.
     pub bound_to: Option<AgentId>,
+    /// The visitor's page is open (a waiting chat is only handed out then).
+    pub present: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +79,19 @@ pub enum Input {
         at: i64,
         bound_to: Option<AgentId>,
     },
+    /// A chat held by `agent` before a restart (rebuilding from the store).
+    /// The agent counts as disconnected from `at`: their console has the
+    /// reconnect grace to come back before the chat returns to the queue.
+    /// Refused if the agent is unknown or full (the chat then waits).
+    Held {
+        chat: ChatId,
+        lang: String,
+        since: i64,
+        agent: AgentId,
+        at: i64,
+    },
+    /// The visitor's page closed (`false`) or opened again (`true`).
+    VisitorPresence { chat: ChatId, present: bool },
     /// The chat ended (agent closed it, or the visitor left).
     Closed { chat: ChatId },
     /// Hand a chat to `to`, or back to the queue with `None`.
@@ -134,7 +153,12 @@ impl Router {
         self.chats.get(id)
     }
 
-    /// Waiting chats, oldest first.
+    /// Whether an agent's console is connected (not in the reconnect grace).
+    pub fn connected(a: &Agent) -> bool {
+        a.disconnected_at.is_none()
+    }
+
+    /// Waiting chats (present or not), oldest first.
     pub fn queue(&self) -> Vec<(&ChatId, &Chat)> {
         let mut q: Vec<_> = self
             .chats
@@ -145,8 +169,9 @@ impl Router {
         q
     }
 
-    fn has_room(a: &Agent) -> bool {
-        a.presence == Presence::Online && a.chats.len() < a.capacity
+    /// Can take a chat now: online, connected, below capacity.
+    pub fn has_room(a: &Agent) -> bool {
+        a.presence == Presence::Online && a.disconnected_at.is_none() && a.chats.len() < a.capacity
     }
 
     pub fn step(&mut self, input: Input) -> Vec<Action> {
@@ -213,8 +238,58 @@ impl Router {
                             waiting_since: since,
                             agent: None,
                             bound_to: bound,
+                            present: true,
                         },
                     );
+                }
+            }
+            Input::Held {
+                chat,
+                lang,
+                since,
+                agent,
+                at,
+            } => {
+                let fits = self
+                    .agents
+                    .get(&agent)
+                    .is_some_and(|a| a.chats.len() < a.capacity);
+                let taken = self.chats.get(&chat).is_some_and(|c| c.agent.is_some());
+                if fits && !taken {
+                    let a = self.agents.get_mut(&agent).expect("checked above");
+                    a.chats.insert(chat.clone());
+                    a.disconnected_at.get_or_insert(at);
+                    self.chats.insert(
+                        chat,
+                        Chat {
+                            lang,
+                            waiting_since: since,
+                            agent: Some(agent.clone()),
+                            bound_to: Some(agent),
+                            present: true,
+                        },
+                    );
+                } else {
+                    out.push(Action::Refused {
+                        reason: format!("agent {agent} cannot hold chat {chat} again"),
+                    });
+                    if !taken {
+                        self.chats.insert(
+                            chat,
+                            Chat {
+                                lang,
+                                waiting_since: since,
+                                agent: None,
+                                bound_to: None,
+                                present: true,
+                            },
+                        );
+                    }
+                }
+            }
+            Input::VisitorPresence { chat, present } => {
+                if let Some(c) = self.chats.get_mut(&chat) {
+                    c.present = present;
                 }
             }
             Input::Closed { chat } => {
@@ -342,6 +417,7 @@ impl Router {
             let next = self
                 .queue()
                 .into_iter()
+                .filter(|(_, c)| c.present)
                 .find_map(|(id, c)| self.pick(c).map(|a| (id.clone(), a)));
             // Oldest first: if the oldest chat has a taker, it is served before
             // younger ones; `find_map` skips only chats nobody can take.

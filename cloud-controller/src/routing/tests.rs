@@ -217,6 +217,99 @@ fn away_agents_get_no_new_chats_but_keep_theirs() {
     assert_eq!(assigned(&out), vec![("c2".into(), "a".into())]);
 }
 
+#[test]
+fn an_agent_in_the_reconnect_grace_keeps_chats_but_gets_no_new_ones() {
+    let mut r = router_with(&[("a", 3, &["en"]), ("b", 3, &["en"])]);
+    escalate(&mut r, "c1", "en", 0); // a
+    r.step(Input::Disconnected {
+        agent: "a".into(),
+        at: 1_000,
+    });
+    // Round robin would pick a next; a is reconnecting, so b.
+    assert_eq!(
+        assigned(&escalate(&mut r, "c2", "en", 2)),
+        vec![("c2".into(), "b".into())]
+    );
+    r.step(Input::Disconnected {
+        agent: "b".into(),
+        at: 2_000,
+    });
+    assert!(
+        assigned(&escalate(&mut r, "c3", "en", 3)).is_empty(),
+        "nobody connected: it waits"
+    );
+    assert_eq!(r.chat("c1").unwrap().agent.as_deref(), Some("a"), "kept");
+    let out = r.step(Input::Reconnected { agent: "a".into() });
+    assert_eq!(assigned(&out), vec![("c3".into(), "a".into())]);
+}
+
+#[test]
+fn a_visitor_who_left_is_parked_and_served_when_back() {
+    let mut r = router_with(&[("a", 1, &["en"])]);
+    r.step(Input::SetPresence {
+        agent: "a".into(),
+        presence: Presence::Away,
+    });
+    escalate(&mut r, "gone", "en", 0);
+    escalate(&mut r, "here", "en", 5);
+    r.step(Input::VisitorPresence {
+        chat: "gone".into(),
+        present: false,
+    });
+    let out = r.step(Input::SetPresence {
+        agent: "a".into(),
+        presence: Presence::Online,
+    });
+    assert_eq!(
+        assigned(&out),
+        vec![("here".into(), "a".into())],
+        "the older chat's visitor left: the agent gets the one who is there"
+    );
+    r.step(Input::Closed {
+        chat: "here".into(),
+    });
+    assert!(r.chat("gone").unwrap().agent.is_none(), "still parked");
+    let out = r.step(Input::VisitorPresence {
+        chat: "gone".into(),
+        present: true,
+    });
+    assert_eq!(assigned(&out), vec![("gone".into(), "a".into())]);
+}
+
+#[test]
+fn held_chats_come_back_to_their_agent_after_a_restart() {
+    let mut r = Router::new(30_000);
+    r.step(Input::AgentUpsert {
+        agent: "a".into(),
+        capacity: 1,
+        languages: langs(&["en"]),
+    });
+    r.step(Input::SetPresence {
+        agent: "a".into(),
+        presence: Presence::Online,
+    });
+    let held = |chat: &str| Input::Held {
+        chat: chat.into(),
+        lang: "en".into(),
+        since: 0,
+        agent: "a".into(),
+        at: 1_000,
+    };
+    assert!(r.step(held("c1")).is_empty());
+    assert_eq!(r.chat("c1").unwrap().agent.as_deref(), Some("a"));
+    assert!(
+        matches!(r.step(held("c2"))[0], Action::Refused { .. }),
+        "over capacity: refused"
+    );
+    assert!(r.chat("c2").unwrap().agent.is_none(), "it waits instead");
+    // The agent's console has the grace to come back; then c1 is requeued.
+    let out = r.step(Input::Tick { now: 40_000 });
+    assert!(out.contains(&Action::Requeued {
+        chat: "c1".into(),
+        from: "a".into()
+    }));
+}
+
 fn arb_input() -> impl Strategy<Value = Input> {
     let agent = prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from);
     let chat = (0u8..12).prop_map(|i| format!("c{i}"));
@@ -250,6 +343,17 @@ fn arb_input() -> impl Strategy<Value = Input> {
                 bound_to
             }),
         chat.clone().prop_map(|chat| Input::Closed { chat }),
+        (chat.clone(), any::<bool>())
+            .prop_map(|(chat, present)| Input::VisitorPresence { chat, present }),
+        (chat.clone(), 0i64..100_000, agent.clone(), 0i64..100_000).prop_map(
+            |(chat, since, agent, at)| Input::Held {
+                chat,
+                lang: "en".into(),
+                since,
+                agent,
+                at
+            }
+        ),
         (chat, prop::option::of(agent)).prop_map(|(chat, to)| Input::Transfer { chat, to }),
         (0i64..200_000).prop_map(|now| Input::Tick { now }),
     ]
@@ -277,9 +381,10 @@ proptest! {
                     prop_assert!(r.agents[a].chats.contains(chat));
                 }
             }
-            // Nobody waits while an online agent has free capacity.
+            // No present visitor waits while a connected online agent has
+            // free capacity.
             let free = r.agents.values().any(Router::has_room);
-            let waiting = r.chats.values().any(|c| c.agent.is_none());
+            let waiting = r.chats.values().any(|c| c.agent.is_none() && c.present);
             prop_assert!(!(free && waiting), "a chat waits while capacity is free");
         }
     }
@@ -289,7 +394,11 @@ proptest! {
         let mut r = Router::new(30_000);
         for input in inputs {
             let actions = r.step(input);
-            let oldest_waiting = r.queue().first().map(|(_, c)| c.waiting_since);
+            let oldest_waiting = r
+                .queue()
+                .into_iter()
+                .find(|(_, c)| c.present)
+                .map(|(_, c)| c.waiting_since);
             for a in actions {
                 if let Action::Assign { chat, .. } = a {
                     if let (Some(w), Some(c)) = (oldest_waiting, r.chat(&chat)) {
@@ -307,10 +416,12 @@ proptest! {
             let before: BTreeMap<AgentId, usize> = r.agents.iter().map(|(k, a)| (k.clone(), a.chats.len())).collect();
             let actions = r.step(input);
             for a in actions {
-                if let Action::Assign { agent, .. } = a {
+                if let Action::Assign { agent, chat } = a {
                     let ag = &r.agents[&agent];
                     prop_assert!(ag.chats.len() <= ag.capacity.max(*before.get(&agent).unwrap_or(&0)), "agent {} over capacity", agent);
                     prop_assert_eq!(ag.presence, Presence::Online);
+                    prop_assert!(Router::connected(ag), "{} assigned while reconnecting", agent);
+                    prop_assert!(r.chat(&chat).unwrap().present, "{} handed out while its visitor is away", chat);
                 }
             }
         }

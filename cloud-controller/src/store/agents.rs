@@ -147,7 +147,7 @@ fn create(
     Ok(Ok(get(conn, &id)?.expect("just inserted")))
 }
 
-fn get(conn: &Connection, id: &str) -> Result<Option<AgentRow>, StoreError> {
+pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<AgentRow>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"),

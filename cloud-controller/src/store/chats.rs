@@ -15,6 +15,9 @@ pub struct Line {
     pub sender: String,
     pub text: String,
     pub at: i64,
+    /// The agent's display name on an agent's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +34,28 @@ pub struct ChatView {
     pub closed_at: Option<i64>,
     pub resolution: Option<String>,
     pub rating: Option<u8>,
+    /// Whether the visitor's page is open (as the node last reported).
+    pub visitor_present: bool,
+    /// Since when a waiting chat waits (its escalation).
+    pub queued_at: Option<i64>,
+    /// The holding (or last) agent's display name.
+    pub agent_name: Option<String>,
     pub lines: Vec<Line>,
+    /// The newest line (lists only, where `lines` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_line: Option<Line>,
+}
+
+/// A chat the desk must hold again after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveChat {
+    pub id: String,
+    pub node_id: String,
+    pub lang: String,
+    pub queued_at: i64,
+    pub visitor_present: bool,
+    /// The holder of an assigned chat.
+    pub agent: Option<super::AgentRow>,
 }
 
 /// Record an escalation; returns true if the chat is new (or was closed and
@@ -52,12 +76,16 @@ pub(super) fn escalated(
     match state.as_deref() {
         Some("waiting") | Some("assigned") => Ok(false),
         Some(_) => {
-            conn.execute("UPDATE chats SET state = 'waiting', agent_id = NULL, closed_at = NULL WHERE id = ?1", [chat])?;
+            conn.execute(
+                "UPDATE chats SET state = 'waiting', agent_id = NULL, closed_at = NULL, queued_at = ?2,
+                   visitor_present = 1 WHERE id = ?1",
+                params![chat, at],
+            )?;
             Ok(true)
         }
         None => {
             conn.execute(
-                "INSERT INTO chats (id, node_id, lang, state, intents, created_at) VALUES (?1, ?2, ?3, 'waiting', ?4, ?5)",
+                "INSERT INTO chats (id, node_id, lang, state, intents, created_at, queued_at) VALUES (?1, ?2, ?3, 'waiting', ?4, ?5, ?5)",
                 params![chat, node, lang, serde_json::to_string(intents).unwrap_or_else(|_| "[]".into()), at],
             )?;
             Ok(true)
@@ -128,9 +156,37 @@ pub(super) fn add_line(
     Ok(n > 0)
 }
 
+/// The visitor no longer waits (left, declined, left a message, ended):
+/// a waiting chat closes with `resolution`; true if one did. An assigned
+/// chat is the desk's to close (its agent is told).
+pub(super) fn withdrawn(
+    conn: &Connection,
+    chat: &str,
+    resolution: &str,
+    at: i64,
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE chats SET state = 'closed', closed_at = ?2, resolution = ?3 WHERE id = ?1 AND state = 'waiting'",
+        params![chat, at, resolution],
+    )?;
+    Ok(n > 0)
+}
+
+/// Whether the visitor's page is open.
+pub(super) fn presence(conn: &Connection, chat: &str, present: bool) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE chats SET visitor_present = ?2 WHERE id = ?1",
+        params![chat, present],
+    )?;
+    Ok(())
+}
+
+/// Design: the first assignment stays the chat's `assigned_at` (a transfer
+/// or a requeue does not move it), so first-response time is measured from
+/// when a person first had the chat and is never negative.
 fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE chats SET state = 'assigned', agent_id = ?2, assigned_at = ?3 WHERE id = ?1",
+        "UPDATE chats SET state = 'assigned', agent_id = ?2, assigned_at = COALESCE(assigned_at, ?3) WHERE id = ?1",
         params![chat, agent, at],
     )?;
     Ok(())
@@ -160,10 +216,27 @@ pub(super) fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), Store
     Ok(())
 }
 
+/// A chat with its lines.
 fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
-    let view = conn
+    let Some(mut view) = head(conn, chat)? else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.sender, l.text, l.at, a.display_name FROM chat_lines l
+         LEFT JOIN agents a ON a.id = l.agent_id WHERE l.chat_id = ?1 ORDER BY l.at, l.id",
+    )?;
+    let lines = stmt.query_map([chat], line_from_row)?;
+    view.lines = lines.collect::<Result<_, _>>()?;
+    Ok(Some(view))
+}
+
+/// A chat without its lines.
+fn head(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
+    Ok(conn
         .query_row(
-            "SELECT id, node_id, lang, state, agent_id, intents, created_at, closed_at, resolution, rating, escalated FROM chats WHERE id = ?1",
+            "SELECT c.id, c.node_id, c.lang, c.state, c.agent_id, c.intents, c.created_at, c.closed_at,
+                    c.resolution, c.rating, c.escalated, c.visitor_present, c.queued_at, a.display_name
+             FROM chats c LEFT JOIN agents a ON a.id = c.agent_id WHERE c.id = ?1",
             [chat],
             |r| {
                 let intents: String = r.get(5)?;
@@ -179,26 +252,69 @@ fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
                     closed_at: r.get(7)?,
                     resolution: r.get(8)?,
                     rating: r.get(9)?,
+                    visitor_present: r.get(11)?,
+                    queued_at: r.get(12)?,
+                    agent_name: r.get(13)?,
                     lines: Vec::new(),
+                    last_line: None,
                 })
             },
         )
-        .optional()?;
-    let Some(mut view) = view else {
-        return Ok(None);
-    };
+        .optional()?)
+}
+
+fn line_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Line> {
+    Ok(Line {
+        sender: r.get(0)?,
+        text: r.get(1)?,
+        at: r.get(2)?,
+        author: r.get(3)?,
+    })
+}
+
+/// The newest line of `chat`.
+fn last_line(conn: &Connection, chat: &str) -> Result<Option<Line>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT l.sender, l.text, l.at, a.display_name FROM chat_lines l
+             LEFT JOIN agents a ON a.id = l.agent_id WHERE l.chat_id = ?1 ORDER BY l.at DESC, l.id DESC LIMIT 1",
+        )?
+        .query_row([chat], line_from_row)
+        .optional()?)
+}
+
+/// Waiting and assigned chats, with the holders of assigned ones, oldest first.
+fn live(conn: &Connection) -> Result<Vec<LiveChat>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT sender, text, at FROM chat_lines WHERE chat_id = ?1 ORDER BY at, id",
+        "SELECT id, node_id, lang, COALESCE(queued_at, created_at), visitor_present, agent_id, state
+         FROM chats WHERE state IN ('waiting', 'assigned') ORDER BY COALESCE(queued_at, created_at), id",
     )?;
-    let lines = stmt.query_map([chat], |r| {
-        Ok(Line {
-            sender: r.get(0)?,
-            text: r.get(1)?,
-            at: r.get(2)?,
-        })
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            LiveChat {
+                id: r.get(0)?,
+                node_id: r.get(1)?,
+                lang: r.get(2)?,
+                queued_at: r.get(3)?,
+                visitor_present: r.get(4)?,
+                agent: None,
+            },
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, String>(6)?,
+        ))
     })?;
-    view.lines = lines.collect::<Result<_, _>>()?;
-    Ok(Some(view))
+    let rows: Vec<_> = rows.collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (mut chat, agent, state) in rows {
+        if state == "assigned" {
+            chat.agent = match agent {
+                Some(id) => super::agents::get(conn, &id)?.filter(|a| !a.disabled),
+                None => None,
+            };
+        }
+        out.push(chat);
+    }
+    Ok(out)
 }
 
 /// Filters of the history view.
@@ -222,10 +338,11 @@ pub struct ChatFilter {
 
 /// Chats matching `f`, newest first, without their lines.
 fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreError> {
-    let ids: Option<Vec<String>> = match f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        Some(q) => Some(search(conn, q, 10_000)?),
-        None => None,
-    };
+    let ids: Option<std::collections::HashSet<String>> =
+        match f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+            Some(q) => Some(search(conn, q, 10_000)?.into_iter().collect()),
+            None => None,
+        };
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM chats WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR agent_id = ?2)
            AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
@@ -252,8 +369,8 @@ fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreError> 
         if ids.as_ref().is_some_and(|ids| !ids.contains(&id)) {
             continue;
         }
-        if let Some(mut v) = get(conn, &id)? {
-            v.lines.clear();
+        if let Some(mut v) = head(conn, &id)? {
+            v.last_line = last_line(conn, &id)?;
             out.push(v);
         }
         if out.len() >= limit {
@@ -278,7 +395,7 @@ pub struct DayStats {
 fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT (created_at / 86400000) * 86400000 AS day, COUNT(*),
-                AVG(CASE WHEN first_response_at IS NOT NULL AND assigned_at IS NOT NULL
+                AVG(CASE WHEN first_response_at >= assigned_at
                          THEN (first_response_at - assigned_at) / 1000.0 END),
                 AVG(rating)
          FROM chats WHERE created_at >= ?1 AND escalated = 1 GROUP BY day ORDER BY day",
@@ -294,8 +411,22 @@ fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, StoreErro
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Chat ids whose lines match `query` (at least 3 characters), newest first.
+/// Chat ids whose lines contain `query`, newest first.
+///
+/// Three characters and more go through the trigram index. Shorter queries
+/// — most Chinese words are two characters (人工, 转账) — cannot use it, so
+/// they scan the lines with `instr` (a substring test, no LIKE wildcards to
+/// escape); the scan reads at most `SHORT_SCAN` of the newest lines.
 fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    const SHORT_SCAN: i64 = 200_000;
+    if query.chars().count() < 3 {
+        let mut stmt = conn.prepare_cached(
+            "SELECT chat_id FROM (SELECT chat_id, text, at FROM chat_lines ORDER BY id DESC LIMIT ?3)
+             WHERE instr(text, ?1) > 0 GROUP BY chat_id ORDER BY MAX(at) DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![query, limit as i64, SHORT_SCAN], |r| r.get(0))?;
+        return Ok(rows.collect::<Result<_, _>>()?);
+    }
     // Quote the query as one FTS5 string so user text is never FTS syntax.
     let quoted = format!("\"{}\"", query.replace('"', "\"\""));
     let mut stmt = conn.prepare_cached(
@@ -327,6 +458,9 @@ pub enum ChatWrite {
         agent: String,
         text: String,
         at: i64,
+        /// Dedupe key: the console's id for the line, so a line sent again
+        /// after a reconnect is stored once.
+        key: String,
     },
 }
 
@@ -357,9 +491,9 @@ impl Store {
                             agent,
                             text,
                             at,
+                            key,
                         } => {
-                            let key = uuid::Uuid::new_v4().to_string();
-                            add_line(&tx, chat, &key, "agent", Some(agent), text, *at)?;
+                            add_line(&tx, chat, key, "agent", Some(agent), text, *at)?;
                         }
                     }
                 }
@@ -425,6 +559,11 @@ impl Store {
         self.db.call(move |c| get(c, &chat)).await
     }
 
+    /// Waiting and assigned chats, to rebuild the desk at start.
+    pub async fn live_chats(&self) -> Result<Vec<LiveChat>, StoreError> {
+        self.db.call(|c| live(c)).await
+    }
+
     /// Chats matching `f`, newest first, without their lines.
     pub async fn chats(&self, f: ChatFilter) -> Result<Vec<ChatView>, StoreError> {
         self.db.call(move |c| list(c, &f)).await
@@ -484,6 +623,101 @@ mod tests {
         assert!(
             escalated(&c, "c1", "n1", "zh", &[], 9).unwrap(),
             "a closed chat can come back"
+        );
+    }
+
+    #[test]
+    fn one_and_two_character_chinese_words_are_found() {
+        let c = super::super::test_conn();
+        let lines = [
+            ("c-agent", "我要人工服务"),
+            ("c-service", "请帮我联系客服"),
+            ("c-book", "我想预约明天上午"),
+            ("c-lost", "我的卡丢了要挂失"),
+            ("c-transfer", "转账没有到账"),
+        ];
+        for (i, (chat, text)) in lines.iter().enumerate() {
+            escalated(&c, chat, "n1", "zh", &[], i as i64).unwrap();
+            add_line(&c, chat, "1", "visitor", None, text, i as i64).unwrap();
+        }
+        for (word, chat) in [
+            ("人工", "c-agent"),
+            ("客服", "c-service"),
+            ("预约", "c-book"),
+            ("挂失", "c-lost"),
+            ("转账", "c-transfer"),
+        ] {
+            let found = list(
+                &c,
+                &ChatFilter {
+                    q: Some(word.into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let ids: Vec<&str> = found.iter().map(|v| v.id.as_str()).collect();
+            assert_eq!(ids, vec![chat], "search for {word}");
+            assert_eq!(
+                found[0].last_line.as_ref().map(|l| l.text.as_str()),
+                lines.iter().find(|l| l.0 == chat).map(|l| l.1),
+                "the list previews the last line"
+            );
+        }
+        assert_eq!(search(&c, "卡", 10).unwrap(), vec!["c-lost".to_string()]);
+        assert!(search(&c, "%", 10).unwrap().is_empty(), "no wildcards");
+    }
+
+    #[test]
+    fn first_response_time_counts_from_the_first_assignment_and_is_never_negative() {
+        let c = super::super::test_conn();
+        escalated(&c, "c1", "n1", "en", &[], 0).unwrap();
+        assign(&c, "c1", "a1", 1_000).unwrap();
+        add_line(&c, "c1", "x", "agent", Some("a1"), "hello", 4_000).unwrap();
+        // Transferred later: the first assignment still counts.
+        requeue(&c, "c1").unwrap();
+        assign(&c, "c1", "a2", 9_000).unwrap();
+        let days = daily_stats(&c, 0).unwrap();
+        assert_eq!(days[0].first_response_s, Some(3.0));
+    }
+
+    #[test]
+    fn withdrawal_closes_only_waiting_chats_and_live_chats_list_what_to_restore() {
+        let c = super::super::test_conn();
+        c.execute(
+            "INSERT INTO agents (id, username, display_name, role, password_hash, languages, capacity, created_at)
+             VALUES ('a1', 'ann', 'Ann', 'agent', 'x', '[\"en\"]', 2, 0)",
+            [],
+        )
+        .unwrap();
+        for (chat, at) in [("gone", 1), ("held", 2), ("wait", 3)] {
+            escalated(&c, chat, "n1", "en", &[], at).unwrap();
+        }
+        assign(&c, "held", "a1", 5).unwrap();
+        assert!(withdrawn(&c, "gone", "visitor left", 6).unwrap());
+        assert!(
+            !withdrawn(&c, "held", "visitor left", 6).unwrap(),
+            "the desk closes it"
+        );
+        presence(&c, "wait", false).unwrap();
+        let live = live(&c).unwrap();
+        let got: Vec<(&str, Option<&str>, bool)> = live
+            .iter()
+            .map(|l| {
+                (
+                    l.id.as_str(),
+                    l.agent.as_ref().map(|a| a.display_name.as_str()),
+                    l.visitor_present,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("held", Some("Ann"), true), ("wait", None, false)]
+        );
+        let v = get(&c, "gone").unwrap().unwrap();
+        assert_eq!(
+            (v.state.as_str(), v.resolution.as_deref()),
+            ("closed", Some("visitor left"))
         );
     }
 

@@ -19,12 +19,23 @@ pub struct CommandRow {
 
 /// Queue `cmd` for `node`. A command with a stream gets the stream's next
 /// `seq` here (the one in `cmd` is ignored); returns the command as queued.
+/// A command whose id is already queued (a console resending a line it had
+/// no answer for) is not queued twice: the stored one is returned.
 pub(super) fn enqueue(
     conn: &Connection,
     node: &str,
     cmd: &Command,
     sent_at: Option<i64>,
 ) -> Result<Command, StoreError> {
+    if let Some(existing) = conn
+        .prepare_cached(
+            "SELECT id, kind, args, created_at, stream, stream_seq FROM commands WHERE id = ?1",
+        )?
+        .query_row([&cmd.id], command_from_row)
+        .optional()?
+    {
+        return Ok(existing);
+    }
     let mut cmd = cmd.clone();
     if let Some(stream) = cmd.stream.as_mut() {
         stream.seq =

@@ -160,13 +160,35 @@ fn project(conn: &rusqlite::Connection, node: &str, events: &[Event]) -> Result<
                 )?;
             }
             EventBody::Rating(r) => super::chats::rate(conn, &r.conversation, r.score)?,
-            EventBody::ConversationSummary(s) if !s.transcript.is_empty() => {
-                super::chats::summarized(conn, node, s)?;
+            EventBody::EscalationWithdrawn(w) => {
+                super::chats::withdrawn(conn, &w.conversation, &withdrawal(&w.reason), e.at)?;
             }
-            _ => {}
+            EventBody::VisitorPresence(p) => {
+                super::chats::presence(conn, &p.conversation, p.present)?;
+            }
+            EventBody::ConversationSummary(s) => {
+                if s.escalated {
+                    // Ended while still waiting: out of the queue.
+                    super::chats::withdrawn(conn, &s.conversation, "visitor ended the chat", e.at)?;
+                }
+                if !s.transcript.is_empty() {
+                    super::chats::summarized(conn, node, s)?;
+                }
+            }
+            EventBody::FlowCompleted(_) => {}
         }
     }
     Ok(())
+}
+
+/// A withdrawal's reason as the chat's resolution, in words.
+pub fn withdrawal(reason: &str) -> String {
+    match reason {
+        "visitor_left" => "visitor left before an agent was free".into(),
+        "declined" => "visitor stopped waiting".into(),
+        "offline_message" => "visitor left a message instead (see tickets)".into(),
+        other => format!("withdrawn: {other}"),
+    }
 }
 
 fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {

@@ -5,7 +5,9 @@
 //! `CREATE TABLE IF NOT EXISTS` at start-up (agents, tickets, canned
 //! responses, models, rollouts, chats and their full-text index) and adds
 //! the `chats.escalated` column where an older build lacked it; on a fresh
-//! database it simply creates them. Never edit a step: append one.
+//! database it simply creates them. Step 4 adds what the desk needs to
+//! survive a restart and show the queue truthfully: whether the visitor is
+//! still there, and since when a chat waits. Never edit a step: append one.
 
 use edgedesk_support::sqlite::{Step, has_column};
 
@@ -189,6 +191,13 @@ pub const STEPS: &[Step] = &[
         tx.execute_batch("CREATE INDEX IF NOT EXISTS chats_created ON chats(created_at);")?;
         Ok(())
     }),
+    Step::Sql(
+        r#"
+    ALTER TABLE chats ADD COLUMN visitor_present INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE chats ADD COLUMN queued_at INTEGER;   -- since when it waits (waiting chats)
+    UPDATE chats SET queued_at = created_at WHERE state = 'waiting';
+"#,
+    ),
 ];
 
 #[cfg(test)]
@@ -209,7 +218,10 @@ mod tests {
              INSERT INTO chats (id, node_id, lang, state, created_at) VALUES ('c', 'n', 'en', 'closed', 1);",
         )
         .unwrap();
-        assert_eq!(edgedesk_support::sqlite::migrate(&mut c, STEPS).unwrap(), 3);
+        assert_eq!(
+            edgedesk_support::sqlite::migrate(&mut c, STEPS).unwrap(),
+            STEPS.len() as u32
+        );
         let escalated: i64 = c
             .query_row("SELECT escalated FROM chats WHERE id = 'c'", [], |r| {
                 r.get(0)

@@ -28,7 +28,7 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 pub use agents::{AccountError, AgentRow, NewAgent, Role};
-pub use chats::{ChatFilter, ChatView, ChatWrite, DayStats, Line};
+pub use chats::{ChatFilter, ChatView, ChatWrite, DayStats, Line, LiveChat};
 pub use commands::CommandRow;
 pub use events::{EventQuery, Inbound, InboundOutcome, StoredEvent};
 pub use models::ModelRow;

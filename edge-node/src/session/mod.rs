@@ -811,8 +811,9 @@ impl Sessions {
                     Ok(())
                 } else {
                     match apply_action(&self.d.engine, &mut a.conv, &action) {
-                        None => Ok(()),
-                        Some(reply) => {
+                        Err(e) => Err(e),
+                        Ok(None) => Ok(()),
+                        Ok(Some(reply)) => {
                             let write = build_write(
                                 a,
                                 vec![bot_message(&reply, now_ms())],
@@ -884,7 +885,7 @@ impl Sessions {
         if conv.id != conversation || conv.phase == Phase::Ended {
             return Err(format!("conversation {conversation} is over"));
         }
-        let Some(reply) = apply_action(&self.d.engine, &mut conv, &action) else {
+        let Some(reply) = apply_action(&self.d.engine, &mut conv, &action)? else {
             return Ok(());
         };
         let stored = Stored::from_row(&row, conv);
@@ -941,13 +942,25 @@ impl Sessions {
     }
 }
 
-/// Apply an agent action to a conversation; the line to store and show, if any.
+/// Apply an agent action to a conversation; the line to store and show, if
+/// any. An agent joins or writes only while the visitor waits for (or is
+/// with) a person: a visitor who stopped waiting is not joined behind their
+/// back. Leaving or closing a chat nobody is in changes nothing.
 fn apply_action(
     engine: &Engine,
     conv: &mut Conversation,
     action: &AgentAction,
-) -> Option<BotReply> {
-    Some(match action {
+) -> Result<Option<BotReply>, String> {
+    let waiting = conv.phase == Phase::WaitingForAgent;
+    let with_agent = matches!(conv.phase, Phase::WithAgent { .. });
+    Ok(Some(match action {
+        AgentAction::Joined { .. } | AgentAction::Message { .. } if !(waiting || with_agent) => {
+            return Err(format!(
+                "conversation {} no longer waits for a person",
+                conv.id
+            ));
+        }
+        AgentAction::Left | AgentAction::Closed if !with_agent => return Ok(None),
         AgentAction::Joined { agent } => engine.agent_joined(conv, agent),
         AgentAction::Message { agent, text } => engine.agent_message(conv, agent, text),
         AgentAction::Left => engine.agent_left(conv),
@@ -955,8 +968,8 @@ fn apply_action(
         AgentAction::Typing
         | AgentAction::LinkDown
         | AgentAction::LinkUp
-        | AgentAction::Queue { .. } => return None,
-    })
+        | AgentAction::Queue { .. } => return Ok(None),
+    }))
 }
 
 /// A session read from the store (nobody holds it).
