@@ -249,7 +249,12 @@ impl Driver {
                 After::PushAssigned { agent, chat } => match self.store.chat(&chat).await {
                     Ok(Some(view)) => {
                         tracing::info!(%chat, %agent, "chat assigned");
-                        self.push(&agent, ConsoleOut::Assigned { chat: view });
+                        self.push(
+                            &agent,
+                            ConsoleOut::Assigned {
+                                chat: Box::new(view),
+                            },
+                        );
                     }
                     Ok(None) => tracing::error!(%chat, "an assigned chat is not stored"),
                     Err(e) => tracing::error!(%chat, error = %e, "loading an assigned chat failed"),

@@ -25,7 +25,7 @@ pub use desk::{Desk, Do, In};
 pub enum ConsoleOut {
     /// A chat is now yours (with the whole conversation so far).
     Assigned {
-        chat: ChatView,
+        chat: Box<ChatView>,
     },
     Line {
         chat: String,
