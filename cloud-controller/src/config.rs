@@ -65,6 +65,7 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     pub idle_timeout_minutes: u64,
+    pub reconnect_grace_secs: u64,
     pub secure_cookies: bool,
     pub login_max_failures: usize,
     pub login_window_secs: u64,

@@ -271,7 +271,7 @@ pub async fn run(
     let handoff = Handoff::new(desk_tx);
     let desk_task = tokio::spawn(
         handoff::driver::Driver::new(
-            handoff::Desk::new(30_000),
+            handoff::Desk::new(config.console.reconnect_grace_secs as i64 * 1000),
             store.clone(),
             downlink.clone(),
             metrics.clone(),

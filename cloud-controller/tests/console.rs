@@ -181,10 +181,11 @@ async fn failed_logins_are_neutral_and_rate_limited() {
         (a.status(), b.status()),
         (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
     );
-    assert_eq!(
-        a.text().await.unwrap(),
-        b.text().await.unwrap(),
-        "unknown user and wrong password look alike"
+    let (a, b) = (a.text().await.unwrap(), b.text().await.unwrap());
+    assert_eq!(a, b, "unknown user and wrong password look alike");
+    assert!(
+        a.contains("wrong username or password"),
+        "the page can say what went wrong: {a}"
     );
     attempt("ada", "wrong again").await.unwrap();
     let blocked = attempt("ada", "a long enough password").await.unwrap();

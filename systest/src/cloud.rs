@@ -251,39 +251,12 @@ impl Cloud {
 
     /// Log `username` in; the session cookie (`name=value`).
     pub async fn console_cookie(&self, username: &str) -> String {
-        let r = self
-            .http
-            .post(self.url("/console/api/login"))
-            .json(
-                &serde_json::json!({ "username": username, "password": "a long enough password" }),
-            )
-            .send()
-            .await
-            .unwrap();
-        r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned()
+        crate::process::console_login(&self.url(""), username).await
     }
 
     /// The console WebSocket of a logged-in agent, set online.
     pub async fn console(&self, username: &str) -> Ws {
-        use futures_util::SinkExt;
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let cookie = self.console_cookie(username).await;
-        let mut req = format!("ws://{}/console/ws", self.ctl.http_addr)
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert("cookie", cookie.parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        ws.send(tokio_tungstenite::tungstenite::Message::text(
-            serde_json::json!({ "type": "presence", "state": "online" }).to_string(),
-        ))
-        .await
-        .unwrap();
-        ws
+        crate::process::console_socket(&self.url(""), &cookie).await
     }
 }

@@ -4,13 +4,16 @@
 //! - the crate root: start a real node (real ONNX Runtime, real SQLite) on
 //!   127.0.0.1:0 and talk to it through a real WebSocket client;
 //! - [`cloud`]: a controller in the test process and nodes enrolled with it;
-//! - [`proxy`]: TCP and UDP fault proxies that cut and restore links.
+//! - [`proxy`]: TCP and UDP fault proxies that cut and restore links;
+//! - [`process`]: a real controller process to kill and restart, and the
+//!   agents' console as a client.
 //!
 //! The package also builds `systest-edge-node` and `systest-cloud-controller`,
 //! the real command lines under names of their own, for tests that kill and
 //! restart processes.
 
 pub mod cloud;
+pub mod process;
 pub mod proxy;
 
 use std::path::PathBuf;
@@ -286,6 +289,27 @@ pub async fn start_session(ws: &mut Ws) -> (String, ServerFrame) {
         ServerFrame::Welcome { session, .. } => (session.clone(), w.clone()),
         other => panic!("expected welcome, got {other:?}"),
     }
+}
+
+/// In a fresh session the visitor asks for a person and waits; returns the
+/// session token and the conversation id.
+pub async fn escalate(ws: &mut Ws) -> (String, String) {
+    let (token, welcome) = start_session(ws).await;
+    let ServerFrame::Welcome { conversation, .. } = welcome else {
+        panic!("expected welcome")
+    };
+    let (_, r) = say(ws, &msg("I want to talk to a human")).await;
+    assert!(
+        matches!(
+            &r[0],
+            ServerFrame::Reply {
+                state: edgedesk_common::chat::ChatState::WaitingForAgent,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    (token, conversation)
 }
 
 /// Send a message, expect the ack and then `replies` replies; returns their texts.

@@ -6,31 +6,11 @@ use std::time::Duration;
 
 use edgedesk_common::chat::{ChatState, Sender, ServerFrame};
 use edgedesk_systest::cloud::*;
+use edgedesk_systest::process::{console_next, console_send};
 use edgedesk_systest::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-async fn console_next(ws: &mut Ws, kind: &str) -> serde_json::Value {
-    loop {
-        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind} frame within {FRAME_WAIT:?}"))
-            .expect("open")
-            .expect("ok");
-        if let Message::Text(t) = msg {
-            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-            if v["type"] == kind {
-                return v;
-            }
-            assert_ne!(v["type"], "error", "console error: {v}");
-        }
-    }
-}
-
-async fn console_send(ws: &mut Ws, v: serde_json::Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
 
 /// Next server frame that is not an ack.
 async fn next_reply(ws: &mut Ws) -> ServerFrame {

@@ -4,53 +4,16 @@
 //! load, which also runs the whole sync through a third-party broker.
 //! After each, every event is in the controller's store exactly once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use edgedesk_systest::process::CtlProcess;
 use edgedesk_systest::*;
 
-/// The workspace's `cloud-controller` binary, next to this test's directory.
-fn controller_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("cloud-controller");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace first (cargo build --workspace)",
-        p.display()
-    );
-    p
-}
-
-struct CtlProcess {
-    child: Child,
-    http: u16,
-    token: String,
-}
-
-fn spawn_controller(dir: &Path, http: u16, mqtt: u16, extra: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(controller_bin());
-    cmd.arg("serve")
-        .env("EDGEDESK_CC_HTTP__LISTEN", format!("\"127.0.0.1:{http}\""))
-        .env("EDGEDESK_CC_MQTT__LISTEN", format!("\"127.0.0.1:{mqtt}\""))
-        .env("EDGEDESK_CC_MODELS__QUIC_LISTEN", "\"127.0.0.1:0\"")
-        .env(
-            "EDGEDESK_CC_STORE__DATA_DIR",
-            format!("{:?}", dir.to_string_lossy()),
-        )
-        .env("EDGEDESK_CC_FLEET__HEARTBEAT_TIMEOUT_SECS", "3")
-        .env("EDGEDESK_CC_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("controller starts")
+/// The real `cloud-controller` command line (built under its systest name).
+fn controller_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_systest-cloud-controller"))
 }
 
 async fn start_controller(
@@ -59,74 +22,25 @@ async fn start_controller(
     mqtt: u16,
     extra: &[(&str, String)],
 ) -> CtlProcess {
-    let mut child = spawn_controller(dir, http, mqtt, extra);
-    let addr = format!("127.0.0.1:{http}").parse().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http_get(addr, "/healthz").await.0 == 200
-        {
-            let token = std::fs::read_to_string(dir.join("admin-token"))
-                .unwrap()
-                .trim()
-                .to_owned();
-            return CtlProcess { child, http, token };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("controller never became healthy");
+    CtlProcess::start(controller_bin(), dir, http, mqtt, extra).await
 }
 
-impl CtlProcess {
-    async fn api(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Option<serde_json::Value> {
-        let mut r = reqwest::Client::new()
-            .request(method, format!("http://127.0.0.1:{}{path}", self.http))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
-    }
-
-    async fn token_for(&self, node: &str) -> String {
-        let v = self
-            .api(
-                reqwest::Method::POST,
-                "/api/v1/tokens",
-                Some(serde_json::json!({ "node_id": node })),
-            )
-            .await
-            .unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    }
-
-    /// The node's escalation events the controller stored (visitors who
-    /// left also produce presence events after a grace; not counted here).
-    async fn event_ids(&self, node: &str) -> Option<Vec<String>> {
-        let v = self
-            .api(
-                reqwest::Method::GET,
-                &format!("/api/v1/events?node={node}&kind=escalation&limit=100000"),
-                None,
-            )
-            .await?;
-        Some(
-            v.as_array()?
-                .iter()
-                .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
-                .collect(),
+/// The node's escalation events the controller stored (visitors who left
+/// also produce presence events after a grace; not counted here).
+async fn event_ids(ctl: &CtlProcess, node: &str) -> Option<Vec<String>> {
+    let v = ctl
+        .api(
+            reqwest::Method::GET,
+            &format!("/api/v1/events?node={node}&kind=escalation&limit=100000"),
+            None,
         )
-    }
+        .await?;
+    Some(
+        v.as_array()?
+            .iter()
+            .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+            .collect(),
+    )
 }
 
 fn edge_config(
@@ -184,22 +98,20 @@ async fn controller_killed_with_sigkill_under_load_loses_nothing() {
         }
     });
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    ctl.child.kill().unwrap(); // SIGKILL
-    ctl.child.wait().unwrap();
+    ctl.kill();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let mut ctl = start_controller(cdir.path(), http, mqtt, &[]).await;
+    ctl.restart().await;
     load.await.unwrap();
     eventually(40, "all events stored after the restart", || async {
-        ctl.event_ids("branch-k")
+        event_ids(&ctl, "branch-k")
             .await
             .is_some_and(|ids| ids.len() >= total)
             && node.store().outbox_depth().await.unwrap() == 0
     })
     .await;
-    assert_exactly_once(&ctl.event_ids("branch-k").await.unwrap(), total);
+    assert_exactly_once(&event_ids(&ctl, "branch-k").await.unwrap(), total);
     node.stop().await;
-    ctl.child.kill().unwrap();
-    ctl.child.wait().unwrap();
+    ctl.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +179,7 @@ async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
     edge.kill().unwrap(); // SIGKILL with 25 unsent events in its outbox
     edge.wait().unwrap();
     assert_eq!(
-        ctl.event_ids("branch-e").await.unwrap().len(),
+        event_ids(&ctl, "branch-e").await.unwrap().len(),
         0,
         "nothing got through the cut link"
     );
@@ -275,16 +187,15 @@ async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
     let mut edge = spawn_edge(&cfg);
     wait_ready().await;
     eventually(40, "backlog delivered after restart", || async {
-        ctl.event_ids("branch-e")
+        event_ids(&ctl, "branch-e")
             .await
             .is_some_and(|ids| ids.len() >= total)
     })
     .await;
-    assert_exactly_once(&ctl.event_ids("branch-e").await.unwrap(), total);
+    assert_exactly_once(&event_ids(&ctl, "branch-e").await.unwrap(), total);
     edge.kill().unwrap();
     edge.wait().unwrap();
-    ctl.child.kill().unwrap();
-    ctl.child.wait().unwrap();
+    ctl.kill();
 }
 
 fn spawn_mosquitto(dir: &Path, port: u16) -> Child {
@@ -357,16 +268,15 @@ async fn through_mosquitto_and_mosquitto_killed_under_load() {
     let mut mosq = spawn_mosquitto(mdir.path(), mport);
     load.await.unwrap();
     eventually(40, "all events stored after the broker restart", || async {
-        ctl.event_ids("branch-m")
+        event_ids(&ctl, "branch-m")
             .await
             .is_some_and(|ids| ids.len() >= total)
             && node.store().outbox_depth().await.unwrap() == 0
     })
     .await;
-    assert_exactly_once(&ctl.event_ids("branch-m").await.unwrap(), total);
+    assert_exactly_once(&event_ids(&ctl, "branch-m").await.unwrap(), total);
     node.stop().await;
-    ctl.child.kill().unwrap();
-    ctl.child.wait().unwrap();
+    ctl.kill();
     mosq.kill().unwrap();
     mosq.wait().unwrap();
 }

@@ -25,26 +25,6 @@ fn reply_lang(frames: &[ServerFrame]) -> Lang {
     }
 }
 
-/// Escalate in a fresh session; returns the token and the conversation id.
-async fn escalate(ws: &mut Ws) -> (String, String) {
-    let (token, welcome) = start_session(ws).await;
-    let ServerFrame::Welcome { conversation, .. } = welcome else {
-        panic!()
-    };
-    let (_, r) = say(ws, &msg("I want to talk to a human")).await;
-    assert!(
-        matches!(
-            &r[0],
-            ServerFrame::Reply {
-                state: ChatState::WaitingForAgent,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
-    (token, conversation)
-}
-
 #[tokio::test]
 async fn the_language_the_visitor_chose_wins_over_what_they_type() {
     let dir = tempfile::tempdir().unwrap();
