@@ -100,6 +100,8 @@ if [ "$TEST_PEERS" = 1 ]; then
   command -v npm >/dev/null 2>&1 || need+=(npm)
   [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  # Chinese text in the browser tests' screenshots.
+  [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing Debian packages: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -1,260 +1,558 @@
-// EdgeDesk agent console. Every chat text is inserted with textContent.
+// EdgeDesk agent console. Chat text is only ever inserted with textContent.
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  let csrf = null, ws = null, current = null, me = null;
-  const chats = new Map(); // id -> {view, closed}
-  let canned = []; // {lang, shortcut, text}
+  const RANK = { agent: 0, supervisor: 1, admin: 2 };
+  const TITLE = "EdgeDesk console";
+  const TYPING_SHOWN_MS = 6000;
+  const TYPING_SEND_MS = 2000;
 
-  function toast(msg) { const t = $("toast"); t.textContent = msg; t.hidden = false; setTimeout(() => { t.hidden = true; }, 4000); }
+  let me = null, csrf = null, ws = null, retryMs = 1000, view = "chats";
+  let current = null; // id of the chat shown
+  let canned = []; // {id, lang, shortcut, text}
+  let openTickets = 0;
+  // id -> {view: ChatView, state: "open"|"closed"|"gone", note, unread, present, branchDown}
+  const chats = new Map();
+  // Lines not yet acknowledged by the controller, oldest first:
+  // {client_id, chat, text, at, status: "sending"|"failed", error}
+  let pending = [];
 
+  // ---------- small helpers
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const dateTime = (ms) => new Date(ms).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  function ago(ms) {
+    const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+    if (s < 60) return `${s} s`;
+    const m = Math.round(s / 60);
+    return m < 60 ? `${m} min` : `${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+  const LANGS = { en: "English", zh: "Chinese (中文)" };
+  const INTENT_WORDS = {
+    human_agent: "Asked for a person", book_appointment: "Appointment", greeting: "Greeting",
+    card_arrival: "Card not arrived", lost_or_stolen_card: "Lost or stolen card", card_swallowed: "Card kept by ATM",
+    cancel_transfer: "Cancel a transfer", atm_support: "ATM help", out_of_scope: "Something else",
+  };
+  function intentWords(id) {
+    if (INTENT_WORDS[id]) return INTENT_WORDS[id];
+    const words = id.replace(/_/g, " ").replace(/\batm\b/gi, "ATM").replace(/\bpin\b/gi, "PIN");
+    return words.charAt(0).toUpperCase() + words.slice(1);
+  }
+  let toastTimer = null;
+  function toast(msg, bad = true) {
+    const t = $("toast");
+    t.textContent = msg; t.classList.toggle("bad", bad); t.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { t.hidden = true; }, 5000);
+  }
   async function api(path, opts = {}) {
     const headers = { "content-type": "application/json" };
     if (csrf) headers["x-csrf-token"] = csrf;
     return fetch(path, { credentials: "same-origin", ...opts, headers });
   }
+  async function errorOf(r, fallback) {
+    const b = await r.json().catch(() => ({}));
+    return b.error || fallback;
+  }
+  const allowed = (role) => me && RANK[me.role] >= RANK[role];
 
-  function showLogin() { $("login").hidden = false; $("app").hidden = true; $("username").focus(); }
-
+  // ---------- login
+  function showLogin() {
+    $("app").hidden = true; $("login").hidden = false;
+    $("username").focus();
+  }
   function showApp(session) {
     me = session.agent; csrf = session.csrf;
     $("login").hidden = true; $("app").hidden = false;
-    $("who").textContent = `${me.display_name} (${me.role})`;
+    $("who").textContent = `${me.display_name} · ${me.role}`;
+    for (const e of document.querySelectorAll("[data-role]")) e.hidden = !allowed(e.dataset.role);
+    if ("Notification" in window && Notification.permission === "default") $("alerts").hidden = false;
+    loadPending();
     connect();
-    loadCanned(); loadTickets(); setInterval(loadTickets, 10000);
-    if (me.role === "supervisor" || me.role === "admin") {
-      $("dashboard").hidden = false; refreshDashboard(); setInterval(refreshDashboard, 5000);
-      $("manage").hidden = false; renderCanned();
+    loadCanned(); loadTickets();
+    setInterval(loadTickets, 10000);
+    setInterval(() => { renderList(); renderHead(); }, 15000);
+    setInterval(() => { if (view === "dashboard") refreshDashboard(); }, 5000);
+    show("chats");
+  }
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("login-error").textContent = "";
+    let r;
+    try {
+      r = await api("/console/api/login", { method: "POST", body: JSON.stringify({ username: $("username").value, password: $("password").value }) });
+    } catch { $("login-error").textContent = "Cannot reach the controller. Check the connection and try again."; return; }
+    if (r.ok) { $("password").value = ""; showApp(await r.json()); }
+    else $("login-error").textContent = await errorOf(r, `Login failed (${r.status})`);
+  });
+  $("logout").addEventListener("click", async () => {
+    await api("/console/api/logout", { method: "POST" }).catch(() => {});
+    sessionStorage.removeItem(pendingKey());
+    location.reload();
+  });
+
+  // ---------- sections
+  function show(name) {
+    view = name;
+    for (const t of document.querySelectorAll(".tab")) {
+      if (t.dataset.view === name) t.setAttribute("aria-current", "page"); else t.removeAttribute("aria-current");
     }
-    if (me.role === "admin") { $("agent-form").hidden = false; renderAgents(); }
+    for (const v of ["chats", "tickets", "history", "dashboard", "settings"]) $("view-" + v).hidden = v !== name;
+    if (name === "tickets") loadTickets();
+    if (name === "dashboard") refreshDashboard();
+    if (name === "settings") { renderCanned(); if (allowed("admin")) renderAgents(); }
+  }
+  for (const t of document.querySelectorAll(".tab")) t.addEventListener("click", () => show(t.dataset.view));
+
+  // ---------- attention: sound, desktop notification, title badge
+  let audio = null;
+  function beep() {
+    try {
+      audio = audio || new AudioContext();
+      if (audio.state === "suspended") audio.resume();
+      const o = audio.createOscillator(), g = audio.createGain();
+      o.frequency.value = 880;
+      g.gain.setValueAtTime(0.15, audio.currentTime);
+      g.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.4);
+      o.connect(g); g.connect(audio.destination);
+      o.start(); o.stop(audio.currentTime + 0.4);
+    } catch { /* no audio device */ }
+  }
+  function notify(title, body) {
+    if (!("Notification" in window) || Notification.permission !== "granted" || !document.hidden) return;
+    try { const n = new Notification(title, { body, tag: "edgedesk" }); n.onclick = () => { window.focus(); n.close(); }; } catch { /* ignored */ }
+  }
+  $("alerts").addEventListener("click", async () => {
+    beep(); // also unlocks sound after a reload
+    if ("Notification" in window) await Notification.requestPermission();
+    $("alerts").hidden = true;
+  });
+  function updateBadges() {
+    let unread = 0;
+    for (const c of chats.values()) unread += c.unread;
+    $("badge-chats").textContent = String(unread); $("badge-chats").hidden = unread === 0;
+    $("badge-tickets").textContent = String(openTickets); $("badge-tickets").hidden = openTickets === 0;
+    document.title = unread > 0 ? `(${unread}) ${TITLE}` : TITLE;
   }
 
-  async function loadCanned() {
-    const r = await api("/console/api/canned");
-    if (r.ok) canned = await r.json();
+  // ---------- chats
+  const label = (v) => `Visitor at ${v.node_id}`;
+  function linesOf(id) {
+    const c = chats.get(id);
+    const mine = pending.filter((p) => p.chat === id).map((p) => ({ sender: "agent", author: me.display_name, text: p.text, at: p.at, pending: p }));
+    return c.view.lines.concat(mine);
   }
-
-  async function renderCanned() {
-    await loadCanned();
-    const ul = $("canned-list"); ul.replaceChildren();
-    for (const c of canned) {
-      const li = document.createElement("li");
-      li.textContent = `${c.lang} /${c.shortcut}: ${c.text} `;
-      const b = document.createElement("button"); b.type = "button"; b.textContent = "Delete";
-      b.addEventListener("click", async () => { await api(`/console/api/canned/${c.id}`, { method: "DELETE" }); renderCanned(); });
-      li.appendChild(b); ul.appendChild(li);
-    }
-  }
-
-  async function renderAgents() {
-    const r = await api("/console/api/agents");
-    if (!r.ok) return;
-    const ul = $("agent-list"); ul.replaceChildren();
-    for (const a of await r.json()) {
-      const li = document.createElement("li");
-      li.textContent = `${a.display_name} (${a.username}, ${a.role}${a.disabled ? ", disabled" : ""}) `;
-      if (!a.disabled && a.id !== me.id) {
-        const b = document.createElement("button"); b.type = "button"; b.textContent = "Disable";
-        b.addEventListener("click", async () => { await api(`/console/api/agents/${encodeURIComponent(a.id)}/disable`, { method: "POST" }); renderAgents(); });
-        li.appendChild(b);
-      }
-      ul.appendChild(li);
-    }
-  }
-
-  async function loadTickets() {
-    const r = await api("/console/api/tickets");
-    if (!r.ok) return;
-    const ul = $("tickets"); ul.replaceChildren();
-    for (const t of await r.json()) {
-      const li = document.createElement("li");
-      const p = document.createElement("p");
-      p.textContent = `${t.name} (${t.contact}) — ${t.message} [${t.state}]`;
-      li.appendChild(p);
-      if (t.state === "open") {
-        const b = document.createElement("button"); b.type = "button"; b.textContent = "Claim";
-        b.addEventListener("click", async () => { await api(`/console/api/tickets/${encodeURIComponent(t.id)}/claim`, { method: "POST" }); loadTickets(); });
-        li.appendChild(b);
-      } else if (t.state === "claimed") {
-        const b = document.createElement("button"); b.type = "button"; b.textContent = "Resolve";
-        b.addEventListener("click", async () => {
-          const note = window.prompt("Resolution note") || "";
-          await api(`/console/api/tickets/${encodeURIComponent(t.id)}/resolve`, { method: "POST", body: JSON.stringify({ note }) });
-          loadTickets();
-        });
-        li.appendChild(b);
-      }
-      ul.appendChild(li);
-    }
-  }
-
-  function bars(svg, values, max) {
-    svg.replaceChildren();
-    const w = 300 / Math.max(values.length, 1);
-    values.forEach((v, i) => {
-      if (v == null) return;
-      const h = Math.max(1, (v / max) * 76);
-      const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-      r.setAttribute("x", String(i * w + 1)); r.setAttribute("y", String(78 - h));
-      r.setAttribute("width", String(Math.max(1, w - 2))); r.setAttribute("height", String(h));
-      const t = document.createElementNS("http://www.w3.org/2000/svg", "title");
-      t.textContent = String(Math.round(v * 10) / 10);
-      r.appendChild(t);
-      svg.appendChild(r);
-    });
-  }
-
-  async function refreshDashboard() {
-    const r = await api("/console/api/dashboard");
-    if (!r.ok) return;
-    const d = await r.json();
-    $("d-waiting").textContent = String(d.live.waiting);
-    $("d-wait").textContent = `${Math.round(d.live.longest_wait_ms / 1000)} s`;
-    $("d-online").textContent = String(d.nodes_online);
-    $("d-offline").textContent = String(d.nodes_offline);
-    const tb = $("d-agents"); tb.replaceChildren();
-    for (const a of d.live.agents) {
-      const tr = document.createElement("tr");
-      for (const v of [a.name || a.id, a.presence, `${a.chats} / ${a.capacity}`]) { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); }
-      tb.appendChild(tr);
-    }
-    const frt = d.days.map((x) => x.first_response_s);
-    bars($("d-frt"), frt, Math.max(1, ...frt.filter((x) => x != null)));
-    bars($("d-csat"), d.days.map((x) => x.csat), 5);
-  }
-
   function renderList() {
     const ul = $("chats");
     ul.replaceChildren();
-    for (const [id, c] of chats) {
-      const li = document.createElement("li");
-      if (c.closed) li.className = "closed";
-      const b = document.createElement("button");
+    const ids = orderedChats();
+    $("chats-empty").hidden = ids.length > 0;
+    for (const id of ids) {
+      const c = chats.get(id), v = c.view;
+      const li = el("li");
+      const b = el("button", "chat-item" + (c.state !== "open" ? " closed" : ""));
       b.type = "button";
-      b.textContent = `${c.view.node_id} · ${c.view.lang} · ${(c.view.intents || []).join(", ") || "chat"}`;
       b.setAttribute("aria-current", String(id === current));
-      b.addEventListener("click", () => { current = id; renderList(); renderChat(); });
-      li.appendChild(b);
-      ul.appendChild(li);
+      b.dataset.chat = id;
+      const lines = linesOf(id), last = lines[lines.length - 1];
+      b.append(el("span", "name", label(v)));
+      b.append(el("span", "when", c.state === "open" ? ago(v.queued_at || v.created_at) : (c.state === "closed" ? "closed" : "moved")));
+      b.append(el("span", "preview", last ? `${whoOf(last)}: ${last.text}` : "No messages yet"));
+      if (c.unread > 0) { const u = el("span", "badge unread", String(c.unread)); u.setAttribute("aria-label", `${c.unread} unread`); b.append(u); }
+      const tags = el("span", "tags");
+      tags.append(el("span", "tag", LANGS[v.lang] || v.lang));
+      for (const i of (v.intents || []).slice(0, 3)) tags.append(el("span", "tag", intentWords(i)));
+      if (c.state === "open" && !c.present) tags.append(el("span", "tag away", "Visitor left"));
+      if (c.state !== "open") tags.append(el("span", "tag done", c.state === "closed" ? "Closed" : "Moved"));
+      b.append(tags);
+      b.addEventListener("click", () => select(id));
+      li.append(b); ul.append(li);
     }
   }
+  function orderedChats() {
+    // Open chats first (oldest waiting first), then closed ones.
+    return [...chats.keys()].sort((a, b) => {
+      const ca = chats.get(a), cb = chats.get(b);
+      if ((ca.state === "open") !== (cb.state === "open")) return ca.state === "open" ? -1 : 1;
+      return (ca.view.queued_at || ca.view.created_at) - (cb.view.queued_at || cb.view.created_at);
+    });
+  }
+  function select(id) {
+    current = id;
+    const c = id && chats.get(id);
+    if (c) c.unread = 0;
+    $("view-chats").classList.toggle("open", !!c);
+    renderList(); renderChat(); updateBadges();
+    if (c && c.state === "open") $("reply-text").focus();
+  }
+  $("back").addEventListener("click", () => select(null));
 
+  function whoOf(l) {
+    switch (l.sender) {
+      case "visitor": return "Visitor";
+      case "bot": return "Bot";
+      case "system": return "EdgeDesk";
+      case "agent": return l.author || "Agent";
+      default: return l.sender;
+    }
+  }
   function lineEl(l) {
-    const li = document.createElement("li");
-    li.className = l.sender;
-    const who = document.createElement("span");
-    who.className = "who";
-    who.textContent = l.sender === "agent" ? "You" : l.sender;
-    const body = document.createElement("span");
-    body.textContent = l.text;
-    li.append(who, body);
+    const li = el("li", l.sender);
+    const head = el("span", "who", whoOf(l));
+    const t = el("time", null, clock(l.at));
+    t.dateTime = new Date(l.at).toISOString();
+    head.append(t);
+    li.append(head, el("span", "text", l.text));
+    if (l.pending) {
+      const p = l.pending;
+      li.classList.add(p.status === "failed" ? "failed" : "pending");
+      const state = el("span", "state", p.status === "failed" ? `Not sent: ${p.error}` : (socketOpen() ? "Sending…" : "Waiting for the connection…"));
+      if (p.status === "failed") {
+        const retry = el("button", null, "Retry"); retry.type = "button";
+        retry.addEventListener("click", () => { p.status = "sending"; p.error = null; savePending(); flush(); renderChat(); });
+        const drop = el("button", null, "Discard"); drop.type = "button";
+        drop.addEventListener("click", () => { pending = pending.filter((x) => x !== p); savePending(); renderChat(); });
+        state.append(retry, drop);
+      }
+      li.append(state);
+    }
     return li;
   }
-
+  function renderHead() {
+    const c = current && chats.get(current);
+    $("chat-none").hidden = !!c;
+    $("chat-head").hidden = !c;
+    if (!c) { $("chat-status").hidden = true; return; }
+    const v = c.view;
+    $("chat-title").textContent = label(v);
+    const bits = [LANGS[v.lang] || v.lang];
+    if (v.queued_at) bits.push(`asked for a person at ${clock(v.queued_at)} (${ago(v.queued_at)} ago)`);
+    if (v.intents && v.intents.length) bits.push(v.intents.map(intentWords).join(", "));
+    if (c.state === "open") bits.push(c.present ? "visitor is here" : "visitor left the page");
+    $("chat-meta").textContent = bits.join(" · ");
+    $("chat-actions").hidden = c.state !== "open";
+    let status = null, closed = false;
+    if (c.state !== "open") { status = c.note; closed = true; }
+    else if (c.branchDown) status = `Branch ${v.node_id} is offline. Your messages will be delivered when it is back.`;
+    else if (!c.present) status = "The visitor left the page. They may come back; if not, the chat closes by itself.";
+    $("chat-status").hidden = !status;
+    $("chat-status").textContent = status || "";
+    $("chat-status").classList.toggle("closed", closed);
+  }
   function renderChat() {
     const c = current && chats.get(current);
-    $("lines").replaceChildren();
-    $("reply").hidden = !c || c.closed;
-    $("chat-head").textContent = c ? `Branch ${c.view.node_id} — language ${c.view.lang}${c.closed ? " — closed" : ""}` : "No chat selected";
+    renderHead();
+    const ol = $("lines");
+    ol.replaceChildren();
+    $("reply").hidden = !c || c.state !== "open";
+    showTyping();
+    closePicker();
     if (!c) return;
-    for (const l of c.view.lines) $("lines").appendChild(lineEl(l));
-    $("lines").scrollTop = $("lines").scrollHeight;
+    for (const l of linesOf(current)) ol.append(lineEl(l));
+    ol.scrollTop = ol.scrollHeight;
   }
+  // The visitor is typing in a chat until this time (ms), refreshed by each
+  // typing signal; their line ends it.
+  const typingUntil = new Map();
+  function showTyping() {
+    const until = current ? typingUntil.get(current) || 0 : 0;
+    const left = until - Date.now();
+    $("typing").hidden = left <= 0;
+    clearTimeout(showTyping.timer);
+    if (left > 0) showTyping.timer = setTimeout(showTyping, left);
+  }
+  function addLine(id, line) {
+    const c = chats.get(id);
+    if (!c) return;
+    if (line.sender === "visitor") typingUntil.delete(id);
+    c.view.lines.push(line);
+    if (id === current && !document.hidden) {
+      renderChat();
+    } else if (line.sender === "visitor") {
+      c.unread += 1;
+      notify("New message", `${label(c.view)}: ${line.text}`);
+      if (document.hidden) beep();
+    }
+    renderList(); updateBadges();
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && current && chats.get(current)) { chats.get(current).unread = 0; renderList(); renderChat(); updateBadges(); }
+  });
 
+  // ---------- the console socket
+  const socketOpen = () => ws && ws.readyState === 1;
+  function setConn(ok, text) { const c = $("conn"); c.textContent = text; c.classList.toggle("bad", !ok); }
+  function send(obj) { if (!socketOpen()) return false; ws.send(JSON.stringify(obj)); return true; }
   function connect() {
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console/ws";
     ws = new WebSocket(url);
-    ws.addEventListener("open", () => { $("conn").textContent = "Connected"; ws.send(JSON.stringify({ type: "presence", state: $("presence").value })); });
-    ws.addEventListener("close", () => { $("conn").textContent = "Reconnecting…"; setTimeout(connect, 1500); });
+    ws.addEventListener("open", () => {
+      retryMs = 1000;
+      setConn(true, "Connected");
+      send({ type: "presence", state: $("presence").value });
+      flush();
+      renderChat();
+    });
+    ws.addEventListener("close", async () => {
+      setConn(false, "Reconnecting… your messages will be sent when it is back");
+      renderChat();
+      // A session that ended (logged out elsewhere, disabled) goes back to the login.
+      const r = await api("/console/api/me").catch(() => null);
+      if (r && r.status === 401) { showLogin(); $("login-error").textContent = "Your session ended. Please log in again."; return; }
+      setTimeout(connect, retryMs);
+      retryMs = Math.min(retryMs * 2, 8000);
+    });
     ws.addEventListener("message", (ev) => {
       let f; try { f = JSON.parse(ev.data); } catch { return; }
-      if (f.type === "assigned") {
-        chats.set(f.chat.id, { view: f.chat, closed: false });
-        if (!current) current = f.chat.id;
-        renderList(); renderChat();
-      } else if (f.type === "line") {
-        const c = chats.get(f.chat);
-        if (c) { c.view.lines.push(f.line); if (f.chat === current) { $("lines").appendChild(lineEl(f.line)); $("lines").scrollTop = $("lines").scrollHeight; } }
-      } else if (f.type === "closed" || f.type === "requeued") {
-        const c = chats.get(f.chat);
-        if (c) { c.closed = true; renderList(); renderChat(); }
-      } else if (f.type === "typing") {
-        if (f.chat === current) {
-          const head = $("chat-head");
-          head.dataset.typing = "1";
-          const base = head.textContent.replace(/ — visitor is typing…$/, "");
-          head.textContent = base + " — visitor is typing…";
-          setTimeout(() => { head.textContent = head.textContent.replace(/ — visitor is typing…$/, ""); }, 3000);
-        }
-      } else if (f.type === "node_status") {
-        toast(f.online ? `Branch ${f.node} is back online.` : `Branch ${f.node} went offline — your messages will be delivered when it returns.`);
-        $("conn").textContent = f.online ? "Connected" : `Branch ${f.node} offline`;
-      } else if (f.type === "error") {
-        toast(f.message);
-      }
+      onFrame(f);
     });
   }
+  function onFrame(f) {
+    switch (f.type) {
+      case "assigned": {
+        const known = chats.get(f.chat.id);
+        const fresh = !known || known.state !== "open";
+        chats.set(f.chat.id, { view: f.chat, state: "open", note: null, unread: fresh ? 1 : known.unread, present: f.chat.visitor_present, branchDown: false });
+        if (fresh) {
+          beep();
+          notify("New chat", `${label(f.chat)} — ${(f.chat.intents || []).map(intentWords).join(", ") || "asked for a person"}`);
+        }
+        if (!current && window.matchMedia("(min-width: 761px)").matches) { select(f.chat.id); break; }
+        if (f.chat.id === current) { chats.get(current).unread = 0; renderChat(); }
+        renderList(); updateBadges();
+        break;
+      }
+      case "line": addLine(f.chat, f.line); break;
+      case "closed":
+      case "requeued": {
+        const c = chats.get(f.chat);
+        if (!c) break;
+        c.state = f.type === "closed" ? "closed" : "gone";
+        c.note = f.type === "requeued" ? "This chat left you: it was transferred or went back to the queue."
+          : (f.reason ? `Closed: ${f.reason}` : "You closed this chat.");
+        pending = pending.filter((p) => p.chat !== f.chat || p.status !== "failed");
+        renderList(); if (f.chat === current) renderChat(); updateBadges();
+        break;
+      }
+      case "visitor": {
+        const c = chats.get(f.chat);
+        if (c) { c.present = f.present; renderList(); if (f.chat === current) renderHead(); }
+        break;
+      }
+      case "typing":
+        typingUntil.set(f.chat, Date.now() + TYPING_SHOWN_MS);
+        showTyping();
+        break;
+      case "node_status": {
+        for (const c of chats.values()) if (c.view.node_id === f.node) c.branchDown = !f.online;
+        renderHead();
+        toast(f.online ? `Branch ${f.node} is back online.` : `Branch ${f.node} went offline — your messages will be delivered when it returns.`, !f.online);
+        break;
+      }
+      case "ack": {
+        const p = pending.find((x) => x.client_id === f.client_id);
+        if (!p) break;
+        pending = pending.filter((x) => x !== p); savePending();
+        const c = chats.get(p.chat);
+        if (c) c.view.lines.push({ sender: "agent", author: me.display_name, text: p.text, at: p.at });
+        if (p.chat === current) renderChat();
+        renderList();
+        break;
+      }
+      case "error": {
+        const p = f.client_id && pending.find((x) => x.client_id === f.client_id);
+        if (p) { p.status = "failed"; p.error = f.message; savePending(); if (p.chat === current) renderChat(); }
+        else toast(f.message);
+        break;
+      }
+      default: break;
+    }
+  }
 
-  $("login-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const r = await api("/console/api/login", { method: "POST", body: JSON.stringify({ username: $("username").value, password: $("password").value }) });
-    if (r.ok) { showApp(await r.json()); } else { const b = await r.json().catch(() => ({})); $("login-error").textContent = b.error || "Login failed"; }
+  // ---------- sending lines: shown at once, kept until acknowledged
+  const pendingKey = () => `edgedesk-pending-${me ? me.id : ""}`;
+  function savePending() { try { sessionStorage.setItem(pendingKey(), JSON.stringify(pending)); } catch { /* full */ } }
+  function loadPending() { try { pending = JSON.parse(sessionStorage.getItem(pendingKey()) || "[]"); } catch { pending = []; } }
+  function flush() {
+    for (const p of pending) {
+      if (p.status !== "sending") continue;
+      if (!send({ type: "message", chat: p.chat, text: p.text, client_id: p.client_id })) return;
+    }
+  }
+  function sendLine(chat, text) {
+    const id = "c" + Date.now().toString(36) + Math.random().toString(36).slice(2, 10);
+    pending.push({ client_id: id, chat, text, at: Date.now(), status: "sending", error: null });
+    savePending();
+    flush();
+    renderChat(); renderList();
+  }
+
+  // ---------- reply box, canned picker, typing
+  let picker = { items: [], index: 0 };
+  function closePicker() { $("canned-picker").hidden = true; picker = { items: [], index: 0 }; }
+  function openPicker(query) {
+    const c = chats.get(current);
+    const lang = c ? c.view.lang : "en";
+    const q = query.toLowerCase();
+    const pool = canned.filter((x) => x.lang === lang);
+    picker.items = (pool.length ? pool : canned).filter((x) => x.shortcut.toLowerCase().includes(q) || x.text.toLowerCase().includes(q)).slice(0, 8);
+    picker.index = Math.min(picker.index, Math.max(0, picker.items.length - 1));
+    const ul = $("canned-picker");
+    ul.replaceChildren();
+    if (!picker.items.length) {
+      ul.append(el("li", "none", canned.length ? "No canned reply matches." : "No canned replies yet (a supervisor adds them in Settings)."));
+    }
+    picker.items.forEach((x, i) => {
+      const li = el("li");
+      li.setAttribute("role", "option");
+      li.setAttribute("aria-selected", String(i === picker.index));
+      li.append(el("b", null, "/" + x.shortcut), document.createTextNode(x.text));
+      li.addEventListener("mousedown", (e) => { e.preventDefault(); picker.index = i; choose(); });
+      ul.append(li);
+    });
+    ul.hidden = false;
+  }
+  function choose() {
+    const x = picker.items[picker.index];
+    if (!x) return;
+    $("reply-text").value = x.text;
+    closePicker();
+    $("reply-text").focus();
+  }
+  let lastTypingSent = 0;
+  $("reply-text").addEventListener("input", () => {
+    const v = $("reply-text").value;
+    if (v.startsWith("/") && !v.includes("\n")) openPicker(v.slice(1)); else closePicker();
+    if (current && Date.now() - lastTypingSent > TYPING_SEND_MS) { lastTypingSent = Date.now(); send({ type: "typing", chat: current }); }
   });
-  $("logout").addEventListener("click", async () => { await api("/console/api/logout", { method: "POST" }); location.reload(); });
-  $("presence").addEventListener("change", () => { if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "presence", state: $("presence").value })); });
+  $("reply-text").addEventListener("keydown", (e) => {
+    const open = !$("canned-picker").hidden && picker.items.length > 0;
+    if (open && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
+      e.preventDefault();
+      picker.index = (picker.index + (e.key === "ArrowDown" ? 1 : picker.items.length - 1)) % picker.items.length;
+      openPicker($("reply-text").value.slice(1));
+    } else if (open && (e.key === "Enter" || e.key === "Tab")) {
+      e.preventDefault(); choose();
+    } else if (e.key === "Escape") {
+      closePicker();
+    } else if (e.key === "Enter" && !e.shiftKey) {
+      e.preventDefault(); $("reply").requestSubmit();
+    }
+  });
   $("reply").addEventListener("submit", (e) => {
     e.preventDefault();
-    let text = $("reply-text").value.trim();
-    // "/shortcut" expands to the canned response in the chat's language.
-    if (text.startsWith("/") && current) {
-      const lang = chats.get(current).view.lang;
-      const hit = canned.find((c) => c.lang === lang && "/" + c.shortcut === text);
-      if (hit) text = hit.text;
-    }
-    if (!text || !current) return;
-    ws.send(JSON.stringify({ type: "message", chat: current, text }));
-    const line = { sender: "agent", text, at: Date.now() };
-    chats.get(current).view.lines.push(line);
-    $("lines").appendChild(lineEl(line));
+    const text = $("reply-text").value.trim();
+    const c = current && chats.get(current);
+    if (!text || !c || c.state !== "open") return;
+    if (text.startsWith("/") && !text.includes(" ")) { openPicker(text.slice(1)); return; }
     $("reply-text").value = "";
+    closePicker();
+    sendLine(current, text);
   });
-  $("reply-text").addEventListener("input", () => { if (current && ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "typing", chat: current })); });
-  $("canned-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const r = await api("/console/api/canned", { method: "POST", body: JSON.stringify({ lang: $("canned-lang").value, shortcut: $("canned-shortcut").value, text: $("canned-text").value }) });
-    if (!r.ok) { const b = await r.json().catch(() => ({})); toast(b.error || "Could not save"); return; }
-    $("canned-shortcut").value = ""; $("canned-text").value = "";
-    renderCanned();
-  });
-  $("agent-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const body = {
-      username: $("new-username").value, display_name: $("new-name").value, role: $("new-role").value,
-      password: $("new-password").value, languages: $("new-languages").value.split(",").map((s) => s.trim()).filter(Boolean),
-      capacity: Number($("new-capacity").value),
-    };
-    const r = await api("/console/api/agents", { method: "POST", body: JSON.stringify(body) });
-    if (!r.ok) { const b = await r.json().catch(() => ({})); toast(b.error || "Could not create"); return; }
-    $("new-password").value = "";
-    renderAgents();
+
+  // ---------- chat actions
+  $("close-chat").addEventListener("click", () => { if (current) { $("resolution").value = ""; $("close-dialog").showModal(); } });
+  $("close-cancel").addEventListener("click", () => $("close-dialog").close());
+  $("close-form").addEventListener("submit", () => {
+    if (current && !send({ type: "close", chat: current, resolution: $("resolution").value.trim() })) toast("Not connected: the chat was not closed. Try again when connected.");
   });
   async function loadColleagues() {
     const r = await api("/console/api/colleagues");
     if (!r.ok) return;
-    const sel = $("transfer-to");
-    const keep = sel.value;
+    const sel = $("transfer-to"), keep = sel.value;
     sel.replaceChildren(new Option("Transfer to…", ""));
-    for (const c of await r.json()) sel.appendChild(new Option(`${c.name} (${c.free} free)`, c.id));
+    for (const c of await r.json()) sel.append(new Option(`${c.name} (${c.free} free)`, c.id));
     sel.value = keep;
   }
   $("transfer-to").addEventListener("focus", loadColleagues);
+  $("transfer-to").addEventListener("mousedown", loadColleagues);
   $("transfer").addEventListener("click", () => {
     const to = $("transfer-to").value;
-    if (current && to) ws.send(JSON.stringify({ type: "transfer", chat: current, to }));
+    if (!to) { toast("Choose a colleague to transfer to."); return; }
+    if (current && !send({ type: "transfer", chat: current, to })) toast("Not connected: try again when connected.");
   });
   $("requeue").addEventListener("click", () => {
-    if (current) ws.send(JSON.stringify({ type: "transfer", chat: current, to: null }));
+    if (current && !send({ type: "transfer", chat: current, to: null })) toast("Not connected: try again when connected.");
   });
+  $("presence").addEventListener("change", () => send({ type: "presence", state: $("presence").value }));
+  document.addEventListener("keydown", (e) => {
+    if (!me || !e.altKey) return;
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      const ids = orderedChats();
+      if (!ids.length) return;
+      e.preventDefault();
+      const i = ids.indexOf(current);
+      const next = e.key === "ArrowDown" ? (i + 1) % ids.length : (i <= 0 ? ids.length - 1 : i - 1);
+      show("chats"); select(ids[next]);
+    } else if (e.key.toLowerCase() === "w" && current && chats.get(current).state === "open") {
+      e.preventDefault(); $("close-chat").click();
+    }
+  });
+
+  // ---------- tickets (offline messages)
+  let resolving = null;
+  async function loadTickets() {
+    const r = await api("/console/api/tickets").catch(() => null);
+    if (!r || !r.ok) return;
+    const list = await r.json();
+    openTickets = list.filter((t) => t.state === "open").length;
+    updateBadges();
+    const tb = $("tickets");
+    tb.replaceChildren();
+    $("tickets-empty").hidden = list.length > 0;
+    for (const t of list) {
+      const tr = el("tr");
+      const cell = (text, cls) => { const td = el("td", cls, text); tr.append(td); return td; };
+      cell(dateTime(t.created_at)); cell(t.node_id); cell(t.name); cell(t.contact); cell(t.message, "msg");
+      const who = t.state === "claimed" ? (t.agent_id === me.id ? "claimed by you" : "claimed") : t.state;
+      cell(t.state === "resolved" && t.resolution ? `resolved: ${t.resolution}` : who, "state-" + t.state);
+      const actions = el("div", "row");
+      if (t.state === "open") actions.append(button("Claim", async () => {
+        const r = await api(`/console/api/tickets/${encodeURIComponent(t.id)}/claim`, { method: "POST" });
+        if (!r.ok) toast(await errorOf(r, "Could not claim it")); else toast("Claimed: it is yours to resolve.", false);
+        loadTickets();
+      }, "primary"));
+      if (t.state === "claimed" && (t.agent_id === me.id || allowed("supervisor"))) actions.append(button("Resolve…", () => {
+        resolving = t;
+        $("resolve-summary").textContent = `${t.name} (${t.contact}): ${t.message}`;
+        $("resolve-note").value = "";
+        $("resolve-dialog").showModal();
+      }, "primary"));
+      actions.append(button("Transcript", async () => {
+        const r = await api(`/console/api/tickets/${encodeURIComponent(t.id)}/transcript`);
+        if (!r.ok) { toast(await errorOf(r, "No transcript")); return; }
+        show("history"); showTranscript(await r.json());
+      }));
+      const td = el("td"); td.append(actions); tr.append(td);
+      tb.append(tr);
+    }
+  }
+  function button(text, onClick, cls) { const b = el("button", cls, text); b.type = "button"; b.addEventListener("click", onClick); return b; }
+  $("resolve-cancel").addEventListener("click", () => $("resolve-dialog").close());
+  $("resolve-form").addEventListener("submit", async (e) => {
+    const note = $("resolve-note").value.trim();
+    if (!note) { e.preventDefault(); $("resolve-note").focus(); return; }
+    const t = resolving; resolving = null;
+    if (!t) return;
+    const r = await api(`/console/api/tickets/${encodeURIComponent(t.id)}/resolve`, { method: "POST", body: JSON.stringify({ note }) });
+    if (!r.ok) toast(await errorOf(r, "Could not resolve it")); else toast("Resolved.", false);
+    loadTickets();
+  });
+
+  // ---------- history
+  function showTranscript(v) {
+    $("transcript-title").textContent = `${label(v)} · ${dateTime(v.created_at)}`;
+    const bits = [LANGS[v.lang] || v.lang, v.escalated ? `reached a person${v.agent_name ? " (" + v.agent_name + ")" : ""}` : "bot only"];
+    if (v.resolution) bits.push(`outcome: ${v.resolution}`);
+    if (v.rating) bits.push(`rated ${v.rating}/5`);
+    $("transcript-meta").textContent = bits.join(" · ");
+    $("transcript").replaceChildren(...v.lines.map(lineEl));
+  }
   $("search").addEventListener("submit", async (e) => {
     e.preventDefault();
     const p = new URLSearchParams();
@@ -264,29 +562,134 @@
     put("intent", $("search-intent").value.trim());
     put("agent", $("search-agent").value.trim());
     put("escalated", $("search-escalated").value);
-    const day = (id, plus) => { const v = $(id).value; return v ? String(Date.parse(v + "T00:00:00Z") + plus) : ""; };
+    const day = (id, plus) => { const v = $(id).value; return v ? String(Date.parse(v + "T00:00:00") + plus) : ""; };
     put("since", day("search-since", 0));
     put("until", day("search-until", 86400000));
     const r = await api("/console/api/chats?" + p.toString());
-    if (!r.ok) return;
+    if (!r.ok) { toast(await errorOf(r, "Search failed")); return; }
+    const list = await r.json();
     const ul = $("results"); ul.replaceChildren();
-    for (const c of await r.json()) {
-      const li = document.createElement("li");
-      const b = document.createElement("button"); b.type = "button";
-      b.textContent = `${c.node_id} · ${new Date(c.created_at).toLocaleString()} · ${c.escalated ? c.state : "bot only"}`;
+    $("results-empty").hidden = list.length > 0;
+    for (const c of list) {
+      const b = el("button"); b.type = "button";
+      b.append(el("strong", null, `${label(c)} · ${dateTime(c.created_at)}`));
+      b.append(el("span", "meta", `${c.escalated ? (c.agent_name ? "with " + c.agent_name : c.state) : "bot only"}${c.rating ? " · rated " + c.rating + "/5" : ""}`));
+      if (c.last_line) b.append(el("span", "preview", `${whoOf(c.last_line)}: ${c.last_line.text}`));
       b.addEventListener("click", async () => {
-        const v = await (await api("/console/api/chats/" + encodeURIComponent(c.id))).json();
-        current = null; renderList();
-        $("reply").hidden = true;
-        $("chat-head").textContent = `History: ${v.node_id} — ${v.resolution || v.state}${v.rating ? " — rated " + v.rating : ""}`;
-        $("lines").replaceChildren(...v.lines.map(lineEl));
+        const r = await api("/console/api/chats/" + encodeURIComponent(c.id));
+        if (!r.ok) { toast(await errorOf(r, "Could not open it")); return; }
+        showTranscript(await r.json());
       });
-      li.appendChild(b); ul.appendChild(li);
+      const li = el("li"); li.append(b); ul.append(li);
     }
   });
-  $("close-chat").addEventListener("click", () => {
-    if (!current) return;
-    ws.send(JSON.stringify({ type: "close", chat: current, resolution: $("resolution").value }));
+
+  // ---------- dashboard
+  function chart(svg, days, key, max, decimals) {
+    const NS = "http://www.w3.org/2000/svg";
+    const W = 360, H = 160, L = 34, R = 8, T = 12, B = 24;
+    const mk = (tag, attrs, text) => { const n = document.createElementNS(NS, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v)); if (text != null) n.textContent = text; svg.append(n); return n; };
+    svg.replaceChildren();
+    const DAY = 86400000, today = Math.floor(Date.now() / DAY) * DAY, start = today - 29 * DAY;
+    const pw = W - L - R, ph = H - T - B, slot = pw / 30;
+    const y = (v) => T + ph - (v / max) * ph;
+    for (const f of [0, 0.5, 1]) {
+      mk("line", { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), class: f === 0 ? "axis" : "grid" });
+      mk("text", { x: L - 4, y: y(max * f) + 3, "text-anchor": "end" }, (max * f).toFixed(decimals));
+    }
+    mk("line", { x1: L, x2: L, y1: T, y2: T + ph, class: "axis" });
+    for (const i of [0, 15, 29]) {
+      const d = new Date(start + i * DAY);
+      mk("text", { x: L + i * slot + slot / 2, y: H - 6, "text-anchor": "middle" }, d.toLocaleDateString([], { month: "short", day: "numeric" }));
+    }
+    const points = days.filter((d) => d[key] != null && d.day >= start);
+    if (!points.length) { mk("text", { x: L + pw / 2, y: T + ph / 2, "text-anchor": "middle" }, "No data yet"); return; }
+    for (const d of points) {
+      const i = Math.round((d.day - start) / DAY), v = Math.max(0, d[key]);
+      const x = L + i * slot + 1, h = Math.max(1, T + ph - y(Math.min(v, max)));
+      const r = mk("rect", { x, y: T + ph - h, width: Math.max(2, slot - 2), height: h, class: "bar" });
+      const title = document.createElementNS(NS, "title");
+      title.textContent = `${new Date(d.day).toLocaleDateString()}: ${v.toFixed(decimals)} (${d.chats} chats)`;
+      r.append(title);
+      mk("text", { x: x + slot / 2 - 1, y: T + ph - h - 3, "text-anchor": "middle", class: "value" }, v.toFixed(decimals));
+    }
+  }
+  async function refreshDashboard() {
+    const r = await api("/console/api/dashboard").catch(() => null);
+    if (!r || !r.ok) return;
+    const d = await r.json();
+    $("d-waiting").textContent = String(d.live.waiting);
+    $("d-away").textContent = String(d.live.waiting_away);
+    $("d-wait").textContent = ago(Date.now() - d.live.longest_wait_ms);
+    $("d-online").textContent = String(d.nodes_online);
+    $("d-offline").textContent = String(d.nodes_offline);
+    const tb = $("d-agents"); tb.replaceChildren();
+    for (const a of d.live.agents) {
+      const tr = el("tr");
+      const status = a.presence === "offline" ? "offline" : a.connected ? a.presence : `${a.presence}, reconnecting`;
+      for (const v of [a.name || a.id, status, `${a.chats} of ${a.capacity}`]) tr.append(el("td", null, v));
+      tb.append(tr);
+    }
+    if (!d.live.agents.length) { const tr = el("tr"); const td = el("td", "empty", "No agent has logged in since the controller started."); td.colSpan = 3; tr.append(td); tb.append(tr); }
+    const frt = d.days.map((x) => x.first_response_s).filter((x) => x != null);
+    const top = Math.max(10, ...frt);
+    chart($("d-frt"), d.days, "first_response_s", Math.ceil(top / 10) * 10, 0);
+    chart($("d-csat"), d.days, "csat", 5, 1);
+  }
+
+  // ---------- settings
+  async function loadCanned() {
+    const r = await api("/console/api/canned").catch(() => null);
+    if (r && r.ok) canned = await r.json();
+  }
+  async function renderCanned() {
+    await loadCanned();
+    const ul = $("canned-list"); ul.replaceChildren();
+    if (!canned.length) ul.append(el("li", "empty", "No canned responses yet."));
+    for (const c of canned) {
+      const li = el("li");
+      li.append(el("b", null, `${c.lang} /${c.shortcut}`), el("span", null, c.text));
+      li.append(button("Delete", async () => {
+        const r = await api(`/console/api/canned/${c.id}`, { method: "DELETE" });
+        if (!r.ok) toast(await errorOf(r, "Could not delete")); renderCanned();
+      }));
+      ul.append(li);
+    }
+  }
+  $("canned-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await api("/console/api/canned", { method: "POST", body: JSON.stringify({ lang: $("canned-lang").value, shortcut: $("canned-shortcut").value.trim(), text: $("canned-text").value.trim() }) });
+    if (!r.ok) { toast(await errorOf(r, "Could not save")); return; }
+    $("canned-shortcut").value = ""; $("canned-text").value = "";
+    toast("Saved.", false);
+    renderCanned();
+  });
+  async function renderAgents() {
+    const r = await api("/console/api/agents");
+    if (!r.ok) return;
+    const ul = $("agent-list"); ul.replaceChildren();
+    for (const a of await r.json()) {
+      const li = el("li");
+      li.append(el("span", null, `${a.display_name} (${a.username}, ${a.role}, ${a.languages.join("/")}, up to ${a.capacity} chats${a.disabled ? ", disabled" : ""})`));
+      if (!a.disabled && a.id !== me.id) li.append(button("Disable", async () => {
+        const r = await api(`/console/api/agents/${encodeURIComponent(a.id)}/disable`, { method: "POST" });
+        if (!r.ok) toast(await errorOf(r, "Could not disable")); renderAgents();
+      }, "danger"));
+      ul.append(li);
+    }
+  }
+  $("agent-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = {
+      username: $("new-username").value.trim(), display_name: $("new-name").value.trim(), role: $("new-role").value,
+      password: $("new-password").value, languages: $("new-languages").value.split(",").map((s) => s.trim()).filter(Boolean),
+      capacity: Number($("new-capacity").value),
+    };
+    const r = await api("/console/api/agents", { method: "POST", body: JSON.stringify(body) });
+    if (!r.ok) { toast(await errorOf(r, "Could not create the agent")); return; }
+    $("new-password").value = "";
+    toast(`Created ${body.display_name}.`, false);
+    renderAgents();
   });
 
   api("/console/api/me").then(async (r) => { if (r.ok) showApp(await r.json()); else showLogin(); }).catch(showLogin);

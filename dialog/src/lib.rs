@@ -398,6 +398,7 @@ impl Engine {
         conv.escalated = true;
         let mut r = self.reply("agent_joined", conv.lang, &[("agent", agent)], &[]);
         r.from = Sender::System;
+        r.author = Some(agent.to_owned());
         r
     }
 

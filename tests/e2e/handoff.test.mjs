@@ -1,162 +1,335 @@
-// Live handoff in real Chromium: a visitor in the kiosk page asks for a
-// person; an agent logs in to the console page, gets the chat, replies; the
-// visitor sees it and rates the chat. HTML/script payloads stay inert in
-// both pages.
+// The agents' console and live handoff in real Chromium, against a real
+// controller and a real enrolled edge node. Every check is of what is on
+// screen (visible, inside the viewport), and each main step is saved as a
+// screenshot in build/e2e/ (console-*.png, kiosk-*.png).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { join } from "node:path";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { startEdgeNode, startController, adminCall, launchBrowser, botSays, SHOTS } from "./helpers.mjs";
+import { startController, startBranch, adminCall, launchBrowser, botSays, assertOnScreen, shot } from "./helpers.mjs";
 
+const PASSWORD = "a long enough password";
 let ctl, node, browser;
+
 before(async () => {
   ctl = await startController();
-  await adminCall(ctl, "POST", "/api/v1/agents", {
-    username: "grace", display_name: "Grace", role: "agent",
-    password: "a long enough password", languages: ["en", "zh"], capacity: 3,
-  });
-  // A supervisor adds a canned response the agent will use by shortcut.
-  await adminCall(ctl, "POST", "/api/v1/agents", {
-    username: "sam", display_name: "Sam", role: "supervisor",
-    password: "a long enough password", languages: ["en"], capacity: 1,
-  });
+  for (const [username, display_name, role, languages, capacity] of [
+    ["grace", "Grace Hopper", "agent", ["en", "zh"], 3],
+    ["sam", "Sam Supervisor", "supervisor", ["en"], 1],
+  ]) {
+    await adminCall(ctl, "POST", "/api/v1/agents", { username, display_name, role, password: PASSWORD, languages, capacity });
+  }
+  // The supervisor's canned responses, used by the agent's picker below.
   const login = await fetch(ctl.url + "/console/api/login", {
     method: "POST", headers: { "content-type": "application/json" },
-    body: JSON.stringify({ username: "sam", password: "a long enough password" }),
+    body: JSON.stringify({ username: "sam", password: PASSWORD }),
   });
   const cookie = login.headers.get("set-cookie").split(";")[0];
   const { csrf } = await login.json();
-  const put = await fetch(ctl.url + "/console/api/canned", {
-    method: "POST",
-    headers: { "content-type": "application/json", cookie, "x-csrf-token": csrf },
-    body: JSON.stringify({ lang: "en", shortcut: "atm", text: "Please tell me which ATM kept your card." }),
-  });
-  if (!put.ok) throw new Error(`canned: ${put.status}`);
-  const { token } = await adminCall(ctl, "POST", "/api/v1/tokens", { node_id: "branch-e2e" });
-  const dir = mkdtempSync(join(tmpdir(), "edgedesk-node-"));
-  node = await startEdgeNode({
-    EDGEDESK_CLOUD__ENABLED: "true",
-    EDGEDESK_CLOUD__NODE_ID: JSON.stringify("branch-e2e"),
-    EDGEDESK_CLOUD__ENROLL_TOKEN: JSON.stringify(token),
-    EDGEDESK_CLOUD__CONTROLLER_URL: JSON.stringify(ctl.url),
-    EDGEDESK_CLOUD__IDENTITY_PATH: JSON.stringify(join(dir, "identity.json")),
-    EDGEDESK_CLOUD__HEARTBEAT_SECS: "1",
-    EDGEDESK_CLOUD__ACK_TIMEOUT_SECS: "2",
-  });
-  browser = await launchBrowser();
-  // Wait until the node is online at the controller.
-  for (let i = 0; i < 100; i++) {
-    const n = await adminCall(ctl, "GET", "/api/v1/nodes").catch(() => []);
-    if (n.some((x) => x.id === "branch-e2e" && x.online)) break;
-    await new Promise((r) => setTimeout(r, 100));
+  for (const [shortcut, text] of [["atm", "Please tell me which ATM kept your card."], ["hours", "We are open 9:00 to 17:00."]]) {
+    const put = await fetch(ctl.url + "/console/api/canned", {
+      method: "POST", headers: { "content-type": "application/json", cookie, "x-csrf-token": csrf },
+      body: JSON.stringify({ lang: "en", shortcut, text }),
+    });
+    if (!put.ok) throw new Error(`canned: ${put.status}`);
   }
+  node = await startBranch(ctl, "branch-e2e");
+  browser = await launchBrowser();
 });
 after(async () => { await browser?.close(); await node?.stop(); await ctl?.stop(); });
 
-test("a visitor reaches an agent, they talk, the visitor rates the chat; payloads stay inert", async () => {
+async function page(viewport = { width: 1280, height: 800 }) {
+  const ctx = await browser.newContext({ viewport });
+  const p = await ctx.newPage();
   const errors = [];
-  const agentCtx = await browser.newContext({ viewport: { width: 1200, height: 800 } });
-  const agent = await agentCtx.newPage();
-  agent.on("pageerror", (e) => errors.push("agent: " + e.message));
-  await agent.goto(ctl.url + "/console");
-  await agent.getByLabel("Username", { exact: true }).fill("grace");
-  await agent.getByLabel("Password", { exact: true }).fill("a long enough password");
-  await agent.getByRole("button", { name: "Log in" }).click();
-  await agent.locator("#who", { hasText: "Grace" }).waitFor();
-  await agent.locator("#conn", { hasText: "Connected" }).waitFor();
+  p.on("pageerror", (e) => errors.push(e.message));
+  return { ctx, p, errors };
+}
 
-  const visitorCtx = await browser.newContext({ viewport: { width: 900, height: 1200 } });
-  const visitor = await visitorCtx.newPage();
-  visitor.on("pageerror", (e) => errors.push("visitor: " + e.message));
-  await visitor.goto(node.url);
-  await botSays(visitor, "branch assistant");
-  await visitor.locator("#input").fill("my card was swallowed");
-  await visitor.keyboard.press("Enter");
-  await botSays(visitor, "");
-  await visitor.locator("#input").fill("I want to talk to a human");
-  await visitor.keyboard.press("Enter");
+async function login(p, username) {
+  await p.goto(ctl.url + "/console");
+  await p.getByLabel("Username", { exact: true }).fill(username);
+  await p.getByLabel("Password", { exact: true }).fill(PASSWORD);
+  await p.getByRole("button", { name: "Log in" }).click();
+  await assertOnScreen(p, p.locator("#conn", { hasText: "Connected" }), "connection status");
+}
 
-  // The agent gets the chat with the conversation so far.
-  await agent.locator("#chats button").first().waitFor({ timeout: 15000 });
-  await agent.locator("#lines li", { hasText: "my card was swallowed" }).waitFor();
-  await visitor.locator(".msg", { hasText: "Grace has joined" }).waitFor({ timeout: 15000 });
+async function visitorAsksForAPerson(p, first) {
+  await p.goto(node.url);
+  await botSays(p, "branch assistant");
+  await p.locator("#input").fill(first);
+  await p.keyboard.press("Enter");
+  await botSays(p, "");
+  await p.locator("#input").fill("I want to talk to a human");
+  await p.keyboard.press("Enter");
+}
 
-  // Agent → visitor, with an HTML payload that must stay text.
+test("login: a wrong password says so; after login the chat list is on screen and the form is gone", async () => {
+  const { ctx, p, errors } = await page();
+  await p.goto(ctl.url + "/console");
+  await assertOnScreen(p, p.locator("#login-form"), "login form");
+  await p.getByLabel("Username", { exact: true }).fill("grace");
+  await p.getByLabel("Password", { exact: true }).fill("not the password");
+  await p.getByRole("button", { name: "Log in" }).click();
+  await assertOnScreen(p, p.locator("#login-error", { hasText: "wrong username or password" }), "login error");
+  await shot(p, "console-login-error");
+  await p.getByLabel("Password", { exact: true }).fill(PASSWORD);
+  await p.getByRole("button", { name: "Log in" }).click();
+  await assertOnScreen(p, p.getByText("No chats yet"), "empty chat list");
+  assert.equal(await p.locator("#login").isVisible(), false, "the login form is not on screen");
+  assert.equal(await p.getByText("please log in").isVisible(), false);
+  // A plain agent has no dashboard and no settings.
+  assert.equal(await p.getByRole("button", { name: "Dashboard" }).isVisible(), false);
+  assert.equal(await p.getByRole("button", { name: "Settings" }).isVisible(), false);
+  await shot(p, "console-agent-empty");
+  // A reload keeps the session and shows the app, not the form.
+  await p.reload();
+  await assertOnScreen(p, p.getByText("No chats yet"), "empty chat list after reload");
+  assert.equal(await p.locator("#login").isVisible(), false);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
+test("a visitor reaches an agent: names, times, canned picker, unread badges, close; payloads stay inert", async () => {
+  const a = await page();
+  const agent = a.p;
+  await login(agent, "grace");
+  const v = await page({ width: 900, height: 1200 });
+  const visitor = v.p;
+  await visitorAsksForAPerson(visitor, "my card was swallowed");
+
+  // The agent gets the chat, with the conversation so far, named and timed.
+  const item = agent.locator("#chats .chat-item").first();
+  await assertOnScreen(agent, item, "chat in the list");
+  assert.match(await item.innerText(), /Visitor at branch-e2e/);
+  assert.match(await item.innerText(), /Asked for a person/, "intents in words");
+  const first = agent.locator("#lines li.visitor", { hasText: "my card was swallowed" });
+  await assertOnScreen(agent, first, "the visitor's first line");
+  assert.match(await first.locator(".who").innerText(), /^Visitor\s*\d\d:\d\d/);
+  await assertOnScreen(agent, agent.locator("#reply-text"), "reply box");
+  await assertOnScreen(agent, visitor.locator(".msg.system", { hasText: "Grace Hopper has joined" }), "join line on the kiosk");
+  assert.equal(await visitor.locator(".msg.system .avatar").last().innerText(), "GH", "the agent's initials");
+  await shot(agent, "console-assigned");
+  await shot(visitor, "kiosk-agent-joined");
+
+  // Agent → visitor, with an HTML payload that must stay text; the line
+  // carries the agent's name and looks unlike the bot's.
   const fromAgent = `Hello! <img src=x onerror="window.__pwned=1"> Which ATM?`;
   await agent.locator("#reply-text").fill(fromAgent);
-  await agent.getByRole("button", { name: "Send" }).click();
-  await visitor.locator(".msg.agent", { hasText: "Which ATM?" }).waitFor({ timeout: 15000 });
-  assert.equal(await visitor.locator(".msg.agent").last().innerText().then((t) => t.includes('<img src=x onerror="window.__pwned=1">')), true);
+  await agent.keyboard.press("Enter");
+  const agentLine = visitor.locator(".msg.agent", { hasText: "Which ATM?" });
+  await assertOnScreen(visitor, agentLine, "the agent's line on the kiosk");
+  assert.ok((await agentLine.innerText()).includes('<img src=x onerror="window.__pwned=1">'));
+  assert.match(await agentLine.locator(".author").innerText(), /GH\s*Grace Hopper/);
+  const bg = (sel) => visitor.locator(sel).first().evaluate((e) => getComputedStyle(e).backgroundColor);
+  assert.notEqual(await bg(".msg.agent"), await bg(".msg.bot"), "agent lines look different from the bot's");
+  await assertOnScreen(agent, agent.locator("#lines li.agent", { hasText: "Which ATM?" }).locator(".who", { hasText: "Grace Hopper" }), "own line named");
 
-  // Visitor → agent, with a script payload.
-  const fromVisitor = `<script>window.__pwned=2</script> the one at the entrance`;
-  await visitor.locator("#input").fill(fromVisitor);
+  // The visitor types: the agent sees it; the kiosk shows no typing dots of
+  // its own while a person handles the chat.
+  await visitor.locator("#input").fill("<script>window.__pwned=2</script> the one at");
+  await assertOnScreen(agent, agent.locator("#typing"), "visitor is typing");
+  await visitor.locator("#input").press("End");
+  await visitor.locator("#input").type(" the entrance");
   await visitor.keyboard.press("Enter");
-  await agent.locator("#lines li.visitor", { hasText: "the one at the entrance" }).waitFor({ timeout: 15000 });
+  await visitor.locator(".msg.visitor:not(.pending)", { hasText: "the entrance" }).waitFor();
+  assert.equal(await visitor.locator(".typing").count(), 0, "no typing dots after a line to a person");
+  await assertOnScreen(agent, agent.locator("#lines li.visitor", { hasText: "the entrance" }), "visitor's line");
   assert.ok((await agent.locator("#lines li.visitor").last().innerText()).includes("<script>window.__pwned=2</script>"));
-  await agent.screenshot({ path: join(SHOTS, "console-agent.png") });
 
-  for (const page of [agent, visitor]) {
-    assert.equal(await page.evaluate(() => window.__pwned), undefined);
-    assert.equal(await page.locator("#lines img, #lines script, .log img, .log script").count(), 0);
-  }
+  // Canned replies: "/" opens the picker, typing filters, arrows move, Enter picks.
+  await agent.locator("#reply-text").fill("/");
+  await assertOnScreen(agent, agent.getByRole("option", { name: /\/atm/ }), "picker entry /atm");
+  await assertOnScreen(agent, agent.getByRole("option", { name: /\/hours/ }), "picker entry /hours");
+  await shot(agent, "console-canned-picker");
+  await agent.locator("#reply-text").type("a");
+  await agent.keyboard.press("ArrowDown");
+  await agent.keyboard.press("ArrowUp");
+  assert.equal(await agent.locator("#canned-picker").getByRole("option").count(), 2, "'a' matches both texts");
+  await agent.keyboard.press("Enter");
+  assert.equal(await agent.locator("#reply-text").inputValue(), "Please tell me which ATM kept your card.");
+  await agent.keyboard.press("Enter");
+  await assertOnScreen(visitor, visitor.locator(".msg.agent", { hasText: "which ATM kept your card" }), "canned line on the kiosk");
 
-  // A canned response by shortcut.
-  await agent.locator("#reply-text").fill("/atm");
-  await agent.getByRole("button", { name: "Send" }).click();
-  await visitor.locator(".msg.agent", { hasText: "Please tell me which ATM kept your card." }).waitFor({ timeout: 15000 });
+  // A second visitor: an unread badge on their chat and in the title.
+  const v2 = await page({ width: 900, height: 1200 });
+  await visitorAsksForAPerson(v2.p, "a question about my transfer");
+  const second = agent.locator("#chats .chat-item").nth(1);
+  await assertOnScreen(agent, second.locator(".unread", { hasText: "1" }), "unread count");
+  assert.match(await second.innerText(), /Visitor: I want to talk to a human/, "the newest line as preview");
+  assert.equal(await agent.locator("#chats .chat-item").first().locator(".unread").count(), 0, "the open chat has no count");
+  await agent.waitForFunction(() => document.title.startsWith("(1) "));
+  await assertOnScreen(agent, agent.locator("#badge-chats", { hasText: "1" }), "chats badge");
+  await shot(agent, "console-two-chats");
+  // Alt+Down opens the next chat and clears its count.
+  await agent.keyboard.press("Alt+ArrowDown");
+  await assertOnScreen(agent, agent.locator("#lines li.visitor", { hasText: "my transfer" }), "second chat opened");
+  await agent.waitForFunction(() => document.title === "EdgeDesk console");
+  await agent.keyboard.press("Alt+ArrowUp");
 
-  // The agent closes; the visitor rates.
-  await agent.locator("#resolution").fill("card returned at the desk");
+  // The agent closes the first chat in the page's dialog; no reply bar after.
   await agent.getByRole("button", { name: "Close chat" }).click();
-  await visitor.locator(".msg", { hasText: "How would you rate it?" }).waitFor({ timeout: 15000 });
+  await assertOnScreen(agent, agent.locator("#close-dialog"), "close dialog");
+  await agent.locator("#resolution").fill("card returned at the desk");
+  await shot(agent, "console-close-dialog");
+  await agent.locator("#close-ok").click();
+  await assertOnScreen(agent, agent.getByText("You closed this chat."), "closed status");
+  assert.equal(await agent.locator("#reply").isVisible(), false, "a closed chat has no reply bar");
+  assert.equal(await agent.getByRole("button", { name: "Transfer" }).isVisible(), false);
+  await shot(agent, "console-closed");
+  await assertOnScreen(visitor, visitor.locator(".msg", { hasText: "How would you rate it?" }), "rating prompt");
   await visitor.getByRole("button", { name: "★★★★★" }).click();
   await botSays(visitor, "Thank you for your feedback");
-  await visitor.screenshot({ path: join(SHOTS, "kiosk-after-agent.png") });
+  await shot(visitor, "kiosk-after-agent");
 
-  // History search finds the conversation and shows its transcript.
+  // The second visitor ends the chat: the agent is told, and it is closed.
+  await v2.p.getByRole("button", { name: "End chat" }).click();
+  await agent.keyboard.press("Alt+ArrowDown");
+  await assertOnScreen(agent, agent.getByText("Closed: The visitor ended the chat."), "visitor ended");
+  assert.equal(await agent.locator("#reply").isVisible(), false);
+
+  // History finds the conversation; the transcript names the agent.
+  await agent.getByRole("button", { name: "History" }).click();
   await agent.locator("#search-q").fill("swallowed");
   await agent.getByRole("button", { name: "Search" }).click();
   await agent.locator("#results button").first().click();
-  await agent.locator("#lines li.visitor", { hasText: "my card was swallowed" }).waitFor();
-  await agent.locator("#chat-head", { hasText: "card returned at the desk" }).waitFor();
-  // The filters narrow the search: this chat reached a person.
+  await assertOnScreen(agent, agent.locator("#transcript li.visitor", { hasText: "my card was swallowed" }), "transcript");
+  await assertOnScreen(agent, agent.locator("#transcript li.agent .who", { hasText: "Grace Hopper" }).first(), "agent named in history");
+  await assertOnScreen(agent, agent.locator("#transcript-meta", { hasText: "card returned at the desk" }), "outcome");
   await agent.locator("#search details summary").click();
   await agent.locator("#search-escalated").selectOption("false");
   await agent.getByRole("button", { name: "Search" }).click();
-  await agent.locator("#results li").first().waitFor({ state: "detached" });
-  assert.equal(await agent.locator("#results li").count(), 0, "not a bot-only chat");
+  await assertOnScreen(agent, agent.getByText("No conversations match."), "no bot-only match");
   await agent.locator("#search-escalated").selectOption("true");
-  await agent.locator("#search-node").fill("no-such-branch");
   await agent.getByRole("button", { name: "Search" }).click();
-  await agent.waitForTimeout(300);
-  assert.equal(await agent.locator("#results li").count(), 0, "another branch");
-  await agent.locator("#search-node").fill("");
-  await agent.getByRole("button", { name: "Search" }).click();
-  await agent.locator("#results li").first().waitFor();
+  await assertOnScreen(agent, agent.locator("#results button").first(), "escalated match");
   assert.equal(await agent.locator("#results li").count(), 1);
-  assert.deepEqual(errors, []);
-  await agentCtx.close();
-  await visitorCtx.close();
+  await shot(agent, "console-history");
+
+  for (const pg of [agent, visitor]) {
+    assert.equal(await pg.evaluate(() => window.__pwned), undefined);
+    assert.equal(await pg.locator("#lines img, #lines script, #transcript img, .log img, .log script").count(), 0);
+  }
+  assert.deepEqual([...a.errors, ...v.errors, ...v2.errors], []);
+  await a.ctx.close(); await v.ctx.close(); await v2.ctx.close();
 });
 
-test("a supervisor manages canned responses in the console page", async () => {
-  const ctx = await browser.newContext({ viewport: { width: 1200, height: 900 } });
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(ctl.url + "/console");
-  await page.getByLabel("Username", { exact: true }).fill("sam");
-  await page.getByLabel("Password", { exact: true }).fill("a long enough password");
-  await page.getByRole("button", { name: "Log in" }).click();
-  await page.locator("#manage").waitFor();
-  assert.equal(await page.locator("#agent-form").isHidden(), true, "only admins manage agents");
-  await page.getByLabel("Shortcut").fill("bye");
-  await page.getByLabel("Canned text").fill("<b>Thanks</b> for visiting!");
-  await page.getByRole("button", { name: "Save response" }).click();
-  await page.locator("#canned-list li", { hasText: "/bye: <b>Thanks</b> for visiting!" }).waitFor();
-  assert.equal(await page.locator("#canned-list b").count(), 0, "stored text is shown as text");
+test("a supervisor sees the dashboard with labelled charts and manages canned responses; agents see neither", async () => {
+  const { ctx, p, errors } = await page({ width: 1280, height: 1000 });
+  await login(p, "sam");
+  await p.getByRole("button", { name: "Dashboard" }).click();
+  await assertOnScreen(p, p.locator("#d-waiting"), "waiting figure");
+  const frt = p.locator("#d-frt");
+  await p.locator("#d-frt rect").first().waitFor();
+  const labels = await frt.locator("text").allTextContents();
+  assert.ok(labels.some((t) => /[A-Z][a-z]{2} \d+|\d+ [A-Z][a-z]{2}/.test(t)), `dates on the x axis: ${labels}`);
+  assert.ok(labels.includes("0"), `a zero on the y axis: ${labels}`);
+  const value = Number(await frt.locator("text.value").first().textContent());
+  assert.ok(value >= 0, `first response time is never negative: ${value}`);
+  await assertOnScreen(p, p.locator("#d-csat text.value", { hasText: "5.0" }), "satisfaction value");
+  await assertOnScreen(p, p.locator("#d-agents td", { hasText: "Grace Hopper" }), "agent in the table");
+  await shot(p, "console-dashboard");
+
+  await p.getByRole("button", { name: "Settings" }).click();
+  assert.equal(await p.locator("#agent-form").isVisible(), false, "only admins manage agents");
+  await p.getByLabel("Shortcut").fill("bye");
+  await p.getByLabel("Canned text").fill("<b>Thanks</b> for visiting!");
+  await p.getByRole("button", { name: "Save response" }).click();
+  await assertOnScreen(p, p.locator("#canned-list li", { hasText: "<b>Thanks</b> for visiting!" }), "saved canned response");
+  assert.equal(await p.locator("#canned-list li span b").count(), 0, "stored text is shown as text");
+  await shot(p, "console-settings");
   assert.deepEqual(errors, []);
   await ctx.close();
+});
+
+test("a message left while waiting is a ticket the agent claims, resolves in the page and reads the transcript of", async () => {
+  const a = await page();
+  const agent = a.p;
+  await login(agent, "grace");
+  await agent.locator("#presence").selectOption("away");
+  const v = await page({ width: 900, height: 1200 });
+  const visitor = v.p;
+  await visitorAsksForAPerson(visitor, "my mortgage payment");
+  await assertOnScreen(visitor, visitor.locator(".note.queue", { hasText: "number 1 in the queue" }), "queue position");
+  await shot(visitor, "kiosk-queue");
+  await visitor.getByRole("button", { name: "Leave a message" }).click();
+  for (const [text, next] of [["Ada Lovelace", "phone number or e-mail"], ["ada@example.com", "help you with"], ["Please call me about my mortgage", "ada@example.com"]]) {
+    await visitor.locator("#input").fill(text);
+    await visitor.keyboard.press("Enter");
+    await botSays(visitor, next);
+  }
+  await agent.locator("#presence").selectOption("online");
+  await assertOnScreen(agent, agent.locator("#badge-tickets", { hasText: "1" }), "messages badge");
+  assert.equal(await agent.locator("#chats .chat-item", { hasText: "mortgage" }).count(), 0, "not also a live chat");
+  await agent.getByRole("button", { name: /Messages/ }).click();
+  const row = agent.locator("#tickets tr", { hasText: "Ada Lovelace" });
+  await assertOnScreen(agent, row, "ticket row");
+  await row.getByRole("button", { name: "Claim" }).click();
+  await assertOnScreen(agent, row.getByText("claimed by you"), "claimed");
+  await row.getByRole("button", { name: "Resolve…" }).click();
+  await assertOnScreen(agent, agent.locator("#resolve-dialog"), "resolve dialog");
+  await agent.locator("#resolve-note").fill("Called back, booked a meeting");
+  await shot(agent, "console-resolve-dialog");
+  await agent.locator("#resolve-ok").click();
+  await assertOnScreen(agent, row.getByText("resolved: Called back, booked a meeting"), "resolved");
+  await shot(agent, "console-tickets");
+  await row.getByRole("button", { name: "Transcript" }).click();
+  await assertOnScreen(agent, agent.locator("#transcript li.visitor", { hasText: "my mortgage payment" }), "ticket transcript");
+  assert.deepEqual([...a.errors, ...v.errors], []);
+  await a.ctx.close(); await v.ctx.close();
+});
+
+test("on a phone the console shows one pane at a time and nothing scrolls sideways", async () => {
+  const a = await page({ width: 390, height: 844 });
+  const agent = a.p;
+  await login(agent, "grace");
+  const v = await page({ width: 390, height: 844 });
+  await visitorAsksForAPerson(v.p, "where is my new card");
+  const item = agent.locator("#chats .chat-item", { hasText: "I want to talk to a human" });
+  await assertOnScreen(agent, item, "chat in the list");
+  assert.equal(await agent.locator("#chats .chat-item").count(), 1, "only this chat is open");
+  await shot(agent, "console-phone-list");
+  await item.click();
+  await assertOnScreen(agent, agent.locator("#lines li.visitor", { hasText: "where is my new card" }), "conversation");
+  assert.equal(await agent.locator(".chat-list").isVisible(), false, "the list makes room");
+  await assertOnScreen(agent, agent.locator("#reply-text"), "reply box");
+  const overflow = await agent.evaluate(() => document.scrollingElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `console scrolls sideways by ${overflow}px`);
+  await shot(agent, "console-phone-chat");
+  await agent.getByRole("button", { name: "Back to chats" }).click();
+  await assertOnScreen(agent, item, "back to the list");
+  // Closing works at this size too: the dialog fits on screen.
+  await item.click();
+  await agent.getByRole("button", { name: "Close chat" }).click();
+  await assertOnScreen(agent, agent.locator("#close-ok"), "close dialog's button");
+  await agent.locator("#close-ok").click();
+  await assertOnScreen(agent, agent.getByText("You closed this chat."), "closed on a phone");
+  assert.deepEqual([...a.errors, ...v.errors], []);
+  await a.ctx.close(); await v.ctx.close();
+});
+
+test("a line typed while the controller is down waits on screen and is delivered after the restart", async () => {
+  const a = await page();
+  const agent = a.p;
+  await login(agent, "grace");
+  const v = await page({ width: 900, height: 1200 });
+  const visitor = v.p;
+  await visitorAsksForAPerson(visitor, "my pin is blocked");
+  await agent.locator("#chats .chat-item", { hasText: "I want to talk to a human" }).click();
+  await assertOnScreen(agent, agent.locator("#lines li.visitor", { hasText: "pin is blocked" }), "chat open");
+
+  await ctl.kill(); // SIGKILL
+  await assertOnScreen(agent, agent.locator("#conn", { hasText: "Reconnecting" }), "reconnecting status");
+  await agent.locator("#reply-text").fill("Sorry, one moment please");
+  await agent.keyboard.press("Enter");
+  const line = agent.locator("#lines li.agent", { hasText: "one moment please" });
+  await assertOnScreen(agent, line.getByText("Waiting for the connection…"), "the line is marked as not sent yet");
+  await shot(agent, "console-reconnecting");
+
+  await ctl.restart();
+  await assertOnScreen(agent, agent.locator("#conn", { hasText: "Connected" }), "connected again");
+  await assertOnScreen(visitor, visitor.locator(".msg.agent", { hasText: "Sorry, one moment please" }), "delivered to the visitor");
+  await line.locator(".state").waitFor({ state: "detached" });
+  await assertOnScreen(agent, agent.locator("#lines li.visitor", { hasText: "pin is blocked" }), "the chat is still there");
+  await shot(agent, "console-after-restart");
+  assert.deepEqual([...a.errors, ...v.errors], []);
+  await a.ctx.close(); await v.ctx.close();
 });

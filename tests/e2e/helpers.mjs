@@ -62,27 +62,28 @@ export function freePort() {
   });
 }
 
-/// Start a real cloud-controller process; returns {url, token, stop}.
-export async function startController() {
+/// Start a real cloud-controller process; returns {url, token, stop, kill,
+/// restart}: `kill` is SIGKILL, `restart` starts it again on the same data
+/// and ports (what an operator's supervisor does after a crash).
+export async function startController(extraEnv = {}) {
   const bin = process.env.CLOUD_CONTROLLER_BIN;
   if (!bin) throw new Error("CLOUD_CONTROLLER_BIN must name the cloud-controller binary (scripts/test.sh sets it)");
   const dir = mkdtempSync(join(tmpdir(), "edgedesk-cc-"));
-  const mqtt = await freePort();
-  const child = spawn(bin, ["serve"], {
-    env: {
-      ...process.env,
-      EDGEDESK_CC_HTTP__LISTEN: "127.0.0.1:0",
-      EDGEDESK_CC_MQTT__LISTEN: `127.0.0.1:${mqtt}`,
-      EDGEDESK_CC_MODELS__QUIC_LISTEN: "127.0.0.1:0",
-      EDGEDESK_CC_STORE__DATA_DIR: JSON.stringify(dir),
-      EDGEDESK_CC_SYNC__COMMAND_RETRY_SECS: "1",
-    },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.on("data", (d) => { stderr += d; });
-  const url = await new Promise((resolve, reject) => {
-    let out = "";
+  const [http, mqtt] = [await freePort(), await freePort()];
+  const env = {
+    ...process.env,
+    EDGEDESK_CC_HTTP__LISTEN: `127.0.0.1:${http}`,
+    EDGEDESK_CC_MQTT__LISTEN: `127.0.0.1:${mqtt}`,
+    EDGEDESK_CC_MODELS__QUIC_LISTEN: "127.0.0.1:0",
+    EDGEDESK_CC_STORE__DATA_DIR: JSON.stringify(dir),
+    EDGEDESK_CC_SYNC__COMMAND_RETRY_SECS: "1",
+    ...extraEnv,
+  };
+  let child = null;
+  const launch = () => new Promise((resolve, reject) => {
+    child = spawn(bin, ["serve"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "", out = "";
+    child.stderr.on("data", (d) => { stderr += d; });
     const timer = setTimeout(() => reject(new Error("controller did not start:\n" + stderr)), 20000);
     child.stdout.on("data", (d) => {
       out += d;
@@ -91,9 +92,61 @@ export async function startController() {
     });
     child.on("exit", (code) => { clearTimeout(timer); reject(new Error(`controller exited ${code}:\n${stderr}`)); });
   });
+  const url = await launch();
   const { readFileSync } = await import("node:fs");
   const token = readFileSync(join(dir, "admin-token"), "utf8").trim();
-  return { url, token, stop: () => new Promise((r) => { child.once("exit", r); child.kill("SIGTERM"); }) };
+  return {
+    url, token,
+    stop: () => new Promise((r) => { child.once("exit", r); child.kill("SIGTERM"); }),
+    kill: () => new Promise((r) => { child.once("exit", r); child.kill("SIGKILL"); }),
+    restart: () => launch(),
+  };
+}
+
+/// Wait until `branch` is online at the controller.
+export async function waitOnline(ctl, branch, timeout = 20000) {
+  const until = Date.now() + timeout;
+  while (Date.now() < until) {
+    const n = await adminCall(ctl, "GET", "/api/v1/nodes").catch(() => []);
+    if (n.some((x) => x.id === branch && x.online)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${branch} not online within ${timeout} ms`);
+}
+
+/// Start an edge node enrolled with `ctl` as `branch`.
+export async function startBranch(ctl, branch, extraEnv = {}) {
+  const { token } = await adminCall(ctl, "POST", "/api/v1/tokens", { node_id: branch });
+  const dir = mkdtempSync(join(tmpdir(), "edgedesk-node-"));
+  const node = await startEdgeNode({
+    EDGEDESK_CLOUD__ENABLED: "true",
+    EDGEDESK_CLOUD__NODE_ID: JSON.stringify(branch),
+    EDGEDESK_CLOUD__ENROLL_TOKEN: JSON.stringify(token),
+    EDGEDESK_CLOUD__CONTROLLER_URL: JSON.stringify(ctl.url),
+    EDGEDESK_CLOUD__IDENTITY_PATH: JSON.stringify(join(dir, "identity.json")),
+    EDGEDESK_CLOUD__HEARTBEAT_SECS: "1",
+    EDGEDESK_CLOUD__ACK_TIMEOUT_SECS: "2",
+    ...extraEnv,
+  });
+  await waitOnline(ctl, branch);
+  return node;
+}
+
+/// Assert that `locator` is on screen: visible, with a non-empty box inside
+/// the viewport (not only present in the DOM).
+export async function assertOnScreen(page, locator, what) {
+  await locator.waitFor({ state: "visible" });
+  const box = await locator.boundingBox();
+  const vp = page.viewportSize();
+  if (!box || box.width < 1 || box.height < 1) throw new Error(`${what}: has no size on screen`);
+  if (box.y + box.height <= 0 || box.y >= vp.height || box.x + box.width <= 0 || box.x >= vp.width) {
+    throw new Error(`${what}: outside the viewport (${JSON.stringify(box)})`);
+  }
+}
+
+/// Save a screenshot of `page` as build/e2e/<name>.png.
+export async function shot(page, name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`) });
 }
 
 export async function adminCall(ctl, method, path, body) {

@@ -39,6 +39,8 @@ pub enum ConsoleError {
     Forbidden(&'static str),
     BadRequest(String),
     NotFound,
+    /// Not found, with what the user can do about it.
+    NotFoundWhy(String),
     TooManyAttempts(i64),
     Internal(String),
 }
@@ -60,6 +62,7 @@ impl IntoResponse for ConsoleError {
             ConsoleError::Forbidden(why) => (StatusCode::FORBIDDEN, why.to_owned()),
             ConsoleError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ConsoleError::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
+            ConsoleError::NotFoundWhy(m) => (StatusCode::NOT_FOUND, m),
             ConsoleError::TooManyAttempts(ms) => {
                 let secs = (ms / 1000).max(1);
                 let mut r = (
@@ -391,6 +394,30 @@ async fn claim_ticket(
     Ok(Json(t))
 }
 
+/// The conversation an offline message came from, for whoever may see the
+/// ticket: open tickets for everyone, claimed ones for their agent and
+/// supervisors.
+async fn ticket_transcript(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ChatView>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, false).await?;
+    let t = s.store.ticket(&id).await?.ok_or(ConsoleError::NotFound)?;
+    let visible = me.role >= Role::Supervisor
+        || t.state == "open"
+        || t.agent_id.as_deref() == Some(me.id.as_str());
+    if !visible {
+        return Err(ConsoleError::Forbidden("that ticket is a colleague's"));
+    }
+    let view = s.store.chat(&t.conversation).await?.ok_or_else(|| {
+        ConsoleError::NotFoundWhy(
+            "no transcript yet: the branch sends it when the conversation ends".into(),
+        )
+    })?;
+    Ok(Json(view))
+}
+
 #[derive(Deserialize)]
 pub struct ResolveRequest {
     pub note: String,
@@ -525,6 +552,10 @@ pub fn router(state: Arc<Http>) -> axum::Router {
         .route("/console/api/colleagues", get(colleagues))
         .route("/console/api/tickets/{id}/claim", post(claim_ticket))
         .route("/console/api/tickets/{id}/resolve", post(resolve_ticket))
+        .route(
+            "/console/api/tickets/{id}/transcript",
+            get(ticket_transcript),
+        )
         .route("/console/api/canned", get(list_canned).post(put_canned))
         .route(
             "/console/api/canned/{id}",

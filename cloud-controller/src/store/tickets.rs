@@ -186,6 +186,11 @@ impl Store {
         self.db.call(move |c| list(c, &agent, all)).await
     }
 
+    pub async fn ticket(&self, id: &str) -> Result<Option<Ticket>, StoreError> {
+        let id = id.to_owned();
+        self.db.call(move |c| get(c, &id)).await
+    }
+
     pub async fn ticket_claim(
         &self,
         id: &str,
