@@ -272,7 +272,7 @@ async fn every_role_against_every_endpoint() {
         // The rest of the console API: (method, path, body, least role, status once allowed).
         let canned =
             serde_json::json!({ "lang": "en", "shortcut": format!("s-{role}"), "text": "Hello" });
-        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 10] = [
+        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 11] = [
             (
                 Method::GET,
                 "/console/api/chats",
@@ -305,6 +305,13 @@ async fn every_role_against_every_endpoint() {
                 Method::POST,
                 "/console/api/tickets/no-such/resolve",
                 Some(serde_json::json!({ "note": "done" })),
+                "agent",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/tickets/no-such/transcript",
+                None,
                 "agent",
                 StatusCode::NOT_FOUND,
             ),
@@ -554,6 +561,21 @@ async fn tickets_and_canned_responses_by_role() {
         "a ticket claimed by someone else is not listed"
     );
     assert_eq!(count(&sup).await, 1, "supervisors see every ticket");
+    // The conversation behind it: its agent and supervisors, not a colleague;
+    // before the branch has sent the conversation, a 404 that says why.
+    let transcript = "/console/api/tickets/t1/transcript";
+    assert_eq!(
+        env.call(Method::GET, transcript, Some(&s2), None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        env.call(Method::GET, transcript, Some(&s1), None).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        env.call(Method::GET, transcript, Some(&sup), None).await,
+        StatusCode::NOT_FOUND
+    );
     let note = Some(serde_json::json!({ "note": "called back, card ordered" }));
     assert_eq!(
         env.call(

@@ -214,6 +214,10 @@ pub enum ServerFrame {
     Error {
         code: ErrorCode,
         message: String,
+        /// The visitor's message this error refuses, when the frame named one:
+        /// the page marks that line "not sent" and leaves the others alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
     Pong,
 }
@@ -294,6 +298,17 @@ impl ClientFrame {
         }
         serde_json::from_value(value).map_err(|e| DecodeError::InvalidJson(e.to_string()))
     }
+}
+
+/// The `client_id` of a text frame, read without decoding the rest, so that
+/// an error about a frame that could not be taken (rate limit, overload) can
+/// still name the message it refuses.
+pub fn probe_client_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        client_id: Option<String>,
+    }
+    serde_json::from_str::<Probe>(text).ok()?.client_id
 }
 
 impl ServerFrame {

@@ -6,7 +6,7 @@
   const KEY = "edgedesk.session";
   const LANG_KEY = "edgedesk.lang"; // set only when the visitor picks a language
   const AGENT_TYPING_MS = 6000; // the agent's typing dots fade without news
-  const COUNTDOWN_SECS = 20; // the idle reset warns this long before
+  const COUNTDOWN_SECS = 20; // the idle reset warns at most this long before
   const T = {
     en: { title: "Branch assistant", connecting: "Connecting…", online: "Online — answers in seconds", offline: "Reconnecting…",
           send: "Send", end: "End chat", label: "Your message", placeholder: "Type your question…", skip: "Skip to message box",
@@ -15,7 +15,9 @@
           takenOver: "This chat was opened in another window.", resume: "Continue here", ended: "Chat ended. Start typing to begin a new one.",
           failed: "Not sent", retry: "Try again", more: "Earlier messages are not shown.",
           idle: (s) => `Are you still there? For your privacy this chat will be cleared in ${s} s.`, stay: "I'm still here",
-          starting: "Starting a new chat…" },
+          starting: "Starting a new chat…",
+          rate_limited: "You are sending messages quickly. Wait a moment, then tap Try again.",
+          busy: "The assistant is busy. Tap Try again in a moment." },
     zh: { title: "网点智能助手", connecting: "正在连接…", online: "在线 — 即时回复", offline: "正在重新连接…",
           send: "发送", end: "结束对话", label: "您的消息", placeholder: "请输入您的问题…", skip: "跳到输入框",
           hint: "按回车发送。您可以随时要求转人工。", you: "您", bot: "助手", agent: "工作人员",
@@ -23,7 +25,9 @@
           takenOver: "此对话已在其他窗口打开。", resume: "在此继续", ended: "对话已结束。输入内容即可开始新的对话。",
           failed: "未发送", retry: "重新发送", more: "更早的消息未显示。",
           idle: (s) => `您还在吗？为保护您的隐私，本对话将在 ${s} 秒后清除。`, stay: "我还在",
-          starting: "正在开始新的对话…" },
+          starting: "正在开始新的对话…",
+          rate_limited: "您发送得太快了，请稍等片刻再点“重新发送”。",
+          busy: "助手正忙，请稍后点“重新发送”。" },
   };
   const $ = (id) => document.getElementById(id);
   const log = $("log"), quick = $("quick"), input = $("input"), form = $("composer");
@@ -131,6 +135,7 @@
   }
 
   function setBanner(text) {
+    banner.dataset.kind = "";
     if (text) { banner.textContent = text; banner.hidden = false; } else { banner.hidden = true; banner.textContent = ""; }
   }
 
@@ -157,6 +162,7 @@
   }
 
   function markFailed(id, item) {
+    pending.delete(id);
     item.el.classList.remove("pending");
     item.el.classList.add("failed");
     const note = document.createElement("span");
@@ -166,6 +172,7 @@
     b.type = "button"; b.textContent = t("retry");
     b.addEventListener("click", () => {
       note.remove(); item.el.classList.remove("failed"); item.el.classList.add("pending");
+      pending.set(id, item);
       item.sent = frame({ type: "message", text: item.text, client_id: id, payload: item.payload });
       if (item.sent && !withPerson()) setTyping(true);
     });
@@ -184,20 +191,29 @@
   // ---- shared-kiosk privacy: forget an idle conversation
   function clearIdle() { clearTimeout(idleTimer); clearInterval(countdownTimer); idleTimer = null; countdownTimer = null; }
   function activity() {
+    const warned = banner.dataset.kind === "idle";
     clearIdle();
-    if (banner.dataset.kind === "idle") setBanner("");
+    if (warned) setBanner("");
     if (!idleResetSecs || !talked || stopped) return;
-    const warnAfter = Math.max(0, idleResetSecs - COUNTDOWN_SECS) * 1000;
+    // The warning takes the last third of the wait, at most COUNTDOWN_SECS.
+    const countdown = Math.min(COUNTDOWN_SECS, Math.max(5, Math.floor(idleResetSecs / 3)));
+    const warnAfter = Math.max(0, idleResetSecs - countdown) * 1000;
     idleTimer = setTimeout(() => {
-      let left = Math.min(COUNTDOWN_SECS, idleResetSecs);
+      let left = countdown;
       const tick = () => {
         if (left <= 0) { clearIdle(); setBanner(""); startOver(); return; }
-        setBanner(t("idle", left));
-        banner.dataset.kind = "idle";
-        const b = document.createElement("button");
-        b.type = "button"; b.textContent = t("stay");
-        b.addEventListener("click", () => { activity(); input.focus(); });
-        banner.append(" ", b);
+        // Built once, then only the seconds change: the button stays put
+        // under the visitor's finger.
+        if (banner.dataset.kind !== "idle" || banner.hidden) {
+          setBanner(" ");
+          banner.dataset.kind = "idle";
+          const text = document.createElement("span");
+          const b = document.createElement("button");
+          b.type = "button"; b.textContent = t("stay");
+          b.addEventListener("click", () => { activity(); input.focus(); });
+          banner.replaceChildren(text, " ", b);
+        }
+        banner.firstChild.textContent = t("idle", left);
         left -= 1;
       };
       tick();
@@ -299,8 +315,10 @@
         break;
       case "error":
         setTyping(false);
-        if (f.code !== "unknown_session") addNote(f.message, true);
-        for (const [id, item] of pending) { if (item.sent) { markFailed(id, item); pending.delete(id); } }
+        // Known refusals in the visitor's language; anything else as the node says it.
+        if (f.code !== "unknown_session") addNote(T[lang][f.code] || f.message, true);
+        // The error names the line it refuses; other lines stay as they are.
+        if (f.client_id && pending.has(f.client_id)) markFailed(f.client_id, pending.get(f.client_id));
         break;
       default:
         break;
@@ -350,9 +368,10 @@
 
   let lastTyping = 0;
   input.addEventListener("input", () => {
-    // Tell a human agent the visitor is typing (at most every 2 s).
+    // Tell a human agent the visitor is typing (at most every 2 s; the bot
+    // does not need to know, and the frames count against the rate limit).
     const now = Date.now();
-    if (ready && now - lastTyping > 2000) { lastTyping = now; frame({ type: "typing" }); }
+    if (ready && withPerson() && now - lastTyping > 2000) { lastTyping = now; frame({ type: "typing" }); }
   });
 
   form.addEventListener("submit", (e) => {

@@ -45,7 +45,9 @@ async fn assert_healthy_and_intact(node: &TestNode, token: &str) {
 
 async fn expect_error(ws: &mut Ws, code: ErrorCode) -> String {
     match recv(ws).await {
-        ServerFrame::Error { code: c, message } if c == code => message,
+        ServerFrame::Error {
+            code: c, message, ..
+        } if c == code => message,
         other => panic!("expected error {code:?}, got {other:?}"),
     }
 }
@@ -282,6 +284,46 @@ async fn message_before_hello_and_wrong_protocol_version() {
     .await;
     expect_error(&mut ws, ErrorCode::UnsupportedVersion).await;
     assert_eq!(recv_close(&mut ws).await, Some(1002));
+    assert_healthy_and_intact(&node, &token).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_message_is_named_by_its_client_id_and_other_refusals_name_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, token) = node_with_history(&dir, |c| {
+        c.server.rate_limit_per_sec = 0.1;
+        c.server.rate_limit_burst = 2;
+        c.server.rate_limit_close_after = 50;
+    })
+    .await;
+    let mut ws = node.connect().await;
+    send(&mut ws, &hello(Some(&token))).await; // the two tokens of the burst
+    recv(&mut ws).await;
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    assert!(matches!(recv(&mut ws).await, ServerFrame::Pong));
+    let line = r#"{"type":"message","text":"is my card blocked?","client_id":"line-7"}"#;
+    ws.send(Message::text(line)).await.unwrap();
+    match recv(&mut ws).await {
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            client_id,
+            ..
+        } => assert_eq!(client_id.as_deref(), Some("line-7")),
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    ws.send(Message::text(r#"{"type":"typing"}"#))
+        .await
+        .unwrap();
+    match recv(&mut ws).await {
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            client_id,
+            ..
+        } => assert_eq!(client_id, None, "a typing signal names no line"),
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    drop(ws);
     assert_healthy_and_intact(&node, &token).await;
     node.stop().await;
 }

@@ -2,19 +2,19 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { startEdgeNode, launchBrowser, botSays, SHOTS } from "./helpers.mjs";
+import { startEdgeNode, launchBrowser, botSays, assertOnScreen, shot, SHOTS } from "./helpers.mjs";
 
 let node, browser;
 before(async () => { node = await startEdgeNode(); browser = await launchBrowser(); });
 after(async () => { await browser?.close(); await node?.stop(); });
 
-async function freshPage(viewport = { width: 1080, height: 1600 }) {
+async function freshPage(viewport = { width: 1080, height: 1600 }, url = node.url) {
   const ctx = await browser.newContext({ viewport });
   const page = await ctx.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
-  await page.goto(node.url);
+  await page.goto(url);
   await botSays(page, "branch assistant");
   return { ctx, page, errors };
 }
@@ -70,7 +70,8 @@ test("chat text stays inert: HTML and script payloads are shown as text", async 
     await page.keyboard.press("Enter");
     await page.locator(".msg.visitor:not(.pending)", { hasText: p }).waitFor();
   }
-  await page.waitForTimeout(300);
+  // The bot has answered all three, so every line has been rendered.
+  await page.waitForFunction(() => document.querySelectorAll(".log .msg.bot").length >= 4);
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
   assert.equal(await page.locator(".log img, .log script, .log svg").count(), 0);
   await page.reload(); // replayed history is inert too
@@ -96,11 +97,28 @@ test("escalation offers an offline message that the visitor can leave", async ()
   await ctx.close();
 });
 
-test("phone-sized screen: no sideways scrolling, targets at least 44px", async () => {
+test("phone-sized screen: no sideways scrolling, targets at least 44px, the newest line above the quick replies", async () => {
   const { ctx, page } = await freshPage({ width: 375, height: 667 });
-  await page.locator("#input").fill("hello");
-  await page.keyboard.press("Enter");
-  await page.locator(".quick button").first().waitFor();
+  // Enough lines that the log scrolls; the last answer brings quick replies.
+  for (const [text, answer] of [["how do I activate my card", "Activate"], ["what is the exchange rate", ""], ["hello", ""]]) {
+    const bots = await page.locator(".log .msg.bot").count();
+    await page.locator("#input").fill(text);
+    await page.keyboard.press("Enter");
+    await page.waitForFunction((n) => document.querySelectorAll(".log .msg.bot").length > n, bots);
+    if (answer) await botSays(page, answer);
+  }
+  await assertOnScreen(page, page.locator(".quick button").first(), "quick replies");
+  // The newest bot line is wholly visible and not under the quick replies.
+  const last = page.locator(".log .msg.bot").last();
+  await page.waitForFunction(() => {
+    const l = document.getElementById("log");
+    return Math.abs(l.scrollHeight - l.clientHeight - l.scrollTop) < 2;
+  });
+  const line = await last.boundingBox();
+  const log = await page.locator("#log").boundingBox();
+  const quickBox = await page.locator("#quick").boundingBox();
+  assert.ok(line.y >= log.y - 1, `newest line starts above the log (${line.y} < ${log.y})`);
+  assert.ok(line.y + line.height <= quickBox.y + 1, `newest line ends at ${line.y + line.height}, under the quick replies at ${quickBox.y}`);
   const overflow = await page.evaluate(() => document.scrollingElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `page scrolls sideways by ${overflow}px`);
   for (const sel of ["#send", "#lang-zh", ".quick button"]) {
@@ -111,15 +129,113 @@ test("phone-sized screen: no sideways scrolling, targets at least 44px", async (
   await ctx.close();
 });
 
-test("End chat forgets the session for the next visitor", async () => {
-  const { ctx, page } = await freshPage();
+test("End chat forgets the session for the next visitor, without a connection-lost flash", async () => {
+  const { ctx, page, errors } = await freshPage();
   await page.locator("#input").fill("my card is not working");
   await page.keyboard.press("Enter");
   await botSays(page, "frozen");
+  // Record every banner the page shows from now on.
+  await page.evaluate(() => {
+    window.__banners = [];
+    const b = document.getElementById("banner");
+    new MutationObserver(() => { if (!b.hidden && b.textContent) window.__banners.push(b.textContent); })
+      .observe(b, { attributes: true, childList: true, characterData: true, subtree: true });
+  });
   await page.getByRole("button", { name: "End chat" }).click();
-  await page.waitForFunction(() => !localStorage.getItem("edgedesk.session") || document.querySelectorAll(".msg.visitor").length === 0);
+  await botSays(page, "branch assistant");
+  await assertOnScreen(page, page.locator(".log .msg.bot", { hasText: "branch assistant" }), "a fresh greeting");
+  assert.equal(await page.locator(".msg.visitor").count(), 0, "nothing of the last visitor");
+  assert.deepEqual(await page.evaluate(() => window.__banners), [], "no banner while starting over");
   await page.reload();
   await botSays(page, "branch assistant");
   assert.equal(await page.locator(".msg.visitor").count(), 0);
+  assert.deepEqual(errors, []);
   await ctx.close();
+});
+
+test("the visitor's language choice wins over what a message looks like", async () => {
+  const { ctx, page } = await freshPage();
+  await page.getByRole("button", { name: "EN", exact: true }).click();
+  await page.locator("#input").fill("Thanks 👍 — 谢谢");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelectorAll(".log .msg.bot").length >= 2);
+  const answer = await page.locator(".log .msg.bot").last().innerText();
+  assert.doesNotMatch(answer, /[\u4e00-\u9fff]/, `an English visitor got: ${answer}`);
+  await page.locator("#input").fill("I lost my card 谢谢");
+  await page.keyboard.press("Enter");
+  await botSays(page, "last four digits");
+  await ctx.close();
+});
+
+test("tapping 中文 turns the greeting Chinese, and it stays Chinese after a reload", async () => {
+  const { ctx, page } = await freshPage();
+  await page.getByRole("button", { name: "中文" }).click();
+  await assertOnScreen(page, page.locator(".log .msg.bot", { hasText: "网点智能助手" }), "Chinese greeting");
+  assert.equal(await page.locator(".log .msg.bot", { hasText: "branch assistant" }).count(), 0, "the English greeting is replaced");
+  await page.reload();
+  await assertOnScreen(page, page.locator(".log .msg.bot", { hasText: "网点智能助手" }), "Chinese greeting after a reload");
+  assert.equal(await page.getAttribute("html", "lang"), "zh-CN");
+  assert.equal(await page.locator(".log .msg.bot", { hasText: "branch assistant" }).count(), 0);
+  await shot(page, "kiosk-zh-greeting");
+  await ctx.close();
+});
+
+test("a kiosk left idle warns, keeps the chat for a visitor still there, then clears it for the next one", async () => {
+  const idle = await startEdgeNode({ EDGEDESK_SERVER__KIOSK_IDLE_RESET_SECS: "24" });
+  try {
+    const { ctx, page, errors } = await freshPage(undefined, idle.url);
+    await page.locator("#input").fill("how do I activate my card");
+    await page.keyboard.press("Enter");
+    await botSays(page, "Activate");
+    const warning = page.locator("#banner", { hasText: "Are you still there?" });
+    // 24 s: quiet for 16 s, then an 8 s countdown.
+    await warning.waitFor({ timeout: 30000 });
+    await assertOnScreen(page, warning, "idle countdown");
+    await shot(page, "kiosk-idle-warning");
+    await page.getByRole("button", { name: "I'm still here" }).click();
+    await warning.waitFor({ state: "hidden" });
+    assert.equal(await page.locator(".msg.visitor", { hasText: "activate my card" }).count(), 1, "the chat is kept");
+    // Left alone, the countdown runs out and the page starts afresh.
+    await warning.waitFor({ timeout: 30000 });
+    await assertOnScreen(page, warning, "idle countdown again");
+    await page.waitForFunction(() => document.querySelectorAll(".msg.visitor").length === 0, null, { timeout: 30000 });
+    await botSays(page, "branch assistant");
+    assert.equal(await page.locator("#banner").isVisible(), false, "no banner after the reset");
+    // The next visitor (a reload, or the same screen) sees nothing of it.
+    await page.reload();
+    await botSays(page, "branch assistant");
+    assert.equal(await page.locator(".msg.visitor").count(), 0);
+    assert.deepEqual(errors, []);
+    await ctx.close();
+  } finally { await idle.stop(); }
+});
+
+test("a line the node refuses is marked not sent and can be sent again", async () => {
+  // Two frames of burst: the hello and one line; the second line is refused.
+  const strict = await startEdgeNode({ EDGEDESK_SERVER__RATE_LIMIT_PER_SEC: "1.0", EDGEDESK_SERVER__RATE_LIMIT_BURST: "2" });
+  try {
+    const { ctx, page } = await freshPage(undefined, strict.url);
+    await page.locator("#input").fill("how do I activate my card");
+    await page.keyboard.press("Enter");
+    await page.locator("#input").fill("and what about my PIN");
+    await page.keyboard.press("Enter");
+    const line = page.locator(".msg.visitor", { hasText: "what about my PIN" });
+    await assertOnScreen(page, line.getByText("Not sent"), "not-sent mark");
+    await assertOnScreen(page, page.getByText("You are sending messages quickly"), "why, in words");
+    await shot(page, "kiosk-not-sent");
+    assert.equal(await page.locator(".msg.visitor.failed").count(), 1, "only the refused line is marked");
+    // Try again until the bucket has a token (one a second): each try ends
+    // in either an ack or another refusal, never silence.
+    for (let i = 0; i < 10; i++) {
+      await line.getByRole("button", { name: "Try again" }).click();
+      await page.waitForFunction(() => {
+        const el = [...document.querySelectorAll(".msg.visitor")].find((e) => e.textContent.includes("what about my PIN"));
+        return !el.classList.contains("pending");
+      });
+      if (!(await line.evaluate((e) => e.classList.contains("failed")))) break;
+    }
+    assert.equal(await line.evaluate((e) => e.className), "msg visitor", "sent in the end");
+    await assertOnScreen(page, page.locator(".log .msg.bot").last(), "the bot answers it");
+    await ctx.close();
+  } finally { await strict.stop(); }
 });

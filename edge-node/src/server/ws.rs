@@ -15,7 +15,9 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgedesk_common::chat::{ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame};
+use edgedesk_common::chat::{
+    ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame, probe_client_id,
+};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
 
@@ -303,10 +305,30 @@ impl Connection {
         ServerFrame::Error {
             code,
             message: message.into(),
+            client_id: None,
         }
     }
 
+    /// Handle one frame; an error about a message names its `client_id`.
     async fn frame(&mut self, msg: Message) -> (Vec<ServerFrame>, Flow) {
+        let about = match &msg {
+            Message::Text(t) if t.len() <= self.app.server.max_frame_bytes => {
+                probe_client_id(t.as_str())
+            }
+            _ => None,
+        };
+        let (mut frames, flow) = self.handle(msg).await;
+        if let Some(id) = about {
+            for f in &mut frames {
+                if let ServerFrame::Error { client_id, .. } = f {
+                    client_id.get_or_insert_with(|| id.clone());
+                }
+            }
+        }
+        (frames, flow)
+    }
+
+    async fn handle(&mut self, msg: Message) -> (Vec<ServerFrame>, Flow) {
         if !self.bucket.take() {
             self.violations += 1;
             if self.violations >= self.app.server.rate_limit_close_after {

@@ -214,6 +214,7 @@ impl Sessions {
         ServerFrame::Error {
             code,
             message: message.into(),
+            client_id: None,
         }
     }
 

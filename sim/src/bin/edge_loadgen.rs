@@ -147,7 +147,7 @@ async fn closed_session(
                     }
                     break;
                 }
-                Ok(ServerFrame::Error { code, message }) => {
+                Ok(ServerFrame::Error { code, message, .. }) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     return Err(format!("server error {code:?}: {message}"));
                 }
