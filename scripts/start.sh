@@ -33,13 +33,18 @@ done
 export EDGEDESK_ADMIN_TOKEN
 EDGEDESK_ADMIN_TOKEN=$(cat "$DEMO/controller/admin-token")
 
+export EDGEDESK_CC_URL="https://$CTL_HTTP" EDGEDESK_CC_CA_FILE="$DEMO/controller/mqtt-ca.pem"
+JOINS=""
 start_edge() { # NAME PORT
-  local name=$1 port=$2 token=""
+  local name=$1 port=$2 join=""
   if [ ! -f "$DEMO/$name/identity.json" ]; then
-    token=$("$BIN/cloud-controller" --url "http://$CTL_HTTP" token create --node "$name" | sed -n 's/.*"token": "\([0-9a-f]*\)".*/\1/p')
+    # The join string: the controller's URL, a one-time token bound to this
+    # node and the CA fingerprint the node checks before it sends the token.
+    join=$("$BIN/cloud-controller" token create --node "$name" 2>/dev/null | sed -n 's/.*"join": "\([^"]*\)".*/\1/p')
+    JOINS="$JOINS    $name: $join"$'\n'
   fi
-  EDGEDESK_CLOUD__ENABLED=true EDGEDESK_CLOUD__NODE_ID="$name" EDGEDESK_CLOUD__ENROLL_TOKEN="$token" \
-  EDGEDESK_CLOUD__CONTROLLER_URL="http://$CTL_HTTP" EDGEDESK_CLOUD__IDENTITY_PATH="$DEMO/$name/identity.json" \
+  EDGEDESK_CLOUD__ENABLED=true EDGEDESK_CLOUD__NODE_ID="$name" EDGEDESK_CLOUD__JOIN="$join" \
+  EDGEDESK_CLOUD__IDENTITY_PATH="$DEMO/$name/identity.json" \
     "$BIN/edge-node" serve --listen "127.0.0.1:$port" --db "$DEMO/$name/edge.db" &
   pids+=($!)
 }
@@ -51,9 +56,12 @@ cat <<MSG
   EdgeDesk is running.
     kiosk, branch-1:   http://127.0.0.1:8080/
     kiosk, branch-2:   http://127.0.0.1:8081/
-    cloud controller:  http://$CTL_HTTP/   (REST API; admin token in $DEMO/controller/admin-token)
-      try: EDGEDESK_ADMIN_TOKEN=\$(cat $DEMO/controller/admin-token) $BIN/cloud-controller nodes list
-
+    cloud controller:  https://$CTL_HTTP/   (REST API and /console; admin token in $DEMO/controller/admin-token)
+      its CA (trust it in the browser, or accept the warning): $DEMO/controller/mqtt-ca.pem
+      try: EDGEDESK_ADMIN_TOKEN=\$(cat $DEMO/controller/admin-token) EDGEDESK_CC_URL=https://$CTL_HTTP \\
+           EDGEDESK_CC_CA_FILE=$DEMO/controller/mqtt-ca.pem $BIN/cloud-controller nodes list
+${JOINS:+  join strings used at first start:
+$JOINS}
   Ctrl+C stops everything.
 MSG
 wait

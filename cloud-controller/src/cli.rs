@@ -26,9 +26,13 @@ struct Cli {
         long,
         global = true,
         env = "EDGEDESK_CC_URL",
-        default_value = "http://127.0.0.1:8700"
+        default_value = "https://127.0.0.1:8700"
     )]
     url: String,
+    /// CA certificate (PEM) to trust for the controller's HTTPS (client
+    /// commands). Default: <data_dir>/mqtt-ca.pem, the controller's own CA.
+    #[arg(long, global = true, env = "EDGEDESK_CC_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Admin bearer token (client commands). Default: <data_dir>/admin-token.
     #[arg(
         long,
@@ -155,9 +159,13 @@ enum ConfigCmd {
 enum TokenCmd {
     /// Issue a one-time enrolment token.
     Create {
-        /// Only this node id may use it.
-        #[arg(long)]
+        /// Only this node id may use it (a stolen token cannot enrol another
+        /// id). Required unless --any-node.
+        #[arg(long, required_unless_present = "any_node")]
         node: Option<String>,
+        /// Issue a token any node id may use (one time).
+        #[arg(long, conflicts_with = "node")]
+        any_node: bool,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
@@ -320,9 +328,12 @@ fn serve(config: Config) -> ExitCode {
         match crate::run(config, token).await {
             Ok(c) => {
                 println!(
-                    "controller: http://{}/  broker: {}:{}",
-                    c.http_addr, c.broker.0, c.broker.1
+                    "controller: {}/  broker: {}:{}",
+                    c.base_url, c.broker.0, c.broker.1
                 );
+                if let Some(fp) = &c.ca_sha256 {
+                    println!("controller CA: {fp}");
+                }
                 match c.wait().await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -337,6 +348,38 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// A client for the controller's REST API: over HTTPS it trusts only the
+/// controller's CA (`--ca-file`, else `<data_dir>/mqtt-ca.pem`).
+fn https_client(cli: &Cli, base: &str) -> Result<reqwest::Client, ExitCode> {
+    if !base.starts_with("https://") {
+        return Ok(reqwest::Client::new());
+    }
+    let path = cli.ca_file.clone().unwrap_or_else(|| {
+        load_config(cli)
+            .map(|c| c.store.data_dir)
+            .unwrap_or_else(|_| PathBuf::from("build/controller"))
+            .join("mqtt-ca.pem")
+    });
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        eprintln!(
+            "cloud-controller: cannot read the controller's CA {}: {e}; pass --ca-file (or EDGEDESK_CC_CA_FILE)",
+            path.display()
+        );
+        ExitCode::from(66)
+    })?;
+    let tls = edgedesk_support::tls::pinned_client(&pem).map_err(|e| {
+        eprintln!("cloud-controller: {}: {e}", path.display());
+        ExitCode::from(66)
+    })?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .map_err(|e| {
+            eprintln!("cloud-controller: {e}");
+            ExitCode::from(71)
+        })
 }
 
 /// `KEY=VALUE` arguments as a JSON object (labels, selectors).
@@ -381,12 +424,15 @@ fn client(cli: &Cli) -> ExitCode {
         }
     };
     let base = cli.url.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::new();
+    let http = match https_client(cli, &base) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let (method, path, body): (reqwest::Method, String, Option<serde_json::Value>) = match cli
         .command
         .as_ref()
     {
-        Some(Cmd::Token(TokenCmd::Create { node, ttl })) => (
+        Some(Cmd::Token(TokenCmd::Create { node, ttl, .. })) => (
             reqwest::Method::POST,
             "/api/v1/tokens".into(),
             Some(serde_json::json!({ "node_id": node, "ttl_secs": ttl })),
@@ -557,11 +603,20 @@ fn client(cli: &Cli) -> ExitCode {
             Ok(resp) => {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
+                let text_for_join = text.clone();
                 let pretty = serde_json::from_str::<serde_json::Value>(&text)
                     .map(|v| serde_json::to_string_pretty(&v).unwrap_or(text.clone()))
                     .unwrap_or(text);
                 if status.is_success() {
                     println!("{pretty}");
+                    if let Some(join) = serde_json::from_str::<serde_json::Value>(&text_for_join)
+                        .ok()
+                        .and_then(|v| v["join"].as_str().map(str::to_owned))
+                    {
+                        eprintln!(
+                            "join string for the node (cloud.join, or EDGEDESK_CLOUD__JOIN):\n  {join}"
+                        );
+                    }
                     ExitCode::SUCCESS
                 } else {
                     eprintln!("cloud-controller: {status}: {pretty}");

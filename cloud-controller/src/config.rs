@@ -29,6 +29,11 @@ pub struct Config {
 pub struct HttpConfig {
     pub listen: String,
     pub admin_token: String,
+    pub public_url: String,
+    pub insecure_http: bool,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub tls_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +170,18 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.http.tls_cert.as_os_str().is_empty() != self.http.tls_key.as_os_str().is_empty() {
+            return bad(
+                "http.tls_cert",
+                "give both http.tls_cert and http.tls_key, or neither (the controller's CA then issues the certificate)",
+            );
+        }
+        if !self.http.public_url.is_empty()
+            && !self.http.public_url.starts_with("https://")
+            && !self.http.public_url.starts_with("http://")
+        {
+            return bad("http.public_url", "expected https://host:port");
         }
         if self.kubernetes.lease_seconds < 3 {
             return bad("kubernetes.lease_seconds", "at least 3");

@@ -85,6 +85,12 @@ impl ControllerError {
 /// A running controller, with handles on its parts (for tests and tools).
 pub struct Controller {
     pub http_addr: SocketAddr,
+    /// `https://<http_addr>` (or `http://` with `http.insecure_http`).
+    pub base_url: String,
+    /// The certificate nodes and clients pin (PEM), and its `sha256:` fingerprint;
+    /// `None` over plain HTTP.
+    pub ca_pem: Option<String>,
+    pub ca_sha256: Option<String>,
     /// Where nodes reach the broker.
     pub broker: (String, u16),
     pub store: Store,
@@ -365,11 +371,64 @@ pub async fn run(
             source,
         })?;
     let http_addr = listener.local_addr().map_err(ControllerError::Serve)?;
-    // Console frames are small and latency-bound: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let c = &config.console;
+    let https = !config.http.insecure_http;
+    let scheme = if https { "https" } else { "http" };
+    let base_url = format!("{scheme}://{http_addr}");
+    let public_url = if config.http.public_url.is_empty() {
+        base_url.clone()
+    } else {
+        config.http.public_url.trim_end_matches('/').to_owned()
+    };
+    // What nodes pin at enrolment: the last certificate of the chain served.
+    let (http_tls, ca_pem) = if !https {
+        tracing::warn!(
+            "http.insecure_http = true: REST, console and enrolment are served over plain HTTP; \
+             only behind a proxy that terminates TLS"
+        );
+        (None, None)
+    } else if !config.http.tls_cert.as_os_str().is_empty() {
+        let chain = std::fs::read_to_string(&config.http.tls_cert).map_err(|e| {
+            tls::TlsError::Material {
+                dir: config.http.tls_cert.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let tls =
+            http::listen::server_config_from_files(&config.http.tls_cert, &config.http.tls_key)?;
+        let last = last_pem_block(&chain);
+        (Some(tls), Some(last))
+    } else {
+        let mut names = vec!["localhost".to_owned(), http_addr.ip().to_string()];
+        if let Some(host) = url_host(&public_url) {
+            names.push(host.to_owned());
+        }
+        names.extend(config.http.tls_names.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        let m = tls::ensure_http_tls(&data, &names)?;
+        let cert = std::fs::read_to_string(&m.cert_path).map_err(|e| tls::TlsError::Material {
+            dir: m.cert_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let key = std::fs::read_to_string(&m.key_path).map_err(|e| tls::TlsError::Material {
+            dir: m.key_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let chain = format!("{}\n{}", cert.trim_end(), m.ca_pem);
+        (
+            Some(http::listen::server_config(&chain, &key)?),
+            Some(m.ca_pem),
+        )
+    };
+    let ca_sha256 = ca_pem
+        .as_deref()
+        .map(edgedesk_support::tls::ca_sha256)
+        .transpose()
+        .map_err(|e| tls::TlsError::Config(e.to_string()))?;
+    let mut c = config.console.clone();
+    // Cookies over HTTPS are always Secure.
+    c.secure_cookies |= https;
+    let c = &c;
     let state = Arc::new(http::Http {
         store: store.clone(),
         downlink: downlink.clone(),
@@ -383,6 +442,8 @@ pub async fn run(
         broker_ca,
         models: models_endpoint,
         console: c.clone(),
+        public_url: public_url.clone(),
+        ca_sha256: ca_sha256.clone(),
         limiter: accounts::LoginLimiter::new(
             c.login_max_failures,
             c.login_window_secs as i64 * 1000,
@@ -390,13 +451,27 @@ pub async fn run(
     });
     let app = http::router(state);
     tracing::info!(%http_addr, broker = %format!("{}:{}", broker.0, broker.1), "cloud controller listening");
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+        let served = match http_tls {
+            Some(tls) => {
+                let tls = http::listen::TlsListener::new(listener, tls, shutdown.clone())
+                    .map_err(ControllerError::Serve)?;
+                // (`tap_io` gives the listener axum's connect-info for its address.)
+                axum::serve(axum::serve::ListenerExt::tap_io(tls, |_| {}), make)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+            None => {
+                // Console frames are small and latency-bound: no Nagle delay.
+                let plain = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(plain, make)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        };
         let _ = poll_task.await;
         // The dispatcher finishes its last batch once the poller is gone.
         let _ = dispatch_task.await;
@@ -414,6 +489,9 @@ pub async fn run(
     });
     Ok(Controller {
         http_addr,
+        base_url,
+        ca_pem,
+        ca_sha256: ca_sha256.clone(),
         broker,
         store,
         downlink,
@@ -424,4 +502,25 @@ pub async fn run(
         admin_token,
         task,
     })
+}
+
+/// The host of `https://host:port/…` (brackets of an IPv6 literal removed).
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// The last PEM block of a chain (the certificate nodes pin).
+fn last_pem_block(chain: &str) -> String {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    chain
+        .rfind(BEGIN)
+        .map(|i| chain[i..].trim_end().to_owned() + "\n")
+        .unwrap_or_default()
 }

@@ -1,6 +1,8 @@
-//! TLS for MQTT: the controller's own small CA and the broker certificate it
-//! signs, made at first start in the data directory. Nodes pin the CA at
-//! enrolment and trust nothing else for the broker.
+//! TLS material: the controller's own small CA (`mqtt-ca.pem`, named for
+//! the first thing it signed) and the server certificates it signs for the
+//! broker and QUIC (`mqtt-broker.*`) and for HTTPS (`http-server.*`), made at
+//! first start in the data directory. Nodes pin the CA by its fingerprint in
+//! the join string and trust nothing else.
 
 use std::path::{Path, PathBuf};
 
@@ -27,15 +29,34 @@ pub enum TlsError {
 /// Ensure a CA and a broker certificate for `names` (DNS names or IPs) exist
 /// under `dir`; a certificate missing any of `names` is made anew.
 pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsError> {
+    ensure_server_tls(dir, "mqtt-broker", "EdgeDesk MQTT broker", names)
+}
+
+/// The same for the controller's HTTPS listener (`http-server.*`).
+pub fn ensure_http_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsError> {
+    ensure_server_tls(dir, "http-server", "EdgeDesk controller", names)
+}
+
+/// The CA's file in `dir`.
+pub fn ca_path(dir: &Path) -> PathBuf {
+    dir.join("mqtt-ca.pem")
+}
+
+fn ensure_server_tls(
+    dir: &Path,
+    stem: &str,
+    common_name: &str,
+    names: &[String],
+) -> Result<BrokerTls, TlsError> {
     let err = |message: String| TlsError::Material {
         dir: dir.display().to_string(),
         message,
     };
-    let (ca_cert, ca_key) = (dir.join("mqtt-ca.pem"), dir.join("mqtt-ca.key"));
+    let (ca_cert, ca_key) = (ca_path(dir), dir.join("mqtt-ca.key"));
     let (cert, key, sans) = (
-        dir.join("mqtt-broker.pem"),
-        dir.join("mqtt-broker.key"),
-        dir.join("mqtt-broker.names"),
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+        dir.join(format!("{stem}.names")),
     );
     let wanted = names.join("\n");
     let have_ca = ca_cert.exists() && ca_key.exists();
@@ -75,7 +96,7 @@ pub fn ensure_broker_tls(dir: &Path, names: &[String]) -> Result<BrokerTls, TlsE
         let mut params = CertificateParams::new(names.to_vec()).map_err(|e| err(e.to_string()))?;
         params
             .distinguished_name
-            .push(DnType::CommonName, "EdgeDesk MQTT broker");
+            .push(DnType::CommonName, common_name);
         let broker_cert = params
             .signed_by(&broker_key, &issuer)
             .map_err(|e| err(e.to_string()))?;

@@ -28,12 +28,17 @@ fn openapi_document_matches_the_code() {
 }
 
 fn cli(ctl: &cloud_controller::Controller, args: &[&str]) -> std::process::Output {
+    // The CLI trusts only the controller's CA (`--ca-file`).
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), ctl.ca_pem.as_deref().unwrap()).unwrap();
     Command::new(env!("CARGO_BIN_EXE_cloud-controller"))
         .args([
             "--url",
-            &format!("http://{}", ctl.http_addr),
+            &ctl.base_url,
             "--token",
             &ctl.admin_token,
+            "--ca-file",
+            ca.path().to_str().unwrap(),
         ])
         .args(args)
         .output()
@@ -44,10 +49,42 @@ fn cli(ctl: &cloud_controller::Controller, args: &[&str]) -> std::process::Outpu
 async fn cli_mirrors_the_rest_api() {
     let (ctl, token, _dir) = controller().await;
     let ctl2 = &ctl;
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ctl.ca_pem.as_deref().unwrap()).unwrap();
     let out = tokio::task::block_in_place(|| cli(ctl2, &["token", "create", "--node", "branch-1"]));
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["token"].as_str().unwrap().len(), 48);
+    // One join string: the URL, the token and the CA's fingerprint.
+    let join: edgedesk_common::sync::Join = v["join"].as_str().unwrap().parse().unwrap();
+    assert_eq!(join.url, ctl.base_url);
+    assert_eq!(join.token, v["token"].as_str().unwrap());
+    assert_eq!(join.ca_sha256, ctl.ca_sha256);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(v["join"].as_str().unwrap()));
+    // A token is bound to a node id unless asked otherwise.
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["token", "create"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node"));
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["token", "create", "--any-node"]));
+    assert!(out.status.success(), "{out:?}");
+    // Without the CA the CLI refuses the controller's certificate.
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_cloud-controller"))
+            .args([
+                "--url",
+                &ctl2.base_url,
+                "--token",
+                "t",
+                "--ca-file",
+                "/nonexistent/ca.pem",
+                "nodes",
+                "list",
+            ])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(66), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-file"));
     let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "list"]));
     assert!(out.status.success());
     assert_eq!(
@@ -83,7 +120,9 @@ async fn cli_mirrors_the_rest_api() {
         Command::new(env!("CARGO_BIN_EXE_cloud-controller"))
             .args([
                 "--url",
-                &format!("http://{}", ctl2.http_addr),
+                &ctl2.base_url,
+                "--ca-file",
+                ca_file.path().to_str().unwrap(),
                 "--token",
                 "wrong",
                 "nodes",
@@ -145,8 +184,8 @@ async fn cli_mirrors_the_rest_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() {
     let (ctl, token, _dir) = controller().await;
-    let http = reqwest::Client::new();
-    let url = |p: &str| format!("http://{}{p}", ctl.http_addr);
+    let http = client(&ctl);
+    let url = |p: &str| format!("{}{p}", ctl.base_url);
     let r = http
         .post(url("/api/v1/tokens"))
         .bearer_auth(&ctl.admin_token)

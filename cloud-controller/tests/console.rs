@@ -23,15 +23,15 @@ impl Env {
         let token = CancellationToken::new();
         let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
         Env {
+            http: client(&ctl),
             ctl,
             token,
-            http: reqwest::Client::new(),
             _dir: dir,
         }
     }
 
     fn url(&self, p: &str) -> String {
-        format!("http://{}{p}", self.ctl.http_addr)
+        format!("{}{p}", self.ctl.base_url)
     }
 
     /// Create an agent through the operator API; returns its id.

@@ -169,8 +169,8 @@ async fn publish_default(ctl: &cloud_controller::Controller, data: &std::path::P
 
 /// Enrol a node over the REST API (no MQTT connection: it stays offline).
 async fn enrol(ctl: &cloud_controller::Controller, id: &str) {
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", ctl.http_addr);
+    let http = client(ctl);
+    let base = ctl.base_url.clone();
     let t: serde_json::Value = http
         .post(format!("{base}/api/v1/tokens"))
         .bearer_auth(&ctl.admin_token)

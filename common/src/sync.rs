@@ -298,6 +298,73 @@ pub struct Stream {
     pub seq: u64,
 }
 
+/// Everything a node needs to enrol, in one line the operator copies from
+/// `cloud-controller token create`: `<controller url>#token=<t>&ca=sha256:<hex>`
+/// (the fragment is never sent anywhere). Like kubeadm's join command with
+/// `--discovery-token-ca-cert-hash`: the node talks to nothing but a server
+/// whose chain holds the certificate with that fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    pub url: String,
+    pub token: String,
+    /// `sha256:<64 hex>`; `None` only for a controller on plain HTTP.
+    pub ca_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("a join string looks like https://host:port#token=…&ca=sha256:…; this has no '#'")]
+    NoFragment,
+    #[error(
+        "the join string's URL must start with https:// (or http:// for a controller without TLS)"
+    )]
+    Scheme,
+    #[error("the join string has no token=")]
+    NoToken,
+    #[error("the join string's ca= is not sha256:<64 hex digits>")]
+    Fingerprint,
+}
+
+impl std::fmt::Display for Join {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#token={}", self.url, self.token)?;
+        if let Some(ca) = &self.ca_sha256 {
+            write!(f, "&ca={ca}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Join {
+    type Err = JoinError;
+
+    fn from_str(s: &str) -> Result<Join, JoinError> {
+        let (url, fragment) = s.trim().split_once('#').ok_or(JoinError::NoFragment)?;
+        if !url.starts_with("https://") && !url.starts_with("http://") {
+            return Err(JoinError::Scheme);
+        }
+        let (mut token, mut ca) = (None, None);
+        for pair in fragment.split('&') {
+            match pair.split_once('=') {
+                Some(("token", t)) if !t.is_empty() => token = Some(t.to_owned()),
+                Some(("ca", c)) => ca = Some(c.to_owned()),
+                _ => {}
+            }
+        }
+        if let Some(c) = &ca {
+            let hex = c.strip_prefix("sha256:").ok_or(JoinError::Fingerprint)?;
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(JoinError::Fingerprint);
+            }
+        }
+        Ok(Join {
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.ok_or(JoinError::NoToken)?,
+            ca_sha256: ca,
+        })
+    }
+}
+
 /// `POST /api/v1/enroll`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollRequest {
@@ -399,6 +466,33 @@ pub struct MqttEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_strings_round_trip_and_bad_ones_say_why() {
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let j = Join {
+            url: "https://ctl.example:8700".into(),
+            token: "t0k".into(),
+            ca_sha256: Some(fp.clone()),
+        };
+        assert_eq!(j.to_string().parse::<Join>().unwrap(), j);
+        assert_eq!(
+            format!("https://ctl.example:8700/#token=t0k&ca={fp}")
+                .parse::<Join>()
+                .unwrap(),
+            j
+        );
+        for (bad, why) in [
+            ("https://ctl:8700", JoinError::NoFragment),
+            ("ftp://ctl#token=t", JoinError::Scheme),
+            ("https://ctl#ca=sha256:00", JoinError::Fingerprint),
+            ("https://ctl#ca=", JoinError::Fingerprint),
+            (&format!("https://ctl#ca={fp}"), JoinError::NoToken),
+            ("https://ctl#token=t&ca=md5:00", JoinError::Fingerprint),
+        ] {
+            assert_eq!(bad.parse::<Join>().unwrap_err(), why, "{bad}");
+        }
+    }
 
     #[test]
     fn bodies_are_tagged() {

@@ -32,7 +32,10 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     pub enabled: bool,
+    pub join: String,
     pub controller_url: String,
+    pub ca_sha256: String,
+    pub insecure_enrollment: bool,
     pub node_id: String,
     pub enroll_token: String,
     pub identity_path: PathBuf,
@@ -155,9 +158,30 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let config: Config = layered::load_file(DEFAULT_TOML, file, ENV_PREFIX, env)?;
+        let mut config: Config = layered::load_file(DEFAULT_TOML, file, ENV_PREFIX, env)?;
+        config.apply_join()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// A join string sets the controller URL, the token and the pinned
+    /// fingerprint in one go.
+    fn apply_join(&mut self) -> Result<(), LayerError> {
+        if self.cloud.join.is_empty() {
+            return Ok(());
+        }
+        let join: edgedesk_common::sync::Join =
+            self.cloud
+                .join
+                .parse()
+                .map_err(|e: edgedesk_common::sync::JoinError| LayerError::Invalid {
+                    key: "cloud.join".into(),
+                    message: e.to_string(),
+                })?;
+        self.cloud.controller_url = join.url;
+        self.cloud.enroll_token = join.token;
+        self.cloud.ca_sha256 = join.ca_sha256.unwrap_or_default();
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), LayerError> {
@@ -243,6 +267,22 @@ impl Config {
                 "cloud.node_id",
                 "required when cloud.enabled: 1-64 of a-z 0-9 - _ .",
             );
+        }
+        if self.cloud.enabled
+            && self.cloud.controller_url.starts_with("http://")
+            && !self.cloud.insecure_enrollment
+        {
+            return bad(
+                "cloud.controller_url",
+                "is plain http://: enrolment would send the token and trust the answer without TLS; \
+                 use the https:// join string from `cloud-controller token create` (cloud.join), \
+                 or set cloud.insecure_enrollment = true for a lab",
+            );
+        }
+        if !self.cloud.ca_sha256.is_empty()
+            && edgedesk_support::tls::fingerprint_client(&self.cloud.ca_sha256).is_err()
+        {
+            return bad("cloud.ca_sha256", "expected sha256:<64 hex digits>");
         }
         if self.cloud.heartbeat_secs == 0
             || self.cloud.ack_timeout_secs == 0

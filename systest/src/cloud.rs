@@ -34,15 +34,15 @@ impl Cloud {
             .await
             .expect("controller starts");
         Cloud {
+            http: controller_http(ctl.ca_pem.as_deref().expect("the controller serves HTTPS")),
             ctl,
             token,
-            http: reqwest::Client::new(),
             _dir: dir,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.ctl.http_addr)
+        format!("{}{path}", self.ctl.base_url)
     }
 
     pub async fn get(&self, path: &str) -> serde_json::Value {
@@ -124,7 +124,8 @@ pub async fn edge_with(
 ) -> TestNode {
     let mut c = config(dir);
     c.cloud.enabled = true;
-    c.cloud.controller_url = format!("http://{}", cloud.ctl.http_addr);
+    c.cloud.controller_url = cloud.ctl.base_url.clone();
+    c.cloud.ca_sha256 = cloud.ctl.ca_sha256.clone().unwrap_or_default();
     c.cloud.node_id = node_id.into();
     c.cloud.enroll_token = cloud.token(node_id).await;
     c.cloud.identity_path = dir.path().join("identity.json");
@@ -251,12 +252,20 @@ impl Cloud {
 
     /// Log `username` in; the session cookie (`name=value`).
     pub async fn console_cookie(&self, username: &str) -> String {
-        crate::process::console_login(&self.url(""), username).await
+        crate::process::console_login(&self.url(""), self.ca(), username).await
     }
 
     /// The console WebSocket of a logged-in agent, set online.
-    pub async fn console(&self, username: &str) -> Ws {
+    pub async fn console(&self, username: &str) -> ConsoleWs {
         let cookie = self.console_cookie(username).await;
-        crate::process::console_socket(&self.url(""), &cookie).await
+        crate::process::console_socket(&self.url(""), self.ca(), &cookie).await
+    }
+
+    /// The controller's CA, which clients of its HTTPS trust.
+    pub fn ca(&self) -> &str {
+        self.ctl
+            .ca_pem
+            .as_deref()
+            .expect("the controller serves HTTPS")
     }
 }

@@ -30,6 +30,41 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A console WebSocket: always over the controller's TLS.
+pub type ConsoleWs = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A client for a controller's REST API that trusts only `ca_pem`.
+pub fn controller_http(ca_pem: &str) -> reqwest::Client {
+    let tls = edgedesk_support::tls::pinned_client(ca_pem).expect("the controller's CA");
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .expect("client")
+}
+
+/// Open `wss://…` for `req`, trusting only `ca_pem`.
+pub async fn wss_connect(
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ca_pem: &str,
+) -> Result<ConsoleWs, String> {
+    let uri = req.uri().clone();
+    let host = uri.host().ok_or("no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let tls = edgedesk_support::tls::pinned_client(ca_pem).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

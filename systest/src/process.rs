@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::{FRAME_WAIT, Ws, http_get};
+use crate::{ConsoleWs, FRAME_WAIT, controller_http, wss_connect};
 
 /// The password every test agent gets.
 pub const AGENT_PASSWORD: &str = "a long enough password";
@@ -21,6 +21,8 @@ pub struct CtlProcess {
     pub http: u16,
     pub mqtt: u16,
     pub token: String,
+    /// The controller's CA (what clients trust for its HTTPS).
+    pub ca_pem: String,
     bin: PathBuf,
     dir: PathBuf,
     extra: Vec<(String, String)>,
@@ -65,6 +67,7 @@ impl CtlProcess {
             http,
             mqtt,
             token: String::new(),
+            ca_pem: String::new(),
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             extra,
@@ -74,16 +77,21 @@ impl CtlProcess {
     }
 
     async fn wait_healthy(&mut self) {
-        let addr = format!("127.0.0.1:{}", self.http).parse().unwrap();
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok()
-                && http_get(addr, "/healthz").await.0 == 200
-            {
-                self.token = std::fs::read_to_string(self.dir.join("admin-token"))
-                    .unwrap()
-                    .trim()
-                    .to_owned();
-                return;
+            if let Ok(ca) = std::fs::read_to_string(self.dir.join("mqtt-ca.pem")) {
+                let up = controller_http(&ca)
+                    .get(format!("{}/healthz", self.base()))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if up {
+                    self.ca_pem = ca;
+                    self.token = std::fs::read_to_string(self.dir.join("admin-token"))
+                        .unwrap()
+                        .trim()
+                        .to_owned();
+                    return;
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -105,7 +113,7 @@ impl CtlProcess {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
+        format!("https://127.0.0.1:{}", self.http)
     }
 
     /// An operator API call; `None` when it fails (down, or not 2xx).
@@ -115,7 +123,7 @@ impl CtlProcess {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Option<serde_json::Value> {
-        let mut r = reqwest::Client::new()
+        let mut r = controller_http(&self.ca_pem)
             .request(method, format!("{}{path}", self.base()))
             .bearer_auth(&self.token);
         if let Some(b) = body {
@@ -170,10 +178,10 @@ impl Drop for CtlProcess {
     }
 }
 
-/// Log `username` in at the controller `base` (`http://host:port`); the
-/// session cookie (`name=value`).
-pub async fn console_login(base: &str, username: &str) -> String {
-    let r = reqwest::Client::new()
+/// Log `username` in at the controller `base` (`https://host:port`, CA
+/// `ca_pem`); the session cookie (`name=value`).
+pub async fn console_login(base: &str, ca_pem: &str, username: &str) -> String {
+    let r = controller_http(ca_pem)
         .post(format!("{base}/console/api/login"))
         .json(&serde_json::json!({ "username": username, "password": AGENT_PASSWORD }))
         .send()
@@ -194,13 +202,13 @@ pub async fn console_login(base: &str, username: &str) -> String {
 }
 
 /// The console WebSocket at `base` for the session `cookie`, set online.
-pub async fn console_socket(base: &str, cookie: &str) -> Ws {
-    let host = base.trim_start_matches("http://");
-    let mut req = format!("ws://{host}/console/ws")
+pub async fn console_socket(base: &str, ca_pem: &str, cookie: &str) -> ConsoleWs {
+    let host = base.trim_start_matches("https://");
+    let mut req = format!("wss://{host}/console/ws")
         .into_client_request()
         .unwrap();
     req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut ws = wss_connect(req, ca_pem).await.unwrap();
     console_send(
         &mut ws,
         serde_json::json!({ "type": "presence", "state": "online" }),
@@ -209,13 +217,13 @@ pub async fn console_socket(base: &str, cookie: &str) -> Ws {
     ws
 }
 
-pub async fn console_send(ws: &mut Ws, v: serde_json::Value) {
+pub async fn console_send(ws: &mut ConsoleWs, v: serde_json::Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
 
 /// The next console frame of type `kind` (others are skipped; an `error`
 /// frame fails the test).
-pub async fn console_next(ws: &mut Ws, kind: &str) -> serde_json::Value {
+pub async fn console_next(ws: &mut ConsoleWs, kind: &str) -> serde_json::Value {
     loop {
         let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
             .await

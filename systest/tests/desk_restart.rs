@@ -38,7 +38,7 @@ async fn tell(ws: &mut Ws, text: &str) {
     }
 }
 
-async fn agent_line(ctl: &CtlProcess, console: &mut Ws, chat: &str, text: &str, id: &str) {
+async fn agent_line(ctl: &CtlProcess, console: &mut ConsoleWs, chat: &str, text: &str, id: &str) {
     let _ = ctl;
     console_send(
         console,
@@ -69,6 +69,7 @@ async fn a_controller_killed_with_live_chats_gives_every_chat_back() {
     let mut c = config(&edir);
     c.cloud.enabled = true;
     c.cloud.controller_url = ctl.base();
+    c.cloud.ca_sha256 = edgedesk_support::tls::ca_sha256(&ctl.ca_pem).unwrap();
     c.cloud.node_id = "branch-r".into();
     c.cloud.enroll_token = ctl.token_for("branch-r").await;
     c.cloud.identity_path = edir.path().join("identity.json");
@@ -77,8 +78,8 @@ async fn a_controller_killed_with_live_chats_gives_every_chat_back() {
     let node = TestNode::start(c).await;
     eventually(15, "node online", || ctl.node_online("branch-r")).await;
     let base = ctl.base();
-    let cookie = console_login(&base, "grace").await;
-    let mut grace = console_socket(&base, &cookie).await;
+    let cookie = console_login(&base, &ctl.ca_pem, "grace").await;
+    let mut grace = console_socket(&base, &ctl.ca_pem, &cookie).await;
 
     // A: assigned and mid-conversation.
     let mut a = node.connect().await;
@@ -111,7 +112,7 @@ async fn a_controller_killed_with_live_chats_gives_every_chat_back() {
 
     // The agent's page reconnects with its cookie: both chats come back
     // with their transcripts.
-    let mut grace = console_socket(&base, &cookie).await;
+    let mut grace = console_socket(&base, &ctl.ca_pem, &cookie).await;
     let mut back = std::collections::HashMap::new();
     for _ in 0..2 {
         let v = console_next(&mut grace, "assigned").await;
@@ -154,8 +155,8 @@ async fn a_controller_killed_with_live_chats_gives_every_chat_back() {
     expect_agent_says(&mut a, "Let us check your card").await;
 
     // The supervisor's dashboard counts the waiting chat.
-    let sam = console_login(&base, "sam").await;
-    let dash: serde_json::Value = reqwest::Client::new()
+    let sam = console_login(&base, &ctl.ca_pem, "sam").await;
+    let dash: serde_json::Value = controller_http(&ctl.ca_pem)
         .get(format!("{base}/console/api/dashboard"))
         .header("cookie", sam)
         .send()
@@ -167,7 +168,12 @@ async fn a_controller_killed_with_live_chats_gives_every_chat_back() {
     assert_eq!(dash["live"]["waiting"], 1, "{dash}");
 
     // A colleague who logs in is offered the waiting chat.
-    let mut henry = console_socket(&base, &console_login(&base, "henry").await).await;
+    let mut henry = console_socket(
+        &base,
+        &ctl.ca_pem,
+        &console_login(&base, &ctl.ca_pem, "henry").await,
+    )
+    .await;
     let v = console_next(&mut henry, "assigned").await;
     assert_eq!(v["chat"]["id"], chat_c.as_str());
     let f = next_line(&mut c).await;

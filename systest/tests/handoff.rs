@@ -29,13 +29,17 @@ async fn visitor_to_agent_and_back() {
     let mut agent = cloud.console("grace").await;
     // A foreign page cannot open the console socket with the agent's cookie.
     let cookie = cloud.console_cookie("grace").await;
-    let mut evil = format!("ws://{}/console/ws", cloud.ctl.http_addr)
+    let mut evil = format!("wss://{}/console/ws", cloud.ctl.http_addr)
         .into_client_request()
         .unwrap();
     evil.headers_mut().insert("cookie", cookie.parse().unwrap());
     evil.headers_mut()
         .insert("origin", "https://evil.example".parse().unwrap());
-    assert!(tokio_tungstenite::connect_async(evil).await.is_err());
+    let refused = wss_connect(evil, cloud.ca())
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("403"), "{refused}");
     let edir = tempfile::tempdir().unwrap();
     let node = edge(&cloud, &edir, "branch-h").await;
 

@@ -142,7 +142,7 @@ async fn refusals_resume_and_rollback() {
 }
 
 fn spawn_node(
-    cloud_url: &str,
+    cloud: &Cloud,
     node: &str,
     dir: &std::path::Path,
     port: u16,
@@ -156,7 +156,14 @@ fn spawn_node(
         .env("EDGEDESK_STORE__PATH", q(&dir.join("edge.db")))
         .env("EDGEDESK_NLU__BUNDLE", q(&bundle_dir()))
         .env("EDGEDESK_CLOUD__ENABLED", "true")
-        .env("EDGEDESK_CLOUD__CONTROLLER_URL", format!("{cloud_url:?}"))
+        .env(
+            "EDGEDESK_CLOUD__CONTROLLER_URL",
+            format!("{:?}", cloud.ctl.base_url),
+        )
+        .env(
+            "EDGEDESK_CLOUD__CA_SHA256",
+            format!("{:?}", cloud.ctl.ca_sha256.as_deref().unwrap_or_default()),
+        )
         .env("EDGEDESK_CLOUD__NODE_ID", format!("{node:?}"))
         .env("EDGEDESK_CLOUD__ENROLL_TOKEN", format!("{token:?}"))
         .env(
@@ -195,7 +202,7 @@ async fn kill_9_at_every_step_of_an_update_leaves_a_working_model() {
         let node = format!("branch-{step}");
         let node = node.as_str();
         let token = cloud.token(node).await;
-        let mut child = spawn_node(&cloud.url(""), node, dir.path(), port, &token, Some(step));
+        let mut child = spawn_node(&cloud, node, dir.path(), port, &token, Some(step));
         eventually(30, &format!("{step}: node online"), || async {
             heartbeat_version(&cloud, node).await == "1.0.0"
         })
@@ -211,7 +218,7 @@ async fn kill_9_at_every_step_of_an_update_leaves_a_working_model() {
             .unwrap();
         assert!(!status.success(), "{step}: the node died ({status:?})");
         // Restarted without the hook: it serves, on a model that loads.
-        let mut child = spawn_node(&cloud.url(""), node, dir.path(), port, &token, None);
+        let mut child = spawn_node(&cloud, node, dir.path(), port, &token, None);
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut ready = false;
         for _ in 0..200 {

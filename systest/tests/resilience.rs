@@ -46,12 +46,13 @@ async fn event_ids(ctl: &CtlProcess, node: &str) -> Option<Vec<String>> {
 fn edge_config(
     dir: &tempfile::TempDir,
     node: &str,
-    http: u16,
+    ctl: &CtlProcess,
     token: String,
 ) -> edge_node::config::Config {
     let mut c = config(dir);
     c.cloud.enabled = true;
-    c.cloud.controller_url = format!("http://127.0.0.1:{http}");
+    c.cloud.controller_url = ctl.base();
+    c.cloud.ca_sha256 = edgedesk_support::tls::ca_sha256(&ctl.ca_pem).unwrap();
     c.cloud.node_id = node.into();
     c.cloud.enroll_token = token;
     c.cloud.identity_path = dir.path().join("identity.json");
@@ -85,7 +86,7 @@ async fn controller_killed_with_sigkill_under_load_loses_nothing() {
     let node = TestNode::start(edge_config(
         &edir,
         "branch-k",
-        http,
+        &ctl,
         ctl.token_for("branch-k").await,
     ))
     .await;
@@ -127,7 +128,7 @@ async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
     )
     .await;
     let edir = tempfile::tempdir().unwrap();
-    let cfg = edge_config(&edir, "branch-e", http, ctl.token_for("branch-e").await);
+    let cfg = edge_config(&edir, "branch-e", &ctl, ctl.token_for("branch-e").await);
     let port = free_port();
     let spawn_edge = |cfg: &edge_node::config::Config| {
         let q = |s: &str| format!("{s:?}");
@@ -141,6 +142,7 @@ async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
                 "EDGEDESK_CLOUD__CONTROLLER_URL",
                 q(&cfg.cloud.controller_url),
             )
+            .env("EDGEDESK_CLOUD__CA_SHA256", q(&cfg.cloud.ca_sha256))
             .env("EDGEDESK_CLOUD__NODE_ID", q(&cfg.cloud.node_id))
             .env("EDGEDESK_CLOUD__ENROLL_TOKEN", q(&cfg.cloud.enroll_token))
             .env(
@@ -243,7 +245,7 @@ async fn through_mosquitto_and_mosquitto_killed_under_load() {
     let node = TestNode::start(edge_config(
         &edir,
         "branch-m",
-        http,
+        &ctl,
         ctl.token_for("branch-m").await,
     ))
     .await;

@@ -300,7 +300,7 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolment_tokens_are_one_time_and_ids_unique() {
     let cloud = Cloud::start().await;
-    let http = reqwest::Client::new();
+    let http = cloud.http.clone();
     let identity = edgedesk_common::envelope::Identity::from_secret(&[5; 64]);
     let token = cloud.token("branch-z").await;
     let enroll = |node: &str, token: &str| {
@@ -519,7 +519,8 @@ async fn a_node_without_a_reachable_controller_still_serves() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&dir);
     c.cloud.enabled = true;
-    c.cloud.controller_url = format!("http://127.0.0.1:{}", free_port()); // nothing listens
+    c.cloud.controller_url = format!("https://127.0.0.1:{}", free_port()); // nothing listens
+    c.cloud.ca_sha256 = format!("sha256:{}", "00".repeat(32));
     c.cloud.node_id = "branch-lonely".into();
     c.cloud.enroll_token = "unused".into();
     c.cloud.identity_path = dir.path().join("identity.json");

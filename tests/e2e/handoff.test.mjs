@@ -4,7 +4,7 @@
 // screenshot in build/e2e/ (console-*.png, kiosk-*.png).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startController, startBranch, adminCall, launchBrowser, botSays, assertOnScreen, shot } from "./helpers.mjs";
+import { startController, startBranch, adminCall, ctlFetch, launchBrowser, botSays, assertOnScreen, shot } from "./helpers.mjs";
 
 const PASSWORD = "a long enough password";
 let ctl, node, browser;
@@ -18,21 +18,21 @@ before(async () => {
     await adminCall(ctl, "POST", "/api/v1/agents", { username, display_name, role, password: PASSWORD, languages, capacity });
   }
   // The supervisor's canned responses, used by the agent's picker below.
-  const login = await fetch(ctl.url + "/console/api/login", {
+  const login = await ctlFetch(ctl, "/console/api/login", {
     method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ username: "sam", password: PASSWORD }),
   });
   const cookie = login.headers.get("set-cookie").split(";")[0];
   const { csrf } = await login.json();
   for (const [shortcut, text] of [["atm", "Please tell me which ATM kept your card."], ["hours", "We are open 9:00 to 17:00."]]) {
-    const put = await fetch(ctl.url + "/console/api/canned", {
+    const put = await ctlFetch(ctl, "/console/api/canned", {
       method: "POST", headers: { "content-type": "application/json", cookie, "x-csrf-token": csrf },
       body: JSON.stringify({ lang: "en", shortcut, text }),
     });
     if (!put.ok) throw new Error(`canned: ${put.status}`);
   }
   node = await startBranch(ctl, "branch-e2e");
-  browser = await launchBrowser();
+  browser = await launchBrowser(ctl);
 });
 after(async () => { await browser?.close(); await node?.stop(); await ctl?.stop(); });
 

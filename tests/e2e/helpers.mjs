@@ -5,6 +5,8 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { request as httpsRequest } from "node:https";
+import { createHash, X509Certificate } from "node:crypto";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const SHOTS = join(ROOT, "build", "e2e");
@@ -39,12 +41,34 @@ export async function startEdgeNode(extraEnv = {}) {
   return { url, stop: () => new Promise((r) => { child.once("exit", r); child.kill("SIGTERM"); }) };
 }
 
-export async function launchBrowser() {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync"],
+/// Chromium; `ctl` (optional) is a controller whose HTTPS key the browser
+/// trusts (pinned by its SPKI hash, as a managed kiosk or agent PC would
+/// trust the operator's CA), and nothing else beyond the system's roots.
+export async function launchBrowser(ctl) {
+  const args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"];
+  if (ctl?.spki) args.push(`--ignore-certificate-errors-spki-list=${ctl.spki}`);
+  return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args });
+}
+
+/// fetch() for the controller's HTTPS, trusting only its CA.
+export function ctlFetch(ctl, path, { method = "GET", headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(ctl.url + path, { method, headers, ca: ctl.ca }, (res) => {
+      let data = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => { data += d; });
+      res.on("end", () => resolve({
+        ok: res.statusCode >= 200 && res.statusCode < 300,
+        status: res.statusCode,
+        headers: { get: (k) => { const v = res.headers[k.toLowerCase()]; return Array.isArray(v) ? v.join(", ") : v ?? null; } },
+        text: async () => data,
+        json: async () => JSON.parse(data),
+      }));
+    });
+    req.on("error", reject);
+    if (body) req.write(body);
+    req.end();
   });
 }
 
@@ -87,7 +111,7 @@ export async function startController(extraEnv = {}) {
     const timer = setTimeout(() => reject(new Error("controller did not start:\n" + stderr)), 20000);
     child.stdout.on("data", (d) => {
       out += d;
-      const m = out.match(/controller: (http:\/\/\S+?)\/?\s/);
+      const m = out.match(/controller: (https?:\/\/\S+?)\/?\s/);
       if (m) { clearTimeout(timer); resolve(m[1]); }
     });
     child.on("exit", (code) => { clearTimeout(timer); reject(new Error(`controller exited ${code}:\n${stderr}`)); });
@@ -95,8 +119,12 @@ export async function startController(extraEnv = {}) {
   const url = await launch();
   const { readFileSync } = await import("node:fs");
   const token = readFileSync(join(dir, "admin-token"), "utf8").trim();
+  const ca = readFileSync(join(dir, "mqtt-ca.pem"), "utf8");
+  const server = new X509Certificate(readFileSync(join(dir, "http-server.pem"), "utf8"));
+  const spki = createHash("sha256").update(server.publicKey.export({ type: "spki", format: "der" })).digest("base64");
+  const caSha256 = "sha256:" + createHash("sha256").update(new X509Certificate(ca).raw).digest("hex");
   return {
-    url, token,
+    url, token, ca, spki, caSha256,
     stop: () => new Promise((r) => { child.once("exit", r); child.kill("SIGTERM"); }),
     kill: () => new Promise((r) => { child.once("exit", r); child.kill("SIGKILL"); }),
     restart: () => launch(),
@@ -116,13 +144,12 @@ export async function waitOnline(ctl, branch, timeout = 20000) {
 
 /// Start an edge node enrolled with `ctl` as `branch`.
 export async function startBranch(ctl, branch, extraEnv = {}) {
-  const { token } = await adminCall(ctl, "POST", "/api/v1/tokens", { node_id: branch });
+  const { join: joinString } = await adminCall(ctl, "POST", "/api/v1/tokens", { node_id: branch });
   const dir = mkdtempSync(join(tmpdir(), "edgedesk-node-"));
   const node = await startEdgeNode({
     EDGEDESK_CLOUD__ENABLED: "true",
     EDGEDESK_CLOUD__NODE_ID: JSON.stringify(branch),
-    EDGEDESK_CLOUD__ENROLL_TOKEN: JSON.stringify(token),
-    EDGEDESK_CLOUD__CONTROLLER_URL: JSON.stringify(ctl.url),
+    EDGEDESK_CLOUD__JOIN: JSON.stringify(joinString),
     EDGEDESK_CLOUD__IDENTITY_PATH: JSON.stringify(join(dir, "identity.json")),
     EDGEDESK_CLOUD__HEARTBEAT_SECS: "1",
     EDGEDESK_CLOUD__ACK_TIMEOUT_SECS: "2",
@@ -150,7 +177,7 @@ export async function shot(page, name) {
 }
 
 export async function adminCall(ctl, method, path, body) {
-  const r = await fetch(ctl.url + path, {
+  const r = await ctlFetch(ctl, path, {
     method,
     headers: { authorization: `Bearer ${ctl.token}`, "content-type": "application/json" },
     body: body ? JSON.stringify(body) : undefined,

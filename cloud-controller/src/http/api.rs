@@ -103,6 +103,24 @@ pub struct TokenRequest {
 pub struct TokenResponse {
     pub token: String,
     pub expires_at: i64,
+    /// `sha256:` of the certificate the node must find in the controller's
+    /// chain before it sends the token (absent over plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sha256: Option<String>,
+    /// Everything a node needs, in one string for `cloud.join`:
+    /// `<public_url>#token=<token>&ca=sha256:<hex>`.
+    pub join: String,
+}
+
+/// The join string of a token: the controller's URL, the token and the pinned
+/// fingerprint (kubeadm's `--discovery-token-ca-cert-hash`, in one line).
+pub fn join_string(public_url: &str, token: &str, ca_sha256: Option<&str>) -> String {
+    edgedesk_common::sync::Join {
+        url: public_url.to_owned(),
+        token: token.to_owned(),
+        ca_sha256: ca_sha256.map(str::to_owned),
+    }
+    .to_string()
 }
 
 /// Issue a one-time enrolment token.
@@ -130,8 +148,10 @@ async fn create_token(
     Ok((
         StatusCode::CREATED,
         Json(TokenResponse {
+            join: join_string(&s.public_url, &token, s.ca_sha256.as_deref()),
             token,
             expires_at: now + ttl,
+            ca_sha256: s.ca_sha256.clone(),
         }),
     ))
 }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod console;
+pub mod listen;
 
 use std::sync::Arc;
 
@@ -36,6 +37,10 @@ pub struct Http {
     /// The controller's public keys, handed to nodes at enrolment.
     pub controller_keys: PublicKeys,
     pub admin_token: String,
+    /// The URL nodes reach the controller at (`http.public_url`).
+    pub public_url: String,
+    /// Fingerprint of the certificate nodes pin; `None` over plain HTTP.
+    pub ca_sha256: Option<String>,
     /// Broker address nodes are told to use.
     pub broker: (String, u16),
     /// CA certificate nodes pin for the broker's TLS; `None`: plain MQTT.

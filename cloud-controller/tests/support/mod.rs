@@ -4,6 +4,16 @@
 
 use tokio_util::sync::CancellationToken;
 
+/// A REST client that trusts only `ctl`'s CA (its HTTPS).
+pub fn client(ctl: &cloud_controller::Controller) -> reqwest::Client {
+    let ca = ctl.ca_pem.as_deref().expect("the controller serves HTTPS");
+    let tls = edgedesk_support::tls::pinned_client(ca).unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

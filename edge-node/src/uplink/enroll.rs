@@ -105,19 +105,23 @@ pub async fn enroll(cfg: &CloudConfig, file: &mut IdentityFile) -> Result<(), Up
         sw_version: env!("CARGO_PKG_VERSION").into(),
     };
     let url = format!("{}/api/v1/enroll", cfg.controller_url.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| UplinkError::EnrollRefused {
-            status: 0,
-            message: e.to_string(),
-        })?;
+    let client = enrolment_client(cfg)?;
     let mut delay = Duration::from_millis(250);
     let resp = loop {
         match client.post(&url).json(&req).send().await {
             Ok(r) => break r,
+            Err(e) if untrusted(&e) => {
+                // Retrying cannot help: the server is not the one the join
+                // string names. Nothing was sent.
+                return Err(UplinkError::EnrollUntrusted(format!(
+                    "{url} did not present a certificate chain holding the CA {} \
+                     (the join string's ca=); the token was not sent: {}",
+                    cfg.ca_sha256,
+                    error_chain(&e)
+                )));
+            }
             Err(e) => {
-                tracing::warn!(error = %e, %url, "controller unreachable for enrolment; retrying");
+                tracing::warn!(error = %error_chain(&e), %url, "controller unreachable for enrolment; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -137,4 +141,47 @@ pub async fn enroll(cfg: &CloudConfig, file: &mut IdentityFile) -> Result<(), Up
     file.models = body.models;
     tracing::info!(node = %cfg.node_id, "enrolled with the controller");
     Ok(())
+}
+
+/// The HTTP client for enrolment: over HTTPS it trusts only a chain holding
+/// the CA with `cloud.ca_sha256`; plain HTTP only with
+/// `cloud.insecure_enrollment` (the configuration refuses it otherwise).
+fn enrolment_client(cfg: &CloudConfig) -> Result<reqwest::Client, UplinkError> {
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    let builder = if cfg.controller_url.starts_with("https://") {
+        if cfg.ca_sha256.is_empty() {
+            return Err(UplinkError::EnrollUntrusted(
+                "cloud.ca_sha256 is empty: use the join string `cloud-controller token create` prints (cloud.join)"
+                    .into(),
+            ));
+        }
+        let tls = edgedesk_support::tls::fingerprint_client(&cfg.ca_sha256)
+            .map_err(|e| UplinkError::EnrollUntrusted(e.to_string()))?;
+        builder.use_preconfigured_tls((*tls).clone())
+    } else {
+        tracing::warn!(url = %cfg.controller_url, "enrolling over plain HTTP (cloud.insecure_enrollment): the token travels in clear");
+        builder
+    };
+    builder
+        .build()
+        .map_err(|e| UplinkError::EnrollUntrusted(e.to_string()))
+}
+
+/// Whether a request failed on the server's certificate (not on the network).
+fn untrusted(e: &reqwest::Error) -> bool {
+    let text = error_chain(e);
+    text.contains("invalid peer certificate") || text.contains("pinned fingerprint")
+}
+
+/// An error with its sources, so the TLS reason is not hidden behind
+/// "error sending request".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

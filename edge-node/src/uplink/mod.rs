@@ -40,6 +40,10 @@ pub enum UplinkError {
     Identity { path: String, message: String },
     #[error("enrolment refused by the controller ({status}): {message}")]
     EnrollRefused { status: u16, message: String },
+    /// The controller could not be trusted (no or wrong CA fingerprint); the
+    /// token was not sent.
+    #[error("enrolment: {0}")]
+    EnrollUntrusted(String),
     #[error(
         "not enrolled and cloud.enroll_token is empty: issue one with `cloud-controller token create --node <id>`"
     )]

@@ -36,8 +36,12 @@ use tokio::sync::Mutex;
 )]
 struct Args {
     /// Controller REST URL.
-    #[arg(long, default_value = "http://127.0.0.1:8700")]
+    #[arg(long, default_value = "https://127.0.0.1:8700")]
     url: String,
+    /// The controller's CA (PEM), trusted for its HTTPS (default
+    /// <data_dir>/mqtt-ca.pem of the controller; required for https://).
+    #[arg(long, env = "EDGEDESK_CC_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Admin token of the controller.
     #[arg(long, env = "EDGEDESK_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
@@ -338,7 +342,7 @@ async fn main() {
     let latency = Arc::new(std::sync::Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram"),
     ));
-    let http = reqwest::Client::new();
+    let http = rest_client(&args);
     let count = if args.backlog.is_some() {
         1
     } else {
@@ -539,17 +543,15 @@ async fn run_handoff(args: &Args, nodes: &[Arc<SimNode>], probe: Arc<Probe>, age
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     type Sink = futures_util::stream::SplitSink<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
         Message,
     >;
-    let http = reqwest::Client::new();
+    let http = rest_client(args);
     let total = nodes.len() * args.chats_per_node;
     let capacity = total.div_ceil(agents) + 1;
     let host = args
         .url
-        .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_owned();
     let chats: Arc<std::sync::Mutex<Vec<(String, usize)>>> = Arc::default();
@@ -582,14 +584,12 @@ async fn run_handoff(args: &Args, nodes: &[Arc<SimNode>], probe: Arc<Probe>, age
             .next()
             .unwrap_or_default()
             .to_owned();
-        let mut req = format!("ws://{host}/console/ws")
+        let mut req = format!("wss://{host}/console/ws")
             .into_client_request()
             .expect("request");
         req.headers_mut()
             .insert("cookie", cookie.parse().expect("cookie"));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
-            .await
-            .expect("console socket");
+        let ws = console_wss(args, &host, req).await;
         let (mut sink, mut stream) = ws.split();
         sink.send(Message::text(
             serde_json::json!({ "type": "presence", "state": "online" }).to_string(),
@@ -746,7 +746,7 @@ async fn run_handoff(args: &Args, nodes: &[Arc<SimNode>], probe: Arc<Probe>, age
 /// edge node does. Reports each node's throughput and the aggregate.
 async fn run_fetch(args: &Args, model: &str) {
     use edge_node::models::fetch::Fetcher;
-    let http = reqwest::Client::new();
+    let http = rest_client(args);
     let row: serde_json::Value = match http
         .get(format!("{}/api/v1/models/{model}", args.url))
         .bearer_auth(&args.token)
@@ -858,4 +858,60 @@ async fn run_fetch(args: &Args, model: &str) {
         );
     }
     report_memory(args);
+}
+
+/// The controller's CA, read from `--ca-file`.
+fn controller_ca(args: &Args) -> Option<String> {
+    if !args.url.starts_with("https://") {
+        return None;
+    }
+    let path = args.ca_file.as_ref().unwrap_or_else(|| {
+        eprintln!(
+            "fleet-sim: --ca-file (or EDGEDESK_CC_CA_FILE) is required for an https:// controller"
+        );
+        std::process::exit(64)
+    });
+    Some(std::fs::read_to_string(path).unwrap_or_else(|e| {
+        eprintln!("fleet-sim: {}: {e}", path.display());
+        std::process::exit(66)
+    }))
+}
+
+/// A REST client for the controller: over HTTPS it trusts only its CA.
+fn rest_client(args: &Args) -> reqwest::Client {
+    match controller_ca(args) {
+        Some(ca) => {
+            let tls = edgedesk_support::tls::pinned_client(&ca).expect("the controller's CA");
+            reqwest::Client::builder()
+                .use_preconfigured_tls((*tls).clone())
+                .build()
+                .expect("client")
+        }
+        None => reqwest::Client::new(),
+    }
+}
+
+/// A console WebSocket over the controller's TLS (no Nagle delay).
+async fn console_wss(
+    args: &Args,
+    host: &str,
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let ca = controller_ca(args).unwrap_or_else(|| {
+        eprintln!("fleet-sim: --handoff-agents needs an https:// controller");
+        std::process::exit(64)
+    });
+    let tls = edgedesk_support::tls::pinned_client(&ca).expect("the controller's CA");
+    let tcp = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let _ = tcp.set_nodelay(true);
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned();
+    let name = rustls::pki_types::ServerName::try_from(name).expect("server name");
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS to the controller");
+    tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("console socket")
+        .0
 }
