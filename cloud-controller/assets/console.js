@@ -304,6 +304,8 @@
       // A session that ended (logged out elsewhere, disabled) goes back to the login.
       const r = await api("/console/api/me").catch(() => null);
       if (r && r.status === 401) { showLogin(); $("login-error").textContent = "Your session ended. Please log in again."; return; }
+      // A new role (made supervisor, or no longer one): start again with it.
+      if (r && r.ok) { const now = await r.json(); if (now.agent.role !== me.role) { location.reload(); return; } }
       setTimeout(connect, retryMs);
       retryMs = Math.min(retryMs * 2, 8000);
     });

@@ -70,6 +70,7 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     pub idle_timeout_minutes: u64,
+    pub session_max_hours: u64,
     pub reconnect_grace_secs: u64,
     pub secure_cookies: bool,
     pub login_max_failures: usize,
@@ -182,6 +183,12 @@ impl Config {
             && !self.http.public_url.starts_with("http://")
         {
             return bad("http.public_url", "expected https://host:port");
+        }
+        if self.console.session_max_hours == 0 || self.console.idle_timeout_minutes == 0 {
+            return bad(
+                "console.session_max_hours",
+                "session_max_hours and idle_timeout_minutes must be at least 1",
+            );
         }
         if self.kubernetes.lease_seconds < 3 {
             return bad("kubernetes.lease_seconds", "at least 3");

@@ -444,6 +444,7 @@ pub async fn run(
         console: c.clone(),
         public_url: public_url.clone(),
         ca_sha256: ca_sha256.clone(),
+        accounts_changed: tokio::sync::broadcast::channel(64).0,
         limiter: accounts::LoginLimiter::new(
             c.login_max_failures,
             c.login_window_secs as i64 * 1000,

@@ -545,7 +545,36 @@ async fn disable_agent(
 ) -> Result<StatusCode, ApiError> {
     authorize(&s, &headers)?;
     match s.store.agent_disable(&id).await? {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            let _ = s.accounts_changed.send(id);
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e) => Err(ApiError::NotFound(e.to_string())),
+    }
+}
+
+/// Change a console agent's role; their open consoles reconnect with it.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/role", params(("id" = String, Path, description = "agent id")),
+    request_body(content = Object, description = "{\"role\": \"agent\" | \"supervisor\" | \"admin\"}"),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn set_agent_role(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<serde_json::Value>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&s, &headers)?;
+    let role = req["role"]
+        .as_str()
+        .and_then(crate::store::Role::parse)
+        .ok_or_else(|| {
+            ApiError::BadRequest("role must be \"agent\", \"supervisor\" or \"admin\"".into())
+        })?;
+    match s.store.agent_set_role(&id, role).await? {
+        Ok(()) => {
+            let _ = s.accounts_changed.send(id);
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(e) => Err(ApiError::NotFound(e.to_string())),
     }
 }
@@ -584,6 +613,7 @@ fn routes() -> OpenApiRouter<Arc<Http>> {
         .routes(routes!(list_events))
         .routes(routes!(create_agent, list_agents))
         .routes(routes!(disable_agent))
+        .routes(routes!(set_agent_role))
         .routes(routes!(list_models))
         .routes(routes!(get_model))
         .routes(routes!(create_rollout, list_rollouts))

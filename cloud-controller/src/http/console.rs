@@ -22,8 +22,8 @@ use super::api::ErrorBody;
 use crate::downlink::now_ms;
 use crate::handoff::{ConsoleIn, ConsoleOut};
 use crate::store::{
-    AccountError, AgentRow, Canned, ChatFilter, ChatView, DayStats, NewAgent, Role, StoreError,
-    Ticket, TicketError,
+    AccountError, AgentRow, Canned, ChatFilter, ChatView, DayStats, NewAgent, Role, SessionLimits,
+    StoreError, Ticket, TicketError,
 };
 
 pub const COOKIE: &str = "edgedesk_session";
@@ -99,12 +99,24 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// The logged-in agent and the session's CSRF token.
-async fn current(s: &Http, headers: &HeaderMap) -> Result<(AgentRow, String), ConsoleError> {
+/// The session limits from the configuration.
+fn limits(s: &Http) -> SessionLimits {
+    SessionLimits {
+        idle_ms: s.console.idle_timeout_minutes as i64 * 60_000,
+        max_ms: s.console.session_max_hours as i64 * 3_600_000,
+    }
+}
+
+/// The logged-in agent and the session's CSRF token; `touch` counts the
+/// request as the agent's activity (reads and polling do not).
+async fn current(
+    s: &Http,
+    headers: &HeaderMap,
+    touch: bool,
+) -> Result<(AgentRow, String), ConsoleError> {
     let token = cookie_value(headers).ok_or(ConsoleError::Unauthenticated)?;
-    let idle = s.console.idle_timeout_minutes as i64 * 60_000;
     s.store
-        .session(&token, now_ms(), idle)
+        .session(&token, now_ms(), limits(s), touch)
         .await?
         .ok_or(ConsoleError::Unauthenticated)
 }
@@ -116,7 +128,7 @@ async fn authorized(
     min: Role,
     changing: bool,
 ) -> Result<AgentRow, ConsoleError> {
-    let (agent, csrf) = current(s, headers).await?;
+    let (agent, csrf) = current(s, headers, changing).await?;
     if changing {
         let given = headers
             .get(CSRF_HEADER)
@@ -197,7 +209,7 @@ async fn logout(State(s): S, headers: HeaderMap) -> Result<Response, ConsoleErro
 }
 
 async fn me(State(s): S, headers: HeaderMap) -> Result<Json<SessionView>, ConsoleError> {
-    let (agent, csrf) = current(&s, &headers).await?;
+    let (agent, csrf) = current(&s, &headers, false).await?;
     Ok(Json(SessionView { agent, csrf }))
 }
 
@@ -238,6 +250,33 @@ async fn disable_agent(
         ));
     }
     s.store.agent_disable(&id).await?.map_err(account_error)?;
+    let _ = s.accounts_changed.send(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct RoleRequest {
+    pub role: Role,
+}
+
+/// An admin changes an agent's role; their open consoles reconnect with it.
+async fn set_role(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<RoleRequest>,
+) -> Result<StatusCode, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Admin, true).await?;
+    if me.id == id {
+        return Err(ConsoleError::BadRequest(
+            "you cannot change your own role".into(),
+        ));
+    }
+    s.store
+        .agent_set_role(&id, req.role)
+        .await?
+        .map_err(account_error)?;
+    let _ = s.accounts_changed.send(id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -266,19 +305,59 @@ async fn console_ws(
     if !same_origin(&headers) {
         return Err(ConsoleError::Forbidden("origin not allowed"));
     }
-    let (agent, _) = current(&s, &headers).await?;
+    let (agent, _) = current(&s, &headers, true).await?;
+    let token = cookie_value(&headers).ok_or(ConsoleError::Unauthenticated)?;
     Ok(ws
         .max_message_size(16 * 1024)
         .max_frame_size(16 * 1024)
-        .on_upgrade(move |socket| agent_socket(s, agent, socket)))
+        .on_upgrade(move |socket| agent_socket(s, agent, token, socket)))
 }
 
-async fn agent_socket(s: Arc<Http>, agent: AgentRow, mut socket: WebSocket) {
+/// How often an open console re-checks its session (idle and absolute
+/// expiry); a disabled or re-roled account is noticed at once.
+const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+/// Close code for a console whose session ended or whose role changed; the
+/// page asks `/console/api/me` what to do next.
+const CLOSE_SESSION_ENDED: u16 = 4401;
+
+/// The account behind an open console as it is now: `None` if the session
+/// ended or the role is no longer the one the socket was opened with.
+async fn still_valid(s: &Http, token: &str, opened: &AgentRow, touch: bool) -> Option<AgentRow> {
+    match s.store.session(token, now_ms(), limits(s), touch).await {
+        Ok(Some((agent, _))) if agent.role == opened.role => Some(agent),
+        Ok(_) => None,
+        // A store hiccup is not the agent's fault: keep the socket.
+        Err(e) => {
+            tracing::warn!(error = %e, "checking a console session failed");
+            Some(opened.clone())
+        }
+    }
+}
+
+async fn agent_socket(s: Arc<Http>, agent: AgentRow, token: String, mut socket: WebSocket) {
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<ConsoleOut>(crate::handoff::driver::SOCKET_QUEUE);
     s.handoff.connect(agent.clone(), tx.clone()).await;
+    let mut changes = s.accounts_changed.subscribe();
+    let mut recheck = tokio::time::interval(SESSION_RECHECK);
+    recheck.tick().await;
     loop {
         tokio::select! {
+            changed = changes.recv() => {
+                let mine = match changed {
+                    Ok(id) => id == agent.id,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+                };
+                if mine && still_valid(&s, &token, &agent, false).await.is_none() {
+                    break close_ended(&mut socket).await;
+                }
+            }
+            _ = recheck.tick() => {
+                if still_valid(&s, &token, &agent, false).await.is_none() {
+                    break close_ended(&mut socket).await;
+                }
+            }
             out = rx.recv() => {
                 let Some(out) = out else { break };
                 let text = serde_json::to_string(&out).unwrap_or_default();
@@ -292,13 +371,18 @@ async fn agent_socket(s: Arc<Http>, agent: AgentRow, mut socket: WebSocket) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     _ => break,
                 };
+                // Every frame is authorised by the account as it is now, and
+                // counts as the agent's activity.
+                let Some(now_agent) = still_valid(&s, &token, &agent, true).await else {
+                    break close_ended(&mut socket).await;
+                };
                 let (result, client_id) = match serde_json::from_str::<ConsoleIn>(text.as_str()) {
                     Ok(frame) => {
                         let client_id = match &frame {
                             ConsoleIn::Message { client_id, .. } => client_id.clone(),
                             _ => None,
                         };
-                        (s.handoff.console(agent.clone(), frame).await, client_id)
+                        (s.handoff.console(now_agent, frame).await, client_id)
                     }
                     Err(e) => (Err(format!("invalid frame: {e}")), None),
                 };
@@ -315,6 +399,16 @@ async fn agent_socket(s: Arc<Http>, agent: AgentRow, mut socket: WebSocket) {
         }
     }
     s.handoff.disconnect(&agent.id, tx).await;
+}
+
+/// Tell the page its session ended (or its role changed) and close.
+async fn close_ended(socket: &mut WebSocket) {
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: CLOSE_SESSION_ENDED,
+            reason: "session ended".into(),
+        })))
+        .await;
 }
 
 const PAGE: &str = include_str!("../../assets/console.html");
@@ -544,6 +638,7 @@ pub fn router(state: Arc<Http>) -> axum::Router {
         .route("/console/api/me", get(me))
         .route("/console/api/agents", get(list_agents).post(create_agent))
         .route("/console/api/agents/{id}/disable", post(disable_agent))
+        .route("/console/api/agents/{id}/role", post(set_role))
         .route("/console/ws", get(console_ws))
         .route("/console/api/chats", get(list_chats))
         .route("/console/api/chats/{id}", get(get_chat))

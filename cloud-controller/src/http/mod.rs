@@ -37,6 +37,9 @@ pub struct Http {
     /// The controller's public keys, handed to nodes at enrolment.
     pub controller_keys: PublicKeys,
     pub admin_token: String,
+    /// Ids of agents whose account changed (disabled, new role): their
+    /// console sockets check their session again at once.
+    pub accounts_changed: tokio::sync::broadcast::Sender<String>,
     /// The URL nodes reach the controller at (`http.public_url`).
     pub public_url: String,
     /// Fingerprint of the certificate nodes pin; `None` over plain HTTP.

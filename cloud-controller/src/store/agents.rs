@@ -187,35 +187,64 @@ fn open_session(
     Ok((token, csrf))
 }
 
-/// The agent and CSRF token of a live session, touching it; expired or
-/// disabled sessions are deleted and give `None`.
+/// How long a console session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Ends after this long without activity (`touch`).
+    pub idle_ms: i64,
+    /// Ends this long after login, however active.
+    pub max_ms: i64,
+}
+
+/// The agent and CSRF token of a live session; `touch` counts this use as
+/// activity (reads and polling do not). Expired or disabled sessions are
+/// deleted and give `None`.
 fn session(
     conn: &Connection,
     token: &str,
     now: i64,
-    idle_ms: i64,
+    limits: SessionLimits,
+    touch: bool,
 ) -> Result<Option<(AgentRow, String)>, StoreError> {
     let hash = sha256_hex(token);
-    let row: Option<(String, String, i64)> = conn
+    let row: Option<(String, String, i64, i64)> = conn
         .query_row(
-            "SELECT agent_id, csrf, last_seen FROM agent_sessions WHERE token_hash = ?1",
+            "SELECT agent_id, csrf, last_seen, created_at FROM agent_sessions WHERE token_hash = ?1",
             [&hash],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some((agent_id, csrf, last_seen)) = row else {
+    let Some((agent_id, csrf, last_seen, created_at)) = row else {
         return Ok(None);
     };
     let agent = get(conn, &agent_id)?.filter(|a| !a.disabled);
-    if now - last_seen > idle_ms || agent.is_none() {
+    if now - last_seen > limits.idle_ms || now - created_at > limits.max_ms || agent.is_none() {
         conn.execute("DELETE FROM agent_sessions WHERE token_hash = ?1", [&hash])?;
         return Ok(None);
     }
-    conn.execute(
-        "UPDATE agent_sessions SET last_seen = ?2 WHERE token_hash = ?1",
-        params![hash, now],
-    )?;
+    if touch {
+        conn.execute(
+            "UPDATE agent_sessions SET last_seen = ?2 WHERE token_hash = ?1",
+            params![hash, now],
+        )?;
+    }
     Ok(agent.map(|a| (a, csrf)))
+}
+
+fn set_role(
+    conn: &Connection,
+    id: &str,
+    role: Role,
+) -> Result<Result<(), AccountError>, StoreError> {
+    let n = conn.execute(
+        "UPDATE agents SET role = ?2 WHERE id = ?1",
+        params![id, role.as_str()],
+    )?;
+    Ok(if n == 0 {
+        Err(AccountError::NotFound)
+    } else {
+        Ok(())
+    })
 }
 
 fn close_session(conn: &Connection, token: &str) -> Result<(), StoreError> {
@@ -284,18 +313,29 @@ impl Store {
         self.db.call(move |c| open_session(c, &agent, now)).await
     }
 
-    /// The agent and CSRF token of a live session, touching it; expired or
-    /// disabled sessions are deleted and give `None`.
+    /// The agent and CSRF token of a live session; `touch` counts the use as
+    /// activity. Expired or disabled sessions are deleted and give `None`.
     pub async fn session(
         &self,
         token: &str,
         now: i64,
-        idle_ms: i64,
+        limits: SessionLimits,
+        touch: bool,
     ) -> Result<Option<(AgentRow, String)>, StoreError> {
         let token = token.to_owned();
         self.db
-            .call(move |c| session(c, &token, now, idle_ms))
+            .call(move |c| session(c, &token, now, limits, touch))
             .await
+    }
+
+    /// Change an agent's role (their open consoles reconnect with it).
+    pub async fn agent_set_role(
+        &self,
+        id: &str,
+        role: Role,
+    ) -> Result<Result<(), AccountError>, StoreError> {
+        let id = id.to_owned();
+        self.db.call(move |c| set_role(c, &id, role)).await
     }
 
     pub async fn session_close(&self, token: &str) -> Result<(), StoreError> {
@@ -356,18 +396,54 @@ mod tests {
         let a = create(&c, &new_agent("ada", Role::Supervisor), PHC, 0)
             .unwrap()
             .unwrap();
+        let limits = SessionLimits {
+            idle_ms: 10_000,
+            max_ms: 100_000,
+        };
         let (token, csrf) = open_session(&c, &a.id, 1_000).unwrap();
-        let (got, got_csrf) = session(&c, &token, 2_000, 10_000).unwrap().unwrap();
+        let (got, got_csrf) = session(&c, &token, 2_000, limits, true).unwrap().unwrap();
         assert_eq!((got.role, got_csrf), (Role::Supervisor, csrf));
-        assert!(session(&c, "forged", 2_000, 10_000).unwrap().is_none());
-        // Idle longer than the timeout (last use at 2,000).
-        assert!(session(&c, &token, 12_001, 10_000).unwrap().is_none());
         assert!(
-            session(&c, &token, 12_002, 1_000_000).unwrap().is_none(),
+            session(&c, "forged", 2_000, limits, true)
+                .unwrap()
+                .is_none()
+        );
+        // Polling does not count as activity: last use stays at 2,000.
+        assert!(
+            session(&c, &token, 11_000, limits, false)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            session(&c, &token, 12_001, limits, false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            session(&c, &token, 12_002, limits, true).unwrap().is_none(),
             "an expired session is gone"
+        );
+        // Activity keeps a session, but not past its absolute lifetime.
+        let (token, _) = open_session(&c, &a.id, 0).unwrap();
+        for now in (5_000..100_000).step_by(5_000) {
+            assert!(
+                session(&c, &token, now, limits, true).unwrap().is_some(),
+                "{now}"
+            );
+        }
+        assert!(
+            session(&c, &token, 100_001, limits, true)
+                .unwrap()
+                .is_none()
         );
         let (token, _) = open_session(&c, &a.id, 20_000).unwrap();
         disable(&c, &a.id).unwrap().unwrap();
-        assert!(session(&c, &token, 20_001, 10_000).unwrap().is_none());
+        assert!(session(&c, &token, 20_001, limits, true).unwrap().is_none());
+        assert_eq!(
+            set_role(&c, "nobody", Role::Agent).unwrap(),
+            Err(AccountError::NotFound)
+        );
+        set_role(&c, &a.id, Role::Agent).unwrap().unwrap();
+        assert_eq!(get(&c, &a.id).unwrap().unwrap().role, Role::Agent);
     }
 }

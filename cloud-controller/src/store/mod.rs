@@ -27,7 +27,7 @@ use std::path::Path;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-pub use agents::{AccountError, AgentRow, NewAgent, Role};
+pub use agents::{AccountError, AgentRow, NewAgent, Role, SessionLimits};
 pub use chats::{ChatFilter, ChatView, ChatWrite, DayStats, Line, LiveChat};
 pub use commands::CommandRow;
 pub use events::{EventQuery, Inbound, InboundOutcome, StoredEvent};
