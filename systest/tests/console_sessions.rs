@@ -36,6 +36,18 @@ async fn agent(cloud: &Cloud, username: &str, role: &str) -> String {
         .to_owned()
 }
 
+/// An operator API call; the response.
+async fn admin(cloud: &Cloud, path: &str, body: serde_json::Value) -> reqwest::Response {
+    cloud
+        .http
+        .post(cloud.url(path))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn me(cloud: &Cloud, cookie: &str) -> reqwest::Response {
     cloud
         .http
@@ -54,26 +66,24 @@ async fn a_disabled_agents_console_closes_within_a_second() {
     let mut ws = cloud.console("grace").await;
     // An unrelated change leaves the socket open.
     let other = agent(&cloud, "henry", "agent").await;
-    let r = cloud
-        .http
-        .post(cloud.url(&format!("/api/v1/agents/{other}/disable")))
-        .bearer_auth(&cloud.ctl.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let r = admin(
+        &cloud,
+        &format!("/api/v1/agents/{other}/disable"),
+        serde_json::json!({}),
+    )
+    .await;
     assert_eq!(r.status(), 204);
     assert_eq!(
         closed_within(&mut ws, Duration::from_millis(500)).await,
         None
     );
 
-    let r = cloud
-        .http
-        .post(cloud.url(&format!("/api/v1/agents/{grace}/disable")))
-        .bearer_auth(&cloud.ctl.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let r = admin(
+        &cloud,
+        &format!("/api/v1/agents/{grace}/disable"),
+        serde_json::json!({}),
+    )
+    .await;
     assert_eq!(r.status(), 204);
     assert_eq!(
         closed_within(&mut ws, Duration::from_secs(1)).await,
@@ -98,14 +108,12 @@ async fn a_demoted_supervisor_reconnects_as_an_agent_and_loses_supervisor_rights
     };
     assert_eq!(dashboard(cookie.clone()).await, 200);
     let mut ws = cloud.console("sam").await;
-    let r = cloud
-        .http
-        .post(cloud.url(&format!("/api/v1/agents/{sam}/role")))
-        .bearer_auth(&cloud.ctl.admin_token)
-        .json(&serde_json::json!({ "role": "agent" }))
-        .send()
-        .await
-        .unwrap();
+    let r = admin(
+        &cloud,
+        &format!("/api/v1/agents/{sam}/role"),
+        serde_json::json!({ "role": "agent" }),
+    )
+    .await;
     assert_eq!(r.status(), 204);
     assert_eq!(
         closed_within(&mut ws, Duration::from_secs(1)).await,
@@ -126,14 +134,12 @@ async fn a_demoted_supervisor_reconnects_as_an_agent_and_loses_supervisor_rights
         None
     );
     // A bad role is refused with a clear error.
-    let r = cloud
-        .http
-        .post(cloud.url(&format!("/api/v1/agents/{sam}/role")))
-        .bearer_auth(&cloud.ctl.admin_token)
-        .json(&serde_json::json!({ "role": "king" }))
-        .send()
-        .await
-        .unwrap();
+    let r = admin(
+        &cloud,
+        &format!("/api/v1/agents/{sam}/role"),
+        serde_json::json!({ "role": "king" }),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("role must be"));
     cloud.token.cancel();
