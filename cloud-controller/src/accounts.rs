@@ -59,19 +59,32 @@ pub async fn create_account(
     store.agent_create(a, hash, now).await
 }
 
+/// Why a login could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Too many logins are being checked right now.
+    #[error("too many logins at once; try again in a moment")]
+    Busy,
+}
+
 /// Check a username and password; `None` for any failure (unknown user, wrong
 /// password, disabled), in about the same time. The hash is checked on the
-/// hashing threads, not under the store's lock.
+/// hashing threads, not under the store's lock; a full queue is `Busy`.
 pub async fn authenticate(
     store: &Store,
     username: &str,
     password: &str,
-) -> Result<Option<AgentRow>, StoreError> {
+) -> Result<Option<AgentRow>, AuthError> {
     let row = store.agent_login(username).await?;
     let known = row.is_some();
     let (id, phc) = row.unwrap_or_else(|| (String::new(), dummy_hash().to_owned()));
     let p = password.to_owned();
-    let ok = hashing().run(move || verify_password(&p, &phc)).await;
+    let ok = hashing()
+        .try_run(move || verify_password(&p, &phc))
+        .await
+        .map_err(|Busy| AuthError::Busy)?;
     if !(ok && known) {
         return Ok(None);
     }
@@ -82,16 +95,24 @@ pub async fn authenticate(
 /// per hash; on glibc, memory freed by a thread stays in that thread's
 /// arena, so hashing on whichever blocking thread is free let a burst of 50
 /// logins grow the controller to ~1 GiB. Two threads bound it to two hashes'
-/// worth and keep hashing off the store's lock.
+/// worth and keep hashing off the store's lock. The queue in front of them is
+/// bounded ([`HASH_QUEUE`]): a login that finds it full is refused at once
+/// ([`Busy`], 503 with Retry-After) instead of waiting behind a flood.
 pub struct HashingThreads {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    jobs: tokio::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
 }
 
 const HASHING_THREADS: usize = 2;
+/// Hashes waiting for a thread, at most (about half a second of work).
+pub const HASH_QUEUE: usize = 8;
+
+/// The hashing queue is full; try again in a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
 
 impl HashingThreads {
     fn start(threads: usize) -> HashingThreads {
-        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>(HASH_QUEUE);
         let rx = std::sync::Arc::new(Mutex::new(rx));
         for i in 0..threads {
             let rx = rx.clone();
@@ -99,10 +120,10 @@ impl HashingThreads {
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
                     loop {
-                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
                         match job {
-                            Ok(job) => job(),
-                            Err(_) => break,
+                            Some(job) => job(),
+                            None => break,
                         }
                     }
                 })
@@ -111,16 +132,30 @@ impl HashingThreads {
         HashingThreads { jobs: tx }
     }
 
-    /// Run `f` on a hashing thread and wait for its result.
+    /// Run `f` on a hashing thread and wait for its result, waiting for room
+    /// in the queue (operators creating accounts).
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Box<dyn FnOnce() + Send> = Box::new(move || {
             let _ = tx.send(f());
         });
-        if self.jobs.send(job).is_err() {
+        if self.jobs.send(job).await.is_err() {
             unreachable!("hashing threads live as long as the process");
         }
         rx.await.expect("a hashing job always answers")
+    }
+
+    /// Run `f` on a hashing thread unless the queue is full (logins).
+    pub async fn try_run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.try_send(job).map_err(|_| Busy)?;
+        Ok(rx.await.expect("a hashing job always answers"))
     }
 }
 
@@ -130,56 +165,127 @@ pub fn hashing() -> &'static HashingThreads {
     POOL.get_or_init(|| HashingThreads::start(HASHING_THREADS))
 }
 
-/// Failed-login limiter: at most `max_failures` per key within `window_ms`.
-/// Keys are the username and the client address, checked separately.
+/// Failed-login limiter: at most `per_user` failures per username and
+/// `per_address` per client address within `window_ms`, counted separately,
+/// so a locked account does not lock out its colleagues and one address
+/// guessing many names is stopped too. An attempt is reserved (counted as a
+/// failure) before its password is hashed, so a concurrent burst cannot slip
+/// past the check; a success takes the reservation back.
 pub struct LoginLimiter {
     failures: Mutex<HashMap<String, Vec<i64>>>,
-    max_failures: usize,
+    per_user: usize,
+    per_address: usize,
     window_ms: i64,
 }
 
+/// A reserved login attempt; hand it back with [`LoginLimiter::succeeded`].
+#[derive(Debug)]
+pub struct Attempt {
+    user: Option<String>,
+    address: String,
+    at: i64,
+}
+
+/// Keys the limiter keeps at most; beyond it, entries outside the window go.
+const LIMITER_KEYS: usize = 100_000;
+
 impl LoginLimiter {
-    pub fn new(max_failures: usize, window_ms: i64) -> LoginLimiter {
+    pub fn new(per_user: usize, per_address: usize, window_ms: i64) -> LoginLimiter {
         LoginLimiter {
             failures: Mutex::new(HashMap::new()),
-            max_failures,
+            per_user,
+            per_address,
             window_ms,
         }
     }
 
-    /// Milliseconds until `keys` may try again, if any is blocked.
-    pub fn blocked(&self, keys: &[&str], now: i64) -> Option<i64> {
+    /// Reserve an attempt for `user` (`None` when the name cannot be an
+    /// account) from `address`; `Err(ms)` to wait when either is over its limit.
+    pub fn reserve(&self, user: Option<&str>, address: &str, now: i64) -> Result<Attempt, i64> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wait = None;
-        for key in keys {
-            if let Some(times) = map.get_mut(*key) {
+        if map.len() > LIMITER_KEYS {
+            map.retain(|_, v| v.last().is_some_and(|t| now - t < self.window_ms));
+        }
+        let user_key = user.map(|u| format!("user:{u}"));
+        let address_key = format!("addr:{address}");
+        let mut wait: Option<i64> = None;
+        for (key, limit) in [
+            (user_key.as_deref(), self.per_user),
+            (Some(address_key.as_str()), self.per_address),
+        ] {
+            let Some(key) = key else { continue };
+            if let Some(times) = map.get_mut(key) {
                 times.retain(|t| now - t < self.window_ms);
-                if times.len() >= self.max_failures {
+                if times.len() >= limit {
                     let until = times[0] + self.window_ms - now;
-                    wait = Some(wait.map_or(until, |w: i64| w.max(until)));
+                    wait = Some(wait.map_or(until, |w| w.max(until)));
                 }
             }
         }
-        wait
+        if let Some(w) = wait {
+            return Err(w.max(1));
+        }
+        for key in user_key.iter().chain([&address_key]) {
+            map.entry(key.clone()).or_default().push(now);
+        }
+        Ok(Attempt {
+            user: user_key,
+            address: address_key,
+            at: now,
+        })
     }
 
-    pub fn failed(&self, keys: &[&str], now: i64) {
+    /// The attempt was never checked (the hashing queue was full): take
+    /// its reservation back from both keys.
+    pub fn release(&self, attempt: Attempt) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            // Bounded: forget everything old rather than grow without limit.
-            map.retain(|_, v| v.last().is_some_and(|t| now - t < self.window_ms));
-        }
-        for key in keys {
-            map.entry((*key).to_owned()).or_default().push(now);
+        for key in attempt.user.iter().chain([&attempt.address]) {
+            if let Some(times) = map.get_mut(key) {
+                if let Some(i) = times.iter().rposition(|t| *t == attempt.at) {
+                    times.remove(i);
+                }
+            }
         }
     }
 
-    pub fn succeeded(&self, username: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(username);
+    /// The attempt succeeded: the user's failures are forgotten and the
+    /// address's reservation taken back.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(user) = &attempt.user {
+            map.remove(user);
+        }
+        if let Some(times) = map.get_mut(&attempt.address) {
+            if let Some(i) = times.iter().rposition(|t| *t == attempt.at) {
+                times.remove(i);
+            }
+        }
     }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted
+/// proxy (the header's left part is the client's to write, so only the part
+/// appended by trusted proxies is believed).
+pub fn client_address(
+    peer: std::net::IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    if let Some(list) = forwarded_for {
+        for hop in list.rsplit(',') {
+            match hop.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if trusted.contains(&ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
 }
 
 #[cfg(test)]
@@ -233,18 +339,92 @@ mod tests {
     }
 
     #[test]
-    fn limiter_blocks_after_repeated_failures() {
-        let l = LoginLimiter::new(3, 60_000);
-        for t in 0..3 {
-            assert!(l.blocked(&["ada", "10.0.0.1"], t).is_none());
-            l.failed(&["ada", "10.0.0.1"], t);
-        }
-        assert_eq!(l.blocked(&["ada"], 10), Some(59_990));
+    fn limiter_reserves_before_hashing_and_keys_users_and_addresses_apart() {
+        let l = LoginLimiter::new(3, 5, 60_000);
+        // A concurrent burst: reservations count before any hash finishes.
+        let burst: Vec<_> = (0..3)
+            .map(|_| l.reserve(Some("ada"), "10.0.0.1", 0).unwrap())
+            .collect();
+        assert_eq!(l.reserve(Some("ada"), "10.0.0.9", 1).unwrap_err(), 59_999);
+        // A locked account does not lock a colleague at another address…
+        assert!(l.reserve(Some("eve"), "10.0.0.2", 1).is_ok());
+        // …and the address guessing names is stopped after five in all.
+        l.reserve(Some("bob"), "10.0.0.1", 2).unwrap();
+        l.reserve(None, "10.0.0.1", 2).unwrap();
+        assert!(l.reserve(Some("carol"), "10.0.0.1", 3).is_err());
         assert!(
-            l.blocked(&["eve", "10.0.0.1"], 10).is_some(),
-            "the address is blocked too"
+            l.reserve(Some("ada"), "10.0.0.1", 60_001).is_ok(),
+            "the window passes"
         );
-        assert!(l.blocked(&["eve", "10.0.0.2"], 10).is_none());
-        assert!(l.blocked(&["ada"], 60_001).is_none(), "the window passes");
+        // A success takes its reservation back and clears the user.
+        let l = LoginLimiter::new(3, 5, 60_000);
+        for a in burst {
+            l.succeeded(a);
+        }
+        let a = l.reserve(Some("ada"), "10.0.0.1", 0).unwrap();
+        l.reserve(Some("ada"), "10.0.0.1", 0).unwrap();
+        l.succeeded(a);
+        for t in 1..3 {
+            l.reserve(Some("ada"), "10.0.0.1", t).unwrap();
+        }
+        assert!(
+            l.reserve(Some("ada"), "10.0.0.1", 4).is_ok(),
+            "the user was cleared"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_hashing_queue_refuses_logins_at_once() {
+        let pool = HashingThreads::start(1);
+        // Hold the only thread until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = held.recv();
+        });
+        assert!(pool.jobs.try_send(hold).is_ok());
+        while pool.jobs.capacity() < HASH_QUEUE {
+            tokio::task::yield_now().await; // the thread has taken it
+        }
+        for _ in 0..HASH_QUEUE {
+            let noop: Box<dyn FnOnce() + Send> = Box::new(|| {});
+            assert!(pool.jobs.try_send(noop).is_ok());
+        }
+        assert_eq!(pool.try_run(|| 1).await, Err(Busy), "refused, not queued");
+        release.send(()).unwrap();
+        assert_eq!(pool.run(|| 2).await, 2, "operators' hashes wait for room");
+    }
+
+    #[test]
+    fn client_address_believes_only_trusted_proxies() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // A direct client cannot claim another address.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+        // Through the proxy: the address the proxy saw.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Some("198.51.100.7"), &trusted),
+            ip("198.51.100.7")
+        );
+        // A forged left part is ignored; two trusted hops are skipped.
+        assert_eq!(
+            client_address(
+                ip("10.0.0.1"),
+                Some("1.2.3.4, 198.51.100.7, 10.0.0.2"),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        // No header, or garbage: the proxy itself.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), None, &trusted),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Some("not-an-ip"), &trusted),
+            ip("10.0.0.1")
+        );
     }
 }

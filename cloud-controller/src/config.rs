@@ -34,6 +34,7 @@ pub struct HttpConfig {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub tls_names: Vec<String>,
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,7 @@ pub struct ConsoleConfig {
     pub reconnect_grace_secs: u64,
     pub secure_cookies: bool,
     pub login_max_failures: usize,
+    pub login_max_failures_per_address: usize,
     pub login_window_secs: u64,
 }
 
@@ -184,6 +186,21 @@ impl Config {
         {
             return bad("http.public_url", "expected https://host:port");
         }
+        if self
+            .http
+            .trusted_proxies
+            .iter()
+            .any(|p| p.parse::<std::net::IpAddr>().is_err())
+        {
+            return bad(
+                "http.trusted_proxies",
+                "expected IP addresses, e.g. [\"10.0.0.5\"]",
+            );
+        }
+        if self.console.login_max_failures == 0 || self.console.login_max_failures_per_address == 0
+        {
+            return bad("console.login_max_failures", "at least 1");
+        }
         if self.console.session_max_hours == 0 || self.console.idle_timeout_minutes == 0 {
             return bad(
                 "console.session_max_hours",
@@ -209,6 +226,15 @@ impl Config {
             return bad("mqtt.max_payload_bytes", "must be at least 1024");
         }
         Ok(())
+    }
+
+    /// `http.trusted_proxies`, parsed (validated at load).
+    pub fn trusted_proxies(&self) -> Vec<std::net::IpAddr> {
+        self.http
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     /// Host and port nodes should connect to.

@@ -447,8 +447,10 @@ pub async fn run(
         accounts_changed: tokio::sync::broadcast::channel(64).0,
         limiter: accounts::LoginLimiter::new(
             c.login_max_failures,
+            c.login_max_failures_per_address,
             c.login_window_secs as i64 * 1000,
         ),
+        trusted_proxies: config.trusted_proxies(),
     });
     let app = http::router(state);
     tracing::info!(%http_addr, broker = %format!("{}:{}", broker.0, broker.1), "cloud controller listening");

@@ -188,6 +188,7 @@ async fn failed_logins_are_neutral_and_rate_limited() {
         "the page can say what went wrong: {a}"
     );
     attempt("ada", "wrong again").await.unwrap();
+    attempt("ada", "and again").await.unwrap();
     let blocked = attempt("ada", "a long enough password").await.unwrap();
     assert_eq!(
         blocked.status(),
@@ -195,7 +196,95 @@ async fn failed_logins_are_neutral_and_rate_limited() {
         "even the right password waits"
     );
     assert!(blocked.headers().contains_key("retry-after"));
+    // A locked account does not lock out a colleague at the same address.
+    env.agent("bea", "agent").await;
+    let (cookie, _) = env.login("bea").await;
+    assert!(!cookie.is_empty());
+    // Oversized names and passwords are refused before anything else.
+    let long = attempt(&"x".repeat(65), "whatever").await.unwrap();
+    assert_eq!(long.status(), StatusCode::BAD_REQUEST);
+    assert!(long.text().await.unwrap().contains("at most 64 bytes"));
+    let long = attempt("bea", &"p".repeat(1025)).await.unwrap();
+    assert_eq!(long.status(), StatusCode::BAD_REQUEST);
     env.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_burst_of_guesses_gets_no_more_tries_than_the_limit() {
+    let env = Env::start().await; // 3 failures per user
+    env.agent("cy", "agent").await;
+    let tries = (0..12).map(|i| {
+        env.http
+            .post(env.url("/console/api/login"))
+            .json(&serde_json::json!({ "username": "cy", "password": format!("guess {i}") }))
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(checked, 3, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED
+            || *s == StatusCode::TOO_MANY_REQUESTS
+            || *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    env.token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_clients_are_limited_apart_and_others_cannot_pick_an_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.console.login_max_failures_per_address = 2;
+    c.http.trusted_proxies = vec!["127.0.0.1".into()];
+    let token = CancellationToken::new();
+    let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
+    let http = client(&ctl);
+    let try_from = |client_ip: &str, user: &str| {
+        http.post(format!("{}/console/api/login", ctl.base_url))
+            .header("x-forwarded-for", client_ip)
+            .json(&serde_json::json!({ "username": user, "password": "wrong password" }))
+            .send()
+    };
+    // One client guessing names is stopped at its address's limit…
+    for user in ["u1", "u2"] {
+        assert_eq!(try_from("198.51.100.7", user).await.unwrap().status(), 401);
+    }
+    assert_eq!(try_from("198.51.100.7", "u3").await.unwrap().status(), 429);
+    // …and another client behind the same proxy is not.
+    assert_eq!(try_from("198.51.100.8", "u4").await.unwrap().status(), 401);
+    token.cancel();
+
+    // Without trusting the proxy, the header is ignored: every request is
+    // the peer's, whatever address it claims.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.console.login_max_failures_per_address = 2;
+    let token = CancellationToken::new();
+    let ctl = cloud_controller::run(c, token.clone()).await.unwrap();
+    let http = client(&ctl);
+    for (i, ip) in ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+        .iter()
+        .enumerate()
+    {
+        let status = http
+            .post(format!("{}/console/api/login", ctl.base_url))
+            .header("x-forwarded-for", *ip)
+            .json(&serde_json::json!({ "username": format!("n{i}"), "password": "wrong password" }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, if i < 2 { 401 } else { 429 }, "{ip}");
+    }
+    token.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,8 @@ pub enum ConsoleError {
     /// Not found, with what the user can do about it.
     NotFoundWhy(String),
     TooManyAttempts(i64),
+    /// Too many logins are being checked at once.
+    Busy,
     Internal(String),
 }
 
@@ -74,6 +76,18 @@ impl IntoResponse for ConsoleError {
                     .into_response();
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return r;
+            }
+            ConsoleError::Busy => {
+                let mut r = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(ErrorBody {
+                        error: "too many logins at once; try again in a moment".into(),
+                    }),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
                 return r;
             }
             ConsoleError::Internal(m) => {
@@ -159,26 +173,50 @@ pub struct SessionView {
 
 type S = State<Arc<Http>>;
 
+/// Longest username (accounts allow 32) and password a login may send.
+const MAX_USERNAME: usize = 64;
+const MAX_PASSWORD: usize = 1024;
+
 async fn login(
     State(s): S,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<Response, ConsoleError> {
-    let now = now_ms();
-    let ip = peer.ip().to_string();
-    let user_key = format!("user:{}", req.username);
-    let ip_key = format!("ip:{ip}");
-    if let Some(wait) = s.limiter.blocked(&[&user_key, &ip_key], now) {
-        return Err(ConsoleError::TooManyAttempts(wait));
+    if req.username.len() > MAX_USERNAME || req.password.len() > MAX_PASSWORD {
+        return Err(ConsoleError::BadRequest(format!(
+            "a username has at most {MAX_USERNAME} bytes and a password at most {MAX_PASSWORD}"
+        )));
     }
-    let (u, p) = (req.username.clone(), req.password);
-    let agent = crate::accounts::authenticate(&s.store, &u, &p).await?;
+    let now = now_ms();
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = crate::accounts::client_address(peer.ip(), forwarded, &s.trusted_proxies);
+    // A name that cannot be an account is never a limiter key of its own.
+    let user = crate::store::agents::valid_username(&req.username).then_some(req.username.as_str());
+    let attempt = s
+        .limiter
+        .reserve(user, &ip.to_string(), now)
+        .map_err(ConsoleError::TooManyAttempts)?;
+    let agent = if user.is_some() {
+        match crate::accounts::authenticate(&s.store, &req.username, &req.password).await {
+            Ok(agent) => agent,
+            Err(crate::accounts::AuthError::Busy) => {
+                s.limiter.release(attempt);
+                return Err(ConsoleError::Busy);
+            }
+            Err(crate::accounts::AuthError::Store(e)) => {
+                s.limiter.release(attempt);
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
     let Some(agent) = agent else {
-        s.limiter.failed(&[&user_key, &ip_key], now);
-        tracing::warn!(username = %req.username, %ip, "console login failed");
+        tracing::warn!(username = %req.username.escape_debug(), %ip, "console login failed");
         return Err(ConsoleError::WrongCredentials);
     };
-    s.limiter.succeeded(&user_key);
+    s.limiter.succeeded(attempt);
     // A fresh token at every login (no session fixation).
     let (token, csrf) = s.store.session_open(&agent.id, now).await?;
     let secure = if s.console.secure_cookies {

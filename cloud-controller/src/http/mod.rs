@@ -52,6 +52,8 @@ pub struct Http {
     pub models: ModelEndpoint,
     pub console: ConsoleConfig,
     pub limiter: LoginLimiter,
+    /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Every route of the controller.

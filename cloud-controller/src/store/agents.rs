@@ -62,7 +62,7 @@ pub enum AccountError {
     NotFound,
 }
 
-fn valid_username(u: &str) -> bool {
+pub fn valid_username(u: &str) -> bool {
     !u.is_empty()
         && u.len() <= 32
         && u.bytes()
