@@ -14,6 +14,7 @@ pub struct Metrics {
     pub refused: Family<Labels, Counter>,
     pub events_new: Counter,
     pub events_duplicate: Counter,
+    pub events_foreign: Counter,
     pub heartbeats: Counter,
     pub nodes_online: Gauge,
     pub commands_sent: Counter,
@@ -35,6 +36,7 @@ impl Metrics {
         let refused = Family::<Labels, Counter>::default();
         let events_new = Counter::default();
         let events_duplicate = Counter::default();
+        let events_foreign = Counter::default();
         let heartbeats = Counter::default();
         let nodes_online = Gauge::default();
         let commands_sent = Counter::default();
@@ -73,6 +75,11 @@ impl Metrics {
             "Events received again (already stored)",
             events_duplicate.clone(),
         );
+        registry.register(
+            "events_foreign",
+            "New events refused because they named another node's conversation",
+            events_foreign.clone(),
+        );
         registry.register("heartbeats", "Heartbeats received", heartbeats.clone());
         registry.register(
             "nodes_online",
@@ -99,6 +106,7 @@ impl Metrics {
             refused,
             events_new,
             events_duplicate,
+            events_foreign,
             heartbeats,
             nodes_online,
             commands_sent,

@@ -25,50 +25,29 @@ pub enum In {
         at: i64,
     },
     /// A visitor's line in a live chat.
-    VisitorLine {
-        chat: String,
-        line: Line,
-    },
+    VisitorLine { chat: String, line: Line },
     /// The visitor ended an escalated conversation.
-    VisitorEnded {
-        chat: String,
-    },
+    VisitorEnded { chat: String },
     /// The node took a waiting chat out of the queue (the visitor left,
     /// declined, or left a message instead); `reason` in words.
-    Withdrawn {
-        chat: String,
-        reason: String,
-    },
+    Withdrawn { chat: String, reason: String },
     /// The visitor's page closed or opened again.
-    VisitorPresence {
-        chat: String,
-        present: bool,
-    },
+    VisitorPresence { chat: String, present: bool },
     /// Rebuild from the store at start: the chats that were waiting or held.
-    Restore {
-        chats: Vec<LiveChat>,
-    },
+    Restore { chats: Vec<LiveChat> },
     VisitorTyping {
         chat: String,
+        /// The node that sent it: only the chat's own node is believed.
+        node: String,
     },
     /// A branch went offline or came back.
-    NodeStatus {
-        node: String,
-        online: bool,
-    },
+    NodeStatus { node: String, online: bool },
     /// An agent's first console socket opened.
-    Connected {
-        agent: AgentRow,
-    },
+    Connected { agent: AgentRow },
     /// An agent's last console socket closed.
-    Disconnected {
-        agent: String,
-    },
+    Disconnected { agent: String },
     /// A frame from an agent's console; the step ends with [`Do::Reply`].
-    Console {
-        agent: AgentRow,
-        frame: ConsoleIn,
-    },
+    Console { agent: AgentRow, frame: ConsoleIn },
     /// Time passes (presence grace periods).
     Tick,
 }
@@ -348,8 +327,10 @@ impl Desk {
                     }
                 }
             }
-            In::VisitorTyping { chat } => {
-                if let Some(agent) = self.holder(&chat) {
+            In::VisitorTyping { chat, node } => {
+                // Only the chat's own node speaks for its visitor.
+                let own = self.nodes.get(&chat) == Some(&node);
+                if let Some(agent) = self.holder(&chat).filter(|_| own) {
                     out.push(Do::Push {
                         agent: agent.to_owned(),
                         frame: ConsoleOut::Typing { chat },

@@ -102,10 +102,10 @@ pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
         let what = match up {
             // Ephemeral or answered without the store.
             Up::Typing { conversation } => {
-                if !link
-                    .handoff
-                    .try_input(In::VisitorTyping { chat: conversation })
-                {
+                if !link.handoff.try_input(In::VisitorTyping {
+                    chat: conversation,
+                    node: node.clone(),
+                }) {
                     link.metrics.handoff_dropped.inc();
                 }
                 continue;
@@ -150,11 +150,18 @@ pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
 pub async fn after_commit(link: &Link, stored: Vec<Stored>, outcomes: Vec<InboundOutcome>) {
     for (m, outcome) in stored.into_iter().zip(outcomes) {
         match (m.what, outcome) {
-            (InboundKind::Events(events), InboundOutcome::Events { total, fresh }) => {
-                link.metrics.events_new.inc_by(fresh.len() as u64);
-                link.metrics
-                    .events_duplicate
-                    .inc_by((total - fresh.len()) as u64);
+            (
+                InboundKind::Events(events),
+                InboundOutcome::Events {
+                    total,
+                    new,
+                    refused,
+                    fresh,
+                },
+            ) => {
+                link.metrics.events_new.inc_by(new as u64);
+                link.metrics.events_duplicate.inc_by((total - new) as u64);
+                link.metrics.events_foreign.inc_by(refused as u64);
                 // Acknowledge only after the commit above.
                 let ids = events.into_iter().map(|e| e.id).collect();
                 if !link.downlink.send(&m.node, Down::EventsAck { ids }) {

@@ -4,7 +4,7 @@
 
 use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::Heartbeat;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -58,8 +58,13 @@ pub enum InboundOutcome {
     None,
     /// Events: those stored for the first time (the rest were resends).
     Events {
+        /// New events that were applied (not refused).
         fresh: Vec<Event>,
         total: usize,
+        /// New events, applied or refused.
+        new: usize,
+        /// New events refused: they named another node's conversation.
+        refused: usize,
     },
     /// A command acknowledgement; `false` if no such pending command of that node.
     CommandAcked(bool),
@@ -102,11 +107,56 @@ fn ingest(
     Ok(new)
 }
 
+/// The conversation an event is about, if any.
+fn conversation_of(body: &EventBody) -> Option<&str> {
+    Some(match body {
+        EventBody::ConversationSummary(s) => &s.conversation,
+        EventBody::Escalation(x) => &x.conversation,
+        EventBody::OfflineMessage(m) => &m.conversation,
+        EventBody::ChatLine(l) => &l.conversation,
+        EventBody::Rating(r) => &r.conversation,
+        EventBody::EscalationWithdrawn(w) => &w.conversation,
+        EventBody::VisitorPresence(p) => &p.conversation,
+        EventBody::FlowCompleted(_) => return None,
+    })
+}
+
+/// Whether `node` may speak for `conversation`: one the controller has never
+/// seen, or one that node started. A node naming another branch's
+/// conversation (to add lines, rate, reopen or close it) is refused.
+fn owned_by(conn: &Connection, conversation: &str, node: &str) -> Result<bool, StoreError> {
+    let owner: Option<String> = conn
+        .prepare_cached("SELECT node_id FROM chats WHERE id = ?1")?
+        .query_row([conversation], |r| r.get(0))
+        .optional()?;
+    Ok(owner.is_none_or(|o| o == node))
+}
+
 /// Record what newly stored `events` from `node` mean for chats, tickets and
 /// history, in the caller's transaction (the one that stores the events, so
-/// an acknowledged event is never half applied).
-fn project(conn: &rusqlite::Connection, node: &str, events: &[Event]) -> Result<(), StoreError> {
+/// an acknowledged event is never half applied). Returns the events that
+/// were applied: those naming another node's conversation are stored (and
+/// acknowledged, so the node does not resend them) but change nothing.
+fn project(
+    conn: &rusqlite::Connection,
+    node: &str,
+    events: Vec<Event>,
+) -> Result<(Vec<Event>, usize), StoreError> {
+    let mut applied = Vec::with_capacity(events.len());
+    let mut refused = 0;
     for e in events {
+        if let Some(conversation) = conversation_of(&e.body) {
+            if !owned_by(conn, conversation, node)? {
+                tracing::warn!(
+                    %node,
+                    conversation = %conversation.escape_debug(),
+                    kind = e.body.kind(),
+                    "event names another node's conversation; ignored"
+                );
+                refused += 1;
+                continue;
+            }
+        }
         match &e.body {
             EventBody::Escalation(x) => {
                 super::chats::escalated(
@@ -177,8 +227,9 @@ fn project(conn: &rusqlite::Connection, node: &str, events: &[Event]) -> Result<
             }
             EventBody::FlowCompleted(_) => {}
         }
+        applied.push(e);
     }
-    Ok(())
+    Ok((applied, refused))
 }
 
 /// A withdrawal's reason as the chat's resolution, in words.
@@ -253,9 +304,12 @@ impl Store {
                             let new = ingest(&tx, &m.node, events, now)?;
                             let fresh: Vec<Event> =
                                 new.iter().map(|&i| events[i].clone()).collect();
-                            project(&tx, &m.node, &fresh)?;
+                            let new = fresh.len();
+                            let (fresh, refused) = project(&tx, &m.node, fresh)?;
                             InboundOutcome::Events {
                                 total: events.len(),
+                                new,
+                                refused,
                                 fresh,
                             }
                         }

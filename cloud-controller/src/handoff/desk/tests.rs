@@ -457,3 +457,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn typing_counts_only_from_the_chats_own_node() {
+    let mut desk = Desk::new(30_000);
+    online(&mut desk, "a1");
+    escalate(&mut desk, "c1", "branch-7");
+    let typing = |node: &str| In::VisitorTyping {
+        chat: "c1".into(),
+        node: node.into(),
+    };
+    assert!(
+        desk.step(typing("branch-8"), 20).is_empty(),
+        "another node is ignored"
+    );
+    assert_eq!(
+        desk.step(typing("branch-7"), 21),
+        vec![Do::Push {
+            agent: "a1".into(),
+            frame: ConsoleOut::Typing { chat: "c1".into() },
+        }]
+    );
+}
