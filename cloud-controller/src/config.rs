@@ -35,6 +35,7 @@ pub struct HttpConfig {
     pub tls_key: PathBuf,
     pub tls_names: Vec<String>,
     pub trusted_proxies: Vec<String>,
+    pub metrics_token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -438,6 +438,7 @@ pub async fn run(
         creds,
         controller_keys: link.controller_keys.clone(),
         admin_token: admin_token.clone(),
+        metrics_token: config.http.metrics_token.clone(),
         broker: broker.clone(),
         broker_ca,
         models: models_endpoint,

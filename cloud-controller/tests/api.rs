@@ -217,8 +217,12 @@ async fn bad_requests_get_clear_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // Metrics are not public.
+    let r = http.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
     let metrics = http
         .get(url("/metrics"))
+        .bearer_auth(&ctl.admin_token)
         .send()
         .await
         .unwrap()

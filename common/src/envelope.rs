@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use crypto_box::aead::Aead;
 use crypto_box::{PublicKey, SalsaBox, SecretKey};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// Major version of the envelope schema; a different major is refused.
@@ -137,7 +137,7 @@ impl Peer {
             return false;
         };
         self.verify
-            .verify(msg, &Signature::from_bytes(&bytes))
+            .verify_strict(msg, &Signature::from_bytes(&bytes))
             .is_ok()
     }
 }
@@ -335,7 +335,7 @@ impl Envelope {
         sender
             .peer
             .verify
-            .verify(&msg, &Signature::from_bytes(&sig))
+            .verify_strict(&msg, &Signature::from_bytes(&sig))
             .map_err(|_| EnvelopeError::BadSignature)?;
         let nonce: [u8; 24] = decode_fixed(&self.nonce)?;
         let ct = B64

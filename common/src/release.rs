@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// Chunk size for hashing and transfer (1 MiB).
@@ -83,7 +83,7 @@ impl SignedRelease {
             .decode(&self.signature)
             .map_err(|_| ReleaseError::BadSignature)?;
         let sig = Signature::from_slice(&bytes).map_err(|_| ReleaseError::BadSignature)?;
-        key.verify(self.release.as_bytes(), &sig)
+        key.verify_strict(self.release.as_bytes(), &sig)
             .map_err(|_| ReleaseError::BadSignature)?;
         let r: Release = serde_json::from_str(&self.release)
             .map_err(|e| ReleaseError::Malformed(e.to_string()))?;

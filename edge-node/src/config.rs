@@ -60,6 +60,7 @@ pub struct ServerConfig {
     pub history_limit: usize,
     pub shutdown_grace_secs: u64,
     pub kiosk_idle_reset_secs: u32,
+    pub metrics_token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

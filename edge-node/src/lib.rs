@@ -270,9 +270,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
     );
     drop((store, models, sessions, keeper));
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
         // Chat sockets see the same token and close themselves; wait for them.
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {

@@ -69,7 +69,7 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection, DbError> 
 /// Create `path` empty and 0600 if it does not exist, so SQLite (and its
 /// `-wal`/`-shm` files, which copy the main file's mode) never make it
 /// readable by others.
-fn create_private(path: &Path) -> std::io::Result<()> {
+pub fn create_private(path: &Path) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

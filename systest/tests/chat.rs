@@ -403,3 +403,21 @@ async fn offline_node_keeps_its_outbox_within_budget_without_losing_escalations(
     );
     node.stop().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_node_database_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&dir);
+    let path = c.store.path.clone();
+    let node = TestNode::start(c).await;
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    say(&mut ws, &msg("my card number is 4111 1111 1111 1111")).await;
+    for p in [path.clone(), path.with_extension("db-wal")] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+    }
+    node.stop().await;
+}

@@ -37,6 +37,8 @@ pub struct Http {
     /// The controller's public keys, handed to nodes at enrolment.
     pub controller_keys: PublicKeys,
     pub admin_token: String,
+    /// Bearer token for `/metrics` (empty: the admin token).
+    pub metrics_token: String,
     /// Ids of agents whose account changed (disabled, new role): their
     /// console sockets check their session again at once.
     pub accounts_changed: tokio::sync::broadcast::Sender<String>,
@@ -67,7 +69,29 @@ pub fn router(state: Arc<Http>) -> axum::Router {
         .merge(console::router(state))
 }
 
-async fn metrics_text(State(s): State<Arc<Http>>) -> impl IntoResponse {
+/// Metrics for whoever holds the metrics token (`http.metrics_token`, else
+/// the admin token): they describe the fleet and are not for the internet.
+async fn metrics_text(
+    State(s): State<Arc<Http>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let want = if s.metrics_token.is_empty() {
+        &s.admin_token
+    } else {
+        &s.metrics_token
+    };
+    if given.is_empty() || crate::store::sha256_hex(given) != crate::store::sha256_hex(want) {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            "metrics need a bearer token (http.metrics_token, or the admin token)\n",
+        )
+            .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -75,4 +99,5 @@ async fn metrics_text(State(s): State<Arc<Http>>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+        .into_response()
 }

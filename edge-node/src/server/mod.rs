@@ -84,7 +84,37 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+/// Whether `/metrics` may be answered: to the node's own host, or to a
+/// bearer of the configured token (digests compared).
+fn metrics_allowed(peer: std::net::IpAddr, token: &str, given: Option<&str>) -> bool {
+    match given {
+        Some(g) if !token.is_empty() => {
+            use sha2::Digest;
+            sha2::Sha256::digest(g.as_bytes()) == sha2::Sha256::digest(token.as_bytes())
+        }
+        _ => peer.is_loopback(),
+    }
+}
+
+/// Metrics for the node's own host (loopback) or whoever holds
+/// `server.metrics_token`: the kiosk port faces visitors, and metrics are
+/// not for them.
+async fn metrics_text(
+    State(app): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !metrics_allowed(peer.ip(), &app.server.metrics_token, given) {
+        return (
+            StatusCode::FORBIDDEN,
+            "metrics are served to this host, or with server.metrics_token\n",
+        )
+            .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -92,4 +122,30 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         )],
         app.metrics.render(),
     )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metrics_allowed;
+
+    #[test]
+    fn metrics_go_to_this_host_or_a_token_holder_only() {
+        let (lan, local) = (
+            "192.168.1.20".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+        );
+        assert!(metrics_allowed(local, "", None));
+        assert!(!metrics_allowed(lan, "", None), "a visitor on the LAN");
+        assert!(
+            !metrics_allowed(lan, "", Some("guess")),
+            "no token configured"
+        );
+        assert!(!metrics_allowed(lan, "s3cret", Some("guess")));
+        assert!(metrics_allowed(lan, "s3cret", Some("s3cret")));
+        assert!(
+            !metrics_allowed(local, "s3cret", Some("wrong")),
+            "a wrong token is wrong everywhere"
+        );
+    }
 }

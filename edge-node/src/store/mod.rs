@@ -194,6 +194,9 @@ fn open_connection(cfg: &StoreConfig) -> Result<Connection, StoreError> {
     if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     }
+    // Owner-only from the start (transcripts, session tokens); SQLite's
+    // -wal and -shm files copy this mode.
+    edgedesk_support::sqlite::create_private(&cfg.path).map_err(|e| open_err(e.to_string()))?;
     let mut conn = Connection::open(&cfg.path).map_err(|e| open_err(e.to_string()))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
