@@ -28,7 +28,11 @@ use crate::session::{Active, AgentEvent};
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
+    /// A message over the hard size cap.
+    pub const TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The session was resumed by another connection.
     pub const TAKEN_OVER: u16 = 4001;
@@ -262,10 +266,11 @@ impl Connection {
                 Wake::Socket(msg) => match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Err(e)) => {
-                        // Invalid UTF-8, oversized or malformed frames end here.
+                        // Invalid UTF-8, oversized or malformed frames end
+                        // here, with the close code RFC 6455 names for each.
                         tracing::debug!(error = %e, "WebSocket protocol error");
                         self.app.metrics.reject("protocol");
-                        break None;
+                        break Some(protocol_close(&e.to_string()));
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Vec::new(),
                     // Boxed: the turn's state lives on the heap only while a
@@ -424,5 +429,18 @@ impl Connection {
             ClientFrame::Ping => vec![ServerFrame::Pong],
         };
         (frames, Flow::Continue)
+    }
+}
+
+/// The close code and reason for a WebSocket protocol error, by what the
+/// WebSocket layer reported: 1009 for a message over the size cap, 1007 for
+/// text that is not UTF-8, 1002 for anything else.
+fn protocol_close(error: &str) -> (u16, &'static str) {
+    if error.contains("Space limit exceeded") || error.contains("too long") {
+        (close::TOO_BIG, "message too big")
+    } else if error.contains("UTF-8") || error.contains("utf-8") {
+        (close::INVALID_DATA, "invalid UTF-8 in a text frame")
+    } else {
+        (close::PROTOCOL, "WebSocket protocol error")
     }
 }
