@@ -61,6 +61,7 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     pub kiosk_idle_reset_secs: u32,
     pub metrics_token: String,
+    pub hello_deadline_secs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,6 +269,9 @@ impl Config {
                 "cloud.node_id",
                 "required when cloud.enabled: 1-64 of a-z 0-9 - _ .",
             );
+        }
+        if self.server.hello_deadline_secs == 0 {
+            return bad("server.hello_deadline_secs", "at least 1");
         }
         if self.cloud.enabled
             && self.cloud.controller_url.starts_with("http://")

@@ -328,3 +328,24 @@ async fn a_refused_message_is_named_by_its_client_id_and_other_refusals_name_non
     assert_healthy_and_intact(&node, &token).await;
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_socket_that_never_says_hello_is_closed_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.server.hello_deadline_secs = 1;
+    let node = TestNode::start(c).await;
+    let mut ok = node.connect().await;
+    start_session(&mut ok).await;
+    let mut ws = node.connect().await;
+    let started = std::time::Instant::now();
+    assert_eq!(recv_close(&mut ws).await, Some(1008));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the deadline"
+    );
+    // The visitor who said hello, opened earlier, is still served.
+    ok.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    assert!(matches!(recv(&mut ok).await, ServerFrame::Pong));
+    node.stop().await;
+}

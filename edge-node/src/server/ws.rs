@@ -147,6 +147,8 @@ enum Wake {
     Idle,
     /// A waiting visitor has waited long enough to be offered a message instead.
     Offer,
+    /// The connection has not said hello in time.
+    NoHello,
     Agent(Option<Box<AgentEvent>>),
     Socket(Option<Result<Message, axum::Error>>),
 }
@@ -156,6 +158,9 @@ struct Connection {
     bucket: Bucket,
     violations: u32,
     session: Option<Active>,
+    /// When the socket opened: a `hello` must come within
+    /// `server.hello_deadline_secs`, or the socket is closed.
+    opened: tokio::time::Instant,
     last_activity: tokio::time::Instant,
     /// Agent actions for the held session.
     agent_rx: Option<mpsc::Receiver<Box<AgentEvent>>>,
@@ -199,6 +204,7 @@ impl Connection {
             bucket,
             violations: 0,
             session: None,
+            opened: tokio::time::Instant::now(),
             last_activity: tokio::time::Instant::now(),
             agent_rx: None,
         }
@@ -212,6 +218,9 @@ impl Connection {
             let taken_over = self.session.as_ref().map(|s| s.claim().token.clone());
             let conversation_open = self.session.as_ref().is_some_and(Active::is_open);
             let idle_deadline = self.last_activity + idle;
+            let hello_deadline =
+                self.opened + Duration::from_secs(u64::from(self.app.server.hello_deadline_secs));
+            let greeted = self.session.is_some();
             let offer_deadline = self
                 .session
                 .as_ref()
@@ -224,6 +233,7 @@ impl Connection {
                     _ = shutdown.cancelled() => Wake::Shutdown,
                     _ = async { taken_over.unwrap().cancelled().await }, if taken_over.is_some() => Wake::TakenOver,
                     _ = tokio::time::sleep_until(idle_deadline), if conversation_open => Wake::Idle,
+                    _ = tokio::time::sleep_until(hello_deadline), if !greeted => Wake::NoHello,
                     _ = async { tokio::time::sleep_until(offer_deadline.unwrap()).await }, if offer_deadline.is_some() => Wake::Offer,
                     ev = recv_agent(agent_rx) => Wake::Agent(ev),
                     msg = socket.recv() => Wake::Socket(msg),
@@ -231,6 +241,10 @@ impl Connection {
             };
             let frames = match wake {
                 Wake::Shutdown => break Some((close::GOING_AWAY, "server shutting down")),
+                Wake::NoHello => {
+                    self.app.metrics.reject("no_hello");
+                    break Some((close::POLICY, "no hello in time"));
+                }
                 Wake::TakenOver => {
                     let notice = ServerFrame::Notice {
                         code: "session_taken_over".into(),
