@@ -58,16 +58,15 @@ async fn the_language_the_visitor_chose_wins_over_what_they_type() {
     node.stop().await;
 }
 
-#[tokio::test]
-async fn a_waiting_visitor_who_leaves_is_shown_gone_then_taken_out_of_the_queue() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir);
+/// A node (abandonment grace 30 s) whose waiting visitor closed the page and
+/// has been reported gone (past the 10 s presence grace); their token.
+async fn visitor_gone(dir: &tempfile::TempDir) -> (TestNode, String) {
+    let mut c = config(dir);
     c.dialog.abandon_grace_secs = 30;
     let node = TestNode::start(c).await;
     let mut ws = node.connect().await;
     let (token, _) = escalate(&mut ws).await;
     drop(ws);
-    // Gone for longer than the presence grace: the agent is told.
     eventually(10, "the visitor is reported gone", || async {
         node.departures(now_ms() + 11_000).await;
         node.outbox_kinds()
@@ -75,6 +74,14 @@ async fn a_waiting_visitor_who_leaves_is_shown_gone_then_taken_out_of_the_queue(
             .contains(&"visitor_presence".to_owned())
     })
     .await;
+    (node, token)
+}
+
+#[tokio::test]
+async fn a_waiting_visitor_who_leaves_is_shown_gone_then_taken_out_of_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    // Gone for longer than the presence grace: the agent is told.
+    let (node, token) = visitor_gone(&dir).await;
     assert!(
         !node
             .outbox_kinds()
@@ -100,17 +107,7 @@ async fn a_waiting_visitor_who_leaves_is_shown_gone_then_taken_out_of_the_queue(
 #[tokio::test]
 async fn a_visitor_back_within_the_grace_keeps_their_place_and_the_agent_sees_them_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir);
-    c.dialog.abandon_grace_secs = 30;
-    let node = TestNode::start(c).await;
-    let mut ws = node.connect().await;
-    let (token, _) = escalate(&mut ws).await;
-    drop(ws);
-    eventually(10, "the visitor is reported gone", || async {
-        node.departures(now_ms() + 11_000).await;
-        node.outbox_kinds().await.len() == 2
-    })
-    .await;
+    let (node, token) = visitor_gone(&dir).await;
     let mut ws = node.connect().await;
     send(&mut ws, &hello(Some(&token))).await;
     let ServerFrame::Welcome { state, .. } = recv(&mut ws).await else {

@@ -183,6 +183,42 @@ impl Desk {
         self.told.retain(|chat, _| waiting.contains(chat));
     }
 
+    /// Close a held chat everywhere: stored with `resolution`, the visitor's
+    /// node told, the agent's console told (`reason` says why, when it was
+    /// not the agent's own doing).
+    fn close_both_sides(
+        &self,
+        chat: &str,
+        agent: &str,
+        resolution: String,
+        reason: Option<String>,
+        now: i64,
+        out: &mut Vec<Do>,
+    ) {
+        out.push(Do::Store(ChatWrite::Close {
+            chat: chat.to_owned(),
+            resolution,
+            at: now,
+        }));
+        if let Some(node) = self.nodes.get(chat).cloned() {
+            out.push(Do::Command {
+                node,
+                chat: chat.to_owned(),
+                body: CommandBody::AgentClosed(AgentClosed {
+                    conversation: chat.to_owned(),
+                }),
+                id: None,
+            });
+        }
+        out.push(Do::Push {
+            agent: agent.to_owned(),
+            frame: ConsoleOut::Closed {
+                chat: chat.to_owned(),
+                reason,
+            },
+        });
+    }
+
     /// Forget a chat that ended (the router's close and the desk's maps).
     fn forget(&mut self, chat: &str, now: i64, out: &mut Vec<Do>) {
         let actions = self.router.step(routing::Input::Closed {
@@ -245,28 +281,14 @@ impl Desk {
                 if let Some(agent) = self.holder(&chat).map(str::to_owned) {
                     // Assigned while the node withdrew it: the agent's
                     // join crossed the withdrawal. Close on both sides.
-                    out.push(Do::Store(ChatWrite::Close {
-                        chat: chat.clone(),
-                        resolution: reason.clone(),
-                        at: now,
-                    }));
-                    if let Some(node) = self.nodes.get(&chat).cloned() {
-                        out.push(Do::Command {
-                            node,
-                            chat: chat.clone(),
-                            body: CommandBody::AgentClosed(AgentClosed {
-                                conversation: chat.clone(),
-                            }),
-                            id: None,
-                        });
-                    }
-                    out.push(Do::Push {
-                        agent,
-                        frame: ConsoleOut::Closed {
-                            chat: chat.clone(),
-                            reason: Some(reason),
-                        },
-                    });
+                    self.close_both_sides(
+                        &chat,
+                        &agent,
+                        reason.clone(),
+                        Some(reason),
+                        now,
+                        &mut out,
+                    );
                 }
                 if self.router.chat(&chat).is_some() {
                     self.forget(&chat, now, &mut out);
@@ -489,27 +511,11 @@ impl Desk {
                 if !mine(self, &chat) {
                     return Err("that chat is not assigned to you".into());
                 }
-                let node = self.nodes.get(&chat).cloned().ok_or("unknown chat")?;
-                out.push(Do::Store(ChatWrite::Close {
-                    chat: chat.clone(),
-                    resolution: resolution.chars().take(MAX_LINE).collect(),
-                    at: now,
-                }));
-                out.push(Do::Command {
-                    node,
-                    chat: chat.clone(),
-                    body: CommandBody::AgentClosed(AgentClosed {
-                        conversation: chat.clone(),
-                    }),
-                    id: None,
-                });
-                out.push(Do::Push {
-                    agent: agent.id.clone(),
-                    frame: ConsoleOut::Closed {
-                        chat: chat.clone(),
-                        reason: None,
-                    },
-                });
+                if !self.nodes.contains_key(&chat) {
+                    return Err("unknown chat".into());
+                }
+                let resolution = resolution.chars().take(MAX_LINE).collect();
+                self.close_both_sides(&chat, &agent.id, resolution, None, now, out);
                 self.forget(&chat, now, out);
             }
             ConsoleIn::Transfer { chat, to } => {
