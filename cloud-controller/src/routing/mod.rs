@@ -94,7 +94,8 @@ pub enum Input {
     VisitorPresence { chat: ChatId, present: bool },
     /// The chat ended (agent closed it, or the visitor left).
     Closed { chat: ChatId },
-    /// Hand a chat to `to`, or back to the queue with `None`.
+    /// Hand a chat to `to` (also while its visitor has stepped away: the colleague sees them
+    /// as away), or back to the queue with `None` (served again once the visitor is there).
     Transfer { chat: ChatId, to: Option<AgentId> },
     /// Time passes (presence grace periods).
     Tick { now: i64 },
