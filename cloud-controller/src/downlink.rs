@@ -124,9 +124,15 @@ impl Downlink {
         Ok(cmd)
     }
 
-    /// Send every unacknowledged command of `node` again, in queue order.
-    pub async fn send_pending(&self, node: &str) -> Result<(), StoreError> {
-        let pending = self.store.pending_commands(node).await?;
+    /// Send the unacknowledged commands of `node` again, in queue order:
+    /// all of them, or with `sent_before` only those not sent since (the
+    /// retry timer must not resend what is still on its way).
+    pub async fn send_pending(
+        &self,
+        node: &str,
+        sent_before: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let pending = self.store.pending_commands(node, sent_before).await?;
         if pending.is_empty() {
             return Ok(());
         }

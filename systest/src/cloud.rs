@@ -101,6 +101,14 @@ impl Cloud {
         v["token"].as_str().unwrap().to_owned()
     }
 
+    /// A node's commands (newest first) with their acknowledgement state.
+    pub async fn commands(&self, node: &str) -> Vec<serde_json::Value> {
+        let v = self
+            .get(&format!("/api/v1/nodes/{node}/commands?limit=10000"))
+            .await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
     pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
         self.get(&format!("/api/v1/events?{query}"))
             .await

@@ -200,6 +200,27 @@ pub async fn connect_url(url: &str, origin: Option<&str>) -> Ws {
     ws
 }
 
+/// A kiosk WebSocket whose TCP side takes data slowly: a small segment size
+/// and receive window, so a node writing to a visitor who stops reading
+/// blocks after a few tens of kilobytes (loopback's 64 KiB segments would
+/// otherwise let megabytes pile up in the node's send buffer first).
+pub async fn connect_slow_reader(addr: std::net::SocketAddr, url: &str) -> Ws {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    socket.set_tcp_mss(536).expect("TCP_MAXSEG");
+    socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    socket.set_nonblocking(true).expect("non-blocking");
+    let tcp = TcpStream::from_std(socket.into()).expect("tokio stream");
+    let (ws, _) = tokio_tungstenite::client_async(
+        url.into_client_request().expect("request"),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .expect("ws connects");
+    ws
+}
+
 /// Minimal HTTP/1.1 GET (no client library needed for our few checks).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -590,3 +590,94 @@ async fn an_agent_line_lost_in_flight_is_not_overtaken_by_the_next() {
     node.stop().await;
     cloud.token.cancel();
 }
+
+/// Issue 11, finding 5: a visitor whose page stops reading (a frozen tab, a
+/// script) must not freeze the branch's link. The visitor's socket has a tiny
+/// receive window and is never read after the agent is assigned; the agent
+/// then sends long lines, and a `ping` to the node is still acknowledged
+/// within a second. The slow visitor's conversation is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_who_never_reads_does_not_freeze_the_branch_link() {
+    let cloud = Cloud::start().await;
+    cloud.create_agent("sam", "Sam", &["en"], 1).await;
+    let mut agent = cloud.console("sam").await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &edir, "branch-slow").await;
+    let mut visitor = connect_slow_reader(node.addr, &node.ws_url()).await;
+    let (_, conversation) = escalate(&mut visitor).await;
+    let assigned = console_next(&mut agent, "assigned").await;
+    let chat = assigned["chat"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(chat, conversation);
+    // From here on the visitor reads nothing. Long lines fill its window
+    // and the node's send buffer. The agent's console reads as a page does.
+    use futures_util::SinkExt;
+    let (mut agent_tx, mut agent_rx) = agent.split();
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = agent_rx.next().await {} });
+    const LINES: usize = 30;
+    let line = "我们正在核对您的账户信息，请稍候。".repeat(110);
+    assert!(line.chars().count() <= 2000);
+    for i in 0..LINES {
+        let frame =
+            serde_json::json!({ "type": "message", "chat": chat, "text": format!("{i} {line}") });
+        agent_tx
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+    // Wait until the node is busy with those lines (the first are acknowledged).
+    eventually(20, "the agent's first lines reach the node", || async {
+        cloud
+            .commands("branch-slow")
+            .await
+            .iter()
+            .any(|c| c["kind"] == "agent_message" && !c["acked_at"].is_null())
+    })
+    .await;
+    let ping = cloud
+        .post(
+            "/api/v1/nodes/branch-slow/commands",
+            serde_json::json!({ "kind": "ping" }),
+        )
+        .await;
+    let id = ping["id"].as_str().unwrap().to_owned();
+    let sent = std::time::Instant::now();
+    let acked = loop {
+        let c = cloud
+            .commands("branch-slow")
+            .await
+            .iter()
+            .find(|c| c["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        if !c["acked_at"].is_null() {
+            break sent.elapsed();
+        }
+        if sent.elapsed() > Duration::from_secs(30) {
+            panic!("the ping was never acknowledged: {c}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pending = cloud
+        .commands("branch-slow")
+        .await
+        .iter()
+        .filter(|c| c["kind"] == "agent_message" && c["acked_at"].is_null())
+        .count();
+    assert!(
+        acked < Duration::from_secs(1),
+        "ping acknowledged after {acked:?} ({pending} agent lines still pending)"
+    );
+    // The slow visitor's conversation is kept: every line is stored on the
+    // node in the end, whether the socket took it or was dropped.
+    eventually(60, "every agent line is acknowledged", || async {
+        cloud
+            .commands("branch-slow")
+            .await
+            .iter()
+            .filter(|c| c["kind"] == "agent_message")
+            .all(|c| c["ok"] == true)
+    })
+    .await;
+    drop(visitor);
+    reader.abort();
+}

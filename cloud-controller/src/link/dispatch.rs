@@ -112,7 +112,7 @@ pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
             }
             Up::Will { .. } => continue,
             Up::ResendCommands => {
-                if let Err(e) = link.downlink.send_pending(&node).await {
+                if let Err(e) = link.downlink.send_pending(&node, None).await {
                     tracing::warn!(%node, error = %e, "resending commands failed");
                 }
                 continue;
@@ -139,7 +139,7 @@ pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
     };
     after_commit(link, stored, outcomes).await;
     for node in hellos {
-        if let Err(e) = link.downlink.send_pending(&node).await {
+        if let Err(e) = link.downlink.send_pending(&node, None).await {
             tracing::warn!(%node, error = %e, "sending pending commands failed");
         }
     }
@@ -219,7 +219,7 @@ fn desk_inputs(node: &str, events: Vec<Event>) -> Vec<In> {
 }
 
 /// Fleet timeouts every second; every `command_retry_secs`, unacknowledged
-/// commands of online nodes go again.
+/// commands of online nodes that were not sent within that time go again.
 pub async fn ticker(link: Link, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let retry = Duration::from_secs(link.config.sync.command_retry_secs.max(1));
@@ -233,8 +233,9 @@ pub async fn ticker(link: Link, shutdown: CancellationToken) {
                 if last_retry.elapsed() >= retry {
                     last_retry = tokio::time::Instant::now();
                     let online = link.store.online_nodes().await.unwrap_or_default();
+                    let due = now_ms() - retry.as_millis() as i64;
                     for node in online {
-                        if let Err(e) = link.downlink.send_pending(&node).await {
+                        if let Err(e) = link.downlink.send_pending(&node, Some(due)).await {
                             tracing::warn!(%node, error = %e, "resending commands failed");
                         }
                     }

@@ -83,12 +83,19 @@ fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Command> {
 }
 
 /// Unacknowledged commands of `node`, oldest first.
-fn pending_commands(conn: &Connection, node: &str) -> Result<Vec<Command>, StoreError> {
+/// Unacknowledged commands of `node` in queue order; with `sent_before`,
+/// only those not sent since then.
+fn pending_commands(
+    conn: &Connection,
+    node: &str,
+    sent_before: Option<i64>,
+) -> Result<Vec<Command>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, args, created_at, stream, stream_seq FROM commands
-         WHERE node_id = ?1 AND acked_at IS NULL ORDER BY rowid",
+         WHERE node_id = ?1 AND acked_at IS NULL
+           AND (?2 IS NULL OR sent_at IS NULL OR sent_at <= ?2) ORDER BY rowid",
     )?;
-    let rows = stmt.query_map([node], command_from_row)?;
+    let rows = stmt.query_map(params![node, sent_before], command_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -142,9 +149,15 @@ impl Store {
             .await
     }
 
-    pub async fn pending_commands(&self, node: &str) -> Result<Vec<Command>, StoreError> {
+    pub async fn pending_commands(
+        &self,
+        node: &str,
+        sent_before: Option<i64>,
+    ) -> Result<Vec<Command>, StoreError> {
         let node = node.to_owned();
-        self.db.call(move |c| pending_commands(c, &node)).await
+        self.db
+            .call(move |c| pending_commands(c, &node, sent_before))
+            .await
     }
 
     pub async fn mark_sent(&self, ids: Vec<String>, now: i64) -> Result<(), StoreError> {
@@ -208,14 +221,20 @@ mod tests {
             issued_at: 1,
             stream: None,
         };
-        enqueue(&c, "a", &cmd, None).unwrap();
-        assert_eq!(pending_commands(&c, "a").unwrap(), vec![cmd.clone()]);
+        enqueue(&c, "a", &cmd, Some(100)).unwrap();
+        assert_eq!(pending_commands(&c, "a", None).unwrap(), vec![cmd.clone()]);
+        // The retry timer leaves alone what was sent since its cut-off.
+        assert!(pending_commands(&c, "a", Some(99)).unwrap().is_empty());
+        assert_eq!(
+            pending_commands(&c, "a", Some(100)).unwrap(),
+            vec![cmd.clone()]
+        );
         assert!(
             !ack_command(&c, "b", "k1", true, "", 2).unwrap(),
             "another node cannot ack it"
         );
         assert!(ack_command(&c, "a", "k1", true, "pong", 2).unwrap());
-        assert!(pending_commands(&c, "a").unwrap().is_empty());
+        assert!(pending_commands(&c, "a", None).unwrap().is_empty());
         assert!(
             !ack_command(&c, "a", "k1", true, "", 3).unwrap(),
             "acknowledged once"

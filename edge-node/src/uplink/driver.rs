@@ -17,14 +17,14 @@ use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::{Down, DownError, Heartbeat, Up};
 use edgedesk_nlu::entities::mask_personal;
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::exec::{Exec, Work};
 use super::seal::{ENVELOPE_QOS, Sealer};
 use super::sync::{Next, Outbox, Streams};
 use super::{IdentityFile, Uplink, UplinkError, enroll};
 use crate::session::now_ms;
-use crate::store::KV_COMPACTED;
+use crate::store::{KV_COMPACTED, Store};
 
 /// Mask personal data in what leaves the branch (contact details for a call-back stay).
 pub fn outgoing(mut e: Event, mask: bool) -> Event {
@@ -119,17 +119,20 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         .flatten()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let (high_tx, high_rx) = watch::channel(high);
     let u = Arc::new(u);
     let receiver = Receiver {
         u: u.clone(),
         window: ReplayWindow::starting_at(high),
         ack_tx,
         work_tx,
+        high_tx,
         client: client.clone(),
         sealer: sealer.clone(),
         connect_id: connect_id.clone(),
     };
     let poll = tokio::spawn(receiver.poll(eventloop));
+    let persist = tokio::spawn(persist_high(u.store.clone(), high_rx));
     let exec = Exec {
         sessions: u.sessions.clone(),
         models: u.models.clone(),
@@ -155,7 +158,29 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
     typing.abort();
     let _ = exec.await;
     let _ = poll.await;
+    let _ = persist.await;
     Ok(())
+}
+
+/// Keep the latest replay high-water mark in the store: one write at a time,
+/// coalescing marks that arrive meanwhile; the last one is written when the
+/// receiver stops. A mark lost in a crash only lets the controller's newest
+/// few messages be offered again, and commands run once by id.
+async fn persist_high(store: Store, mut rx: watch::Receiver<u64>) {
+    let mut written = *rx.borrow_and_update();
+    loop {
+        let open = rx.changed().await.is_ok();
+        let high = *rx.borrow_and_update();
+        if high != written {
+            if let Err(e) = store.kv_set(KV_DOWN_SEQ, &high.to_string()).await {
+                tracing::warn!(error = %e, "saving the controller's sequence mark failed");
+            }
+            written = high;
+        }
+        if !open {
+            return;
+        }
+    }
 }
 
 /// The MQTT event loop's task.
@@ -164,6 +189,8 @@ struct Receiver {
     window: ReplayWindow,
     ack_tx: mpsc::Sender<Vec<String>>,
     work_tx: mpsc::Sender<Work>,
+    /// The replay window's high-water mark, for [`persist_high`].
+    high_tx: watch::Sender<u64>,
     client: AsyncClient,
     sealer: Arc<Sealer>,
     connect_id: String,
@@ -240,11 +267,8 @@ impl Receiver {
                 return;
             }
         };
-        let _ = self
-            .u
-            .store
-            .kv_set(KV_DOWN_SEQ, &self.window.highest().to_string())
-            .await;
+        // Persisted off this loop: a slow disk must not slow the link.
+        self.high_tx.send_replace(self.window.highest());
         let work = match Down::decode(&plain) {
             Ok(Down::EventsAck { ids }) => {
                 let _ = self.ack_tx.try_send(ids);

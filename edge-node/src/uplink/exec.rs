@@ -6,9 +6,19 @@
 //! order ([`Streams`]). Model updates and rollbacks run on their own tasks
 //! (minutes); a resend while one runs is ignored, and its acknowledgement
 //! follows when it ends.
+//!
+//! The executor never waits for a visitor: everything about one conversation
+//! (agent lines, joins, typing, queue places) goes to that conversation's
+//! *lane*, a task with a bounded queue ([`LANE_QUEUE`]) that delivers in
+//! order. A visitor who stops reading slows their own lane only (the socket
+//! is dropped after its write deadline and the conversation kept in the
+//! store); pings, other conversations and model updates go on. When a lane's
+//! queue is full a command is left unacknowledged (the controller resends
+//! it) and an ephemeral signal is dropped. A lane idle for [`LANE_IDLE`] ends.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use edgedesk_common::sync::{Command, CommandBody, ModelEndpoint, Up};
 use rumqttc::AsyncClient;
@@ -54,113 +64,84 @@ pub struct Exec {
     pub inflight: Arc<Mutex<HashSet<String>>>,
 }
 
+/// Work one conversation's lane may hold before more is refused.
+pub const LANE_QUEUE: usize = 64;
+/// A lane with nothing to do for this long ends (a new one starts on demand).
+pub const LANE_IDLE: Duration = Duration::from_secs(30);
+/// Lanes kept before ended ones are swept from the map.
+const LANE_SWEEP: usize = 1024;
+
 impl Exec {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Work>, shutdown: CancellationToken) {
+        let mut lanes: HashMap<String, mpsc::Sender<Work>> = HashMap::new();
         loop {
             let work = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 w = rx.recv() => match w { Some(w) => w, None => break },
             };
-            match work {
-                Work::Typing(conversation) => {
-                    let _ = self
-                        .sessions
-                        .deliver(&conversation, AgentAction::Typing)
-                        .await;
+            let lane = match &work {
+                Work::Typing(c)
+                | Work::Queue {
+                    conversation: c, ..
+                } => Some(c.clone()),
+                Work::Command(cmd) => cmd.body.conversation().map(str::to_owned),
+                Work::Refuse { .. } => None,
+            };
+            match (lane, work) {
+                (Some(conversation), work) => {
+                    self.to_lane(&mut lanes, conversation, work, &shutdown)
                 }
-                Work::Queue {
-                    conversation,
-                    position,
-                    agents_online,
-                } => {
-                    let _ = self
-                        .sessions
-                        .deliver(
-                            &conversation,
-                            AgentAction::Queue {
-                                position,
-                                agents_online,
-                            },
-                        )
-                        .await;
-                }
-                Work::Refuse { id, reason } => {
+                (None, Work::Refuse { id, reason }) => {
                     tracing::warn!(%id, %reason, "command refused");
                     self.record_and_ack(&id, "unknown", "null", None, false, reason)
                         .await;
                 }
-                Work::Command(cmd) => self.on_command(cmd).await,
+                (None, Work::Command(cmd)) => self.on_command(cmd).await,
+                (None, _) => {}
+            }
+        }
+    }
+
+    /// Hand `work` to its conversation's lane, starting one if needed; never waits.
+    fn to_lane(
+        &self,
+        lanes: &mut HashMap<String, mpsc::Sender<Work>>,
+        conversation: String,
+        work: Work,
+        shutdown: &CancellationToken,
+    ) {
+        if lanes.len() >= LANE_SWEEP {
+            lanes.retain(|_, tx| !tx.is_closed());
+        }
+        let mut work = work;
+        for _ in 0..2 {
+            let tx = lanes.entry(conversation.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(LANE_QUEUE);
+                let lane = Lane {
+                    handle: self.handle(),
+                    streams: self.streams.clone(),
+                };
+                tokio::spawn(lane.run(rx, shutdown.clone()));
+                tx
+            });
+            match tx.try_send(work) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Commands are resent by the controller; signals are ephemeral.
+                    self.metrics.reject("uplink_lane_full");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(w)) => {
+                    // The lane ended (idle); start a new one.
+                    lanes.remove(&conversation);
+                    work = w;
+                }
             }
         }
     }
 
     async fn on_command(&mut self, cmd: Command) {
-        if matches!(
-            cmd.body,
-            CommandBody::ModelUpdate(_) | CommandBody::ModelRollback(_)
-        ) {
-            if !self
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(cmd.id.clone())
-            {
-                return;
-            }
-            let this = self.handle();
-            tokio::spawn(async move {
-                let id = cmd.id.clone();
-                this.once(cmd).await;
-                this.inflight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-            });
-            return;
-        }
-        // In order within a stream: after a gap (an earlier command lost in
-        // flight), hold this one back, unacknowledged, and ask for the
-        // pending commands again; they come in queue order.
-        if let Some(s) = &cmd.stream {
-            match self.store.command_result(&cmd.id).await {
-                Ok(Some(_)) => {} // a resend: acknowledged again below
-                Ok(None) => match self.store.stream_seq(&s.key).await {
-                    Ok(last) => match self.streams.admit(Some(s), last, now_ms()) {
-                        Admit::Run => {}
-                        Admit::Hold { ask } => {
-                            tracing::info!(stream = %s.key, seq = s.seq, last, "command stream gap; holding back");
-                            self.metrics.command_gaps.inc();
-                            if ask {
-                                let _ = self.sealer.send(&self.client, &Up::ResendCommands).await;
-                            }
-                            return;
-                        }
-                        Admit::Superseded => {
-                            let body = cmd.body.clone();
-                            self.record_and_ack(
-                                &cmd.id,
-                                body.kind(),
-                                &body.args().to_string(),
-                                Some((s.key.clone(), s.seq)),
-                                true,
-                                "superseded".into(),
-                            )
-                            .await;
-                            return;
-                        }
-                    },
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading a command stream failed; it will be resent");
-                        return;
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "reading command results failed; it will be resent");
-                    return;
-                }
-            }
-        }
-        self.handle().once(cmd).await;
+        run_command(&self.handle(), &mut self.streams, cmd).await
     }
 
     /// What a spawned command needs.
@@ -190,6 +171,132 @@ impl Exec {
             .record_and_ack(id, kind, args, stream, ok, detail)
             .await;
     }
+}
+
+/// One conversation's deliveries, in order, on a task of its own.
+struct Lane {
+    handle: Handle,
+    streams: Streams,
+}
+
+impl Lane {
+    async fn run(mut self, mut rx: mpsc::Receiver<Work>, shutdown: CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                w = tokio::time::timeout(LANE_IDLE, rx.recv()) => w,
+            };
+            match next {
+                Ok(Some(work)) => self.work(work).await,
+                Ok(None) => return,
+                Err(_) => {
+                    // Idle: refuse new work, finish what slipped in, end.
+                    rx.close();
+                    while let Some(work) = rx.recv().await {
+                        self.work(work).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn work(&mut self, work: Work) {
+        let sessions = &self.handle.sessions;
+        match work {
+            Work::Typing(conversation) => {
+                let _ = sessions.deliver(&conversation, AgentAction::Typing).await;
+            }
+            Work::Queue {
+                conversation,
+                position,
+                agents_online,
+            } => {
+                let action = AgentAction::Queue {
+                    position,
+                    agents_online,
+                };
+                let _ = sessions.deliver(&conversation, action).await;
+            }
+            Work::Command(cmd) => run_command(&self.handle, &mut self.streams, cmd).await,
+            Work::Refuse { .. } => {}
+        }
+    }
+}
+
+/// Admit `cmd` in its stream's order and run it once; model changes on a
+/// task of their own.
+async fn run_command(handle: &Handle, streams: &mut Streams, cmd: Command) {
+    if matches!(
+        cmd.body,
+        CommandBody::ModelUpdate(_) | CommandBody::ModelRollback(_)
+    ) {
+        if !handle
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cmd.id.clone())
+        {
+            return;
+        }
+        let this = handle.clone();
+        tokio::spawn(async move {
+            let id = cmd.id.clone();
+            this.once(cmd).await;
+            this.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        return;
+    }
+    // In order within a stream: after a gap (an earlier command lost in
+    // flight), hold this one back, unacknowledged, and ask for the
+    // pending commands again; they come in queue order.
+    if let Some(s) = &cmd.stream {
+        match handle.store.command_result(&cmd.id).await {
+            Ok(Some(_)) => {} // a resend: acknowledged again below
+            Ok(None) => match handle.store.stream_seq(&s.key).await {
+                Ok(last) => match streams.admit(Some(s), last, now_ms()) {
+                    Admit::Run => {}
+                    Admit::Hold { ask } => {
+                        tracing::info!(stream = %s.key, seq = s.seq, last, "command stream gap; holding back");
+                        handle.metrics.command_gaps.inc();
+                        if ask {
+                            let _ = handle
+                                .sealer
+                                .send(&handle.client, &Up::ResendCommands)
+                                .await;
+                        }
+                        return;
+                    }
+                    Admit::Superseded => {
+                        let body = cmd.body.clone();
+                        handle
+                            .record_and_ack(
+                                &cmd.id,
+                                body.kind(),
+                                &body.args().to_string(),
+                                Some((s.key.clone(), s.seq)),
+                                true,
+                                "superseded".into(),
+                            )
+                            .await;
+                        return;
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a command stream failed; it will be resent");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "reading command results failed; it will be resent");
+                return;
+            }
+        }
+    }
+    handle.once(cmd).await;
 }
 
 #[derive(Clone)]
