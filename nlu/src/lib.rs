@@ -6,13 +6,16 @@
 //! - [`runtime`] (feature `onnx`): finds and initialises ONNX Runtime once.
 //! - [`model`] (feature `onnx`): loads a verified bundle into a small pool of
 //!   sessions and classifies text; [`ActiveModel`] is the swappable handle.
-//! - [`entities`]: dates, times, amounts, phone numbers, card digits, e-mail,
-//!   and the masking of personal data; usable without ONNX Runtime.
+//! - [`entities`]: dates, times, amounts, phone numbers, card digits, e-mail;
+//!   usable without ONNX Runtime.
+//! - [`mask`]: the one function that masks personal data in text that
+//!   leaves the branch.
 //! - [`eval`]: the metrics behind `edge-node nlu eval`.
 
 pub mod bundle;
 pub mod entities;
 pub mod eval;
+pub mod mask;
 #[cfg(feature = "onnx")]
 pub mod model;
 #[cfg(feature = "onnx")]

@@ -552,7 +552,11 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
     cloud.wait_online("branch-a", 10).await;
     let mut ws = a.connect().await;
     let (session, _) = start_session(&mut ws).await;
-    say(&mut ws, &msg("my card was declined")).await;
+    say(
+        &mut ws,
+        &msg("my card 4111 1111 1111 1111 was declined, call 13812345678"),
+    )
+    .await;
     let (_, r) = say(&mut ws, &msg("I want to talk to a human")).await;
     let ServerFrame::Reply { state, .. } = &r[0] else {
         panic!()
@@ -564,15 +568,26 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
     .await;
     let esc = &cloud.events("kind=escalation").await[0]["event"];
     let conversation = esc["conversation"].as_str().unwrap().to_owned();
-    let lines: Vec<&str> = esc["transcript"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["text"].as_str().unwrap())
-        .collect();
+    // The transcript is kept once, in the chat, and masked on the branch
+    // before it left (issue 11, finding 4).
+    assert_eq!(esc["transcript"], serde_json::json!([]), "{esc}");
+    let chat_lines = || async {
+        let chat = cloud.ctl.store.chat(&conversation).await.unwrap().unwrap();
+        chat.lines
+            .iter()
+            .map(|l| l.text.clone())
+            .collect::<Vec<_>>()
+    };
+    let lines = chat_lines().await;
     assert!(
-        lines.contains(&"my card was declined") && lines.contains(&"I want to talk to a human"),
+        lines.contains(&"my card [card] was declined, call [phone]".to_owned())
+            && lines.contains(&"I want to talk to a human".to_owned()),
         "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("4111") || l.contains("1381"))
     );
 
     // Nobody is online at the desk: the visitor is told their place.
@@ -608,16 +623,23 @@ async fn agent_commands_reach_the_visitor_and_visitor_lines_reach_the_cloud() {
         "{f:?}"
     );
     // The visitor's answer goes to the cloud, not to the bot.
-    send(&mut ws, &msg("my card keeps getting declined")).await;
+    send(
+        &mut ws,
+        &msg("my card keeps getting declined, write to li@example.cn"),
+    )
+    .await;
     assert!(matches!(recv(&mut ws).await, ServerFrame::Ack { .. }));
-    eventually(10, "visitor line forwarded", || async {
-        cloud
-            .events("kind=chat_line")
+    eventually(10, "visitor line forwarded, masked", || async {
+        chat_lines()
             .await
-            .iter()
-            .any(|e| e["event"]["line"]["text"] == "my card keeps getting declined")
+            .contains(&"my card keeps getting declined, write to [email]".to_owned())
     })
     .await;
+    let line_events = cloud.events("kind=chat_line").await;
+    assert!(
+        line_events.iter().all(|e| e["event"]["line"]["text"] == ""),
+        "the event log does not keep the line a second time: {line_events:?}"
+    );
     command(
         "agent_closed",
         serde_json::json!({ "conversation": conversation }),

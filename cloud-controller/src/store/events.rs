@@ -84,13 +84,19 @@ fn ingest(
             "INSERT OR IGNORE INTO events (id, node_id, kind, at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for (i, e) in events.iter().enumerate() {
-            // A summary's transcript is kept once, by the history store (chats).
+            // A transcript is kept once, by the history store (chats): the
+            // event log keeps what happened, not the lines again.
             let stripped;
             let e = match &e.body {
-                EventBody::ConversationSummary(s) if !s.transcript.is_empty() => {
+                EventBody::ConversationSummary(_)
+                | EventBody::Escalation(_)
+                | EventBody::ChatLine(_) => {
                     let mut c = e.clone();
-                    if let EventBody::ConversationSummary(s) = &mut c.body {
-                        s.transcript.clear();
+                    match &mut c.body {
+                        EventBody::ConversationSummary(s) => s.transcript.clear(),
+                        EventBody::Escalation(x) => x.transcript.clear(),
+                        EventBody::ChatLine(x) => x.line.text.clear(),
+                        _ => {}
                     }
                     stripped = c;
                     &stripped

@@ -9,13 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgedesk_common::chat::Sender;
 use edgedesk_common::envelope::{
     CONTROLLER, Envelope, EnvelopeError, ReplayWindow, SeqCounter, topic,
 };
 use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::{Down, DownError, Heartbeat, Up};
-use edgedesk_nlu::entities::mask_personal;
+use edgedesk_nlu::mask::mask_personal;
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
@@ -26,29 +25,36 @@ use super::{IdentityFile, Uplink, UplinkError, enroll};
 use crate::session::now_ms;
 use crate::store::{KV_COMPACTED, Store};
 
-/// Mask personal data in what leaves the branch (contact details for a call-back stay).
+/// Mask personal data in every text that leaves the branch, with the one
+/// masking function: transcripts (bot lines too: they may repeat what the
+/// visitor typed), escalations, live chat lines, summaries, offline messages
+/// and flow slots. Kept: the contact a visitor left for a call-back (given
+/// for that purpose, shown to the agent who calls back).
 pub fn outgoing(mut e: Event, mask: bool) -> Event {
-    if mask {
-        match &mut e.body {
-            EventBody::Escalation(x) => x.last_text = mask_personal(&x.last_text),
-            EventBody::OfflineMessage(x) => x.message = mask_personal(&x.message),
-            // History keeps what the visitor said without their numbers.
-            EventBody::ConversationSummary(x) => {
-                for l in x
-                    .transcript
-                    .iter_mut()
-                    .filter(|l| l.from == Sender::Visitor)
-                {
-                    l.text = mask_personal(&l.text);
-                }
-            }
-            // Live chat lines go to a person who must read them as written.
-            EventBody::FlowCompleted(_)
-            | EventBody::ChatLine(_)
-            | EventBody::Rating(_)
-            | EventBody::EscalationWithdrawn(_)
-            | EventBody::VisitorPresence(_) => {}
+    if !mask {
+        return e;
+    }
+    let lines = |t: &mut Vec<edgedesk_common::event::TranscriptLine>| {
+        for l in t.iter_mut() {
+            l.text = mask_personal(&l.text);
         }
+    };
+    match &mut e.body {
+        EventBody::Escalation(x) => {
+            x.last_text = mask_personal(&x.last_text);
+            lines(&mut x.transcript);
+        }
+        EventBody::OfflineMessage(x) => x.message = mask_personal(&x.message),
+        EventBody::ConversationSummary(x) => lines(&mut x.transcript),
+        EventBody::ChatLine(x) => x.line.text = mask_personal(&x.line.text),
+        EventBody::FlowCompleted(x) => {
+            for v in x.slots.values_mut() {
+                *v = mask_personal(v);
+            }
+        }
+        EventBody::Rating(_)
+        | EventBody::EscalationWithdrawn(_)
+        | EventBody::VisitorPresence(_) => {}
     }
     e
 }
@@ -469,5 +475,96 @@ async fn compact(u: &Uplink) {
             }
         }
         Err(e) => tracing::error!(error = %e, "outbox compaction failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgedesk_common::chat::{Lang, Sender};
+    use edgedesk_common::event::*;
+
+    use super::outgoing;
+
+    const RAW: &str = "card 4111 1111 1111 1111, phone 13812345678, mail li@example.cn";
+
+    fn line() -> TranscriptLine {
+        TranscriptLine {
+            id: 1,
+            from: Sender::Bot,
+            text: RAW.into(),
+            at: 1,
+        }
+    }
+
+    /// Every kind of event that carries text, with personal data everywhere.
+    fn every_kind() -> Vec<EventBody> {
+        vec![
+            EventBody::ConversationSummary(ConversationSummary {
+                conversation: "c".into(),
+                lang: Lang::En,
+                started_at: 0,
+                ended_at: 1,
+                visitor_turns: 1,
+                intents: vec![],
+                escalated: false,
+                reason: "goodbye".into(),
+                transcript: vec![line()],
+            }),
+            EventBody::Escalation(Escalation {
+                conversation: "c".into(),
+                lang: Lang::En,
+                reason: "requested".into(),
+                last_text: RAW.into(),
+                intents: vec![],
+                transcript: vec![line()],
+            }),
+            EventBody::OfflineMessage(OfflineMessage {
+                conversation: "c".into(),
+                lang: Lang::Zh,
+                name: "Li".into(),
+                contact: "13812345678".into(),
+                message: RAW.into(),
+            }),
+            EventBody::FlowCompleted(FlowCompleted {
+                conversation: "c".into(),
+                flow: "book_appointment".into(),
+                slots: [("phone".to_owned(), RAW.to_owned())].into(),
+            }),
+            EventBody::ChatLine(ChatLine {
+                conversation: "c".into(),
+                line: line(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_text_that_leaves_is_masked_but_the_call_back_contact() {
+        for body in every_kind() {
+            let kind = body.kind();
+            let e = outgoing(
+                Event {
+                    id: "e".into(),
+                    at: 1,
+                    body,
+                },
+                true,
+            );
+            let mut json = serde_json::to_value(&e).unwrap();
+            if let Some(contact) = json.pointer_mut("/contact") {
+                assert_eq!(contact, "13812345678", "the call-back contact stays");
+                *contact = serde_json::Value::Null;
+            }
+            let text = json.to_string();
+            for raw in ["4111", "13812345678", "li@example.cn"] {
+                assert!(!text.contains(raw), "{kind}: {raw} left the branch: {text}");
+            }
+            assert!(
+                text.contains("[card]") && text.contains("[phone]") && text.contains("[email]"),
+                "{kind}: {text}"
+            );
+            // Off: sent as written (for deployments that mask elsewhere).
+            let e = outgoing(e, false);
+            assert!(serde_json::to_string(&e).unwrap().contains("[card]"));
+        }
     }
 }
