@@ -7,7 +7,8 @@
 //! the `chats.escalated` column where an older build lacked it; on a fresh
 //! database it simply creates them. Step 4 adds what the desk needs to
 //! survive a restart and show the queue truthfully: whether the visitor is
-//! still there, and since when a chat waits. Never edit a step: append one.
+//! still there, and since when a chat waits. Step 5 strips transcripts that
+//! older builds also kept in the event log. Never edit a step: append one.
 
 use edgedesk_support::sqlite::{Step, has_column};
 
@@ -198,6 +199,16 @@ pub const STEPS: &[Step] = &[
     UPDATE chats SET queued_at = created_at WHERE state = 'waiting';
 "#,
     ),
+    // One copy of a transcript (the chat's lines): older builds also kept it
+    // in the event log.
+    Step::Sql(
+        r#"
+    UPDATE events SET body = json_set(body, '$.transcript', json('[]'))
+        WHERE kind = 'escalation' AND json_array_length(body, '$.transcript') > 0;
+    UPDATE events SET body = json_set(body, '$.line.text', '')
+        WHERE kind = 'chat_line' AND json_extract(body, '$.line.text') <> '';
+"#,
+    ),
 ];
 
 #[cfg(test)]
@@ -228,5 +239,28 @@ mod tests {
             })
             .unwrap();
         assert_eq!(escalated, 1, "old chats were all escalated ones");
+    }
+
+    #[test]
+    fn transcripts_kept_twice_by_older_builds_are_stripped_from_the_event_log() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        edgedesk_support::sqlite::migrate(&mut c, &STEPS[..4]).unwrap();
+        c.execute_batch(
+            r#"INSERT INTO events (id, node_id, kind, at, received_at, body) VALUES
+              ('e1', 'n', 'escalation', 1, 1, '{"id":"e1","at":1,"kind":"escalation","conversation":"c","lang":"en","reason":"requested","last_text":"hi","intents":[],"transcript":[{"id":1,"from":"visitor","text":"card 4111","at":1}]}'),
+              ('e2', 'n', 'chat_line', 1, 1, '{"id":"e2","at":1,"kind":"chat_line","conversation":"c","line":{"id":2,"from":"visitor","text":"call 1381","at":1}}');"#,
+        )
+        .unwrap();
+        edgedesk_support::sqlite::migrate(&mut c, STEPS).unwrap();
+        let bodies: Vec<String> = c
+            .prepare("SELECT body FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(bodies[0].contains(r#""transcript":[]"#), "{}", bodies[0]);
+        assert!(bodies[1].contains(r#""text":"""#), "{}", bodies[1]);
+        assert!(!bodies.concat().contains("4111") && !bodies.concat().contains("1381"));
     }
 }
