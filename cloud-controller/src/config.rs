@@ -63,6 +63,7 @@ pub struct MqttConfig {
     pub max_connections: usize,
     pub max_payload_bytes: usize,
     pub max_inflight: usize,
+    pub max_messages_per_sec: u64,
     pub broker_log_bytes: usize,
     pub console: bool,
     pub console_listen: String,
@@ -225,6 +226,9 @@ impl Config {
         }
         if self.mqtt.max_payload_bytes < 1024 {
             return bad("mqtt.max_payload_bytes", "must be at least 1024");
+        }
+        if self.mqtt.max_messages_per_sec == 0 {
+            return bad("mqtt.max_messages_per_sec", "must be at least 1");
         }
         Ok(())
     }

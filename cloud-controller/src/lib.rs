@@ -93,6 +93,9 @@ pub struct Controller {
     pub ca_sha256: Option<String>,
     /// Where nodes reach the broker.
     pub broker: (String, u16),
+    /// Where the embedded rumqttd itself listens (loopback, behind the gate);
+    /// `None` with an external broker. Tests use it to play a compromised broker.
+    pub broker_internal: Option<SocketAddr>,
     pub store: Store,
     pub downlink: Downlink,
     pub handoff: Handoff,
@@ -184,80 +187,89 @@ pub async fn run(
     let mut seen = std::collections::HashSet::new();
     tls_names.retain(|n| seen.insert(n.clone()));
     let tls_material = tls::ensure_broker_tls(&data, &tls_names)?;
-    // The controller's own broker login: fresh every start in embedded mode.
-    let (ctl_user, ctl_pass, broker_addr, broker_ca) = match config.mqtt.mode {
-        BrokerMode::Embedded => {
-            let pass = edgedesk_support::secret::random_hex(24);
-            creds.set("edgedesk-controller", &sha256_hex(&pass));
-            let listen: SocketAddr =
-                config
-                    .mqtt
-                    .listen
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| ControllerError::Bind {
-                        addr: config.mqtt.listen.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-            let tls = config.mqtt.tls.then(|| tls_material.clone());
-            broker::start(&config.mqtt, listen, creds.clone(), tls.as_ref())?;
-            // rumqttd cannot report readiness: wait until it accepts, so that
-            // the controller subscribes before nodes start publishing.
-            for _ in 0..100 {
-                if tokio::net::TcpStream::connect(listen).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            (
-                "edgedesk-controller".to_owned(),
-                pass,
-                listen,
-                tls.map(|t| t.ca_pem),
-            )
-        }
-        BrokerMode::External => {
-            let addr: SocketAddr = tokio::net::lookup_host((
-                config.mqtt.external_host.as_str(),
-                config.mqtt.external_port,
-            ))
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| ControllerError::Bind {
-                addr: format!(
-                    "{}:{}",
-                    config.mqtt.external_host, config.mqtt.external_port
-                ),
-                source: std::io::Error::other("cannot resolve the external broker"),
-            })?;
-            let ca = if config.mqtt.external_tls {
-                let path = &config.mqtt.external_ca_file;
-                Some(
-                    std::fs::read_to_string(path).map_err(|e| tls::TlsError::Material {
-                        dir: path.display().to_string(),
-                        message: e.to_string(),
-                    })?,
+    let metrics = Arc::new(Metrics::new());
+    // The controller's own broker login (fresh every start in embedded mode),
+    // where its client connects, and where nodes connect (with the CA they pin).
+    let (ctl_user, ctl_pass, client_addr, client_ca, broker_addr, broker_ca) =
+        match config.mqtt.mode {
+            BrokerMode::Embedded => {
+                let pass = edgedesk_support::secret::random_hex(24);
+                creds.set(broker::gate::CONTROLLER_USER, &sha256_hex(&pass));
+                let listen: SocketAddr =
+                    config
+                        .mqtt
+                        .listen
+                        .parse()
+                        .map_err(|e: std::net::AddrParseError| ControllerError::Bind {
+                            addr: config.mqtt.listen.clone(),
+                            source: std::io::Error::other(e),
+                        })?;
+                let tls = config.mqtt.tls.then(|| tls_material.clone());
+                let started = broker::start(
+                    &config.mqtt,
+                    listen,
+                    creds.clone(),
+                    tls.as_ref(),
+                    metrics.clone(),
+                    shutdown.clone(),
                 )
-            } else {
-                None
-            };
-            (
-                config.mqtt.external_username.clone(),
-                config.mqtt.external_password.clone(),
-                addr,
-                ca,
-            )
-        }
-    };
+                .await?;
+                // The controller's own client goes straight to rumqttd on loopback.
+                (
+                    broker::gate::CONTROLLER_USER.to_owned(),
+                    pass,
+                    started.internal,
+                    None,
+                    started.gate,
+                    tls.map(|t| t.ca_pem),
+                )
+            }
+            BrokerMode::External => {
+                let addr: SocketAddr = tokio::net::lookup_host((
+                    config.mqtt.external_host.as_str(),
+                    config.mqtt.external_port,
+                ))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ControllerError::Bind {
+                    addr: format!(
+                        "{}:{}",
+                        config.mqtt.external_host, config.mqtt.external_port
+                    ),
+                    source: std::io::Error::other("cannot resolve the external broker"),
+                })?;
+                let ca = if config.mqtt.external_tls {
+                    let path = &config.mqtt.external_ca_file;
+                    Some(
+                        std::fs::read_to_string(path).map_err(|e| tls::TlsError::Material {
+                            dir: path.display().to_string(),
+                            message: e.to_string(),
+                        })?,
+                    )
+                } else {
+                    None
+                };
+                (
+                    config.mqtt.external_username.clone(),
+                    config.mqtt.external_password.clone(),
+                    addr,
+                    ca.clone(),
+                    addr,
+                    ca,
+                )
+            }
+        };
     let broker = config.advertised_broker(broker_addr);
-    let client_tls = broker_ca
+    let broker_internal = (client_addr != broker_addr).then_some(client_addr);
+    let client_tls = client_ca
         .as_deref()
         .map(edgedesk_support::tls::pinned_client)
         .transpose()
         .map_err(|e| tls::TlsError::Config(e.to_string()))?;
     let opts = link::transport::mqtt_options(
-        &broker_addr.ip().to_string(),
-        broker_addr.port(),
+        &client_addr.ip().to_string(),
+        client_addr.port(),
         &ctl_user,
         &ctl_pass,
         config.mqtt.max_payload_bytes,
@@ -267,7 +279,6 @@ pub async fn run(
     eventloop.set_network_options(link::transport::network_options());
 
     // The parts, wired explicitly: who may talk to whom is visible here.
-    let metrics = Arc::new(Metrics::new());
     let fleet = Arc::new(Mutex::new(Fleet::new(
         config.fleet.heartbeat_timeout_secs as i64 * 1000,
     )));
@@ -295,7 +306,7 @@ pub async fn run(
         config: config.clone(),
         store: store.clone(),
         controller_keys: identity.public(),
-        keys: link::Keys::new(store.clone(), identity.clone()),
+        keys: link::Keys::new(store.clone(), identity.clone(), creds.clone()),
         identity,
         presence: link::Presence::new(
             fleet,
@@ -497,6 +508,7 @@ pub async fn run(
         ca_pem,
         ca_sha256: ca_sha256.clone(),
         broker,
+        broker_internal,
         store,
         downlink,
         handoff,

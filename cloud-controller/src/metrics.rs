@@ -21,6 +21,10 @@ pub struct Metrics {
     pub commands_acked: Counter,
     /// Inbound messages dropped because processing was behind (nodes resend).
     pub inbound_dropped: Counter,
+    /// Broker connections and packets the gate refused, by reason.
+    pub broker_refused_by: Family<Labels, Counter>,
+    /// Times the gate paused reading from a node over its message rate.
+    pub broker_throttled: Counter,
     /// Bundle bytes served over QUIC.
     pub model_bytes_sent: Counter,
     /// Messages for nodes dropped because the publisher was behind (stored
@@ -45,6 +49,18 @@ impl Metrics {
         let model_bytes_sent = Counter::default();
         let outgoing_dropped = Counter::default();
         let handoff_dropped = Counter::default();
+        let broker_refused_by = Family::<Labels, Counter>::default();
+        let broker_throttled = Counter::default();
+        registry.register(
+            "broker_refused",
+            "Broker connections and packets the gate refused, by reason (login, acl, not_connect, connections)",
+            broker_refused_by.clone(),
+        );
+        registry.register(
+            "broker_throttled",
+            "Times the broker gate paused reading from a node over mqtt.max_messages_per_sec",
+            broker_throttled.clone(),
+        );
         registry.register(
             "outgoing_dropped",
             "Messages for nodes dropped while the publisher was behind (commands are resent)",
@@ -113,6 +129,8 @@ impl Metrics {
             commands_acked,
             model_bytes_sent,
             inbound_dropped,
+            broker_refused_by,
+            broker_throttled,
             outgoing_dropped,
             handoff_dropped,
         }
@@ -122,6 +140,18 @@ impl Metrics {
         self.refused
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
             .inc();
+    }
+
+    pub fn broker_refused(&self, reason: &str) {
+        self.broker_refused_by
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
+    pub fn broker_refused_count(&self, reason: &str) -> u64 {
+        self.broker_refused_by
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .get()
     }
 
     pub fn refused_count(&self, reason: &str) -> u64 {

@@ -1,5 +1,6 @@
 //! Logging set-up for both binaries: `RUST_LOG` wins over the configured
-//! level; text or JSON lines on stderr.
+//! level; text or JSON lines on stderr. [`clip`] makes strings from outside
+//! safe to log.
 
 /// Install the global subscriber. `level` is an `EnvFilter` directive
 /// (e.g. `info` or `edge_node=debug`); an invalid one falls back to `info`.
@@ -14,5 +15,40 @@ pub fn init(level: &str, json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// At most this many characters of a string from outside go into a log line.
+pub const CLIP_CHARS: usize = 64;
+
+/// A string that came from outside (a username, a topic, an envelope's
+/// sender, a request field), fit for a log line: control characters and
+/// quotes escaped, cut to [`CLIP_CHARS`] characters with the original
+/// length noted, so nobody can forge log lines or fill the disk through them.
+pub fn clip(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(CLIP_CHARS) {
+        out.extend(c.escape_debug());
+    }
+    let n = s.chars().count();
+    if n > CLIP_CHARS {
+        out.push_str(&format!("…({n} chars)"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_escapes_and_caps() {
+        assert_eq!(clip("branch-1"), "branch-1");
+        assert_eq!(clip("a\nFAKE LINE"), "a\\nFAKE LINE");
+        assert_eq!(clip("\u{1b}[31m"), "\\u{1b}[31m");
+        let long = "x".repeat(10_000);
+        let c = clip(&long);
+        assert!(c.len() < 100 && c.ends_with("…(10000 chars)"), "{c}");
+        assert_eq!(clip("中文"), "中文");
     }
 }

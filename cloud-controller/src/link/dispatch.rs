@@ -295,7 +295,11 @@ mod tests {
             store: store.clone(),
             identity: Identity::from_secret(&[1; 64]),
             controller_keys: Identity::from_secret(&[1; 64]).public(),
-            keys: super::super::Keys::new(store.clone(), Identity::from_secret(&[1; 64])),
+            keys: super::super::Keys::new(
+                store.clone(),
+                Identity::from_secret(&[1; 64]),
+                crate::broker::Credentials::default(),
+            ),
             presence: super::super::Presence::new(
                 fleet,
                 store.clone(),

@@ -34,19 +34,27 @@ struct NodeSec {
 /// Nodes' public keys, cached since the node (or a send to it) last needed
 /// them (every message would else cost a store read), with their replay
 /// windows.
+///
+/// Unknown and revoked ids cost no store read: the broker credentials are
+/// the in-memory list of enrolled, unrevoked nodes, checked first (the
+/// negative cache), and again under the map's lock before a looked-up key is
+/// cached, so a node revoked during the lookup is not cached (revocation
+/// removes the credentials before the cached keys).
 #[derive(Clone)]
 pub struct Keys {
     store: Store,
     /// The controller's own keys (the sealing agreement is made with them).
     me: Identity,
+    creds: crate::broker::Credentials,
     nodes: Arc<Mutex<HashMap<String, NodeSec>>>,
 }
 
 impl Keys {
-    pub fn new(store: Store, me: Identity) -> Keys {
+    pub fn new(store: Store, me: Identity, creds: crate::broker::Credentials) -> Keys {
         Keys {
             store,
             me,
+            creds,
             nodes: Arc::default(),
         }
     }
@@ -61,6 +69,9 @@ impl Keys {
         if let Some(sec) = self.map().get(node) {
             return Ok(Some(sec.peer.clone()));
         }
+        if !self.creds.contains(node) {
+            return Ok(None);
+        }
         let Some((row, peer)) = self
             .store
             .node(node)
@@ -71,12 +82,14 @@ impl Keys {
             return Ok(None);
         };
         let peer = PeerBox::new(&self.me, peer);
-        self.map()
-            .entry(node.to_owned())
-            .or_insert_with(|| NodeSec {
-                peer: peer.clone(),
-                window: ReplayWindow::starting_at(row.seq_high),
-            });
+        let mut map = self.map();
+        if !self.creds.contains(node) {
+            return Ok(None); // revoked while we read
+        }
+        map.entry(node.to_owned()).or_insert_with(|| NodeSec {
+            peer: peer.clone(),
+            window: ReplayWindow::starting_at(row.seq_high),
+        });
         Ok(Some(peer))
     }
 

@@ -115,8 +115,9 @@ pub async fn publish(link: Link, client: AsyncClient, mut rx: mpsc::Receiver<Out
                 }
             }
             Outgoing::Forget { node } => {
-                link.keys.forget(&node);
+                // Credentials first: a key lookup racing this sees them gone.
                 link.creds.remove(&node);
+                link.keys.forget(&node);
                 let t = link.presence.fleet().remove(&node);
                 link.presence.record(t.into_iter().collect()).await;
             }

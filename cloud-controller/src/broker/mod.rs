@@ -1,25 +1,55 @@
-//! The embedded MQTT broker (rumqttd) on its own OS thread.
+//! The embedded MQTT broker (rumqttd) on its own OS thread, behind a gate.
 //!
 //! rumqttd has no usable defaults (an all-zero router drops every client),
-//! no shutdown API and no topic ACLs: every limit is set here explicitly, its
-//! console is off (or loopback-only), and clients authenticate with a
-//! per-node username/password checked against [`Credentials`]. Topic-level
-//! confidentiality does not rely on the broker: bodies are sealed end to end.
+//! no shutdown API, no topic ACLs and no way to drop a client: it listens on
+//! loopback only, every limit is set here explicitly, its console is off (or
+//! loopback-only). Nodes reach it through the [`gate`], which terminates
+//! TLS, checks logins against [`Credentials`], enforces [`acl`] (a node
+//! publishes only to its own `up` topic and subscribes only to its own
+//! `down` topic), throttles each connection, and closes a node's connections
+//! when it is revoked. Bodies are also sealed end to end, so confidentiality
+//! never rests on the broker.
+
+pub mod acl;
+pub mod gate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::MqttConfig;
+use crate::metrics::Metrics;
 use crate::store::sha256_hex;
 
 /// Username → sha256(password) of everyone allowed on the broker.
 #[derive(Clone, Default)]
 pub struct Credentials {
     inner: Arc<RwLock<HashMap<String, String>>>,
+    /// Cancelled when the user is removed: their live connections close.
+    sessions: Arc<RwLock<HashMap<String, CancellationToken>>>,
 }
 
 impl Credentials {
+    /// Cancelled when `user` is removed (revoked).
+    pub fn session(&self, user: &str) -> CancellationToken {
+        self.sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(user.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether `user` may log in at all (enrolled and not revoked).
+    pub fn contains(&self, user: &str) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(user)
+    }
+
     pub fn set(&self, user: &str, password_hash: &str) {
         self.inner
             .write()
@@ -27,11 +57,20 @@ impl Credentials {
             .insert(user.to_owned(), password_hash.to_owned());
     }
 
+    /// Forget `user` and close their live connections.
     pub fn remove(&self, user: &str) {
         self.inner
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(user);
+        if let Some(t) = self
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user)
+        {
+            t.cancel();
+        }
     }
 
     /// A client may connect as `user` with a client id equal to `user` or
@@ -55,13 +94,73 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// Start rumqttd listening on `listen`. Returns when the thread is running;
-/// the broker lives until the process exits.
-pub fn start(
+/// Where the embedded broker listens: the gate for nodes, rumqttd for the
+/// controller's own client.
+pub struct Started {
+    pub gate: SocketAddr,
+    pub internal: SocketAddr,
+}
+
+/// Start rumqttd on a loopback port and the [`gate`] on `listen` (TLS with
+/// `tls`). Returns when both accept connections; the broker lives until the
+/// process exits, the gate until `shutdown`.
+pub async fn start(
     cfg: &MqttConfig,
     listen: SocketAddr,
     creds: Credentials,
     tls: Option<&crate::tls::BrokerTls>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Started, BrokerError> {
+    let public = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| BrokerError::Config(format!("cannot listen on {listen}: {e}")))?;
+    let gate_addr = public.local_addr().map_err(BrokerError::Thread)?;
+    // A loopback port for rumqttd (free now; rumqttd binds it below).
+    let internal = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(BrokerError::Thread)?;
+    let acceptor = match tls {
+        Some(t) => {
+            let config = crate::http::listen::server_config_from_files(&t.cert_path, &t.key_path)
+                .map_err(|e| BrokerError::Config(e.to_string()))?;
+            let mut config = (*config).clone();
+            config.alpn_protocols.clear();
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        }
+        None => None,
+    };
+    start_rumqttd(cfg, internal, creds.clone())?;
+    // rumqttd cannot report readiness: wait until it accepts, so that the
+    // controller subscribes before nodes start publishing.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(internal).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let gate = gate::Gate {
+        upstream: internal,
+        creds,
+        tls: acceptor,
+        max_packet: cfg.max_payload_bytes + 1024,
+        max_connections: cfg.max_connections,
+        rate: cfg.max_messages_per_sec as f64,
+        burst: (cfg.max_messages_per_sec * 2).max(1) as f64,
+        metrics,
+    };
+    tokio::spawn(gate::serve(public, gate, shutdown));
+    tracing::info!(listen = %gate_addr, "embedded MQTT broker started");
+    Ok(Started {
+        gate: gate_addr,
+        internal,
+    })
+}
+
+fn start_rumqttd(
+    cfg: &MqttConfig,
+    listen: SocketAddr,
+    creds: Credentials,
 ) -> Result<(), BrokerError> {
     // Built through serde because some rumqttd settings have private fields.
     let mut value = serde_json::json!({
@@ -89,13 +188,6 @@ pub fn start(
             },
         },
     });
-    if let Some(t) = tls {
-        value["v4"]["edgedesk"]["tls"] = serde_json::json!({
-            "certpath": t.cert_path.to_string_lossy(),
-            "keypath": t.key_path.to_string_lossy(),
-            "capath": null,
-        });
-    }
     if cfg.console {
         value["console"] = serde_json::json!({ "listen": cfg.console_listen });
     }
@@ -122,7 +214,6 @@ pub fn start(
             }
         })
         .map_err(BrokerError::Thread)?;
-    tracing::info!(%listen, "embedded MQTT broker started");
     Ok(())
 }
 
