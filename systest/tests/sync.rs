@@ -847,3 +847,108 @@ async fn a_node_flooding_the_broker_is_throttled_and_others_go_on() {
     flooding.abort();
     b.stop().await;
 }
+
+/// Issue 11, finding 10: a node's last will is honoured however long its
+/// connection lived (it was refused once older than the clock-skew window),
+/// and a will replayed later, from an earlier connection, is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_will_counts_for_its_own_connection_only() {
+    let broker_port = free_port();
+    let proxy =
+        edgedesk_systest::proxy::FaultProxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let cloud = Cloud::start_with(|c| {
+        c.mqtt.listen = format!("127.0.0.1:{broker_port}");
+        c.mqtt.advertise_port = proxy.port;
+        c.sync.max_clock_skew_secs = 1;
+        // Offline can only come from the will within this test.
+        c.fleet.heartbeat_timeout_secs = 120;
+    })
+    .await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge(&cloud, &da, "branch-a").await;
+    cloud.wait_online("branch-a", 10).await;
+    // A compromised broker records what it publishes on branch-a's topic.
+    let (rogue, mut seen) = raw_client_at(
+        &da.path().join("identity.json"),
+        "rogue",
+        cloud.ctl.broker_internal,
+    )
+    .await;
+    rogue
+        .subscribe("edgedesk/v1/nodes/branch-a/up", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(seen.recv().await.unwrap().0, "$suback");
+    // The will was sealed when the node connected; let it grow older than
+    // the controller's clock-skew window (the premise of the finding).
+    let connected = std::time::Instant::now();
+    eventually(10, "the will is older than the skew window", || async {
+        connected.elapsed() > Duration::from_millis(2500)
+    })
+    .await;
+    proxy.cut();
+    eventually(10, "the last will takes the node offline", || async {
+        cloud.node("branch-a").await["online"] == false
+    })
+    .await;
+    let history = cloud.get("/api/v1/nodes/branch-a/history").await;
+    assert!(
+        history.to_string().contains("last_will"),
+        "offline because of the will: {history}"
+    );
+    // The will as the broker published it (the newest message on the topic).
+    let mut will = None;
+    while let Ok((topic, payload)) = seen.try_recv() {
+        if topic == "edgedesk/v1/nodes/branch-a/up" {
+            will = Some(payload);
+        }
+    }
+    let will = will.expect("the rogue saw the will");
+    proxy.restore();
+    cloud.wait_online("branch-a", 15).await;
+    // Replayed now, the old connection's will changes nothing.
+    rogue
+        .publish(
+            "edgedesk/v1/nodes/branch-a/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            will,
+        )
+        .await
+        .unwrap();
+    let offline_reasons = || async {
+        cloud
+            .get("/api/v1/nodes/branch-a/history")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["kind"] == "offline")
+            .count()
+    };
+    let before = offline_reasons().await;
+    // Wait until the controller has handled the replay (a ping sent after it
+    // is acknowledged), then check the node is still online.
+    let ping = cloud
+        .post(
+            "/api/v1/nodes/branch-a/commands",
+            serde_json::json!({ "kind": "ping" }),
+        )
+        .await;
+    let id = ping["id"].as_str().unwrap().to_owned();
+    eventually(10, "a ping after the replay is acknowledged", || async {
+        cloud
+            .commands("branch-a")
+            .await
+            .iter()
+            .any(|c| c["id"] == id.as_str() && c["ok"] == true)
+    })
+    .await;
+    assert_eq!(cloud.node("branch-a").await["online"], true);
+    assert_eq!(
+        offline_reasons().await,
+        before,
+        "the replayed will was ignored"
+    );
+    a.stop().await;
+}

@@ -57,10 +57,6 @@ async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), Enve
     if env.to != CONTROLLER {
         return Err(EnvelopeError::Malformed(format!("addressed to {}", env.to)));
     }
-    let skew = link.config.sync.max_clock_skew_secs as i64 * 1000;
-    if (env.ts - now_ms()).abs() > skew {
-        return Err(EnvelopeError::Replay(env.seq));
-    }
     let peer = link
         .keys
         .peer(node)
@@ -70,9 +66,15 @@ async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), Enve
     let plain = env.open_from(&peer)?;
     let up: Up =
         serde_json::from_slice(&plain).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-    // A will was sealed at connect time; it is checked against the current
-    // connection instead of the sequence window.
+    // A will was sealed at connect time and published by the broker when
+    // that connection dropped, maybe hours later: it is checked against the
+    // connection it names (the fleet honours it only for the current one)
+    // instead of the clock and the sequence window.
     if !matches!(up, Up::Will { .. }) {
+        let skew = link.config.sync.max_clock_skew_secs as i64 * 1000;
+        if (env.ts - now_ms()).abs() > skew {
+            return Err(EnvelopeError::Replay(env.seq));
+        }
         link.keys.accept(node, env.seq)?;
     }
     Ok((up, env.seq))

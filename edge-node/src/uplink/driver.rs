@@ -89,21 +89,19 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         identity,
         seq: SeqCounter::default(),
     });
+    // Each broker connection has its own id, carried by its hello, its
+    // heartbeats and its last will: the controller honours a will only for
+    // the connection it names, so an old will (replayed, or published late)
+    // is ignored, and a genuine one is not refused for its age.
     let connect_id = uuid::Uuid::new_v4().to_string();
+    let (connect_tx, connect_rx) = watch::channel(connect_id.clone());
 
     let mut opts = MqttOptions::new(cfg.node_id.clone(), mqtt.host.clone(), mqtt.port);
     opts.set_credentials(mqtt.username.clone(), mqtt.password.clone());
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_clean_session(true);
     opts.set_max_packet_size(1 << 20, 1 << 20);
-    opts.set_last_will(LastWill::new(
-        topic::up(&cfg.node_id),
-        sealer.seal(&Up::Will {
-            connect_id: connect_id.clone(),
-        }),
-        QoS::AtLeastOnce,
-        false,
-    ));
+    opts.set_last_will(last_will(&sealer, &connect_id));
     if mqtt.tls {
         let ca = mqtt.ca_pem.as_deref().unwrap_or_default();
         let tls = edgedesk_support::tls::pinned_client(ca).map_err(|e| bad(&e.to_string()))?;
@@ -135,7 +133,7 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         high_tx,
         client: client.clone(),
         sealer: sealer.clone(),
-        connect_id: connect_id.clone(),
+        connect_id: connect_tx,
     };
     let poll = tokio::spawn(receiver.poll(eventloop));
     let persist = tokio::spawn(persist_high(u.store.clone(), high_rx));
@@ -156,7 +154,7 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         u.clone(),
         client.clone(),
         sealer.clone(),
-        connect_id,
+        connect_rx,
     ));
     drain(&u, &client, &sealer, ack_rx).await;
     let _ = client.disconnect().await;
@@ -199,7 +197,8 @@ struct Receiver {
     high_tx: watch::Sender<u64>,
     client: AsyncClient,
     sealer: Arc<Sealer>,
-    connect_id: String,
+    /// The current connection's id (a new one before each reconnect).
+    connect_id: watch::Sender<String>,
 }
 
 impl Receiver {
@@ -223,7 +222,7 @@ impl Receiver {
                         .client
                         .try_subscribe(topic::down(&node), QoS::AtLeastOnce);
                     let hello = Up::Hello {
-                        connect_id: self.connect_id.clone(),
+                        connect_id: self.connect_id.borrow().clone(),
                         sw_version: env!("CARGO_PKG_VERSION").into(),
                     };
                     let _ = self.client.try_publish(
@@ -243,6 +242,12 @@ impl Receiver {
                     }
                     self.u.metrics.uplink_connected.set(0);
                     let _ = self.u.link_up.send(false);
+                    // The next connection gets its own id and will.
+                    let id = uuid::Uuid::new_v4().to_string();
+                    eventloop
+                        .mqtt_options
+                        .set_last_will(last_will(&self.sealer, &id));
+                    self.connect_id.send_replace(id);
                     tokio::select! {
                         _ = self.u.shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -324,7 +329,25 @@ async fn forward_typing(
     }
 }
 
-async fn heartbeats(u: Arc<Uplink>, client: AsyncClient, sealer: Arc<Sealer>, connect_id: String) {
+/// The will the broker publishes if connection `connect_id` drops.
+fn last_will(sealer: &Sealer, connect_id: &str) -> LastWill {
+    let will = Up::Will {
+        connect_id: connect_id.to_owned(),
+    };
+    LastWill::new(
+        topic::up(&sealer.node),
+        sealer.seal(&will),
+        QoS::AtLeastOnce,
+        false,
+    )
+}
+
+async fn heartbeats(
+    u: Arc<Uplink>,
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+    connect_id: watch::Receiver<String>,
+) {
     let mut connected = u.link_up.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(u.cloud.heartbeat_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -337,7 +360,8 @@ async fn heartbeats(u: Arc<Uplink>, client: AsyncClient, sealer: Arc<Sealer>, co
         if !*connected.borrow() {
             continue;
         }
-        let hb = heartbeat(&u, &connect_id).await;
+        let id = connect_id.borrow().clone();
+        let hb = heartbeat(&u, &id).await;
         let _ = sealer.send(&client, &Up::Heartbeat(Box::new(hb))).await;
     }
 }
