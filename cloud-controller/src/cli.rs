@@ -71,6 +71,9 @@ enum Cmd {
     /// Model rollouts to the fleet.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Edge sync maintenance (on the controller's host, controller stopped).
+    #[command(subcommand)]
+    Sync(SyncCmd),
     /// Events ingested from node outboxes.
     Events {
         #[arg(long)]
@@ -85,6 +88,19 @@ enum Cmd {
         until: Option<i64>,
         #[arg(long)]
         limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCmd {
+    /// Raise the controller's envelope sequence numbers. Needed after the
+    /// controller's database was restored from a backup: nodes refuse
+    /// numbers at or below the highest they saw ("replay" in their logs).
+    /// Each start reserves one block of 2^40; raise by at least the number
+    /// of starts since the backup (the default covers 16).
+    RaiseSeq {
+        #[arg(long, default_value_t = 16)]
+        blocks: u64,
     },
 }
 
@@ -262,7 +278,35 @@ pub fn main() -> ExitCode {
             Ok(config) => publish(&config, bundle, onnxruntime.as_deref()),
             Err(code) => code,
         },
+        Some(Cmd::Sync(SyncCmd::RaiseSeq { blocks })) => match load_config(&cli) {
+            Ok(config) => raise_seq(&config, *blocks),
+            Err(code) => code,
+        },
         Some(_) => client(&cli),
+    }
+}
+
+/// `sync raise-seq`: move the reserved top of sequence numbers up.
+fn raise_seq(config: &Config, blocks: u64) -> ExitCode {
+    let db = config.store.data_dir.join("controller.db");
+    let run = || -> Result<u64, String> {
+        let store = crate::store::Store::open(&db).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(store.raise_seq(blocks))
+            .map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(top) => {
+            println!("sequence numbers now start above {top} (raised by {blocks} blocks)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", db.display());
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -328,7 +328,10 @@ pub async fn run(
         in_tx,
         shutdown.clone(),
     ));
-    let publish_task = tokio::spawn(link::transport::publish(link.clone(), client, out_rx));
+    let seq = store
+        .reserve_seq(chrono::Utc::now().timestamp_micros().max(1) as u64)
+        .await?;
+    let publish_task = tokio::spawn(link::transport::publish(link.clone(), client, seq, out_rx));
     let dispatch_task = tokio::spawn(link::dispatch::run(link.clone(), in_rx));
     let ticker_task = tokio::spawn(link::dispatch::ticker(link.clone(), shutdown.clone()));
 

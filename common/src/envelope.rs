@@ -348,28 +348,38 @@ impl Envelope {
     }
 }
 
-/// A sender's sequence numbers: strictly increasing, and `max(previous + 1,
-/// now in µs)` so they keep increasing across restarts without being stored.
+/// Sequence numbers one start of a sender reserves (2^40: at a thousand
+/// messages a second, more than thirty years' worth).
+pub const SEQ_BLOCK: u64 = 1 << 40;
+
+/// A sender's sequence numbers: strictly increasing, across restarts too,
+/// and independent of the clock (a clock that jumps forward and back must
+/// not make a receiver refuse every later message).
+///
+/// At start the sender reads the top it reserved last time from durable
+/// storage and calls [`SeqCounter::resume`], which hands out numbers after
+/// that top and returns the new top, to be stored *before* the first number
+/// is used. A first start with nothing stored begins at the clock in µs,
+/// above every number of the clock-based scheme older builds used.
 #[derive(Debug, Default)]
 pub struct SeqCounter {
     last: std::sync::atomic::AtomicU64,
 }
 
 impl SeqCounter {
-    /// The next number, given the clock in microseconds.
-    pub fn next(&self, now_micros: u64) -> u64 {
-        use std::sync::atomic::Ordering;
-        let mut cur = self.last.load(Ordering::Relaxed);
-        loop {
-            let next = now_micros.max(cur + 1);
-            match self
-                .last
-                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(seen) => cur = seen,
-            }
-        }
+    /// Continue after `reserved` (0: nothing stored yet, start from
+    /// `now_micros`). Returns the counter and the top to store now.
+    pub fn resume(reserved: u64, now_micros: u64) -> (SeqCounter, u64) {
+        let start = if reserved == 0 { now_micros } else { reserved };
+        let counter = SeqCounter {
+            last: std::sync::atomic::AtomicU64::new(start),
+        };
+        (counter, start.saturating_add(SEQ_BLOCK))
+    }
+
+    /// The next number.
+    pub fn next(&self) -> u64 {
+        self.last.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
     }
 }
 
@@ -544,16 +554,17 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_increase_past_a_stalled_clock() {
-        let c = SeqCounter::default();
-        assert_eq!(c.next(100), 100);
-        assert_eq!(c.next(100), 101);
-        assert_eq!(
-            c.next(50),
-            102,
-            "a clock going back does not repeat numbers"
-        );
-        assert_eq!(c.next(1000), 1000);
+    fn sequence_numbers_survive_restarts_and_ignore_the_clock() {
+        // First start: from the clock, with a block reserved above it.
+        let (c, top) = SeqCounter::resume(0, 1_000);
+        assert_eq!((c.next(), c.next()), (1_001, 1_002));
+        assert_eq!(top, 1_000 + SEQ_BLOCK);
+        // Restart: after the stored top, whatever the clock says.
+        let (c2, top2) = SeqCounter::resume(top, 5);
+        assert!(c2.next() > top && top2 == top + SEQ_BLOCK);
+        // A receiver that accepted the first run's numbers accepts the second's.
+        let mut w = ReplayWindow::starting_at(1_002);
+        assert!(w.accept(c2.next()).is_ok());
     }
 
     #[test]

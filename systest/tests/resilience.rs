@@ -282,3 +282,117 @@ async fn through_mosquitto_and_mosquitto_killed_under_load() {
     mosq.kill().unwrap();
     mosq.wait().unwrap();
 }
+
+/// A ping to `node` through the real controller; whether it is acknowledged
+/// within `secs`.
+async fn ping_acked(ctl: &CtlProcess, node: &str, secs: u64) -> bool {
+    let Some(cmd) = ctl
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/v1/nodes/{node}/commands"),
+            Some(serde_json::json!({ "kind": "ping" })),
+        )
+        .await
+    else {
+        return false;
+    };
+    let id = cmd["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        let cmds = ctl
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/v1/nodes/{node}/commands"),
+                None,
+            )
+            .await;
+        if cmds.is_some_and(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["id"] == id.as_str() && c["ok"] == true)
+        }) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Issue 11, finding 11: the controller's sequence numbers come from a
+/// counter kept in its store, not the clock, so restarts never make a node
+/// refuse the downlink; and when the database goes back (restored from a
+/// backup), the node refuses as it must and `cloud-controller sync
+/// raise-seq` is the documented way back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_numbers_survive_restarts_and_a_restored_store_is_recovered() {
+    let cdir = tempfile::tempdir().unwrap();
+    let (http, mqtt) = (free_port(), free_port());
+    let mut ctl = start_controller(cdir.path(), http, mqtt, &[]).await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(edge_config(
+        &edir,
+        "branch-s",
+        &ctl,
+        ctl.token_for("branch-s").await,
+    ))
+    .await;
+    eventually(20, "the node is online", || ctl.node_online("branch-s")).await;
+    assert!(ping_acked(&ctl, "branch-s", 20).await);
+    for _ in 0..2 {
+        ctl.kill();
+        ctl.restart().await;
+        assert!(ping_acked(&ctl, "branch-s", 20).await, "after a restart");
+    }
+    // A restore from a backup taken three starts ago.
+    ctl.kill();
+    let db = rusqlite::Connection::open(cdir.path().join("controller.db")).unwrap();
+    let top: String = db
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'seq_reserved'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let back = top.parse::<u64>().unwrap() - 3 * edgedesk_common::envelope::SEQ_BLOCK;
+    db.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'seq_reserved'",
+        [back.to_string()],
+    )
+    .unwrap();
+    drop(db);
+    let replays = || async {
+        let (_, text) = node.get("/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with("edgedesk_uplink_refused_total{reason=\"replay\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = replays().await;
+    ctl.restart().await;
+    assert!(
+        !ping_acked(&ctl, "branch-s", 5).await,
+        "numbers at or below what the node saw are refused"
+    );
+    assert!(replays().await > before, "the node says why");
+    // The recovery, on the controller's host with the controller stopped.
+    ctl.kill();
+    let out = std::process::Command::new(controller_bin())
+        .args(["sync", "raise-seq"])
+        .env(
+            "EDGEDESK_CC_STORE__DATA_DIR",
+            format!("{:?}", cdir.path().to_string_lossy()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("raised by 16 blocks"));
+    ctl.restart().await;
+    assert!(ping_acked(&ctl, "branch-s", 20).await, "after raise-seq");
+    node.stop().await;
+    ctl.kill();
+}

@@ -105,8 +105,12 @@ pub async fn poll(
 
 /// Seal and publish what the rest of the controller sends down, until the
 /// queue closes.
-pub async fn publish(link: Link, client: AsyncClient, mut rx: mpsc::Receiver<Outgoing>) {
-    let seq = SeqCounter::default();
+pub async fn publish(
+    link: Link,
+    client: AsyncClient,
+    seq: SeqCounter,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Send { node, down } => {
@@ -147,9 +151,9 @@ async fn send(
             id: &id,
             from: CONTROLLER,
             to: node,
-            // Strictly increasing: max(previous + 1, now in µs), so it also
-            // increases across restarts without being stored.
-            seq: seq.next(chrono::Utc::now().timestamp_micros().max(1) as u64),
+            // Strictly increasing, across restarts too (a block reserved in
+            // the store at start), whatever the clock does.
+            seq: seq.next(),
             ts: now_ms(),
         },
         nonce,

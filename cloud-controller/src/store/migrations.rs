@@ -8,7 +8,8 @@
 //! database it simply creates them. Step 4 adds what the desk needs to
 //! survive a restart and show the queue truthfully: whether the visitor is
 //! still there, and since when a chat waits. Step 5 strips transcripts that
-//! older builds also kept in the event log. Never edit a step: append one.
+//! older builds also kept in the event log. Step 6 adds small settings (the
+//! reserved top of envelope sequence numbers). Never edit a step: append one.
 
 use edgedesk_support::sqlite::{Step, has_column};
 
@@ -207,6 +208,14 @@ pub const STEPS: &[Step] = &[
         WHERE kind = 'escalation' AND json_array_length(body, '$.transcript') > 0;
     UPDATE events SET body = json_set(body, '$.line.text', '')
         WHERE kind = 'chat_line' AND json_extract(body, '$.line.text') <> '';
+"#,
+    ),
+    Step::Sql(
+        r#"
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
 "#,
     ),
 ];

@@ -10,7 +10,7 @@
 //!
 //! Files: `nodes` (tokens, enrolment, registry, history), `events` (inbound
 //! batches and their projection), `commands` (the per-node queue), `chats`,
-//! `agents`, `tickets`, `models`, `rollouts`.
+//! `agents`, `tickets`, `models`, `rollouts`, `seq` (envelope sequence numbers).
 
 pub mod agents;
 pub mod chats;
@@ -20,6 +20,7 @@ pub mod migrations;
 pub mod models;
 pub mod nodes;
 pub mod rollouts;
+pub mod seq;
 pub mod tickets;
 
 use std::path::Path;

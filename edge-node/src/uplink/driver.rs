@@ -60,6 +60,26 @@ pub fn outgoing(mut e: Event, mask: bool) -> Event {
 }
 
 const KV_DOWN_SEQ: &str = "controller_seq_high";
+/// The top of the sequence numbers this node reserved (see [`SeqCounter`]).
+pub const KV_SEQ_RESERVED: &str = "seq_reserved";
+
+/// Reserve this run's block of sequence numbers, stored before any is used.
+async fn reserve_seq(store: &Store) -> Result<SeqCounter, UplinkError> {
+    let fail = |e: crate::store::StoreError| UplinkError::Store(e.to_string());
+    let reserved = store
+        .kv_get(KV_SEQ_RESERVED)
+        .await
+        .map_err(fail)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let now = chrono::Utc::now().timestamp_micros().max(1) as u64;
+    let (seq, top) = SeqCounter::resume(reserved, now);
+    store
+        .kv_set(KV_SEQ_RESERVED, &top.to_string())
+        .await
+        .map_err(fail)?;
+    Ok(seq)
+}
 
 /// Commands waiting for the executor.
 const WORK_QUEUE: usize = 256;
@@ -83,11 +103,12 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         .and_then(|k| k.parse().ok())
         .ok_or_else(|| bad("bad controller keys"))?;
     let mqtt = file.mqtt.clone().ok_or_else(|| bad("no broker pinned"))?;
+    let seq = reserve_seq(&u.store).await?;
     let sealer = Arc::new(Sealer {
         node: cfg.node_id.clone(),
         controller: edgedesk_common::envelope::PeerBox::new(&identity, controller),
         identity,
-        seq: SeqCounter::default(),
+        seq,
     });
     // Each broker connection has its own id, carried by its hello, its
     // heartbeats and its last will: the controller honours a will only for

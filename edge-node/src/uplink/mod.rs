@@ -44,6 +44,8 @@ pub enum UplinkError {
     /// token was not sent.
     #[error("enrolment: {0}")]
     EnrollUntrusted(String),
+    #[error("the node's database: {0}")]
+    Store(String),
     #[error(
         "not enrolled and cloud.enroll_token is empty: issue one with `cloud-controller token create --node <id>`"
     )]
