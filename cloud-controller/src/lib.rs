@@ -407,8 +407,7 @@ pub async fn run(
                 message: e.to_string(),
             }
         })?;
-        let tls =
-            http::listen::server_config_from_files(&config.http.tls_cert, &config.http.tls_key)?;
+        let tls = tls::server_config_from_files(&config.http.tls_cert, &config.http.tls_key)?;
         let last = last_pem_block(&chain);
         (Some(tls), Some(last))
     } else {
@@ -429,10 +428,7 @@ pub async fn run(
             message: e.to_string(),
         })?;
         let chain = format!("{}\n{}", cert.trim_end(), m.ca_pem);
-        (
-            Some(http::listen::server_config(&chain, &key)?),
-            Some(m.ca_pem),
-        )
+        (Some(tls::server_config(&chain, &key)?), Some(m.ca_pem))
     };
     let ca_sha256 = ca_pem
         .as_deref()

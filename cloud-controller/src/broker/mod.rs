@@ -122,7 +122,7 @@ pub async fn start(
         .map_err(BrokerError::Thread)?;
     let acceptor = match tls {
         Some(t) => {
-            let config = crate::http::listen::server_config_from_files(&t.cert_path, &t.key_path)
+            let config = crate::tls::server_config_from_files(&t.cert_path, &t.key_path)
                 .map_err(|e| BrokerError::Config(e.to_string()))?;
             let mut config = (*config).clone();
             config.alpn_protocols.clear();

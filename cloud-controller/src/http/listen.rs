@@ -5,64 +5,19 @@
 //! connection beyond that is closed at once (policy: refuse, never queue).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::TlsError;
-
 /// A TLS handshake not finished in this time is dropped.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Concurrent TLS handshakes.
 pub const MAX_HANDSHAKES: usize = 512;
-
-/// A rustls server configuration from a PEM chain (server certificate first)
-/// and its PEM private key.
-pub fn server_config(
-    chain_pem: &str,
-    key_pem: &str,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Config(format!("certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(TlsError::Config("the certificate chain is empty".into()));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| TlsError::Config(format!("private key: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    // The console's WebSocket needs HTTP/1.1 upgrades.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Read a chain and key from files, naming the file that is wrong.
-pub fn server_config_from_files(
-    chain: &Path,
-    key: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| TlsError::Material {
-            dir: p.display().to_string(),
-            message: e.to_string(),
-        })
-    };
-    server_config(&read(chain)?, &read(key)?)
-}
 
 /// An [`axum::serve::Listener`] handing out finished TLS connections.
 pub struct TlsListener {
