@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use edgedesk_common::sync::{FetchHeader, FetchRequest, MODELS_ALPN};
+use edgedesk_support::logging::clip;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -139,7 +140,7 @@ async fn transfer(
         Ok(p) => p,
         Err(reason) => {
             hub.metrics.refuse("model_fetch");
-            tracing::warn!(node = %req.node, blob = %req.blob, %reason, "model fetch refused");
+            tracing::warn!(node = %clip(&req.node), blob = %clip(&req.blob), %reason, "model fetch refused");
             let _ = send.write_all(&answer(FetchHeader::refused(reason))).await;
             let _ = send.finish();
             return Err("refused".into());

@@ -311,7 +311,10 @@ impl Envelope {
         match major {
             Some(SCHEMA_MAJOR) => Ok(()),
             Some(_) => Err(EnvelopeError::UnsupportedVersion(self.v.clone())),
-            None => Err(EnvelopeError::Malformed(format!("version {:?}", self.v))),
+            None => Err(EnvelopeError::Malformed(format!(
+                "version {:?}",
+                self.v.chars().take(16).collect::<String>()
+            ))),
         }
     }
 

@@ -20,18 +20,25 @@ pub fn init(level: &str, json: bool) {
 
 /// At most this many characters of a string from outside go into a log line.
 pub const CLIP_CHARS: usize = 64;
+/// The same for an error message that may quote what was received.
+pub const CLIP_ERROR_CHARS: usize = 200;
 
 /// A string that came from outside (a username, a topic, an envelope's
 /// sender, a request field), fit for a log line: control characters and
 /// quotes escaped, cut to [`CLIP_CHARS`] characters with the original
 /// length noted, so nobody can forge log lines or fill the disk through them.
 pub fn clip(s: &str) -> String {
+    clip_to(s, CLIP_CHARS)
+}
+
+/// [`clip`] to `max` characters (use [`CLIP_ERROR_CHARS`] for errors).
+pub fn clip_to(s: &str, max: usize) -> String {
     let mut out = String::new();
-    for c in s.chars().take(CLIP_CHARS) {
+    for c in s.chars().take(max) {
         out.extend(c.escape_debug());
     }
     let n = s.chars().count();
-    if n > CLIP_CHARS {
+    if n > max {
         out.push_str(&format!("…({n} chars)"));
     }
     out

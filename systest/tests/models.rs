@@ -129,6 +129,33 @@ async fn refusals_resume_and_rollback() {
     .await;
     assert!(ok, "{detail}");
     assert_eq!(node.model_version(), "1.0.0");
+    // After a rollback the floor stays the newest version the node has run
+    // (issue 11, finding 12): a validly signed 1.0.5 is an old release too.
+    let between = cloud
+        .publish(&bundle_version(work.path(), "1.0.5"))
+        .await
+        .signed;
+    let (ok, detail) = command(&cloud, "branch-m", "model_update", update(&between)).await;
+    assert!(!ok && detail.contains("older than 1.1.0"), "{detail}");
+    // A signed release of another model is not this node's.
+    let other_dir = bundle_version(work.path(), "2.0.0");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(other_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    m["name"] = "another-model".into();
+    std::fs::write(
+        other_dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    let other = cloud.publish(&other_dir).await.signed;
+    let (ok, detail) = command(&cloud, "branch-m", "model_update", update(&other)).await;
+    assert!(!ok && detail.contains("another-model"), "{detail}");
+    assert_eq!(node.model_version(), "1.0.0", "nothing changed");
+    // Forward to the newest again is allowed.
+    let (ok, detail) = command(&cloud, "branch-m", "model_update", update(&good)).await;
+    assert!(ok, "{detail}");
+    assert_eq!(node.model_version(), "1.1.0");
     let (ok, detail) = command(
         &cloud,
         "branch-m",

@@ -214,7 +214,7 @@ async fn login(
         None
     };
     let Some(agent) = agent else {
-        tracing::warn!(username = %req.username.escape_debug(), %ip, "console login failed");
+        tracing::warn!(username = %edgedesk_support::logging::clip(&req.username), %ip, "console login failed");
         return Err(ConsoleError::WrongCredentials);
     };
     s.limiter.succeeded(attempt);

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use edgedesk_support::logging::{CLIP_ERROR_CHARS, clip, clip_to};
+
 use edgedesk_common::envelope::{CONTROLLER, Envelope, EnvelopeError};
 use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::{Down, Up};
@@ -37,7 +39,11 @@ pub async fn run(link: Link, mut rx: mpsc::Receiver<Inbound>) {
                 Ok((up, seq)) => batch.push((msg.node, up, seq)),
                 Err(e) => {
                     link.metrics.refuse(e.reason());
-                    tracing::warn!(node = %msg.node, error = %e, "envelope refused");
+                    tracing::warn!(
+                        node = %clip(&msg.node),
+                        error = %clip_to(&e.to_string(), CLIP_ERROR_CHARS),
+                        "envelope refused"
+                    );
                 }
             }
         }
@@ -50,12 +56,16 @@ async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), Enve
     let env = Envelope::from_json(payload)?;
     if env.from != node {
         return Err(EnvelopeError::Malformed(format!(
-            "sender {} on {node}'s topic",
-            env.from
+            "sender {} on {}'s topic",
+            clip(&env.from),
+            clip(node)
         )));
     }
     if env.to != CONTROLLER {
-        return Err(EnvelopeError::Malformed(format!("addressed to {}", env.to)));
+        return Err(EnvelopeError::Malformed(format!(
+            "addressed to {}",
+            clip(&env.to)
+        )));
     }
     let peer = link
         .keys

@@ -3,7 +3,8 @@
 //!
 //! Steps of an update, each safe to be killed at (kill -9 tested):
 //! 1. verify the release's signature with the key pinned at enrolment; refuse
-//!    a version not newer than the active one (only `model_rollback` goes
+//!    a release of another model, or a version older than the newest this
+//!    node has ever run (kept in `active.json`; only `model_rollback` goes
 //!    back: TUF's rollback and freeze attacks);
 //! 2. download each file over QUIC into `incoming/` (verified per chunk,
 //!    resumable), then assemble `versions/.<v>.staging/` and rename it to
@@ -82,6 +83,10 @@ impl ModelError {
 pub struct Pointer {
     pub active: String,
     pub kept: Vec<String>,
+    /// The newest version ever active here: the anti-rollback floor for
+    /// updates (a rollback command lowers `active`, never this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest: Option<String>,
 }
 
 /// Low-confidence counts of one model version.
@@ -228,7 +233,8 @@ impl ModelManager {
             &dir.join("active.json"),
             &serde_json::to_vec_pretty(&Pointer {
                 active: version.clone(),
-                kept: vec![version],
+                kept: vec![version.clone()],
+                highest: Some(version),
             })
             .expect("serialises"),
         )
@@ -302,13 +308,32 @@ impl ModelManager {
         let release = signed
             .verify(&key)
             .map_err(|e| ModelError::Refused(e.to_string()))?;
-        let active = self.active.get().manifest().version.clone();
+        let (active, name) = {
+            let model = self.active.get();
+            let m = model.manifest();
+            (m.version.clone(), m.name.clone())
+        };
+        if release.name != name {
+            return Err(ModelError::Refused(format!(
+                "release of {:?}, but this node runs {name:?}",
+                edgedesk_support::logging::clip(&release.name)
+            )));
+        }
         if release.version == active {
             return Ok(format!("{} already active", release.version));
         }
-        if release.version < active {
+        // TUF's rollback attack: never below the newest version ever active
+        // here (kept in active.json), even after a rollback command.
+        let dir = self.dir.clone();
+        let highest = blocking(move || Ok(Self::read_pointer(&dir).and_then(|p| p.highest)))
+            .await?
+            .and_then(|v| semver::Version::parse(&v).ok());
+        let floor = highest
+            .filter(|h| *h > active)
+            .unwrap_or_else(|| active.clone());
+        if release.version < floor {
             return Err(ModelError::Refused(format!(
-                "version {} is older than the active {active}; only a rollback command goes back",
+                "version {} is older than {floor}, the newest this node has run; only a rollback command goes back",
                 release.version
             )));
         }
@@ -451,9 +476,16 @@ impl ModelManager {
             let mut seen = std::collections::HashSet::new();
             kept.retain(|v| seen.insert(v.clone()));
             let dropped: Vec<String> = kept.split_off(keep.min(kept.len()).max(1));
+            let highest = [pointer.highest.as_deref(), Some(active.as_str())]
+                .into_iter()
+                .flatten()
+                .filter_map(|v| semver::Version::parse(v).ok())
+                .max()
+                .map(|v| v.to_string());
             let pointer = Pointer {
                 active: active.clone(),
                 kept: kept.clone(),
+                highest,
             };
             std::fs::create_dir_all(&dir)?;
             write_atomic(

@@ -74,7 +74,10 @@ pub async fn upgrade(
 ) -> Response {
     if !origin_allowed(&headers, &app.server.allowed_origins) {
         app.metrics.reject("origin");
-        tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket refused: origin not allowed");
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|o| edgedesk_support::logging::clip(&String::from_utf8_lossy(o.as_bytes())));
+        tracing::warn!(?origin, "WebSocket refused: origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     if app.shutdown.is_cancelled() {

@@ -295,7 +295,13 @@ impl Receiver {
             Ok(p) => p,
             Err(e) => {
                 self.u.metrics.uplink_refused.inc(e.reason());
-                tracing::warn!(error = %e, "message from the broker refused");
+                tracing::warn!(
+                    error = %edgedesk_support::logging::clip_to(
+                        &e.to_string(),
+                        edgedesk_support::logging::CLIP_ERROR_CHARS
+                    ),
+                    "message from the broker refused"
+                );
                 return;
             }
         };
