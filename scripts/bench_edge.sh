@@ -28,6 +28,7 @@ for row in "$@"; do
   rm -rf "$W/node" && mkdir -p "$W/node"
   EDGEDESK_SERVER__RATE_LIMIT_PER_SEC=1000.0 EDGEDESK_SERVER__RATE_LIMIT_BURST=1000 \
   EDGEDESK_SERVER__MAX_CONNECTIONS=20000 EDGEDESK_LOG__LEVEL=warn \
+  EDGEDESK_SERVER__MAX_CONNECTIONS_PER_ADDRESS=20000 EDGEDESK_SERVER__HELLOS_PER_MINUTE_PER_ADDRESS=1000000 \
     "$BIN/edge-node" serve --listen 127.0.0.1:8090 --db "$W/node/edge.db" >"$W/node.log" 2>&1 &
   node=$!
   for _ in $(seq 300); do curl -sf http://127.0.0.1:8090/readyz >/dev/null && break; sleep 0.1; done

@@ -29,6 +29,7 @@ token=$("$BIN/cloud-controller" token create --node bench-1 | sed -n 's/.*"token
 EDGEDESK_CLOUD__ENABLED=true EDGEDESK_CLOUD__NODE_ID=bench-1 EDGEDESK_CLOUD__ENROLL_TOKEN="$token" \
 EDGEDESK_CLOUD__CONTROLLER_URL=http://127.0.0.1:8795 EDGEDESK_CLOUD__IDENTITY_PATH="$W/node/identity.json" \
 EDGEDESK_SERVER__RATE_LIMIT_PER_SEC=1000.0 EDGEDESK_SERVER__RATE_LIMIT_BURST=1000 EDGEDESK_LOG__LEVEL=warn \
+EDGEDESK_SERVER__MAX_CONNECTIONS_PER_ADDRESS=20000 EDGEDESK_SERVER__HELLOS_PER_MINUTE_PER_ADDRESS=1000000 \
   "$BIN/edge-node" serve --listen 127.0.0.1:8097 --db "$W/node/edge.db" >"$W/node.log" 2>&1 & pids+=($!)
 for _ in $(seq 300); do curl -sf http://127.0.0.1:8097/readyz >/dev/null && break; sleep 0.1; done
 curl -sf http://127.0.0.1:8097/readyz >/dev/null || { echo "edge node did not start:"; cat "$W/node.log"; exit 1; }

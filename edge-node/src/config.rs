@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub kiosk_idle_reset_secs: u32,
     pub metrics_token: String,
     pub hello_deadline_secs: u32,
+    pub request_deadline_secs: u32,
+    pub max_connections_per_address: usize,
+    pub max_open_connections: usize,
+    pub hellos_per_minute_per_address: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +273,15 @@ impl Config {
                 "cloud.node_id",
                 "required when cloud.enabled: 1-64 of a-z 0-9 - _ .",
             );
+        }
+        if self.server.hellos_per_minute_per_address == 0 {
+            return bad("server.hellos_per_minute_per_address", "at least 1");
+        }
+        if self.server.request_deadline_secs == 0 {
+            return bad("server.request_deadline_secs", "at least 1");
+        }
+        if self.server.max_connections_per_address == 0 {
+            return bad("server.max_connections_per_address", "at least 1");
         }
         if self.server.hello_deadline_secs == 0 {
             return bad("server.hello_deadline_secs", "at least 1");

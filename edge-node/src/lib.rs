@@ -228,6 +228,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
+        hellos: server::ws::HelloLimiter::new(config.server.hellos_per_minute_per_address),
     });
     tracing::info!(%addr, "edge node listening; kiosk page at http://{addr}/");
     let keeper_task = tokio::spawn(keeper.clone().run(shutdown.clone()));
@@ -256,9 +257,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         ))
     });
     let app = server::router(state);
-    // Chat frames are small and latency-bound: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
+    let limits = server::listen::Limits::new(
+        config.server.request_deadline_secs,
+        config.server.max_connections_per_address,
+        config.server.max_open_connections,
+    );
+    let listener = server::listen::GuardedListener::new(listener, limits, metrics.clone());
+    // Chat frames are small and latency-bound: no Nagle delay. (`tap_io` also
+    // gives the connection's peer address to handlers.)
+    let listener = axum::serve::ListenerExt::tap_io(listener, |io| {
+        if let Err(e) = io.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });

@@ -244,6 +244,8 @@ impl Metrics {
             "internal",
             "origin",
             "too_many_connections",
+            "per_address",
+            "descriptors",
             "flood",
             "protocol",
             "busy",

@@ -349,3 +349,136 @@ async fn a_socket_that_never_says_hello_is_closed_in_time() {
     assert!(matches!(recv(&mut ok).await, ServerFrame::Pong));
     node.stop().await;
 }
+
+/// Read until the peer closes; true if it did within `secs`.
+async fn closed_within(s: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Issue 11, finding 8: a connection that sends half a request line is
+/// closed at the request deadline (it stayed open 150 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_is_closed_at_the_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.server.request_deadline_secs = 1;
+    let node = TestNode::start(c).await;
+    let mut slow = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTT").await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut slow, 5).await, "closed at the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before it"
+    );
+    // A whole request in time is served, and its socket may then stay.
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    let (status, _) = node.get("/healthz").await;
+    assert_eq!(status, 200);
+    node.stop().await;
+}
+
+/// Issue 11, finding 8: one address cannot take every connection, and under
+/// a flood this host's health checks still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_is_capped_and_health_answers_under_a_flood() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.server.max_connections_per_address = 20;
+    c.server.max_open_connections = 10;
+    c.server.request_deadline_secs = 30;
+    let node = TestNode::start(c).await;
+    // A flood of idle sockets from 127.0.0.1.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        flood.push(tokio::net::TcpStream::connect(node.addr).await.unwrap());
+    }
+    // The first 20 are held; the node closes the rest at once.
+    let mut closed = 0;
+    for s in flood.iter_mut().skip(20) {
+        if closed_within(s, 2).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 20,
+        "connections over the per-address cap are closed"
+    );
+    assert!(
+        !closed_within(&mut flood[0], 1).await,
+        "those within it stay"
+    );
+    // Over max_open_connections, this host (another loopback address) still
+    // reaches /healthz and /metrics.
+    let get_from_2 = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(node.addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(get_from_2("/healthz").await.starts_with("HTTP/1.1 200"));
+    let metrics = get_from_2("/metrics").await;
+    assert!(
+        metrics.contains("edgedesk_rejected_inputs_total{reason=\"per_address\"} 20"),
+        "refusals are counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("per_address"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(flood);
+    node.stop().await;
+}
+
+/// Issue 11, finding 8: one address cannot make the node create sessions as
+/// fast as it can send hellos.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_from_one_address_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.server.hellos_per_minute_per_address = 5;
+    let node = TestNode::start(c).await;
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        let mut ws = node.connect().await;
+        start_session(&mut ws).await;
+        kept.push(ws);
+    }
+    let mut ws = node.connect().await;
+    send(&mut ws, &hello(None)).await;
+    let f = recv(&mut ws).await;
+    assert!(
+        matches!(&f, ServerFrame::Error { code: ErrorCode::RateLimited, message, .. } if message.contains("new sessions")),
+        "{f:?}"
+    );
+    assert_eq!(recv_close(&mut ws).await, Some(1013));
+    // Those already in keep being served.
+    kept[0]
+        .send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .unwrap();
+    assert!(matches!(recv(&mut kept[0]).await, ServerFrame::Pong));
+    node.stop().await;
+}

@@ -5,6 +5,7 @@
 //! service ([`crate::session`]); this module moves bytes and enforces limits.
 
 pub mod assets;
+pub mod listen;
 pub mod ws;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks chat connections so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// New sessions per client address.
+    pub hellos: ws::HelloLimiter,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

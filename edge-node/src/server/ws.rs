@@ -69,6 +69,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     State(app): State<Arc<AppState>>,
 ) -> Response {
@@ -100,7 +101,7 @@ pub async fn upgrade(
         .on_upgrade(move |mut socket| {
             tasks.track_future(async move {
                 match permit {
-                    Ok(_permit) => Connection::new(app).run(socket).await,
+                    Ok(_permit) => Connection::new(app, peer.ip()).run(socket).await,
                     Err(_) => {
                         app.metrics.reject("too_many_connections");
                         let _ = socket
@@ -138,6 +139,48 @@ impl Bucket {
     }
 }
 
+/// How many addresses the hello limiter remembers before it forgets idle ones.
+const HELLO_ADDRESSES: usize = 10_000;
+
+/// New sessions per client address (`server.hellos_per_minute_per_address`,
+/// the same number as a burst): every `hello` takes a token from its
+/// address's bucket, so a script cannot make the node create (and fsync)
+/// sessions as fast as it can send. Over the limit the socket is closed with
+/// 1013 (try again later).
+pub struct HelloLimiter {
+    per_minute: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Bucket>>,
+}
+
+impl HelloLimiter {
+    pub fn new(per_minute: u32) -> HelloLimiter {
+        HelloLimiter {
+            per_minute: per_minute as f64,
+            buckets: Default::default(),
+        }
+    }
+
+    fn allow(&self, ip: std::net::IpAddr) -> bool {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= HELLO_ADDRESSES {
+            // Forget addresses whose bucket has refilled: they lose nothing.
+            let now = Instant::now();
+            map.retain(|_, b| {
+                b.tokens + now.duration_since(b.last).as_secs_f64() * b.rate < b.burst
+            });
+        }
+        let burst = self.per_minute;
+        map.entry(ip)
+            .or_insert_with(|| Bucket {
+                tokens: burst,
+                rate: burst / 60.0,
+                burst,
+                last: Instant::now(),
+            })
+            .take()
+    }
+}
+
 enum Flow {
     Continue,
     Close(u16, &'static str),
@@ -158,6 +201,8 @@ enum Wake {
 
 struct Connection {
     app: Arc<AppState>,
+    /// The client's address (for the per-address hello limit).
+    peer: std::net::IpAddr,
     bucket: Bucket,
     violations: u32,
     session: Option<Active>,
@@ -194,7 +239,7 @@ async fn write(socket: &mut WebSocket, frames: Vec<ServerFrame>) -> bool {
 }
 
 impl Connection {
-    fn new(app: Arc<AppState>) -> Connection {
+    fn new(app: Arc<AppState>, peer: std::net::IpAddr) -> Connection {
         let s = &app.server;
         let bucket = Bucket {
             tokens: s.rate_limit_burst as f64,
@@ -204,6 +249,7 @@ impl Connection {
         };
         Connection {
             app,
+            peer,
             bucket,
             violations: 0,
             session: None,
@@ -399,6 +445,16 @@ impl Connection {
                     return (
                         vec![e],
                         Flow::Close(close::PROTOCOL, "unsupported protocol version"),
+                    );
+                }
+                if !self.app.hellos.allow(self.peer) {
+                    let e = self.error(
+                        ErrorCode::RateLimited,
+                        "too many new sessions from this address; try again in a minute",
+                    );
+                    return (
+                        vec![e],
+                        Flow::Close(close::TRY_AGAIN_LATER, "too many new sessions"),
                     );
                 }
                 if let Some(old) = self.session.take() {
