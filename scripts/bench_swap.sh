@@ -20,14 +20,16 @@ ctl_env=(EDGEDESK_CC_STORE__DATA_DIR="$W/ctl" EDGEDESK_CC_HTTP__LISTEN=127.0.0.1
   EDGEDESK_CC_MQTT__LISTEN=127.0.0.1:18835 EDGEDESK_CC_MODELS__QUIC_LISTEN=127.0.0.1:8796
   EDGEDESK_CC_LOG__LEVEL=warn)
 env "${ctl_env[@]}" "$BIN/cloud-controller" serve >"$W/ctl.log" 2>&1 & pids+=($!)
-export EDGEDESK_CC_URL=http://127.0.0.1:8795
+# The controller serves HTTPS with its own CA (made at first start).
+export EDGEDESK_CC_URL=https://127.0.0.1:8795 EDGEDESK_CC_CA_FILE="$W/ctl/mqtt-ca.pem"
 for _ in $(seq 100); do [ -s "$W/ctl/admin-token" ] && (exec 3<>/dev/tcp/127.0.0.1/8795) 2>/dev/null && break; sleep 0.1; done
 export EDGEDESK_ADMIN_TOKEN; EDGEDESK_ADMIN_TOKEN=$(cat "$W/ctl/admin-token")
 python3 scripts/bench_bundle.py 0 "$W/b110" 1.1.0 >/dev/null
 env "${ctl_env[@]}" "$BIN/cloud-controller" model publish "$W/b110" >/dev/null
-token=$("$BIN/cloud-controller" token create --node bench-1 | sed -n 's/.*"token": "\([0-9a-f]*\)".*/\1/p')
-EDGEDESK_CLOUD__ENABLED=true EDGEDESK_CLOUD__NODE_ID=bench-1 EDGEDESK_CLOUD__ENROLL_TOKEN="$token" \
-EDGEDESK_CLOUD__CONTROLLER_URL=http://127.0.0.1:8795 EDGEDESK_CLOUD__IDENTITY_PATH="$W/node/identity.json" \
+# The join string carries the URL, the one-time token and the CA's fingerprint.
+join=$("$BIN/cloud-controller" token create --node bench-1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["join"])')
+EDGEDESK_CLOUD__ENABLED=true EDGEDESK_CLOUD__NODE_ID=bench-1 EDGEDESK_CLOUD__JOIN="$join" \
+EDGEDESK_CLOUD__IDENTITY_PATH="$W/node/identity.json" \
 EDGEDESK_SERVER__RATE_LIMIT_PER_SEC=1000.0 EDGEDESK_SERVER__RATE_LIMIT_BURST=1000 EDGEDESK_LOG__LEVEL=warn \
 EDGEDESK_SERVER__MAX_CONNECTIONS_PER_ADDRESS=20000 EDGEDESK_SERVER__HELLOS_PER_MINUTE_PER_ADDRESS=1000000 \
   "$BIN/edge-node" serve --listen 127.0.0.1:8097 --db "$W/node/edge.db" >"$W/node.log" 2>&1 & pids+=($!)
