@@ -75,6 +75,7 @@ pub struct ConsoleConfig {
     pub idle_timeout_minutes: u64,
     pub session_max_hours: u64,
     pub reconnect_grace_secs: u64,
+    pub max_waiting_per_node: usize,
     pub secure_cookies: bool,
     pub login_max_failures: usize,
     pub login_max_failures_per_address: usize,

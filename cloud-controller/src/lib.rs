@@ -288,7 +288,8 @@ pub async fn run(
     let handoff = Handoff::new(desk_tx);
     let desk_task = tokio::spawn(
         handoff::driver::Driver::new(
-            handoff::Desk::new(config.console.reconnect_grace_secs as i64 * 1000),
+            handoff::Desk::new(config.console.reconnect_grace_secs as i64 * 1000)
+                .with_max_waiting_per_node(config.console.max_waiting_per_node),
             store.clone(),
             downlink.clone(),
             metrics.clone(),

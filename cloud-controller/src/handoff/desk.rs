@@ -90,6 +90,10 @@ pub enum Do {
     Reply(Result<(), String>),
 }
 
+/// The resolution of an escalation refused because its node's share of the
+/// queue was full.
+pub const QUEUE_FULL: &str = "queue full for this branch";
+
 #[derive(Debug, Clone)]
 pub struct Desk {
     router: Router,
@@ -101,6 +105,9 @@ pub struct Desk {
     told: HashMap<String, (u32, u32)>,
     /// Agent lines sent without a console id, numbered for their keys.
     lines: u64,
+    /// Waiting chats one node may have in the queue
+    /// (`console.max_waiting_per_node`).
+    max_waiting_per_node: usize,
 }
 
 impl Desk {
@@ -111,6 +118,7 @@ impl Desk {
             names: HashMap::new(),
             told: HashMap::new(),
             lines: 0,
+            max_waiting_per_node: usize::MAX,
         }
     }
 
@@ -229,6 +237,15 @@ impl Desk {
         self.apply(actions, now, out);
     }
 
+    /// Bound each node's share of the waiting queue. Policy: an escalation
+    /// over the bound is stored and closed at once ("queue full"), never
+    /// queued, so one branch (or a script at its kiosk) cannot fill the
+    /// desk's queue; its visitor keeps the node's offer to leave a message.
+    pub fn with_max_waiting_per_node(mut self, n: usize) -> Desk {
+        self.max_waiting_per_node = n.max(1);
+        self
+    }
+
     /// Take `input` at controller time `now` (ms); what to do, in order.
     pub fn step(&mut self, input: In, now: i64) -> Vec<Do> {
         let mut out = Vec::new();
@@ -239,6 +256,21 @@ impl Desk {
                 lang,
                 at,
             } => {
+                let known = self.router.chat(&chat).is_some();
+                let waiting_here = self
+                    .router
+                    .queue()
+                    .iter()
+                    .filter(|(c, _)| self.nodes.get(c.as_str()) == Some(&node))
+                    .count();
+                if !known && waiting_here >= self.max_waiting_per_node {
+                    out.push(Do::Store(ChatWrite::Close {
+                        chat,
+                        resolution: QUEUE_FULL.into(),
+                        at: now,
+                    }));
+                    return out;
+                }
                 self.nodes.insert(chat.clone(), node);
                 let actions = self.router.step(routing::Input::Escalated {
                     chat,

@@ -44,6 +44,45 @@ fn escalate(desk: &mut Desk, chat: &str, node: &str) -> Vec<Do> {
     )
 }
 
+/// Issue 11, finding 8: scripted escalations from one branch cannot fill
+/// the queue; other branches still queue, and a known chat escalating again
+/// is not refused.
+#[test]
+fn one_branchs_share_of_the_queue_is_bounded() {
+    let mut desk = Desk::new(30_000).with_max_waiting_per_node(2);
+    assert!(
+        escalate(&mut desk, "c1", "branch-7")
+            .iter()
+            .all(|d| !matches!(d, Do::Store(ChatWrite::Close { .. })))
+    );
+    escalate(&mut desk, "c2", "branch-7");
+    assert_eq!(
+        escalate(&mut desk, "c3", "branch-7"),
+        vec![Do::Store(ChatWrite::Close {
+            chat: "c3".into(),
+            resolution: QUEUE_FULL.into(),
+            at: 10
+        })]
+    );
+    assert!(
+        !escalate(&mut desk, "c2", "branch-7")
+            .iter()
+            .any(|d| matches!(d, Do::Store(ChatWrite::Close { .. }))),
+        "a chat already queued escalating again is not refused"
+    );
+    escalate(&mut desk, "c4", "branch-8");
+    assert!(
+        desk.router.chat("c4").is_some(),
+        "another branch still queues"
+    );
+    assert!(desk.router.chat("c3").is_none());
+    // When an agent takes one, the branch has room again.
+    online(&mut desk, "a1");
+    assert!(desk.router.chat("c1").is_some_and(|c| c.agent.is_some()));
+    escalate(&mut desk, "c5", "branch-7");
+    assert!(desk.router.chat("c5").is_some());
+}
+
 #[test]
 fn an_escalation_is_assigned_with_one_step_of_decisions() {
     let mut desk = Desk::new(30_000);
