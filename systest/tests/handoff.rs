@@ -598,7 +598,10 @@ async fn an_agent_line_lost_in_flight_is_not_overtaken_by_the_next() {
 /// within a second. The slow visitor's conversation is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visitor_who_never_reads_does_not_freeze_the_branch_link() {
-    let cloud = Cloud::start().await;
+    // The suite's 3 s heartbeat timeout could call the branch offline while
+    // its node is busy storing the slow visitor's lines; this test is about
+    // the link, so give presence a production-like margin.
+    let cloud = Cloud::start_with(|c| c.fleet.heartbeat_timeout_secs = 30).await;
     cloud.create_agent("sam", "Sam", &["en"], 1).await;
     let mut agent = cloud.console("sam").await;
     let edir = tempfile::tempdir().unwrap();
@@ -624,14 +627,28 @@ async fn a_visitor_who_never_reads_does_not_freeze_the_branch_link() {
             .await
             .unwrap();
     }
-    // Wait until the node is busy with those lines (the first are acknowledged).
-    eventually(20, "the agent's first lines reach the node", || async {
-        cloud
-            .commands("branch-slow")
-            .await
-            .iter()
-            .any(|c| c["kind"] == "agent_message" && !c["acked_at"].is_null())
-    })
+    // Wait until the controller has taken the whole burst (every line stored
+    // and queued as a command: its own disk work is done) and the node is
+    // busy with it (the first lines acknowledged, later ones still pending:
+    // the visitor's lane is stuck on the socket).
+    eventually(
+        20,
+        "the controller took every line and the node is busy",
+        || async {
+            let stored = cloud.ctl.store.chat(&chat).await.unwrap().map_or(0, |c| {
+                c.lines.iter().filter(|l| l.sender == "agent").count()
+            });
+            let cmds = cloud.commands("branch-slow").await;
+            let lines: Vec<_> = cmds
+                .iter()
+                .filter(|c| c["kind"] == "agent_message")
+                .collect();
+            stored == LINES
+                && lines.len() == LINES
+                && lines.iter().any(|c| !c["acked_at"].is_null())
+                && lines.iter().any(|c| c["acked_at"].is_null())
+        },
+    )
     .await;
     let ping = cloud
         .post(
@@ -663,9 +680,14 @@ async fn a_visitor_who_never_reads_does_not_freeze_the_branch_link() {
         .iter()
         .filter(|c| c["kind"] == "agent_message" && c["acked_at"].is_null())
         .count();
+    let row = cloud
+        .commands("branch-slow")
+        .await
+        .into_iter()
+        .find(|c| c["id"] == id.as_str());
     assert!(
         acked < Duration::from_secs(1),
-        "ping acknowledged after {acked:?} ({pending} agent lines still pending)"
+        "ping acknowledged after {acked:?} ({pending} agent lines still pending): {row:?}"
     );
     // The slow visitor's conversation is kept: every line is stored on the
     // node in the end, whether the socket took it or was dropped.

@@ -2,7 +2,8 @@
 //! loop never waits for a visitor or a model download.
 //!
 //! Exactly once: a command id seen before is acknowledged with its first
-//! result (kept in the store). In order: commands of one stream run in `seq`
+//! result (kept in the store); a `ping`, which changes nothing, is answered
+//! at once without the store. In order: commands of one stream run in `seq`
 //! order ([`Streams`]). Model updates and rollbacks run on their own tasks
 //! (minutes); a resend while one runs is ignored, and its acknowledgement
 //! follows when it ends.
@@ -227,6 +228,13 @@ impl Lane {
 /// Admit `cmd` in its stream's order and run it once; model changes on a
 /// task of their own.
 async fn run_command(handle: &Handle, streams: &mut Streams, cmd: Command) {
+    // A ping changes nothing, so answering it twice is harmless: it is
+    // answered at once, without waiting behind the store (a liveness check
+    // of the link, not of the disk).
+    if matches!(cmd.body, CommandBody::Ping) {
+        handle.ack(cmd.id, true, "pong".into()).await;
+        return;
+    }
     if matches!(
         cmd.body,
         CommandBody::ModelUpdate(_) | CommandBody::ModelRollback(_)
