@@ -4,12 +4,14 @@
 //! - [`sqlite`]: opening a database file (0600, WAL) and the versioned migration runner.
 //! - [`tls`]: a rustls client that trusts only a pinned CA.
 //! - [`secret`]: files only their owner can read, written atomically.
+//! - [`net`]: accepting TCP connections with a back-off on errors.
 //! - [`logging`] and [`signal`]: process set-up for `main`.
 //!
 //! Nothing here knows about chats, nodes or models.
 
 pub mod config;
 pub mod logging;
+pub mod net;
 pub mod secret;
 pub mod signal;
 pub mod sqlite;

@@ -109,6 +109,25 @@ impl Cloud {
         v.as_array().cloned().unwrap_or_default()
     }
 
+    /// Queue a `ping` for `node`; its command id.
+    pub async fn ping(&self, node: &str) -> String {
+        let cmd = self
+            .post(
+                &format!("/api/v1/nodes/{node}/commands"),
+                serde_json::json!({ "kind": "ping" }),
+            )
+            .await;
+        cmd["id"].as_str().expect("a command id").to_owned()
+    }
+
+    /// Whether command `id` of `node` was acknowledged as done.
+    pub async fn acked_ok(&self, node: &str, id: &str) -> bool {
+        self.commands(node)
+            .await
+            .iter()
+            .any(|c| c["id"] == id && c["ok"] == true)
+    }
+
     pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
         self.get(&format!("/api/v1/events?{query}"))
             .await

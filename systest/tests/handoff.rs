@@ -650,13 +650,7 @@ async fn a_visitor_who_never_reads_does_not_freeze_the_branch_link() {
         },
     )
     .await;
-    let ping = cloud
-        .post(
-            "/api/v1/nodes/branch-slow/commands",
-            serde_json::json!({ "kind": "ping" }),
-        )
-        .await;
-    let id = ping["id"].as_str().unwrap().to_owned();
+    let id = cloud.ping("branch-slow").await;
     let sent = std::time::Instant::now();
     let acked = loop {
         let c = cloud

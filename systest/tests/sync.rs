@@ -67,13 +67,7 @@ async fn events_reach_the_controller_once_and_leave_the_outbox() {
             .any(|n| n["id"] == "branch-a" && n["labels"]["branch"] == "paris-1")
     );
     // A command travels down, is executed once, and acknowledged.
-    let cmd = cloud
-        .post(
-            "/api/v1/nodes/branch-a/commands",
-            serde_json::json!({ "kind": "ping" }),
-        )
-        .await;
-    let id = cmd["id"].as_str().unwrap().to_owned();
+    let id = cloud.ping("branch-a").await;
     eventually(10, "command acknowledged", || async {
         let cmds = cloud.get("/api/v1/nodes/branch-a/commands").await;
         cmds.as_array()
@@ -496,13 +490,7 @@ async fn link_cut_and_restored_backlog_drains_once() {
 
     proxy.cut();
     // A command for the unreachable node waits in the controller's queue.
-    let cmd = cloud
-        .post(
-            "/api/v1/nodes/branch-a/commands",
-            serde_json::json!({ "kind": "ping" }),
-        )
-        .await;
-    let cmd_id = cmd["id"].as_str().unwrap().to_owned();
+    let cmd_id = cloud.ping("branch-a").await;
     let n = 30;
     for i in 0..n {
         escalate(&a, &format!("I want to talk to a human ({i})")).await;
@@ -818,23 +806,11 @@ async fn a_node_flooding_the_broker_is_throttled_and_others_go_on() {
         cloud.ctl.metrics.broker_throttled.get() > 0
     })
     .await;
-    let ping = cloud
-        .post(
-            "/api/v1/nodes/branch-a/commands",
-            serde_json::json!({ "kind": "ping" }),
-        )
-        .await;
-    let id = ping["id"].as_str().unwrap().to_owned();
+    let id = cloud.ping("branch-a").await;
     eventually(
         3,
         "branch-a's ping acknowledged during the flood",
-        || async {
-            cloud
-                .commands("branch-a")
-                .await
-                .iter()
-                .any(|c| c["id"] == id.as_str() && c["ok"] == true)
-        },
+        || async { cloud.acked_ok("branch-a", &id).await },
     )
     .await;
     // Of the 2000 junk messages, the controller has seen only what the
@@ -929,19 +905,9 @@ async fn a_last_will_counts_for_its_own_connection_only() {
     let before = offline_reasons().await;
     // Wait until the controller has handled the replay (a ping sent after it
     // is acknowledged), then check the node is still online.
-    let ping = cloud
-        .post(
-            "/api/v1/nodes/branch-a/commands",
-            serde_json::json!({ "kind": "ping" }),
-        )
-        .await;
-    let id = ping["id"].as_str().unwrap().to_owned();
+    let id = cloud.ping("branch-a").await;
     eventually(10, "a ping after the replay is acknowledged", || async {
-        cloud
-            .commands("branch-a")
-            .await
-            .iter()
-            .any(|c| c["id"] == id.as_str() && c["ok"] == true)
+        cloud.acked_ok("branch-a", &id).await
     })
     .await;
     assert_eq!(cloud.node("branch-a").await["online"], true);

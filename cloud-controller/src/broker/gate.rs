@@ -51,14 +51,7 @@ pub async fn serve(listener: TcpListener, gate: Gate, shutdown: CancellationToke
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a broker connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = edgedesk_support::net::accept(&listener, "broker") => c,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             gate.metrics.broker_refused("connections");

@@ -39,15 +39,7 @@ impl TlsListener {
             loop {
                 let (stream, peer) = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = tcp.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // Out of descriptors and the like: back off, go on.
-                            tracing::warn!(error = %e, "accepting an HTTPS connection failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
+                    c = edgedesk_support::net::accept(&tcp, "HTTPS") => c,
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");

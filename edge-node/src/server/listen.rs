@@ -140,15 +140,7 @@ impl axum::serve::Listener for GuardedListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let (stream, peer) = match self.tcp.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = edgedesk_support::net::accept(&self.tcp, "kiosk").await;
             match self.admit(peer) {
                 Ok(slot) => {
                     let deadline = Box::pin(tokio::time::sleep(self.limits.request_deadline));
