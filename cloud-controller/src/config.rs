@@ -122,6 +122,10 @@ pub struct FleetConfig {
 pub struct SyncConfig {
     pub command_retry_secs: u64,
     pub max_clock_skew_secs: u64,
+    /// A new sealing key this often (0: never; forward secrecy then ends).
+    pub seal_key_rotate_secs: u64,
+    /// How long the previous sealing key still opens after a rotation.
+    pub seal_key_overlap_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +228,12 @@ impl Config {
         }
         if self.fleet.heartbeat_timeout_secs == 0 {
             return bad("fleet.heartbeat_timeout_secs", "must be at least 1");
+        }
+        if self.sync.seal_key_overlap_secs == 0 {
+            return bad(
+                "sync.seal_key_overlap_secs",
+                "at least 1 (messages in flight must still open after a rotation)",
+            );
         }
         if self.mqtt.max_payload_bytes < 1024 {
             return bad("mqtt.max_payload_bytes", "must be at least 1024");

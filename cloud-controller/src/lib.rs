@@ -157,6 +157,13 @@ pub async fn run(
             path: key_path.display().to_string(),
             source,
         })?;
+    let seal_path = data.join("controller.seal");
+    let sealing = identity::load_keyring(&seal_path, &key_path, &identity, downlink::now_ms())
+        .map_err(|source| ControllerError::Identity {
+            path: seal_path.display().to_string(),
+            source,
+        })?;
+    let sealing = Arc::new(identity::Sealing::new(sealing, seal_path));
     let admin_token = read_or_create_secret(&data.join("admin-token"), &config.http.admin_token)?;
 
     let creds = Credentials::default();
@@ -306,8 +313,7 @@ pub async fn run(
     let link = link::Link {
         config: config.clone(),
         store: store.clone(),
-        controller_keys: identity.public(),
-        keys: link::Keys::new(store.clone(), identity.clone(), creds.clone()),
+        keys: link::Keys::new(store.clone(), sealing.clone(), creds.clone()),
         identity,
         presence: link::Presence::new(
             fleet,
@@ -447,7 +453,8 @@ pub async fn run(
         rollouts: rollouts.clone(),
         metrics: metrics.clone(),
         creds,
-        controller_keys: link.controller_keys.clone(),
+        identity: link.identity.clone(),
+        sealing: sealing.clone(),
         admin_token: admin_token.clone(),
         metrics_token: config.http.metrics_token.clone(),
         broker: broker.clone(),

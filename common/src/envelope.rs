@@ -1,22 +1,28 @@
 //! Sealed, signed envelopes: how every edge↔cloud message crosses an
 //! untrusted MQTT broker (sync protocol v1).
 //!
-//! The body is encrypted for its recipient with `crypto_box` (X25519 +
-//! XSalsa20-Poly1305), and the whole header plus ciphertext is signed by the
-//! sender with Ed25519. A subscriber on `#` sees routing metadata and
-//! ciphertext only; a forged, tampered or misdirected envelope fails to open.
-//! Replays are caught by [`ReplayWindow`] on the receiving side. Nothing here
-//! does I/O or draws randomness: callers pass the nonce and clock.
+//! The body is encrypted with `crypto_box` (X25519 + XSalsa20-Poly1305) from
+//! a sender's ephemeral key (`epk`) to the recipient's current, rotating
+//! sealing key (`rk`), see [`crate::sealing`]: forward secret once the
+//! recipient erases a retired key. The whole header plus ciphertext is
+//! signed by the sender's long-term Ed25519 key. A subscriber on `#` sees
+//! routing metadata and ciphertext only; a forged, tampered or misdirected
+//! envelope fails to open. Replays are caught by [`ReplayWindow`] on the
+//! receiving side. Nothing here does I/O or draws randomness: callers pass
+//! the nonce, ephemeral secrets and clock.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use crypto_box::aead::Aead;
-use crypto_box::{PublicKey, SalsaBox, SecretKey};
+use crypto_box::{PublicKey, SecretKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::sealing::{KeyError, Keyring, Outgoing, Recipient, SharedBox};
+
 /// Major version of the envelope schema; a different major is refused.
-pub const SCHEMA_MAJOR: u32 = 1;
+/// 2: forward-secret sealing (`epk`, `rk`); 1 sealed static to static.
+pub const SCHEMA_MAJOR: u32 = 2;
 /// Minor version written by this build; newer minors are accepted.
 pub const SCHEMA_MINOR: u32 = 0;
 /// The `from`/`to` name of the controller.
@@ -56,7 +62,9 @@ pub fn valid_node_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
-/// A party's secret keys: Ed25519 for signing, X25519 for sealing.
+/// A party's long-term secret keys: Ed25519 for signing, and the X25519 key
+/// its [`crate::sealing::Keyring`] starts from (its half of the stored secret
+/// is zeroed once moved there: see [`Identity::without_sealing`]).
 #[derive(Clone)]
 pub struct Identity {
     signing: SigningKey,
@@ -82,7 +90,7 @@ pub struct PublicKeys {
 #[derive(Debug, Clone)]
 pub struct Peer {
     verify: VerifyingKey,
-    seal: PublicKey,
+    seal: Recipient,
 }
 
 impl Identity {
@@ -113,6 +121,29 @@ impl Identity {
         }
     }
 
+    /// The 32 secret bytes of the sealing key this identity was made with
+    /// (the first key of a keyring).
+    pub fn sealing_seed(&self) -> [u8; 32] {
+        self.sealing.to_bytes()
+    }
+
+    /// The stored secret with the sealing half zeroed, for once the key
+    /// lives in a keyring that rotates it away.
+    pub fn without_sealing(&self) -> [u8; 64] {
+        let mut out = self.secret();
+        out[32..].fill(0);
+        out
+    }
+
+    /// The public keys to announce: the signing key and `seal`, a keyring's
+    /// current key.
+    pub fn announce(&self, seal: &Recipient) -> PublicKeys {
+        PublicKeys {
+            sign: B64.encode(self.signing.verifying_key().to_bytes()),
+            seal: seal.to_base64(),
+        }
+    }
+
     /// Sign arbitrary bytes (used for the node's proof of key possession).
     pub fn sign(&self, msg: &[u8]) -> String {
         B64.encode(self.signing.sign(msg).to_bytes())
@@ -125,12 +156,25 @@ impl PublicKeys {
         let seal: [u8; 32] = decode_fixed(&self.seal)?;
         Ok(Peer {
             verify: VerifyingKey::from_bytes(&sign).map_err(|_| EnvelopeError::BadKey)?,
-            seal: PublicKey::from(seal),
+            seal: Recipient::from(PublicKey::from(seal)),
         })
     }
 }
 
 impl Peer {
+    /// The sealing key the peer announced last.
+    pub fn recipient(&self) -> &Recipient {
+        &self.seal
+    }
+
+    /// The same peer, now receiving on `seal`.
+    pub fn with_recipient(&self, seal: Recipient) -> Peer {
+        Peer {
+            verify: self.verify,
+            seal,
+        }
+    }
+
     /// Check a detached signature made with [`Identity::sign`].
     pub fn verify(&self, msg: &[u8], sig_b64: &str) -> bool {
         let Ok(bytes) = decode_fixed::<64>(sig_b64) else {
@@ -165,6 +209,10 @@ pub struct Envelope {
     pub ts: i64,
     /// 24-byte nonce, base64.
     pub nonce: String,
+    /// The sender's ephemeral X25519 public key, base64.
+    pub epk: String,
+    /// Id of the recipient's sealing key the body is sealed for.
+    pub rk: String,
     /// Sealed body, base64.
     pub body: String,
     /// Ed25519 signature over every other field, base64.
@@ -186,6 +234,8 @@ pub enum EnvelopeError {
     Undecryptable,
     #[error("replayed or too old sequence number {0}")]
     Replay(u64),
+    #[error("sealed for key {0}, which this party no longer holds (rotated away)")]
+    StaleKey(String),
 }
 
 impl EnvelopeError {
@@ -198,6 +248,16 @@ impl EnvelopeError {
             EnvelopeError::BadSignature => "signature",
             EnvelopeError::Undecryptable => "undecryptable",
             EnvelopeError::Replay(_) => "replay",
+            EnvelopeError::StaleKey(_) => "stale_key",
+        }
+    }
+}
+
+impl From<KeyError> for EnvelopeError {
+    fn from(e: KeyError) -> EnvelopeError {
+        match e {
+            KeyError::Stale(id) => EnvelopeError::StaleKey(id),
+            KeyError::Bad => EnvelopeError::BadKey,
         }
     }
 }
@@ -212,7 +272,15 @@ pub struct Header<'a> {
     pub ts: i64,
 }
 
-fn signed_bytes(v: &str, h: &Header<'_>, nonce: &str, body: &str) -> Vec<u8> {
+/// What the signature covers besides the header.
+struct Sealed<'a> {
+    nonce: &'a str,
+    epk: &'a str,
+    rk: &'a str,
+    body: &'a str,
+}
+
+fn signed_bytes(v: &str, h: &Header<'_>, s: &Sealed<'_>) -> Vec<u8> {
     // Fields joined by a byte that base64, ids and numbers never contain.
     let Header {
         id,
@@ -221,65 +289,39 @@ fn signed_bytes(v: &str, h: &Header<'_>, nonce: &str, body: &str) -> Vec<u8> {
         seq,
         ts,
     } = h;
+    let Sealed {
+        nonce,
+        epk,
+        rk,
+        body,
+    } = s;
     format!(
-        "edgedesk-envelope\x1f{v}\x1f{id}\x1f{from}\x1f{to}\x1f{seq}\x1f{ts}\x1f{nonce}\x1f{body}"
+        "edgedesk-envelope\x1f{v}\x1f{id}\x1f{from}\x1f{to}\x1f{seq}\x1f{ts}\x1f{nonce}\x1f{epk}\x1f{rk}\x1f{body}"
     )
     .into_bytes()
 }
 
-/// A peer with the key both sides seal with already agreed: one X25519
-/// agreement when the peer is first met, not one per message (it was most of
-/// the cost of sealing and opening).
-#[derive(Clone)]
-pub struct PeerBox {
-    pub peer: Peer,
-    shared: std::sync::Arc<SalsaBox>,
-}
-
-impl std::fmt::Debug for PeerBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerBox")
-            .field("peer", &self.peer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PeerBox {
-    pub fn new(me: &Identity, peer: Peer) -> PeerBox {
-        let shared = std::sync::Arc::new(SalsaBox::new(&peer.seal, &me.sealing));
-        PeerBox { peer, shared }
-    }
-}
-
 impl Envelope {
-    /// Seal `plaintext` for `recipient` and sign it as `sender`.
+    /// Seal `plaintext` with `to` (an ephemeral key for the recipient's
+    /// current sealing key) and sign it as `sender`.
     pub fn seal(
         sender: &Identity,
-        recipient: &Peer,
+        to: &Outgoing,
         header: Header<'_>,
         nonce: [u8; NONCE_LEN],
         plaintext: &[u8],
     ) -> Envelope {
-        let pair = PeerBox::new(sender, recipient.clone());
-        Envelope::seal_for(sender, &pair, header, nonce, plaintext)
-    }
-
-    /// [`Envelope::seal`] with the agreement precomputed.
-    pub fn seal_for(
-        sender: &Identity,
-        recipient: &PeerBox,
-        header: Header<'_>,
-        nonce: [u8; NONCE_LEN],
-        plaintext: &[u8],
-    ) -> Envelope {
-        let sealer = &recipient.shared;
         let n = crypto_box::Nonce::from(nonce);
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
-        let ct = sealer.encrypt(&n, plaintext).unwrap_or_default();
+        let ct = to.shared.0.encrypt(&n, plaintext).unwrap_or_default();
         let v = format!("{SCHEMA_MAJOR}.{SCHEMA_MINOR}");
-        let nonce_b64 = B64.encode(nonce);
-        let body = B64.encode(ct);
-        let msg = signed_bytes(&v, &header, &nonce_b64, &body);
+        let sealed = Sealed {
+            nonce: &B64.encode(nonce),
+            epk: &to.epk,
+            rk: &to.rk,
+            body: &B64.encode(ct),
+        };
+        let msg = signed_bytes(&v, &header, &sealed);
         let sig = B64.encode(sender.signing.sign(&msg).to_bytes());
         Envelope {
             v,
@@ -288,8 +330,10 @@ impl Envelope {
             to: header.to.into(),
             seq: header.seq,
             ts: header.ts,
-            nonce: nonce_b64,
-            body,
+            nonce: sealed.nonce.into(),
+            epk: sealed.epk.into(),
+            rk: sealed.rk.into(),
+            body: sealed.body.into(),
             sig,
         }
     }
@@ -318,13 +362,8 @@ impl Envelope {
         }
     }
 
-    /// Verify the sender's signature and open the body addressed to `me`.
-    pub fn open(&self, sender: &Peer, me: &Identity) -> Result<Vec<u8>, EnvelopeError> {
-        self.open_from(&PeerBox::new(me, sender.clone()))
-    }
-
-    /// [`Envelope::open`] with the agreement precomputed.
-    pub fn open_from(&self, sender: &PeerBox) -> Result<Vec<u8>, EnvelopeError> {
+    /// Check the version and the sender's signature over every field.
+    pub fn verify(&self, sender: &Peer) -> Result<(), EnvelopeError> {
         self.check_version()?;
         let header = Header {
             id: &self.id,
@@ -333,21 +372,36 @@ impl Envelope {
             seq: self.seq,
             ts: self.ts,
         };
-        let msg = signed_bytes(&self.v, &header, &self.nonce, &self.body);
+        let sealed = Sealed {
+            nonce: &self.nonce,
+            epk: &self.epk,
+            rk: &self.rk,
+            body: &self.body,
+        };
+        let msg = signed_bytes(&self.v, &header, &sealed);
         let sig: [u8; 64] = decode_fixed(&self.sig).map_err(|_| EnvelopeError::BadSignature)?;
         sender
-            .peer
             .verify
             .verify_strict(&msg, &Signature::from_bytes(&sig))
-            .map_err(|_| EnvelopeError::BadSignature)?;
+            .map_err(|_| EnvelopeError::BadSignature)
+    }
+
+    /// Decrypt the body of a verified envelope with the box agreed for its
+    /// (`rk`, `epk`) pair (see [`Keyring::open_box`]).
+    pub fn decrypt(&self, with: &SharedBox) -> Result<Vec<u8>, EnvelopeError> {
         let nonce: [u8; 24] = decode_fixed(&self.nonce)?;
         let ct = B64
             .decode(&self.body)
             .map_err(|_| EnvelopeError::Malformed("body base64".into()))?;
-        sender
-            .shared
+        with.0
             .decrypt(&crypto_box::Nonce::from(nonce), ct.as_slice())
             .map_err(|_| EnvelopeError::Undecryptable)
+    }
+
+    /// Verify, then open with the recipient's keyring (no box cache).
+    pub fn open(&self, sender: &Peer, ring: &Keyring) -> Result<Vec<u8>, EnvelopeError> {
+        self.verify(sender)?;
+        self.decrypt(&ring.open_box(&self.rk, &self.epk)?)
     }
 }
 
@@ -462,85 +516,117 @@ mod tests {
         }
     }
 
+    fn ring(seed: u8) -> Keyring {
+        Keyring::new([seed; 32], 0)
+    }
+
+    fn to(ring: &Keyring, eph: u8) -> Outgoing {
+        Outgoing::new(&ring.current(), [eph; 32], 0)
+    }
+
     #[test]
     fn seal_open_round_trip_and_identity_persistence() {
-        let (node, ctl) = (ident(1), ident(2));
-        let env = Envelope::seal(
-            &node,
-            &ctl.public().parse().unwrap(),
-            header(1),
-            [7; 24],
-            b"hello",
-        );
+        let (node, ctl) = (ident(1), ring(2));
+        let env = Envelope::seal(&node, &to(&ctl, 9), header(1), [7; 24], b"hello");
         let json = env.to_json();
         assert!(
             !String::from_utf8_lossy(&json).contains("hello"),
             "body is not readable"
         );
         let back = Envelope::from_json(&json).unwrap();
+        assert_eq!(back.rk, ctl.current().id());
         assert_eq!(
             back.open(&node.public().parse().unwrap(), &ctl).unwrap(),
             b"hello"
         );
         let restored = Identity::from_secret(&node.secret());
         assert_eq!(restored.public(), node.public());
+        let announced = node.announce(&ctl.current());
+        assert_eq!(announced.sign, node.public().sign);
+        assert_eq!(
+            announced.parse().unwrap().recipient(),
+            &ctl.current(),
+            "the keyring's key is announced"
+        );
+        assert_eq!(&node.without_sealing()[32..], &[0u8; 32]);
+        assert_eq!(&node.without_sealing()[..32], &node.secret()[..32]);
     }
 
     #[test]
-    fn forged_tampered_and_misdirected_envelopes_fail() {
-        let (node, ctl, mallory) = (ident(1), ident(2), ident(3));
-        let ctl_pub = ctl.public().parse().unwrap();
+    fn forged_tampered_misdirected_and_rotated_away_envelopes_fail() {
+        let (node, mallory) = (ident(1), ident(3));
+        let mut ctl = ring(2);
         let node_pub = node.public().parse().unwrap();
         // Mallory signs with her own key but claims to be branch-1.
-        let forged = Envelope::seal(&mallory, &ctl_pub, header(1), [1; 24], b"x");
+        let forged = Envelope::seal(&mallory, &to(&ctl, 9), header(1), [1; 24], b"x");
         assert_eq!(
             forged.open(&node_pub, &ctl),
             Err(EnvelopeError::BadSignature)
         );
         // Tampering with any signed field.
-        let good = Envelope::seal(&node, &ctl_pub, header(1), [1; 24], b"x");
+        let good = Envelope::seal(&node, &to(&ctl, 9), header(1), [1; 24], b"x");
         for edit in [
             |e: &mut Envelope| e.seq += 1,
             |e: &mut Envelope| e.to = "someone".into(),
             |e: &mut Envelope| e.body = B64.encode(b"garbage-garbage-garbage"),
             |e: &mut Envelope| e.ts -= 1,
+            |e: &mut Envelope| e.epk = B64.encode([5u8; 32]),
+            |e: &mut Envelope| e.rk = "AAAAAAAAAAAA".into(),
         ] {
             let mut t = good.clone();
             edit(&mut t);
             assert_eq!(t.open(&node_pub, &ctl), Err(EnvelopeError::BadSignature));
         }
-        // Sealed for the controller: Mallory cannot open it even with a valid signature.
+        // Sealed for the controller: Mallory's keyring cannot open it even
+        // with a valid signature and the right key id forced in.
+        let mallory_ring = ring(4);
+        assert!(matches!(
+            good.open(&node_pub, &mallory_ring),
+            Err(EnvelopeError::StaleKey(_))
+        ));
+        let with_rk = good.decrypt(
+            &mallory_ring
+                .open_box(mallory_ring.current().id(), &good.epk)
+                .unwrap(),
+        );
+        assert_eq!(with_rk, Err(EnvelopeError::Undecryptable));
+        // Once the controller's key is rotated away, nothing opens it.
+        let old = ctl.current();
+        ctl.rotate([6; 32], 1, 2);
+        assert_eq!(good.open(&node_pub, &ctl).unwrap(), b"x", "overlap");
+        ctl.expire(2);
         assert_eq!(
-            good.open(&node_pub, &mallory),
-            Err(EnvelopeError::Undecryptable)
+            good.open(&node_pub, &ctl),
+            Err(EnvelopeError::StaleKey(old.id().into()))
+        );
+        // Schema 1 (static to static, no epk/rk) is refused by name.
+        let mut v: serde_json::Value = serde_json::from_slice(&good.to_json()).unwrap();
+        v["v"] = serde_json::json!("1.0");
+        assert_eq!(
+            Envelope::from_json(v.to_string().as_bytes()),
+            Err(EnvelopeError::UnsupportedVersion("1.0".into()))
         );
     }
 
     #[test]
     fn versions_and_unknown_fields() {
-        let (node, ctl) = (ident(1), ident(2));
-        let env = Envelope::seal(
-            &node,
-            &ctl.public().parse().unwrap(),
-            header(1),
-            [1; 24],
-            b"x",
-        );
+        let (node, ctl) = (ident(1), ring(2));
+        let env = Envelope::seal(&node, &to(&ctl, 9), header(1), [1; 24], b"x");
         let mut v: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
         v["future_field"] = serde_json::json!(true);
         assert!(
             Envelope::from_json(v.to_string().as_bytes()).is_ok(),
             "unknown fields tolerated"
         );
-        v["v"] = serde_json::json!("1.7");
+        v["v"] = serde_json::json!("2.7");
         assert!(
             Envelope::from_json(v.to_string().as_bytes()).is_ok(),
             "newer minor tolerated"
         );
-        v["v"] = serde_json::json!("2.0");
+        v["v"] = serde_json::json!("3.0");
         assert_eq!(
             Envelope::from_json(v.to_string().as_bytes()),
-            Err(EnvelopeError::UnsupportedVersion("2.0".into()))
+            Err(EnvelopeError::UnsupportedVersion("3.0".into()))
         );
     }
 

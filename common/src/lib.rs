@@ -15,4 +15,5 @@ pub mod chat;
 pub mod envelope;
 pub mod event;
 pub mod release;
+pub mod sealing;
 pub mod sync;

@@ -18,6 +18,8 @@ pub enum Up {
     Hello {
         connect_id: String,
         sw_version: String,
+        /// The node's current sealing key (base64): seal for it from now on.
+        seal_key: String,
     },
     Heartbeat(Box<Heartbeat>),
     Events {
@@ -43,6 +45,10 @@ pub enum Up {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Heartbeat {
     pub connect_id: String,
+    /// The node's current sealing key (base64), repeated so a rotation is
+    /// learnt even if the message announcing it was lost.
+    #[serde(default)]
+    pub seal_key: String,
     pub sw_version: String,
     pub model_name: String,
     pub model_version: String,
@@ -88,6 +94,11 @@ pub enum Down {
     /// The agent is typing (ephemeral, not queued).
     Typing {
         conversation: String,
+    },
+    /// The controller's current sealing key (base64): the node sealed for
+    /// an older one. Seal for this from now on.
+    SealKey {
+        key: String,
     },
     /// Where a waiting visitor stands in the queue (ephemeral, sent when it
     /// changes); `position` 1 is next.
@@ -499,6 +510,7 @@ mod tests {
         let up = Up::Hello {
             connect_id: "c".into(),
             sw_version: "1".into(),
+            seal_key: "k".into(),
         };
         let s = serde_json::to_string(&up).unwrap();
         assert!(s.contains(r#""type":"hello""#), "{s}");
@@ -508,6 +520,10 @@ mod tests {
         };
         let s = serde_json::to_string(&down).unwrap();
         assert_eq!(serde_json::from_str::<Down>(&s).unwrap(), down);
+        let key = Down::SealKey { key: "k".into() };
+        let s = serde_json::to_string(&key).unwrap();
+        assert!(s.contains(r#""type":"seal_key""#), "{s}");
+        assert_eq!(Down::decode(s.as_bytes()).unwrap(), key);
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct CloudConfig {
     pub ack_timeout_secs: u64,
     pub outbox_budget_bytes: u64,
     pub mask_personal_data: bool,
+    /// A new sealing key this often (0: never; forward secrecy then ends).
+    pub seal_key_rotate_secs: u64,
+    /// How long the previous sealing key still opens once the controller
+    /// uses the new one.
+    pub seal_key_overlap_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,6 +314,12 @@ impl Config {
             return bad(
                 "cloud.heartbeat_secs",
                 "heartbeat_secs, ack_timeout_secs and batch_max must be at least 1",
+            );
+        }
+        if self.cloud.seal_key_overlap_secs == 0 {
+            return bad(
+                "cloud.seal_key_overlap_secs",
+                "at least 1 (messages in flight must still open after a rotation)",
             );
         }
         if self.retention.interval_secs == 0 {

@@ -1,9 +1,13 @@
 //! Secret files (keys, tokens, identities): written to a temporary file
 //! created 0600, synced, then renamed over the target, so the file is never
 //! readable by others — even when it existed before with a looser mode — and
-//! never half written.
+//! never half written. The replaced file's contents are then overwritten
+//! with zeros and synced, so a key rotated away is not left in the freed
+//! blocks of the old file (what a journalling file system or an SSD's
+//! wear levelling keep elsewhere is beyond a program's reach: see
+//! docs/SECURITY.md).
 
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::Path;
 
 /// Write `bytes` to `path` readable by its owner only, atomically.
@@ -23,6 +27,8 @@ pub fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
+    // Held across the rename: the replaced file's blocks are zeroed through it.
+    let replaced = std::fs::OpenOptions::new().write(true).open(path).ok();
     {
         let mut f = opts.open(&tmp)?;
         // A leftover temporary file may carry an older, looser mode.
@@ -38,7 +44,23 @@ pub fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()
     if let Some(dir) = dir {
         std::fs::File::open(dir)?.sync_all()?;
     }
+    if let Some(old) = replaced {
+        overwrite_with_zeros(old)?;
+    }
     Ok(())
+}
+
+fn overwrite_with_zeros(mut f: std::fs::File) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let zeros = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
 }
 
 /// A random token of `bytes` bytes, hex-encoded, from the OS random source.
@@ -66,6 +88,21 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_replaced_secret_is_overwritten_not_just_unlinked() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        write_private(&path, b"the-old-secret").unwrap();
+        // Someone holding the old file (as its freed blocks would) reads zeros.
+        let mut old = std::fs::File::open(&path).unwrap();
+        write_private(&path, b"the-new-secret!").unwrap();
+        let mut seen = Vec::new();
+        old.read_to_end(&mut seen).unwrap();
+        assert_eq!(seen, vec![0u8; b"the-old-secret".len()]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"the-new-secret!");
     }
 
     #[test]

@@ -296,11 +296,11 @@ async fn the_broker_is_untrusted_forgery_replay_tampering_and_revocation_are_ref
         serde_json::from_str(&std::fs::read_to_string(db.path().join("identity.json")).unwrap())
             .unwrap();
     let b_identity = fb.identity().unwrap();
-    let controller = fb.controller.unwrap().parse().unwrap();
+    let controller: edgedesk_common::envelope::Peer = fb.controller.unwrap().parse().unwrap();
     let forged_events = edgedesk_common::sync::Up::Events { events: vec![] };
     let forged = edgedesk_common::envelope::Envelope::seal(
         &b_identity,
-        &controller,
+        &edgedesk_common::sealing::Outgoing::new(controller.recipient(), [3; 32], 0),
         edgedesk_common::envelope::Header {
             id: "forged-1",
             from: "branch-a",
@@ -916,5 +916,261 @@ async fn a_last_will_counts_for_its_own_connection_only() {
         before,
         "the replayed will was ignored"
     );
+    a.stop().await;
+}
+
+/// Every sealing secret in the node's identity file and the controller's
+/// keyring file right now, as a thief who copies them would have them.
+fn steal(identity: &std::path::Path, ctl_seal: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, pointer) in [(identity, "/sealing/keys"), (ctl_seal, "/keys")] {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        // A file caught half renamed is read again on the next round.
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        for k in v
+            .pointer(pointer)
+            .and_then(|k| k.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(s) = k["secret"].as_str() {
+                out.push(s.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Stolen sealing secrets as keyrings of one key each, by key id.
+fn rings(
+    secrets: &[String],
+) -> std::collections::HashMap<String, edgedesk_common::sealing::Keyring> {
+    use base64::Engine as _;
+    secrets
+        .iter()
+        .map(|s| {
+            let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let ring = edgedesk_common::sealing::Keyring::new(bytes, 0);
+            (ring.current().id().to_owned(), ring)
+        })
+        .collect()
+}
+
+/// Open `payload` (an envelope recorded off the broker) with the stolen key
+/// it names, checking it came from `node` or the controller.
+fn open_with(
+    payload: &[u8],
+    stolen: &std::collections::HashMap<String, edgedesk_common::sealing::Keyring>,
+    node: &edgedesk_common::envelope::Peer,
+    controller: &edgedesk_common::envelope::Peer,
+) -> Option<Vec<u8>> {
+    let env = edgedesk_common::envelope::Envelope::from_json(payload).ok()?;
+    let sender = if env.from == "controller" {
+        controller
+    } else {
+        node
+    };
+    env.open(sender, stolen.get(&env.rk)?).ok()
+}
+
+/// Issue 11, finding 7 (forward secrecy). An attacker records every
+/// envelope on the broker while a thief copies both sides' key files every
+/// 50 ms. While a key is on disk, what was sealed for it opens (the attack
+/// is real); once both sides have rotated and the overlap has passed, the
+/// keys then on disk open none of the recording, and no byte of an erased
+/// secret (raw, base64 or hex) is left in any file of either data
+/// directory. The link keeps working through the rotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_traffic_cannot_be_read_once_the_keys_rotated_away() {
+    use base64::Engine as _;
+    let cloud = Cloud::start_with(|c| {
+        c.sync.seal_key_rotate_secs = 3;
+        c.sync.seal_key_overlap_secs = 1;
+    })
+    .await;
+    let da = tempfile::tempdir().unwrap();
+    let a = edge_with(&cloud, &da, "branch-a", |c| {
+        c.cloud.seal_key_rotate_secs = 3;
+        c.cloud.seal_key_overlap_secs = 1;
+    })
+    .await;
+    cloud.wait_online("branch-a", 10).await;
+    let identity = da.path().join("identity.json");
+    let ctl_seal = cloud._dir.path().join("controller.seal");
+    let file: edge_node::uplink::IdentityFile =
+        serde_json::from_str(&std::fs::read_to_string(&identity).unwrap()).unwrap();
+    let node_peer: edgedesk_common::envelope::Peer =
+        file.identity().unwrap().public().parse().unwrap();
+    let ctl_peer: edgedesk_common::envelope::Peer =
+        file.controller.clone().unwrap().parse().unwrap();
+    // The long-term files hold no sealing secret of their own any more.
+    assert!(file.secret.ends_with(&"0".repeat(64)));
+    let ctl_key = std::fs::read_to_string(cloud._dir.path().join("controller.key")).unwrap();
+    assert!(ctl_key.trim().ends_with(&"0".repeat(64)), "{ctl_key}");
+
+    // The thief, from now until told to stop.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let thief = {
+        let (identity, ctl_seal, stop) = (identity.clone(), ctl_seal.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut stolen = std::collections::BTreeSet::new();
+            while !stop.is_cancelled() {
+                stolen.extend(steal(&identity, &ctl_seal));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stolen
+        })
+    };
+    // The recorder on the broker itself (past the gate).
+    let (tap, mut seen) = raw_client_at(&identity, "tap", cloud.ctl.broker_internal).await;
+    tap.subscribe("edgedesk/v1/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut recorded = Vec::new();
+    // Recording from the first heartbeat on.
+    loop {
+        let (topic, payload) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .expect("the tap hears the node")
+            .unwrap();
+        if topic.starts_with("edgedesk/v1/nodes/branch-a/") {
+            recorded.push(payload);
+            break;
+        }
+    }
+    // Traffic both ways across at least two rotations of each side.
+    let started = std::time::Instant::now();
+    escalate(&a, "I want a human, my secret word is PAPAYA-77").await;
+    eventually(15, "escalation stored", || async {
+        cloud.events("node=branch-a").await.len() == 1
+    })
+    .await;
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        let id = cloud.ping("branch-a").await;
+        eventually(15, "ping acknowledged while keys rotate", || async {
+            cloud.acked_ok("branch-a", &id).await
+        })
+        .await;
+        pings += 1;
+    }
+    tap.disconnect().await.unwrap();
+    while let Some((topic, payload)) = seen.recv().await {
+        if topic.is_empty() {
+            break;
+        }
+        if topic.starts_with("edgedesk/v1/nodes/branch-a/") {
+            recorded.push(payload);
+        }
+    }
+    stop.cancel();
+    let stolen = thief.await.unwrap();
+    let downs = recorded
+        .iter()
+        .filter(|p| String::from_utf8_lossy(p).contains(r#""from":"controller""#))
+        .count();
+    assert!(
+        downs >= pings && recorded.len() - downs >= pings,
+        "{} envelopes recorded ({downs} down) for {pings} pings",
+        recorded.len()
+    );
+    let rks: std::collections::BTreeSet<String> = recorded
+        .iter()
+        .filter_map(|p| edgedesk_common::envelope::Envelope::from_json(p).ok())
+        .map(|e| e.rk)
+        .collect();
+    assert!(
+        rks.len() >= 4,
+        "both sides rotated at least once while recording: {rks:?}"
+    );
+
+    // With the keys stolen in time, everything recorded opens.
+    let stolen: Vec<String> = stolen.into_iter().collect();
+    let in_time = rings(&stolen);
+    let mut papaya = false;
+    for p in &recorded {
+        let plain = open_with(p, &in_time, &node_peer, &ctl_peer).unwrap_or_else(|| {
+            panic!(
+                "a recorded envelope opens with a key stolen in time: {}",
+                String::from_utf8_lossy(p)
+            )
+        });
+        papaya |= String::from_utf8_lossy(&plain).contains("PAPAYA-77");
+    }
+    assert!(
+        papaya,
+        "the visitor's words were among what the thief could read"
+    );
+
+    // Wait until every key used while recording has gone from both files.
+    eventually(30, "the recorded keys are erased on both sides", || async {
+        let now = steal(&identity, &ctl_seal);
+        !now.is_empty() && now.iter().all(|s| !stolen.contains(s))
+    })
+    .await;
+    // Every key on disk now, tried on every recorded envelope whatever key
+    // it names: none opens.
+    let later = rings(&steal(&identity, &ctl_seal));
+    for p in &recorded {
+        let env = edgedesk_common::envelope::Envelope::from_json(p).unwrap();
+        for (id, ring) in &later {
+            let forced = ring.open_box(id, &env.epk).unwrap();
+            assert_eq!(
+                env.decrypt(&forced),
+                Err(edgedesk_common::envelope::EnvelopeError::Undecryptable),
+                "a key on disk after rotation opens recorded traffic"
+            );
+        }
+    }
+    // Not in the files, nor anywhere else in either data directory (the
+    // databases, their journals, the replaced files' blocks).
+    let mut files = Vec::new();
+    for dir in [da.path(), cloud._dir.path()] {
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+    }
+    assert!(files.len() > 5, "{files:?}");
+    for s in &stolen {
+        let raw = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        let forms = [
+            raw.clone(),
+            s.as_bytes().to_vec(),
+            hex::encode(&raw).into_bytes(),
+        ];
+        for f in &files {
+            let Ok(bytes) = std::fs::read(f) else {
+                continue;
+            };
+            for form in &forms {
+                assert!(
+                    memchr::memmem::find(&bytes, form).is_none(),
+                    "an erased sealing secret is still in {}",
+                    f.display()
+                );
+            }
+        }
+    }
+    // And the link still works.
+    let id = cloud.ping("branch-a").await;
+    eventually(15, "ping acknowledged after the rotations", || async {
+        cloud.acked_ok("branch-a", &id).await
+    })
+    .await;
     a.stop().await;
 }

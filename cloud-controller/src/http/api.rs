@@ -213,7 +213,7 @@ async fn enroll(
     tracing::info!(node = %req.node_id, "node enrolled");
     Ok(Json(EnrollResponse {
         node_id: req.node_id.clone(),
-        controller: s.controller_keys.clone(),
+        controller: s.identity.announce(&s.sealing.current()),
         mqtt: MqttEndpoint {
             host: s.broker.0.clone(),
             port: s.broker.1,

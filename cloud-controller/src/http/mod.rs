@@ -13,7 +13,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use edgedesk_common::envelope::PublicKeys;
 use edgedesk_common::sync::ModelEndpoint;
 
 use crate::accounts::LoginLimiter;
@@ -35,7 +34,10 @@ pub struct Http {
     /// Broker logins (enrolment adds one).
     pub creds: Credentials,
     /// The controller's public keys, handed to nodes at enrolment.
-    pub controller_keys: PublicKeys,
+    /// The controller's signing key and its sealing keys: enrolment answers
+    /// with the current public halves.
+    pub identity: edgedesk_common::envelope::Identity,
+    pub sealing: Arc<crate::identity::Sealing>,
     pub admin_token: String,
     /// Bearer token for `/metrics` (empty: the admin token).
     pub metrics_token: String,

@@ -67,13 +67,20 @@ async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), Enve
             clip(&env.to)
         )));
     }
-    let peer = link
-        .keys
-        .peer(node)
-        .await
-        .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
-        .ok_or(EnvelopeError::BadKey)?;
-    let plain = env.open_from(&peer)?;
+    let opened = link.keys.open(node, &env).await;
+    if matches!(opened, Ok(_) | Err(EnvelopeError::StaleKey(_))) {
+        // Signed by the node: if it sealed for an older key of ours, tell
+        // it the current one (it seals again what was not acknowledged).
+        if let Some(current) = link.keys.should_tell(node, &env.rk, now_ms()) {
+            link.downlink.send(
+                node,
+                Down::SealKey {
+                    key: current.to_base64(),
+                },
+            );
+        }
+    }
+    let plain = opened?;
     let up: Up =
         serde_json::from_slice(&plain).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     // A will was sealed at connect time and published by the broker when
@@ -86,6 +93,17 @@ async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), Enve
             return Err(EnvelopeError::Replay(env.seq));
         }
         link.keys.accept(node, env.seq)?;
+    }
+    let announced = match &up {
+        Up::Hello { seal_key, .. } => seal_key.as_str(),
+        Up::Heartbeat(hb) => hb.seal_key.as_str(),
+        _ => "",
+    };
+    if !announced.is_empty() {
+        link.keys
+            .announced(node, announced)
+            .await
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     }
     Ok((up, env.seq))
 }
@@ -230,10 +248,13 @@ fn desk_inputs(node: &str, events: Vec<Event>) -> Vec<In> {
         .collect()
 }
 
-/// Fleet timeouts every second; every `command_retry_secs`, unacknowledged
-/// commands of online nodes that were not sent within that time go again.
+/// Fleet timeouts and the sealing keys' rotation every second; every
+/// `command_retry_secs`, unacknowledged commands of online nodes that were
+/// not sent within that time go again.
 pub async fn ticker(link: Link, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let every = link.config.sync.seal_key_rotate_secs as i64 * 1000;
+    let overlap = link.config.sync.seal_key_overlap_secs as i64 * 1000;
     let retry = Duration::from_secs(link.config.sync.command_retry_secs.max(1));
     let mut last_retry = tokio::time::Instant::now();
     loop {
@@ -242,6 +263,10 @@ pub async fn ticker(link: Link, shutdown: CancellationToken) {
             _ = tick.tick() => {
                 let ts = link.presence.fleet().tick(now_ms());
                 link.presence.record(ts).await;
+                match link.keys.sealing().tick(now_ms(), every, overlap) {
+                    Ok(gone) => link.keys.erased(&gone),
+                    Err(e) => tracing::error!(error = %e, "rotating the sealing keys failed; the current key stays"),
+                }
                 if last_retry.elapsed() >= retry {
                     last_retry = tokio::time::Instant::now();
                     let online = link.store.online_nodes().await.unwrap_or_default();
@@ -306,10 +331,12 @@ mod tests {
             config: crate::config::Config::default(),
             store: store.clone(),
             identity: Identity::from_secret(&[1; 64]),
-            controller_keys: Identity::from_secret(&[1; 64]).public(),
             keys: super::super::Keys::new(
                 store.clone(),
-                Identity::from_secret(&[1; 64]),
+                Arc::new(super::super::Sealing::new(
+                    edgedesk_common::sealing::Keyring::new([1; 32], 0),
+                    dir.path().join("c.seal"),
+                )),
                 crate::broker::Credentials::default(),
             ),
             presence: super::super::Presence::new(

@@ -16,7 +16,10 @@ pub mod transport;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use edgedesk_common::envelope::{Identity, PeerBox, ReplayWindow};
+use edgedesk_common::envelope::{Envelope, EnvelopeError, Peer, ReplayWindow};
+use edgedesk_common::sealing::{Outgoing, Recipient, SharedBox};
+
+use crate::identity::Sealing;
 
 use crate::downlink::{Downlink, now_ms};
 use crate::fleet::{Fleet, Transition};
@@ -25,15 +28,28 @@ use crate::metrics::Metrics;
 use crate::store::nodes::Transition as Recorded;
 use crate::store::{Store, StoreError};
 
+/// Boxes agreed with a node's ephemeral keys, kept per node (a node changes
+/// its ephemeral key hourly and when our key changes: two cover the switch).
+const BOXES_PER_NODE: usize = 2;
+/// A node that seals for an old key is told the current one at once, and
+/// again at most this often (the first word may be lost).
+const TELL_EVERY_MS: i64 = 2_000;
+
 /// What the controller knows about a node's keys and replay state.
 struct NodeSec {
-    peer: PeerBox,
+    peer: Peer,
     window: ReplayWindow,
+    /// (our key id, the node's ephemeral key) → agreed box, newest last.
+    boxes: Vec<(String, String, SharedBox)>,
+    /// Our ephemeral key for the node's current sealing key.
+    out: Option<Outgoing>,
+    /// Which of our keys the node was last told, and when.
+    told: Option<(String, i64)>,
 }
 
 /// Nodes' public keys, cached since the node (or a send to it) last needed
 /// them (every message would else cost a store read), with their replay
-/// windows.
+/// windows and the boxes agreed with them.
 ///
 /// Unknown and revoked ids cost no store read: the broker credentials are
 /// the in-memory list of enrolled, unrevoked nodes, checked first (the
@@ -43,17 +59,16 @@ struct NodeSec {
 #[derive(Clone)]
 pub struct Keys {
     store: Store,
-    /// The controller's own keys (the sealing agreement is made with them).
-    me: Identity,
+    sealing: Arc<Sealing>,
     creds: crate::broker::Credentials,
     nodes: Arc<Mutex<HashMap<String, NodeSec>>>,
 }
 
 impl Keys {
-    pub fn new(store: Store, me: Identity, creds: crate::broker::Credentials) -> Keys {
+    pub fn new(store: Store, sealing: Arc<Sealing>, creds: crate::broker::Credentials) -> Keys {
         Keys {
             store,
-            me,
+            sealing,
             creds,
             nodes: Arc::default(),
         }
@@ -63,9 +78,13 @@ impl Keys {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn sealing(&self) -> &Sealing {
+        &self.sealing
+    }
+
     /// `None` for an unknown or revoked node, or one whose stored keys do
     /// not parse (they were checked at enrolment).
-    pub async fn peer(&self, node: &str) -> Result<Option<PeerBox>, StoreError> {
+    pub async fn peer(&self, node: &str) -> Result<Option<Peer>, StoreError> {
         if let Some(sec) = self.map().get(node) {
             return Ok(Some(sec.peer.clone()));
         }
@@ -81,24 +100,125 @@ impl Keys {
         else {
             return Ok(None);
         };
-        let peer = PeerBox::new(&self.me, peer);
         let mut map = self.map();
         if !self.creds.contains(node) {
             return Ok(None); // revoked while we read
         }
-        map.entry(node.to_owned()).or_insert_with(|| NodeSec {
-            peer: peer.clone(),
+        let sec = map.entry(node.to_owned()).or_insert_with(|| NodeSec {
+            peer,
             window: ReplayWindow::starting_at(row.seq_high),
+            boxes: Vec::new(),
+            out: None,
+            told: None,
         });
-        Ok(Some(peer))
+        Ok(Some(sec.peer.clone()))
+    }
+
+    /// Verify an envelope from `node` and open it. `StaleKey` means the
+    /// signature held but it was sealed for a key of ours that is gone.
+    pub async fn open(&self, node: &str, env: &Envelope) -> Result<Vec<u8>, EnvelopeError> {
+        let peer = self
+            .peer(node)
+            .await
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
+            .ok_or(EnvelopeError::BadKey)?;
+        env.verify(&peer)?;
+        let cached = self.map().get(node).and_then(|sec| {
+            sec.boxes
+                .iter()
+                .find(|(rk, epk, _)| *rk == env.rk && *epk == env.epk)
+                .map(|b| b.2.clone())
+        });
+        let shared = match cached {
+            Some(b) => b,
+            None => {
+                let b = self.sealing.open_box(&env.rk, &env.epk)?;
+                if let Some(sec) = self.map().get_mut(node) {
+                    if sec.boxes.len() >= BOXES_PER_NODE {
+                        sec.boxes.remove(0);
+                    }
+                    sec.boxes.push((env.rk.clone(), env.epk.clone(), b.clone()));
+                }
+                b
+            }
+        };
+        env.decrypt(&shared)
+    }
+
+    /// Whether `node`, which sealed for `rk`, should be told our current key
+    /// now (it used an older one, and was not told in the last few seconds).
+    pub fn should_tell(&self, node: &str, rk: &str, now: i64) -> Option<Recipient> {
+        let current = self.sealing.current();
+        if current.id() == rk {
+            return None;
+        }
+        let mut map = self.map();
+        let sec = map.get_mut(node)?;
+        if let Some((key, at)) = &sec.told {
+            if key == current.id() && now - at < TELL_EVERY_MS {
+                return None;
+            }
+        }
+        sec.told = Some((current.id().to_owned(), now));
+        Some(current)
+    }
+
+    /// An ephemeral key to seal for `node`'s current sealing key (a new one
+    /// when its key changed or the old one served its time).
+    pub async fn outgoing(&self, node: &str) -> Result<Option<Outgoing>, StoreError> {
+        if self.peer(node).await?.is_none() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let mut map = self.map();
+        let Some(sec) = map.get_mut(node) else {
+            return Ok(None);
+        };
+        let to = sec.peer.recipient();
+        match &sec.out {
+            Some(out) if !out.stale(to, now) => Ok(Some(out.clone())),
+            _ => {
+                let mut eph = [0u8; 32];
+                getrandom::fill(&mut eph).expect("OS random source");
+                let out = Outgoing::new(to, eph, now);
+                sec.out = Some(out.clone());
+                Ok(Some(out))
+            }
+        }
+    }
+
+    /// `node` announced its sealing key (base64): seal for it from now on.
+    pub async fn announced(&self, node: &str, key: &str) -> Result<(), StoreError> {
+        let Ok(to) = Recipient::parse(key) else {
+            tracing::warn!(%node, "a node announced a sealing key that does not parse; kept the old one");
+            return Ok(());
+        };
+        let Some(peer) = self.peer(node).await? else {
+            return Ok(());
+        };
+        if peer.recipient() == &to {
+            return Ok(());
+        }
+        self.store.set_seal_key(node, key).await?;
+        if let Some(sec) = self.map().get_mut(node) {
+            sec.peer = sec.peer.with_recipient(to.clone());
+            sec.out = None;
+        }
+        tracing::info!(%node, key = to.id(), "node's new sealing key");
+        Ok(())
+    }
+
+    /// Forget boxes agreed with keys of ours that were erased.
+    pub fn erased(&self, ids: &[String]) {
+        for sec in self.map().values_mut() {
+            sec.boxes.retain(|(rk, _, _)| !ids.contains(rk));
+        }
     }
 
     /// Accept `seq` from `node` in its replay window.
-    fn accept(&self, node: &str, seq: u64) -> Result<(), edgedesk_common::envelope::EnvelopeError> {
+    fn accept(&self, node: &str, seq: u64) -> Result<(), EnvelopeError> {
         let mut nodes = self.map();
-        let sec = nodes
-            .get_mut(node)
-            .ok_or(edgedesk_common::envelope::EnvelopeError::BadKey)?;
+        let sec = nodes.get_mut(node).ok_or(EnvelopeError::BadKey)?;
         sec.window.accept(seq)
     }
 
@@ -184,7 +304,6 @@ pub struct Link {
     pub config: crate::config::Config,
     pub store: Store,
     pub identity: edgedesk_common::envelope::Identity,
-    pub controller_keys: edgedesk_common::envelope::PublicKeys,
     pub keys: Keys,
     pub presence: Presence,
     pub downlink: Downlink,

@@ -137,16 +137,16 @@ async fn send(
     body: &Down,
 ) -> Result<(), String> {
     // Unknown, revoked or unreadable keys: nothing to seal for.
-    let Some(peer) = link.keys.peer(node).await.map_err(|e| e.to_string())? else {
+    let Some(to) = link.keys.outgoing(node).await.map_err(|e| e.to_string())? else {
         return Ok(());
     };
     let plaintext = serde_json::to_vec(body).unwrap_or_default();
     let mut nonce = [0u8; 24];
     getrandom::fill(&mut nonce).expect("OS random source");
     let id = uuid::Uuid::new_v4().to_string();
-    let env = Envelope::seal_for(
+    let env = Envelope::seal(
         &link.identity,
-        &peer,
+        &to,
         Header {
             id: &id,
             from: CONTROLLER,

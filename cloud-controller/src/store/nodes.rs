@@ -335,6 +335,18 @@ impl Store {
             .await
     }
 
+    /// The sealing key a node announced (its public half: nothing secret).
+    pub async fn set_seal_key(&self, id: &str, seal: &str) -> Result<(), StoreError> {
+        let (id, seal) = (id.to_owned(), seal.to_owned());
+        self.db
+            .call(move |c| {
+                c.prepare_cached("UPDATE nodes SET seal_key = ?2 WHERE id = ?1")?
+                    .execute(params![id, seal])?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Revoke a node; false if it was unknown or revoked already.
     pub async fn revoke(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let id = id.to_owned();

@@ -19,6 +19,7 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
 use super::exec::{Exec, Work};
+use super::keys::NodeKeys;
 use super::seal::{ENVELOPE_QOS, Sealer};
 use super::sync::{Next, Outbox, Streams};
 use super::{IdentityFile, Uplink, UplinkError, enroll};
@@ -103,13 +104,16 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         .and_then(|k| k.parse().ok())
         .ok_or_else(|| bad("bad controller keys"))?;
     let mqtt = file.mqtt.clone().ok_or_else(|| bad("no broker pinned"))?;
+    let models_endpoint = file.models.clone();
     let seq = reserve_seq(&u.store).await?;
-    let sealer = Arc::new(Sealer {
-        node: cfg.node_id.clone(),
-        controller: edgedesk_common::envelope::PeerBox::new(&identity, controller),
-        identity,
-        seq,
-    });
+    let sealer = Arc::new(Sealer::new(cfg.node_id.clone(), identity, controller, seq));
+    let keys = Arc::new(NodeKeys::new(
+        file,
+        cfg.identity_path.clone(),
+        cfg.seal_key_rotate_secs,
+        cfg.seal_key_overlap_secs,
+    ));
+    let keys_task = tokio::spawn(super::keys::run(keys.clone(), u.shutdown.clone()));
     // Each broker connection has its own id, carried by its hello, its
     // heartbeats and its last will: the controller honours a will only for
     // the connection it names, so an old will (replayed, or published late)
@@ -154,7 +158,9 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         high_tx,
         client: client.clone(),
         sealer: sealer.clone(),
+        keys: keys.clone(),
         connect_id: connect_tx,
+        renewing: false,
     };
     let poll = tokio::spawn(receiver.poll(eventloop));
     let persist = tokio::spawn(persist_high(u.store.clone(), high_rx));
@@ -165,7 +171,7 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         metrics: u.metrics.clone(),
         client: client.clone(),
         sealer: sealer.clone(),
-        endpoint: file.models.clone(),
+        endpoint: models_endpoint,
         streams: Streams::new(1000),
         inflight: Default::default(),
     };
@@ -175,6 +181,7 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
         u.clone(),
         client.clone(),
         sealer.clone(),
+        keys.clone(),
         connect_rx,
     ));
     drain(&u, &client, &sealer, ack_rx).await;
@@ -184,6 +191,7 @@ pub(super) async fn run(u: Uplink, typing: mpsc::Receiver<String>) -> Result<(),
     let _ = exec.await;
     let _ = poll.await;
     let _ = persist.await;
+    let _ = keys_task.await;
     Ok(())
 }
 
@@ -218,8 +226,12 @@ struct Receiver {
     high_tx: watch::Sender<u64>,
     client: AsyncClient,
     sealer: Arc<Sealer>,
+    keys: Arc<NodeKeys>,
     /// The current connection's id (a new one before each reconnect).
     connect_id: watch::Sender<String>,
+    /// Reconnecting on purpose: the last will must be sealed for the
+    /// controller's new key (the old one is erased after the overlap).
+    renewing: bool,
 }
 
 impl Receiver {
@@ -245,6 +257,7 @@ impl Receiver {
                     let hello = Up::Hello {
                         connect_id: self.connect_id.borrow().clone(),
                         sw_version: env!("CARGO_PKG_VERSION").into(),
+                        seal_key: self.keys.current(),
                     };
                     let _ = self.client.try_publish(
                         topic::up(&node),
@@ -257,7 +270,10 @@ impl Receiver {
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => self.on_down(&p.payload).await,
                 Ok(_) => {}
                 Err(e) => {
-                    if *self.u.link_up.borrow() {
+                    let renewing = std::mem::take(&mut self.renewing);
+                    if renewing {
+                        tracing::info!(%node, "reconnecting to seal the last will for the controller's new key");
+                    } else if *self.u.link_up.borrow() {
                         tracing::warn!(%node, error = %e, "broker connection lost; retrying");
                         self.u.sessions.broadcast_link(false);
                     }
@@ -269,6 +285,10 @@ impl Receiver {
                         .mqtt_options
                         .set_last_will(last_will(&self.sealer, &id));
                     self.connect_id.send_replace(id);
+                    if renewing {
+                        // Our own disconnect: straight back.
+                        continue;
+                    }
                     tokio::select! {
                         _ = self.u.shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -285,7 +305,7 @@ impl Receiver {
         if env.from != CONTROLLER || env.to != self.sealer.node {
             return Err(EnvelopeError::Malformed("wrong sender or recipient".into()));
         }
-        let plain = env.open_from(&self.sealer.controller)?;
+        let plain = self.keys.open(&env, &self.sealer.controller)?;
         self.window.accept(env.seq)?;
         Ok(plain)
     }
@@ -314,6 +334,17 @@ impl Receiver {
             }
             Ok(Down::Command(cmd)) => Work::Command(cmd),
             Ok(Down::Typing { conversation }) => Work::Typing(conversation),
+            Ok(Down::SealKey { key }) => {
+                if let Some(to) = self.keys.controller_key(&key) {
+                    self.sealer.set_controller_key(to);
+                    // The will of this connection was sealed for the old
+                    // key: reconnect so the next one is sealed for the new.
+                    if self.client.try_disconnect().is_ok() {
+                        self.renewing = true;
+                    }
+                }
+                return;
+            }
             Ok(Down::QueueStatus {
                 conversation,
                 position,
@@ -373,6 +404,7 @@ async fn heartbeats(
     u: Arc<Uplink>,
     client: AsyncClient,
     sealer: Arc<Sealer>,
+    keys: Arc<NodeKeys>,
     connect_id: watch::Receiver<String>,
 ) {
     let mut connected = u.link_up.subscribe();
@@ -383,12 +415,15 @@ async fn heartbeats(
             _ = u.shutdown.cancelled() => break,
             _ = tick.tick() => {}
             _ = connected.changed() => {}
+            // A new sealing key of ours is on disk: announce it now.
+            _ = keys.rotated.notified() => {}
         }
         if !*connected.borrow() {
             continue;
         }
         let id = connect_id.borrow().clone();
-        let hb = heartbeat(&u, &id).await;
+        let mut hb = heartbeat(&u, &id).await;
+        hb.seal_key = keys.current();
         let _ = sealer.send(&client, &Up::Heartbeat(Box::new(hb))).await;
     }
 }
@@ -398,6 +433,8 @@ pub async fn heartbeat(u: &Uplink, connect_id: &str) -> Heartbeat {
     let model = u.models.active.get();
     Heartbeat {
         connect_id: connect_id.to_owned(),
+        // Filled in by the sender, which holds the keys.
+        seal_key: String::new(),
         sw_version: env!("CARGO_PKG_VERSION").into(),
         model_name: model.manifest().name.clone(),
         model_version: model.manifest().version.to_string(),

@@ -1,11 +1,15 @@
-//! Enrolment and the node's identity: a key pair made on first start, a
-//! one-time token exchanged for the controller's keys and the broker and
-//! model-service endpoints, all pinned in `cloud.identity_path` (0600).
+//! Enrolment and the node's identity: a signing key and a sealing keyring
+//! made on first start, a one-time token exchanged for the controller's keys
+//! and the broker and model-service endpoints, all pinned in
+//! `cloud.identity_path` (0600). The sealing keys rotate (see
+//! [`super::keys`]); the file is rewritten, old contents overwritten, when
+//! one goes.
 
 use std::path::Path;
 use std::time::Duration;
 
 use edgedesk_common::envelope::{Identity, PublicKeys};
+use edgedesk_common::sealing::Keyring;
 use edgedesk_common::sync::{
     EnrollRequest, EnrollResponse, ModelEndpoint, MqttEndpoint, enroll_proof_message,
 };
@@ -18,8 +22,12 @@ use crate::config::CloudConfig;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdentityFile {
     pub node_id: String,
-    /// 64 secret bytes, hex.
+    /// 64 secret bytes, hex: the signing key, then the first sealing key
+    /// (zeroed once that lives in `sealing`).
     pub secret: String,
+    /// The node's receiving keys, current last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing: Option<Keyring>,
     #[serde(default)]
     pub controller: Option<PublicKeys>,
     #[serde(default)]
@@ -38,7 +46,7 @@ impl IdentityFile {
         };
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let f: IdentityFile =
+                let mut f: IdentityFile =
                     serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
                 if f.node_id != node_id {
                     return Err(err(format!(
@@ -46,23 +54,47 @@ impl IdentityFile {
                         f.node_id
                     )));
                 }
+                if f.sealing.is_none() {
+                    // A file from before key rotation: its sealing key
+                    // becomes the keyring's first and leaves `secret`.
+                    f.move_sealing_key()?;
+                    f.save(path)?;
+                }
                 Ok(f)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 64];
                 getrandom::fill(&mut secret).map_err(|e| err(e.to_string()))?;
-                let f = IdentityFile {
+                let mut f = IdentityFile {
                     node_id: node_id.into(),
                     secret: hex::encode(secret),
+                    sealing: None,
                     controller: None,
                     mqtt: None,
                     models: None,
                 };
+                f.move_sealing_key()?;
                 f.save(path)?;
                 Ok(f)
             }
             Err(e) => Err(err(e.to_string())),
         }
+    }
+
+    fn move_sealing_key(&mut self) -> Result<(), UplinkError> {
+        let identity = self.identity()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        self.sealing = Some(Keyring::new(identity.sealing_seed(), now));
+        self.secret = hex::encode(identity.without_sealing());
+        Ok(())
+    }
+
+    /// The keyring (always there once loaded).
+    pub fn keyring(&self) -> Result<&Keyring, UplinkError> {
+        self.sealing.as_ref().ok_or_else(|| UplinkError::Identity {
+            path: self.node_id.clone(),
+            message: "no sealing keys".into(),
+        })
     }
 
     pub fn save(&self, path: &Path) -> Result<(), UplinkError> {
@@ -100,7 +132,7 @@ pub async fn enroll(cfg: &CloudConfig, file: &mut IdentityFile) -> Result<(), Up
     let req = EnrollRequest {
         token: cfg.enroll_token.clone(),
         node_id: cfg.node_id.clone(),
-        keys: identity.public(),
+        keys: identity.announce(&file.keyring()?.current()),
         proof: identity.sign(&enroll_proof_message(&cfg.node_id, &cfg.enroll_token)),
         sw_version: env!("CARGO_PKG_VERSION").into(),
     };

@@ -8,6 +8,8 @@
 //! - [`driver`]: the MQTT event loop, sealing and opening envelopes, the
 //!   outbox drain and heartbeats.
 //! - [`seal`]: signing and sealing what goes up.
+//! - [`keys`]: the node's rotating sealing keys (forward secrecy) and the
+//!   identity file that keeps them.
 //! - [`exec`]: runs commands from the controller exactly once, in stream
 //!   order, on a task of its own: the MQTT loop never waits for a visitor.
 //!
@@ -17,6 +19,7 @@
 pub mod driver;
 pub mod enroll;
 pub mod exec;
+pub mod keys;
 pub mod seal;
 pub mod sync;
 

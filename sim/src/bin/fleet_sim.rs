@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use edgedesk_common::chat::Lang;
-use edgedesk_common::envelope::{CONTROLLER, Envelope, Header, Identity, PeerBox, topic};
+use edgedesk_common::envelope::{CONTROLLER, Envelope, Header, Identity, Peer, topic};
 use edgedesk_common::event::{ConversationSummary, Event, EventBody};
+use edgedesk_common::sealing::{Keyring, Outgoing, Recipient};
 use edgedesk_common::sync::{
     Down, EnrollRequest, EnrollResponse, Heartbeat, Up, enroll_proof_message,
 };
@@ -125,10 +126,21 @@ struct Stats {
 struct SimNode {
     id: String,
     identity: Identity,
-    controller: PeerBox,
+    /// The controller's signing key, and an ephemeral key for its current
+    /// sealing key (replaced when it announces a new one).
+    controller: Peer,
+    to_controller: std::sync::Mutex<Outgoing>,
+    /// Simulated nodes do not rotate: their enrolled key is their only one.
+    ring: Keyring,
     client: AsyncClient,
     seq: AtomicU64,
     outstanding: Mutex<HashMap<String, Instant>>,
+}
+
+fn ephemeral(to: &Recipient) -> Outgoing {
+    let mut eph = [0u8; 32];
+    getrandom::fill(&mut eph).expect("random");
+    Outgoing::new(to, eph, chrono::Utc::now().timestamp_millis())
 }
 
 impl SimNode {
@@ -137,9 +149,10 @@ impl SimNode {
         getrandom::fill(&mut nonce).expect("random");
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let id = uuid::Uuid::new_v4().to_string();
-        Envelope::seal_for(
+        let to = self.to_controller.lock().unwrap().clone();
+        Envelope::seal(
             &self.identity,
-            &self.controller,
+            &to,
             Header {
                 id: &id,
                 from: &self.id,
@@ -246,13 +259,12 @@ async fn connect(
     }
     let (client, mut ev) = AsyncClient::new(o, 64);
     ev.set_network_options(cloud_controller::link::transport::network_options());
-    let controller = PeerBox::new(
-        &identity,
-        enrolled.controller.parse().map_err(|e| e.to_string())?,
-    );
+    let controller: Peer = enrolled.controller.parse().map_err(|e| e.to_string())?;
     let node = Arc::new(SimNode {
         id: id.clone(),
         identity: identity.clone(),
+        to_controller: std::sync::Mutex::new(ephemeral(controller.recipient())),
+        ring: Keyring::new(identity.sealing_seed(), 0),
         controller,
         client: client.clone(),
         seq: AtomicU64::new(1),
@@ -272,6 +284,7 @@ async fn connect(
                     let hello = Up::Hello {
                         connect_id: uuid::Uuid::new_v4().to_string(),
                         sw_version: "sim".into(),
+                        seal_key: n.ring.current().to_base64(),
                     };
                     n.send(&hello).await;
                     if let Some(r) = ready.take() {
@@ -282,9 +295,15 @@ async fn connect(
                     let Ok(env) = Envelope::from_json(&p.payload) else {
                         continue;
                     };
-                    let Ok(plain) = env.open_from(&n.controller) else {
+                    let Ok(plain) = env.open(&n.controller, &n.ring) else {
                         continue;
                     };
+                    if let Ok(Down::SealKey { key }) = serde_json::from_slice(&plain) {
+                        if let Ok(to) = Recipient::parse(&key) {
+                            *n.to_controller.lock().unwrap() = ephemeral(&to);
+                        }
+                        continue;
+                    }
                     if let (Ok(Down::Command(cmd)), Some(probe)) =
                         (serde_json::from_slice::<Down>(&plain), probe.as_ref())
                     {
