@@ -249,11 +249,14 @@ fn nlu(config: Config, cmd: NluCmd) -> ExitCode {
                     }
                 };
                 let micros = started.elapsed().as_secs_f64() * 1e6;
+                let lang = edgedesk_common::chat::Lang::detect(&text)
+                    .unwrap_or(edgedesk_common::chat::Lang::En);
                 outcomes.push(Outcome {
                     expected: category,
                     predicted: p.label,
                     answered: p.answered,
                     micros,
+                    lang: lang.as_str().to_owned(),
                 });
             }
             let report = eval::report(&outcomes, &oos, model.threshold());

@@ -3,7 +3,8 @@
 //! Input rows are `text,category` (the BANKING77 format). A row labelled
 //! `out_of_scope` is correct when the node would not answer it with an intent.
 //! The metrics are pure functions of the per-row outcomes so they can be tested
-//! without a model.
+//! without a model: overall, per language (the caller tags each row), and the
+//! intent pairs most often confused.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +18,20 @@ pub struct Outcome {
     pub predicted: String,
     pub answered: bool,
     pub micros: f64,
+    /// Language of the row's text ("en", "zh").
+    pub lang: String,
 }
+
+/// How often one intent was taken for another (in-scope rows).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Confusion {
+    pub expected: String,
+    pub predicted: String,
+    pub count: usize,
+}
+
+/// Pairs listed by [`report`].
+pub const MOST_CONFUSED: usize = 10;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -37,6 +51,12 @@ pub struct Report {
     pub threshold: f32,
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
+    /// The same figures for each language's rows (when there is more than one).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_language: BTreeMap<String, Report>,
+    /// The most frequent (expected, predicted) mistakes, most frequent first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub most_confused: Vec<Confusion>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +109,41 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Everything `nlu eval` prints: overall, per language and most confused.
 pub fn report(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
+    let mut r = summary(outcomes, oos_label, threshold);
+    let mut langs: BTreeMap<&str, Vec<Outcome>> = BTreeMap::new();
+    for o in outcomes {
+        langs.entry(&o.lang).or_default().push(o.clone());
+    }
+    if langs.len() > 1 {
+        r.by_language = langs
+            .into_iter()
+            .map(|(l, rows)| (l.to_owned(), summary(&rows, oos_label, threshold)))
+            .collect();
+    }
+    let mut pairs: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for o in outcomes {
+        if o.expected != oos_label && o.predicted != o.expected {
+            *pairs.entry((&o.expected, &o.predicted)).or_default() += 1;
+        }
+    }
+    let mut pairs: Vec<Confusion> = pairs
+        .into_iter()
+        .map(|((e, p), count)| Confusion {
+            expected: e.to_owned(),
+            predicted: p.to_owned(),
+            count,
+        })
+        .collect();
+    // Most frequent first; ties in name order (the map's), so output is stable.
+    pairs.sort_by_key(|c| std::cmp::Reverse(c.count));
+    pairs.truncate(MOST_CONFUSED);
+    r.most_confused = pairs;
+    r
+}
+
+fn summary(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
     let n = outcomes.len().max(1) as f64;
     let (inscope, oos): (Vec<&Outcome>, Vec<&Outcome>) =
         outcomes.iter().partition(|o| o.expected != oos_label);
@@ -152,6 +206,8 @@ pub fn report(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
         threshold,
         latency_p50_us: percentile(&lat, 0.50),
         latency_p99_us: percentile(&lat, 0.99),
+        by_language: BTreeMap::new(),
+        most_confused: Vec::new(),
     }
 }
 
@@ -176,7 +232,24 @@ impl std::fmt::Display for Report {
             None => writeln!(f, "out-of-scope recall    n/a (no out_of_scope rows)")?,
         }
         writeln!(f, "latency p50            {:.1} µs", self.latency_p50_us)?;
-        write!(f, "latency p99            {:.1} µs", self.latency_p99_us)
+        write!(f, "latency p99            {:.1} µs", self.latency_p99_us)?;
+        for (lang, r) in &self.by_language {
+            write!(
+                f,
+                "\n[{lang}] rows {} · accuracy {:.4} · coverage {:.4} · accuracy@threshold {:.4}",
+                r.rows, r.accuracy, r.coverage, r.accuracy_at_threshold
+            )?;
+            if let Some(oos) = r.oos_recall {
+                write!(f, " · out-of-scope recall {oos:.4}")?;
+            }
+        }
+        if !self.most_confused.is_empty() {
+            write!(f, "\nmost confused (expected → predicted):")?;
+            for c in &self.most_confused {
+                write!(f, "\n  {:>3}  {} → {}", c.count, c.expected, c.predicted)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -190,7 +263,46 @@ mod tests {
             predicted: p.into(),
             answered,
             micros: 10.0,
+            lang: "en".into(),
         }
+    }
+
+    #[test]
+    fn per_language_and_most_confused() {
+        let mut rows = vec![
+            o("a", "b", true),
+            o("a", "b", true),
+            o("c", "a", true),
+            o("a", "a", true),
+        ];
+        let mut zh = o("a", "a", true);
+        zh.lang = "zh".into();
+        rows.push(zh);
+        let mut zh_wrong = o("c", "b", true);
+        zh_wrong.lang = "zh".into();
+        rows.push(zh_wrong);
+        let r = report(&rows, "out_of_scope", 0.5);
+        assert_eq!(r.by_language.len(), 2);
+        assert!((r.by_language["en"].accuracy - 0.25).abs() < 1e-9);
+        assert!((r.by_language["zh"].accuracy - 0.5).abs() < 1e-9);
+        assert_eq!(
+            r.most_confused[0],
+            Confusion {
+                expected: "a".into(),
+                predicted: "b".into(),
+                count: 2
+            }
+        );
+        assert_eq!(r.most_confused.len(), 3);
+        let text = r.to_string();
+        assert!(text.contains("[zh] rows 2"), "{text}");
+        assert!(text.contains("2  a → b"), "{text}");
+        // One language only: no breakdown.
+        assert!(
+            report(&rows[..4], "out_of_scope", 0.5)
+                .by_language
+                .is_empty()
+        );
     }
 
     #[test]
