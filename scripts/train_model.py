@@ -181,6 +181,39 @@ def tune_threshold(proba, classes, y_true):
     return best[1]
 
 
+def load_splits(data, seed, sample=0):
+    """Every row the model learns from, split: a stratified 10 % of the
+    English and control rows, a stratified fifth of the Chinese rows, and
+    CLINC150's oos_val (calibration only, never trained on)."""
+    banking = read_csv(os.path.join(data, "banking77/train.csv"))
+    if sample:
+        banking = banking[:sample]
+    own = read_csv(os.path.join(data, "intents/edgedesk_intents.csv"))
+    zh = read_csv(os.path.join(data, "intents/zh_banking77.csv"))
+    oos_train = read_csv(os.path.join(data, "clinc150-oos/oos_train.csv"))
+    oos_val = read_csv(os.path.join(data, "clinc150-oos/oos_val.csv"))
+    golden = read_csv(os.path.join(data, "intents/golden.csv"))
+
+    rows = banking + own + oos_train
+    texts = [t for t, _ in rows]
+    labels = [c for _, c in rows]
+    stratify = labels if not sample else None
+    x_tr, x_va, y_tr, y_va = train_test_split(texts, labels, test_size=0.1, random_state=seed, stratify=stratify)
+    # The Chinese rows get their own, larger split (a fifth: about five per
+    # intent), so the English split stays what it was and the Chinese figure
+    # rests on enough rows.
+    zx_tr, zx_va, zy_tr, zy_va = train_test_split([t for t, _ in zh], [c for _, c in zh], test_size=0.2,
+                                                  random_state=seed,
+                                                  stratify=[c for _, c in zh] if not sample else None)
+    x_tr, x_va, y_tr, y_va = x_tr + zx_tr, x_va + zx_va, y_tr + zy_tr, y_va + zy_va
+    return {
+        "banking": banking, "golden": golden,
+        "x_tr": x_tr, "x_va": x_va, "y_tr": y_tr, "y_va": y_va,
+        # the CLINC oos_val queries only ever calibrate; they are never trained on
+        "x_cal": x_va + [t for t, _ in oos_val], "y_cal": y_va + [c for _, c in oos_val],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data", help="data folder (default: data)")
@@ -198,30 +231,10 @@ def main():
 
     random.seed(args.seed)
     np.random.seed(args.seed)
-    banking = read_csv(os.path.join(args.data, "banking77/train.csv"))
-    if args.sample:
-        banking = banking[: args.sample]
-    own = read_csv(os.path.join(args.data, "intents/edgedesk_intents.csv"))
-    zh = read_csv(os.path.join(args.data, "intents/zh_banking77.csv"))
-    oos_train = read_csv(os.path.join(args.data, "clinc150-oos/oos_train.csv"))
-    oos_val = read_csv(os.path.join(args.data, "clinc150-oos/oos_val.csv"))
-    golden = read_csv(os.path.join(args.data, "intents/golden.csv"))
-
-    rows = banking + own + oos_train
-    texts = [t for t, _ in rows]
-    labels = [c for _, c in rows]
-    stratify = labels if not args.sample else None
-    x_tr, x_va, y_tr, y_va = train_test_split(texts, labels, test_size=0.1, random_state=args.seed, stratify=stratify)
-    # The Chinese rows get their own, larger split (a fifth: about five per
-    # intent), so the English split stays what it was and the Chinese figure
-    # rests on enough rows.
-    zx_tr, zx_va, zy_tr, zy_va = train_test_split([t for t, _ in zh], [c for _, c in zh], test_size=0.2,
-                                                  random_state=args.seed,
-                                                  stratify=[c for _, c in zh] if not args.sample else None)
-    x_tr, x_va, y_tr, y_va = x_tr + zx_tr, x_va + zx_va, y_tr + zy_tr, y_va + zy_va
-    # the CLINC oos_val queries only ever calibrate; they are never trained on
-    x_cal = x_va + [t for t, _ in oos_val]
-    y_cal = y_va + [c for _, c in oos_val]
+    sp = load_splits(args.data, args.seed, args.sample)
+    banking, golden = sp["banking"], sp["golden"]
+    x_tr, x_va, y_tr, y_va = sp["x_tr"], sp["x_va"], sp["y_tr"], sp["y_va"]
+    x_cal, y_cal = sp["x_cal"], sp["y_cal"]
 
     pipe, word, char, clf = build_pipeline(args.seed, args.c)
     with warnings.catch_warnings():

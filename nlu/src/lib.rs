@@ -20,6 +20,7 @@ pub mod mask;
 pub mod model;
 #[cfg(feature = "onnx")]
 pub mod runtime;
+pub mod tokenizer;
 
 #[cfg(feature = "onnx")]
 pub use model::{ActiveModel, Model, Prediction};

