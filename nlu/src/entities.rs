@@ -1,11 +1,16 @@
 //! Rule-based entities: where a rule is exact, a model is not needed.
 //!
-//! Dates (today, tomorrow, weekdays, 明天, 下周一, ISO dates, "3 December",
-//! 12月3日), times (10am, 14:30, 下午3点半), amounts with currency ($20,
-//! 100 EUR, 50元), phone numbers, e-mail addresses and card last-four digits.
+//! Dates (today, tomorrow, weekdays, 明天, 后天, 下周一, ISO dates,
+//! "3 December", 12月3日, 十二月三号, 5号, 下个月5号), times (10am, 14:30,
+//! 下午3点半, 明天下午三点, 三点一刻, 晚上八点四十五), amounts with currency
+//! ($20, 100 EUR, 50元, 三百块, 一千五百元, 1.5万, 100美元), phone numbers
+//! (mainland mobiles with or without +86 / 0086), e-mail addresses and card
+//! last-four digits (ending in 4321, 尾号1234, 后四位). Full-width digits and
+//! letters (１２３, ＋８６) are read as their ASCII forms first.
 //! Masking personal data is [`crate::mask`]'s job.
 //! Pure functions: "today" is an argument, so results are reproducible.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveTime, Weekday};
@@ -35,7 +40,13 @@ pub(crate) fn re(pattern: &str) -> Regex {
 }
 
 static ISO_DATE: LazyLock<Regex> = LazyLock::new(|| re(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"));
-static ZH_DATE: LazyLock<Regex> = LazyLock::new(|| re(r"(\d{1,2})月(\d{1,2})[日号]"));
+static ZH_DATE: LazyLock<Regex> = LazyLock::new(|| {
+    re(r"(\d{1,2}|[一二三四五六七八九十]{1,3})月(\d{1,2}|[一二三四五六七八九十]{1,3})[日号]")
+});
+/// A day of the month alone: 5号, 二十号, 下个月5号 (this month, or the next
+/// when that day has passed).
+static ZH_DAY: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(这个月|本月|下个?月)?(\d{1,2}|[一二三四五六七八九十]{1,3})[日号]"));
 static EN_DAY_MONTH: LazyLock<Regex> = LazyLock::new(|| {
     re(
         r"(?i)\b(\d{1,2})(?:st|nd|rd|th)?(?:\s+of)?\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\b",
@@ -67,7 +78,7 @@ static TIME_AT: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\bat\s+(\d{1,2})\b")
 static TIME_NOON: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b(noon|midday)\b|中午"));
 static ZH_TIME: LazyLock<Regex> = LazyLock::new(|| {
     re(
-        r"(上午|早上|早晨|中午|下午|傍晚|晚上)?\s*(\d{1,2}|[零一二两三四五六七八九十]{1,3})\s*[点點时](半|(\d{1,2})分?)?",
+        r"(凌晨|上午|早上|早晨|中午|下午|傍晚|晚上|夜里)?\s*(\d{1,2}|[零一二两三四五六七八九十]{1,3})\s*[点點时](半|一刻|三刻|(\d{1,2}|[零一二三四五六七八九十]{1,3})分?)?",
     )
 });
 
@@ -75,7 +86,7 @@ static AMOUNT_PREFIX: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?i)(HK\$|US\$|\$|€|£|¥|￥)\s?(\d[\d,]*(?:\.\d{1,2})?)"));
 static AMOUNT_SUFFIX: LazyLock<Regex> = LazyLock::new(|| {
     re(
-        r"(?i)(\d[\d,]*(?:\.\d{1,2})?)\s?(usd|eur|gbp|cny|rmb|hkd|jpy|dollars?|bucks|euros?|pounds?|yuan|元|块|美元|欧元|英镑|人民币|港币|日元)",
+        r"(?i)(\d[\d,]*(?:\.\d{1,2})?[百千万]?|[零〇一二两三四五六七八九十百千万]+)\s?(usd|eur|gbp|cny|rmb|hkd|jpy|dollars?|bucks|euros?|pounds?|yuan|美元|欧元|英镑|人民币|港币|日元|元|块)",
     )
 });
 
@@ -84,13 +95,34 @@ static EMAIL: LazyLock<Regex> =
 static PHONE: LazyLock<Regex> = LazyLock::new(|| re(r"\+?\(?\d[\d\s().-]{5,18}\d"));
 static LAST4: LazyLock<Regex> = LazyLock::new(|| {
     re(
-        r"(?i)(?:ending(?:\s+(?:in|with))?|ends\s+(?:in|with)|last\s+(?:four|4)(?:\s+digits)?(?:\s+(?:are|is))?:?|尾号(?:是|为)?|末四位(?:是|为)?|后四位(?:是|为)?)\s*(\d{4})\b",
+        r"(?i)(?:ending(?:\s+(?:in|with))?|ends\s+(?:in|with)|last\s+(?:four|4)(?:\s+digits)?(?:\s+(?:are|is))?:?|(?:尾号|尾数|(?:最后|末|后)[四4]位(?:数字?)?)(?:是|为)?)\s*(\d{4})\b",
     )
 });
 static BARE4: LazyLock<Regex> = LazyLock::new(|| re(r"^\D*(\d{4})\D*$"));
 
+/// Full-width ASCII forms (ＡＢＣ１２３＋) and the ideographic space as their
+/// ASCII forms, so a phone typed on a Chinese keyboard reads like any other.
+fn half_width(text: &str) -> Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| ('\u{ff01}'..='\u{ff5e}').contains(&c) || c == '\u{3000}')
+    {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match c {
+                '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xfee0).unwrap_or(c),
+                '\u{3000}' => ' ',
+                _ => c,
+            })
+            .collect(),
+    )
+}
+
 /// Extract every entity found in `text`, resolving relative dates from `today`.
 pub fn extract(text: &str, today: NaiveDate) -> Entities {
+    let text = &*half_width(text);
     Entities {
         date: date(text, today),
         time: time(text),
@@ -152,7 +184,10 @@ fn date(text: &str, today: NaiveDate) -> Option<NaiveDate> {
         return NaiveDate::from_ymd_opt(c[1].parse().ok()?, c[2].parse().ok()?, c[3].parse().ok()?);
     }
     if let Some(c) = ZH_DATE.captures(text) {
-        return upcoming(today, c[1].parse().ok()?, c[2].parse().ok()?);
+        return upcoming(today, zh_number(&c[1])?, zh_number(&c[2])?);
+    }
+    if let Some(d) = zh_day(text, today) {
+        return Some(d);
     }
     if let Some(c) = EN_DAY_MONTH.captures(text) {
         return upcoming(today, month_number(&c[2])?, c[1].parse().ok()?);
@@ -204,6 +239,94 @@ fn date(text: &str, today: NaiveDate) -> Option<NaiveDate> {
     None
 }
 
+/// 5号, 下个月5号: not 3号线 (a metro line), 2号楼, 5号窗口 and the like.
+fn zh_day(text: &str, today: NaiveDate) -> Option<NaiveDate> {
+    for c in ZH_DAY.captures_iter(text) {
+        let end = c.get(0)?.end();
+        let next = text[end..].chars().next();
+        if matches!(
+            next,
+            Some('线' | '楼' | '窗' | '柜' | '门' | '台' | '厅' | '位' | '码')
+        ) {
+            continue;
+        }
+        let day = zh_number(&c[2])?;
+        let (y, m) = (today.year(), today.month());
+        let next_month = |y: i32, m: u32| if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        return match c.get(1).map(|g| g.as_str()) {
+            Some(s) if s.starts_with('下') => {
+                let (y, m) = next_month(y, m);
+                NaiveDate::from_ymd_opt(y, m, day)
+            }
+            _ => match NaiveDate::from_ymd_opt(y, m, day) {
+                Some(d) if d >= today => Some(d),
+                _ => {
+                    let (y, m) = next_month(y, m);
+                    NaiveDate::from_ymd_opt(y, m, day)
+                }
+            },
+        };
+    }
+    None
+}
+
+/// A Chinese or Arabic number as written in amounts: 三百, 一千五百,
+/// 两万, 一千二 (1,200), 一万五 (15,000), 3千, 1.5万. Decimal text out.
+fn zh_amount(s: &str) -> Option<String> {
+    if let Some(rest) = s.strip_suffix(['百', '千', '万']) {
+        let unit = match s.chars().last()? {
+            '百' => 100.0,
+            '千' => 1_000.0,
+            _ => 10_000.0,
+        };
+        if let Ok(n) = rest.replace(',', "").parse::<f64>() {
+            let v = n * unit;
+            return Some(if v.fract() == 0.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            });
+        }
+    }
+    if s.chars().next()?.is_ascii_digit() {
+        return Some(s.replace(',', ""));
+    }
+    let digit = |c: char| match c {
+        '零' | '〇' => Some(0),
+        '两' => Some(2),
+        _ => "一二三四五六七八九".find(c).map(|i| (i / 3) as u64 + 1),
+    };
+    let (mut total, mut section, mut number, mut last_unit) = (0u64, 0u64, 0u64, 1u64);
+    for c in s.chars() {
+        if let Some(d) = digit(c) {
+            number = d;
+            continue;
+        }
+        let unit = match c {
+            '十' => 10,
+            '百' => 100,
+            '千' => 1_000,
+            '万' => 10_000,
+            _ => return None,
+        };
+        if unit == 10_000 {
+            total += (section + number) * unit;
+            section = 0;
+        } else {
+            section += number.max(u64::from(unit == 10)) * unit;
+        }
+        number = 0;
+        last_unit = unit;
+    }
+    // 一千二 is 1,200 and 一万五 is 15,000: a trailing digit after a unit of
+    // a hundred or more counts in the next unit down.
+    if number > 0 && last_unit >= 100 {
+        number *= last_unit / 10;
+    }
+    let v = total + section + number;
+    (v > 0).then(|| v.to_string())
+}
+
 fn zh_number(s: &str) -> Option<u32> {
     if let Ok(n) = s.parse() {
         return Some(n);
@@ -227,7 +350,9 @@ fn zh_number(s: &str) -> Option<u32> {
 
 fn pm(hour: u32, marker: &str) -> u32 {
     let m = marker.to_ascii_lowercase();
-    if (m.starts_with('p') || m == "下午" || m == "晚上" || m == "傍晚") && hour < 12 {
+    let afternoon = m.starts_with('p') || matches!(m.as_str(), "下午" | "晚上" | "傍晚" | "夜里");
+    // 中午一点 is 13:00; 中午12点 stays noon.
+    if (afternoon && hour < 12) || (m == "中午" && hour < 6) {
         hour + 12
     } else if (m.starts_with('a') || m == "上午" || m == "早上" || m == "早晨") && hour == 12
     {
@@ -249,7 +374,9 @@ fn time(text: &str) -> Option<NaiveTime> {
         let hour = pm(zh_number(&c[2])?, c.get(1).map_or("", |m| m.as_str()));
         let minute = match (c.get(3).map(|m| m.as_str()), c.get(4)) {
             (Some("半"), _) => 30,
-            (_, Some(m)) => m.as_str().parse().ok()?,
+            (Some("一刻"), _) => 15,
+            (Some("三刻"), _) => 45,
+            (_, Some(m)) => zh_number(m.as_str())?,
             _ => 0,
         };
         return NaiveTime::from_hms_opt(hour, minute, 0);
@@ -282,13 +409,13 @@ fn currency_code(s: &str) -> &'static str {
 
 fn amount(text: &str) -> Option<Amount> {
     let (value, cur) = if let Some(c) = AMOUNT_PREFIX.captures(text) {
-        (c[2].to_owned(), currency_code(&c[1]))
+        (c[2].replace(',', ""), currency_code(&c[1]))
     } else {
         let c = AMOUNT_SUFFIX.captures(text)?;
-        (c[1].to_owned(), currency_code(&c[2]))
+        (zh_amount(&c[1])?, currency_code(&c[2]))
     };
     Some(Amount {
-        value: value.replace(',', ""),
+        value,
         currency: cur.to_owned(),
     })
 }
@@ -299,6 +426,10 @@ fn phone(text: &str) -> Option<String> {
         let digits: String = s.chars().filter(char::is_ascii_digit).collect();
         // 7–15 digits (E.164 maximum), and not something that is clearly a date.
         if (7..=15).contains(&digits.len()) && !ISO_DATE.is_match(s) {
+            // 0086 is how mainland callers dial +86.
+            if let Some(rest) = digits.strip_prefix("0086") {
+                return Some(format!("+86{rest}"));
+            }
             let plus = if s.starts_with('+') { "+" } else { "" };
             return Some(format!("{plus}{digits}"));
         }
@@ -323,86 +454,175 @@ mod tests {
         NaiveTime::from_hms_opt(h, m, 0)
     }
 
-    #[test]
-    fn dates() {
-        let e = |s| extract(s, today()).date;
-        assert_eq!(e("today please"), d(2026, 11, 26));
-        assert_eq!(e("Tomorrow"), d(2026, 11, 27));
-        assert_eq!(e("the day after tomorrow"), d(2026, 11, 28));
-        assert_eq!(e("明天"), d(2026, 11, 27));
-        assert_eq!(e("后天上午"), d(2026, 11, 28));
-        assert_eq!(e("on monday"), d(2026, 11, 30));
-        assert_eq!(e("next Thursday"), d(2026, 12, 3));
-        assert_eq!(e("周五"), d(2026, 11, 27));
-        assert_eq!(e("下周一"), d(2026, 11, 30));
-        assert_eq!(e("下周五"), d(2026, 12, 4));
-        assert_eq!(e("2026-12-01"), d(2026, 12, 1));
-        assert_eq!(e("12月3日"), d(2026, 12, 3));
-        assert_eq!(e("3rd of December"), d(2026, 12, 3));
-        assert_eq!(e("jan 5"), d(2027, 1, 5));
-        assert_eq!(e("2026-13-01"), None);
-        assert_eq!(e("whenever"), None);
+    /// (input, expected) rows in English and Chinese.
+    fn table<T: PartialEq + std::fmt::Debug>(rows: &[(&str, T)], f: impl Fn(&str) -> T) {
+        let mut wrong = Vec::new();
+        for (input, want) in rows {
+            let got = f(input);
+            if &got != want {
+                wrong.push(format!("{input:?}: want {want:?}, got {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]
-    fn times() {
-        let e = |s| extract(s, today()).time;
-        assert_eq!(e("at 10am"), t(10, 0));
-        assert_eq!(e("3 pm"), t(15, 0));
-        assert_eq!(e("14:30"), t(14, 30));
-        assert_eq!(e("2:15 p.m."), t(14, 15));
-        assert_eq!(e("at 3"), t(15, 0));
-        assert_eq!(e("10 o'clock"), t(10, 0));
-        assert_eq!(e("noon"), t(12, 0));
-        assert_eq!(e("下午3点半"), t(15, 30));
-        assert_eq!(e("上午十点"), t(10, 0));
-        assert_eq!(e("10点20分"), t(10, 20));
-        assert_eq!(e("25:00"), None);
+    fn dates_in_both_languages() {
+        table(
+            &[
+                // English
+                ("today please", d(2026, 11, 26)),
+                ("Tomorrow", d(2026, 11, 27)),
+                ("the day after tomorrow", d(2026, 11, 28)),
+                ("on monday", d(2026, 11, 30)),
+                ("next Thursday", d(2026, 12, 3)),
+                ("2026-12-01", d(2026, 12, 1)),
+                ("3rd of December", d(2026, 12, 3)),
+                ("jan 5", d(2027, 1, 5)),
+                ("2026-13-01", None),
+                ("whenever", None),
+                // Chinese
+                ("明天", d(2026, 11, 27)),
+                ("明天下午三点", d(2026, 11, 27)),
+                ("后天上午", d(2026, 11, 28)),
+                ("大后天", d(2026, 11, 29)),
+                ("周五", d(2026, 11, 27)),
+                ("这周五", d(2026, 11, 27)),
+                ("下周一上午", d(2026, 11, 30)),
+                ("下周五", d(2026, 12, 4)),
+                ("星期天", d(2026, 11, 29)),
+                ("12月3日", d(2026, 12, 3)),
+                ("12月3号", d(2026, 12, 3)),
+                ("十二月三号", d(2026, 12, 3)),
+                ("一月五日", d(2027, 1, 5)),
+                ("30号", d(2026, 11, 30)),
+                ("5号", d(2026, 12, 5)),
+                ("下个月5号", d(2026, 12, 5)),
+                ("二十号上午", d(2026, 12, 20)),
+                ("坐地铁3号线", None),
+                ("到2号窗口", None),
+                ("2月30日", None),
+                ("随便哪天", None),
+            ],
+            |s| extract(s, today()).date,
+        );
     }
 
     #[test]
-    fn amounts() {
-        let e = |s| extract(s, today()).amount.map(|a| (a.value, a.currency));
-        assert_eq!(e("send $1,200.50"), Some(("1200.50".into(), "USD".into())));
-        assert_eq!(e("100 EUR"), Some(("100".into(), "EUR".into())));
-        assert_eq!(e("£20"), Some(("20".into(), "GBP".into())));
-        assert_eq!(e("转账500元"), Some(("500".into(), "CNY".into())));
-        assert_eq!(e("30 dollars"), Some(("30".into(), "USD".into())));
-        assert_eq!(e("no money here"), None);
+    fn times_in_both_languages() {
+        table(
+            &[
+                ("at 10am", t(10, 0)),
+                ("3 pm", t(15, 0)),
+                ("14:30", t(14, 30)),
+                ("2:15 p.m.", t(14, 15)),
+                ("at 3", t(15, 0)),
+                ("10 o'clock", t(10, 0)),
+                ("noon", t(12, 0)),
+                ("25:00", None),
+                ("下午3点半", t(15, 30)),
+                ("明天下午三点", t(15, 0)),
+                ("上午十点", t(10, 0)),
+                ("10点20分", t(10, 20)),
+                ("三点一刻", t(3, 15)),
+                ("下午两点三刻", t(14, 45)),
+                ("晚上八点四十五", t(20, 45)),
+                ("中午12点", t(12, 0)),
+                ("中午一点", t(13, 0)),
+                ("凌晨两点", t(2, 0)),
+                ("14：30", t(14, 30)),
+                ("下周一上午", None),
+            ],
+            |s| extract(s, today()).time,
+        );
     }
 
     #[test]
-    fn phones_emails_cards() {
-        let x = extract(
-            "call me on +44 20 7946 0958 or mail a.b@example.com",
-            today(),
+    fn amounts_in_both_languages() {
+        let a = |v: &str, c: &str| Some((v.to_owned(), c.to_owned()));
+        table(
+            &[
+                ("send $1,200.50", a("1200.50", "USD")),
+                ("100 EUR", a("100", "EUR")),
+                ("£20", a("20", "GBP")),
+                ("30 dollars", a("30", "USD")),
+                ("HK$500", a("500", "HKD")),
+                ("no money here", None),
+                ("转账500元", a("500", "CNY")),
+                ("三百块", a("300", "CNY")),
+                ("取了一千五百元", a("1500", "CNY")),
+                ("一千二块钱", a("1200", "CNY")),
+                ("两万块", a("20000", "CNY")),
+                ("一万五人民币", a("15000", "CNY")),
+                ("十块", a("10", "CNY")),
+                ("3千元", a("3000", "CNY")),
+                ("1.5万元", a("15000", "CNY")),
+                ("100美元", a("100", "USD")),
+                ("五十欧元", a("50", "EUR")),
+                ("２００元", a("200", "CNY")),
+                ("¥88", a("88", "CNY")),
+                ("没有金额", None),
+            ],
+            |s| extract(s, today()).amount.map(|a| (a.value, a.currency)),
         );
-        assert_eq!(x.phone.as_deref(), Some("+442079460958"));
-        assert_eq!(x.email.as_deref(), Some("a.b@example.com"));
-        assert_eq!(
-            extract("我的手机13812345678", today()).phone.as_deref(),
-            Some("13812345678")
+    }
+
+    #[test]
+    fn phones_in_both_languages() {
+        let p = |s: &str| Some(s.to_owned());
+        table(
+            &[
+                ("call me on +44 20 7946 0958", p("+442079460958")),
+                ("my number is 020 7946 0958", p("02079460958")),
+                ("2026-12-01", None),
+                ("我的手机13812345678", p("13812345678")),
+                ("打我电话138 1234 5678", p("13812345678")),
+                ("+86 138-1234-5678", p("+8613812345678")),
+                ("0086 13812345678", p("+8613812345678")),
+                ("手机号是１３８１２３４５６７８", p("13812345678")),
+                ("尾号1234", None),
+            ],
+            |s| extract(s, today()).phone,
         );
-        assert_eq!(extract("2026-12-01", today()).phone, None);
-        assert_eq!(
-            extract("card ending in 4321", today())
-                .card_last4
-                .as_deref(),
-            Some("4321")
-        );
-        assert_eq!(
-            extract("last four digits are 9876", today())
-                .card_last4
-                .as_deref(),
-            Some("9876")
-        );
-        assert_eq!(
-            extract("尾号1234", today()).card_last4.as_deref(),
-            Some("1234")
+    }
+
+    #[test]
+    fn card_last_four_in_both_languages() {
+        let c = |s: &str| Some(s.to_owned());
+        table(
+            &[
+                ("card ending in 4321", c("4321")),
+                ("last four digits are 9876", c("9876")),
+                ("it ends with 1111", c("1111")),
+                ("尾号1234", c("1234")),
+                ("卡号尾号是5678", c("5678")),
+                ("后四位是2468", c("2468")),
+                ("最后4位1357", c("1357")),
+                ("尾数9999", c("9999")),
+                ("尾号１２３４", c("1234")),
+                ("1234", None),
+            ],
+            |s| extract(s, today()).card_last4,
         );
         assert_eq!(bare_last4(" 5678 "), Some("5678".into()));
         assert_eq!(bare_last4("it's 5678"), Some("5678".into()));
         assert_eq!(bare_last4("12345"), None);
         assert_eq!(bare_last4("1234 5678"), None);
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            extract("mail a.b@example.com please", today())
+                .email
+                .as_deref(),
+            Some("a.b@example.com")
+        );
+        assert_eq!(
+            extract("邮箱：ｚｈａｎｇ＠ｅｘａｍｐｌｅ．ｃｏｍ", today())
+                .email
+                .as_deref(),
+            Some("zhang@example.com")
+        );
     }
 }
