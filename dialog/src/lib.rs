@@ -18,7 +18,7 @@ pub mod kb;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{NaiveDate, NaiveTime, Timelike};
+use chrono::{Datelike, NaiveDate, NaiveTime, Timelike, Weekday};
 use edgedesk_common::chat::{ChatState, Lang, QuickReply, Sender};
 use edgedesk_common::event::{
     ChatLine, ConversationSummary, Escalation, EscalationWithdrawn, EventBody, FlowCompleted,
@@ -36,6 +36,8 @@ pub const AFFIRM: &str = "affirm";
 pub const DENY: &str = "deny";
 pub const BOOK_APPOINTMENT: &str = "book_appointment";
 pub const LOST_CARD: &str = "lost_or_stolen_card";
+/// Answered from the branch's opening hours and the node's clock.
+pub const BRANCH_HOURS: &str = "branch_hours";
 
 /// Longest name or message kept from a visitor in the offline-message flow.
 const MAX_FIELD_CHARS: usize = 500;
@@ -197,6 +199,8 @@ pub struct Turn<'a> {
     pub nlu: Understanding,
     pub entities: Entities,
     pub today: NaiveDate,
+    /// The branch's local time of day (the node's clock, as `today`).
+    pub local_time: NaiveTime,
     pub now_ms: i64,
     /// Whether a human agent could take the chat (the cloud link; always
     /// `false` on a node without a controller).
@@ -247,6 +251,8 @@ pub struct EngineConfig {
     pub max_reprompts: u8,
     pub opening_hour: u32,
     pub closing_hour: u32,
+    /// Days the branch opens, Monday first.
+    pub open_days: Vec<Weekday>,
 }
 
 impl Default for EngineConfig {
@@ -255,7 +261,60 @@ impl Default for EngineConfig {
             max_reprompts: 2,
             opening_hour: 9,
             closing_hour: 17,
+            open_days: vec![
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+            ],
         }
+    }
+}
+
+fn day_name(d: Weekday, lang: Lang) -> &'static str {
+    let i = d.num_days_from_monday() as usize;
+    match lang {
+        Lang::En => [
+            "Monday",
+            "Tuesday",
+            "Wednesday",
+            "Thursday",
+            "Friday",
+            "Saturday",
+            "Sunday",
+        ][i],
+        Lang::Zh => ["周一", "周二", "周三", "周四", "周五", "周六", "周日"][i],
+    }
+}
+
+/// "Monday to Friday" / "周一至周五" for a run of days, else a list.
+fn days_text(days: &[Weekday], lang: Lang) -> String {
+    let mut sorted: Vec<Weekday> = days.to_vec();
+    sorted.sort_by_key(|d| d.num_days_from_monday());
+    sorted.dedup();
+    let contiguous = sorted
+        .windows(2)
+        .all(|w| w[1].num_days_from_monday() == w[0].num_days_from_monday() + 1);
+    match (sorted.as_slice(), lang) {
+        ([], _) => String::new(),
+        ([d], _) => day_name(*d, lang).to_owned(),
+        ([first, .., last], Lang::En) if contiguous && sorted.len() > 2 => {
+            format!("{} to {}", day_name(*first, lang), day_name(*last, lang))
+        }
+        ([first, .., last], Lang::Zh) if contiguous && sorted.len() > 2 => {
+            format!("{}至{}", day_name(*first, lang), day_name(*last, lang))
+        }
+        (all, Lang::En) => all
+            .iter()
+            .map(|d| day_name(*d, lang))
+            .collect::<Vec<_>>()
+            .join(", "),
+        (all, Lang::Zh) => all
+            .iter()
+            .map(|d| day_name(*d, lang))
+            .collect::<Vec<_>>()
+            .join("、"),
     }
 }
 
@@ -658,6 +717,7 @@ impl Engine {
         match intent {
             BOOK_APPOINTMENT => self.start_flow(conv, FlowKind::BookAppointment, turn, out),
             LOST_CARD => self.start_flow(conv, FlowKind::LostCard, turn, out),
+            BRANCH_HOURS if self.kb.answer(intent).is_some() => self.hours(conv, turn, out),
             _ => match self.kb.answer(intent) {
                 Some(answer) => {
                     let labels = match conv.lang {
@@ -688,6 +748,69 @@ impl Engine {
                 }
             },
         }
+    }
+
+    /// The opening hours, and whether the branch is open now by the
+    /// node's clock (or when it opens next).
+    fn hours(&self, conv: &Conversation, turn: &Turn<'_>, out: &mut Outcome) {
+        let lang = conv.lang;
+        let (open, close) = (self.cfg.opening_hour, self.cfg.closing_hour);
+        let hm = |h: u32| format!("{h}:00");
+        let open_on = |d: NaiveDate| self.cfg.open_days.contains(&d.weekday());
+        let hour = turn.local_time.hour();
+        let status = if open_on(turn.today) && (open..close).contains(&hour) {
+            match lang {
+                Lang::En => format!("We're open now, until {}.", hm(close)),
+                Lang::Zh => format!("现在正在营业，今天营业到{}。", hm(close)),
+            }
+        } else if open_on(turn.today) && hour < open {
+            match lang {
+                Lang::En => format!("We're not open yet; we open today at {}.", hm(open)),
+                Lang::Zh => format!("现在还没开门，今天{}开门。", hm(open)),
+            }
+        } else {
+            let next = (1..=7)
+                .map(|n| turn.today + chrono::Duration::days(n))
+                .find(|d| open_on(*d));
+            match (next, lang) {
+                (None, Lang::En) => "We're closed.".to_owned(),
+                (None, Lang::Zh) => "现在不营业。".to_owned(),
+                (Some(d), Lang::En) => {
+                    let when = if d == turn.today + chrono::Duration::days(1) {
+                        "tomorrow".to_owned()
+                    } else {
+                        format!("on {}", day_name(d.weekday(), lang))
+                    };
+                    format!("We're closed now; we open again {when} at {}.", hm(open))
+                }
+                (Some(d), Lang::Zh) => {
+                    let when = if d == turn.today + chrono::Duration::days(1) {
+                        "明天"
+                    } else {
+                        day_name(d.weekday(), lang)
+                    };
+                    format!("现在不营业，{when}{}开门。", hm(open))
+                }
+            }
+        };
+        let answer = self.kb.answer(BRANCH_HOURS).map(|a| match lang {
+            Lang::En => a.en.as_str(),
+            Lang::Zh => a.zh.as_str(),
+        });
+        let days = days_text(&self.cfg.open_days, lang);
+        let text = answer
+            .unwrap_or("{status}")
+            .replace("{status}", &status)
+            .replace("{days}", &days)
+            .replace("{open}", &hm(open))
+            .replace("{close}", &hm(close));
+        out.replies.push(BotReply {
+            from: Sender::Bot,
+            author: None,
+            text,
+            quick_replies: Vec::new(),
+            intent: Some(BRANCH_HOURS.to_owned()),
+        });
     }
 
     fn start_flow(

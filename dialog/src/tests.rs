@@ -1,7 +1,7 @@
 //! Engine tests: each dialog path, plus property tests over random turn sequences.
 
 use super::*;
-use chrono::NaiveDate;
+use chrono::{NaiveDate, NaiveTime};
 use proptest::prelude::*;
 
 fn engine() -> Engine {
@@ -29,6 +29,7 @@ fn turn<'a>(text: &'a str, intent: &str) -> Turn<'a> {
         },
         entities: edgedesk_nlu::entities::extract(text, today()),
         today: today(),
+        local_time: NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
         now_ms: 1_000,
         agents_available: false,
     }
@@ -462,4 +463,61 @@ fn a_long_wait_offers_a_message_once_and_keeping_waiting_stays_queued() {
     assert!(out.events.is_empty());
     assert_eq!(c.phase, Phase::WaitingForAgent);
     assert!(e.queue_position(&c, 3).contains('3'));
+}
+
+/// The branch's hours, and whether it is open now by the node's clock: in
+/// hours, before opening, after closing on a Friday (next: Monday), in both
+/// languages.
+#[test]
+fn opening_hours_answer_from_the_clock() {
+    let e = engine();
+    let at = |h: u32, day: u32, lang: Lang, text: &str| {
+        let mut c = Conversation::new("h".into(), lang, 0);
+        let mut t = turn(text, BRANCH_HOURS);
+        t.today = NaiveDate::from_ymd_opt(2026, 11, day).unwrap();
+        t.local_time = NaiveTime::from_hms_opt(h, 30, 0).unwrap();
+        let out = e.handle(&mut c, &t);
+        assert_eq!(out.replies.len(), 1);
+        assert_eq!(out.replies[0].intent.as_deref(), Some(BRANCH_HOURS));
+        out.replies[0].text.clone()
+    };
+    // 2026-11-26 is a Thursday, 27 a Friday.
+    let open = at(10, 26, Lang::En, "are you open now");
+    assert!(open.contains("open now, until 17:00"), "{open}");
+    assert!(open.contains("Monday to Friday, 9:00–17:00"), "{open}");
+    let early = at(7, 26, Lang::En, "what time do you open");
+    assert!(early.contains("open today at 9:00"), "{early}");
+    let evening = at(18, 26, Lang::En, "when do you open");
+    assert!(evening.contains("again tomorrow at 9:00"), "{evening}");
+    let friday_night = at(18, 27, Lang::En, "when do you open");
+    assert!(
+        friday_night.contains("again on Monday at 9:00"),
+        "{friday_night}"
+    );
+    let zh = at(10, 26, Lang::Zh, "营业时间是几点");
+    assert!(zh.contains("现在正在营业，今天营业到17:00"), "{zh}");
+    assert!(zh.contains("周一至周五"), "{zh}");
+    let zh_closed = at(18, 27, Lang::Zh, "现在开门吗");
+    assert!(zh_closed.contains("周一9:00开门"), "{zh_closed}");
+    // Other opening days are described as configured.
+    let weekend = Engine::new(
+        Arc::new(KnowledgeBase::builtin()),
+        EngineConfig {
+            open_days: vec![chrono::Weekday::Sat, chrono::Weekday::Mon],
+            ..EngineConfig::default()
+        },
+    );
+    let mut c = conv();
+    let out = weekend.handle(&mut c, &turn("what are your hours", BRANCH_HOURS));
+    assert!(
+        out.replies[0].text.contains("Monday, Saturday"),
+        "{}",
+        out.replies[0].text
+    );
+    // 2026-11-26 is a Thursday: not an opening day there; next is Saturday.
+    assert!(
+        out.replies[0].text.contains("again on Saturday at 9:00"),
+        "{}",
+        out.replies[0].text
+    );
 }

@@ -91,6 +91,8 @@ pub struct DialogConfig {
     pub max_reprompts: u8,
     pub opening_hour: u32,
     pub closing_hour: u32,
+    /// Days the branch opens: mon tue wed thu fri sat sun.
+    pub open_days: Vec<String>,
     pub queue_offer_secs: u32,
     pub abandon_grace_secs: u32,
 }
@@ -267,6 +269,18 @@ impl Config {
                 "opening_hour must be before closing_hour, both within 0..24",
             );
         }
+        if self.dialog.open_days.is_empty()
+            || self
+                .dialog
+                .open_days
+                .iter()
+                .any(|d| d.parse::<chrono::Weekday>().is_err())
+        {
+            return bad(
+                "dialog.open_days",
+                "a list of at least one of mon tue wed thu fri sat sun",
+            );
+        }
         if self.store.batch_max == 0 || self.store.queue_capacity == 0 {
             return bad(
                 "store.batch_max",
@@ -404,6 +418,16 @@ mod tests {
         std::fs::write(&p, "[dialog]\nmax_reprompt = 3\n").unwrap();
         let e = Config::load(Some(&p), Vec::new()).unwrap_err();
         assert!(e.to_string().contains("dialog.max_reprompt"), "{e}");
+        for days in ["[]", "[\"mon\", \"funday\"]"] {
+            std::fs::write(&p, format!("[dialog]\nopen_days = {days}\n")).unwrap();
+            let e = Config::load(Some(&p), Vec::new()).unwrap_err();
+            assert!(e.to_string().contains("dialog.open_days"), "{days}: {e}");
+        }
+        std::fs::write(&p, "[dialog]\nopen_days = [\"Mon\", \"saturday\"]\n").unwrap();
+        assert!(
+            Config::load(Some(&p), Vec::new()).is_ok(),
+            "names as chrono reads them"
+        );
         std::fs::write(&p, "[dialog\n").unwrap();
         assert!(matches!(
             Config::load(Some(&p), Vec::new()),

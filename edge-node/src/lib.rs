@@ -152,6 +152,13 @@ pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError>
             max_reprompts: config.dialog.max_reprompts,
             opening_hour: config.dialog.opening_hour,
             closing_hour: config.dialog.closing_hour,
+            // Checked when the configuration loaded.
+            open_days: config
+                .dialog
+                .open_days
+                .iter()
+                .filter_map(|d| d.parse().ok())
+                .collect(),
         },
     );
     Ok((manager, engine))

@@ -47,6 +47,19 @@ test("the 中文 switch changes the page and the bot's language", async () => {
   await ctx.close();
 });
 
+test("a visitor asks when the branch opens, in English and in Chinese, and reads the hours", async () => {
+  const { ctx, page } = await freshPage();
+  await page.locator("#input").fill("What time do you open?");
+  await page.keyboard.press("Enter");
+  await botSays(page, "Our opening hours: Monday to Friday, 9:00–17:00");
+  await page.getByRole("button", { name: "中文" }).click();
+  await page.locator("#input").fill("营业时间是几点");
+  await page.keyboard.press("Enter");
+  await botSays(page, "营业时间：周一至周五 9:00–17:00");
+  await page.screenshot({ path: join(SHOTS, "kiosk-hours.png") });
+  await ctx.close();
+});
+
 test("a reload brings the conversation back", async () => {
   const { ctx, page } = await freshPage();
   await page.locator("#input").fill("how do I activate my card");

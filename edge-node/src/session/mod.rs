@@ -556,13 +556,15 @@ impl Sessions {
                 Conversation::new(uuid::Uuid::new_v4().to_string(), active.conv.lang, now);
             start = Some((active.conv.lang.as_str().to_owned(), now));
         }
-        let today = chrono::Local::now().date_naive();
+        let local = chrono::Local::now().naive_local();
+        let today = local.date();
         let turn = Turn {
             text: &text,
             command,
             nlu: nlu.clone(),
             entities: entities::extract(&text, today),
             today,
+            local_time: local.time(),
             now_ms: now,
             agents_available: *self.d.link_up.borrow(),
         };
