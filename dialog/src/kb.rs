@@ -175,6 +175,11 @@ impl KnowledgeBase {
         text
     }
 
+    /// Whether the knowledge base has prompt `name` (optional prompts).
+    pub fn has_prompt(&self, name: &str) -> bool {
+        self.prompts.contains_key(name)
+    }
+
     pub fn answer(&self, intent: &str) -> Option<&Answer> {
         self.intents.get(intent)
     }

@@ -844,6 +844,8 @@ impl Engine {
                 if let Some(date) = e.date {
                     if date < turn.today {
                         problem = Some("appt_date_past");
+                    } else if !self.cfg.open_days.contains(&date.weekday()) {
+                        problem = Some("appt_date_closed");
                     } else {
                         flow.slots
                             .insert("date".into(), date.format("%Y-%m-%d").to_string());
@@ -872,6 +874,28 @@ impl Engine {
             }
         }
         problem
+    }
+
+    /// Why a slot value was refused, with the opening hours and days filled
+    /// in. `appt_date_closed` is newer than some operators' knowledge bases:
+    /// without it, the hours prompt says when the branch is open.
+    fn problem_reply(&self, problem: &str, lang: Lang) -> BotReply {
+        let problem = if problem == "appt_date_closed" && !self.kb.has_prompt(problem) {
+            "appt_time_closed"
+        } else {
+            problem
+        };
+        let days = days_text(&self.cfg.open_days, lang);
+        self.reply(
+            problem,
+            lang,
+            &[
+                ("open", &self.cfg.opening_hour.to_string()),
+                ("close", &self.cfg.closing_hour.to_string()),
+                ("days", &days),
+            ],
+            &[],
+        )
     }
 
     fn open_at(&self, time: NaiveTime) -> bool {
@@ -978,7 +1002,7 @@ impl Engine {
             let before = flow.slots.clone();
             let problem = self.fill_slots(&mut flow, turn, false);
             if let Some(p) = problem {
-                out.replies.push(self.reply(p, lang, &[], &[]));
+                out.replies.push(self.problem_reply(p, lang));
             }
             let changed = flow.slots != before;
             self.advance(conv, flow, out, !changed);
@@ -987,15 +1011,7 @@ impl Engine {
         let before = flow.slots.clone();
         let problem = self.fill_slots(&mut flow, turn, false);
         if let Some(p) = problem {
-            out.replies.push(self.reply(
-                p,
-                lang,
-                &[
-                    ("open", &self.cfg.opening_hour.to_string()),
-                    ("close", &self.cfg.closing_hour.to_string()),
-                ],
-                &[],
-            ));
+            out.replies.push(self.problem_reply(p, lang));
         }
         let progressed = flow.slots != before;
         self.advance(conv, flow, out, !progressed);

@@ -190,6 +190,56 @@ fn appointment_rejects_past_dates() {
     assert!(matches!(&c.phase, Phase::Flow(f) if f.step == Step::AskDate));
 }
 
+/// A day the branch is closed is refused like a past date, saying when it
+/// is open; an operator's knowledge base without the newer prompt falls
+/// back to the hours prompt, never to a bare prompt name.
+#[test]
+fn appointment_rejects_days_the_branch_is_closed() {
+    let (e, mut c) = (engine(), conv());
+    e.handle(&mut c, &turn("appointment", "book_appointment"));
+    // 2026-11-29 is a Sunday.
+    let out = e.handle(&mut c, &turn("2026-11-29", ""));
+    assert!(
+        out.replies[0].text.contains("closed that day")
+            && out.replies[0]
+                .text
+                .contains("Monday to Friday, 9:00 to 17:00"),
+        "{:?}",
+        out.replies
+    );
+    assert!(matches!(&c.phase, Phase::Flow(f) if f.step == Step::AskDate));
+    let out = e.handle(&mut c, &turn("2026-11-30", ""));
+    assert!(
+        matches!(&c.phase, Phase::Flow(f) if f.step == Step::AskTime),
+        "{:?}",
+        out.replies
+    );
+
+    let mut zh = Conversation::new("z".into(), Lang::Zh, 0);
+    e.handle(&mut zh, &turn("我想预约", "book_appointment"));
+    let out = e.handle(&mut zh, &turn("2026-11-29", ""));
+    assert!(
+        out.replies[0].text.contains("那天不营业"),
+        "{:?}",
+        out.replies
+    );
+
+    let old_kb =
+        crate::kb::DEFAULT_KB.replace("[prompts.appt_date_closed]", "[prompts.unused_old]");
+    let old = Engine::new(
+        Arc::new(KnowledgeBase::parse(&old_kb, "old.toml").unwrap()),
+        EngineConfig::default(),
+    );
+    let mut c = conv();
+    old.handle(&mut c, &turn("appointment", "book_appointment"));
+    let out = old.handle(&mut c, &turn("2026-11-29", ""));
+    assert!(
+        out.replies[0].text.contains("We're closed then"),
+        "{:?}",
+        out.replies
+    );
+}
+
 #[test]
 fn lost_card_flow_in_chinese() {
     let (e, mut c) = (engine(), conv());
