@@ -87,12 +87,11 @@ class Tokenizer:
     of spaces collapsed, metaspace, then the best-scoring segmentation
     (Viterbi); an unknown character costs the lowest piece score less 10."""
 
-    def __init__(self, pieces, scores, norm, unk=3, keep=None):
+    def __init__(self, pieces, scores, norm, unk=3):
         self.norm = norm
         self.unk = unk
-        ids = range(len(pieces)) if keep is None else keep
         self.vocab = {}
-        for i in ids:
+        for i in range(len(pieces)):
             p = pieces[i]
             if i == unk or not p:
                 continue
@@ -177,77 +176,75 @@ def export_onnx(cfg, tensors, keep_ids, path):
     init("half", np.array(0.5, dtype=np.float32))
     init("rsqrt2", np.array(1.0 / np.sqrt(2.0), dtype=np.float32))
     init("axes1", np.array([1], dtype=np.int64))
+    init("axes2", np.array([2], dtype=np.int64))
     init("axes12", np.array([1, 2], dtype=np.int64))
     init("eps_n", np.array(1e-12, dtype=np.float32))
 
-    x = node("Gather", ["word", "input_ids"], ["w_emb"], axis=0)
+    node("Gather", ["word", "input_ids"], ["w_emb"], axis=0)
     node("Shape", ["input_ids"], ["ids_shape"])
     node("Gather", ["ids_shape", "one"], ["t_len"], axis=0)  # [1]
     node("Slice", ["pos", "zero", "t_len", "zero"], ["pos_t"])
-    x = node("Add", [x, "pos_t"], ["e1"])
-    x = node("Add", [x, "type0"], ["e2"])
-    x = node("LayerNormalization", [x, "eln_w", "eln_b"], ["x0"], axis=-1, epsilon=cfg["eps"])
+    node("Add", ["w_emb", "pos_t"], ["e1"])
+    node("Add", ["e1", "type0"], ["e2"])
+    x = node("LayerNormalization", ["e2", "eln_w", "eln_b"], ["x0"], axis=-1, epsilon=cfg["eps"])
     # mask bias [N,1,1,T]
     node("Sub", ["f1", "mask"], ["inv_mask"])
     node("Mul", ["inv_mask", "neg"], ["mbias2"])
     node("Unsqueeze", ["mbias2", "axes12"], ["mbias"])
+    def lin(inp, p, name, nout, nin):
+        """inp @ W^T + b with the layer's Q4 weights (stored [nout, nin])."""
+        init(p + name + ".W", tensor(tensors, p + name + ".w", (nout, nin)).T.astype(np.float32))
+        init(p + name + ".B", tensor(tensors, p + name + ".b", (nout,)))
+        node("MatMul", [inp, p + name + ".W"], [p + name + "_mm"])
+        return node("Add", [p + name + "_mm", p + name + ".B"], [p + name])
+
+    def heads(inp, p, perm):
+        """[N,T,H] -> [N,NH,T,hd] (or [N,NH,hd,T] for keys)."""
+        node("Reshape", [inp, "shape_heads"], [inp + "4"])
+        return node("Transpose", [inp + "4"], [inp + "h"], perm=perm)
+
+    def add_norm(x, y, p, name):
+        """LayerNorm(x + y) with the layer's `name` weights."""
+        init(p + name + "_w", tensor(tensors, p + name + ".w", (H,)))
+        init(p + name + "_b", tensor(tensors, p + name + ".b", (H,)))
+        node("Add", [x, y], [p + name + "_sum"])
+        return node("LayerNormalization", [p + name + "_sum", p + name + "_w", p + name + "_b"],
+                    [p + name + "_out"], axis=-1, epsilon=cfg["eps"])
+
     for l in range(NL):
         p = f"l{l}."
-        def lin(inp, name, nout, nin, tag):
-            w = tensor(tensors, p + name + ".w", (nout, nin)).T
-            b = tensor(tensors, p + name + ".b", (nout,))
-            init(p + name + ".W", w.astype(np.float32))
-            init(p + name + ".B", b.astype(np.float32))
-            m = node("MatMul", [inp, p + name + ".W"], [p + tag + "_mm"])
-            return node("Add", [m, p + name + ".B"], [p + tag])
-        q = lin(x, "q", H, H, "q")
-        k = lin(x, "k", H, H, "k")
-        v = lin(x, "v", H, H, "v")
-        node("Reshape", [q, "shape_heads"], [p + "q4"])
-        node("Transpose", [p + "q4"], [p + "qh"], perm=[0, 2, 1, 3])
-        node("Reshape", [k, "shape_heads"], [p + "k4"])
-        node("Transpose", [p + "k4"], [p + "kh"], perm=[0, 2, 3, 1])
-        node("Reshape", [v, "shape_heads"], [p + "v4"])
-        node("Transpose", [p + "v4"], [p + "vh"], perm=[0, 2, 1, 3])
-        node("MatMul", [p + "qh", p + "kh"], [p + "s0"])
+        qh = heads(lin(x, p, "q", H, H), p, [0, 2, 1, 3])
+        kh = heads(lin(x, p, "k", H, H), p, [0, 2, 3, 1])
+        vh = heads(lin(x, p, "v", H, H), p, [0, 2, 1, 3])
+        node("MatMul", [qh, kh], [p + "s0"])
         node("Mul", [p + "s0", "scale"], [p + "s1"])
         node("Add", [p + "s1", "mbias"], [p + "s2"])
         node("Softmax", [p + "s2"], [p + "pr"], axis=-1)
-        node("MatMul", [p + "pr", p + "vh"], [p + "c4"])
+        node("MatMul", [p + "pr", vh], [p + "c4"])
         node("Transpose", [p + "c4"], [p + "c3"], perm=[0, 2, 1, 3])
         node("Reshape", [p + "c3", "shape_merge"], [p + "ctx"])
-        ao = lin(p + "ctx", "ao", H, H, "ao")
-        node("Add", [x, ao], [p + "r1"])
-        w_ = tensor(tensors, p + "aln.w", (H,)); b_ = tensor(tensors, p + "aln.b", (H,))
-        init(p + "aln_w", w_); init(p + "aln_b", b_)
-        x = node("LayerNormalization", [p + "r1", p + "aln_w", p + "aln_b"], [p + "x1"], axis=-1, epsilon=cfg["eps"])
-        fi = lin(x, "fi", FF, H, "fi")
+        x = add_norm(x, lin(p + "ctx", p, "ao", H, H), p, "aln")
+        fi = lin(x, p, "fi", FF, H)
+        # exact GELU: x * (1 + erf(x / sqrt 2)) / 2
         node("Mul", [fi, "rsqrt2"], [p + "g0"])
         node("Erf", [p + "g0"], [p + "g1"])
         node("Add", [p + "g1", "f1"], [p + "g2"])
         node("Mul", [fi, p + "g2"], [p + "g3"])
         node("Mul", [p + "g3", "half"], [p + "gelu"])
-        fo = lin(p + "gelu", "fo", H, FF, "fo")
-        node("Add", [x, fo], [p + "r2"])
-        w_ = tensor(tensors, p + "oln.w", (H,)); b_ = tensor(tensors, p + "oln.b", (H,))
-        init(p + "oln_w", w_); init(p + "oln_b", b_)
-        x = node("LayerNormalization", [p + "r2", p + "oln_w", p + "oln_b"], [p + "x2"], axis=-1, epsilon=cfg["eps"])
+        x = add_norm(x, lin(p + "gelu", p, "fo", H, FF), p, "oln")
     # masked mean pool, then L2
     node("Unsqueeze", ["mask", "axes2"], ["mask3"])
-    init("axes2", np.array([2], dtype=np.int64))
     node("Mul", [x, "mask3"], ["xm"])
     node("ReduceSum", ["xm", "axes1"], ["sum"], keepdims=0)
     node("ReduceSum", ["mask", "axes1"], ["cnt"], keepdims=1)
     node("Div", ["sum", "cnt"], ["mean"])
     node("Mul", ["mean", "mean"], ["sq"])
-    init("axes_last", np.array([1], dtype=np.int64))
-    node("ReduceSum", ["sq", "axes_last"], ["ss"], keepdims=1)
+    node("ReduceSum", ["sq", "axes1"], ["ss"], keepdims=1)
     node("Max", ["ss", "eps_n"], ["ss2"])
     node("Sqrt", ["ss2"], ["norm"])
     node("Div", ["mean", "norm"], ["embedding"])
-    nodes_clean = nodes
     graph = helper.make_graph(
-        nodes_clean, "e5-small",
+        nodes, "e5-small",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None, None]),
          helper.make_tensor_value_info("mask", TensorProto.FLOAT, [None, None])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, H])],

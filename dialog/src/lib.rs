@@ -772,24 +772,28 @@ impl Engine {
             let next = (1..=7)
                 .map(|n| turn.today + chrono::Duration::days(n))
                 .find(|d| open_on(*d));
-            match (next, lang) {
-                (None, Lang::En) => "We're closed.".to_owned(),
-                (None, Lang::Zh) => "现在不营业。".to_owned(),
-                (Some(d), Lang::En) => {
-                    let when = if d == turn.today + chrono::Duration::days(1) {
-                        "tomorrow".to_owned()
-                    } else {
-                        format!("on {}", day_name(d.weekday(), lang))
-                    };
-                    format!("We're closed now; we open again {when} at {}.", hm(open))
-                }
-                (Some(d), Lang::Zh) => {
-                    let when = if d == turn.today + chrono::Duration::days(1) {
-                        "明天"
-                    } else {
-                        day_name(d.weekday(), lang)
-                    };
-                    format!("现在不营业，{when}{}开门。", hm(open))
+            match next {
+                None => match lang {
+                    Lang::En => "We're closed.".to_owned(),
+                    Lang::Zh => "现在不营业。".to_owned(),
+                },
+                Some(d) => {
+                    let tomorrow = d == turn.today + chrono::Duration::days(1);
+                    let day = day_name(d.weekday(), lang);
+                    match lang {
+                        Lang::En => {
+                            let when = if tomorrow {
+                                "tomorrow".to_owned()
+                            } else {
+                                format!("on {day}")
+                            };
+                            format!("We're closed now; we open again {when} at {}.", hm(open))
+                        }
+                        Lang::Zh => {
+                            let when = if tomorrow { "明天" } else { day };
+                            format!("现在不营业，{when}{}开门。", hm(open))
+                        }
+                    }
                 }
             }
         };

@@ -158,20 +158,16 @@ impl NodeKeys {
         }
         let snapshot = self.file().clone();
         let path = self.path.clone();
-        let saved = tokio::task::spawn_blocking(move || snapshot.save(&path)).await;
-        match saved {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "saving the identity file failed; retrying");
-                self.dirty.store(true, Ordering::SeqCst);
-                false
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "saving the identity file failed; retrying");
-                self.dirty.store(true, Ordering::SeqCst);
-                false
-            }
+        let saved = tokio::task::spawn_blocking(move || snapshot.save(&path))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "saving the identity file failed; retrying");
+            self.dirty.store(true, Ordering::SeqCst);
+            return false;
         }
+        true
     }
 }
 
