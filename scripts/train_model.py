@@ -11,7 +11,7 @@ Data (all in the repository):
   data/clinc150-oos/oos_val.csv      ... used only to calibrate the threshold
   data/intents/edgedesk_intents.csv  EdgeDesk's own EN/ZH control intents
   data/intents/zh_banking77.csv      Chinese utterances for the 77 banking intents
-  data/intents/branch_intents.csv    EN/ZH questions about the branch itself (hours)
+  data/intents/branch_intents.csv    EN/ZH questions about the branch itself (hours, address, services, ATMs, queue tickets, documents)
   data/intents/golden.csv            the golden set shipped in the bundle
 
 A stratified validation split is carved out of the training data; the

@@ -602,7 +602,9 @@
     mk("line", { x1: L, x2: L, y1: T, y2: T + ph, class: "axis" });
     for (const i of [0, 15, 29]) {
       const d = new Date(start + i * DAY);
-      mk("text", { x: L + i * slot + slot / 2, y: H - 6, "text-anchor": "middle" }, d.toLocaleDateString([], { month: "short", day: "numeric" }));
+      // The last date ends at the plot's right edge so it is never clipped.
+      const anchor = i === 29 ? { x: W - R, a: "end" } : { x: L + i * slot + slot / 2, a: "middle" };
+      mk("text", { x: anchor.x, y: H - 6, "text-anchor": anchor.a }, d.toLocaleDateString([], { month: "short", day: "numeric" }));
     }
     const points = days.filter((d) => d[key] != null && d.day >= start);
     if (!points.length) { mk("text", { x: L + pw / 2, y: T + ph / 2, "text-anchor": "middle" }, "No data yet"); return; }

@@ -235,6 +235,17 @@ enum NodesCmd {
     },
     /// A node's commands and their acknowledgements.
     Commands { id: String },
+    /// A branch's hours and facts as set through the controller, and
+    /// whether the node has them.
+    Branch { id: String },
+    /// Set a branch's hours, holidays and facts from a TOML or JSON file
+    /// (the shape of the node's `[branch]` section: `hours`, `holidays`,
+    /// `facts`; see `edge-node config default`).
+    SetBranch {
+        id: String,
+        /// The file; `.json` is read as JSON, anything else as TOML.
+        file: PathBuf,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
@@ -427,6 +438,21 @@ fn https_client(cli: &Cli, base: &str) -> Result<reqwest::Client, ExitCode> {
 }
 
 /// `KEY=VALUE` arguments as a JSON object (labels, selectors).
+/// A branch settings file as the JSON the REST API takes. Checked here for
+/// shape (unknown keys are named); the controller checks the values.
+fn read_branch_file(path: &std::path::Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let info: edgedesk_common::branch::BranchInfo = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        serde_json::from_str(&text).map_err(|e| e.to_string())?
+    } else {
+        toml::from_str(&text).map_err(|e| e.to_string())?
+    };
+    serde_json::to_value(info).map_err(|e| e.to_string())
+}
+
 fn key_values(pairs: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, ExitCode> {
     let mut map = serde_json::Map::new();
     for kv in pairs {
@@ -500,6 +526,25 @@ fn client(cli: &Cli) -> ExitCode {
             format!("/api/v1/nodes/{id}/commands"),
             None,
         ),
+        Some(Cmd::Nodes(NodesCmd::Branch { id })) => (
+            reqwest::Method::GET,
+            format!("/api/v1/nodes/{id}/branch"),
+            None,
+        ),
+        Some(Cmd::Nodes(NodesCmd::SetBranch { id, file })) => {
+            let body = match read_branch_file(file) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("cloud-controller: {}: {e}", file.display());
+                    return ExitCode::from(65);
+                }
+            };
+            (
+                reqwest::Method::PUT,
+                format!("/api/v1/nodes/{id}/branch"),
+                Some(body),
+            )
+        }
         Some(Cmd::Nodes(NodesCmd::Label { id, labels })) => {
             let map = match key_values(labels) {
                 Ok(m) => m,

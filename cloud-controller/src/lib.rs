@@ -12,6 +12,7 @@
 //! [`run`] wires the parts together; `main.rs` only calls [`cli::main`].
 
 pub mod accounts;
+pub mod branches;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -281,35 +281,35 @@ fn crds_are_generated_and_the_chart_copy_matches() {
     );
 }
 
+/// The registry is mirrored as EdgeNodes; an EdgeNode's `spec.branch` is
+/// checked, kept and queued for its node like a REST call (`status.branch`
+/// says "pending"), a broken one is reported "invalid" and changes nothing;
+/// mirrors of nodes no longer in the registry are deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_is_mirrored_as_edge_nodes() {
     let (ctl, token, _dir) = controller().await;
     enrol(&ctl, "branch-1").await;
+    enrol(&ctl, "branch-2").await;
     let (ctx, mut handle) = fake_api(&ctl);
     let client = ctx.client.clone();
-    let store = ctl.store.clone();
+    let rollouts = ctl.rollouts.clone();
     let task =
-        tokio::spawn(async move { operator::mirror_nodes(&client, "default", &store).await });
+        tokio::spawn(async move { operator::mirror_nodes(&client, "default", &rollouts).await });
     const EN: &str = "/apis/edgedesk.io/v1alpha1/namespaces/default/edgenodes";
-    let node = serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1", "kind": "EdgeNode",
-        "metadata": { "name": "branch-1", "namespace": "default" },
-        "spec": { "nodeId": "branch-1", "labels": { "kind": "bank" } } });
-    expect(
-        &mut handle,
-        "PATCH",
-        &format!("{EN}/branch-1"),
-        &["\"nodeId\":\"branch-1\"", "\"kind\":\"bank\""],
-        node.clone(),
-    )
-    .await;
-    expect(
-        &mut handle,
-        "PATCH",
-        &format!("{EN}/branch-1/status"),
-        &["\"online\":false", "\"revoked\":false"],
-        node.clone(),
-    )
-    .await;
+    let object = |name: &str, branch: serde_json::Value| {
+        serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1", "kind": "EdgeNode",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "nodeId": name, "labels": { "kind": "bank" }, "branch": branch } })
+    };
+    let good = object(
+        "branch-1",
+        serde_json::json!({ "hours": { "sat": "10:00-13:00" },
+            "facts": { "address": { "en": "1 Quay St", "zh": "码头街1号" } } }),
+    );
+    let bad = object(
+        "branch-2",
+        serde_json::json!({ "hours": { "mon": "17:00-09:00" } }),
+    );
     // A mirror of a node no longer in the registry is deleted.
     let stale = serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1", "kind": "EdgeNode",
         "metadata": { "name": "gone-7", "namespace": "default" },
@@ -320,11 +320,62 @@ async fn the_registry_is_mirrored_as_edge_nodes() {
         EN,
         &[],
         serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1",
-        "kind": "EdgeNodeList", "metadata": {}, "items": [node, stale.clone()] }),
+        "kind": "EdgeNodeList", "metadata": {}, "items": [good, bad, stale.clone()] }),
+    )
+    .await;
+    let spec = expect(
+        &mut handle,
+        "PATCH",
+        &format!("{EN}/branch-1"),
+        &["\"nodeId\":\"branch-1\""],
+        good.clone(),
+    )
+    .await;
+    assert!(
+        !spec.contains("branch\":{"),
+        "the mirror never writes spec.branch: {spec}"
+    );
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{EN}/branch-1/status"),
+        &[
+            "\"online\":false",
+            "\"revoked\":false",
+            "\"branch\":\"pending\"",
+        ],
+        good,
+    )
+    .await;
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{EN}/branch-2"),
+        &[],
+        bad.clone(),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{EN}/branch-2/status"),
+        &["\"branch\":\"invalid: branch.hours.mon"],
+        bad,
     )
     .await;
     expect(&mut handle, "DELETE", &format!("{EN}/gone-7"), &[], stale).await;
     task.await.unwrap().expect("mirrored");
+    let kept = ctl.store.branch("branch-1").await.unwrap().expect("kept");
+    assert_eq!(kept.updated_by, "kubernetes");
+    assert_eq!(kept.info.facts["address"].zh, "码头街1号");
+    let queued = ctl.store.commands("branch-1", 10).await.unwrap();
+    assert!(
+        queued
+            .iter()
+            .any(|c| c.command.id == kept.command_id && c.command.body.kind() == "set_branch"),
+        "{queued:?}"
+    );
+    assert!(ctl.store.branch("branch-2").await.unwrap().is_none());
     token.cancel();
 }
 

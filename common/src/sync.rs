@@ -128,6 +128,8 @@ pub enum CommandBody {
     ModelUpdate(ModelUpdate),
     /// Go back to an earlier version kept on the node.
     ModelRollback(ModelRollback),
+    /// Replace the branch's hours and facts (kept by the node, used at once).
+    SetBranch(crate::branch::BranchInfo),
 }
 
 impl CommandBody {
@@ -140,6 +142,7 @@ impl CommandBody {
         "agent_closed",
         "model_update",
         "model_rollback",
+        "set_branch",
     ];
 
     /// The wire name of this command's kind.
@@ -152,6 +155,7 @@ impl CommandBody {
             CommandBody::AgentClosed(_) => "agent_closed",
             CommandBody::ModelUpdate(_) => "model_update",
             CommandBody::ModelRollback(_) => "model_rollback",
+            CommandBody::SetBranch(_) => "set_branch",
         }
     }
 

@@ -127,10 +127,21 @@ impl KnowledgeBase {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<KnowledgeBase, KbError> {
-        let kb: KnowledgeBase = toml::from_str(text).map_err(|e| KbError::Parse {
+        let mut kb: KnowledgeBase = toml::from_str(text).map_err(|e| KbError::Parse {
             path: origin.into(),
             message: e.to_string(),
         })?;
+        // `{open}` and `{close}` were whole hours ("{open}:00") before the
+        // branch could open at 9:30; they are "9:30" now.
+        for p in kb.prompts.values_mut() {
+            for t in [&mut p.en, &mut p.zh] {
+                if t.contains("{open}:00") || t.contains("{close}:00") {
+                    *t = t
+                        .replace("{open}:00", "{open}")
+                        .replace("{close}:00", "{close}");
+                }
+            }
+        }
         for name in REQUIRED_PROMPTS {
             if !kb.prompts.contains_key(*name) {
                 return Err(KbError::MissingPrompt {

@@ -13,12 +13,13 @@
 //! SQLite, no ONNX Runtime (entities come from `edgedesk-nlu` without its
 //! `onnx` feature).
 
+pub mod branch;
 pub mod kb;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use chrono::{Datelike, NaiveDate, NaiveTime, Timelike, Weekday};
+use chrono::{Datelike, NaiveDate, NaiveTime, Weekday};
 use edgedesk_common::chat::{ChatState, Lang, QuickReply, Sender};
 use edgedesk_common::event::{
     ChatLine, ConversationSummary, Escalation, EscalationWithdrawn, EventBody, FlowCompleted,
@@ -26,6 +27,7 @@ use edgedesk_common::event::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use branch::{Branch, BranchError};
 use edgedesk_nlu::entities::{self, Entities};
 pub use kb::KnowledgeBase;
 
@@ -38,6 +40,16 @@ pub const BOOK_APPOINTMENT: &str = "book_appointment";
 pub const LOST_CARD: &str = "lost_or_stolen_card";
 /// Answered from the branch's opening hours and the node's clock.
 pub const BRANCH_HOURS: &str = "branch_hours";
+/// Intents answered from one of the branch's facts (the knowledge base's
+/// answer is the wording, with `{fact}` placeholders filled in), and the
+/// fact without which there is no answer.
+pub const BRANCH_FACT_INTENTS: &[(&str, &str)] = &[
+    ("branch_address", "address"),
+    ("branch_services", "services"),
+    ("branch_atm", "atms"),
+    ("queue_ticket", "queue"),
+    ("branch_documents", "documents"),
+];
 
 /// Longest name or message kept from a visitor in the offline-message flow.
 const MAX_FIELD_CHARS: usize = 500;
@@ -249,47 +261,33 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub max_reprompts: u8,
-    pub opening_hour: u32,
-    pub closing_hour: u32,
-    /// Days the branch opens, Monday first.
-    pub open_days: Vec<Weekday>,
+    /// The branch's hours and facts at start; [`Engine::set_branch`]
+    /// replaces them while the node runs.
+    pub branch: Branch,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_reprompts: 2,
-            opening_hour: 9,
-            closing_hour: 17,
-            open_days: vec![
-                Weekday::Mon,
-                Weekday::Tue,
-                Weekday::Wed,
-                Weekday::Thu,
-                Weekday::Fri,
-            ],
+            branch: Branch::uniform(
+                9,
+                17,
+                &[
+                    Weekday::Mon,
+                    Weekday::Tue,
+                    Weekday::Wed,
+                    Weekday::Thu,
+                    Weekday::Fri,
+                ],
+            ),
         }
-    }
-}
-
-fn day_name(d: Weekday, lang: Lang) -> &'static str {
-    let i = d.num_days_from_monday() as usize;
-    match lang {
-        Lang::En => [
-            "Monday",
-            "Tuesday",
-            "Wednesday",
-            "Thursday",
-            "Friday",
-            "Saturday",
-            "Sunday",
-        ][i],
-        Lang::Zh => ["周一", "周二", "周三", "周四", "周五", "周六", "周日"][i],
     }
 }
 
 /// "Monday to Friday" / "周一至周五" for a run of days, else a list.
 fn days_text(days: &[Weekday], lang: Lang) -> String {
+    let name = |d: &Weekday| branch::day_name(d.num_days_from_monday() as usize, lang);
     let mut sorted: Vec<Weekday> = days.to_vec();
     sorted.sort_by_key(|d| d.num_days_from_monday());
     sorted.dedup();
@@ -298,23 +296,15 @@ fn days_text(days: &[Weekday], lang: Lang) -> String {
         .all(|w| w[1].num_days_from_monday() == w[0].num_days_from_monday() + 1);
     match (sorted.as_slice(), lang) {
         ([], _) => String::new(),
-        ([d], _) => day_name(*d, lang).to_owned(),
+        ([d], _) => name(d).to_owned(),
         ([first, .., last], Lang::En) if contiguous && sorted.len() > 2 => {
-            format!("{} to {}", day_name(*first, lang), day_name(*last, lang))
+            format!("{} to {}", name(first), name(last))
         }
         ([first, .., last], Lang::Zh) if contiguous && sorted.len() > 2 => {
-            format!("{}至{}", day_name(*first, lang), day_name(*last, lang))
+            format!("{}至{}", name(first), name(last))
         }
-        (all, Lang::En) => all
-            .iter()
-            .map(|d| day_name(*d, lang))
-            .collect::<Vec<_>>()
-            .join(", "),
-        (all, Lang::Zh) => all
-            .iter()
-            .map(|d| day_name(*d, lang))
-            .collect::<Vec<_>>()
-            .join("、"),
+        (all, Lang::En) => all.iter().map(name).collect::<Vec<_>>().join(", "),
+        (all, Lang::Zh) => all.iter().map(name).collect::<Vec<_>>().join("、"),
     }
 }
 
@@ -322,6 +312,9 @@ fn days_text(days: &[Weekday], lang: Lang) -> String {
 pub struct Engine {
     kb: Arc<KnowledgeBase>,
     cfg: EngineConfig,
+    /// Shared by clones: a new branch applies to every session at once.
+    /// Readers clone the `Arc` (the lock is held for that alone).
+    branch: Arc<RwLock<Arc<Branch>>>,
 }
 
 impl Conversation {
@@ -377,7 +370,28 @@ fn is_cancel_word(text: &str) -> bool {
 
 impl Engine {
     pub fn new(kb: Arc<KnowledgeBase>, cfg: EngineConfig) -> Engine {
-        Engine { kb, cfg }
+        let branch = Arc::new(RwLock::new(Arc::new(cfg.branch.clone())));
+        Engine { kb, cfg, branch }
+    }
+
+    /// The branch's hours and facts in use.
+    pub fn branch(&self) -> Arc<Branch> {
+        self.branch
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The branch as configured at start (what a setting without hours
+    /// keeps the week of).
+    pub fn configured_branch(&self) -> &Branch {
+        &self.cfg.branch
+    }
+
+    /// Answer from `branch` from the next turn on (every clone of this
+    /// engine sees it).
+    pub fn set_branch(&self, branch: Branch) {
+        *self.branch.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(branch);
     }
 
     pub fn kb(&self) -> &KnowledgeBase {
@@ -718,6 +732,11 @@ impl Engine {
             BOOK_APPOINTMENT => self.start_flow(conv, FlowKind::BookAppointment, turn, out),
             LOST_CARD => self.start_flow(conv, FlowKind::LostCard, turn, out),
             BRANCH_HOURS if self.kb.answer(intent).is_some() => self.hours(conv, turn, out),
+            _ if self.kb.answer(intent).is_some()
+                && BRANCH_FACT_INTENTS.iter().any(|(i, _)| *i == intent) =>
+            {
+                self.branch_fact(conv, intent, out)
+            }
             _ => match self.kb.answer(intent) {
                 Some(answer) => {
                     let labels = match conv.lang {
@@ -750,71 +769,138 @@ impl Engine {
         }
     }
 
-    /// The opening hours, and whether the branch is open now by the
-    /// node's clock (or when it opens next).
+    /// The opening hours: about the date the visitor named, else whether
+    /// the branch is open now by the node's clock (or when it opens next),
+    /// with the week and the holidays coming up.
     fn hours(&self, conv: &Conversation, turn: &Turn<'_>, out: &mut Outcome) {
         let lang = conv.lang;
-        let (open, close) = (self.cfg.opening_hour, self.cfg.closing_hour);
-        let hm = |h: u32| format!("{h}:00");
-        let open_on = |d: NaiveDate| self.cfg.open_days.contains(&d.weekday());
-        let hour = turn.local_time.hour();
-        let status = if open_on(turn.today) && (open..close).contains(&hour) {
-            match lang {
-                Lang::En => format!("We're open now, until {}.", hm(close)),
-                Lang::Zh => format!("现在正在营业，今天营业到{}。", hm(close)),
-            }
-        } else if open_on(turn.today) && hour < open {
-            match lang {
-                Lang::En => format!("We're not open yet; we open today at {}.", hm(open)),
-                Lang::Zh => format!("现在还没开门，今天{}开门。", hm(open)),
-            }
-        } else {
-            let next = (1..=7)
-                .map(|n| turn.today + chrono::Duration::days(n))
-                .find(|d| open_on(*d));
-            match next {
-                None => match lang {
-                    Lang::En => "We're closed.".to_owned(),
-                    Lang::Zh => "现在不营业。".to_owned(),
-                },
-                Some(d) => {
-                    let tomorrow = d == turn.today + chrono::Duration::days(1);
-                    let day = day_name(d.weekday(), lang);
-                    match lang {
-                        Lang::En => {
-                            let when = if tomorrow {
-                                "tomorrow".to_owned()
-                            } else {
-                                format!("on {day}")
-                            };
-                            format!("We're closed now; we open again {when} at {}.", hm(open))
-                        }
-                        Lang::Zh => {
-                            let when = if tomorrow { "明天" } else { day };
-                            format!("现在不营业，{when}{}开门。", hm(open))
-                        }
-                    }
-                }
-            }
+        let b = self.branch();
+        let status = match turn.entities.date.filter(|d| *d != turn.today) {
+            Some(date) => branch::date_sentence(date, &b.on(date), lang),
+            None => Self::status_now(&b, turn, lang),
         };
+        let holidays = b.upcoming_holidays(turn.today, lang);
+        let (open, close) = self.usual_hours(&b);
         let answer = self.kb.answer(BRANCH_HOURS).map(|a| match lang {
             Lang::En => a.en.as_str(),
             Lang::Zh => a.zh.as_str(),
         });
-        let days = days_text(&self.cfg.open_days, lang);
         let text = answer
             .unwrap_or("{status}")
             .replace("{status}", &status)
-            .replace("{days}", &days)
-            .replace("{open}", &hm(open))
-            .replace("{close}", &hm(close));
+            .replace("{week}", &b.week_text(lang))
+            .replace("{holidays}", &holidays)
+            .replace("{days}", &days_text(&b.open_days(), lang))
+            .replace("{open}", &open)
+            .replace("{close}", &close);
         out.replies.push(BotReply {
             from: Sender::Bot,
             author: None,
-            text,
+            text: text.trim().to_owned(),
             quick_replies: Vec::new(),
             intent: Some(BRANCH_HOURS.to_owned()),
         });
+    }
+
+    /// "We're open now, until 17:00." and the like, from the node's clock.
+    fn status_now(b: &Branch, turn: &Turn<'_>, lang: Lang) -> String {
+        let today = b.on(turn.today);
+        let now = turn.local_time;
+        match today.span {
+            Some(s) if s.contains(now) => {
+                let close = branch::hm(s.close);
+                return match lang {
+                    Lang::En => format!("We're open now, until {close}."),
+                    Lang::Zh => format!("现在正在营业，今天营业到{close}。"),
+                };
+            }
+            Some(s) if now < s.open => {
+                let open = branch::hm(s.open);
+                return match lang {
+                    Lang::En => format!("We're not open yet; we open today at {open}."),
+                    Lang::Zh => format!("现在还没开门，今天{open}开门。"),
+                };
+            }
+            _ => {}
+        }
+        let holiday = (today.holiday.is_some() && today.span.is_none())
+            .then(|| branch::date_sentence(turn.today, &today, lang));
+        let next = match b.next_open_after(turn.today) {
+            None => match lang {
+                Lang::En => "We're closed.".to_owned(),
+                Lang::Zh => "现在不营业。".to_owned(),
+            },
+            Some((d, s)) => {
+                let tomorrow = d == turn.today + chrono::Duration::days(1);
+                let day = branch::day_name(d.weekday().num_days_from_monday() as usize, lang);
+                let open = branch::hm(s.open);
+                match lang {
+                    Lang::En => {
+                        let when = if tomorrow {
+                            "tomorrow".to_owned()
+                        } else {
+                            format!("on {day} {}", d.format("%-d %B"))
+                        };
+                        format!("We're closed now; we open again {when} at {open}.")
+                    }
+                    Lang::Zh => {
+                        let when = if tomorrow {
+                            "明天".to_owned()
+                        } else {
+                            format!("{}月{}日{day}", d.month(), d.day())
+                        };
+                        format!("现在不营业，{when}{open}开门。")
+                    }
+                }
+            }
+        };
+        match holiday {
+            Some(h) => format!("{h} {next}"),
+            None => next,
+        }
+    }
+
+    /// The usual opening and closing time, as "9:00" and "17:00".
+    fn usual_hours(&self, b: &Branch) -> (String, String) {
+        b.usual()
+            .map(|s| (branch::hm(s.open), branch::hm(s.close)))
+            .unwrap_or_default()
+    }
+
+    /// An answer from one of the branch's facts; without the fact, say so
+    /// and offer a person.
+    fn branch_fact(&self, conv: &Conversation, intent: &str, out: &mut Outcome) {
+        let lang = conv.lang;
+        let b = self.branch();
+        let needed = BRANCH_FACT_INTENTS
+            .iter()
+            .find(|(i, _)| *i == intent)
+            .map(|(_, f)| *f)
+            .unwrap_or_default();
+        let mut reply = match (b.fact(needed, lang), self.kb.answer(intent)) {
+            (Some(_), Some(answer)) => {
+                let mut text = match lang {
+                    Lang::En => answer.en.clone(),
+                    Lang::Zh => answer.zh.clone(),
+                };
+                for name in edgedesk_common::branch::FACT_NAMES {
+                    text = text.replace(&format!("{{{name}}}"), b.fact(name, lang).unwrap_or(""));
+                }
+                BotReply {
+                    from: Sender::Bot,
+                    author: None,
+                    text: text.trim().to_owned(),
+                    quick_replies: Vec::new(),
+                    intent: None,
+                }
+            }
+            _ if self.kb.has_prompt("branch_fact_unknown") => {
+                self.reply("branch_fact_unknown", lang, &[], &[Command::Agent])
+            }
+            _ => self.reply("no_answer", lang, &[], &[Command::Agent]),
+        };
+        reply.intent = Some(intent.to_owned());
+        out.replies.push(reply);
     }
 
     fn start_flow(
@@ -845,10 +931,11 @@ impl Engine {
         let mut problem = None;
         match flow.kind {
             FlowKind::BookAppointment => {
+                let b = self.branch();
                 if let Some(date) = e.date {
                     if date < turn.today {
                         problem = Some("appt_date_past");
-                    } else if !self.cfg.open_days.contains(&date.weekday()) {
+                    } else if b.on(date).span.is_none() {
                         problem = Some("appt_date_closed");
                     } else {
                         flow.slots
@@ -856,7 +943,15 @@ impl Engine {
                     }
                 }
                 if let Some(time) = e.time {
-                    if self.open_at(time) {
+                    // On the chosen day's hours, else on any open day's.
+                    let date = flow.slots.get("date").and_then(|d| d.parse().ok());
+                    let open = match date {
+                        Some(d) => b.open_at(d, time),
+                        None => {
+                            (0..7).any(|n| b.open_at(turn.today + chrono::Duration::days(n), time))
+                        }
+                    };
+                    if open {
                         flow.slots
                             .insert("time".into(), time.format("%H:%M").to_string());
                     } else {
@@ -883,27 +978,15 @@ impl Engine {
     /// Why a slot value was refused, with the opening hours and days filled
     /// in. `appt_date_closed` is newer than some operators' knowledge bases:
     /// without it, the hours prompt says when the branch is open.
-    fn problem_reply(&self, problem: &str, lang: Lang) -> BotReply {
+    fn problem_reply(&self, problem: &str, flow: &Flow, lang: Lang) -> BotReply {
         let problem = if problem == "appt_date_closed" && !self.kb.has_prompt(problem) {
             "appt_time_closed"
         } else {
             problem
         };
-        let days = days_text(&self.cfg.open_days, lang);
-        self.reply(
-            problem,
-            lang,
-            &[
-                ("open", &self.cfg.opening_hour.to_string()),
-                ("close", &self.cfg.closing_hour.to_string()),
-                ("days", &days),
-            ],
-            &[],
-        )
-    }
-
-    fn open_at(&self, time: NaiveTime) -> bool {
-        (self.cfg.opening_hour..self.cfg.closing_hour).contains(&time.hour())
+        let owned = self.flow_vars(flow, lang);
+        let vars: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.reply(problem, lang, &vars, &[])
     }
 
     /// Move to the first unfilled step and ask for it; `reprompt` says the
@@ -928,7 +1011,7 @@ impl Engine {
                 return;
             }
         }
-        let owned = self.flow_vars(&flow);
+        let owned = self.flow_vars(&flow, lang);
         let vars: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let again = reprompt && flow.reprompts > 0;
         let prompt = match (flow.step, again) {
@@ -954,15 +1037,27 @@ impl Engine {
         conv.phase = Phase::Flow(flow);
     }
 
-    /// Placeholder values for a flow's prompts: its slots and opening hours.
-    fn flow_vars(&self, flow: &Flow) -> Vec<(&'static str, String)> {
+    /// Placeholder values for a flow's prompts: its slots, and the opening
+    /// hours of the chosen day (else the usual ones) and the open days.
+    fn flow_vars(&self, flow: &Flow, lang: Lang) -> Vec<(&'static str, String)> {
         let slot = |k: &str| flow.slots.get(k).cloned().unwrap_or_default();
+        let b = self.branch();
+        let day = flow
+            .slots
+            .get("date")
+            .and_then(|d| d.parse::<NaiveDate>().ok())
+            .and_then(|d| b.on(d).span);
+        let (open, close) = match day {
+            Some(s) => (branch::hm(s.open), branch::hm(s.close)),
+            None => self.usual_hours(&b),
+        };
         vec![
             ("date", slot("date")),
             ("time", slot("time")),
             ("last4", slot("card_last4")),
-            ("open", self.cfg.opening_hour.to_string()),
-            ("close", self.cfg.closing_hour.to_string()),
+            ("open", open),
+            ("close", close),
+            ("days", days_text(&b.open_days(), lang)),
         ]
     }
 
@@ -982,7 +1077,7 @@ impl Engine {
         if flow.step == Step::Confirm {
             if turn.yes() {
                 conv.phase = Phase::Bot;
-                let owned = self.flow_vars(&flow);
+                let owned = self.flow_vars(&flow, lang);
                 let vars: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let done = if flow.kind == FlowKind::BookAppointment {
                     "appt_done"
@@ -1006,7 +1101,7 @@ impl Engine {
             let before = flow.slots.clone();
             let problem = self.fill_slots(&mut flow, turn, false);
             if let Some(p) = problem {
-                out.replies.push(self.problem_reply(p, lang));
+                out.replies.push(self.problem_reply(p, &flow, lang));
             }
             let changed = flow.slots != before;
             self.advance(conv, flow, out, !changed);
@@ -1015,7 +1110,7 @@ impl Engine {
         let before = flow.slots.clone();
         let problem = self.fill_slots(&mut flow, turn, false);
         if let Some(p) = problem {
-            out.replies.push(self.problem_reply(p, lang));
+            out.replies.push(self.problem_reply(p, &flow, lang));
         }
         let progressed = flow.slots != before;
         self.advance(conv, flow, out, !progressed);

@@ -534,40 +534,251 @@ fn opening_hours_answer_from_the_clock() {
     // 2026-11-26 is a Thursday, 27 a Friday.
     let open = at(10, 26, Lang::En, "are you open now");
     assert!(open.contains("open now, until 17:00"), "{open}");
-    assert!(open.contains("Monday to Friday, 9:00–17:00"), "{open}");
+    assert!(open.contains("Monday to Friday 9:00–17:00"), "{open}");
     let early = at(7, 26, Lang::En, "what time do you open");
     assert!(early.contains("open today at 9:00"), "{early}");
     let evening = at(18, 26, Lang::En, "when do you open");
     assert!(evening.contains("again tomorrow at 9:00"), "{evening}");
     let friday_night = at(18, 27, Lang::En, "when do you open");
     assert!(
-        friday_night.contains("again on Monday at 9:00"),
+        friday_night.contains("again on Monday 30 November at 9:00"),
         "{friday_night}"
     );
     let zh = at(10, 26, Lang::Zh, "营业时间是几点");
     assert!(zh.contains("现在正在营业，今天营业到17:00"), "{zh}");
-    assert!(zh.contains("周一至周五"), "{zh}");
+    assert!(zh.contains("周一至周五 9:00–17:00"), "{zh}");
     let zh_closed = at(18, 27, Lang::Zh, "现在开门吗");
-    assert!(zh_closed.contains("周一9:00开门"), "{zh_closed}");
+    assert!(zh_closed.contains("11月30日周一9:00开门"), "{zh_closed}");
     // Other opening days are described as configured.
     let weekend = Engine::new(
         Arc::new(KnowledgeBase::builtin()),
         EngineConfig {
-            open_days: vec![chrono::Weekday::Sat, chrono::Weekday::Mon],
+            branch: Branch::uniform(9, 17, &[chrono::Weekday::Sat, chrono::Weekday::Mon]),
             ..EngineConfig::default()
         },
     );
     let mut c = conv();
     let out = weekend.handle(&mut c, &turn("what are your hours", BRANCH_HOURS));
     assert!(
-        out.replies[0].text.contains("Monday, Saturday"),
+        out.replies[0]
+            .text
+            .contains("Monday 9:00–17:00, Saturday 9:00–17:00"),
         "{}",
         out.replies[0].text
     );
     // 2026-11-26 is a Thursday: not an opening day there; next is Saturday.
     assert!(
-        out.replies[0].text.contains("again on Saturday at 9:00"),
+        out.replies[0]
+            .text
+            .contains("again on Saturday 28 November at 9:00"),
         "{}",
         out.replies[0].text
     );
+}
+
+/// A branch as operators write it: Saturday mornings, a holiday, facts.
+fn branch_info() -> edgedesk_common::branch::BranchInfo {
+    serde_json::from_value(serde_json::json!({
+        "hours": {"mon": "09:00-17:00", "tue": "09:00-17:00", "wed": "09:00-17:00",
+                  "thu": "09:00-17:00", "fri": "09:30-16:30", "sat": "10:00-13:00",
+                  "sun": "closed"},
+        "holidays": [{"date": "2026-12-25", "name": {"en": "Christmas Day", "zh": "圣诞节"}},
+                     {"date": "2026-12-24", "hours": "09:00-12:00"}],
+        "facts": {"address": {"en": "12 Harbour Road, ground floor.", "zh": "海港路12号一楼。"},
+                  "directions": {"en": "Exit B of Harbour station."},
+                  "atms": {"en": "Two ATMs in the lobby, open 24 hours.", "zh": "大堂有两台24小时ATM。"}}
+    }))
+    .unwrap()
+}
+
+fn branch_engine() -> Engine {
+    let e = engine();
+    e.set_branch(Branch::parse(&branch_info(), &EngineConfig::default().branch).unwrap());
+    e
+}
+
+fn ask_hours(e: &Engine, lang: Lang, text: &str, today: NaiveDate, h: u32, m: u32) -> String {
+    let mut c = Conversation::new("h".into(), lang, 0);
+    let mut t = turn(text, BRANCH_HOURS);
+    t.entities = edgedesk_nlu::entities::extract(text, today);
+    t.today = today;
+    t.local_time = NaiveTime::from_hms_opt(h, m, 0).unwrap();
+    let out = e.handle(&mut c, &t);
+    out.replies[0].text.clone()
+}
+
+/// Each day has its own hours; a holiday is named and closes the branch;
+/// a date the visitor names is answered for that date.
+#[test]
+fn opening_hours_per_day_and_holidays() {
+    let e = branch_engine();
+    let d = |m: u32, day: u32| NaiveDate::from_ymd_opt(2026, m, day).unwrap();
+    // Friday 27 November, 16:45: Fridays close at 16:30.
+    let fri = ask_hours(&e, Lang::En, "are you open now", d(11, 27), 16, 45);
+    assert!(fri.contains("again tomorrow at 10:00"), "{fri}");
+    assert!(
+        fri.contains("Monday to Thursday 9:00–17:00, Friday 9:30–16:30, Saturday 10:00–13:00"),
+        "{fri}"
+    );
+    // Saturday 11:00: open until 13:00.
+    let sat = ask_hours(&e, Lang::En, "open now?", d(11, 28), 11, 0);
+    assert!(sat.contains("open now, until 13:00"), "{sat}");
+    // Two weeks before Christmas the holidays are mentioned.
+    let dec = ask_hours(&e, Lang::En, "opening hours", d(12, 14), 10, 0);
+    assert!(
+        dec.contains("Thursday 24 December: open 9:00–12:00.")
+            && dec.contains("Friday 25 December (Christmas Day): closed."),
+        "{dec}"
+    );
+    let far = ask_hours(&e, Lang::En, "opening hours", d(11, 26), 10, 0);
+    assert!(!far.contains("December"), "{far}");
+    // On Christmas Day itself, the next opening is Saturday.
+    let xmas = ask_hours(&e, Lang::Zh, "今天开门吗", d(12, 25), 10, 0);
+    assert!(xmas.contains("12月25日（周五，圣诞节）不营业"), "{xmas}");
+    assert!(xmas.contains("明天10:00开门"), "{xmas}");
+    // A named date: tomorrow (Sunday) is closed.
+    let sun = ask_hours(&e, Lang::En, "are you open tomorrow", d(11, 28), 10, 0);
+    assert!(sun.starts_with("Sunday 29 November: closed."), "{sun}");
+    let zh = ask_hours(&e, Lang::Zh, "明天营业吗", d(11, 27), 10, 0);
+    assert!(zh.starts_with("11月28日（周六）营业 10:00–13:00。"), "{zh}");
+}
+
+/// Appointments follow the chosen day's hours, holidays included.
+#[test]
+fn appointments_follow_each_days_hours() {
+    let e = branch_engine();
+    let mut c = conv();
+    e.handle(&mut c, &turn("appointment", "book_appointment"));
+    // Saturday 28 November at 3pm: Saturdays close at 13:00.
+    e.handle(&mut c, &turn("2026-11-28", ""));
+    let out = e.handle(&mut c, &turn("at 3pm", ""));
+    assert!(
+        out.replies[0].text.contains("10:00 to 13:00"),
+        "{:?}",
+        out.replies
+    );
+    let out = e.handle(&mut c, &turn("at 11am", ""));
+    assert!(
+        matches!(&c.phase, Phase::Flow(f) if f.step == Step::Confirm),
+        "{out:?}"
+    );
+    // Christmas Day is refused as a closed day.
+    let mut c = conv();
+    e.handle(&mut c, &turn("appointment", "book_appointment"));
+    let out = e.handle(&mut c, &turn("2026-12-25", ""));
+    assert!(
+        out.replies[0].text.contains("closed that day"),
+        "{:?}",
+        out.replies
+    );
+}
+
+/// Branch questions are answered from the branch's facts in the visitor's
+/// language (the other language when only one is given); a fact the branch
+/// has not set is said so, with a person offered; a new branch applies at
+/// once to every clone of the engine.
+#[test]
+fn branch_facts_answer_in_both_languages() {
+    let e = engine();
+    let ask = |e: &Engine, lang: Lang, intent: &str| {
+        let mut c = Conversation::new("f".into(), lang, 0);
+        c.lang_chosen = true;
+        let out = e.handle(&mut c, &turn("where", intent));
+        out.replies[0].clone()
+    };
+    let before = ask(&e, Lang::En, "branch_address");
+    assert!(
+        before.text.contains("don't have that information"),
+        "{before:?}"
+    );
+    assert_eq!(before.quick_replies.len(), 1);
+    let clone = e.clone();
+    e.set_branch(Branch::parse(&branch_info(), &EngineConfig::default().branch).unwrap());
+    let en = ask(&clone, Lang::En, "branch_address");
+    assert_eq!(
+        en.text,
+        "12 Harbour Road, ground floor. Exit B of Harbour station."
+    );
+    assert_eq!(en.intent.as_deref(), Some("branch_address"));
+    // No Chinese directions: the English ones are used.
+    let zh = ask(&clone, Lang::Zh, "branch_address");
+    assert_eq!(zh.text, "海港路12号一楼。Exit B of Harbour station.");
+    let atm = ask(&clone, Lang::Zh, "branch_atm");
+    assert_eq!(atm.text, "大堂有两台24小时ATM。");
+    let docs = ask(&clone, Lang::Zh, "branch_documents");
+    assert!(docs.text.contains("工作人员"), "{docs:?}");
+}
+
+/// Every mistake in a branch's settings is refused with the field named.
+#[test]
+fn branch_settings_errors_name_the_field() {
+    let base = EngineConfig::default().branch;
+    let cases: &[(&str, serde_json::Value, &str)] = &[
+        (
+            "unknown day",
+            serde_json::json!({"hours": {"funday": "09:00-17:00"}}),
+            "unknown day \"funday\"",
+        ),
+        (
+            "hours backwards",
+            serde_json::json!({"hours": {"mon": "17:00-09:00"}}),
+            "branch.hours.mon",
+        ),
+        (
+            "hours not times",
+            serde_json::json!({"hours": {"mon": "nine to five"}}),
+            "HH:MM-HH:MM",
+        ),
+        (
+            "minute out of range",
+            serde_json::json!({"hours": {"tue": "09:75-17:00"}}),
+            "branch.hours.tue",
+        ),
+        (
+            "holiday not a date",
+            serde_json::json!({"holidays": [{"date": "25/12/2026"}]}),
+            "\"25/12/2026\" is not a date",
+        ),
+        (
+            "holiday twice",
+            serde_json::json!({"holidays": [{"date": "2026-12-25"}, {"date": "2026-12-25"}]}),
+            "listed twice",
+        ),
+        (
+            "holiday bad hours",
+            serde_json::json!({"holidays": [{"date": "2026-12-24", "hours": "noon"}]}),
+            "branch.holidays.2026-12-24.hours",
+        ),
+        (
+            "unknown fact",
+            serde_json::json!({"facts": {"adress": {"en": "x"}}}),
+            "unknown fact \"adress\"",
+        ),
+        (
+            "empty fact",
+            serde_json::json!({"facts": {"atms": {"en": " ", "zh": ""}}}),
+            "branch.facts.atms",
+        ),
+        (
+            "fact too long",
+            serde_json::json!({"facts": {"queue": {"en": "x".repeat(1001)}}}),
+            "longer than 1000",
+        ),
+    ];
+    for (name, json, want) in cases {
+        let info: edgedesk_common::branch::BranchInfo =
+            serde_json::from_value(json.clone()).unwrap();
+        let e = Branch::parse(&info, &base).expect_err(name);
+        assert!(e.to_string().contains(want), "{name}: {e}");
+    }
+    // Full day names and "24:00" are accepted; days not named are closed.
+    let info =
+        serde_json::from_value(serde_json::json!({"hours": {"Saturday": "08:00-24:00"}})).unwrap();
+    let b = Branch::parse(&info, &base).unwrap();
+    assert_eq!(b.open_days(), vec![chrono::Weekday::Sat]);
+    // No hours at all: the node's older settings stay.
+    let info =
+        serde_json::from_value(serde_json::json!({"facts": {"queue": {"zh": "取号机在门口"}}}))
+            .unwrap();
+    assert_eq!(Branch::parse(&info, &base).unwrap().open_days().len(), 5);
 }

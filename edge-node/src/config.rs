@@ -21,6 +21,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub nlu: NluConfig,
     pub dialog: DialogConfig,
+    /// The branch's hours, holidays and facts (`[branch]`).
+    #[serde(default)]
+    pub branch: edgedesk_common::branch::BranchInfo,
     pub models: ModelsConfig,
     pub store: StoreConfig,
     pub retention: RetentionConfig,
@@ -112,6 +115,22 @@ pub struct ModelsConfig {
 }
 
 impl Config {
+    /// The week `dialog.opening_hour`, `closing_hour` and `open_days` describe.
+    pub fn dialog_week(&self) -> edgedesk_dialog::Branch {
+        let days: Vec<chrono::Weekday> = self
+            .dialog
+            .open_days
+            .iter()
+            .filter_map(|d| d.parse().ok())
+            .collect();
+        edgedesk_dialog::Branch::uniform(self.dialog.opening_hour, self.dialog.closing_hour, &days)
+    }
+
+    /// The branch as configured: `[branch]` over the dialog settings' week.
+    pub fn branch(&self) -> Result<edgedesk_dialog::Branch, edgedesk_dialog::BranchError> {
+        edgedesk_dialog::Branch::parse(&self.branch, &self.dialog_week())
+    }
+
     /// The model folder: `models.dir`, else `models` beside the database.
     pub fn models_dir(&self) -> PathBuf {
         if !self.models.dir.as_os_str().is_empty() {
@@ -281,6 +300,9 @@ impl Config {
                 "a list of at least one of mon tue wed thu fri sat sun",
             );
         }
+        if let Err(e) = self.branch() {
+            return bad("branch", &e.to_string());
+        }
         if self.store.batch_max == 0 || self.store.queue_capacity == 0 {
             return bad(
                 "store.batch_max",
@@ -427,6 +449,36 @@ mod tests {
         assert!(
             Config::load(Some(&p), Vec::new()).is_ok(),
             "names as chrono reads them"
+        );
+        // The branch section: each mistake named, a good one accepted.
+        for (toml, want) in [
+            ("[branch.hours]\nmon = \"9-5\"\n", "branch.hours.mon"),
+            (
+                "[branch.facts.adress]\nen = \"x\"\n",
+                "unknown fact \"adress\"",
+            ),
+            (
+                "[[branch.holidays]]\ndate = \"xmas\"\n",
+                "\"xmas\" is not a date",
+            ),
+            ("[branch]\nhour = 1\n", "branch.hour"),
+        ] {
+            std::fs::write(&p, toml).unwrap();
+            let e = Config::load(Some(&p), Vec::new()).unwrap_err();
+            assert!(e.to_string().contains(want), "{toml}: {e}");
+        }
+        std::fs::write(
+            &p,
+            "[branch.hours]\nsat = \"10:00-13:00\"\n[branch.facts.atms]\nzh = \"大堂有ATM\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&p), Vec::new()).unwrap();
+        assert_eq!(c.branch().unwrap().open_days(), vec![chrono::Weekday::Sat]);
+        assert_eq!(
+            c.branch()
+                .unwrap()
+                .fact("atms", edgedesk_common::chat::Lang::En),
+            Some("大堂有ATM")
         );
         std::fs::write(&p, "[dialog\n").unwrap();
         assert!(matches!(

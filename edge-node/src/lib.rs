@@ -9,6 +9,7 @@
 //! [`run`] wires the parts together explicitly and returns a [`Node`];
 //! `main.rs` only calls [`cli::main`].
 
+pub mod branch;
 pub mod cli;
 pub mod config;
 pub mod housekeeping;
@@ -150,15 +151,8 @@ pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError>
         Arc::new(kb),
         EngineConfig {
             max_reprompts: config.dialog.max_reprompts,
-            opening_hour: config.dialog.opening_hour,
-            closing_hour: config.dialog.closing_hour,
             // Checked when the configuration loaded.
-            open_days: config
-                .dialog
-                .open_days
-                .iter()
-                .filter_map(|d| d.parse().ok())
-                .collect(),
+            branch: config.branch().unwrap_or_else(|_| config.dialog_week()),
         },
     );
     Ok((manager, engine))
@@ -200,6 +194,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
     // full: typing signals are ephemeral).
     let (typing_tx, typing_rx) = tokio::sync::mpsc::channel(64);
     let (link_tx, link_rx) = tokio::sync::watch::channel(false);
+    branch::restore(&store, &engine).await;
     let sessions = Arc::new(Sessions::new(session::Deps {
         engine,
         models: models.clone(),

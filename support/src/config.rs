@@ -139,6 +139,9 @@ fn merge(
             format!("{prefix}.{key}")
         };
         match (base.get_mut(&key), value) {
+            // An empty table in the defaults is a free-form map (its keys
+            // are the operator's, checked by whoever reads it): replaced.
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) if b.is_empty() => *b = u,
             (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &dotted, origin)?,
             (Some(slot), v) => *slot = v,
             (None, _) => {
@@ -211,5 +214,34 @@ mod tests {
         );
         let e = load::<C>(D, Some(("f.toml", "[a\n")), "P_", vec![]).unwrap_err();
         assert!(matches!(e, LayerError::Syntax { .. }));
+    }
+
+    /// An empty table in the defaults takes the file's keys as they are
+    /// (a free-form map); a table with keys still refuses unknown ones.
+    #[test]
+    fn empty_default_tables_are_free_form_maps() {
+        #[derive(Debug, serde::Deserialize)]
+        struct M {
+            a: A,
+            m: BTreeMap<String, String>,
+        }
+        let defaults = format!("{D}\n[m]\n");
+        let c: M = load(
+            &defaults,
+            Some(("f.toml", "[m]\nanything = \"x\"\n")),
+            "P_",
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.m["anything"], "x");
+        assert_eq!(c.a.n, 1);
+        let e = load::<M>(
+            &defaults,
+            Some(("f.toml", "[a]\nanything = 1\n")),
+            "P_",
+            vec![],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("a.anything"), "{e}");
     }
 }

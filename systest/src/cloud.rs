@@ -149,6 +149,14 @@ pub async fn edge_with(
     node_id: &str,
     tweak: impl FnOnce(&mut Config),
 ) -> TestNode {
+    let mut c = edge_config(cloud, dir, node_id).await;
+    tweak(&mut c);
+    TestNode::start(c).await
+}
+
+/// The configuration of an edge node that enrols with `cloud` (once: the
+/// identity it keeps in `dir` serves later starts).
+pub async fn edge_config(cloud: &Cloud, dir: &tempfile::TempDir, node_id: &str) -> Config {
     let mut c = config(dir);
     c.cloud.enabled = true;
     c.cloud.controller_url = cloud.ctl.base_url.clone();
@@ -158,8 +166,7 @@ pub async fn edge_with(
     c.cloud.identity_path = dir.path().join("identity.json");
     c.cloud.heartbeat_secs = 1;
     c.cloud.ack_timeout_secs = 2;
-    tweak(&mut c);
-    TestNode::start(c).await
+    c
 }
 
 impl Cloud {

@@ -321,6 +321,15 @@ pub fn hello(session: Option<&str>) -> ClientFrame {
     }
 }
 
+/// A new visitor who chose `lang` on the page.
+pub fn hello_in(lang: edgedesk_common::chat::Lang) -> ClientFrame {
+    ClientFrame::Hello {
+        v: PROTOCOL_VERSION,
+        session: None,
+        lang: Some(lang),
+    }
+}
+
 pub fn msg(text: &str) -> ClientFrame {
     ClientFrame::Message {
         text: text.into(),

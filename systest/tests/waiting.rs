@@ -7,16 +7,8 @@
 use std::time::Duration;
 
 use edge_node::session::{AgentAction, now_ms};
-use edgedesk_common::chat::{ChatState, ClientFrame, Lang, PROTOCOL_VERSION, ServerFrame};
+use edgedesk_common::chat::{ChatState, Lang, ServerFrame};
 use edgedesk_systest::*;
-
-fn hello_in(lang: Lang) -> ClientFrame {
-    ClientFrame::Hello {
-        v: PROTOCOL_VERSION,
-        session: None,
-        lang: Some(lang),
-    }
-}
 
 fn reply_lang(frames: &[ServerFrame]) -> Lang {
     match &frames[0] {

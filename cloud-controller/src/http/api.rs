@@ -314,6 +314,93 @@ async fn put_labels(
     Ok(Json(find_node(&s, id).await?.into()))
 }
 
+/// A branch's hours and facts as the controller keeps them, and whether the
+/// node has taken the latest change.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct BranchView {
+    pub node_id: String,
+    /// `hours` (mon…sun → "09:00-17:00" or "closed"), `holidays` ([{date,
+    /// hours, name: {en, zh}}]) and `facts` (address, directions, services,
+    /// atms, queue, documents → {en, zh}).
+    #[schema(value_type = Object)]
+    pub branch: edgedesk_common::branch::BranchInfo,
+    pub updated_at: i64,
+    /// "api" or "kubernetes".
+    pub updated_by: String,
+    /// "pending" until the node acknowledges, then "applied" or "refused".
+    pub delivery: String,
+    /// The node's word on it (why it refused, for example).
+    pub detail: Option<String>,
+}
+
+impl From<crate::store::BranchRow> for BranchView {
+    fn from(r: crate::store::BranchRow) -> Self {
+        let delivery = r.delivery();
+        BranchView {
+            node_id: r.node_id,
+            branch: r.info,
+            updated_at: r.updated_at,
+            updated_by: r.updated_by,
+            delivery: delivery.to_owned(),
+            detail: r.detail,
+        }
+    }
+}
+
+impl From<crate::branches::SetBranchError> for ApiError {
+    fn from(e: crate::branches::SetBranchError) -> Self {
+        use crate::branches::SetBranchError as E;
+        match e {
+            E::UnknownNode(_) => ApiError::NotFound(e.to_string()),
+            E::Revoked(_) => ApiError::Conflict(e.to_string()),
+            E::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A branch's hours and facts as last set through the controller.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/branch", params(("id" = String, Path, description = "node id")),
+    responses((status = 200, body = BranchView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_branch(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<BranchView>, ApiError> {
+    authorize(&s, &headers)?;
+    find_node(&s, id.clone()).await?;
+    match s.store.branch(&id).await? {
+        Some(row) => Ok(Json(row.into())),
+        None => Err(ApiError::NotFound(format!(
+            "node {id:?} has no branch settings from the controller (it answers from its own configuration)"
+        ))),
+    }
+}
+
+/// Set a branch's opening hours, holidays and facts (address, directions,
+/// services, ATMs, queue tickets, documents), in English and Chinese. The
+/// node answers from them as soon as it has the change; an offline node gets
+/// it when it is back. Checked as the node would check it: a mistake is
+/// refused with the field named, and nothing is stored.
+#[utoipa::path(put, path = "/api/v1/nodes/{id}/branch", params(("id" = String, Path, description = "node id")),
+    request_body(content = Object, description = "{\"hours\": {\"mon\": \"09:00-17:00\", \"sun\": \"closed\"}, \"holidays\": [{\"date\": \"2026-12-25\", \"name\": {\"en\": \"Christmas Day\"}}], \"facts\": {\"address\": {\"en\": \"...\", \"zh\": \"...\"}}}"),
+    responses((status = 200, body = BranchView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+async fn put_branch(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<
+        Json<edgedesk_common::branch::BranchInfo>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Result<Json<BranchView>, ApiError> {
+    authorize(&s, &headers)?;
+    let Json(info) =
+        body.map_err(|e| ApiError::BadRequest(format!("branch settings: {}", e.body_text())))?;
+    let row = crate::branches::set(&s.store, &s.downlink, &id, info, "api").await?;
+    Ok(Json(row.into()))
+}
+
 #[derive(Deserialize, IntoParams)]
 pub struct LimitQuery {
     /// Most rows to return (default 100).
@@ -410,6 +497,11 @@ async fn post_command(
             CommandBody::KINDS.join(", ")
         ))
     })?;
+    if let CommandBody::SetBranch(_) = body {
+        return Err(ApiError::BadRequest(format!(
+            "set a branch's hours and facts with PUT /api/v1/nodes/{id}/branch (kept and checked there)"
+        )));
+    }
     let cmd = s.downlink.queue(&id, body, None).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -607,6 +699,7 @@ fn routes() -> OpenApiRouter<Arc<Http>> {
         .routes(routes!(list_nodes))
         .routes(routes!(get_node))
         .routes(routes!(put_labels))
+        .routes(routes!(get_branch, put_branch))
         .routes(routes!(node_history))
         .routes(routes!(revoke))
         .routes(routes!(post_command, list_commands))

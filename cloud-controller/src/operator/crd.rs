@@ -88,6 +88,7 @@ pub struct ModelRolloutStatus {
     printcolumn = r#"{"name":"Online","type":"boolean","jsonPath":".status.online"}"#,
     printcolumn = r#"{"name":"Model","type":"string","jsonPath":".status.modelVersion"}"#,
     printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.labels.region"}"#,
+    printcolumn = r#"{"name":"Branch","type":"string","jsonPath":".status.branch"}"#,
     printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".status.lastSeen"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -96,6 +97,21 @@ pub struct EdgeNodeSpec {
     pub node_id: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The branch's hours, holidays and facts, as in the node's `[branch]`
+    /// settings (`hours`, `holidays`, `facts`). Written by operators (the
+    /// mirror never sets it); the controller checks it, keeps it and sends
+    /// it to the node. `status.branch` says how that went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub branch: Option<serde_json::Value>,
+}
+
+/// An object the API server keeps as written (checked by the controller).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -110,6 +126,10 @@ pub struct EdgeNodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
     pub revoked: bool,
+    /// `spec.branch`: "applied", "pending" (the node has not taken it yet),
+    /// "refused: …" (by the node) or "invalid: …" (not sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
 }
 
 /// Both CRDs as one YAML stream (what `cloud-controller crd` prints).

@@ -276,14 +276,22 @@ pub fn object_name(node_id: &str) -> Option<String> {
     ok.then_some(n)
 }
 
-/// One pass of the EdgeNode mirror: apply every registry node, delete
+/// One pass of the EdgeNode mirror: apply every registry node, take each
+/// object's `spec.branch` to the node (checked, kept, queued), delete
 /// mirrors of nodes that left the registry.
 pub async fn mirror_nodes(
     client: &Client,
     namespace: &str,
-    store: &crate::store::Store,
+    rollouts: &rollouts::Rollouts,
 ) -> Result<(), OperatorError> {
+    let store = &rollouts.store;
     let api: Api<EdgeNode> = Api::namespaced(client.clone(), namespace);
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let existing = api.list(&lp).await?;
+    let wanted: std::collections::BTreeMap<String, serde_json::Value> = existing
+        .iter()
+        .filter_map(|o| Some((o.name_any(), o.spec.branch.clone()?)))
+        .collect();
     let nodes = store.nodes().await.map_err(RolloutError::from)?;
     let pp = PatchParams::apply(MANAGER).force();
     let mut names = std::collections::BTreeSet::new();
@@ -298,6 +306,7 @@ pub async fn mirror_nodes(
             EdgeNodeSpec {
                 node_id: n.id.clone(),
                 labels: n.labels.clone(),
+                branch: None,
             },
         );
         obj.metadata.labels = Some(
@@ -308,6 +317,10 @@ pub async fn mirror_nodes(
             .into(),
         );
         api.patch(&name, &pp, &Patch::Apply(&obj)).await?;
+        let branch = match wanted.get(&name) {
+            Some(spec) => Some(branch_from_spec(rollouts, &n.id, spec).await),
+            None => None,
+        };
         let hb = n.heartbeat.clone().unwrap_or_default();
         let status = EdgeNodeStatus {
             online: n.online,
@@ -318,6 +331,7 @@ pub async fn mirror_nodes(
                 .and_then(chrono::DateTime::from_timestamp_millis)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             revoked: n.revoked_at.is_some(),
+            branch,
         };
         api.patch_status(
             &name,
@@ -328,14 +342,45 @@ pub async fn mirror_nodes(
         )
         .await?;
     }
-    let lp = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    for existing in api.list(&lp).await? {
-        let name = existing.name_any();
+    for o in existing {
+        let name = o.name_any();
         if !names.contains(&name) {
             api.delete(&name, &Default::default()).await?;
         }
     }
     Ok(())
+}
+
+/// Take an EdgeNode's `spec.branch` to its node through the same path as
+/// the REST API; the word for `status.branch`.
+async fn branch_from_spec(
+    rollouts: &rollouts::Rollouts,
+    node: &str,
+    spec: &serde_json::Value,
+) -> String {
+    let info: edgedesk_common::branch::BranchInfo = match serde_json::from_value(spec.clone()) {
+        Ok(i) => i,
+        Err(e) => return format!("invalid: spec.branch: {e}"),
+    };
+    match crate::branches::set(
+        &rollouts.store,
+        &rollouts.downlink,
+        node,
+        info,
+        "kubernetes",
+    )
+    .await
+    {
+        Ok(row) => match row.delivery() {
+            "refused" => format!("refused: {}", row.detail.unwrap_or_default()),
+            word => word.to_owned(),
+        },
+        Err(crate::branches::SetBranchError::Store(e)) => {
+            tracing::warn!(node, error = %e, "keeping an EdgeNode's branch failed; next pass retries");
+            "pending".into()
+        }
+        Err(e) => format!("invalid: {e}"),
+    }
 }
 
 /// Run the operator until `shutdown`: leader election, the ModelRollout
@@ -380,7 +425,7 @@ pub async fn run(
                     _ = shutdown.cancelled() => break,
                     _ = every.tick() => {
                         if rollouts.leader.load(Ordering::SeqCst) {
-                            if let Err(e) = mirror_nodes(&client, &ns, &rollouts.store).await {
+                            if let Err(e) = mirror_nodes(&client, &ns, &rollouts).await {
                                 tracing::warn!(error = %e, "EdgeNode mirror pass failed");
                             }
                         }

@@ -9,7 +9,8 @@
 //! survive a restart and show the queue truthfully: whether the visitor is
 //! still there, and since when a chat waits. Step 5 strips transcripts that
 //! older builds also kept in the event log. Step 6 adds small settings (the
-//! reserved top of envelope sequence numbers). Never edit a step: append one.
+//! reserved top of envelope sequence numbers). Step 7 keeps each branch's
+//! hours and facts as operators set them. Never edit a step: append one.
 
 use edgedesk_support::sqlite::{Step, has_column};
 
@@ -215,6 +216,17 @@ pub const STEPS: &[Step] = &[
     CREATE TABLE settings (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
+    );
+"#,
+    ),
+    Step::Sql(
+        r#"
+    CREATE TABLE branches (
+        node_id     TEXT PRIMARY KEY,
+        info        TEXT NOT NULL,       -- common::branch::BranchInfo as JSON
+        updated_at  INTEGER NOT NULL,
+        updated_by  TEXT NOT NULL,       -- "api" or "kubernetes"
+        command_id  TEXT NOT NULL        -- the set_branch command carrying it
     );
 "#,
     ),

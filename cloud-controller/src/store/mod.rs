@@ -10,9 +10,11 @@
 //!
 //! Files: `nodes` (tokens, enrolment, registry, history), `events` (inbound
 //! batches and their projection), `commands` (the per-node queue), `chats`,
-//! `agents`, `tickets`, `models`, `rollouts`, `seq` (envelope sequence numbers).
+//! `agents`, `tickets`, `models`, `rollouts`, `seq` (envelope sequence numbers),
+//! `branches` (each branch's hours and facts as operators set them).
 
 pub mod agents;
+pub mod branches;
 pub mod chats;
 pub mod commands;
 pub mod events;
@@ -29,6 +31,7 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 pub use agents::{AccountError, AgentRow, NewAgent, Role, SessionLimits};
+pub use branches::BranchRow;
 pub use chats::{ChatFilter, ChatView, ChatWrite, DayStats, Line, LiveChat};
 pub use commands::CommandRow;
 pub use events::{EventQuery, Inbound, InboundOutcome, StoredEvent};

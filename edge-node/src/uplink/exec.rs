@@ -417,6 +417,12 @@ impl Handle {
                     }
                 };
             }
+            CommandBody::SetBranch(info) => {
+                return match crate::branch::apply(&self.store, self.sessions.engine(), info).await {
+                    Ok(()) => (true, "applied".into()),
+                    Err(e) => (false, e),
+                };
+            }
             CommandBody::ModelRollback(a) => {
                 return match self.models.rollback(&a.to_version).await {
                     Ok(report) => {
