@@ -246,3 +246,53 @@ fn config_errors_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.mode"));
 }
+
+/// `nodes set-branch` takes the node's `[branch]` shape from a TOML (or
+/// JSON) file; `nodes branch` shows what is kept. A file with an unknown key
+/// is refused before anything is sent (exit 65, the key named); a value the
+/// node would refuse comes back as the API's 400 with the field named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sets_a_branch_from_a_file() {
+    let (ctl, token, dir) = controller().await;
+    enrol(&ctl, "branch-1").await;
+    let ctl2 = &ctl;
+    let file = dir.path().join("harbour.toml");
+    std::fs::write(
+        &file,
+        "[hours]\nmon = \"09:00-17:00\"\nsat = \"10:00-13:00\"\n\n\
+         [[holidays]]\ndate = \"2026-12-25\"\nname = { en = \"Christmas Day\", zh = \"圣诞节\" }\n\n\
+         [facts.address]\nen = \"12 Harbour Road\"\nzh = \"海港路12号\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "set-branch", "branch-1", path]));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["delivery"], "pending");
+    assert_eq!(v["branch"]["holidays"][0]["hours"], "closed");
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "branch", "branch-1"]));
+    assert!(out.status.success(), "{out:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["branch"]["facts"]["address"]["zh"], "海港路12号");
+
+    std::fs::write(&file, "[hours]\nmon = \"09:00-17:00\"\n[factz]\n").unwrap();
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "set-branch", "branch-1", path]));
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("factz"),
+        "{out:?}"
+    );
+    std::fs::write(&file, "[hours]\nmon = \"17:00-09:00\"\n").unwrap();
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "set-branch", "branch-1", path]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("400") && err.contains("branch.hours.mon"),
+        "{err}"
+    );
+    // Nothing changed.
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["nodes", "branch", "branch-1"]));
+    let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(after["branch"], shown["branch"]);
+    token.cancel();
+}

@@ -4,7 +4,7 @@
 // screenshot in build/e2e/ (console-*.png, kiosk-*.png).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startController, startBranch, adminCall, ctlFetch, launchBrowser, botSays, assertOnScreen, shot } from "./helpers.mjs";
+import { startController, startBranch, adminCall, ctlFetch, launchBrowser, botSays, assertOnScreen, shot, waitUntil } from "./helpers.mjs";
 
 const PASSWORD = "a long enough password";
 let ctl, node, browser;
@@ -304,6 +304,35 @@ test("on a phone the console shows one pane at a time and nothing scrolls sidewa
   await assertOnScreen(agent, agent.getByText("You closed this chat."), "closed on a phone");
   assert.deepEqual([...a.errors, ...v.errors], []);
   await a.ctx.close(); await v.ctx.close();
+});
+
+test("an operator sets the branch's address and hours at the controller; a visitor reads them at the kiosk in both languages", async () => {
+  await adminCall(ctl, "PUT", "/api/v1/nodes/branch-e2e/branch", {
+    hours: { mon: "09:00-17:00", tue: "09:00-17:00", wed: "09:00-17:00", thu: "09:00-17:00", fri: "09:00-17:00", sat: "10:00-13:00" },
+    facts: {
+      address: { en: "12 Harbour Road, ground floor.", zh: "海港路12号一楼。" },
+      directions: { en: "Take exit B of Harbour station.", zh: "海港站B出口出来即到。" },
+    },
+  });
+  // Delivered when the node acknowledges it (the command queue).
+  await waitUntil("the node applied the branch settings",
+    async () => (await adminCall(ctl, "GET", "/api/v1/nodes/branch-e2e/branch")).delivery === "applied");
+  const v = await page({ width: 1080, height: 1400 });
+  await v.p.goto(node.url);
+  await botSays(v.p, "branch assistant");
+  await v.p.locator("#input").fill("Where is this branch?");
+  await v.p.keyboard.press("Enter");
+  await assertOnScreen(v.p, v.p.locator(".log .msg.bot", { hasText: "12 Harbour Road, ground floor. Take exit B of Harbour station." }), "the address");
+  await v.p.locator("#input").fill("What time do you open?");
+  await v.p.keyboard.press("Enter");
+  await assertOnScreen(v.p, v.p.locator(".log .msg.bot", { hasText: "Monday to Friday 9:00–17:00, Saturday 10:00–13:00" }), "the week's hours");
+  await v.p.getByRole("button", { name: "中文" }).click();
+  await v.p.locator("#input").fill("这个网点在哪");
+  await v.p.keyboard.press("Enter");
+  await assertOnScreen(v.p, v.p.locator(".log .msg.bot", { hasText: "海港路12号一楼。海港站B出口出来即到。" }), "the address in Chinese");
+  await shot(v.p, "kiosk-branch-address");
+  assert.deepEqual(v.errors, []);
+  await v.ctx.close();
 });
 
 test("a line typed while the controller is down waits on screen and is delivered after the restart", async () => {

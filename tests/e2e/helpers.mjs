@@ -132,14 +132,21 @@ export async function startController(extraEnv = {}) {
 }
 
 /// Wait until `branch` is online at the controller.
-export async function waitOnline(ctl, branch, timeout = 20000) {
+/// Poll `check` (every 100 ms) until it returns true; throw after `timeout`.
+export async function waitUntil(what, check, timeout = 15000) {
   const until = Date.now() + timeout;
   while (Date.now() < until) {
-    const n = await adminCall(ctl, "GET", "/api/v1/nodes").catch(() => []);
-    if (n.some((x) => x.id === branch && x.online)) return;
+    if (await check()) return;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`${branch} not online within ${timeout} ms`);
+  throw new Error(`${what}: not within ${timeout} ms`);
+}
+
+export async function waitOnline(ctl, branch, timeout = 20000) {
+  await waitUntil(`${branch} online`, async () => {
+    const n = await adminCall(ctl, "GET", "/api/v1/nodes").catch(() => []);
+    return n.some((x) => x.id === branch && x.online);
+  }, timeout);
 }
 
 /// Start an edge node enrolled with `ctl` as `branch`.

@@ -51,7 +51,7 @@ test("a visitor asks when the branch opens, in English and in Chinese, and reads
   const { ctx, page } = await freshPage();
   await page.locator("#input").fill("What time do you open?");
   await page.keyboard.press("Enter");
-  await botSays(page, "Our opening hours: Monday to Friday, 9:00–17:00");
+  await botSays(page, "Our opening hours: Monday to Friday 9:00–17:00");
   await page.getByRole("button", { name: "中文" }).click();
   await page.locator("#input").fill("营业时间是几点");
   await page.keyboard.press("Enter");

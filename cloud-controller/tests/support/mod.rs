@@ -116,3 +116,43 @@ pub fn escalation(
             .collect(),
     })
 }
+
+/// Enrol a node over the REST API (no MQTT connection: it stays offline).
+pub async fn enrol(ctl: &cloud_controller::Controller, id: &str) {
+    let http = client(ctl);
+    let base = ctl.base_url.clone();
+    let t: serde_json::Value = http
+        .post(format!("{base}/api/v1/tokens"))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({ "node_id": id }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_owned();
+    let identity = edgedesk_common::envelope::Identity::from_secret(&[5; 64]);
+    let req = edgedesk_common::sync::EnrollRequest {
+        proof: identity.sign(&edgedesk_common::sync::enroll_proof_message(id, &token)),
+        token,
+        node_id: id.into(),
+        keys: identity.public(),
+        sw_version: "test".into(),
+    };
+    let r = http
+        .post(format!("{base}/api/v1/enroll"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .put(format!("{base}/api/v1/nodes/{id}/labels"))
+        .bearer_auth(&ctl.admin_token)
+        .json(&serde_json::json!({ "labels": { "kind": "bank" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
