@@ -635,6 +635,22 @@
       tb.append(tr);
     }
     if (!d.live.agents.length) { const tr = el("tr"); const td = el("td", "empty", "No agent has logged in since the controller started."); td.colSpan = 3; tr.append(td); tb.append(tr); }
+    const rb = $("d-rollouts"); rb.replaceChildren();
+    for (const r of d.rollouts) {
+      const tr = el("tr");
+      const phase = r.detail ? `${r.phase}: ${r.detail}` : r.phase;
+      let shadow = "no shadow phase";
+      if (r.shadow) {
+        const s = r.shadow;
+        shadow = s.turns
+          ? `agreement ${(s.agreement * 100).toFixed(1)} % over ${s.turns} turns (needs ${(s.min_agreement * 100).toFixed(0)} %) · ${s.oos_disagreements} out-of-scope disagreements · ${Math.round(s.candidate_us)} µs vs ${Math.round(s.active_us)} µs a turn`
+          : "no turns compared yet";
+        if (s.until) shadow += ` · until ${new Date(s.until).toLocaleTimeString()}`;
+      }
+      for (const v of [`${r.version}`, phase, `${r.updated} of ${r.total}`, shadow]) tr.append(el("td", null, v));
+      rb.append(tr);
+    }
+    if (!d.rollouts.length) { const tr = el("tr"); const td = el("td", "empty", "No model rollout yet."); td.colSpan = 4; tr.append(td); rb.append(tr); }
     const frt = d.days.map((x) => x.first_response_s).filter((x) => x != null);
     const top = Math.max(10, ...frt);
     chart($("d-frt"), d.days, "first_response_s", Math.ceil(top / 10) * 10, 0);

@@ -146,6 +146,20 @@ enum RolloutCmd {
         /// Seconds a wave waits for an offline node before skipping it.
         #[arg(long)]
         offline_deadline: Option<u64>,
+        /// Run the candidate in shadow on every target first, for this long
+        /// (e.g. 30m, 2h, 90s): it answers nobody; the shadow gate then
+        /// decides whether the waves start.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        shadow: Option<u64>,
+        /// Shadow gate: share of turns the candidate must agree on (default 0.9).
+        #[arg(long)]
+        shadow_min_agreement: Option<f64>,
+        /// Shadow gate: how much slower per turn the candidate may be (default 0.5).
+        #[arg(long)]
+        shadow_latency_margin: Option<f64>,
+        /// Shadow gate: fewest turns compared to judge (default 20).
+        #[arg(long)]
+        shadow_min_turns: Option<u64>,
     },
     /// One rollout, or all of them without an id.
     Status {
@@ -438,6 +452,25 @@ fn https_client(cli: &Cli, base: &str) -> Result<reqwest::Client, ExitCode> {
 }
 
 /// `KEY=VALUE` arguments as a JSON object (labels, selectors).
+/// "90", "90s", "30m", "2h", "1d" as seconds.
+fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 90s, 30m, 2h)"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?}: must be more than 0 and not absurdly long"))
+}
+
 /// A branch settings file as the JSON the REST API takes. Checked here for
 /// shape (unknown keys are named); the controller checks the values.
 fn read_branch_file(path: &std::path::Path) -> Result<serde_json::Value, String> {
@@ -617,6 +650,10 @@ fn client(cli: &Cli) -> ExitCode {
             failure_threshold,
             health_margin,
             offline_deadline,
+            shadow,
+            shadow_min_agreement,
+            shadow_latency_margin,
+            shadow_min_turns,
         })) => {
             let sel = match key_values(selector) {
                 Ok(m) => m,
@@ -628,7 +665,10 @@ fn client(cli: &Cli) -> ExitCode {
                 Some(serde_json::json!({
                     "model": model, "selector": sel, "waves": waves, "bake_secs": bake,
                     "failure_threshold": failure_threshold, "health_margin": health_margin,
-                    "offline_deadline_secs": offline_deadline,
+                    "offline_deadline_secs": offline_deadline, "shadow_secs": shadow,
+                    "shadow_min_agreement": shadow_min_agreement,
+                    "shadow_latency_margin": shadow_latency_margin,
+                    "shadow_min_turns": shadow_min_turns,
                 })),
             )
         }
@@ -718,4 +758,25 @@ fn client(cli: &Cli) -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_secs;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (text, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("30m", 1800),
+            ("2h", 7200),
+            ("1d", 86_400),
+        ] {
+            assert_eq!(parse_duration_secs(text), Ok(secs), "{text}");
+        }
+        for bad in ["", "m", "10x", "-5m", "0", "1.5h"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -18,9 +18,7 @@ use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use edgedesk_support::now_ms;
 
 /// For the link's publisher.
 #[derive(Debug)]

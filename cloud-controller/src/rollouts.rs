@@ -5,7 +5,8 @@
 //! restarted controller loads it and carries on. Every `models.tick_ms` the
 //! driver feeds each running rollout the fleet's online state, the outcome of
 //! its commands (acknowledged `model_update` / `model_rollback`), the nodes'
-//! post-swap health from their heartbeats, and the time; it queues the
+//! post-swap health and shadow counts from their heartbeats, and the time;
+//! it queues the
 //! commands the engine asks for. Operators create, pause, resume and abort
 //! through the REST API (`/api/v1/rollouts`) or the CLI.
 
@@ -14,11 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use edgedesk_common::sync::{CommandBody, ModelRollback, ModelUpdate};
+use edgedesk_common::sync::{CommandBody, ModelRollback, ModelShadow, ModelUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::downlink::{Downlink, now_ms};
-use crate::rollout::{Action, Input, NodeState, Phase, Rollout, Size, Strategy};
+use crate::rollout::{Action, Input, NodeState, Phase, Rollout, ShadowCounts, Size, Strategy};
 use crate::store::{RolloutRow as Row, Store, StoreError};
 
 /// Visitor turns on the new model before its low-confidence rate counts.
@@ -44,6 +45,41 @@ pub struct CreateRollout {
     pub health_margin: Option<f64>,
     #[serde(default)]
     pub offline_deadline_secs: Option<u64>,
+    /// Run the candidate in shadow on every target for this long before the
+    /// first wave (it answers nobody); the shadow gate then decides.
+    #[serde(default)]
+    pub shadow_secs: Option<u64>,
+    /// Shadow gate: the share of turns on which the candidate must agree
+    /// with the active model (default 0.9).
+    #[serde(default)]
+    pub shadow_min_agreement: Option<f64>,
+    /// Shadow gate: how much slower per turn the candidate may be
+    /// (default 0.5, i.e. up to 1.5 ×).
+    #[serde(default)]
+    pub shadow_latency_margin: Option<f64>,
+    /// Shadow gate: fewest turns compared to judge at all (default 20).
+    #[serde(default)]
+    pub shadow_min_turns: Option<u64>,
+}
+
+/// What the shadow phase has seen so far, over every target.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShadowView {
+    /// When the shadow phase ends (ms), 0 once it is over.
+    pub until: i64,
+    pub turns: u64,
+    /// Share of turns on which the candidate gave the active model's intent.
+    pub agreement: f64,
+    pub min_agreement: f64,
+    /// Turns where one model would answer and the other would not.
+    pub oos_disagreements: u64,
+    /// Mean of the candidate's confidence minus the active model's.
+    pub mean_confidence_delta: f64,
+    /// Mean microseconds per turn, by each model.
+    pub active_us: f64,
+    pub candidate_us: f64,
+    /// Nodes that reported counts.
+    pub nodes_reporting: usize,
 }
 
 /// A rollout as the API shows it.
@@ -66,8 +102,27 @@ pub struct RolloutView {
     /// Per node: state and reason.
     #[schema(value_type = Object)]
     pub nodes: BTreeMap<String, serde_json::Value>,
+    /// The shadow phase's figures, when the rollout has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowView>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl ShadowView {
+    /// One line for people: "agreement 97.2 % over 480 turns (min 90 %), 3
+    /// out-of-scope disagreements, 310 µs vs 290 µs a turn".
+    pub fn summary(&self) -> String {
+        format!(
+            "agreement {:.1} % over {} turns (min {:.0} %), {} out-of-scope disagreements, {:.0} µs vs {:.0} µs a turn",
+            self.agreement * 100.0,
+            self.turns,
+            self.min_agreement * 100.0,
+            self.oos_disagreements,
+            self.candidate_us,
+            self.active_us
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +152,7 @@ pub struct Rollouts {
 fn view(r: &Row) -> RolloutView {
     let s = &r.state;
     let (wave, detail) = match &s.phase {
+        Phase::Shadow { .. } => (0, String::new()),
         Phase::Rolling { wave, .. } | Phase::Baking { wave, .. } | Phase::Paused { wave } => {
             (wave + 1, String::new())
         }
@@ -127,6 +183,24 @@ fn view(r: &Row) -> RolloutView {
                 )
             })
             .collect(),
+        shadow: (s.strategy.shadow_ms > 0).then(|| {
+            let t: ShadowCounts = s.shadow_totals();
+            let (active_us, candidate_us) = t.latency_us();
+            ShadowView {
+                until: match s.phase {
+                    Phase::Shadow { until } => until,
+                    _ => 0,
+                },
+                turns: t.turns,
+                agreement: t.agreement(),
+                min_agreement: s.strategy.shadow_min_agreement,
+                oos_disagreements: t.oos_disagreements,
+                mean_confidence_delta: t.confidence_delta_sum / t.turns.max(1) as f64,
+                active_us,
+                candidate_us,
+                nodes_reporting: s.nodes.values().filter(|e| e.shadow.is_some()).count(),
+            }
+        }),
         created_at: r.created_at,
         updated_at: r.updated_at,
     }
@@ -169,6 +243,18 @@ impl CreateRollout {
         }
         if let Some(d) = self.offline_deadline_secs {
             s.offline_deadline_ms = d as i64 * 1000;
+        }
+        if let Some(d) = self.shadow_secs {
+            s.shadow_ms = d as i64 * 1000;
+        }
+        if let Some(a) = self.shadow_min_agreement {
+            s.shadow_min_agreement = a;
+        }
+        if let Some(m) = self.shadow_latency_margin {
+            s.shadow_latency_margin = m;
+        }
+        if let Some(t) = self.shadow_min_turns {
+            s.shadow_min_turns = t;
         }
         s.validate().map_err(RolloutError::Invalid)?;
         Ok(s)
@@ -227,17 +313,28 @@ impl Rollouts {
         // The release is read once per batch of actions, and only if needed.
         let mut release = None;
         for a in actions {
-            let (node, body) = match a {
-                Action::Update { node } => {
-                    if release.is_none() {
-                        release = match self.store.model(&r.model_id).await {
-                            Ok(Some(m)) => Some(m.signed),
-                            _ => {
-                                tracing::error!(rollout = %r.id, "the rollout's release vanished");
-                                continue;
-                            }
-                        };
+            if matches!(a, Action::Update { .. } | Action::Shadow { .. }) && release.is_none() {
+                release = match self.store.model(&r.model_id).await {
+                    Ok(Some(m)) => Some(m.signed),
+                    _ => {
+                        tracing::error!(rollout = %r.id, "the rollout's release vanished");
+                        continue;
                     }
+                };
+            }
+            let (node, body) = match a {
+                Action::Shadow { node, until } => {
+                    let release = release.clone().expect("loaded above");
+                    // The node stops on its own when the phase ends.
+                    let for_secs = ((until - now_ms()).max(0) as u64).div_ceil(1000);
+                    let body = CommandBody::ModelShadow(ModelShadow {
+                        rollout: r.id.clone(),
+                        release,
+                        for_secs,
+                    });
+                    (node, body)
+                }
+                Action::Update { node } => {
                     let release = release.clone().expect("loaded above");
                     let body = CommandBody::ModelUpdate(ModelUpdate {
                         rollout: r.id.clone(),
@@ -341,6 +438,27 @@ impl Rollouts {
                         reason: detail,
                     },
                 });
+            }
+            // Shadow counts from the heartbeats of nodes running the candidate.
+            if matches!(r.state.phase, Phase::Shadow { .. }) {
+                for (n, e) in &r.state.nodes {
+                    if !e.shadowing {
+                        continue;
+                    }
+                    let Some(row) = self.store.node(n).await? else {
+                        continue;
+                    };
+                    let report = row
+                        .heartbeat
+                        .and_then(|hb| hb.shadow)
+                        .filter(|s| s.rollout == r.id);
+                    if let Some(s) = report {
+                        inputs.push(Input::Shadow {
+                            node: n.clone(),
+                            counts: ShadowCounts::from(&s),
+                        });
+                    }
+                }
             }
             // Post-swap health from heartbeats of updated nodes.
             for (n, e) in &r.state.nodes {

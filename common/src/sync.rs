@@ -62,6 +62,32 @@ pub struct Heartbeat {
     /// became active, and of the model before it (its last window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_health: Option<ModelHealth>,
+    /// A candidate model running in shadow beside the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowReport>,
+}
+
+/// What a candidate model in shadow mode did on live turns, counted since
+/// it started (it answers nobody): how often it agreed with the active
+/// model, and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ShadowReport {
+    pub rollout: String,
+    pub version: String,
+    /// Turns both models classified.
+    pub turns: u64,
+    /// Turns where both gave the same intent.
+    pub agreed: u64,
+    /// Turns where one would answer and the other would not (out of scope
+    /// or below its threshold).
+    pub oos_disagreements: u64,
+    /// Sum over turns of the candidate's confidence minus the active one's.
+    pub confidence_delta_sum: f64,
+    /// Microseconds spent classifying those turns, by each model.
+    pub active_us: u64,
+    pub candidate_us: u64,
+    /// Turns not compared because the node was busy (shadow work yields).
+    pub skipped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -130,6 +156,9 @@ pub enum CommandBody {
     ModelRollback(ModelRollback),
     /// Replace the branch's hours and facts (kept by the node, used at once).
     SetBranch(crate::branch::BranchInfo),
+    /// Download, verify and test a release, then run it in shadow beside
+    /// the active model for `for_secs` (it answers nobody).
+    ModelShadow(ModelShadow),
 }
 
 impl CommandBody {
@@ -143,6 +172,7 @@ impl CommandBody {
         "model_update",
         "model_rollback",
         "set_branch",
+        "model_shadow",
     ];
 
     /// The wire name of this command's kind.
@@ -156,6 +186,7 @@ impl CommandBody {
             CommandBody::ModelUpdate(_) => "model_update",
             CommandBody::ModelRollback(_) => "model_rollback",
             CommandBody::SetBranch(_) => "set_branch",
+            CommandBody::ModelShadow(_) => "model_shadow",
         }
     }
 
@@ -232,6 +263,14 @@ pub struct AgentClosed {
 pub struct ModelUpdate {
     pub rollout: String,
     pub release: crate::release::SignedRelease,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelShadow {
+    pub rollout: String,
+    pub release: crate::release::SignedRelease,
+    /// How long to run the candidate; the node stops on its own after.
+    pub for_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,11 @@
 //! refused at once with `busy` — load is shed at the door instead of queueing
 //! without bound (which lowered throughput for everyone) — and the page
 //! offers to send again. Nothing is stored for a refused turn.
+//!
+//! Shadow mode: after a batch is answered, a candidate model in shadow
+//! ([`crate::models::shadow`]) classifies the same texts and the two are
+//! compared — unless turns are waiting, in which case the batch is skipped
+//! (counted), so shadow work never delays a visitor's turn that is queued.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,6 +22,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use edgedesk_nlu::{Model, NluError, Prediction};
 use tokio::sync::oneshot;
+
+use crate::models::shadow::{ShadowRun, ShadowSlot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -56,14 +63,19 @@ impl Workers {
 
 impl Inference {
     /// Start `threads` workers behind a queue of `capacity` turns.
-    pub fn start(threads: usize, capacity: usize, batch_max: usize) -> (Inference, Workers) {
+    pub fn start(
+        threads: usize,
+        capacity: usize,
+        batch_max: usize,
+        shadow: Arc<ShadowSlot>,
+    ) -> (Inference, Workers) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let workers = (0..threads.max(1))
             .map(|i| {
-                let rx = rx.clone();
+                let (rx, shadow) = (rx.clone(), shadow.clone());
                 std::thread::Builder::new()
                     .name(format!("edgedesk-nlu-{i}"))
-                    .spawn(move || worker(rx, batch_max.max(1)))
+                    .spawn(move || worker(rx, batch_max.max(1), &shadow))
                     .expect("spawning an inference thread")
             })
             .collect();
@@ -91,7 +103,7 @@ impl Inference {
     }
 }
 
-fn worker(rx: Receiver<Job>, batch_max: usize) {
+fn worker(rx: Receiver<Job>, batch_max: usize, shadow: &ShadowSlot) {
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -108,26 +120,62 @@ fn worker(rx: Receiver<Job>, batch_max: usize) {
             let (mine, rest): (Vec<Job>, Vec<Job>) =
                 batch.drain(..).partition(|j| Arc::ptr_eq(&j.model, &model));
             batch = rest;
-            run(&model, mine);
+            let candidate = shadow.active(edgedesk_support::now_ms());
+            let texts: Vec<String> = match &candidate {
+                Some(_) => mine.iter().map(|j| j.text.clone()).collect(),
+                None => Vec::new(),
+            };
+            let started = std::time::Instant::now();
+            let answered = run(&model, mine, candidate.is_some());
+            let active_us = started.elapsed().as_micros() as u64;
+            if let (Some(candidate), Some(predictions)) = (candidate, answered) {
+                if rx.is_empty() {
+                    compare(&candidate, &texts, &predictions, active_us);
+                } else {
+                    candidate.skip(texts.len());
+                }
+            }
         }
     }
 }
 
-fn run(model: &Model, jobs: Vec<Job>) {
+/// Classify `texts` with the candidate the way the active model did (one
+/// call, or one batch call) and count the comparison.
+fn compare(candidate: &ShadowRun, texts: &[String], active: &[Prediction], active_us: u64) {
+    let started = std::time::Instant::now();
+    let predictions = if texts.len() == 1 {
+        candidate.model.classify(&texts[0]).map(|p| vec![p])
+    } else {
+        candidate.model.classify_batch(texts)
+    };
+    match predictions {
+        Ok(p) => candidate.compare(active, &p, active_us, started.elapsed().as_micros() as u64),
+        Err(e) => {
+            tracing::warn!(error = %e, "the shadow model failed on a batch");
+            candidate.skip(texts.len());
+        }
+    }
+}
+
+/// Answer `jobs` with `model`; with `keep`, also return the predictions
+/// (when all went well) for a shadow comparison.
+fn run(model: &Model, jobs: Vec<Job>, keep: bool) -> Option<Vec<Prediction>> {
     if jobs.len() == 1 {
         let job = jobs.into_iter().next().expect("one job");
-        let _ = job
-            .reply
-            .send(model.classify(&job.text).map_err(InferError::from));
-        return;
+        let p = model.classify(&job.text);
+        let kept = p.as_ref().ok().filter(|_| keep).map(|p| vec![p.clone()]);
+        let _ = job.reply.send(p.map_err(InferError::from));
+        return kept;
     }
     let (texts, replies): (Vec<String>, Vec<_>) =
         jobs.into_iter().map(|j| (j.text, j.reply)).unzip();
     match model.classify_batch(&texts) {
         Ok(predictions) => {
+            let kept = keep.then(|| predictions.clone());
             for (reply, p) in replies.into_iter().zip(predictions) {
                 let _ = reply.send(Ok(p));
             }
+            kept
         }
         Err(e) => {
             let message = e.to_string();
@@ -135,6 +183,7 @@ fn run(model: &Model, jobs: Vec<Job>) {
             for reply in replies {
                 let _ = reply.send(Err(InferError::Model(NluError::Onnx(message.clone()))));
             }
+            None
         }
     }
 }

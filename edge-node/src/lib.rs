@@ -188,6 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         config.nlu.sessions,
         config.nlu.queue_capacity,
         config.nlu.batch_max,
+        models.shadow.clone(),
     );
     let outbox = Arc::new(tokio::sync::Notify::new());
     // Visitors typing to an agent, for the uplink (bounded; dropped when

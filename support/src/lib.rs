@@ -6,6 +6,7 @@
 //! - [`secret`]: files only their owner can read, written atomically.
 //! - [`net`]: accepting TCP connections with a back-off on errors.
 //! - [`logging`] and [`signal`]: process set-up for `main`.
+//! - [`now_ms`]: the wall clock as both sides stamp things.
 //!
 //! Nothing here knows about chats, nodes or models.
 
@@ -16,3 +17,11 @@ pub mod secret;
 pub mod signal;
 pub mod sqlite;
 pub mod tls;
+
+/// Milliseconds since the Unix epoch (what both sides store and send).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

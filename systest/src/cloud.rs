@@ -240,6 +240,49 @@ pub fn harder_bundle(dir: &std::path::Path, version: &str) -> (std::path::PathBu
     (out, floor - 0.01)
 }
 
+/// A bundle `version` whose intents are renamed in a ring (each in-scope
+/// label becomes the next one's name): it passes its own golden set, so it
+/// publishes and loads, but it disagrees with the default model on nearly
+/// every turn — the candidate shadow mode exists to refuse.
+pub fn disagreeing_bundle(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let out = bundle_version(dir, version);
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let oos = m["out_of_scope_label"].as_str().unwrap().to_owned();
+    let labels: Vec<String> = serde_json::from_value(m["labels"].clone()).unwrap();
+    let inscope: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] != oos).collect();
+    let mut renamed = labels.clone();
+    for (k, &i) in inscope.iter().enumerate() {
+        renamed[i] = labels[inscope[(k + 1) % inscope.len()]].clone();
+    }
+    let map: std::collections::HashMap<&str, &str> = labels
+        .iter()
+        .zip(&renamed)
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let golden: String = std::fs::read_to_string(out.join("golden.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let label = map[v["label"].as_str().unwrap()].to_owned();
+            v["label"] = label.into();
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(out.join("golden.jsonl"), &golden).unwrap();
+    m["labels"] = serde_json::json!(renamed);
+    m["files"]["golden.jsonl"] = hex::encode(sha2::Sha256::digest(golden.as_bytes())).into();
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
 /// A copy of the default bundle under `dir` with its manifest's version set
 /// to `version` (the model itself unchanged).
 pub fn bundle_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
@@ -272,16 +315,42 @@ impl Cloud {
         languages: &[&str],
         capacity: u32,
     ) {
+        self.create_account(username, name, "agent", languages, capacity)
+            .await;
+    }
+
+    /// Create a console account with `role` (agent, supervisor, admin).
+    pub async fn create_account(
+        &self,
+        username: &str,
+        name: &str,
+        role: &str,
+        languages: &[&str],
+        capacity: u32,
+    ) {
         let r = self
             .http
             .post(self.url("/api/v1/agents"))
             .bearer_auth(&self.ctl.admin_token)
-            .json(&serde_json::json!({ "username": username, "display_name": name, "role": "agent",
+            .json(&serde_json::json!({ "username": username, "display_name": name, "role": role,
                 "password": "a long enough password", "languages": languages, "capacity": capacity }))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
+    }
+
+    /// A console API GET as the holder of `cookie`, as JSON.
+    pub async fn console_get(&self, cookie: &str, path: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
     }
 
     /// Log `username` in; the session cookie (`name=value`).

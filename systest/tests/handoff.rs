@@ -431,18 +431,9 @@ async fn an_agent_transfers_a_chat_to_a_colleague() {
 async fn conversations_the_bot_handled_alone_reach_history_search() {
     let cloud = Cloud::start().await;
     cloud.create_agent("grace", "Grace", &["en"], 2).await;
-    let r = cloud
-        .http
-        .post(cloud.url("/api/v1/agents"))
-        .bearer_auth(&cloud.ctl.admin_token)
-        .json(
-            &serde_json::json!({ "username": "sam", "display_name": "Sam", "role": "supervisor",
-            "password": "a long enough password", "languages": ["en"], "capacity": 1 }),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    cloud
+        .create_account("sam", "Sam", "supervisor", &["en"], 1)
+        .await;
     let edir = tempfile::tempdir().unwrap();
     let node = edge(&cloud, &edir, "branch-h").await;
     let mut visitor = node.connect().await;

@@ -621,10 +621,15 @@ pub struct Dashboard {
     pub nodes_online: usize,
     pub nodes_offline: usize,
     pub days: Vec<DayStats>,
+    /// The newest model rollouts (with their shadow results).
+    pub rollouts: Vec<crate::rollouts::RolloutView>,
 }
 
-/// Supervisors: agents and their load, the queue, the fleet, and 30 days of
-/// first-response time and satisfaction.
+/// Rollouts the dashboard lists.
+const DASHBOARD_ROLLOUTS: usize = 5;
+
+/// Supervisors: agents and their load, the queue, the fleet, the newest
+/// model rollouts, and 30 days of first-response time and satisfaction.
 async fn dashboard(State(s): S, headers: HeaderMap) -> Result<Json<Dashboard>, ConsoleError> {
     authorized(&s, &headers, Role::Supervisor, false).await?;
     let now = now_ms();
@@ -635,11 +640,14 @@ async fn dashboard(State(s): S, headers: HeaderMap) -> Result<Json<Dashboard>, C
         .iter()
         .filter(|n| n.online && n.revoked_at.is_none())
         .count();
+    let mut rollouts = s.rollouts.list().await?;
+    rollouts.truncate(DASHBOARD_ROLLOUTS);
     Ok(Json(Dashboard {
         live,
         nodes_online: online,
         nodes_offline: nodes.iter().filter(|n| n.revoked_at.is_none()).count() - online,
         days,
+        rollouts,
     }))
 }
 

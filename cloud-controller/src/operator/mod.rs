@@ -78,6 +78,7 @@ pub fn status_of(v: &RolloutView, generation: Option<i64>) -> ModelRolloutStatus
         skipped: v.skipped as u32,
         rolled_back: v.rolled_back as u32,
         message: v.detail.clone(),
+        shadow: v.shadow.as_ref().map(|s| s.summary()),
         observed_generation: generation,
     }
 }
@@ -151,6 +152,10 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
                 failure_threshold: s.failure_threshold.clone(),
                 health_margin: s.health_margin,
                 offline_deadline_secs: s.offline_deadline_secs,
+                shadow_secs: s.shadow_secs,
+                shadow_min_agreement: s.shadow_min_agreement,
+                shadow_latency_margin: s.shadow_latency_margin,
+                shadow_min_turns: s.shadow_min_turns,
             };
             match ctx.rollouts.create(req).await {
                 Ok(v) => {

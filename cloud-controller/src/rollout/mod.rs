@@ -10,6 +10,12 @@
 //! resumes where it was.
 //!
 //! Policy:
+//! - with a shadow phase (`shadow_ms` > 0), every target first runs the
+//!   candidate beside its active model without answering; when the phase
+//!   ends, the shadow gate reads the nodes' counts: enough turns, agreement
+//!   with the active model at least `shadow_min_agreement`, and the
+//!   candidate no slower than `shadow_latency_margin` allows. A failed gate
+//!   aborts before any node is updated;
 //! - a wave's nodes are told to update when online; an offline node is waited
 //!   for until `offline_deadline_ms` after its wave started, then skipped
 //!   (reported, not counted as failed);
@@ -24,7 +30,7 @@
 //! Invariants (property-tested): no more nodes are ever told to update than
 //! the current wave's cumulative size; no node outside the selector is ever
 //! touched; after an abort every node that was updated ends rolled back or
-//! failed.
+//! failed; no node is updated before the shadow gate has passed.
 
 use std::collections::BTreeMap;
 
@@ -91,6 +97,33 @@ pub struct Strategy {
     pub health_margin: f64,
     /// How long a wave waits for an offline node before skipping it.
     pub offline_deadline_ms: i64,
+    /// Shadow phase before the first wave (0: none).
+    #[serde(default)]
+    pub shadow_ms: i64,
+    /// The shadow gate: the share of turns on which the candidate must give
+    /// the active model's intent.
+    #[serde(default = "default_min_agreement")]
+    pub shadow_min_agreement: f64,
+    /// The shadow gate: how much slower per turn the candidate may be
+    /// (0.5: up to 1.5 × the active model's time).
+    #[serde(default = "default_latency_margin")]
+    pub shadow_latency_margin: f64,
+    /// The shadow gate: fewer turns compared than this is no evidence, and
+    /// the rollout is refused.
+    #[serde(default = "default_min_turns")]
+    pub shadow_min_turns: u64,
+}
+
+fn default_min_agreement() -> f64 {
+    0.9
+}
+
+fn default_latency_margin() -> f64 {
+    0.5
+}
+
+fn default_min_turns() -> u64 {
+    20
 }
 
 impl Default for Strategy {
@@ -106,6 +139,10 @@ impl Default for Strategy {
             failure_threshold: Size::Count(0),
             health_margin: 0.05,
             offline_deadline_ms: 600_000,
+            shadow_ms: 0,
+            shadow_min_agreement: default_min_agreement(),
+            shadow_latency_margin: default_latency_margin(),
+            shadow_min_turns: default_min_turns(),
         }
     }
 }
@@ -120,6 +157,15 @@ impl Strategy {
         }
         if !(0.0..=1.0).contains(&self.health_margin) {
             return Err("health margin must be within 0..1".into());
+        }
+        if self.shadow_ms < 0 {
+            return Err("the shadow phase cannot be negative".into());
+        }
+        if !(0.0..=1.0).contains(&self.shadow_min_agreement) {
+            return Err("shadow minimum agreement must be within 0..1".into());
+        }
+        if !(0.0..=100.0).contains(&self.shadow_latency_margin) {
+            return Err("shadow latency margin must be within 0..100".into());
         }
         Ok(())
     }
@@ -153,11 +199,71 @@ pub struct NodeEntry {
     pub baseline: Option<f64>,
     /// Low-confidence rate on the new model since the swap.
     pub current: Option<f64>,
+    /// Told to run the candidate in shadow.
+    #[serde(default)]
+    pub shadowing: bool,
+    /// The node's shadow counts, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowCounts>,
+}
+
+/// A node's shadow counts (cumulative, from its heartbeats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowCounts {
+    pub turns: u64,
+    pub agreed: u64,
+    pub oos_disagreements: u64,
+    pub confidence_delta_sum: f64,
+    pub active_us: u64,
+    pub candidate_us: u64,
+}
+
+impl From<&edgedesk_common::sync::ShadowReport> for ShadowCounts {
+    fn from(s: &edgedesk_common::sync::ShadowReport) -> Self {
+        ShadowCounts {
+            turns: s.turns,
+            agreed: s.agreed,
+            oos_disagreements: s.oos_disagreements,
+            confidence_delta_sum: s.confidence_delta_sum,
+            active_us: s.active_us,
+            candidate_us: s.candidate_us,
+        }
+    }
+}
+
+impl ShadowCounts {
+    fn add(&mut self, o: &ShadowCounts) {
+        self.turns += o.turns;
+        self.agreed += o.agreed;
+        self.oos_disagreements += o.oos_disagreements;
+        self.confidence_delta_sum += o.confidence_delta_sum;
+        self.active_us += o.active_us;
+        self.candidate_us += o.candidate_us;
+    }
+
+    pub fn agreement(&self) -> f64 {
+        if self.turns == 0 {
+            0.0
+        } else {
+            self.agreed as f64 / self.turns as f64
+        }
+    }
+
+    /// Mean microseconds per turn: (active, candidate).
+    pub fn latency_us(&self) -> (f64, f64) {
+        let n = self.turns.max(1) as f64;
+        (self.active_us as f64 / n, self.candidate_us as f64 / n)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
+    /// The candidate runs in shadow on every target until `until`; then the
+    /// shadow gate decides.
+    Shadow {
+        until: i64,
+    },
     /// Updating the nodes of wave `wave` (0-based), started at `since`.
     Rolling {
         wave: usize,
@@ -185,6 +291,7 @@ pub enum Phase {
 impl Phase {
     pub fn name(&self) -> &'static str {
         match self {
+            Phase::Shadow { .. } => "shadow",
             Phase::Rolling { .. } => "rolling",
             Phase::Baking { .. } => "baking",
             Phase::Paused { .. } => "paused",
@@ -223,6 +330,11 @@ pub enum Input {
         node: NodeId,
         reason: String,
     },
+    /// A node's shadow counts (cumulative).
+    Shadow {
+        node: NodeId,
+        counts: ShadowCounts,
+    },
     /// Low-confidence rates before (previous model) and after the swap.
     Health {
         node: NodeId,
@@ -240,6 +352,11 @@ pub enum Input {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Action {
+    /// Run the candidate in shadow until the phase ends.
+    Shadow {
+        node: NodeId,
+        until: i64,
+    },
     Update {
         node: NodeId,
     },
@@ -297,6 +414,8 @@ impl Rollout {
                             state: NodeState::Waiting,
                             baseline: None,
                             current: None,
+                            shadowing: false,
+                            shadow: None,
                         },
                     )
                 })
@@ -312,10 +431,25 @@ impl Rollout {
             },
             started: 0,
         };
-        let mut actions = vec![Action::Phase {
-            phase: "rolling".into(),
-            detail: format!("wave 1 of {}, {} targets", r.waves(), r.order.len()),
-        }];
+        let mut actions = Vec::new();
+        if r.strategy.shadow_ms > 0 {
+            r.phase = Phase::Shadow {
+                until: now + r.strategy.shadow_ms,
+            };
+            actions.push(Action::Phase {
+                phase: "shadow".into(),
+                detail: format!(
+                    "the candidate runs beside the active model on {} targets for {} s",
+                    r.order.len(),
+                    r.strategy.shadow_ms / 1000
+                ),
+            });
+        } else {
+            actions.push(Action::Phase {
+                phase: "rolling".into(),
+                detail: format!("wave 1 of {}, {} targets", r.waves(), r.order.len()),
+            });
+        }
         actions.extend(r.step(Input::Tick { now }));
         (r, actions)
     }
@@ -392,6 +526,11 @@ impl Rollout {
                             reason: format!("rollback failed: {reason}"),
                         };
                     }
+                }
+            }
+            Input::Shadow { node, counts } => {
+                if let Some(e) = self.nodes.get_mut(&node) {
+                    e.shadow = Some(counts);
                 }
             }
             Input::Health {
@@ -491,6 +630,51 @@ impl Rollout {
         self.phase = Phase::Aborting { reason };
     }
 
+    /// Every target's shadow counts together.
+    pub fn shadow_totals(&self) -> ShadowCounts {
+        let mut t = ShadowCounts::default();
+        for e in self.nodes.values() {
+            if let Some(c) = &e.shadow {
+                t.add(c);
+            }
+        }
+        t
+    }
+
+    /// The shadow gate: `Ok(summary)` to go on, `Err(reason)` to abort.
+    pub fn shadow_verdict(&self) -> Result<String, String> {
+        let t = self.shadow_totals();
+        let s = &self.strategy;
+        if t.turns < s.shadow_min_turns {
+            return Err(format!(
+                "shadow gate: {} turns compared, fewer than the {} needed to judge",
+                t.turns, s.shadow_min_turns
+            ));
+        }
+        let agreement = t.agreement();
+        if agreement < s.shadow_min_agreement {
+            return Err(format!(
+                "shadow gate: the candidate agreed with the active model on {:.1} % of {} turns, below {:.1} %",
+                agreement * 100.0,
+                t.turns,
+                s.shadow_min_agreement * 100.0
+            ));
+        }
+        let (active, candidate) = t.latency_us();
+        if candidate > active * (1.0 + s.shadow_latency_margin) {
+            return Err(format!(
+                "shadow gate: the candidate took {candidate:.0} µs a turn against {active:.0} µs (margin {:.0} %)",
+                s.shadow_latency_margin * 100.0
+            ));
+        }
+        Ok(format!(
+            "shadow passed: agreement {:.1} % over {} turns, {} out-of-scope disagreements, {candidate:.0} µs against {active:.0} µs a turn",
+            agreement * 100.0,
+            t.turns,
+            t.oos_disagreements
+        ))
+    }
+
     /// Health gate over the updated nodes that reported both rates.
     fn health_tripped(&self) -> Option<String> {
         let reported: Vec<(f64, f64)> = self
@@ -516,6 +700,38 @@ impl Rollout {
     fn advance(&mut self, now: i64, out: &mut Vec<Action>) {
         loop {
             match self.phase.clone() {
+                Phase::Shadow { until } => {
+                    if now < until {
+                        for id in &self.order {
+                            let online = self.online.get(id).copied().unwrap_or(false);
+                            let e = self.nodes.get_mut(id).expect("target");
+                            if online && !e.shadowing {
+                                e.shadowing = true;
+                                out.push(Action::Shadow {
+                                    node: id.clone(),
+                                    until,
+                                });
+                            }
+                        }
+                        return;
+                    }
+                    match self.shadow_verdict() {
+                        Ok(summary) => {
+                            self.phase = Phase::Rolling {
+                                wave: 0,
+                                since: now,
+                            };
+                            out.push(Action::Phase {
+                                phase: "rolling".into(),
+                                detail: format!("{summary}; wave 1 of {}", self.waves()),
+                            });
+                        }
+                        Err(reason) => {
+                            self.abort(reason, out);
+                            return;
+                        }
+                    }
+                }
                 Phase::Rolling { wave, since } => {
                     let size = self.wave_size(wave);
                     for id in self.order[..size].iter() {

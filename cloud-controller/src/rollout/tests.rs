@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use proptest::strategy::Strategy;
 
 use super::Strategy as Plan;
-use super::{Action, Input, NodeId, NodeState, Phase, Rollout, Size};
+use super::{Action, Input, NodeId, NodeState, Phase, Rollout, ShadowCounts, Size};
 
 fn fleet(n: usize, online: bool) -> BTreeMap<NodeId, (BTreeMap<String, String>, bool)> {
     (0..n)
@@ -28,6 +28,123 @@ fn strategy(waves: &[Size], bake_ms: i64) -> Plan {
         failure_threshold: Size::Count(0),
         health_margin: 0.05,
         offline_deadline_ms: 1_000,
+        ..Plan::default()
+    }
+}
+
+fn shadows(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Shadow { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn counts(turns: u64, agreed: u64, active_us: u64, candidate_us: u64) -> ShadowCounts {
+    ShadowCounts {
+        turns,
+        agreed,
+        oos_disagreements: turns - agreed,
+        confidence_delta_sum: -0.1 * turns as f64,
+        active_us,
+        candidate_us,
+    }
+}
+
+/// A rollout with a 1 s shadow phase over three nodes, one offline at first.
+fn shadowed() -> Rollout {
+    let mut s = strategy(&[Size::Count(1), Size::Percent(100.0)], 100);
+    s.shadow_ms = 1_000;
+    let mut f = fleet(3, true);
+    f.get_mut("n02").unwrap().1 = false;
+    let (mut r, a) = Rollout::new(s, &BTreeMap::new(), &f, 0);
+    assert_eq!(r.phase.name(), "shadow");
+    assert_eq!(
+        shadows(&a),
+        vec!["n00", "n01"],
+        "online targets run the candidate"
+    );
+    assert!(
+        updates(&a).is_empty(),
+        "nobody is updated during the shadow phase"
+    );
+    r.step(Input::Online {
+        node: "n02".into(),
+        online: true,
+    });
+    let a = r.step(Input::Tick { now: 500 });
+    assert_eq!(
+        shadows(&a),
+        vec!["n02"],
+        "a node that comes online joins the shadow"
+    );
+    assert!(
+        shadows(&r.step(Input::Tick { now: 600 })).is_empty(),
+        "told once"
+    );
+    r
+}
+
+#[test]
+fn a_candidate_that_agrees_passes_the_shadow_gate_then_rolls_out() {
+    let mut r = shadowed();
+    for n in ["n00", "n01"] {
+        r.step(Input::Shadow {
+            node: n.into(),
+            counts: counts(40, 39, 8_000, 9_000),
+        });
+    }
+    let a = r.step(Input::Tick { now: 1_000 });
+    assert_eq!(
+        updates(&a),
+        vec!["n00"],
+        "the canary starts once the gate passes"
+    );
+    let detail = a.iter().find_map(|x| match x {
+        Action::Phase { phase, detail } if phase == "rolling" => Some(detail.clone()),
+        _ => None,
+    });
+    assert!(detail.unwrap().contains("agreement 97.5 % over 80 turns"));
+}
+
+#[test]
+fn the_shadow_gate_refuses_disagreement_too_few_turns_and_slowness() {
+    let cases = [
+        (
+            counts(40, 10, 8_000, 8_000),
+            "agreed with the active model on 25.0 % of 80 turns",
+        ),
+        (
+            counts(5, 5, 1_000, 1_000),
+            "10 turns compared, fewer than the 20",
+        ),
+        (
+            counts(40, 40, 8_000, 16_000),
+            "400 µs a turn against 200 µs",
+        ),
+    ];
+    for (c, want) in cases {
+        let mut r = shadowed();
+        for n in ["n00", "n01"] {
+            r.step(Input::Shadow {
+                node: n.into(),
+                counts: c,
+            });
+        }
+        let a = r.step(Input::Tick { now: 1_000 });
+        assert!(updates(&a).is_empty(), "{want}: nobody is updated");
+        match &r.phase {
+            Phase::Aborted { reason } => assert!(reason.contains(want), "{reason}"),
+            other => panic!("{want}: {other:?}"),
+        }
+        assert!(
+            r.nodes
+                .values()
+                .all(|e| matches!(e.state, NodeState::Skipped { .. }))
+        );
+        assert!(updates(&r.step(Input::Tick { now: 5_000 })).is_empty());
     }
 }
 
@@ -196,6 +313,7 @@ enum Op {
     Pause,
     Resume,
     Abort,
+    Shadow(usize, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -211,6 +329,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Pause),
         1 => Just(Op::Resume),
         1 => Just(Op::Abort),
+        2 => (node.clone(), 0u8..=100).prop_map(|(n, a)| Op::Shadow(n, a)),
     ]
 }
 
@@ -234,6 +353,7 @@ proptest! {
         total in 1usize..14,
         offline in prop::collection::btree_set(0usize..16, 0..4),
         ops in prop::collection::vec(op(), 0..120),
+        shadow_ms in prop_oneof![Just(0i64), 1i64..600],
     ) {
         let mut f = fleet(total, true);
         for e in f.values_mut() {
@@ -247,6 +367,7 @@ proptest! {
         }
         let mut s = strategy(&waves, 50);
         s.failure_threshold = Size::Count(threshold);
+        s.shadow_ms = shadow_ms;
         let sel = BTreeMap::from([("kind".to_string(), "bank".to_string())]);
         let (mut r, first) = Rollout::new(s, &sel, &f, 0);
         let targets: BTreeSet<String> = r.order.iter().cloned().collect();
@@ -269,6 +390,10 @@ proptest! {
                 Op::Pause => Input::Pause,
                 Op::Resume => Input::Resume { now },
                 Op::Abort => Input::Abort { reason: "operator".into() },
+                Op::Shadow(i, agreed) => Input::Shadow {
+                    node: node(i),
+                    counts: counts(100, agreed as u64, 1_000, 1_000),
+                },
             };
             // Only nodes that were told to update can report having done so.
             let input = match input {
@@ -281,7 +406,19 @@ proptest! {
                     ever_updated.insert(node.clone());
                 }
             }
+            let was_shadow = matches!(r.phase, Phase::Shadow { .. });
             let actions = r.step(input);
+            if was_shadow && !matches!(r.phase, Phase::Shadow { .. }) {
+                // The gate decided: on to the waves only if the counts pass.
+                let passed = !matches!(r.phase, Phase::Aborting { .. } | Phase::Aborted { .. });
+                let operator_abort = matches!(&r.phase, Phase::Aborting { reason } | Phase::Aborted { reason } if reason == "operator");
+                if !operator_abort {
+                    prop_assert_eq!(passed, r.shadow_verdict().is_ok(), "{:?}", r.phase);
+                }
+            }
+            if was_shadow && !updates(&actions).is_empty() {
+                prop_assert!(r.shadow_verdict().is_ok(), "updated before the shadow gate passed");
+            }
             for a in &actions {
                 match a {
                     Action::Update { node } => {
@@ -289,6 +426,10 @@ proptest! {
                         prop_assert!(told.insert(node.clone()), "told {node} to update twice");
                     }
                     Action::Rollback { node } => prop_assert!(targets.contains(node)),
+                    Action::Shadow { node, .. } => {
+                        prop_assert!(targets.contains(node));
+                        prop_assert!(told.is_empty(), "shadow after an update started");
+                    }
                     Action::Phase { .. } => {}
                 }
             }

@@ -23,6 +23,7 @@
 //! never on the async workers.
 
 pub mod fetch;
+pub mod shadow;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -114,6 +115,8 @@ pub struct ModelManager {
     sessions: usize,
     threshold_override: f32,
     pub active: Arc<ActiveModel>,
+    /// A candidate running beside the active model (shadow mode).
+    pub shadow: Arc<shadow::ShadowSlot>,
     watch: Mutex<(Window, Window)>,
     /// Versions on disk, newest first (what `active.json` says), kept in
     /// memory so heartbeats never read the disk.
@@ -198,6 +201,7 @@ impl ModelManager {
             sessions,
             threshold_override,
             active: Arc::new(ActiveModel::new(model)),
+            shadow: Arc::default(),
             watch: Mutex::new((
                 Window {
                     version: Some(version),
@@ -303,6 +307,54 @@ impl ModelManager {
         ctx: FetchContext,
     ) -> Result<String, ModelError> {
         let _busy = self.busy.try_lock().map_err(|_| ModelError::Busy)?;
+        let Some((release, fetched)) = self.obtain(signed, pinned_key, ctx).await? else {
+            return Ok(format!("{} already active", self.active_version()));
+        };
+        let version = release.version.to_string();
+        self.activate(&version, &release).await?;
+        Ok(format!("{version} active ({fetched} bytes fetched)"))
+    }
+
+    /// Verify, download and test `signed`, then run it in shadow beside the
+    /// active model for `for_secs` (shadow mode: it answers nobody).
+    pub async fn shadow(
+        &self,
+        signed: &SignedRelease,
+        pinned_key: &str,
+        ctx: FetchContext,
+        rollout: &str,
+        for_secs: u64,
+    ) -> Result<String, ModelError> {
+        let _busy = self.busy.try_lock().map_err(|_| ModelError::Busy)?;
+        let Some((release, fetched)) = self.obtain(signed, pinned_key, ctx).await? else {
+            return Err(ModelError::Refused(format!(
+                "{} is already active: nothing to run in shadow",
+                self.active_version()
+            )));
+        };
+        let version = release.version.to_string();
+        self.check_manifest(&version, &release).await?;
+        let dir = self.dir.join("versions").join(&version);
+        let (sessions, thr) = (self.sessions, self.threshold_override);
+        let model = blocking(move || Ok(Model::load_checked(&dir, sessions, thr)?)).await?;
+        let until = edgedesk_support::now_ms() + (for_secs as i64).saturating_mul(1000);
+        self.shadow
+            .start(shadow::ShadowRun::new(model, rollout, until));
+        tracing::info!(%version, rollout, for_secs, "candidate model running in shadow");
+        Ok(format!(
+            "{version} in shadow for {for_secs} s ({fetched} bytes fetched)"
+        ))
+    }
+
+    /// Verify `signed` against the pinned key and this node's model and
+    /// version floor, and have its files on disk. `None`: it is the active
+    /// version already. Returns the release and the bytes fetched.
+    async fn obtain(
+        &self,
+        signed: &SignedRelease,
+        pinned_key: &str,
+        ctx: FetchContext,
+    ) -> Result<Option<(Release, u64)>, ModelError> {
         let key = edgedesk_common::release::verifying_key(pinned_key)
             .map_err(|e| ModelError::Refused(e.to_string()))?;
         let release = signed
@@ -320,7 +372,7 @@ impl ModelManager {
             )));
         }
         if release.version == active {
-            return Ok(format!("{} already active", release.version));
+            return Ok(None);
         }
         // TUF's rollback attack: never below the newest version ever active
         // here (kept in active.json), even after a rollback command.
@@ -348,8 +400,7 @@ impl ModelManager {
         } else {
             self.download(&release, &target, ctx).await?
         };
-        self.activate(&version, &release).await?;
-        Ok(format!("{version} active ({fetched} bytes fetched)"))
+        Ok(Some((release, fetched)))
     }
 
     async fn download(
@@ -438,6 +489,12 @@ impl ModelManager {
 
     /// Load `version` from disk, check it, swap it in, record the pointer.
     async fn activate(&self, version: &str, release: &Release) -> Result<(), ModelError> {
+        self.check_manifest(version, release).await?;
+        self.load_and_swap(version).await
+    }
+
+    /// The kept manifest of `version` must be the one the signed release names.
+    async fn check_manifest(&self, version: &str, release: &Release) -> Result<(), ModelError> {
         let dir = self.dir.join("versions").join(version);
         // The manifest must be the one the signed release names.
         let manifest_sha = blocking(move || fetch::sha256_of(&dir.join(MANIFEST_FILE))).await?;
@@ -446,7 +503,7 @@ impl ModelManager {
                 "the kept manifest is not the released one".into(),
             ));
         }
-        self.load_and_swap(version).await
+        Ok(())
     }
 
     async fn load_and_swap(&self, version: &str) -> Result<(), ModelError> {

@@ -27,9 +27,7 @@ use crate::models::ModelManager;
 use crate::store::{NewMessage, SessionRow, Store, TurnWrite};
 pub use registry::{Claim, Registry};
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use edgedesk_support::now_ms;
 
 fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

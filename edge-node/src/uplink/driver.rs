@@ -451,6 +451,7 @@ pub async fn heartbeat(u: &Uplink, connect_id: &str) -> Heartbeat {
             .unwrap_or(0),
         free_disk_bytes: fs4::available_space(&u.data_dir).unwrap_or(0),
         model_health: Some(u.models.health()),
+        shadow: u.models.shadow.report(edgedesk_support::now_ms()),
     }
 }
 

@@ -237,7 +237,7 @@ async fn run_command(handle: &Handle, streams: &mut Streams, cmd: Command) {
     }
     if matches!(
         cmd.body,
-        CommandBody::ModelUpdate(_) | CommandBody::ModelRollback(_)
+        CommandBody::ModelUpdate(_) | CommandBody::ModelRollback(_) | CommandBody::ModelShadow(_)
     ) {
         if !handle
             .inflight
@@ -373,6 +373,23 @@ impl Handle {
         let _ = self.sealer.send(&self.client, &ack).await;
     }
 
+    /// Where and how to fetch a release: the endpoint pinned at enrolment,
+    /// or the refusal to acknowledge when none was.
+    fn fetch_context(&self) -> Result<(ModelEndpoint, FetchContext), (bool, String)> {
+        let Some(ep) = self.endpoint.clone() else {
+            return Err((
+                false,
+                "refused: no model-signing key was pinned at enrolment".into(),
+            ));
+        };
+        let ctx = FetchContext {
+            node: self.sealer.node.clone(),
+            identity: self.sealer.identity.clone(),
+            endpoint: ep.clone(),
+        };
+        Ok((ep, ctx))
+    }
+
     /// Run a command; (ok, detail) for the acknowledgement.
     async fn execute(&self, cmd: &Command) -> (bool, String) {
         let (conversation, action) = match &cmd.body {
@@ -393,16 +410,9 @@ impl Handle {
             CommandBody::AgentLeft(a) => (&a.conversation, AgentAction::Left),
             CommandBody::AgentClosed(a) => (&a.conversation, AgentAction::Closed),
             CommandBody::ModelUpdate(a) => {
-                let Some(ep) = self.endpoint.clone() else {
-                    return (
-                        false,
-                        "refused: no model-signing key was pinned at enrolment".into(),
-                    );
-                };
-                let ctx = FetchContext {
-                    node: self.sealer.node.clone(),
-                    identity: self.sealer.identity.clone(),
-                    endpoint: ep.clone(),
+                let (ep, ctx) = match self.fetch_context() {
+                    Ok(c) => c,
+                    Err(refused) => return refused,
                 };
                 tracing::info!(rollout = %a.rollout, "model update requested");
                 return match self.models.update(&a.release, &ep.signing_key, ctx).await {
@@ -413,6 +423,24 @@ impl Handle {
                     Err(e) => {
                         tracing::warn!(rollout = %a.rollout, error = %e, "model update failed");
                         self.metrics.model_change(e.reason());
+                        (false, format!("{}: {e}", e.reason()))
+                    }
+                };
+            }
+            CommandBody::ModelShadow(a) => {
+                let (ep, ctx) = match self.fetch_context() {
+                    Ok(c) => c,
+                    Err(refused) => return refused,
+                };
+                tracing::info!(rollout = %a.rollout, "shadow run requested");
+                return match self
+                    .models
+                    .shadow(&a.release, &ep.signing_key, ctx, &a.rollout, a.for_secs)
+                    .await
+                {
+                    Ok(report) => (true, report),
+                    Err(e) => {
+                        tracing::warn!(rollout = %a.rollout, error = %e, "shadow run refused");
                         (false, format!("{}: {e}", e.reason()))
                     }
                 };
