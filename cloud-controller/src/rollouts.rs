@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use edgedesk_common::sync::{CommandBody, ModelRollback, ModelShadow, ModelUpdate};
+use edgedesk_common::sync::{CommandBody, ModelRollback, ModelShadow, ModelShadowEnd, ModelUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::downlink::{Downlink, now_ms};
@@ -342,6 +342,12 @@ impl Rollouts {
                     });
                     (node, body)
                 }
+                Action::EndShadow { node } => (
+                    node,
+                    CommandBody::ModelShadowEnd(ModelShadowEnd {
+                        rollout: r.id.clone(),
+                    }),
+                ),
                 Action::Rollback { node } => {
                     let body = CommandBody::ModelRollback(ModelRollback {
                         rollout: r.id.clone(),

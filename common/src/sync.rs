@@ -159,6 +159,8 @@ pub enum CommandBody {
     /// Download, verify and test a release, then run it in shadow beside
     /// the active model for `for_secs` (it answers nobody).
     ModelShadow(ModelShadow),
+    /// Stop the shadow run of `rollout` now (its rollout was aborted).
+    ModelShadowEnd(ModelShadowEnd),
 }
 
 impl CommandBody {
@@ -173,6 +175,7 @@ impl CommandBody {
         "model_rollback",
         "set_branch",
         "model_shadow",
+        "model_shadow_end",
     ];
 
     /// The wire name of this command's kind.
@@ -187,6 +190,7 @@ impl CommandBody {
             CommandBody::ModelRollback(_) => "model_rollback",
             CommandBody::SetBranch(_) => "set_branch",
             CommandBody::ModelShadow(_) => "model_shadow",
+            CommandBody::ModelShadowEnd(_) => "model_shadow_end",
         }
     }
 
@@ -271,6 +275,11 @@ pub struct ModelShadow {
     pub release: crate::release::SignedRelease,
     /// How long to run the candidate; the node stops on its own after.
     pub for_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelShadowEnd {
+    pub rollout: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

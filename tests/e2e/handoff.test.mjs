@@ -4,7 +4,7 @@
 // screenshot in build/e2e/ (console-*.png, kiosk-*.png).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startController, startBranch, adminCall, ctlFetch, launchBrowser, botSays, assertOnScreen, shot, waitUntil } from "./helpers.mjs";
+import { startController, startBranch, adminCall, ctlFetch, launchBrowser, botSays, assertOnScreen, shot, waitUntil, publishVersion } from "./helpers.mjs";
 
 const PASSWORD = "a long enough password";
 let ctl, node, browser;
@@ -213,9 +213,30 @@ test("a visitor reaches an agent: names, times, canned picker, unread badges, cl
 });
 
 test("a supervisor sees the dashboard with labelled charts and manages canned responses; agents see neither", async () => {
+  // A candidate model in its shadow phase (it answers nobody) with a few
+  // visitor turns compared, for the rollouts table.
+  publishVersion(ctl, "1.1.0");
+  const rollout = await adminCall(ctl, "POST", "/api/v1/rollouts", { model: "1.1.0", waves: ["100%"], shadow_secs: 3600 });
+  await waitUntil("the branch runs the candidate in shadow", async () =>
+    (await adminCall(ctl, "GET", "/api/v1/nodes/branch-e2e/commands")).some((c) => c.kind === "model_shadow" && c.ok === true));
+  const v = await page();
+  await v.p.goto(node.url);
+  await botSays(v.p, "branch assistant");
+  for (const [line, answer] of [["my pin is blocked", "PIN"], ["my card payment was declined", "declined"]]) {
+    await v.p.locator("#input").fill(line);
+    await v.p.keyboard.press("Enter");
+    await botSays(v.p, answer);
+  }
+  await v.ctx.close();
+  await waitUntil("shadow turns reported", async () =>
+    ((await adminCall(ctl, "GET", `/api/v1/rollouts/${rollout.id}`)).shadow?.turns ?? 0) >= 2);
+
   const { ctx, p, errors } = await page({ width: 1280, height: 1000 });
   await login(p, "sam");
   await p.getByRole("button", { name: "Dashboard" }).click();
+  await assertOnScreen(p, p.locator("#d-rollouts td", { hasText: "1.1.0" }), "the rollout in the table");
+  await assertOnScreen(p, p.locator("#d-rollouts td", { hasText: /^shadow/ }), "its shadow phase");
+  await assertOnScreen(p, p.locator("#d-rollouts td", { hasText: /agreement 100\.0 % over \d+ turns \(needs 90 %\)/ }), "the shadow figures");
   await assertOnScreen(p, p.locator("#d-waiting"), "waiting figure");
   const frt = p.locator("#d-frt");
   await p.locator("#d-frt rect").first().waitFor();
@@ -227,6 +248,10 @@ test("a supervisor sees the dashboard with labelled charts and manages canned re
   await assertOnScreen(p, p.locator("#d-csat text.value", { hasText: "5.0" }), "satisfaction value");
   await assertOnScreen(p, p.locator("#d-agents td", { hasText: "Grace Hopper" }), "agent in the table");
   await shot(p, "console-dashboard");
+  // Aborted in its shadow phase: the branch stops running the candidate.
+  await adminCall(ctl, "POST", `/api/v1/rollouts/${rollout.id}/abort`);
+  await waitUntil("the branch ended the shadow run", async () =>
+    (await adminCall(ctl, "GET", "/api/v1/nodes/branch-e2e/commands")).some((c) => c.kind === "model_shadow_end" && c.detail === "shadow ended"));
 
   await p.getByRole("button", { name: "Settings" }).click();
   assert.equal(await p.locator("#agent-form").isVisible(), false, "only admins manage agents");

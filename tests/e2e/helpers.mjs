@@ -1,6 +1,6 @@
 // Shared helpers: start a real edge-node process and a real Chromium.
-import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, readdirSync, copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -124,7 +124,7 @@ export async function startController(extraEnv = {}) {
   const spki = createHash("sha256").update(server.publicKey.export({ type: "spki", format: "der" })).digest("base64");
   const caSha256 = "sha256:" + createHash("sha256").update(new X509Certificate(ca).raw).digest("hex");
   return {
-    url, token, ca, spki, caSha256,
+    url, token, ca, spki, caSha256, dir, env,
     stop: () => new Promise((r) => { child.once("exit", r); child.kill("SIGTERM"); }),
     kill: () => new Promise((r) => { child.once("exit", r); child.kill("SIGKILL"); }),
     restart: () => launch(),
@@ -191,4 +191,17 @@ export async function adminCall(ctl, method, path, body) {
   });
   if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${await r.text()}`);
   return r.status === 204 ? null : r.json();
+}
+
+/// Publish a copy of the default bundle as `version` on `ctl` (the
+/// operator's `cloud-controller model publish`, on the controller's host).
+export function publishVersion(ctl, version) {
+  const out = mkdtempSync(join(tmpdir(), "edgedesk-bundle-"));
+  const src = join(ROOT, "build", "models", "default");
+  for (const f of readdirSync(src)) copyFileSync(join(src, f), join(out, f));
+  const manifest = JSON.parse(readFileSync(join(out, "manifest.json"), "utf8"));
+  manifest.version = version;
+  writeFileSync(join(out, "manifest.json"), JSON.stringify(manifest, null, 2));
+  const r = spawnSync(process.env.CLOUD_CONTROLLER_BIN, ["model", "publish", out], { env: ctl.env, encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`model publish: ${r.status}\n${r.stderr}`);
 }

@@ -357,6 +357,10 @@ pub enum Action {
         node: NodeId,
         until: i64,
     },
+    /// Stop the candidate's shadow run now (aborted during the phase).
+    EndShadow {
+        node: NodeId,
+    },
     Update {
         node: NodeId,
     },
@@ -605,6 +609,16 @@ impl Rollout {
     fn abort(&mut self, reason: String, out: &mut Vec<Action>) {
         if self.phase.is_terminal() || matches!(self.phase, Phase::Aborting { .. }) {
             return;
+        }
+        // Aborted in the shadow phase: stop the candidates now (an operator's
+        // abort may come long before the phase's end, when they would stop
+        // on their own).
+        if matches!(self.phase, Phase::Shadow { .. }) {
+            for id in &self.order {
+                if self.nodes[id].shadowing {
+                    out.push(Action::EndShadow { node: id.clone() });
+                }
+            }
         }
         for id in &self.order {
             let e = self.nodes.get_mut(id).expect("every target has an entry");

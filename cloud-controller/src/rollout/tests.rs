@@ -110,6 +110,24 @@ fn a_candidate_that_agrees_passes_the_shadow_gate_then_rolls_out() {
 }
 
 #[test]
+fn an_abort_in_the_shadow_phase_stops_the_candidates_at_once() {
+    let mut r = shadowed();
+    let a = r.step(Input::Abort {
+        reason: "operator".into(),
+    });
+    let ended: Vec<String> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::EndShadow { node } => Some(node.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, vec!["n00", "n01", "n02"]);
+    assert!(updates(&a).is_empty());
+    assert!(matches!(r.phase, Phase::Aborted { .. }), "{:?}", r.phase);
+}
+
+#[test]
 fn the_shadow_gate_refuses_disagreement_too_few_turns_and_slowness() {
     let cases = [
         (
@@ -430,6 +448,7 @@ proptest! {
                         prop_assert!(targets.contains(node));
                         prop_assert!(told.is_empty(), "shadow after an update started");
                     }
+                    Action::EndShadow { node } => prop_assert!(targets.contains(node)),
                     Action::Phase { .. } => {}
                 }
             }

@@ -92,6 +92,18 @@ impl ShadowSlot {
         None
     }
 
+    /// End the run of `rollout` now, if it is the one running (its counts
+    /// are kept). Whether one was ended.
+    pub fn end(&self, rollout: &str) -> bool {
+        let mut slot = self.run.write().unwrap_or_else(|p| p.into_inner());
+        let Some(run) = slot.as_ref().filter(|r| r.report().rollout == rollout) else {
+            return false;
+        };
+        *self.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.report());
+        *slot = None;
+        true
+    }
+
     /// Start `run`, replacing any other.
     pub fn start(&self, run: ShadowRun) {
         *self.run.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(run));

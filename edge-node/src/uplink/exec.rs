@@ -445,6 +445,19 @@ impl Handle {
                     }
                 };
             }
+            CommandBody::ModelShadowEnd(a) => {
+                let ended = self.models.shadow.end(&a.rollout);
+                tracing::info!(rollout = %a.rollout, ended, "shadow run ended by the controller");
+                return (
+                    true,
+                    if ended {
+                        "shadow ended"
+                    } else {
+                        "no such shadow run"
+                    }
+                    .into(),
+                );
+            }
             CommandBody::SetBranch(info) => {
                 return match crate::branch::apply(&self.store, self.sessions.engine(), info).await {
                     Ok(()) => (true, "applied".into()),
