@@ -220,6 +220,72 @@ async fn a_rollout_is_created_mirrored_to_status_and_aborted_on_delete() {
     token.cancel();
 }
 
+/// A ModelRollout whose rollout this controller's store does not know (a
+/// replica with its own store): reported once as `unknown` with a Degraded
+/// condition and a Warning, no retry loop; deleting it keeps the finalizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_unknown_to_this_store_is_reported_not_looped_on_nor_unfinalized() {
+    let (ctl, token, _dir) = controller().await;
+    let (ctx, mut handle) = fake_api(&ctl);
+    let status = ModelRolloutStatus {
+        rollout_id: Some("ro-elsewhere".into()),
+        phase: "rolling".into(),
+        ..Default::default()
+    };
+    let mr = rollout("1.0.0", true, Some(status));
+    let task = tokio::spawn(operator::reconcile(Arc::new(mr.clone()), ctx.clone()));
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{MR}/status"),
+        &[
+            "\"phase\":\"unknown\"",
+            "not in this controller's store",
+            "\"reason\":\"Unknown\",\"status\":\"True\",\"type\":\"Degraded\"",
+        ],
+        serde_json::to_value(&mr).unwrap(),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "POST",
+        EVENTS,
+        &["UnknownRollout"],
+        event_reply(),
+    )
+    .await;
+    let action = task.await.unwrap().expect("reconciled");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::await_change(),
+        "no retry loop"
+    );
+
+    let mut gone = mr;
+    gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let task = tokio::spawn(operator::reconcile(Arc::new(gone), ctx));
+    expect(
+        &mut handle,
+        "POST",
+        EVENTS,
+        &["UnknownRollout", "not removing the finalizer"],
+        event_reply(),
+    )
+    .await;
+    assert!(task.await.unwrap().is_err(), "the finalizer stays");
+    assert!(
+        !matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request())
+                .await,
+            Ok(Some(_))
+        ),
+        "the finalizer was not removed"
+    );
+    token.cancel();
+}
+
 #[test]
 fn crds_are_generated_and_the_chart_copy_matches() {
     let yaml = cloud_controller::operator::crd::crd_yaml();
@@ -245,10 +311,12 @@ fn crds_are_generated_and_the_chart_copy_matches() {
     );
 }
 
-/// The registry is mirrored as EdgeNodes; an EdgeNode's `spec.branch` is
-/// checked, kept and queued for its node like a REST call (`status.branch`
-/// says "pending"), a broken one is reported "invalid" and changes nothing;
-/// mirrors of nodes no longer in the registry are deleted.
+/// The registry is mirrored as EdgeNodes with Ready and Degraded
+/// conditions; an EdgeNode's `spec.branch` is checked, kept and queued for
+/// its node like a REST call (`status.branch` says "pending"), a broken one
+/// is reported "invalid" (Degraded) and changes nothing; an EdgeNode whose
+/// node this controller does not know is never deleted (a replica with
+/// another store once deleted them all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_is_mirrored_as_edge_nodes() {
     let (ctl, token, _dir) = controller().await;
@@ -274,7 +342,7 @@ async fn the_registry_is_mirrored_as_edge_nodes() {
         "branch-2",
         serde_json::json!({ "hours": { "mon": "17:00-09:00" } }),
     );
-    // A mirror of a node no longer in the registry is deleted.
+    // An EdgeNode this controller's registry does not know.
     let stale = serde_json::json!({ "apiVersion": "edgedesk.io/v1alpha1", "kind": "EdgeNode",
         "metadata": { "name": "gone-7", "namespace": "default" },
         "spec": { "nodeId": "gone-7", "labels": {} } });
@@ -307,6 +375,8 @@ async fn the_registry_is_mirrored_as_edge_nodes() {
             "\"online\":false",
             "\"revoked\":false",
             "\"branch\":\"pending\"",
+            "\"reason\":\"Offline\",\"status\":\"False\",\"type\":\"Ready\"",
+            "\"reason\":\"AsExpected\",\"status\":\"False\",\"type\":\"Degraded\"",
         ],
         good,
     )
@@ -323,12 +393,23 @@ async fn the_registry_is_mirrored_as_edge_nodes() {
         &mut handle,
         "PATCH",
         &format!("{EN}/branch-2/status"),
-        &["\"branch\":\"invalid: branch.hours.mon"],
+        &[
+            "\"branch\":\"invalid: branch.hours.mon",
+            "\"reason\":\"BranchInvalid\",\"status\":\"True\",\"type\":\"Degraded\"",
+        ],
         bad,
     )
     .await;
-    expect(&mut handle, "DELETE", &format!("{EN}/gone-7"), &[], stale).await;
     task.await.unwrap().expect("mirrored");
+    drop(stale);
+    assert!(
+        !matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request())
+                .await,
+            Ok(Some(_))
+        ),
+        "no further request: the unknown EdgeNode is not deleted"
+    );
     let kept = ctl.store.branch("branch-1").await.unwrap().expect("kept");
     assert_eq!(kept.updated_by, "kubernetes");
     assert_eq!(kept.info.facts["address"].zh, "码头街1号");
@@ -541,6 +622,23 @@ async fn the_lease_is_taken_held_and_yielded() {
         "an expired Lease is taken over"
     );
     stop.cancel();
+    // On shutdown the holder hands the Lease back: holder cleared.
+    expect(
+        &mut handle,
+        "GET",
+        &format!("{LEASE}/edgedesk-leader"),
+        &[],
+        lease("replica-a", &now()),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "PUT",
+        &format!("{LEASE}/edgedesk-leader"),
+        &["\"holderIdentity\":\"\""],
+        lease("", &now()),
+    )
+    .await;
     task.await.unwrap();
     assert!(
         !leader.load(Ordering::SeqCst),

@@ -88,8 +88,56 @@ pub struct ModelRolloutStatus {
     /// scope, 310 µs vs 290 µs a turn".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<String>,
+    /// Ready (succeeded), Progressing (shadow, rolling, baking), Degraded
+    /// (aborting, aborted, invalid, unknown to this controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// A status condition, as Kubernetes tools read them (`kubectl wait
+/// --for=condition=Ready`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339: when `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// Conditions `(type, true?, reason, message)`, keeping each one's
+/// transition time from `previous` when its status did not change.
+pub fn conditions(
+    wanted: &[(&str, bool, &str, &str)],
+    previous: &[Condition],
+    now: &str,
+) -> Vec<Condition> {
+    wanted
+        .iter()
+        .map(|(type_, on, reason, message)| {
+            let status = if *on { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == *type_ && c.status == status)
+                .and_then(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.to_owned());
+            Condition {
+                type_: (*type_).to_owned(),
+                status: status.to_owned(),
+                reason: (*reason).to_owned(),
+                message: (*message).to_owned(),
+                last_transition_time: Some(since),
+            }
+        })
+        .collect()
 }
 
 /// A node of the fleet, mirrored from the controller's registry (read-only:
@@ -147,6 +195,10 @@ pub struct EdgeNodeStatus {
     /// "refused: …" (by the node) or "invalid: …" (not sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    /// Ready (online, not revoked) and Degraded (revoked, or its branch
+    /// settings refused or invalid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// Both CRDs as one YAML stream (what `cloud-controller crd` prints).

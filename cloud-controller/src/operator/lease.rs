@@ -2,7 +2,9 @@
 //! are safe: only the holder runs the rollout driver, the reconcilers and the
 //! EdgeNode mirror. The decision is a pure function ([`decide`]); the loop
 //! writes the Lease with its `resourceVersion`, so two candidates racing for
-//! it cannot both win (the loser gets a 409 Conflict and follows).
+//! it cannot both win (the loser gets a 409 Conflict and follows). On
+//! shutdown the holder clears `holderIdentity`, so a standby takes over at
+//! its next attempt rather than after the Lease expires.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,7 +144,37 @@ pub async fn run(
             _ = tokio::time::sleep(renew_every) => {}
         }
     }
-    leader.store(false, Ordering::SeqCst);
+    // Stop leading first, then hand the Lease back so a standby takes over
+    // at once instead of waiting for it to expire.
+    if leader.swap(false, Ordering::SeqCst) {
+        release(&api, &name, &me).await;
+    }
+}
+
+/// Clear the holder of `name` if it is still `me` (with its
+/// `resourceVersion`, so a replica that took it meanwhile keeps it).
+async fn release(api: &Api<Lease>, name: &str, me: &str) {
+    let mut lease = match api.get_opt(name).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the leader Lease to release it failed; it expires instead");
+            return;
+        }
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(me) {
+        return;
+    }
+    spec.holder_identity = Some(String::new());
+    match api.replace(name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!(identity = %me, "leader Lease released"),
+        Err(e) => {
+            tracing::warn!(error = %e, "releasing the leader Lease failed; it expires instead")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,9 @@ pub enum OperatorError {
     Kube(#[from] kube::Error),
     #[error("rollout: {0}")]
     Rollout(#[from] RolloutError),
+    /// Not an error: a deletion waits for its rollout to finish aborting.
+    #[error("waiting: {0}")]
+    Pending(String),
 }
 
 /// What a reconcile needs.
@@ -65,9 +68,52 @@ impl Context {
     }
 }
 
-/// `.status` for a rollout view.
-pub fn status_of(v: &RolloutView, generation: Option<i64>) -> ModelRolloutStatus {
+/// "rolling" → "Rolling": phases as condition reasons and event actions.
+fn title(phase: &str) -> String {
+    let mut c = phase.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Ready / Progressing / Degraded for a rollout in `phase`.
+fn rollout_conditions(
+    phase: &str,
+    message: &str,
+    previous: &[crd::Condition],
+) -> Vec<crd::Condition> {
+    let reason = title(phase);
+    let progressing = matches!(phase, "shadow" | "rolling" | "baking");
+    let degraded = matches!(phase, "aborting" | "aborted" | "invalid" | "unknown");
+    crd::conditions(
+        &[
+            ("Ready", phase == "succeeded", &reason, message),
+            ("Progressing", progressing, &reason, message),
+            (
+                "Degraded",
+                degraded,
+                if degraded { &reason } else { "AsExpected" },
+                if degraded { message } else { "" },
+            ),
+        ],
+        previous,
+        &rfc3339_now(),
+    )
+}
+
+/// `.status` for a rollout view (conditions keep their transition times
+/// from `previous`).
+pub fn status_of(
+    v: &RolloutView,
+    generation: Option<i64>,
+    previous: &[crd::Condition],
+) -> ModelRolloutStatus {
     ModelRolloutStatus {
+        conditions: rollout_conditions(&v.phase, &v.detail, previous),
         rollout_id: Some(v.id.clone()),
         phase: v.phase.clone(),
         wave: format!("{}/{}", v.wave, v.waves),
@@ -83,12 +129,22 @@ pub fn status_of(v: &RolloutView, generation: Option<i64>) -> ModelRolloutStatus
     }
 }
 
-async fn publish(ctx: &Context, mr: &ModelRollout, type_: EventType, reason: &str, note: String) {
+/// An Event on `mr`. `action` says what happened in a word ("Rolling",
+/// "Aborted"): the recorder folds events with the same reason and action
+/// into one, so each phase change needs an action of its own to be kept.
+async fn publish(
+    ctx: &Context,
+    mr: &ModelRollout,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let ev = KubeEvent {
         type_,
         reason: reason.into(),
         note: Some(note),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &mr.object_ref(&())).await {
@@ -164,6 +220,7 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
                         mr,
                         EventType::Normal,
                         "Created",
+                        &title(&v.phase),
                         format!("rollout {} of {} to {} node(s)", v.id, v.version, v.total),
                     )
                     .await;
@@ -174,23 +231,56 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
                     let status = ModelRolloutStatus {
                         phase: "invalid".into(),
                         message: e.to_string(),
+                        conditions: rollout_conditions(
+                            "invalid",
+                            &e.to_string(),
+                            &before.conditions,
+                        ),
                         observed_generation: mr.metadata.generation,
                         ..Default::default()
                     };
                     patch_status(&api, &name, &status).await?;
-                    publish(ctx, mr, EventType::Warning, "Invalid", e.to_string()).await;
+                    publish(
+                        ctx,
+                        mr,
+                        EventType::Warning,
+                        "Invalid",
+                        "Validate",
+                        e.to_string(),
+                    )
+                    .await;
                     return Ok(Action::await_change());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Some(id) => {
-            let mut v = ctx
-                .rollouts
-                .get(&id)
-                .await
-                .map_err(RolloutError::from)?
-                .ok_or(RolloutError::NotFound(id.clone()))?;
+            let Some(mut v) = ctx.rollouts.get(&id).await.map_err(RolloutError::from)? else {
+                // Another controller's store (a replica with its own): say so
+                // once and wait for a change instead of retrying forever.
+                if before.phase != "unknown" {
+                    let message = format!(
+                        "rollout {id} is not in this controller's store; replicas must share one store"
+                    );
+                    let status = ModelRolloutStatus {
+                        phase: "unknown".into(),
+                        conditions: rollout_conditions("unknown", &message, &before.conditions),
+                        message: message.clone(),
+                        ..before.clone()
+                    };
+                    patch_status(&api, &name, &status).await?;
+                    publish(
+                        ctx,
+                        mr,
+                        EventType::Warning,
+                        "UnknownRollout",
+                        "Lookup",
+                        message,
+                    )
+                    .await;
+                }
+                return Ok(Action::await_change());
+            };
             let terminal = v.phase == "succeeded" || v.phase == "aborted";
             let op = if terminal {
                 None
@@ -210,6 +300,7 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
                     mr,
                     EventType::Normal,
                     "Operated",
+                    &title(op),
                     format!("{op} requested in the spec"),
                 )
                 .await;
@@ -217,7 +308,7 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
             v
         }
     };
-    let status = status_of(&view, mr.metadata.generation);
+    let status = status_of(&view, mr.metadata.generation, &before.conditions);
     if status != before {
         patch_status(&api, &name, &status).await?;
         if status.phase != before.phase && before.rollout_id.is_some() {
@@ -234,7 +325,7 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
             } else {
                 format!("{} → {}: {}", before.phase, status.phase, status.message)
             };
-            publish(ctx, mr, kind, "PhaseChanged", note).await;
+            publish(ctx, mr, kind, "PhaseChanged", &title(&status.phase), note).await;
         }
     }
     Ok(if view.phase == "succeeded" || view.phase == "aborted" {
@@ -244,27 +335,62 @@ async fn apply(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError
     })
 }
 
+/// The ModelRollout is being deleted: abort its rollout and keep the
+/// finalizer until the abort has finished (every updated node rolled back
+/// or reported failed). A rollout this controller's store does not know is
+/// not assumed gone: the finalizer stays, with a Warning saying why.
 async fn cleanup(mr: &ModelRollout, ctx: &Context) -> Result<Action, OperatorError> {
-    if let Some(id) = mr.status.as_ref().and_then(|s| s.rollout_id.clone()) {
-        match ctx.rollouts.operate(&id, "abort").await {
-            Ok(_) => {
-                publish(
-                    ctx,
-                    mr,
-                    EventType::Warning,
-                    "Aborted",
-                    format!("rollout {id} aborted: the ModelRollout was deleted"),
-                )
-                .await;
+    let Some(id) = mr.status.as_ref().and_then(|s| s.rollout_id.clone()) else {
+        return Ok(Action::await_change());
+    };
+    let view = match ctx.rollouts.get(&id).await.map_err(RolloutError::from)? {
+        Some(v) => v,
+        None => {
+            let message = format!(
+                "rollout {id} is not in this controller's store: not removing the finalizer (remove it by hand once the rollout is known to be over)"
+            );
+            publish(
+                ctx,
+                mr,
+                EventType::Warning,
+                "UnknownRollout",
+                "Finalize",
+                message,
+            )
+            .await;
+            return Err(OperatorError::Pending(format!("rollout {id} unknown")));
+        }
+    };
+    match view.phase.as_str() {
+        "succeeded" | "aborted" => Ok(Action::await_change()),
+        "aborting" => Err(OperatorError::Pending(format!(
+            "rollout {id} still rolling back"
+        ))),
+        _ => {
+            ctx.rollouts.operate(&id, "abort").await?;
+            publish(
+                ctx,
+                mr,
+                EventType::Warning,
+                "Aborted",
+                "Abort",
+                format!("rollout {id} aborted: the ModelRollout was deleted; the finalizer goes once every node is back"),
+            )
+            .await;
+            // Finished at once if nothing was updated; else wait.
+            match ctx.rollouts.get(&id).await.map_err(RolloutError::from)? {
+                Some(v) if v.phase == "aborted" => Ok(Action::await_change()),
+                _ => Err(OperatorError::Pending(format!("rollout {id} rolling back"))),
             }
-            Err(RolloutError::Finished(..)) | Err(RolloutError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
         }
     }
-    Ok(Action::await_change())
 }
 
 fn error_policy(_mr: Arc<ModelRollout>, e: &OperatorError, _ctx: Arc<Context>) -> Action {
+    if let OperatorError::Pending(what) = e {
+        tracing::debug!(%what, "ModelRollout deletion waits");
+        return Action::requeue(Duration::from_secs(2));
+    }
     tracing::warn!(error = %e, "ModelRollout reconcile failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }
@@ -282,8 +408,9 @@ pub fn object_name(node_id: &str) -> Option<String> {
 }
 
 /// One pass of the EdgeNode mirror: apply every registry node, take each
-/// object's `spec.branch` to the node (checked, kept, queued), delete
-/// mirrors of nodes that left the registry.
+/// object's `spec.branch` to the node (checked, kept, queued). An EdgeNode
+/// whose node this controller's registry does not know is left alone (a
+/// warning is logged): a replica must never delete what it does not know.
 pub async fn mirror_nodes(
     client: &Client,
     namespace: &str,
@@ -296,6 +423,17 @@ pub async fn mirror_nodes(
     let wanted: std::collections::BTreeMap<String, serde_json::Value> = existing
         .iter()
         .filter_map(|o| Some((o.name_any(), o.spec.branch.clone()?)))
+        .collect();
+    let previous: std::collections::BTreeMap<String, Vec<crd::Condition>> = existing
+        .iter()
+        .map(|o| {
+            let c = o
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            (o.name_any(), c)
+        })
         .collect();
     let nodes = store.nodes().await.map_err(RolloutError::from)?;
     let pp = PatchParams::apply(MANAGER).force();
@@ -327,6 +465,29 @@ pub async fn mirror_nodes(
             None => None,
         };
         let hb = n.heartbeat.clone().unwrap_or_default();
+        let revoked = n.revoked_at.is_some();
+        let (ready, ready_reason) = match (revoked, n.online) {
+            (true, _) => (false, "Revoked"),
+            (false, true) => (true, "Online"),
+            (false, false) => (false, "Offline"),
+        };
+        let branch_trouble = branch
+            .as_deref()
+            .filter(|b| b.starts_with("refused") || b.starts_with("invalid"));
+        let (degraded, degraded_reason, degraded_message) = match (revoked, branch_trouble) {
+            (true, _) => (true, "Revoked", ""),
+            (false, Some(b)) if b.starts_with("refused") => (true, "BranchRefused", b),
+            (false, Some(b)) => (true, "BranchInvalid", b),
+            (false, None) => (false, "AsExpected", ""),
+        };
+        let conditions = crd::conditions(
+            &[
+                ("Ready", ready, ready_reason, ""),
+                ("Degraded", degraded, degraded_reason, degraded_message),
+            ],
+            previous.get(&name).map(Vec::as_slice).unwrap_or_default(),
+            &rfc3339_now(),
+        );
         let status = EdgeNodeStatus {
             online: n.online,
             model_version: hb.model_version,
@@ -335,8 +496,9 @@ pub async fn mirror_nodes(
                 .last_seen
                 .and_then(chrono::DateTime::from_timestamp_millis)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            revoked: n.revoked_at.is_some(),
+            revoked,
             branch,
+            conditions,
         };
         api.patch_status(
             &name,
@@ -350,7 +512,7 @@ pub async fn mirror_nodes(
     for o in existing {
         let name = o.name_any();
         if !names.contains(&name) {
-            api.delete(&name, &Default::default()).await?;
+            tracing::warn!(edgenode = %name, "EdgeNode of a node this controller's registry does not know; left alone");
         }
     }
     Ok(())
