@@ -22,3 +22,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ default "default" .Values.serviceAccount.name }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The host branches reach the broker at: mqtt.advertiseHost, else the external
+broker's host. Required: without it nodes would be told 0.0.0.0 at enrolment.
+*/}}
+{{- define "edgedesk.mqttHost" -}}
+{{- $external := ternary .Values.mqtt.external.host "" (eq .Values.mqtt.mode "external") -}}
+{{- required "mqtt.advertiseHost is required: the host (DNS name or IP) branches reach the controller's broker at; without it nodes would be told 0.0.0.0" (.Values.mqtt.advertiseHost | default $external) -}}
+{{- end -}}
+
+{{/*
+Refuse what this version cannot run. Several replicas need a shared
+PostgreSQL store and an external broker (issue 14), which this version does
+not have yet: with its own SQLite store each replica would hold its own
+registry and rollouts.
+*/}}
+{{- define "edgedesk.checks" -}}
+{{- if gt (int .Values.replicas) 1 -}}
+{{- fail "replicas > 1 needs a shared PostgreSQL store and an external broker, which this version does not support yet; keep replicas: 1 (the leader Lease is still used, so a rolling update never runs two leaders)" -}}
+{{- end -}}
+{{- if not (has .Values.mqtt.mode (list "embedded" "external")) -}}
+{{- fail (printf "mqtt.mode must be embedded or external, not %q" .Values.mqtt.mode) -}}
+{{- end -}}
+{{- if and (eq .Values.mqtt.mode "external") (not .Values.mqtt.external.host) -}}
+{{- fail "mqtt.external.host is required with mqtt.mode: external" -}}
+{{- end -}}
+{{- end -}}
