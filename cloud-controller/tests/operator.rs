@@ -463,9 +463,14 @@ async fn real_cluster_round_trip() {
         .await
         .expect("CRDs installed");
     let name = created.metadata.name.clone().unwrap();
+    // A Lease of its own: the test works while a real controller holds the
+    // chart's Lease in the same namespace.
+    let mut kcfg = cloud_controller::config::Config::default().kubernetes;
+    kcfg.lease_name = format!("edgedesk-test-lease-{}", std::process::id());
+    let lease_name = kcfg.lease_name.clone();
     let run = tokio::spawn(operator::run(
-        client,
-        cloud_controller::config::Config::default().kubernetes,
+        client.clone(),
+        kcfg,
         ctl.rollouts.clone(),
         token.clone(),
     ));
@@ -478,10 +483,22 @@ async fn real_cluster_round_trip() {
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+    // Clean up: the object (its finalizer is removed by the running
+    // operator, so wait until it is gone), then the test's Lease.
     let _ = api.delete(&name, &DeleteParams::default()).await;
+    for _ in 0..30 {
+        if api.get_opt(&name).await.ok().flatten().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let gone = api.get_opt(&name).await.ok().flatten().is_none();
     token.cancel();
     let _ = run.await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client, &ns);
+    let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
     assert_eq!(phase, "invalid");
+    assert!(gone, "the test's ModelRollout was deleted (finalizer removed)");
 }
 
 /// Not the operator, but the same store: a controller restarted in the middle
