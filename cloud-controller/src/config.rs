@@ -21,7 +21,16 @@ pub struct Config {
     pub store: StoreConfig,
     pub fleet: FleetConfig,
     pub sync: SyncConfig,
+    pub learning: LearningConfig,
     pub log: LogConfig,
+}
+
+/// The learning loop's samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearningConfig {
+    /// Samples older than this are deleted (hourly).
+    pub sample_retention_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -372,6 +372,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     let rollout_task = tokio::spawn(rollouts.clone().run(shutdown.clone()));
+    let retention_task = tokio::spawn(prune_samples(
+        store.clone(),
+        i64::from(config.learning.sample_retention_days) * 86_400_000,
+        shutdown.clone(),
+    ));
     let operator_task = if config.kubernetes.enabled {
         let client = kube::Client::try_default()
             .await
@@ -501,6 +506,7 @@ pub async fn run(
         let _ = ticker_task.await;
         let _ = quic_task.await;
         let _ = rollout_task.await;
+        let _ = retention_task.await;
         if let Some(t) = operator_task {
             let _ = t.await;
         }
@@ -547,4 +553,20 @@ fn last_pem_block(chain: &str) -> String {
         .rfind(BEGIN)
         .map(|i| chain[i..].trim_end().to_owned() + "\n")
         .unwrap_or_default()
+}
+
+/// Delete learning samples older than `keep_ms`, at start and hourly, until
+/// `shutdown`.
+async fn prune_samples(store: store::Store, keep_ms: i64, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = every.tick() => match store.prune_samples(downlink::now_ms() - keep_ms).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "learning samples past their retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting old learning samples failed"),
+            },
+        }
+    }
 }

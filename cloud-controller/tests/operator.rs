@@ -498,7 +498,10 @@ async fn real_cluster_round_trip() {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client, &ns);
     let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
     assert_eq!(phase, "invalid");
-    assert!(gone, "the test's ModelRollout was deleted (finalizer removed)");
+    assert!(
+        gone,
+        "the test's ModelRollout was deleted (finalizer removed)"
+    );
 }
 
 /// Not the operator, but the same store: a controller restarted in the middle

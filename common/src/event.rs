@@ -39,6 +39,8 @@ pub enum EventBody {
     EscalationWithdrawn(EscalationWithdrawn),
     /// The visitor of an escalated conversation left the page or came back.
     VisitorPresence(VisitorPresence),
+    /// A visitor turn worth a person's label (the learning loop), masked.
+    Sample(Sample),
 }
 
 impl EventBody {
@@ -53,6 +55,7 @@ impl EventBody {
             EventBody::Rating(_) => "rating",
             EventBody::EscalationWithdrawn(_) => "escalation_withdrawn",
             EventBody::VisitorPresence(_) => "visitor_presence",
+            EventBody::Sample(_) => "sample",
         }
     }
 }
@@ -114,6 +117,53 @@ impl From<crate::chat::HistoryItem> for TranscriptLine {
 pub struct ChatLine {
     pub conversation: String,
     pub line: TranscriptLine,
+}
+
+/// A visitor turn the model could learn from. `text` is masked by the one
+/// masking function before it leaves the branch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub conversation: String,
+    pub text: String,
+    pub lang: Lang,
+    pub reason: SampleReason,
+    pub model_version: String,
+    /// The model's top guesses, best first (at most three).
+    pub guesses: Vec<Guess>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guess {
+    pub label: String,
+    pub score: f32,
+}
+
+/// Why a turn was sent up for labelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleReason {
+    /// Below the confidence threshold.
+    LowConfidence,
+    /// Below the threshold, and the bot asked the visitor to rephrase.
+    Rephrase,
+    /// Judged out of scope.
+    OutOfScope,
+    /// The conversation went to a person (the agent's handling follows).
+    Escalated,
+    /// The visitor rated the chat 1 or 2.
+    RatedLow,
+}
+
+impl SampleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SampleReason::LowConfidence => "low_confidence",
+            SampleReason::Rephrase => "rephrase",
+            SampleReason::OutOfScope => "out_of_scope",
+            SampleReason::Escalated => "escalated",
+            SampleReason::RatedLow => "rated_low",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

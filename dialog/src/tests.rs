@@ -380,6 +380,7 @@ proptest! {
                         prop_assert!(c.phase != Phase::WaitingForAgent);
                     }
                     EventBody::VisitorPresence(_) => prop_assert!(false, "the engine never reports presence"),
+                    EventBody::Sample(_) => prop_assert!(false, "samples are the session's, not the engine's"),
                 }
             }
             if let Phase::Flow(_) = c.phase {

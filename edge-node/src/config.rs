@@ -28,7 +28,18 @@ pub struct Config {
     pub store: StoreConfig,
     pub retention: RetentionConfig,
     pub cloud: CloudConfig,
+    pub learning: LearningConfig,
     pub log: LogConfig,
+}
+
+/// The learning loop's samples (turns worth a person's label).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearningConfig {
+    /// Send samples up (with `cloud.enabled`); `false` opts the branch out.
+    pub enabled: bool,
+    /// Most samples a day (UTC) from this node.
+    pub samples_per_day: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -210,6 +210,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         idle_reset_secs: config.server.kiosk_idle_reset_secs,
         abandon_grace_ms: i64::from(config.dialog.abandon_grace_secs) * 1000,
         queue_offer_ms: i64::from(config.dialog.queue_offer_secs) * 1000,
+        samples: (config.cloud.enabled && config.learning.enabled)
+            .then(|| session::samples::Budget::new(config.learning.samples_per_day)),
     }));
     let keeper = Arc::new(Keeper {
         retention: config.retention.clone(),

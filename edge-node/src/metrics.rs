@@ -79,6 +79,8 @@ pub struct Metrics {
     pub escalations: Counter,
     pub offline_messages: Counter,
     pub conversations_ended: ByLabel,
+    /// Learning samples by reason, or `dropped_budget`.
+    pub samples: ByLabel,
     /// Rejected input, by `reason` (too_large, invalid_json, rate_limited, …).
     pub rejected: ByLabel,
     pub outbox_depth: Gauge,
@@ -118,6 +120,7 @@ impl Metrics {
             escalations: Counter::default(),
             offline_messages: Counter::default(),
             conversations_ended: ByLabel::new("reason"),
+            samples: ByLabel::new("outcome"),
             rejected: ByLabel::new("reason"),
             outbox_depth: Gauge::default(),
             outbox_compacted: Gauge::default(),
@@ -179,6 +182,11 @@ impl Metrics {
             "conversations_ended",
             "Conversations ended, by reason",
             m.conversations_ended.family.clone(),
+        );
+        registry.register(
+            "samples",
+            "Learning samples sent up for labelling, by reason, or dropped over the daily budget",
+            m.samples.family.clone(),
         );
         registry.register(
             "rejected_inputs",
@@ -273,6 +281,10 @@ impl Metrics {
 
     pub fn ended(&self, reason: &str) {
         self.conversations_ended.inc(reason);
+    }
+
+    pub fn sample(&self, outcome: &str) {
+        self.samples.inc(outcome);
     }
 
     pub fn render(&self) -> String {

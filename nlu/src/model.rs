@@ -35,6 +35,9 @@ pub struct Prediction {
     /// `true` when the node should answer with this intent: confident enough
     /// and not out of scope.
     pub answered: bool,
+    /// The runners-up after `label`, best first (at most two), for the
+    /// learning loop's samples.
+    pub runners_up: Vec<(String, f32)>,
 }
 
 pub struct Model {
@@ -217,10 +220,28 @@ impl Model {
                 );
         let label = self.manifest.labels[best].clone();
         let answered = confidence >= self.threshold && label != self.manifest.out_of_scope_label;
+        // The two next best, without sorting every class.
+        let mut runners_up: [(usize, f32); 2] = [(usize::MAX, f32::MIN); 2];
+        for (i, &p) in probs.iter().enumerate() {
+            if i == best {
+                continue;
+            }
+            if p > runners_up[0].1 {
+                runners_up[1] = runners_up[0];
+                runners_up[0] = (i, p);
+            } else if p > runners_up[1].1 {
+                runners_up[1] = (i, p);
+            }
+        }
         Prediction {
             label,
             confidence,
             answered,
+            runners_up: runners_up
+                .iter()
+                .filter(|(i, _)| *i != usize::MAX)
+                .map(|&(i, p)| (self.manifest.labels[i].clone(), p))
+                .collect(),
         }
     }
 

@@ -573,6 +573,20 @@ pub struct EventView {
     pub event: serde_json::Value,
 }
 
+/// The learning loop's samples: visitor turns the branches sent up (masked)
+/// because the model was unsure, judged them out of scope, or the chat
+/// escalated or was rated low; newest first.
+#[utoipa::path(get, path = "/api/v1/samples", params(crate::store::samples::SampleQuery),
+    responses((status = 200, body = Vec<crate::store::samples::SampleRow>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_samples(
+    State(s): S,
+    headers: HeaderMap,
+    Query(q): Query<crate::store::samples::SampleQuery>,
+) -> Result<Json<Vec<crate::store::samples::SampleRow>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(s.store.samples(q).await?))
+}
+
 /// Events ingested from node outboxes, by node, kind and time.
 #[utoipa::path(get, path = "/api/v1/events", params(EventsQuery),
     responses((status = 200, body = Vec<EventView>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
@@ -704,6 +718,7 @@ fn routes() -> OpenApiRouter<Arc<Http>> {
         .routes(routes!(revoke))
         .routes(routes!(post_command, list_commands))
         .routes(routes!(list_events))
+        .routes(routes!(list_samples))
         .routes(routes!(create_agent, list_agents))
         .routes(routes!(disable_agent))
         .routes(routes!(set_agent_role))

@@ -90,12 +90,15 @@ fn ingest(
             let e = match &e.body {
                 EventBody::ConversationSummary(_)
                 | EventBody::Escalation(_)
-                | EventBody::ChatLine(_) => {
+                | EventBody::ChatLine(_)
+                | EventBody::Sample(_) => {
                     let mut c = e.clone();
                     match &mut c.body {
                         EventBody::ConversationSummary(s) => s.transcript.clear(),
                         EventBody::Escalation(x) => x.transcript.clear(),
                         EventBody::ChatLine(x) => x.line.text.clear(),
+                        // Kept once, in `samples`.
+                        EventBody::Sample(x) => x.text.clear(),
                         _ => {}
                     }
                     stripped = c;
@@ -123,6 +126,7 @@ fn conversation_of(body: &EventBody) -> Option<&str> {
         EventBody::Rating(r) => &r.conversation,
         EventBody::EscalationWithdrawn(w) => &w.conversation,
         EventBody::VisitorPresence(p) => &p.conversation,
+        EventBody::Sample(s) => &s.conversation,
         EventBody::FlowCompleted(_) => return None,
     })
 }
@@ -231,6 +235,7 @@ fn project(
                     super::chats::summarized(conn, node, s)?;
                 }
             }
+            EventBody::Sample(s) => super::samples::add(conn, &e.id, node, s, e.at)?,
             EventBody::FlowCompleted(_) => {}
         }
         applied.push(e);

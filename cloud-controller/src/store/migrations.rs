@@ -10,7 +10,8 @@
 //! still there, and since when a chat waits. Step 5 strips transcripts that
 //! older builds also kept in the event log. Step 6 adds small settings (the
 //! reserved top of envelope sequence numbers). Step 7 keeps each branch's
-//! hours and facts as operators set them. Never edit a step: append one.
+//! hours and facts as operators set them. Step 8 keeps the learning loop's
+//! samples. Never edit a step: append one.
 
 use edgedesk_support::sqlite::{Step, has_column};
 
@@ -228,6 +229,26 @@ pub const STEPS: &[Step] = &[
         updated_by  TEXT NOT NULL,       -- "api" or "kubernetes"
         command_id  TEXT NOT NULL        -- the set_branch command carrying it
     );
+"#,
+    ),
+    Step::Sql(
+        r#"
+    CREATE TABLE samples (
+        id             TEXT PRIMARY KEY,  -- the event id
+        node_id        TEXT NOT NULL,
+        conversation   TEXT NOT NULL,
+        text           TEXT NOT NULL,     -- masked on the node
+        lang           TEXT NOT NULL,
+        reason         TEXT NOT NULL,     -- common::event::SampleReason
+        model_version  TEXT NOT NULL,
+        guesses        TEXT NOT NULL,     -- [{label, score}] as JSON
+        at             INTEGER NOT NULL,
+        label          TEXT,              -- set by a person (the label queue)
+        labelled_by    TEXT,
+        labelled_at    INTEGER
+    );
+    CREATE INDEX samples_at ON samples (at);
+    CREATE INDEX samples_unlabelled ON samples (label, at);
 "#,
     ),
 ];

@@ -11,7 +11,8 @@
 //! Files: `nodes` (tokens, enrolment, registry, history), `events` (inbound
 //! batches and their projection), `commands` (the per-node queue), `chats`,
 //! `agents`, `tickets`, `models`, `rollouts`, `seq` (envelope sequence numbers),
-//! `branches` (each branch's hours and facts as operators set them).
+//! `branches` (each branch's hours and facts as operators set them),
+//! `samples` (the learning loop's turns to label).
 
 pub mod agents;
 pub mod branches;
@@ -22,6 +23,7 @@ pub mod migrations;
 pub mod models;
 pub mod nodes;
 pub mod rollouts;
+pub mod samples;
 pub mod seq;
 pub mod tickets;
 

@@ -150,6 +150,7 @@ mod tests {
             label: label.into(),
             confidence,
             answered,
+            runners_up: Vec::new(),
         }
     }
 

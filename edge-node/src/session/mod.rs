@@ -9,13 +9,14 @@
 //! - [`registry`]: which connection holds which session.
 
 pub mod registry;
+pub mod samples;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use edgedesk_common::chat::{ErrorCode, HistoryItem, Lang, PROTOCOL_VERSION, Sender, ServerFrame};
-use edgedesk_common::event::{Event, EventBody, TranscriptLine, VisitorPresence};
+use edgedesk_common::event::{Event, EventBody, Guess, Sample, TranscriptLine, VisitorPresence};
 use edgedesk_dialog::{BotReply, Command, Conversation, Engine, Phase, Turn, Understanding};
 use edgedesk_nlu::{Model, entities};
 use sha2::{Digest, Sha256};
@@ -169,6 +170,9 @@ pub struct Deps {
     pub abandon_grace_ms: i64,
     /// A visitor waiting this long is offered to leave a message (ms; 0: never).
     pub queue_offer_ms: i64,
+    /// Learning samples' daily budget; `None`: none are sent (opted out, or
+    /// no cloud to send them to).
+    pub samples: Option<samples::Budget>,
 }
 
 pub struct Sessions {
@@ -525,20 +529,24 @@ impl Sessions {
             _ => self.d.models.active.get(),
         };
         let nlu_started = Instant::now();
-        let nlu = match self.d.inference.classify(model.clone(), text.clone()).await {
-            Ok(p) => Understanding {
-                intent: p.label,
-                confidence: p.confidence,
-                answered: p.answered,
-            },
+        let (nlu, runners_up) = match self.d.inference.classify(model.clone(), text.clone()).await {
+            Ok(p) => (
+                Understanding {
+                    intent: p.label,
+                    confidence: p.confidence,
+                    answered: p.answered,
+                },
+                p.runners_up,
+            ),
             Err(InferError::Busy) => return self.busy(),
             Err(e) => {
                 tracing::error!(error = %e, "classification failed; treating as not understood");
-                Understanding {
+                let none = Understanding {
                     intent: String::new(),
                     confidence: 0.0,
                     answered: false,
-                }
+                };
+                (none, Vec::new())
             }
         };
         let m = &self.d.metrics;
@@ -575,7 +583,7 @@ impl Sessions {
             .models
             .observe(&model.manifest().version, nlu.answered, escalated);
         active.flow_model = match active.conv.phase {
-            Phase::Flow(_) => Some(model),
+            Phase::Flow(_) => Some(model.clone()),
             _ => None,
         };
         for ev in &outcome.events {
@@ -591,10 +599,10 @@ impl Sessions {
                 | EventBody::ChatLine(_)
                 | EventBody::Rating(_)
                 | EventBody::EscalationWithdrawn(_)
-                | EventBody::VisitorPresence(_) => {}
+                | EventBody::VisitorPresence(_)
+                | EventBody::Sample(_) => {}
             }
         }
-        let had_events = !outcome.events.is_empty();
         let mut events = outcome.events;
         if escalated {
             // An escalation carries the conversation so far, for the agent.
@@ -620,6 +628,13 @@ impl Sessions {
                 x.transcript = transcript;
             }
         }
+        if let Some(sample) = self
+            .sample(active, &model, &nlu, runners_up, &text, &events, now)
+            .await
+        {
+            events.push(sample);
+        }
+        let had_events = !events.is_empty();
         let replies = outcome.replies.len();
         let classified = !nlu.intent.is_empty();
         let mut messages = Vec::with_capacity(1 + replies);
@@ -660,6 +675,91 @@ impl Sessions {
         }
         m.turn_latency.observe(started.elapsed().as_secs_f64());
         frames
+    }
+
+    /// A learning sample for this turn, when it taught something and the
+    /// day's budget allows (see [`samples`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn sample(
+        &self,
+        active: &Active,
+        model: &edgedesk_nlu::Model,
+        nlu: &Understanding,
+        runners_up: Vec<(String, f32)>,
+        text: &str,
+        events: &[EventBody],
+        now: i64,
+    ) -> Option<EventBody> {
+        let budget = self.d.samples.as_ref()?;
+        if nlu.intent.is_empty() {
+            return None;
+        }
+        let manifest = model.manifest();
+        let escalation = events.iter().find_map(|e| match e {
+            EventBody::Escalation(x) => Some(x),
+            _ => None,
+        });
+        let rated_low = events
+            .iter()
+            .any(|e| matches!(e, EventBody::Rating(r) if r.score <= 2));
+        let asked_to_rephrase = !nlu.answered && active.conv.low_confidence_streak == 1;
+        let reason = samples::reason(
+            &nlu.intent,
+            nlu.answered,
+            &manifest.out_of_scope_label,
+            escalation.is_some(),
+            rated_low,
+            asked_to_rephrase,
+        )?;
+        let mut guesses = vec![Guess {
+            label: nlu.intent.clone(),
+            score: nlu.confidence,
+        }];
+        guesses.extend(
+            runners_up
+                .into_iter()
+                .map(|(label, score)| Guess { label, score }),
+        );
+        // "I want a person" or "/rate 1" teach nothing: the line the visitor
+        // wrote before it does (its guesses were not kept).
+        let text = if rated_low || nlu.intent == edgedesk_dialog::HUMAN_AGENT {
+            guesses.clear();
+            let earlier = match escalation {
+                Some(x) => x
+                    .transcript
+                    .iter()
+                    .rev()
+                    .filter(|l| l.from == Sender::Visitor && l.at < now && !l.text.starts_with('/'))
+                    .map(|l| l.text.clone())
+                    .next(),
+                None => self
+                    .d
+                    .store
+                    .history(&active.conv.id, 50)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .rev()
+                    .find(|h| h.from == Sender::Visitor && !h.text.starts_with('/'))
+                    .map(|h| h.text),
+            };
+            earlier?
+        } else {
+            text.to_owned()
+        };
+        if !budget.take(now) {
+            self.d.metrics.sample("dropped_budget");
+            return None;
+        }
+        self.d.metrics.sample(reason.as_str());
+        Some(EventBody::Sample(Sample {
+            conversation: active.conv.id.clone(),
+            text,
+            lang: active.conv.lang,
+            reason,
+            model_version: manifest.version.to_string(),
+            guesses,
+        }))
     }
 
     /// The visitor picked the page language: it wins from now on. Before

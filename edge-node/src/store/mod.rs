@@ -788,7 +788,10 @@ fn outbox_compact(conn: &mut Connection, budget: u64) -> Result<Compaction, Stor
     if bytes as u64 > budget {
         let victims: Vec<(i64, i64)> = {
             let mut stmt = tx.prepare(
-                "SELECT seq, LENGTH(body) FROM outbox WHERE kind = 'conversation_summary' ORDER BY seq",
+                // Learning samples go first, then routine summaries; never
+                // escalations, offline messages or agent chat.
+                "SELECT seq, LENGTH(body) FROM outbox WHERE kind IN ('sample', 'conversation_summary')
+                 ORDER BY kind = 'conversation_summary', seq",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?

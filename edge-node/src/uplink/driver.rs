@@ -53,6 +53,7 @@ pub fn outgoing(mut e: Event, mask: bool) -> Event {
                 *v = mask_personal(v);
             }
         }
+        EventBody::Sample(x) => x.text = mask_personal(&x.text),
         EventBody::Rating(_)
         | EventBody::EscalationWithdrawn(_)
         | EventBody::VisitorPresence(_) => {}

@@ -1,0 +1,110 @@
+//! The learning loop's samples: visitor turns the nodes sent up (masked)
+//! for people to label, kept for `learning.sample_retention_days`.
+
+use edgedesk_common::event::Sample;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+/// A stored sample, as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SampleRow {
+    pub id: String,
+    pub node_id: String,
+    pub conversation: String,
+    pub text: String,
+    pub lang: String,
+    /// low_confidence, rephrase, out_of_scope, escalated, rated_low.
+    pub reason: String,
+    pub model_version: String,
+    /// The model's top guesses, best first: `[{label, score}]`.
+    #[schema(value_type = Object)]
+    pub guesses: serde_json::Value,
+    pub at: i64,
+    pub label: Option<String>,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct SampleQuery {
+    pub node: Option<String>,
+    pub reason: Option<String>,
+    pub lang: Option<String>,
+    /// Only those no one has labelled yet.
+    #[serde(default)]
+    pub unlabelled: bool,
+    /// Most rows (default 100, at most 10,000), newest first.
+    pub limit: Option<usize>,
+}
+
+/// Keep one sample (in the ingest transaction; a resent one is kept once).
+pub(super) fn add(
+    conn: &Connection,
+    id: &str,
+    node: &str,
+    s: &Sample,
+    at: i64,
+) -> Result<(), StoreError> {
+    let guesses =
+        serde_json::to_string(&s.guesses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO samples (id, node_id, conversation, text, lang, reason, model_version, guesses, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        id,
+        node,
+        s.conversation,
+        s.text,
+        s.lang.as_str(),
+        s.reason.as_str(),
+        s.model_version,
+        guesses,
+        at
+    ])?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn samples(&self, q: SampleQuery) -> Result<Vec<SampleRow>, StoreError> {
+        self.db
+            .call(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, node_id, conversation, text, lang, reason, model_version, guesses, at, label
+                     FROM samples
+                     WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR reason = ?2)
+                       AND (?3 IS NULL OR lang = ?3) AND (?4 = 0 OR label IS NULL)
+                     ORDER BY at DESC, id LIMIT ?5",
+                )?;
+                let limit = q.limit.unwrap_or(100).min(10_000) as i64;
+                let rows = stmt.query_map(
+                    params![q.node, q.reason, q.lang, q.unlabelled, limit],
+                    |r| {
+                        let guesses: String = r.get(7)?;
+                        Ok(SampleRow {
+                            id: r.get(0)?,
+                            node_id: r.get(1)?,
+                            conversation: r.get(2)?,
+                            text: r.get(3)?,
+                            lang: r.get(4)?,
+                            reason: r.get(5)?,
+                            model_version: r.get(6)?,
+                            guesses: serde_json::from_str(&guesses).unwrap_or_default(),
+                            at: r.get(8)?,
+                            label: r.get(9)?,
+                        })
+                    },
+                )?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Forget samples older than `before` (ms); how many went.
+    pub async fn prune_samples(&self, before: i64) -> Result<usize, StoreError> {
+        self.db
+            .call(move |c| Ok(c.execute("DELETE FROM samples WHERE at < ?1", [before])?))
+            .await
+    }
+}
