@@ -102,8 +102,9 @@
     for (const t of document.querySelectorAll(".tab")) {
       if (t.dataset.view === name) t.setAttribute("aria-current", "page"); else t.removeAttribute("aria-current");
     }
-    for (const v of ["chats", "tickets", "history", "dashboard", "settings"]) $("view-" + v).hidden = v !== name;
+    for (const v of ["chats", "tickets", "history", "labels", "dashboard", "settings"]) $("view-" + v).hidden = v !== name;
     if (name === "tickets") loadTickets();
+    if (name === "labels") loadLabels();
     if (name === "dashboard") refreshDashboard();
     if (name === "settings") { renderCanned(); if (allowed("admin")) renderAgents(); }
   }
@@ -584,6 +585,56 @@
       });
       const li = el("li"); li.append(b); ul.append(li);
     }
+  });
+
+  // ---------- labels: the learning loop's queue
+  const REASON_WORDS = {
+    out_of_scope: "judged not a banking question", low_confidence: "not sure", rephrase: "asked to rephrase",
+    escalated: "went to a person", rated_low: "rated low",
+  };
+  async function saveLabel(sample, value, li) {
+    const r = await api(`/console/api/samples/${encodeURIComponent(sample.id)}/label`, { method: "POST", body: JSON.stringify({ label: value }) });
+    if (!r.ok) { toast(await errorOf(r, "Could not save the label")); return; }
+    li.remove();
+    toast(`Labelled: ${value === "out_of_scope" ? "not a banking question" : intentWords(value.replace(/^new:/, ""))}`, false);
+    if (!$("label-list").children.length) loadLabels();
+  }
+  async function loadLabels() {
+    const r = await api("/console/api/samples").catch(() => null);
+    if (!r || !r.ok) return;
+    const q = await r.json();
+    const dl = $("intent-names"); dl.replaceChildren();
+    for (const i of q.intents) { const o = el("option"); o.value = i; o.textContent = intentWords(i); dl.append(o); }
+    const ul = $("label-list"); ul.replaceChildren();
+    if (!q.samples.length) ul.append(el("li", "empty", "Nothing to label: every line the branches sent up has a label."));
+    for (const smp of q.samples) {
+      const li = el("li", "sample");
+      li.append(el("p", "said", smp.text));
+      li.append(el("p", "meta", `${smp.lang === "zh" ? "中文" : "English"} · ${REASON_WORDS[smp.reason] || smp.reason} · ${smp.node_id} · model ${smp.model_version} · ${new Date(smp.at).toLocaleString()}`));
+      const row = el("div", "guesses");
+      // "Not banking" has its own button (0).
+      (smp.guesses || []).filter((g) => g.label !== "out_of_scope").forEach((g, i) => {
+        const b = button(`${i + 1}. ${intentWords(g.label)} (${Math.round(g.score * 100)} %)`, () => saveLabel(smp, g.label, li));
+        b.dataset.key = String(i + 1);
+        row.append(b);
+      });
+      const oos = button("0. Not a banking question", () => saveLabel(smp, "out_of_scope", li));
+      oos.dataset.key = "0";
+      row.append(oos);
+      const pick = el("input"); pick.setAttribute("list", "intent-names"); pick.placeholder = "another intent, or new:name";
+      pick.setAttribute("aria-label", "Intent"); pick.maxLength = 68;
+      const save = button("Label", () => { if (pick.value.trim()) saveLabel(smp, pick.value.trim(), li); }, "primary");
+      pick.addEventListener("keydown", (e) => { if (e.key === "Enter") save.click(); });
+      row.append(pick, save);
+      li.append(row);
+      ul.append(li);
+    }
+  }
+  document.addEventListener("keydown", (e) => {
+    if (view !== "labels" || e.target.closest("input, textarea, select") || e.altKey || e.ctrlKey || e.metaKey) return;
+    const first = $("label-list").querySelector("li.sample");
+    const b = first && first.querySelector(`button[data-key="${e.key}"]`);
+    if (b) { e.preventDefault(); b.click(); }
   });
 
   // ---------- dashboard

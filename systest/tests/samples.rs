@@ -39,13 +39,20 @@ async fn turns_worth_a_label_reach_the_controller_masked_within_the_budget() {
         &node,
         Lang::En,
         &[
-            "I lost my card",
+            "my pin is blocked",
             "what is the weather like on mars, mail me at jo@example.com",
             "blorp zzkx quux",
         ],
     )
     .await;
     visit(&node, Lang::Zh, &["今天火星天气怎么样"]).await;
+    // An answer to a flow's question is never a sample, understood or not.
+    visit(
+        &node,
+        Lang::En,
+        &["I want to book an appointment", "grumble florp"],
+    )
+    .await;
     eventually(15, "samples at the controller", || async {
         samples(&cloud, "node=harbour").await.len() >= 3
     })
@@ -53,8 +60,12 @@ async fn turns_worth_a_label_reach_the_controller_masked_within_the_budget() {
     let got = samples(&cloud, "node=harbour").await;
     let texts: Vec<&str> = got.iter().map(|s| s["text"].as_str().unwrap()).collect();
     assert!(
-        !texts.iter().any(|t| t.contains("I lost my card")),
+        !texts.iter().any(|t| t.contains("pin is blocked")),
         "an answered turn is not a sample: {texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains("grumble")),
+        "a flow's answer is not a sample: {texts:?}"
     );
     let mars = got
         .iter()

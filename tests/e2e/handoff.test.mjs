@@ -360,6 +360,37 @@ test("an operator sets the branch's address and hours at the controller; a visit
   await v.ctx.close();
 });
 
+test("a line the bot did not understand reaches the labelling queue; an agent labels it with one key", async () => {
+  const v = await page({ width: 1080, height: 900 });
+  await v.p.goto(node.url);
+  await botSays(v.p, "branch assistant");
+  await v.p.locator("#input").fill("what is the weather like on mars tomorrow");
+  await v.p.keyboard.press("Enter");
+  await botSays(v.p, "");
+  await v.ctx.close();
+  await waitUntil("the sample at the controller", async () =>
+    (await adminCall(ctl, "GET", "/api/v1/samples?unlabelled=true")).some((x) => x.text.includes("mars")));
+
+  const { ctx, p, errors } = await page({ width: 1280, height: 800 });
+  await login(p, "grace");
+  await p.getByRole("button", { name: "Labels" }).click();
+  const line = p.locator("#label-list li.sample", { hasText: "what is the weather like on mars tomorrow" });
+  await assertOnScreen(p, line, "the visitor's line in the queue");
+  await assertOnScreen(p, line.locator(".meta", { hasText: "judged not a banking question" }), "why it is there");
+  await assertOnScreen(p, line.getByRole("button", { name: /^1\. .+ \(\d+ %\)$/ }), "the model's next guess with its score");
+  // Answers to the contact form (names, e-mail) are never samples.
+  assert.equal(await p.locator("#label-list li.sample", { hasText: "Ada Lovelace" }).count(), 0, "a name left in the contact form");
+  await shot(p, "console-labels");
+  // The line is first in the queue (newest first): 0 labels it.
+  await p.keyboard.press("0");
+  await assertOnScreen(p, p.locator("#toast", { hasText: "Labelled: not a banking question" }), "the confirmation");
+  await line.waitFor({ state: "detached" });
+  const stored = (await adminCall(ctl, "GET", "/api/v1/samples")).find((x) => x.text.includes("mars"));
+  assert.equal(stored.label, "out_of_scope");
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
 test("a line typed while the controller is down waits on screen and is delivered after the restart", async () => {
   const a = await page();
   const agent = a.p;

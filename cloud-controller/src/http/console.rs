@@ -551,6 +551,72 @@ async fn ticket_transcript(
     Ok(Json(view))
 }
 
+/// The labelling queue: samples no one has labelled yet (every role), and
+/// the intent names to pick from.
+#[derive(Serialize)]
+pub struct LabelQueue {
+    pub samples: Vec<crate::store::samples::SampleRow>,
+    pub intents: Vec<String>,
+}
+
+async fn label_queue(State(s): S, headers: HeaderMap) -> Result<Json<LabelQueue>, ConsoleError> {
+    authorized(&s, &headers, Role::Agent, false).await?;
+    let q = crate::store::samples::SampleQuery {
+        unlabelled: true,
+        limit: Some(50),
+        ..Default::default()
+    };
+    Ok(Json(LabelQueue {
+        samples: s.store.samples(q).await?,
+        intents: s.store.sample_intents().await?,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct LabelRequest {
+    /// An intent name (`card_arrival`), `out_of_scope` (not a banking
+    /// question), or `new:NAME` for an intent the model does not have yet.
+    pub label: String,
+}
+
+/// Whether `label` is an intent name, `out_of_scope`, or `new:NAME`.
+pub fn valid_label(label: &str) -> bool {
+    let name = label.strip_prefix("new:").unwrap_or(label);
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+async fn label_sample(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<LabelRequest>,
+) -> Result<Json<crate::store::samples::SampleRow>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Agent, true).await?;
+    let label = req.label.trim();
+    if !valid_label(label) {
+        return Err(ConsoleError::BadRequest(
+            "a label is an intent name (a-z 0-9 _), out_of_scope, or new:NAME for a new intent"
+                .into(),
+        ));
+    }
+    let overrule = me.role >= Role::Supervisor;
+    match s
+        .store
+        .label_sample(&id, label, &me.id, overrule, now_ms())
+        .await?
+    {
+        None => Err(ConsoleError::NotFound),
+        Some(Err(_)) => Err(ConsoleError::Forbidden(
+            "a colleague labelled that one; a supervisor can overrule",
+        )),
+        Some(Ok(row)) => Ok(Json(row)),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct ResolveRequest {
     pub note: String,
@@ -691,6 +757,8 @@ pub fn router(state: Arc<Http>) -> axum::Router {
         .route("/console/api/chats/{id}", get(get_chat))
         .route("/console/api/tickets", get(list_tickets))
         .route("/console/api/dashboard", get(dashboard))
+        .route("/console/api/samples", get(label_queue))
+        .route("/console/api/samples/{id}/label", post(label_sample))
         .route("/console/api/colleagues", get(colleagues))
         .route("/console/api/tickets/{id}/claim", post(claim_ticket))
         .route("/console/api/tickets/{id}/resolve", post(resolve_ticket))

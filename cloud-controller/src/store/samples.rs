@@ -2,7 +2,7 @@
 //! for people to label, kept for `learning.sample_retention_days`.
 
 use edgedesk_common::event::Sample;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -66,37 +66,95 @@ pub(super) fn add(
     Ok(())
 }
 
+const COLUMNS: &str =
+    "id, node_id, conversation, text, lang, reason, model_version, guesses, at, label";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
+    let guesses: String = r.get(7)?;
+    Ok(SampleRow {
+        id: r.get(0)?,
+        node_id: r.get(1)?,
+        conversation: r.get(2)?,
+        text: r.get(3)?,
+        lang: r.get(4)?,
+        reason: r.get(5)?,
+        model_version: r.get(6)?,
+        guesses: serde_json::from_str(&guesses).unwrap_or_default(),
+        at: r.get(8)?,
+        label: r.get(9)?,
+    })
+}
+
 impl Store {
     pub async fn samples(&self, q: SampleQuery) -> Result<Vec<SampleRow>, StoreError> {
         self.db
             .call(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT id, node_id, conversation, text, lang, reason, model_version, guesses, at, label
-                     FROM samples
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM samples
                      WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR reason = ?2)
                        AND (?3 IS NULL OR lang = ?3) AND (?4 = 0 OR label IS NULL)
-                     ORDER BY at DESC, id LIMIT ?5",
-                )?;
+                     ORDER BY at DESC, id LIMIT ?5"
+                ))?;
                 let limit = q.limit.unwrap_or(100).min(10_000) as i64;
-                let rows = stmt.query_map(
-                    params![q.node, q.reason, q.lang, q.unlabelled, limit],
-                    |r| {
-                        let guesses: String = r.get(7)?;
-                        Ok(SampleRow {
-                            id: r.get(0)?,
-                            node_id: r.get(1)?,
-                            conversation: r.get(2)?,
-                            text: r.get(3)?,
-                            lang: r.get(4)?,
-                            reason: r.get(5)?,
-                            model_version: r.get(6)?,
-                            guesses: serde_json::from_str(&guesses).unwrap_or_default(),
-                            at: r.get(8)?,
-                            label: r.get(9)?,
-                        })
-                    },
-                )?;
+                let rows =
+                    stmt.query_map(params![q.node, q.reason, q.lang, q.unlabelled, limit], row)?;
                 Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Label sample `id` as `label` by `who`. A sample someone else
+    /// labelled is only relabelled by a supervisor (`overrule`). `None`: no
+    /// such sample; `Err(by)`: already labelled by `by`.
+    pub async fn label_sample(
+        &self,
+        id: &str,
+        label: &str,
+        who: &str,
+        overrule: bool,
+        now: i64,
+    ) -> Result<Option<Result<SampleRow, String>>, StoreError> {
+        let (id, label, who) = (id.to_owned(), label.to_owned(), who.to_owned());
+        self.db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let current: Option<Option<String>> = tx
+                    .query_row("SELECT labelled_by FROM samples WHERE id = ?1", [&id], |r| r.get(0))
+                    .optional()?;
+                let Some(by) = current else {
+                    return Ok(None);
+                };
+                if let Some(by) = by.filter(|b| *b != who && !overrule) {
+                    return Ok(Some(Err(by)));
+                }
+                tx.execute(
+                    "UPDATE samples SET label = ?2, labelled_by = ?3, labelled_at = ?4 WHERE id = ?1",
+                    params![id, label, who, now],
+                )?;
+                let labelled = tx.query_row(
+                    &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
+                    [&id],
+                    row,
+                )?;
+                tx.commit()?;
+                Ok(Some(Ok(labelled)))
+            })
+            .await
+    }
+
+    /// Every intent name the samples' guesses and labels mention, sorted
+    /// (the console's intent picker).
+    pub async fn sample_intents(&self) -> Result<Vec<String>, StoreError> {
+        self.db
+            .call(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT DISTINCT json_extract(g.value, '$.label') FROM samples, json_each(samples.guesses) g
+                     UNION SELECT DISTINCT label FROM samples WHERE label IS NOT NULL
+                     ORDER BY 1",
+                )?;
+                let rows = stmt.query_map([], |r| r.get::<_, Option<String>>(0))?;
+                let all: Vec<Option<String>> = rows.collect::<Result<_, _>>()?;
+                Ok(all.into_iter().flatten().collect())
             })
             .await
     }

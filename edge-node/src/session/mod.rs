@@ -524,6 +524,10 @@ impl Sessions {
             .and_then(Command::parse)
             .or_else(|| Command::parse(&text));
         let in_flow = matches!(active.conv.phase, Phase::Flow(_));
+        // Only what a visitor asks the bot is a learning sample: answers to
+        // a flow's or the contact form's questions (names, addresses) and
+        // lines to an agent never are.
+        let asked_the_bot = matches!(active.conv.phase, Phase::Bot | Phase::Ended);
         let model = match (&active.flow_model, in_flow) {
             (Some(m), true) => m.clone(),
             _ => self.d.models.active.get(),
@@ -629,7 +633,16 @@ impl Sessions {
             }
         }
         if let Some(sample) = self
-            .sample(active, &model, &nlu, runners_up, &text, &events, now)
+            .sample(
+                active,
+                asked_the_bot,
+                &model,
+                &nlu,
+                runners_up,
+                &text,
+                &events,
+                now,
+            )
             .await
         {
             events.push(sample);
@@ -683,6 +696,7 @@ impl Sessions {
     async fn sample(
         &self,
         active: &Active,
+        asked_the_bot: bool,
         model: &edgedesk_nlu::Model,
         nlu: &Understanding,
         runners_up: Vec<(String, f32)>,
@@ -702,6 +716,9 @@ impl Sessions {
         let rated_low = events
             .iter()
             .any(|e| matches!(e, EventBody::Rating(r) if r.score <= 2));
+        if !asked_the_bot && !rated_low {
+            return None;
+        }
         let asked_to_rephrase = !nlu.answered && active.conv.low_confidence_streak == 1;
         let reason = samples::reason(
             &nlu.intent,
