@@ -361,7 +361,7 @@ async fn every_role_against_every_endpoint() {
         // The rest of the console API: (method, path, body, least role, status once allowed).
         let canned =
             serde_json::json!({ "lang": "en", "shortcut": format!("s-{role}"), "text": "Hello" });
-        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 11] = [
+        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 14] = [
             (
                 Method::GET,
                 "/console/api/chats",
@@ -438,6 +438,27 @@ async fn every_role_against_every_endpoint() {
                 None,
                 "agent",
                 StatusCode::OK,
+            ),
+            (
+                Method::GET,
+                "/console/api/samples",
+                None,
+                "agent",
+                StatusCode::OK,
+            ),
+            (
+                Method::POST,
+                "/console/api/samples/no-such/label",
+                Some(serde_json::json!({ "label": "card_arrival" })),
+                "agent",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::POST,
+                "/console/api/samples/no-such/label",
+                Some(serde_json::json!({ "label": "Not A Label!" })),
+                "agent",
+                StatusCode::BAD_REQUEST,
             ),
         ];
         for (method, path, body, min, allowed) in rest {

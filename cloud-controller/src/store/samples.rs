@@ -85,6 +85,39 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
     })
 }
 
+fn set_label(
+    c: &mut Connection,
+    id: &str,
+    label: &str,
+    who: &str,
+    overrule: bool,
+    now: i64,
+) -> Result<Option<Result<SampleRow, String>>, StoreError> {
+    let tx = c.transaction()?;
+    let current: Option<Option<String>> = tx
+        .query_row("SELECT labelled_by FROM samples WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(by) = current else {
+        return Ok(None);
+    };
+    if let Some(by) = by.filter(|b| b != who && !overrule) {
+        return Ok(Some(Err(by)));
+    }
+    tx.execute(
+        "UPDATE samples SET label = ?2, labelled_by = ?3, labelled_at = ?4 WHERE id = ?1",
+        params![id, label, who, now],
+    )?;
+    let labelled = tx.query_row(
+        &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
+        [id],
+        row,
+    )?;
+    tx.commit()?;
+    Ok(Some(Ok(labelled)))
+}
+
 impl Store {
     pub async fn samples(&self, q: SampleQuery) -> Result<Vec<SampleRow>, StoreError> {
         self.db
@@ -114,31 +147,9 @@ impl Store {
         overrule: bool,
         now: i64,
     ) -> Result<Option<Result<SampleRow, String>>, StoreError> {
-        let (id, label, who) = (id.to_owned(), label.to_owned(), who.to_owned());
+        let (id, label_, who) = (id.to_owned(), label.to_owned(), who.to_owned());
         self.db
-            .call(move |c| {
-                let tx = c.transaction()?;
-                let current: Option<Option<String>> = tx
-                    .query_row("SELECT labelled_by FROM samples WHERE id = ?1", [&id], |r| r.get(0))
-                    .optional()?;
-                let Some(by) = current else {
-                    return Ok(None);
-                };
-                if let Some(by) = by.filter(|b| *b != who && !overrule) {
-                    return Ok(Some(Err(by)));
-                }
-                tx.execute(
-                    "UPDATE samples SET label = ?2, labelled_by = ?3, labelled_at = ?4 WHERE id = ?1",
-                    params![id, label, who, now],
-                )?;
-                let labelled = tx.query_row(
-                    &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
-                    [&id],
-                    row,
-                )?;
-                tx.commit()?;
-                Ok(Some(Ok(labelled)))
-            })
+            .call(move |c| set_label(c, &id, &label_, &who, overrule, now))
             .await
     }
 
@@ -164,5 +175,62 @@ impl Store {
         self.db
             .call(move |c| Ok(c.execute("DELETE FROM samples WHERE at < ?1", [before])?))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgedesk_common::chat::Lang;
+    use edgedesk_common::event::{Guess, SampleReason};
+
+    #[test]
+    fn a_label_is_kept_once_and_only_a_supervisor_overrules_a_colleague() {
+        let mut c = super::super::test_conn();
+        let s = Sample {
+            conversation: "c1".into(),
+            text: "wobble".into(),
+            lang: Lang::En,
+            reason: SampleReason::OutOfScope,
+            model_version: "1.0.0".into(),
+            guesses: vec![Guess {
+                label: "out_of_scope".into(),
+                score: 0.8,
+            }],
+        };
+        add(&c, "e1", "n1", &s, 1).unwrap();
+        add(&c, "e1", "n1", &s, 1).unwrap();
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "a resent sample is kept once");
+        assert!(
+            set_label(&mut c, "nope", "x", "grace", false, 2)
+                .unwrap()
+                .is_none()
+        );
+        let first = set_label(&mut c, "e1", "card_arrival", "grace", false, 2)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.label.as_deref(), Some("card_arrival"));
+        // Grace may change her own label; a colleague may not; a supervisor may.
+        assert!(
+            set_label(&mut c, "e1", "out_of_scope", "grace", false, 3)
+                .unwrap()
+                .unwrap()
+                .is_ok()
+        );
+        assert_eq!(
+            set_label(&mut c, "e1", "pin_blocked", "alan", false, 4)
+                .unwrap()
+                .unwrap(),
+            Err("grace".to_string())
+        );
+        let overruled = set_label(&mut c, "e1", "pin_blocked", "sam", true, 5)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(overruled.label.as_deref(), Some("pin_blocked"));
     }
 }
