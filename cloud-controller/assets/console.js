@@ -70,6 +70,7 @@
     me = session.agent; csrf = session.csrf;
     $("login").hidden = true; $("app").hidden = false;
     $("who").textContent = `${me.display_name} · ${me.role}`;
+    $("who").title = $("who").textContent;
     for (const e of document.querySelectorAll("[data-role]")) e.hidden = !allowed(e.dataset.role);
     if ("Notification" in window && Notification.permission === "default") $("alerts").hidden = false;
     loadPending();
