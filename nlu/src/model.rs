@@ -35,9 +35,10 @@ pub struct Prediction {
     /// `true` when the node should answer with this intent: confident enough
     /// and not out of scope.
     pub answered: bool,
-    /// The runners-up after `label`, best first (at most two), for the
-    /// learning loop's samples.
-    pub runners_up: Vec<(String, f32)>,
+    /// The runners-up after `label`, best first, as (class index, score):
+    /// [`Model::label_of`] names them. Kept as indices so classifying
+    /// allocates nothing for them; only a learning sample names them.
+    pub runners_up: [Option<(usize, f32)>; 2],
 }
 
 pub struct Model {
@@ -237,12 +238,13 @@ impl Model {
             label,
             confidence,
             answered,
-            runners_up: runners_up
-                .iter()
-                .filter(|(i, _)| *i != usize::MAX)
-                .map(|&(i, p)| (self.manifest.labels[i].clone(), p))
-                .collect(),
+            runners_up: runners_up.map(|r| (r.0 != usize::MAX).then_some(r)),
         }
+    }
+
+    /// The label of class `index` (manifest order), if there is one.
+    pub fn label_of(&self, index: usize) -> Option<&str> {
+        self.manifest.labels.get(index).map(String::as_str)
     }
 
     /// Class probabilities in manifest label order.

@@ -479,3 +479,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shadow_settings_out_of_range_are_refused_by_name() {
+    for (s, want) in [
+        (
+            Plan {
+                shadow_ms: -1,
+                ..Plan::default()
+            },
+            "shadow phase cannot be negative",
+        ),
+        (
+            Plan {
+                shadow_min_agreement: 1.5,
+                ..Plan::default()
+            },
+            "minimum agreement",
+        ),
+        (
+            Plan {
+                shadow_min_agreement: -0.1,
+                ..Plan::default()
+            },
+            "minimum agreement",
+        ),
+        (
+            Plan {
+                shadow_latency_margin: -1.0,
+                ..Plan::default()
+            },
+            "latency margin",
+        ),
+    ] {
+        let e = s.validate().expect_err(want);
+        assert!(e.contains(want), "{e}");
+    }
+    assert!(
+        Plan {
+            shadow_ms: 60_000,
+            ..Plan::default()
+        }
+        .validate()
+        .is_ok()
+    );
+}

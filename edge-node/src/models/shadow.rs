@@ -150,7 +150,7 @@ mod tests {
             label: label.into(),
             confidence,
             answered,
-            runners_up: Vec::new(),
+            runners_up: [None; 2],
         }
     }
 

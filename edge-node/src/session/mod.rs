@@ -550,7 +550,7 @@ impl Sessions {
                     confidence: 0.0,
                     answered: false,
                 };
-                (none, Vec::new())
+                (none, [None; 2])
             }
         };
         let m = &self.d.metrics;
@@ -699,7 +699,7 @@ impl Sessions {
         asked_the_bot: bool,
         model: &edgedesk_nlu::Model,
         nlu: &Understanding,
-        runners_up: Vec<(String, f32)>,
+        runners_up: [Option<(usize, f32)>; 2],
         text: &str,
         events: &[EventBody],
         now: i64,
@@ -732,11 +732,12 @@ impl Sessions {
             label: nlu.intent.clone(),
             score: nlu.confidence,
         }];
-        guesses.extend(
-            runners_up
-                .into_iter()
-                .map(|(label, score)| Guess { label, score }),
-        );
+        guesses.extend(runners_up.into_iter().flatten().filter_map(|(i, score)| {
+            Some(Guess {
+                label: model.label_of(i)?.to_owned(),
+                score,
+            })
+        }));
         // "I want a person" or "/rate 1" teach nothing: the line the visitor
         // wrote before it does (its guesses were not kept).
         let text = if rated_low || nlu.intent == edgedesk_dialog::HUMAN_AGENT {
