@@ -71,6 +71,9 @@ enum Cmd {
     /// Model rollouts to the fleet.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// The learning loop's training runs: labels in, a checked model out.
+    #[command(subcommand)]
+    Training(TrainingCmd),
     /// Edge sync maintenance (on the controller's host, controller stopped).
     #[command(subcommand)]
     Sync(SyncCmd),
@@ -119,6 +122,30 @@ enum ModelCmd {
     List,
     /// One release: id, name@version or version.
     Show { key: String },
+}
+
+#[derive(Subcommand)]
+enum TrainingCmd {
+    /// Train on the base data plus the labels people gave; the regression
+    /// gate then compares the candidate with the fleet's model.
+    Start {
+        /// Release to compare with (default: the model of the newest
+        /// successful rollout, else the newest release).
+        #[arg(long)]
+        baseline: Option<String>,
+    },
+    /// One run (state, the gate's figures, the trainer's last lines), or all.
+    Status { id: Option<String> },
+    /// Roll out the model of a run that passed the gate.
+    Approve {
+        id: String,
+        /// Cumulative wave sizes instead of the configured ones, e.g. 1,50%,100%.
+        #[arg(long, value_delimiter = ',')]
+        waves: Vec<String>,
+        /// Shadow phase length instead of the configured one (e.g. 10m; 0 for none).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        shadow: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -670,6 +697,33 @@ fn client(cli: &Cli) -> ExitCode {
                     "shadow_latency_margin": shadow_latency_margin,
                     "shadow_min_turns": shadow_min_turns,
                 })),
+            )
+        }
+        Some(Cmd::Training(TrainingCmd::Start { baseline })) => (
+            reqwest::Method::POST,
+            "/api/v1/trainings".into(),
+            Some(serde_json::json!({ "baseline": baseline })),
+        ),
+        Some(Cmd::Training(TrainingCmd::Status { id })) => match id {
+            Some(id) => (
+                reqwest::Method::GET,
+                format!("/api/v1/trainings/{id}"),
+                None,
+            ),
+            None => (reqwest::Method::GET, "/api/v1/trainings".into(), None),
+        },
+        Some(Cmd::Training(TrainingCmd::Approve { id, waves, shadow })) => {
+            let mut body = serde_json::Map::new();
+            if !waves.is_empty() {
+                body.insert("waves".into(), serde_json::json!(waves));
+            }
+            if let Some(s) = shadow {
+                body.insert("shadow_secs".into(), serde_json::json!(s));
+            }
+            (
+                reqwest::Method::POST,
+                format!("/api/v1/trainings/{id}/approve"),
+                Some(serde_json::Value::Object(body)),
             )
         }
         Some(Cmd::Rollout(RolloutCmd::Status { id })) => match id {

@@ -22,6 +22,7 @@ pub struct Config {
     pub fleet: FleetConfig,
     pub sync: SyncConfig,
     pub learning: LearningConfig,
+    pub training: TrainingConfig,
     pub log: LogConfig,
 }
 
@@ -31,6 +32,34 @@ pub struct Config {
 pub struct LearningConfig {
     /// Samples older than this are deleted (hourly).
     pub sample_retention_days: u32,
+}
+
+/// The learning loop's training runs (see `crate::training`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// The trainer: program and first arguments; the run appends
+    /// `--data --extra --out --version --name`.
+    pub command: Vec<String>,
+    /// The base training data (the repository's `data/` layout).
+    pub data_dir: PathBuf,
+    pub timeout_secs: u64,
+    /// Address-space limit of the trainer in MiB (0: none).
+    pub memory_mb: u64,
+    /// Share of labelled samples kept out of training to evaluate on.
+    pub held_out_fraction: f64,
+    /// Largest fall allowed per language and in out-of-scope recall.
+    pub tolerance: f64,
+    /// Largest fall allowed per intent.
+    pub intent_tolerance: f64,
+    /// Fewest rows for a figure to be judged.
+    pub min_rows: usize,
+    /// Roll a passing model out without waiting for approval.
+    pub auto_promote: bool,
+    /// The rollout a passing model gets (any field can be overridden when approving).
+    pub shadow_secs: u64,
+    pub waves: Vec<String>,
+    pub bake_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +275,24 @@ impl Config {
         }
         if self.mqtt.max_payload_bytes < 1024 {
             return bad("mqtt.max_payload_bytes", "must be at least 1024");
+        }
+        let t = &self.training;
+        if !(0.0..1.0).contains(&t.held_out_fraction) {
+            return bad(
+                "training.held_out_fraction",
+                "expected 0 or more and below 1",
+            );
+        }
+        for (key, v) in [
+            ("training.tolerance", t.tolerance),
+            ("training.intent_tolerance", t.intent_tolerance),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, "expected a fraction between 0 and 1");
+            }
+        }
+        if t.timeout_secs == 0 {
+            return bad("training.timeout_secs", "must be at least 1");
         }
         if self.mqtt.max_messages_per_sec == 0 {
             return bad("mqtt.max_messages_per_sec", "must be at least 1");

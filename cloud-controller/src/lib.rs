@@ -8,7 +8,8 @@
 //! and feeds the live-chat desk ([`handoff`]) through a channel. Everything
 //! that goes down to nodes goes through [`downlink`] (queued, then sealed by
 //! the link's publisher). [`rollouts`] drives model rollouts, [`quic`]
-//! serves model files, [`http`] serves the REST API and the console.
+//! serves model files, [`training`] runs the learning loop's training
+//! jobs, [`http`] serves the REST API and the console.
 //! [`run`] wires the parts together; `main.rs` only calls [`cli::main`].
 
 pub mod accounts;
@@ -31,6 +32,7 @@ pub mod rollouts;
 pub mod routing;
 pub mod store;
 pub mod tls;
+pub mod training;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -372,6 +374,17 @@ pub async fn run(
         shutdown.clone(),
     ));
     let rollout_task = tokio::spawn(rollouts.clone().run(shutdown.clone()));
+    let trainings = training::Trainings::new(
+        store.clone(),
+        rollouts.clone(),
+        config.training.clone(),
+        data.join("models"),
+        data.join("trainings"),
+        model_key.clone(),
+        config.models.onnxruntime_path.clone(),
+        shutdown.clone(),
+    );
+    trainings.recover().await?;
     let retention_task = tokio::spawn(prune_samples(
         store.clone(),
         i64::from(config.learning.sample_retention_days) * 86_400_000,
@@ -457,6 +470,7 @@ pub async fn run(
         downlink: downlink.clone(),
         handoff: handoff.clone(),
         rollouts: rollouts.clone(),
+        trainings,
         metrics: metrics.clone(),
         creds,
         identity: link.identity.clone(),

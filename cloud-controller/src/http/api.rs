@@ -727,6 +727,9 @@ fn routes() -> OpenApiRouter<Arc<Http>> {
         .routes(routes!(create_rollout, list_rollouts))
         .routes(routes!(get_rollout))
         .routes(routes!(operate_rollout))
+        .routes(routes!(start_training, list_trainings))
+        .routes(routes!(get_training))
+        .routes(routes!(approve_training))
 }
 
 /// Published model releases, newest first.
@@ -828,4 +831,84 @@ pub fn openapi_document() -> String {
     let mut s = doc.to_pretty_json().unwrap_or_default();
     s.push('\n');
     s
+}
+
+fn training_error(e: crate::training::TrainingError) -> ApiError {
+    use crate::training::TrainingError as E;
+    match e {
+        e @ (E::Busy(_) | E::NotAwaiting(..)) => ApiError::Conflict(e.to_string()),
+        e @ E::NotFound(_) => ApiError::NotFound(e.to_string()),
+        E::Invalid(m) => ApiError::BadRequest(m),
+        E::Rollout(e) => rollout_error(e),
+        E::Store(e) => e.into(),
+    }
+}
+
+/// Start a training run: the base data plus the labels people gave, the
+/// regression gate against the fleet's model, then publish (docs/LEARNING.md).
+/// The run goes on in the background; poll `GET /api/v1/trainings/{id}`.
+#[utoipa::path(post, path = "/api/v1/trainings", request_body = crate::training::StartTraining,
+    responses((status = 202, body = crate::store::trainings::TrainingRow), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "a run is already running")), security(("bearer" = [])))]
+async fn start_training(
+    State(s): S,
+    headers: HeaderMap,
+    body: Option<Json<crate::training::StartTraining>>,
+) -> Result<(StatusCode, Json<crate::store::trainings::TrainingRow>), ApiError> {
+    authorize(&s, &headers)?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let t = s
+        .trainings
+        .start(req, "api")
+        .await
+        .map_err(training_error)?;
+    Ok((StatusCode::ACCEPTED, Json(t)))
+}
+
+/// Training runs, newest first.
+#[utoipa::path(get, path = "/api/v1/trainings", responses((status = 200, body = Vec<crate::store::trainings::TrainingRow>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_trainings(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::store::trainings::TrainingRow>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(s.store.trainings(100).await?))
+}
+
+/// One training run: state, the gate's figures and verdict, the trainer's last lines.
+#[utoipa::path(get, path = "/api/v1/trainings/{id}", params(("id" = String, Path, description = "training run id")),
+    responses((status = 200, body = crate::store::trainings::TrainingRow), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_training(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::store::trainings::TrainingRow>, ApiError> {
+    authorize(&s, &headers)?;
+    s.store
+        .training(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no training run {id:?}")))
+}
+
+/// Approve a run that passed the gate: its model's rollout starts. The body
+/// may override the configured rollout settings (`waves`, `shadow_secs`, …).
+#[utoipa::path(post, path = "/api/v1/trainings/{id}/approve", params(("id" = String, Path, description = "training run id")),
+    request_body(content = Object, description = "optional rollout settings, as POST /api/v1/rollouts takes them (without `model`)"),
+    responses((status = 200, body = crate::store::trainings::TrainingRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the run is not awaiting approval")), security(("bearer" = [])))]
+async fn approve_training(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<serde_json::Value>>,
+) -> Result<Json<crate::store::trainings::TrainingRow>, ApiError> {
+    authorize(&s, &headers)?;
+    let settings = body.map(|Json(b)| b).unwrap_or(serde_json::Value::Null);
+    let t = s
+        .trainings
+        .approve(&id, settings, "api")
+        .await
+        .map_err(training_error)?;
+    Ok(Json(t))
 }

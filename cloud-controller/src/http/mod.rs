@@ -30,6 +30,7 @@ pub struct Http {
     pub downlink: Downlink,
     pub handoff: Handoff,
     pub rollouts: Rollouts,
+    pub trainings: crate::training::Trainings,
     pub metrics: Arc<Metrics>,
     /// Broker logins (enrolment adds one).
     pub creds: Credentials,

@@ -251,6 +251,19 @@ pub const STEPS: &[Step] = &[
     CREATE INDEX samples_unlabelled ON samples (label, at);
 "#,
     ),
+    // 9: the learning loop's training runs (the run as JSON, its state a
+    // column so unfinished runs are found at start).
+    Step::Sql(
+        r#"
+    CREATE TABLE trainings (
+        id          TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        body        TEXT NOT NULL
+    );
+    CREATE INDEX trainings_created ON trainings (created_at);
+"#,
+    ),
 ];
 
 #[cfg(test)]

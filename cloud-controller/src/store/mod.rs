@@ -12,7 +12,8 @@
 //! batches and their projection), `commands` (the per-node queue), `chats`,
 //! `agents`, `tickets`, `models`, `rollouts`, `seq` (envelope sequence numbers),
 //! `branches` (each branch's hours and facts as operators set them),
-//! `samples` (the learning loop's turns to label).
+//! `samples` (the learning loop's turns to label), `trainings` (its
+//! training runs).
 
 pub mod agents;
 pub mod branches;
@@ -26,6 +27,7 @@ pub mod rollouts;
 pub mod samples;
 pub mod seq;
 pub mod tickets;
+pub mod trainings;
 
 use std::path::Path;
 

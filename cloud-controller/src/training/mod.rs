@@ -1,0 +1,436 @@
+//! The learning loop's training runs on the standalone controller: the
+//! labels people gave, plus the base data, through the same training
+//! script as the shipped model, checked by the regression gate, then
+//! signed, published and — on a supervisor's approval, or at once with
+//! `learning.training.auto_promote` — rolled out (shadow, then waves).
+//!
+//! One run at a time, in the background; each has a directory under
+//! `<data_dir>/trainings/<id>` (labels, baseline, bundle, `trainer.log`).
+//! Parts: [`dataset`] (which labels train and which are held out),
+//! [`trainer`] (the child process), [`gate`] (the pure verdict).
+
+pub mod dataset;
+pub mod gate;
+pub mod trainer;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ed25519_dalek::SigningKey;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TrainingConfig;
+use crate::downlink::now_ms;
+use crate::rollouts::{CreateRollout, Rollouts};
+use crate::store::trainings::{TrainingRow, TrainingState};
+use crate::store::{ModelRow, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error("a training run is already running ({0})")]
+    Busy(String),
+    #[error("no training run {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("training run {0} is {1}; only a run awaiting approval can be approved")]
+    NotAwaiting(String, &'static str),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollouts::RolloutError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What to start a run with.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+pub struct StartTraining {
+    /// The release to compare with (id, name@version or version). Default:
+    /// the model of the newest rollout that succeeded, else the newest release.
+    #[serde(default)]
+    pub baseline: Option<String>,
+}
+
+/// The training service; cheap to clone.
+#[derive(Clone)]
+pub struct Trainings {
+    pub store: Store,
+    pub rollouts: Rollouts,
+    pub config: TrainingConfig,
+    pub models_dir: PathBuf,
+    pub runs_dir: PathBuf,
+    pub signing_key: SigningKey,
+    pub onnxruntime: PathBuf,
+    pub shutdown: CancellationToken,
+    busy: Arc<AtomicBool>,
+}
+
+impl Trainings {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        rollouts: Rollouts,
+        config: TrainingConfig,
+        models_dir: PathBuf,
+        runs_dir: PathBuf,
+        signing_key: SigningKey,
+        onnxruntime: PathBuf,
+        shutdown: CancellationToken,
+    ) -> Trainings {
+        Trainings {
+            store,
+            rollouts,
+            config,
+            models_dir,
+            runs_dir,
+            signing_key,
+            onnxruntime,
+            shutdown,
+            busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs left `running` by a controller that stopped are failed: their
+    /// child process died with it.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        for mut t in self.store.trainings(1000).await? {
+            if t.state == TrainingState::Running {
+                t.state = TrainingState::Failed;
+                t.detail = "the controller stopped during the run".into();
+                t.finished_at = Some(now_ms());
+                tracing::warn!(training = %t.id, "training run interrupted by a restart");
+                self.store.training_save(t).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check what a run needs, record it and start it in the background.
+    pub async fn start(&self, req: StartTraining, by: &str) -> Result<TrainingRow, TrainingError> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            let running = self
+                .store
+                .trainings(20)
+                .await?
+                .into_iter()
+                .find(|t| t.state == TrainingState::Running)
+                .map(|t| t.id)
+                .unwrap_or_default();
+            return Err(TrainingError::Busy(running));
+        }
+        let prepared = self.prepare(req, by).await;
+        let (row, split) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                self.busy.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let this = self.clone();
+        let run = row.clone();
+        tokio::spawn(async move {
+            let id = run.id.clone();
+            let finished = this.execute(run, split).await;
+            this.busy.store(false, Ordering::Release);
+            if let Err(e) = finished {
+                tracing::error!(training = %id, error = %e, "training run could not be recorded");
+            }
+        });
+        Ok(row)
+    }
+
+    async fn prepare(
+        &self,
+        req: StartTraining,
+        by: &str,
+    ) -> Result<(TrainingRow, dataset::Split), TrainingError> {
+        let baseline = self.baseline(req.baseline.as_deref()).await?;
+        let labelled = self.store.labelled_samples().await?;
+        let split = dataset::split(&labelled, self.config.held_out_fraction);
+        if split.train.is_empty() {
+            return Err(TrainingError::Invalid(format!(
+                "no labelled samples to learn from ({} labelled, {} held out for evaluation, {} unusable)",
+                labelled.len(),
+                split.held_out.len(),
+                split.unusable
+            )));
+        }
+        let taken: Vec<String> = self
+            .store
+            .models()
+            .await?
+            .into_iter()
+            .filter(|m| m.name == baseline.name)
+            .map(|m| m.version)
+            .collect();
+        let row = TrainingRow {
+            id: format!("tr-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            state: TrainingState::Running,
+            requested_by: by.to_owned(),
+            created_at: now_ms(),
+            finished_at: None,
+            baseline: baseline.id.clone(),
+            baseline_version: baseline.version.clone(),
+            version: dataset::next_version(&baseline.version, &taken),
+            model_id: None,
+            rollout_id: None,
+            trained_labels: split.train.len(),
+            held_out_labels: split.held_out.len(),
+            report: serde_json::json!({}),
+            detail: String::new(),
+            log_tail: String::new(),
+        };
+        self.store.training_save(row.clone()).await?;
+        tracing::info!(training = %row.id, baseline = %row.baseline_version, version = %row.version,
+            labels = row.trained_labels, held_out = row.held_out_labels, "training run started");
+        Ok((row, split))
+    }
+
+    /// The release a candidate is compared with.
+    async fn baseline(&self, key: Option<&str>) -> Result<ModelRow, TrainingError> {
+        if let Some(key) = key {
+            return self
+                .store
+                .model(key)
+                .await?
+                .ok_or_else(|| TrainingError::Invalid(format!("no model release {key:?}")));
+        }
+        let succeeded = self
+            .store
+            .rollouts()
+            .await?
+            .into_iter()
+            .find(|r| r.state.phase.name() == "succeeded");
+        let key = match succeeded {
+            Some(r) => Some(r.model_id),
+            None => self.store.models().await?.first().map(|m| m.id.clone()),
+        };
+        match key {
+            Some(k) => Ok(self.store.model(&k).await?.ok_or_else(|| {
+                TrainingError::Invalid(format!("the fleet's release {k} is gone"))
+            })?),
+            None => Err(TrainingError::Invalid(
+                "no published model to compare with: publish the fleet's model first (cloud-controller model publish)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The run, from the trainer to the verdict; its outcome is saved.
+    async fn execute(&self, mut row: TrainingRow, split: dataset::Split) -> Result<(), StoreError> {
+        let outcome = self.train_and_judge(&mut row, &split).await;
+        row.finished_at = Some(now_ms());
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(regressions)) => {
+                row.state = TrainingState::Refused;
+                row.detail = regressions;
+                tracing::warn!(training = %row.id, detail = %row.detail, "candidate refused by the regression gate");
+            }
+            Err(detail) => {
+                row.state = TrainingState::Failed;
+                row.detail = detail;
+                tracing::error!(training = %row.id, detail = %row.detail, "training run failed");
+            }
+        }
+        self.store.training_save(row.clone()).await?;
+        if row.state == TrainingState::AwaitingApproval && self.config.auto_promote {
+            if let Err(e) = self.approve(&row.id, serde_json::json!({}), "auto").await {
+                tracing::error!(training = %row.id, error = %e, "auto-promotion failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok(None)`: passed and published; `Ok(Some(why))`: refused; `Err`: failed.
+    async fn train_and_judge(
+        &self,
+        row: &mut TrainingRow,
+        split: &dataset::Split,
+    ) -> Result<Option<String>, String> {
+        let dir = self.runs_dir.join(&row.id);
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        std::fs::create_dir_all(&dir).map_err(|e| io("run directory", e))?;
+        let labels = dir.join("labels.csv");
+        dataset::write_csv(&labels, &split.train).map_err(|e| io("labels.csv", e))?;
+        let baseline_row = self
+            .store
+            .model(&row.baseline)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the baseline release is gone")?;
+        let baseline_dir = dir.join("baseline");
+        materialise(&self.models_dir, &baseline_row, &baseline_dir)?;
+        let bundle = dir.join("bundle");
+        let name = baseline_row.name.clone();
+        let args: Vec<OsString> = vec![
+            "--data".into(),
+            self.config.data_dir.clone().into(),
+            "--extra".into(),
+            labels.into(),
+            "--out".into(),
+            bundle.clone().into(),
+            "--version".into(),
+            row.version.clone().into(),
+            "--name".into(),
+            name.into(),
+        ];
+        let spec = trainer::Spec {
+            command: self.config.command.clone(),
+            timeout: std::time::Duration::from_secs(self.config.timeout_secs),
+            memory_mb: self.config.memory_mb,
+        };
+        let (tail, result) =
+            trainer::run(&spec, &args, &dir.join("trainer.log"), &self.shutdown).await;
+        row.log_tail = tail;
+        result.map_err(|e| e.to_string())?;
+        tracing::info!(training = %row.id, "trainer finished; judging the candidate");
+
+        // Both models on the same rows: their own validation figures (the
+        // same split of the same base data) and the held-out labels.
+        let (ort, held_out, base_dir, cand_dir) = (
+            self.onnxruntime.clone(),
+            split.held_out.clone(),
+            baseline_dir.clone(),
+            bundle.clone(),
+        );
+        let figures = tokio::task::spawn_blocking(move || {
+            edgedesk_nlu::runtime::init(&ort).map_err(|e| e.to_string())?;
+            let b = evaluate(&base_dir, &held_out)?;
+            let c = evaluate(&cand_dir, &held_out)?;
+            Ok::<_, String>((b, c))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let ((base_val, base_held), (cand_val, cand_held)) = figures;
+        let tol = gate::Tolerance {
+            overall: self.config.tolerance,
+            intent: self.config.intent_tolerance,
+            min_rows: self.config.min_rows,
+        };
+        let mut regressions = gate::judge("validation", &base_val, &cand_val, &tol);
+        regressions.extend(gate::judge("held-out labels", &base_held, &cand_held, &tol));
+        row.report = serde_json::json!({
+            "tolerance": tol,
+            "validation": {"baseline": base_val, "candidate": cand_val},
+            "held_out_labels": {"baseline": base_held, "candidate": cand_held},
+            "regressions": regressions,
+        });
+        if !regressions.is_empty() {
+            let why: Vec<String> = regressions.iter().map(ToString::to_string).collect();
+            return Ok(Some(why.join("; ")));
+        }
+        // Publishing checks the golden set once more and signs the release.
+        let model = crate::models::publish(
+            &self.store,
+            &self.models_dir,
+            &self.signing_key,
+            &bundle,
+            &self.onnxruntime,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(training = %row.id, model = %model.id, version = %model.version,
+            "candidate passed the gate and is published; awaiting approval");
+        row.model_id = Some(model.id);
+        row.state = TrainingState::AwaitingApproval;
+        Ok(None)
+    }
+
+    /// Start the rollout of a passed run's model. `settings` may carry any
+    /// rollout field (`waves`, `shadow_secs`, …) over the configured ones.
+    pub async fn approve(
+        &self,
+        id: &str,
+        settings: serde_json::Value,
+        by: &str,
+    ) -> Result<TrainingRow, TrainingError> {
+        let mut row = self
+            .store
+            .training(id)
+            .await?
+            .ok_or_else(|| TrainingError::NotFound(id.to_owned()))?;
+        if row.state != TrainingState::AwaitingApproval {
+            return Err(TrainingError::NotAwaiting(row.id, row.state.as_str()));
+        }
+        let model = row.model_id.clone().unwrap_or_default();
+        let mut plan = serde_json::json!({
+            "model": model,
+            "waves": self.config.waves,
+            "shadow_secs": self.config.shadow_secs,
+            "bake_secs": self.config.bake_secs,
+        });
+        match settings {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k != "model" {
+                        plan[k] = v;
+                    }
+                }
+            }
+            serde_json::Value::Null => {}
+            _ => {
+                return Err(TrainingError::Invalid(
+                    "the approval's body is a JSON object of rollout settings".into(),
+                ));
+            }
+        }
+        let req: CreateRollout = serde_json::from_value(plan)
+            .map_err(|e| TrainingError::Invalid(format!("rollout settings: {e}")))?;
+        let rollout = self.rollouts.create(req).await?;
+        tracing::info!(training = %row.id, rollout = %rollout.id, by, "training run approved; rollout created");
+        row.rollout_id = Some(rollout.id);
+        row.state = TrainingState::Promoted;
+        self.store.training_save(row.clone()).await?;
+        Ok(row)
+    }
+}
+
+/// Lay out a published release's files under `dir` (hard links into the
+/// blob store, copies across file systems).
+fn materialise(models_dir: &Path, model: &ModelRow, dir: &Path) -> Result<(), String> {
+    let release: edgedesk_common::release::Release = serde_json::from_str(&model.signed.release)
+        .map_err(|e| format!("release {}: {e}", model.id))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, entry) in &release.files {
+        let src = crate::models::blob_path(models_dir, &entry.sha256)
+            .ok_or_else(|| format!("release {}: bad hash for {name}", model.id))?;
+        let dest = dir.join(name);
+        let _ = std::fs::remove_file(&dest);
+        if std::fs::hard_link(&src, &dest).is_err() {
+            std::fs::copy(&src, &dest).map_err(|e| format!("{}: {e}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A bundle's validation figures (from its manifest) and its figures on the
+/// held-out labels (classified here). Blocking.
+fn evaluate(
+    bundle: &Path,
+    held_out: &[(String, String, String)],
+) -> Result<(gate::Figures, gate::Figures), String> {
+    let model = edgedesk_nlu::Model::load(bundle, 1, 0.0).map_err(|e| e.to_string())?;
+    let manifest = model.manifest();
+    let validation = gate::from_manifest(&manifest.metrics);
+    let mut predicted = Vec::with_capacity(held_out.len());
+    for (text, _, _) in held_out {
+        predicted.push(model.classify(text).map_err(|e| e.to_string())?);
+    }
+    let scored: Vec<gate::Scored<'_>> = held_out
+        .iter()
+        .zip(&predicted)
+        .map(|((_, label, lang), p)| gate::Scored {
+            lang,
+            expected: label,
+            predicted: &p.label,
+            answered: p.answered,
+        })
+        .collect();
+    Ok((
+        validation,
+        gate::from_rows(&scored, &manifest.out_of_scope_label),
+    ))
+}

@@ -1,0 +1,454 @@
+//! The learning loop end to end, with real parts: a controller (training
+//! runs with the real training script as a child process, the regression
+//! gate, signing, shadow and waves) and three edge nodes serving a model
+//! that lacks one intent (`queue_ticket`, trained here from the
+//! repository's data without it). Visitors ask that intent in English and
+//! Chinese (30 questions); a supervisor labels them through the console
+//! API; the loop trains, gates, shadows and rolls out; afterwards every
+//! node serves the new model and recognises phrasings no one labelled.
+//! The wall time from the last label to the whole fleet serving the model
+//! is printed (docs/BENCHMARKS.md records it).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use edgedesk_common::chat::Lang;
+use edgedesk_systest::cloud::*;
+use edgedesk_systest::*;
+
+const NODES: [&str; 3] = ["n00", "n01", "n02"];
+const INTENT: &str = "queue_ticket";
+
+fn python() -> String {
+    std::env::var("EDGEDESK_TRAIN_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The repository's data without one intent (its training rows and golden lines).
+fn data_without(intent: &str, dir: &Path) -> PathBuf {
+    let out = dir.join("data");
+    for sub in ["banking77", "clinc150-oos", "intents"] {
+        std::fs::create_dir_all(out.join(sub)).unwrap();
+        for f in std::fs::read_dir(repo_root().join("data").join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            let text = std::fs::read_to_string(&f).unwrap();
+            let kept: String = text
+                .split_inclusive('\n')
+                .filter(|l| !l.trim_end().ends_with(&format!(",{intent}")))
+                .collect();
+            std::fs::write(out.join(sub).join(f.file_name().unwrap()), kept).unwrap();
+        }
+    }
+    out
+}
+
+/// The intent's rows in the repository: (text, lang), English then Chinese.
+fn intent_rows(intent: &str) -> Vec<(String, Lang)> {
+    let mut r =
+        csv::Reader::from_path(repo_root().join("data/intents/branch_intents.csv")).unwrap();
+    r.records()
+        .map(|x| x.unwrap())
+        .filter(|x| &x[1] == intent)
+        .map(|x| {
+            let lang = Lang::detect(&x[0]).unwrap_or(Lang::En);
+            (x[0].to_owned(), lang)
+        })
+        .collect()
+}
+
+/// Train a bundle with the training script, as `provision.sh` does.
+fn train(data: &Path, out: &Path, version: &str) -> PathBuf {
+    let st = std::process::Command::new(python())
+        .arg(repo_root().join("scripts/train_model.py"))
+        .args([
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+        .args(["--version", version])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("the training script runs (scripts/provision.sh installs its Python)");
+    assert!(st.success(), "training the base model failed");
+    out.to_owned()
+}
+
+async fn console_post(
+    cloud: &Cloud,
+    cookie: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> reqwest::StatusCode {
+    let me = cloud.console_get(cookie, "/console/api/me").await;
+    cloud
+        .http
+        .post(cloud.url(path))
+        .header("cookie", cookie)
+        .header("x-csrf-token", me["csrf"].as_str().unwrap())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_become_a_model_the_whole_fleet_serves() {
+    let work = tempfile::tempdir().unwrap();
+    let data = data_without(INTENT, work.path());
+    let base = train(&data, &work.path().join("base"), "1.0.0");
+    let script = repo_root().join("scripts/train_model.py");
+    let cloud = Cloud::start_with(|c| {
+        c.models.tick_ms = 100;
+        c.training.command = vec![python(), script.display().to_string()];
+        c.training.data_dir = data.clone();
+        c.training.timeout_secs = 900;
+    })
+    .await;
+    let released = cloud.publish(&base).await;
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for id in NODES {
+        let dir = tempfile::tempdir().unwrap();
+        let b = base.clone();
+        nodes.push(edge_with(&cloud, &dir, id, move |c| c.nlu.bundle = b).await);
+        dirs.push(dir);
+        cloud.wait_online(id, 20).await;
+    }
+    assert!(nodes.iter().all(|n| n.model_version() == "1.0.0"));
+
+    // Every third row of each eighth is never asked: the phrasings the
+    // fleet must recognise afterwards without anyone labelling them.
+    let rows = intent_rows(INTENT);
+    assert_eq!(rows.len(), 48);
+    let (unseen, asked): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .enumerate()
+        .partition(|(i, _)| [2, 5, 7].contains(&(i % 8)));
+    assert_eq!((asked.len(), unseen.len()), (30, 18));
+    let model = nodes[0].models().active.get();
+    assert!(
+        unseen
+            .iter()
+            .all(|(_, (t, _))| model.classify(t).unwrap().label != INTENT),
+        "the base model cannot know the intent"
+    );
+
+    // Visitors ask. A question the bot answered (wrongly) is followed by
+    // "a person, please", which sends it up as an escalation's sample; one
+    // that started a flow (the base model took "I lost my queue ticket"
+    // for a lost card) is cancelled first. A question the model took for
+    // "a person, please" itself escalates with nothing earlier to learn
+    // from: no sample (docs/LEARNING.md).
+    use edgedesk_common::chat::{ChatState, ServerFrame};
+    let mut texts: Vec<&str> = Vec::new();
+    for (n, (_, (text, lang))) in asked.iter().enumerate() {
+        let mut ws = nodes[n % NODES.len()].connect().await;
+        send(&mut ws, &hello_in(*lang)).await;
+        recv(&mut ws).await;
+        let (_, r) = say(&mut ws, &msg(text)).await;
+        let ServerFrame::Reply { state, intent, .. } = &r[0] else {
+            panic!("{r:?}")
+        };
+        match state {
+            ChatState::WaitingForAgent => continue,
+            ChatState::InFlow => {
+                say(&mut ws, &msg("/cancel")).await;
+                say(&mut ws, &msg("I want to talk to a human")).await;
+            }
+            _ if intent.as_deref().is_some_and(|i| i != "out_of_scope") => {
+                say(&mut ws, &msg("I want to talk to a human")).await;
+            }
+            _ => {}
+        }
+        texts.push(text);
+    }
+    assert!(
+        texts.len() >= 28,
+        "{} questions can be labelled",
+        texts.len()
+    );
+    let unlabelled = || async {
+        cloud
+            .get("/api/v1/samples?unlabelled=true&limit=1000")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually(
+        30,
+        "every asked question is in the labelling queue",
+        || async {
+            let queue = unlabelled().await;
+            texts.iter().all(|t| queue.iter().any(|s| s["text"] == *t))
+        },
+    )
+    .await;
+    let queue = unlabelled().await;
+
+    // A supervisor labels them (one per question) in the console.
+    cloud
+        .create_account("sup", "Sam", "supervisor", &["en", "zh"], 3)
+        .await;
+    let cookie = cloud.console_cookie("sup").await;
+    let mut labelled = 0;
+    for t in &texts {
+        let s = queue.iter().find(|s| s["text"] == *t).unwrap();
+        let path = format!("/console/api/samples/{}/label", s["id"].as_str().unwrap());
+        let st = console_post(
+            &cloud,
+            &cookie,
+            &path,
+            serde_json::json!({"label": format!("new:{INTENT}")}),
+        )
+        .await;
+        assert_eq!(st, 200, "{path}");
+        labelled += 1;
+    }
+    assert_eq!(labelled, texts.len());
+    let last_label = Instant::now();
+
+    // The loop: train, gate, publish, then (approved) shadow and waves.
+    let run = cloud.post("/api/v1/trainings", serde_json::json!({})).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    assert_eq!(run["state"], "running");
+    assert_eq!(run["baseline"], released.id.as_str());
+    assert_eq!(run["version"], "1.1.0");
+    assert_eq!(
+        run["trained_labels"].as_u64().unwrap() + run["held_out_labels"].as_u64().unwrap(),
+        texts.len() as u64
+    );
+    // A second run while one runs is refused, by name.
+    let again = cloud
+        .http
+        .post(cloud.url("/api/v1/trainings"))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert!(again.text().await.unwrap().contains(&id));
+
+    let path = format!("/api/v1/trainings/{id}");
+    eventually(900, "the training run finished", || async {
+        cloud.get(&path).await["state"] != "running"
+    })
+    .await;
+    let done = cloud.get(&path).await;
+    assert_eq!(done["state"], "awaiting_approval", "{done:#}");
+    assert_eq!(
+        done["report"]["regressions"],
+        serde_json::json!([]),
+        "{done:#}"
+    );
+    for lang in ["en", "zh"] {
+        let b = done["report"]["validation"]["baseline"]["languages"][lang]["value"]
+            .as_f64()
+            .unwrap();
+        let c = done["report"]["validation"]["candidate"]["languages"][lang]["value"]
+            .as_f64()
+            .unwrap();
+        assert!(c >= b - 0.02, "{lang}: {b} -> {c}");
+    }
+    assert!(
+        done["log_tail"].as_str().unwrap().contains("\"bundle\""),
+        "{done:#}"
+    );
+
+    let approved = cloud
+        .post(
+            &format!("/api/v1/trainings/{id}/approve"),
+            serde_json::json!({"waves": ["1", "100%"], "bake_secs": 0, "shadow_secs": 6,
+                "shadow_min_turns": 6}),
+        )
+        .await;
+    assert_eq!(approved["state"], "promoted");
+    let rollout = approved["rollout_id"].as_str().unwrap().to_owned();
+    let rpath = format!("/api/v1/rollouts/{rollout}");
+    assert_eq!(cloud.get(&rpath).await["phase"], "shadow");
+    // Live turns while the candidate shadows (it answers nobody).
+    for id in NODES {
+        eventually(
+            30,
+            &format!("{id} runs the candidate in shadow"),
+            || async {
+                cloud
+                    .commands(id)
+                    .await
+                    .iter()
+                    .any(|c| c["kind"] == "model_shadow" && c["ok"] == true)
+            },
+        )
+        .await;
+    }
+    for node in &nodes {
+        let mut ws = node.connect().await;
+        start_session(&mut ws).await;
+        for line in [
+            "I lost my card",
+            "my card has not arrived yet",
+            "how do I top up my account",
+        ] {
+            say(&mut ws, &msg(line)).await;
+        }
+    }
+    eventually(120, "the rollout ended", || async {
+        let v = cloud.get(&rpath).await;
+        v["phase"] == "succeeded" || v["phase"] == "aborted"
+    })
+    .await;
+    let r = cloud.get(&rpath).await;
+    assert_eq!(r["phase"], "succeeded", "{r:#}");
+    eventually(30, "every node serves the new model", || async {
+        nodes.iter().all(|n| n.model_version() == "1.1.0")
+    })
+    .await;
+    let wall = last_label.elapsed();
+    eprintln!(
+        "learning loop: last label -> whole fleet serving 1.1.0 in {:.1} s",
+        wall.as_secs_f64()
+    );
+
+    // Phrasings no one labelled, on every node's served model.
+    for node in &nodes {
+        let model = node.models().active.get();
+        let right = unseen
+            .iter()
+            .filter(|(_, (t, _))| {
+                let p = model.classify(t).unwrap();
+                p.label == INTENT && p.answered
+            })
+            .count();
+        eprintln!(
+            "{}: {right} of {} unseen phrasings recognised",
+            node.url(""),
+            unseen.len()
+        );
+        // Issue 13 asks for 90 %. The TF-IDF model learns a new intent from
+        // ~24 labels only so far: about 40 % of unseen phrasings answered
+        // (docs/LEARNING.md). The bound says the loop taught it something
+        // (the base model answers none of them), not that the aim is met.
+        assert!(right >= 4, "{right} of {}", unseen.len());
+    }
+    // And a visitor on a node gets the intent's answer now.
+    let mut ws = nodes[1].connect().await;
+    send(&mut ws, &hello_in(asked[0].1.1)).await;
+    recv(&mut ws).await;
+    let (_, r) = say(&mut ws, &msg(&asked[0].1.0)).await;
+    assert!(
+        matches!(&r[0], edgedesk_common::chat::ServerFrame::Reply { intent: Some(i), .. } if i == INTENT),
+        "{r:?}"
+    );
+}
+
+fn assert_bad_request(status: u16, body: &serde_json::Value, says: &str) {
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(says), "{body}");
+}
+
+/// What an operator meets when a run cannot go ahead: each refusal says
+/// why, and a failing trainer leaves a failed run with its last lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_cannot_go_ahead_say_why() {
+    let cloud = Cloud::start_with(|c| {
+        c.training.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "echo cannot read the base data >&2; exit 2".into(),
+        ];
+        c.training.held_out_fraction = 0.0;
+    })
+    .await;
+    let post = |path: String, body: serde_json::Value| {
+        let req = cloud
+            .http
+            .post(cloud.url(&path))
+            .bearer_auth(&cloud.ctl.admin_token)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Nothing published: nothing to compare a candidate with.
+    let (st, body) = post("/api/v1/trainings".into(), serde_json::json!({})).await;
+    assert_bad_request(st, &body, "no published model");
+    let released = cloud.publish(&bundle_dir()).await;
+    // No labels yet.
+    let (st, body) = post("/api/v1/trainings".into(), serde_json::json!({})).await;
+    assert_bad_request(st, &body, "no labelled samples");
+    // A baseline that does not exist.
+    let (st, body) = post(
+        "/api/v1/trainings".into(),
+        serde_json::json!({"baseline": "9.9.9"}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(body["error"].as_str().unwrap().contains("9.9.9"), "{body}");
+    // Approving a run that does not exist.
+    let (st, _) = post(
+        "/api/v1/trainings/tr-nope/approve".into(),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    // One labelled sample, then a trainer that fails.
+    let dir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &dir, "harbour").await;
+    cloud.wait_online("harbour", 15).await;
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    say(&mut ws, &msg("what is the weather like on mars")).await;
+    eventually(15, "the sample arrives", || async {
+        !cloud.get("/api/v1/samples?node=harbour").await[0].is_null()
+    })
+    .await;
+    let sample = cloud.get("/api/v1/samples?node=harbour").await[0].clone();
+    cloud
+        .create_account("sup", "Sam", "supervisor", &["en"], 3)
+        .await;
+    let cookie = cloud.console_cookie("sup").await;
+    let path = format!(
+        "/console/api/samples/{}/label",
+        sample["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        console_post(
+            &cloud,
+            &cookie,
+            &path,
+            serde_json::json!({"label": "out_of_scope"})
+        )
+        .await,
+        200
+    );
+    let (st, run) = post("/api/v1/trainings".into(), serde_json::json!({})).await;
+    assert_eq!(st, 202, "{run}");
+    assert_eq!(run["baseline"], released.id.as_str());
+    let id = run["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/trainings/{id}");
+    eventually(30, "the run failed", || async {
+        cloud.get(&path).await["state"] == "failed"
+    })
+    .await;
+    let done = cloud.get(&path).await;
+    assert!(
+        done["detail"].as_str().unwrap().contains("exit status: 2"),
+        "{done}"
+    );
+    assert_eq!(done["log_tail"], "cannot read the base data");
+    // A failed run cannot be approved; a new one may start.
+    let (st, body) = post(
+        format!("/api/v1/trainings/{id}/approve"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(st, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("failed"), "{body}");
+    let (st, _) = post("/api/v1/trainings".into(), serde_json::json!({})).await;
+    assert_eq!(st, 202);
+}
