@@ -105,7 +105,7 @@
     }
     for (const v of ["chats", "tickets", "history", "labels", "dashboard", "settings"]) $("view-" + v).hidden = v !== name;
     if (name === "tickets") loadTickets();
-    if (name === "labels") loadLabels();
+    if (name === "labels") { loadLabels(); loadReview(); }
     if (name === "dashboard") refreshDashboard();
     if (name === "settings") { renderCanned(); if (allowed("admin")) renderAgents(); }
   }
@@ -460,10 +460,34 @@
   });
 
   // ---------- chat actions
-  $("close-chat").addEventListener("click", () => { if (current) { $("resolution").value = ""; $("close-dialog").showModal(); } });
+  // Closing a chat that went to a person offers its learning sample (the
+  // line the bot could not handle) for a label, right there.
+  let closeSample = null;
+  $("close-chat").addEventListener("click", async () => {
+    if (!current) return;
+    const chat = current;
+    $("resolution").value = ""; $("close-label-intent").value = "";
+    closeSample = null; $("close-label").hidden = true;
+    $("close-dialog").showModal();
+    const r = await api(`/console/api/samples?conversation=${encodeURIComponent(chat)}`).catch(() => null);
+    if (!r || !r.ok || current !== chat) return;
+    const q = await r.json();
+    if (!q.samples.length) return;
+    const dl = $("intent-names"); dl.replaceChildren();
+    for (const i of q.intents) { const o = el("option"); o.value = i; o.textContent = intentWords(i); dl.append(o); }
+    closeSample = q.samples[q.samples.length - 1];
+    $("close-label-text").textContent = closeSample.text;
+    $("close-label").hidden = false;
+  });
   $("close-cancel").addEventListener("click", () => $("close-dialog").close());
-  $("close-form").addEventListener("submit", () => {
-    if (current && !send({ type: "close", chat: current, resolution: $("resolution").value.trim() })) toast("Not connected: the chat was not closed. Try again when connected.");
+  $("close-form").addEventListener("submit", async () => {
+    if (current && !send({ type: "close", chat: current, resolution: $("resolution").value.trim() })) { toast("Not connected: the chat was not closed. Try again when connected."); return; }
+    let value = $("close-label-intent").value.trim();
+    if (value === "not_banking") value = "out_of_scope";
+    if (closeSample && value) {
+      const r = await api(`/console/api/samples/${encodeURIComponent(closeSample.id)}/label`, { method: "POST", body: JSON.stringify({ label: value }) });
+      toast(r.ok ? `Labelled: ${value === "out_of_scope" ? "not a banking question" : intentWords(value.replace(/^new:/, ""))}` : await errorOf(r, "Could not save the label"), !r.ok);
+    }
   });
   async function loadColleagues() {
     const r = await api("/console/api/colleagues");
@@ -591,7 +615,7 @@
   // ---------- labels: the learning loop's queue
   const REASON_WORDS = {
     out_of_scope: "judged not a banking question", low_confidence: "not sure", rephrase: "asked to rephrase",
-    escalated: "went to a person", rated_low: "rated low",
+    escalated: "went to a person", rated_low: "rated low", cancelled: "the visitor cancelled what the bot started",
   };
   async function saveLabel(sample, value, li) {
     const r = await api(`/console/api/samples/${encodeURIComponent(sample.id)}/label`, { method: "POST", body: JSON.stringify({ label: value }) });
@@ -622,11 +646,49 @@
       const oos = button("0. Not a banking question", () => saveLabel(smp, "out_of_scope", li));
       oos.dataset.key = "0";
       row.append(oos);
+      const context = el("ol", "lines context"); context.hidden = true;
+      const more = button("Conversation", async () => {
+        if (!context.hidden) { context.hidden = true; more.setAttribute("aria-expanded", "false"); return; }
+        const c = await api(`/console/api/samples/${encodeURIComponent(smp.id)}/conversation`);
+        if (!c.ok) { toast(await errorOf(c, "The conversation is not available")); return; }
+        const v = await c.json();
+        context.replaceChildren(...v.lines.map((l) => { const x = lineEl(l); if (l.text === smp.text) x.classList.add("this"); return x; }));
+        context.hidden = false; more.setAttribute("aria-expanded", "true");
+      });
+      more.setAttribute("aria-expanded", "false");
       const pick = el("input"); pick.setAttribute("list", "intent-names"); pick.placeholder = "another intent, or new:name";
       pick.setAttribute("aria-label", "Intent"); pick.maxLength = 68;
       const save = button("Label", () => { if (pick.value.trim()) saveLabel(smp, pick.value.trim(), li); }, "primary");
       pick.addEventListener("keydown", (e) => { if (e.key === "Enter") save.click(); });
-      row.append(pick, save);
+      row.append(pick, save, more);
+      li.append(row, context);
+      ul.append(li);
+    }
+  }
+  async function loadReview() {
+    if (!allowed("supervisor")) return;
+    const r = await api("/console/api/review").catch(() => null);
+    if (!r || !r.ok) return;
+    const rows = await r.json();
+    const ul = $("review-list"); ul.replaceChildren();
+    if (!rows.length) ul.append(el("li", "empty", "Nothing to review."));
+    for (const smp of rows) {
+      const li = el("li", "sample review");
+      li.append(el("p", "said", smp.text));
+      const given = smp.label === "out_of_scope" ? "not a banking question" : intentWords(smp.label.replace(/^new:/, ""));
+      li.append(el("p", "meta", `labelled “${given}” by ${smp.labelled_by_name || smp.labelled_by} · ${smp.lang === "zh" ? "中文" : "English"} · ${smp.node_id}`));
+      const row = el("div", "guesses");
+      const review = async (label) => {
+        const body = label ? { label } : {};
+        const x = await api(`/console/api/samples/${encodeURIComponent(smp.id)}/review`, { method: "POST", body: JSON.stringify(body) });
+        if (!x.ok) { toast(await errorOf(x, "Could not save the review")); return; }
+        li.remove();
+        toast(label ? `Changed to: ${label === "out_of_scope" ? "not a banking question" : intentWords(label.replace(/^new:/, ""))}` : "Confirmed", false);
+        if (!$("review-list").children.length) loadReview();
+      };
+      const pick = el("input"); pick.setAttribute("list", "intent-names"); pick.placeholder = "what it should be";
+      pick.setAttribute("aria-label", "Correct intent"); pick.maxLength = 68;
+      row.append(button("Right", () => review(null), "primary"), pick, button("Change", () => { if (pick.value.trim()) review(pick.value.trim()); }));
       li.append(row);
       ul.append(li);
     }
@@ -703,11 +765,67 @@
       rb.append(tr);
     }
     if (!d.rollouts.length) { const tr = el("tr"); const td = el("td", "empty", "No model rollout yet."); td.colSpan = 4; tr.append(td); rb.append(tr); }
+    await renderTrainings();
     const frt = d.days.map((x) => x.first_response_s).filter((x) => x != null);
     const top = Math.max(10, ...frt);
     chart($("d-frt"), d.days, "first_response_s", Math.ceil(top / 10) * 10, 0);
     chart($("d-csat"), d.days, "csat", 5, 1);
   }
+
+  // ---------- training runs (supervisors, on the dashboard)
+  const TRAINING_WORDS = {
+    running: "training…", failed: "failed", refused: "refused by the checks",
+    awaiting_approval: "passed the checks, waiting for approval", promoted: "approved, rolling out",
+  };
+  const pct = (f) => `${(f.value * 100).toFixed(1)} %`;
+  function trainingFigures(t) {
+    const v = t.report && t.report.validation;
+    if (!v) return t.state === "running" ? "the trainer is running" : "—";
+    const parts = [];
+    for (const [lang, name] of [["en", "English"], ["zh", "Chinese"]]) {
+      const b = v.baseline.languages[lang], c = v.candidate.languages[lang];
+      if (b && c) parts.push(`${name} ${pct(b)} → ${pct(c)}`);
+    }
+    if (v.baseline.oos_recall && v.candidate.oos_recall) parts.push(`out of scope ${pct(v.baseline.oos_recall)} → ${pct(v.candidate.oos_recall)}`);
+    const h = t.report.held_out_labels;
+    for (const [lang, c] of Object.entries((h && h.candidate.languages) || {})) {
+      const b = h.baseline.languages[lang];
+      parts.push(`held-out labels (${lang}, ${c.rows}) ${b ? pct(b) : "—"} → ${pct(c)}`);
+    }
+    return parts.join(" · ");
+  }
+  async function renderTrainings() {
+    const r = await api("/console/api/trainings").catch(() => null);
+    if (!r || !r.ok) return;
+    const runs = await r.json();
+    const tb = $("d-trainings"); tb.replaceChildren();
+    for (const t of runs) {
+      const tr = el("tr");
+      let state = TRAINING_WORDS[t.state] || t.state;
+      if (t.detail) state += `: ${t.detail}`;
+      if (t.rollout_id) state += ` (${t.rollout_id})`;
+      for (const v of [`${t.version} (from ${t.baseline_version})`, state, `${t.trained_labels} trained · ${t.held_out_labels} held out`, trainingFigures(t)]) tr.append(el("td", null, v));
+      const act = el("td");
+      if (t.state === "awaiting_approval") {
+        act.append(button("Approve rollout", async () => {
+          const a = await api(`/console/api/trainings/${encodeURIComponent(t.id)}/approve`, { method: "POST" });
+          if (!a.ok) { toast(await errorOf(a, "Could not approve")); return; }
+          toast(`Model ${t.version} is rolling out (shadow first)`, false);
+          refreshDashboard();
+        }, "primary"));
+      }
+      tr.append(act);
+      tb.append(tr);
+    }
+    if (!runs.length) { const tr = el("tr"); const td = el("td", "empty", "No training run yet. Label what the bot did not understand, then train."); td.colSpan = 5; tr.append(td); tb.append(tr); }
+    $("d-train").disabled = runs.some((t) => t.state === "running");
+  }
+  $("d-train").addEventListener("click", async () => {
+    const r = await api("/console/api/trainings", { method: "POST" });
+    if (!r.ok) { toast(await errorOf(r, "Could not start training")); return; }
+    toast("Training started; this takes a few minutes", false);
+    refreshDashboard();
+  });
 
   // ---------- settings
   async function loadCanned() {

@@ -32,6 +32,8 @@ pub struct Config {
 pub struct LearningConfig {
     /// Samples older than this are deleted (hourly).
     pub sample_retention_days: u32,
+    /// Share of agents' labels shown to supervisors for review.
+    pub review_fraction: f64,
 }
 
 /// The learning loop's training runs (see `crate::training`).
@@ -275,6 +277,12 @@ impl Config {
         }
         if self.mqtt.max_payload_bytes < 1024 {
             return bad("mqtt.max_payload_bytes", "must be at least 1024");
+        }
+        if !(0.0..=1.0).contains(&self.learning.review_fraction) {
+            return bad(
+                "learning.review_fraction",
+                "expected a fraction between 0 and 1",
+            );
         }
         let t = &self.training;
         if !(0.0..1.0).contains(&t.held_out_fraction) {

@@ -471,6 +471,7 @@ pub async fn run(
         handoff: handoff.clone(),
         rollouts: rollouts.clone(),
         trainings,
+        review_fraction: config.learning.review_fraction,
         metrics: metrics.clone(),
         creds,
         identity: link.identity.clone(),

@@ -152,6 +152,9 @@ pub enum SampleReason {
     Escalated,
     /// The visitor rated the chat 1 or 2.
     RatedLow,
+    /// The visitor cancelled, at its first question, the flow the bot
+    /// started on this line (the bot took it for something else).
+    Cancelled,
 }
 
 impl SampleReason {
@@ -162,6 +165,7 @@ impl SampleReason {
             SampleReason::OutOfScope => "out_of_scope",
             SampleReason::Escalated => "escalated",
             SampleReason::RatedLow => "rated_low",
+            SampleReason::Cancelled => "cancelled",
         }
     }
 }

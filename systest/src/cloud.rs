@@ -353,6 +353,28 @@ impl Cloud {
         r.json().await.unwrap()
     }
 
+    /// A console API POST (with the session's CSRF token) as the holder of
+    /// `cookie`: the status and the body as JSON (null if none).
+    pub async fn console_post(
+        &self,
+        cookie: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let me = self.console_get(cookie, "/console/api/me").await;
+        let r = self
+            .http
+            .post(self.url(path))
+            .header("cookie", cookie)
+            .header("x-csrf-token", me["csrf"].as_str().unwrap())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Log `username` in; the session cookie (`name=value`).
     pub async fn console_cookie(&self, username: &str) -> String {
         crate::process::console_login(&self.url(""), self.ca(), username).await

@@ -91,7 +91,15 @@ async fn turns_worth_a_label_reach_the_controller_masked_within_the_budget() {
         "{logged:?}"
     );
 
-    // An escalation: the line before "a person" is the sample.
+    // An escalation after an answer: the line before "a person" is the
+    // sample (the bot answered it, yet the visitor wanted a person).
+    visit(
+        &node,
+        Lang::En,
+        &["how do I top up my account", "I want to talk to a human"],
+    )
+    .await;
+    // A line the bot asked to rephrase, then escalated: sent once.
     visit(
         &node,
         Lang::En,
@@ -100,10 +108,47 @@ async fn turns_worth_a_label_reach_the_controller_masked_within_the_budget() {
     .await;
     eventually(15, "the escalation's sample", || async {
         samples(&cloud, "reason=escalated").await.len() == 1
+            && samples(&cloud, "")
+                .await
+                .iter()
+                .any(|s| s["text"] == "my thingy did the wobble")
     })
     .await;
     let esc = &samples(&cloud, "reason=escalated").await[0];
-    assert_eq!(esc["text"], "my thingy did the wobble", "{esc}");
+    assert_eq!(esc["text"], "how do I top up my account", "{esc}");
+
+    // A flow cancelled at its first question: the line that started it is
+    // the sample (the bot took it for something it was not); a flow
+    // cancelled after an answer is not.
+    visit(
+        &node,
+        Lang::En,
+        &["I want to book an appointment", "/cancel"],
+    )
+    .await;
+    visit(&node, Lang::En, &["I lost my card", "1234", "/cancel"]).await;
+    // A marker sent after both: once it is in, so is anything before it.
+    visit(&node, Lang::En, &["zzyzx florbing quux"]).await;
+    eventually(15, "the marker sample", || async {
+        samples(&cloud, "")
+            .await
+            .iter()
+            .any(|s| s["text"] == "zzyzx florbing quux")
+    })
+    .await;
+    assert_eq!(samples(&cloud, "reason=cancelled").await.len(), 1);
+    let wobble: Vec<_> = samples(&cloud, "")
+        .await
+        .into_iter()
+        .filter(|s| s["text"] == "my thingy did the wobble")
+        .collect();
+    assert_eq!(wobble.len(), 1, "one line, one sample: {wobble:?}");
+    let cancelled = &samples(&cloud, "reason=cancelled").await[0];
+    assert_eq!(
+        cancelled["text"], "I want to book an appointment",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["guesses"], serde_json::json!([]), "{cancelled}");
 
     // Filters, and retention.
     assert!(
@@ -169,4 +214,161 @@ async fn the_daily_budget_holds_and_a_branch_can_opt_out() {
     small.stop().await;
     out.stop().await;
     cloud.token.cancel();
+}
+
+/// Whoever labels a sample can read the conversation around it, once the
+/// branch has sent it (when it ends); before that the console says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labeller_reads_the_conversation_around_a_sample_once_it_ended() {
+    let cloud = Cloud::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &dir, "quay").await;
+    cloud.wait_online("quay", 15).await;
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    say(&mut ws, &msg("my pin is blocked")).await;
+    say(&mut ws, &msg("what is the weather like on mars")).await;
+    eventually(15, "the sample", || async {
+        !samples(&cloud, "node=quay").await.is_empty()
+    })
+    .await;
+    let id = samples(&cloud, "node=quay").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cloud.create_agent("ada", "Ada", &["en"], 2).await;
+    let cookie = cloud.console_cookie("ada").await;
+    let path = format!("/console/api/samples/{id}/conversation");
+    let status = |path: String| {
+        let req = cloud.http.get(cloud.url(&path)).header("cookie", &cookie);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (st, body) = status(path.clone()).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("when it ends"), "{body}");
+    say(&mut ws, &msg("goodbye")).await;
+    eventually(15, "the conversation at the controller", || async {
+        status(path.clone()).await.0 == 200
+    })
+    .await;
+    let v = cloud.console_get(&cookie, &path).await;
+    let texts: Vec<&str> = v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.contains(&"my pin is blocked"), "{texts:?}");
+    assert!(
+        texts.contains(&"what is the weather like on mars"),
+        "{texts:?}"
+    );
+    assert!(texts.len() >= 4, "the bot's replies too: {texts:?}");
+    assert_eq!(
+        status("/console/api/samples/nope/conversation".into())
+            .await
+            .0,
+        404
+    );
+}
+
+/// Supervisors get a share of their colleagues' labels for a second look:
+/// they confirm or overrule; agents have no such queue; their own labels
+/// are not in theirs; a wrong intent name is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisors_review_a_share_of_the_labels_and_can_overrule() {
+    let cloud = Cloud::start_with(|c| c.learning.review_fraction = 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &dir, "pier").await;
+    cloud.wait_online("pier", 15).await;
+    visit(
+        &node,
+        Lang::En,
+        &["what is the weather like on mars", "blorp zzkx quux"],
+    )
+    .await;
+    eventually(15, "two samples", || async {
+        samples(&cloud, "node=pier").await.len() == 2
+    })
+    .await;
+    let got = samples(&cloud, "node=pier").await;
+    let id = |i: usize| got[i]["id"].as_str().unwrap().to_owned();
+    cloud.create_agent("ada", "Ada Agent", &["en"], 2).await;
+    cloud
+        .create_account("sue", "Sue Supervisor", "supervisor", &["en"], 2)
+        .await;
+    let (ada, sue) = (
+        cloud.console_cookie("ada").await,
+        cloud.console_cookie("sue").await,
+    );
+    let label = |i: usize| format!("/console/api/samples/{}/label", id(i));
+    assert_eq!(
+        cloud
+            .console_post(&ada, &label(0), serde_json::json!({"label": "greeting"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        cloud
+            .console_post(
+                &sue,
+                &label(1),
+                serde_json::json!({"label": "out_of_scope"})
+            )
+            .await
+            .0,
+        200
+    );
+    // An agent has no review queue.
+    let r = cloud
+        .http
+        .get(cloud.url("/console/api/review"))
+        .header("cookie", &ada)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The supervisor's queue: the agent's label, not her own.
+    let queue = cloud.console_get(&sue, "/console/api/review").await;
+    let queue = queue.as_array().unwrap();
+    assert_eq!(queue.len(), 1, "{queue:?}");
+    assert_eq!(queue[0]["id"], id(0).as_str());
+    assert_eq!(queue[0]["label"], "greeting");
+    assert_eq!(queue[0]["labelled_by_name"], "Ada Agent");
+    let review = format!("/console/api/samples/{}/review", id(0));
+    let (st, body) = cloud
+        .console_post(&sue, &review, serde_json::json!({"label": "Not An Intent"}))
+        .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("intent name"),
+        "{body}"
+    );
+    let (st, _) = cloud
+        .console_post(&ada, &review, serde_json::json!({}))
+        .await;
+    assert_eq!(st, 403, "an agent cannot review");
+    let (st, body) = cloud
+        .console_post(&sue, &review, serde_json::json!({"label": "out_of_scope"}))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["label"], "out_of_scope");
+    assert!(body["reviewed_by"].is_string(), "{body}");
+    assert_eq!(
+        cloud.console_get(&sue, "/console/api/review").await,
+        serde_json::json!([]),
+        "reviewed once"
+    );
+    let (st, _) = cloud
+        .console_post(
+            &sue,
+            "/console/api/samples/nope/review",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(st, 404);
 }

@@ -4,13 +4,22 @@
 // screenshot in build/e2e/ (console-*.png, kiosk-*.png).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startController, startBranch, adminCall, ctlFetch, launchBrowser, botSays, assertOnScreen, shot, waitUntil, publishVersion } from "./helpers.mjs";
+import { join } from "node:path";
+import { startController, startBranch, adminCall, ctlFetch, launchBrowser, botSays, assertOnScreen, shot, waitUntil, publishVersion, ROOT } from "./helpers.mjs";
 
 const PASSWORD = "a long enough password";
 let ctl, node, browser;
 
 before(async () => {
-  ctl = await startController();
+  // Training runs use the real training script on the repository's data;
+  // every label trains (none held out), so one label is enough to train.
+  ctl = await startController({
+    EDGEDESK_CC_TRAINING__COMMAND: JSON.stringify([process.env.EDGEDESK_TRAIN_PYTHON || "python3", join(ROOT, "scripts", "train_model.py")]),
+    EDGEDESK_CC_TRAINING__DATA_DIR: JSON.stringify(join(ROOT, "data")),
+    EDGEDESK_CC_TRAINING__HELD_OUT_FRACTION: "0",
+    // Every agent's label comes up for a supervisor's review.
+    EDGEDESK_CC_LEARNING__REVIEW_FRACTION: "1",
+  });
   for (const [username, display_name, role, languages, capacity] of [
     ["grace", "Grace Hopper", "agent", ["en", "zh"], 3],
     ["sam", "Sam Supervisor", "supervisor", ["en"], 1],
@@ -165,13 +174,22 @@ test("a visitor reaches an agent: names, times, canned picker, unread badges, cl
   await agent.waitForFunction(() => document.title === "EdgeDesk console");
   await agent.keyboard.press("Alt+ArrowUp");
 
-  // The agent closes the first chat in the page's dialog; no reply bar after.
+  // The agent closes the first chat in the page's dialog; no reply bar
+  // after. The dialog offers the line the bot could not handle for a label.
+  await waitUntil("the escalation's learning sample at the controller", async () =>
+    (await adminCall(ctl, "GET", "/api/v1/samples?reason=escalated")).some((x) => x.text === "my card was swallowed"));
   await agent.getByRole("button", { name: "Close chat" }).click();
   await assertOnScreen(agent, agent.locator("#close-dialog"), "close dialog");
+  await assertOnScreen(agent, agent.locator("#close-label-text", { hasText: "my card was swallowed" }), "the visitor's line offered for a label");
   await agent.locator("#resolution").fill("card returned at the desk");
+  // (The agent picks a near miss; a supervisor corrects it below.)
+  await agent.locator("#close-label-intent").fill("atm_support");
   await shot(agent, "console-close-dialog");
   await agent.locator("#close-ok").click();
   await assertOnScreen(agent, agent.getByText("You closed this chat."), "closed status");
+  await assertOnScreen(agent, agent.locator("#toast", { hasText: "Labelled:" }), "the label saved");
+  const labelled = (await adminCall(ctl, "GET", "/api/v1/samples?reason=escalated")).find((x) => x.text === "my card was swallowed");
+  assert.equal(labelled.label, "atm_support");
   assert.equal(await agent.locator("#reply").isVisible(), false, "a closed chat has no reply bar");
   assert.equal(await agent.getByRole("button", { name: "Transfer" }).isVisible(), false);
   await shot(agent, "console-closed");
@@ -367,9 +385,16 @@ test("a line the bot did not understand reaches the labelling queue; an agent la
   await v.p.locator("#input").fill("what is the weather like on mars tomorrow");
   await v.p.keyboard.press("Enter");
   await botSays(v.p, "");
+  // The visitor says goodbye: the conversation ends and goes up whole.
+  await v.p.locator("#input").fill("goodbye");
+  await v.p.keyboard.press("Enter");
+  await botSays(v.p, "");
   await v.ctx.close();
   await waitUntil("the sample at the controller", async () =>
     (await adminCall(ctl, "GET", "/api/v1/samples?unlabelled=true")).some((x) => x.text.includes("mars")));
+  const sample = (await adminCall(ctl, "GET", "/api/v1/samples?unlabelled=true")).find((x) => x.text.includes("mars"));
+  await waitUntil("the conversation at the controller", async () =>
+    (await adminCall(ctl, "GET", "/api/v1/events?kind=conversation_summary&limit=1000")).some((e) => e.event.conversation === sample.conversation));
 
   const { ctx, p, errors } = await page({ width: 1280, height: 800 });
   await login(p, "grace");
@@ -378,6 +403,14 @@ test("a line the bot did not understand reaches the labelling queue; an agent la
   await assertOnScreen(p, line, "the visitor's line in the queue");
   await assertOnScreen(p, line.locator(".meta", { hasText: "judged not a banking question" }), "why it is there");
   await assertOnScreen(p, line.getByRole("button", { name: /^1\. .+ \(\d+ %\)$/ }), "the model's next guess with its score");
+  // The conversation around it, on demand, the sample's line marked.
+  await line.getByRole("button", { name: "Conversation" }).click();
+  await assertOnScreen(p, line.locator(".context li.this", { hasText: "what is the weather like on mars tomorrow" }), "the line in its conversation");
+  await assertOnScreen(p, line.locator(".context li.visitor", { hasText: "goodbye" }), "what the visitor said after it");
+  // A tapped rating is no question to the bot; a line asked to be
+  // rephrased and then escalated is there once.
+  assert.equal(await p.locator("#label-list li.sample", { hasText: "★" }).count(), 0, "a rating");
+  assert.equal(await p.locator("#label-list li.sample", { hasText: "a question about my transfer" }).count(), 1, "one line, one sample");
   // Answers to the contact form (names, e-mail) are never samples.
   assert.equal(await p.locator("#label-list li.sample", { hasText: "Ada Lovelace" }).count(), 0, "a name left in the contact form");
   await shot(p, "console-labels");
@@ -387,6 +420,61 @@ test("a line the bot did not understand reaches the labelling queue; an agent la
   await line.waitFor({ state: "detached" });
   const stored = (await adminCall(ctl, "GET", "/api/v1/samples")).find((x) => x.text.includes("mars"));
   assert.equal(stored.label, "out_of_scope");
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
+test("a supervisor trains a model on the labels, reads the checks and approves its rollout", async () => {
+  // Runs after the labelling tests: two labels are waiting (atm_support
+  // given when a chat closed, out_of_scope in the Labels tab).
+  const { ctx, p, errors } = await page({ width: 1280, height: 1000 });
+  await login(p, "sam");
+  // First a second look at the agent's labels: one confirmed, one changed.
+  await p.getByRole("button", { name: "Labels" }).click();
+  const swallowed = p.locator("#review-list li", { hasText: "my card was swallowed" });
+  // The review list is under the queue: the supervisor scrolls down to it.
+  await swallowed.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, swallowed.locator(".meta", { hasText: "by Grace Hopper" }), "who gave the label");
+  const mars = p.locator("#review-list li", { hasText: "what is the weather like on mars tomorrow" });
+  await mars.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, mars.locator(".meta", { hasText: "labelled “not a banking question”" }), "the label to review");
+  await shot(p, "console-review");
+  await mars.getByRole("button", { name: "Right" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: "Confirmed" }), "confirmed");
+  await mars.waitFor({ state: "detached" });
+  await swallowed.getByLabel("Correct intent").fill("card_swallowed");
+  await swallowed.getByRole("button", { name: "Change" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: "Changed to:" }), "changed");
+  await swallowed.waitFor({ state: "detached" });
+  const reviewed = (await adminCall(ctl, "GET", "/api/v1/samples?limit=1000")).filter((x) => x.reviewed_by);
+  assert.equal(reviewed.length, 2, "both reviews stored");
+  assert.equal(reviewed.find((x) => x.text === "my card was swallowed").label, "card_swallowed", "the supervisor's label wins");
+
+  await p.getByRole("button", { name: "Dashboard" }).click();
+  const runs = p.locator("#d-trainings");
+  await runs.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, runs.locator("td", { hasText: "No training run yet" }), "no run yet");
+  await p.getByRole("button", { name: "Train on the labels now" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: "Training started" }), "the confirmation");
+  await assertOnScreen(p, runs.locator("td", { hasText: "training…" }), "the run in progress");
+  assert.equal(await p.getByRole("button", { name: "Train on the labels now" }).isDisabled(), true, "one run at a time");
+  // The real trainer on the repository's data: about a minute here.
+  const passed = runs.locator("td", { hasText: "passed the checks, waiting for approval" });
+  await passed.waitFor({ state: "visible", timeout: 300000 });
+  await runs.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, passed, "the verdict");
+  await assertOnScreen(p, runs.locator("td", { hasText: "1.2.0 (from 1.1.0)" }), "the candidate and the fleet's model");
+  await assertOnScreen(p, runs.locator("td", { hasText: "2 trained · 0 held out" }), "the labels it learnt from");
+  await assertOnScreen(p, runs.locator("td", { hasText: /English \d+\.\d % → \d+\.\d % · Chinese \d+\.\d % → \d+\.\d % · out of scope/ }), "the figures of both models");
+  await shot(p, "console-training");
+  await p.getByRole("button", { name: "Approve rollout" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: "Model 1.2.0 is rolling out" }), "the confirmation");
+  await assertOnScreen(p, runs.locator("td", { hasText: /^approved, rolling out \(ro-/ }), "the run approved");
+  await assertOnScreen(p, p.locator("#d-rollouts td", { hasText: "1.2.0" }), "the new model's rollout");
+  const [run] = await adminCall(ctl, "GET", "/api/v1/trainings");
+  assert.equal(run.approved_by !== null && run.approved_by !== "api", true, `approved by the supervisor: ${run.approved_by}`);
+  // Leave the branch on its model for the tests after this one.
+  await adminCall(ctl, "POST", `/api/v1/rollouts/${run.rollout_id}/abort`);
   assert.deepEqual(errors, []);
   await ctx.close();
 });

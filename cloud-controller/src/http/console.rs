@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,6 +44,8 @@ pub enum ConsoleError {
     TooManyAttempts(i64),
     /// Too many logins are being checked at once.
     Busy,
+    /// The request clashes with the current state (a run already running…).
+    Conflict(String),
     Internal(String),
 }
 
@@ -62,6 +64,7 @@ impl IntoResponse for ConsoleError {
                 "wrong username or password".to_owned(),
             ),
             ConsoleError::Forbidden(why) => (StatusCode::FORBIDDEN, why.to_owned()),
+            ConsoleError::Conflict(m) => (StatusCode::CONFLICT, m),
             ConsoleError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ConsoleError::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
             ConsoleError::NotFoundWhy(m) => (StatusCode::NOT_FOUND, m),
@@ -472,7 +475,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 async fn list_chats(
     State(s): S,
     headers: HeaderMap,
-    axum::extract::Query(mut f): axum::extract::Query<ChatFilter>,
+    Query(mut f): Query<ChatFilter>,
 ) -> Result<Json<Vec<ChatView>>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Agent, false).await?;
     if me.role < Role::Supervisor {
@@ -559,17 +562,122 @@ pub struct LabelQueue {
     pub intents: Vec<String>,
 }
 
-async fn label_queue(State(s): S, headers: HeaderMap) -> Result<Json<LabelQueue>, ConsoleError> {
+#[derive(Deserialize)]
+pub struct QueueQuery {
+    /// Only the samples of one conversation (offered when its chat closes).
+    pub conversation: Option<String>,
+}
+
+async fn label_queue(
+    State(s): S,
+    headers: HeaderMap,
+    Query(qq): Query<QueueQuery>,
+) -> Result<Json<LabelQueue>, ConsoleError> {
     authorized(&s, &headers, Role::Agent, false).await?;
     let q = crate::store::samples::SampleQuery {
         unlabelled: true,
         limit: Some(50),
+        conversation: qq.conversation,
         ..Default::default()
     };
     Ok(Json(LabelQueue {
         samples: s.store.samples(q).await?,
         intents: s.store.sample_intents().await?,
     }))
+}
+
+/// Labels colleagues gave that this supervisor should review (a share of
+/// them, `learning.review_fraction`), newest first.
+async fn review_queue(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ReviewItem>>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, false).await?;
+    let fraction = s.review_fraction;
+    let rows = s
+        .store
+        .review_queue(&me.id, 20, move |id| {
+            crate::training::dataset::is_reviewed(id, fraction)
+        })
+        .await?;
+    let names: std::collections::HashMap<String, String> = s
+        .store
+        .agents()
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a.display_name))
+        .collect();
+    Ok(Json(
+        rows.into_iter()
+            .map(|sample| ReviewItem {
+                labelled_by_name: sample
+                    .labelled_by
+                    .as_ref()
+                    .and_then(|id| names.get(id).cloned())
+                    .unwrap_or_default(),
+                sample,
+            })
+            .collect(),
+    ))
+}
+
+/// A label to review, with who gave it.
+#[derive(Serialize)]
+pub struct ReviewItem {
+    #[serde(flatten)]
+    pub sample: crate::store::samples::SampleRow,
+    pub labelled_by_name: String,
+}
+
+#[derive(Deserialize)]
+pub struct ReviewRequest {
+    /// Absent: the label is right. Present: what it should be instead.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A supervisor confirms a colleague's label or overrules it.
+async fn review_sample(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<ReviewRequest>,
+) -> Result<Json<crate::store::samples::SampleRow>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let label = req.label.map(|l| l.trim().to_owned());
+    if label.as_deref().is_some_and(|l| !valid_label(l)) {
+        return Err(ConsoleError::BadRequest(
+            "a label is an intent name (a-z 0-9 _), out_of_scope, or new:NAME for a new intent"
+                .into(),
+        ));
+    }
+    s.store
+        .review_sample(&id, label, &me.id, now_ms())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ConsoleError::NotFoundWhy("no labelled sample with that id".into()))
+}
+
+/// The conversation around a sample, for whoever labels it (the lines were
+/// masked on the branch like the sample). A bot-only conversation reaches
+/// the controller when it ends.
+async fn sample_conversation(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ChatView>, ConsoleError> {
+    authorized(&s, &headers, Role::Agent, false).await?;
+    let sample = s.store.sample(&id).await?.ok_or(ConsoleError::NotFound)?;
+    s.store
+        .chat(&sample.conversation)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ConsoleError::NotFoundWhy(
+                "the conversation has not reached the controller yet: the branch sends it when it ends"
+                    .into(),
+            )
+        })
 }
 
 #[derive(Deserialize)]
@@ -579,14 +687,10 @@ pub struct LabelRequest {
     pub label: String,
 }
 
-/// Whether `label` is an intent name, `out_of_scope`, or `new:NAME`.
+/// Whether `label` is an intent name, `out_of_scope`, or `new:NAME`: one a
+/// training run can learn from.
 pub fn valid_label(label: &str) -> bool {
-    let name = label.strip_prefix("new:").unwrap_or(label);
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    crate::training::dataset::intent_of(label).is_some()
 }
 
 async fn label_sample(
@@ -744,6 +848,56 @@ async fn colleagues(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Colleagu
     ))
 }
 
+fn training_error(e: crate::training::TrainingError) -> ConsoleError {
+    use crate::training::TrainingError as E;
+    match e {
+        e @ (E::Busy(_) | E::NotAwaiting(..)) => ConsoleError::Conflict(e.to_string()),
+        e @ E::NotFound(_) => ConsoleError::NotFoundWhy(e.to_string()),
+        E::Invalid(m) => ConsoleError::BadRequest(m),
+        E::Rollout(e) => ConsoleError::BadRequest(e.to_string()),
+        E::Store(e) => e.into(),
+    }
+}
+
+/// The learning loop's training runs, newest first (supervisors).
+async fn list_trainings(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::store::trainings::TrainingRow>>, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, false).await?;
+    Ok(Json(s.store.trainings(10).await?))
+}
+
+/// A supervisor starts a training run on the labels given so far.
+async fn start_training(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<crate::store::trainings::TrainingRow>), ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let t = s
+        .trainings
+        .start(Default::default(), &me.id)
+        .await
+        .map_err(training_error)?;
+    Ok((StatusCode::ACCEPTED, Json(t)))
+}
+
+/// A supervisor approves a run that passed the gate: its rollout starts
+/// with the configured settings (shadow first).
+async fn approve_training(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::store::trainings::TrainingRow>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let t = s
+        .trainings
+        .approve(&id, serde_json::Value::Null, &me.id)
+        .await
+        .map_err(training_error)?;
+    Ok(Json(t))
+}
+
 pub fn router(state: Arc<Http>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -759,6 +913,20 @@ pub fn router(state: Arc<Http>) -> axum::Router {
         .route("/console/api/dashboard", get(dashboard))
         .route("/console/api/samples", get(label_queue))
         .route("/console/api/samples/{id}/label", post(label_sample))
+        .route(
+            "/console/api/samples/{id}/conversation",
+            get(sample_conversation),
+        )
+        .route("/console/api/review", get(review_queue))
+        .route("/console/api/samples/{id}/review", post(review_sample))
+        .route(
+            "/console/api/trainings",
+            get(list_trainings).post(start_training),
+        )
+        .route(
+            "/console/api/trainings/{id}/approve",
+            post(approve_training),
+        )
         .route("/console/api/colleagues", get(colleagues))
         .route("/console/api/tickets/{id}/claim", post(claim_ticket))
         .route("/console/api/tickets/{id}/resolve", post(resolve_ticket))

@@ -31,6 +31,8 @@ pub struct Http {
     pub handoff: Handoff,
     pub rollouts: Rollouts,
     pub trainings: crate::training::Trainings,
+    /// Share of agents' labels supervisors review (`learning.review_fraction`).
+    pub review_fraction: f64,
     pub metrics: Arc<Metrics>,
     /// Broker logins (enrolment adds one).
     pub creds: Credentials,

@@ -264,6 +264,13 @@ pub const STEPS: &[Step] = &[
     CREATE INDEX trainings_created ON trainings (created_at);
 "#,
     ),
+    // 10: supervisors' review of a sample of the labels.
+    Step::Sql(
+        r#"
+    ALTER TABLE samples ADD COLUMN reviewed_by TEXT;
+    ALTER TABLE samples ADD COLUMN reviewed_at INTEGER;
+"#,
+    ),
 ];
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub struct SampleRow {
     pub conversation: String,
     pub text: String,
     pub lang: String,
-    /// low_confidence, rephrase, out_of_scope, escalated, rated_low.
+    /// low_confidence, rephrase, out_of_scope, escalated, rated_low, cancelled.
     pub reason: String,
     pub model_version: String,
     /// The model's top guesses, best first: `[{label, score}]`.
@@ -23,6 +23,10 @@ pub struct SampleRow {
     pub guesses: serde_json::Value,
     pub at: i64,
     pub label: Option<String>,
+    /// Who gave the label (a console account id).
+    pub labelled_by: Option<String>,
+    /// The supervisor who reviewed the label, if one did.
+    pub reviewed_by: Option<String>,
 }
 
 /// What to list.
@@ -31,6 +35,8 @@ pub struct SampleQuery {
     pub node: Option<String>,
     pub reason: Option<String>,
     pub lang: Option<String>,
+    /// Only those of one conversation (the chat id).
+    pub conversation: Option<String>,
     /// Only those no one has labelled yet.
     #[serde(default)]
     pub unlabelled: bool,
@@ -67,7 +73,8 @@ pub(super) fn add(
 }
 
 const COLUMNS: &str =
-    "id, node_id, conversation, text, lang, reason, model_version, guesses, at, label";
+    "id, node_id, conversation, text, lang, reason, model_version, guesses, at, label,
+     labelled_by, reviewed_by";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
     let guesses: String = r.get(7)?;
@@ -82,6 +89,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
         guesses: serde_json::from_str(&guesses).unwrap_or_default(),
         at: r.get(8)?,
         label: r.get(9)?,
+        labelled_by: r.get(10)?,
+        reviewed_by: r.get(11)?,
     })
 }
 
@@ -126,12 +135,100 @@ impl Store {
                     "SELECT {COLUMNS} FROM samples
                      WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR reason = ?2)
                        AND (?3 IS NULL OR lang = ?3) AND (?4 = 0 OR label IS NULL)
+                       AND (?6 IS NULL OR conversation = ?6)
                      ORDER BY at DESC, id LIMIT ?5"
                 ))?;
                 let limit = q.limit.unwrap_or(100).min(10_000) as i64;
-                let rows =
-                    stmt.query_map(params![q.node, q.reason, q.lang, q.unlabelled, limit], row)?;
+                let rows = stmt.query_map(
+                    params![
+                        q.node,
+                        q.reason,
+                        q.lang,
+                        q.unlabelled,
+                        limit,
+                        q.conversation
+                    ],
+                    row,
+                )?;
                 Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// One sample by id.
+    pub async fn sample(&self, id: &str) -> Result<Option<SampleRow>, StoreError> {
+        let id = id.to_owned();
+        self.db
+            .call(move |c| {
+                Ok(c.query_row(
+                    &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
+                    [id],
+                    row,
+                )
+                .optional()?)
+            })
+            .await
+    }
+
+    /// Labels others gave that no supervisor reviewed yet, newest first, of
+    /// which `picked` keeps the reviewed share.
+    pub async fn review_queue(
+        &self,
+        me: &str,
+        limit: usize,
+        picked: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Vec<SampleRow>, StoreError> {
+        let me = me.to_owned();
+        self.db
+            .call(move |c| {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM samples
+                     WHERE label IS NOT NULL AND reviewed_at IS NULL AND labelled_by IS NOT ?1
+                     ORDER BY labelled_at DESC, id"
+                ))?;
+                let mut out = Vec::new();
+                for r in stmt.query_map([&me], row)? {
+                    let r = r?;
+                    if picked(&r.id) {
+                        out.push(r);
+                        if out.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// A supervisor's review of sample `id`'s label: confirmed (`None`) or
+    /// changed to `label`. `None` if it has no label to review.
+    pub async fn review_sample(
+        &self,
+        id: &str,
+        label: Option<String>,
+        who: &str,
+        now: i64,
+    ) -> Result<Option<SampleRow>, StoreError> {
+        let (id, who) = (id.to_owned(), who.to_owned());
+        self.db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let n = tx.execute(
+                    "UPDATE samples SET label = COALESCE(?2, label), reviewed_by = ?3, reviewed_at = ?4
+                     WHERE id = ?1 AND label IS NOT NULL",
+                    params![id, label, who, now],
+                )?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                let r = tx.query_row(
+                    &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
+                    [&id],
+                    row,
+                )?;
+                tx.commit()?;
+                Ok(Some(r))
             })
             .await
     }

@@ -50,6 +50,9 @@ pub struct TrainingRow {
     pub version: String,
     pub model_id: Option<String>,
     pub rollout_id: Option<String>,
+    /// Who approved the rollout (`auto` with `training.auto_promote`).
+    #[serde(default)]
+    pub approved_by: Option<String>,
     /// Labelled samples trained on, and those held out for evaluation.
     pub trained_labels: usize,
     pub held_out_labels: usize,
@@ -158,6 +161,7 @@ mod tests {
             version: "1.1.0".into(),
             model_id: None,
             rollout_id: None,
+            approved_by: None,
             trained_labels: 3,
             held_out_labels: 1,
             report: serde_json::json!({}),

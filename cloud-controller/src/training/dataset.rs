@@ -17,11 +17,22 @@ pub struct Split {
     pub unusable: usize,
 }
 
-/// True for the share `fraction` of ids, the same ones every time.
-pub fn is_held_out(id: &str, fraction: f64) -> bool {
-    let h = Sha256::digest(id.as_bytes());
+/// True for the share `fraction` of keys, the same ones every time.
+pub fn in_share(key: &str, fraction: f64) -> bool {
+    let h = Sha256::digest(key.as_bytes());
     let x = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
     (x as f64 / u64::MAX as f64) < fraction
+}
+
+/// Whether sample `id` is held out of training for evaluation.
+pub fn is_held_out(id: &str, fraction: f64) -> bool {
+    in_share(id, fraction)
+}
+
+/// Whether sample `id`'s label is among those supervisors review (picked
+/// independently of the held-out share).
+pub fn is_reviewed(id: &str, fraction: f64) -> bool {
+    in_share(&format!("review:{id}"), fraction)
 }
 
 /// The intent a label names: `new:NAME` (an intent the model lacks) is

@@ -175,6 +175,7 @@ impl Trainings {
             version: dataset::next_version(&baseline.version, &taken),
             model_id: None,
             rollout_id: None,
+            approved_by: None,
             trained_labels: split.train.len(),
             held_out_labels: split.held_out.len(),
             report: serde_json::json!({}),
@@ -382,6 +383,7 @@ impl Trainings {
         let rollout = self.rollouts.create(req).await?;
         tracing::info!(training = %row.id, rollout = %rollout.id, by, "training run approved; rollout created");
         row.rollout_id = Some(rollout.id);
+        row.approved_by = Some(by.to_owned());
         row.state = TrainingState::Promoted;
         self.store.training_save(row.clone()).await?;
         Ok(row)

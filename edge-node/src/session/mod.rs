@@ -97,6 +97,9 @@ pub struct Active {
     /// The greeting's line, while the visitor has not written yet (a
     /// language switch rewrites it).
     welcome_id: Option<i64>,
+    /// The text of the last learning sample this session sent: a line asked
+    /// to be rephrased and then escalated is sent once.
+    sampled: Option<String>,
 }
 
 impl Active {
@@ -269,6 +272,7 @@ impl Sessions {
             claim,
             flow_model: None,
             welcome_id: None,
+            sampled: None,
         };
         let welcome = self.d.engine.welcome(lang);
         let write = build_write(
@@ -353,6 +357,7 @@ impl Sessions {
             claim,
             flow_model: None,
             welcome_id,
+            sampled: None,
         };
         // Back after being reported gone: tell the agent.
         let back = self.departures().remove(&active.id);
@@ -527,7 +532,21 @@ impl Sessions {
         // Only what a visitor asks the bot is a learning sample: answers to
         // a flow's or the contact form's questions (names, addresses) and
         // lines to an agent never are.
-        let asked_the_bot = matches!(active.conv.phase, Phase::Bot | Phase::Ended);
+        // A button (a rating, "leave a message") is no question to the bot;
+        // "a person, please" is, typed or tapped (its sample is the line before).
+        let asked = if matches!(command, None | Some(Command::Agent))
+            && matches!(active.conv.phase, Phase::Bot | Phase::Ended)
+        {
+            Asked::Bot
+        } else if command == Some(Command::Cancel)
+            && matches!(&active.conv.phase, Phase::Flow(f) if f.slots.is_empty() && f.reprompts == 0)
+        {
+            // Cancelled at the flow's first question: the bot took the line
+            // that started it for something it was not.
+            Asked::CancelledAtOnce
+        } else {
+            Asked::Other
+        };
         let model = match (&active.flow_model, in_flow) {
             (Some(m), true) => m.clone(),
             _ => self.d.models.active.get(),
@@ -633,16 +652,7 @@ impl Sessions {
             }
         }
         if let Some(sample) = self
-            .sample(
-                active,
-                asked_the_bot,
-                &model,
-                &nlu,
-                runners_up,
-                &text,
-                &events,
-                now,
-            )
+            .sample(active, asked, &model, &nlu, runners_up, &text, &events, now)
             .await
         {
             events.push(sample);
@@ -695,8 +705,8 @@ impl Sessions {
     #[allow(clippy::too_many_arguments)]
     async fn sample(
         &self,
-        active: &Active,
-        asked_the_bot: bool,
+        active: &mut Active,
+        asked: Asked,
         model: &edgedesk_nlu::Model,
         nlu: &Understanding,
         runners_up: [Option<(usize, f32)>; 2],
@@ -716,7 +726,8 @@ impl Sessions {
         let rated_low = events
             .iter()
             .any(|e| matches!(e, EventBody::Rating(r) if r.score <= 2));
-        if !asked_the_bot && !rated_low {
+        let cancelled = asked == Asked::CancelledAtOnce;
+        if asked == Asked::Other && !rated_low {
             return None;
         }
         let asked_to_rephrase = !nlu.answered && active.conv.low_confidence_streak == 1;
@@ -727,6 +738,7 @@ impl Sessions {
             escalation.is_some(),
             rated_low,
             asked_to_rephrase,
+            cancelled,
         )?;
         let mut guesses = vec![Guess {
             label: nlu.intent.clone(),
@@ -740,7 +752,7 @@ impl Sessions {
         }));
         // "I want a person" or "/rate 1" teach nothing: the line the visitor
         // wrote before it does (its guesses were not kept).
-        let text = if rated_low || nlu.intent == edgedesk_dialog::HUMAN_AGENT {
+        let text = if rated_low || cancelled || nlu.intent == edgedesk_dialog::HUMAN_AGENT {
             guesses.clear();
             let earlier = match escalation {
                 Some(x) => x
@@ -765,10 +777,14 @@ impl Sessions {
         } else {
             text.to_owned()
         };
+        if active.sampled.as_deref() == Some(text.as_str()) {
+            return None;
+        }
         if !budget.take(now) {
             self.d.metrics.sample("dropped_budget");
             return None;
         }
+        active.sampled = Some(text.clone());
         self.d.metrics.sample(reason.as_str());
         Some(EventBody::Sample(Sample {
             conversation: active.conv.id.clone(),
@@ -1135,6 +1151,17 @@ fn build_write(
         events,
         start,
     )
+}
+
+/// Whom a visitor's line was for, as far as learning samples go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The bot: a question it may have got wrong.
+    Bot,
+    /// "Cancel" at the first question of a flow the bot started.
+    CancelledAtOnce,
+    /// A flow's or the contact form's question, or an agent: never a sample.
+    Other,
 }
 
 /// One atomic write: the session's new state, its messages, and the events

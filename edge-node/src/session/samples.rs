@@ -27,11 +27,14 @@ pub fn reason(
     escalated: bool,
     rated_low: bool,
     asked_to_rephrase: bool,
+    cancelled: bool,
 ) -> Option<SampleReason> {
     if rated_low {
         Some(SampleReason::RatedLow)
     } else if escalated {
         Some(SampleReason::Escalated)
+    } else if cancelled {
+        Some(SampleReason::Cancelled)
     } else if label == out_of_scope_label {
         Some(SampleReason::OutOfScope)
     } else if asked_to_rephrase {
@@ -89,7 +92,7 @@ mod tests {
     #[test]
     fn reasons_in_order_of_what_they_teach() {
         let r = |label, answered, esc, low, rephrase| {
-            reason(label, answered, "out_of_scope", esc, low, rephrase)
+            reason(label, answered, "out_of_scope", esc, low, rephrase, false)
         };
         assert_eq!(
             r("card_arrival", true, false, false, false),
@@ -116,6 +119,19 @@ mod tests {
             r("card_arrival", true, true, true, false),
             Some(SampleReason::RatedLow)
         );
+        let cancel = |esc| {
+            reason(
+                "card_arrival",
+                true,
+                "out_of_scope",
+                esc,
+                false,
+                false,
+                true,
+            )
+        };
+        assert_eq!(cancel(false), Some(SampleReason::Cancelled));
+        assert_eq!(cancel(true), Some(SampleReason::Escalated));
     }
 
     #[test]
