@@ -105,7 +105,7 @@
     }
     for (const v of ["chats", "tickets", "history", "labels", "dashboard", "settings"]) $("view-" + v).hidden = v !== name;
     if (name === "tickets") loadTickets();
-    if (name === "labels") { loadLabels(); loadReview(); }
+    if (name === "labels") { loadLabels(); loadReview(); loadAnswers(); }
     if (name === "dashboard") refreshDashboard();
     if (name === "settings") { renderCanned(); if (allowed("admin")) renderAgents(); }
   }
@@ -665,6 +665,41 @@
       ul.append(li);
     }
   }
+  async function loadAnswers() {
+    if (!allowed("supervisor")) return;
+    const r = await api("/console/api/answers").catch(() => null);
+    if (!r || !r.ok) return;
+    const v = await r.json();
+    const dl = $("new-intents"); dl.replaceChildren();
+    for (const i of v.unanswered) { const o = el("option"); o.value = i; dl.append(o); }
+    const miss = $("answer-missing");
+    miss.hidden = !v.unanswered.length;
+    miss.textContent = `Labelled as new, no answer yet: ${v.unanswered.join(", ")}`;
+    const ul = $("answer-list"); ul.replaceChildren();
+    for (const a of v.answers) {
+      const li = el("li", "sample answer");
+      li.append(el("p", "said", a.intent));
+      li.append(el("p", null, a.en), el("p", null, a.zh));
+      const row = el("div", "guesses");
+      row.append(button("Edit", () => { $("answer-intent").value = a.intent; $("answer-en").value = a.en; $("answer-zh").value = a.zh; $("answer-en").focus(); }));
+      row.append(button("Delete", async () => {
+        const d = await api(`/console/api/answers/${encodeURIComponent(a.intent)}`, { method: "DELETE" });
+        if (!d.ok) { toast(await errorOf(d, "Could not delete")); return; }
+        loadAnswers();
+      }, "danger"));
+      li.append(row);
+      ul.append(li);
+    }
+  }
+  $("answer-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const intent = $("answer-intent").value.trim().replace(/^new:/, "");
+    const r = await api(`/console/api/answers/${encodeURIComponent(intent)}`, { method: "PUT", body: JSON.stringify({ en: $("answer-en").value, zh: $("answer-zh").value }) });
+    if (!r.ok) { toast(await errorOf(r, "Could not save the answer")); return; }
+    toast(`Answer saved for ${intent}; it ships with the next trained model`, false);
+    $("answer-form").reset();
+    loadAnswers();
+  });
   async function loadReview() {
     if (!allowed("supervisor")) return;
     const r = await api("/console/api/review").catch(() => null);

@@ -107,6 +107,42 @@ pub struct KnowledgeBase {
     pub intents: BTreeMap<String, Answer>,
 }
 
+/// Answers a model bundle carries (`answers.toml`: `[intents.NAME]` with
+/// `en`, `zh` and optional `quick_replies`), for intents the learning loop
+/// taught it. A branch's own knowledge base wins where both answer.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModelAnswers(pub BTreeMap<String, Answer>);
+
+/// The file name in a bundle.
+pub const MODEL_ANSWERS_FILE: &str = "answers.toml";
+
+impl ModelAnswers {
+    pub fn parse(text: &str, origin: &str) -> Result<ModelAnswers, KbError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            #[serde(default)]
+            intents: BTreeMap<String, Answer>,
+        }
+        let f: File = toml::from_str(text).map_err(|e| KbError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+        for (key, a) in &f.intents {
+            for (lang, text) in [("en", &a.en), ("zh", &a.zh)] {
+                if text.trim().is_empty() {
+                    return Err(KbError::Empty {
+                        path: origin.into(),
+                        key: format!("intents.{key}"),
+                        lang,
+                    });
+                }
+            }
+        }
+        Ok(ModelAnswers(f.intents))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KbError {
     #[error("knowledge base {path} is invalid: {message}")]
@@ -193,6 +229,17 @@ impl KnowledgeBase {
 
     pub fn answer(&self, intent: &str) -> Option<&Answer> {
         self.intents.get(intent)
+    }
+
+    /// This knowledge base's answer to `intent`, else the one the model's
+    /// bundle carries (answers written for intents the model learnt).
+    pub fn answer_with<'a>(
+        &'a self,
+        intent: &str,
+        model_answers: Option<&'a ModelAnswers>,
+    ) -> Option<&'a Answer> {
+        self.answer(intent)
+            .or_else(|| model_answers.and_then(|m| m.0.get(intent)))
     }
 
     /// Labels of `model_labels` that have no answer (logged at start-up).

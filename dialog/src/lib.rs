@@ -217,6 +217,9 @@ pub struct Turn<'a> {
     /// Whether a human agent could take the chat (the cloud link; always
     /// `false` on a node without a controller).
     pub agents_available: bool,
+    /// Answers the turn's model carries for intents it learnt (the branch's
+    /// knowledge base wins where both answer).
+    pub model_answers: Option<&'a kb::ModelAnswers>,
 }
 
 impl Turn<'_> {
@@ -737,7 +740,7 @@ impl Engine {
             {
                 self.branch_fact(conv, intent, out)
             }
-            _ => match self.kb.answer(intent) {
+            _ => match self.kb.answer_with(intent, turn.model_answers) {
                 Some(answer) => {
                     let labels = match conv.lang {
                         Lang::En => &answer.quick_replies.en,

@@ -32,11 +32,50 @@ fn turn<'a>(text: &'a str, intent: &str) -> Turn<'a> {
         local_time: NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
         now_ms: 1_000,
         agents_available: false,
+        model_answers: None,
     }
 }
 
 fn conv() -> Conversation {
     Conversation::new("c1".into(), Lang::En, 0)
+}
+
+#[test]
+fn a_learnt_intent_is_answered_from_the_model_and_the_branch_kb_wins() {
+    let answers = kb::ModelAnswers::parse(
+        "[intents.queue_number]\nen = \"Take a number at the machine by the door.\"\nzh = \"请在门口的机器取号。\"\n\
+         [intents.card_arrival]\nen = \"model text\"\nzh = \"模型\"\n",
+        "answers.toml",
+    )
+    .unwrap();
+    let (e, mut c) = (engine(), conv());
+    let mut t = turn("where do I get a number", "queue_number");
+    let out = e.handle(&mut c, &t);
+    let none = KnowledgeBase::builtin().prompt("no_answer", Lang::En, &[]);
+    assert_eq!(
+        out.replies[0].text, none,
+        "without the model's answers the bot has none"
+    );
+    t.model_answers = Some(&answers);
+    let out = e.handle(&mut c, &t);
+    assert_eq!(
+        out.replies[0].text,
+        "Take a number at the machine by the door."
+    );
+    assert_eq!(out.replies[0].intent.as_deref(), Some("queue_number"));
+    let mut t = turn("when will my card arrive", "card_arrival");
+    t.model_answers = Some(&answers);
+    let out = e.handle(&mut c, &t);
+    assert!(
+        out.replies[0].text.contains("5 working days"),
+        "{:?}",
+        out.replies
+    );
+    // Bad files are refused by name.
+    let e = kb::ModelAnswers::parse("[intents.x]\nen = \"\"\nzh = \"y\"\n", "answers.toml")
+        .unwrap_err();
+    assert!(e.to_string().contains("intents.x"), "{e}");
+    assert!(kb::ModelAnswers::parse("[intents.x]\nen = 1\n", "answers.toml").is_err());
 }
 
 #[test]

@@ -140,7 +140,17 @@ pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError>
         dialog::GOODBYE,
         "out_of_scope",
     ];
-    let missing = kb.missing_answers(&model.manifest().labels, &handled);
+    // Intents the learning loop taught the model may bring their answers.
+    let shipped = model
+        .manifest()
+        .files
+        .contains_key(dialog::kb::MODEL_ANSWERS_FILE)
+        .then(|| std::fs::read_to_string(model.dir().join(dialog::kb::MODEL_ANSWERS_FILE)).ok())
+        .flatten()
+        .and_then(|t| dialog::kb::ModelAnswers::parse(&t, "answers.toml").ok())
+        .unwrap_or_default();
+    let mut missing = kb.missing_answers(&model.manifest().labels, &handled);
+    missing.retain(|l| !shipped.0.contains_key(*l));
     if !missing.is_empty() {
         tracing::warn!(
             ?missing,

@@ -361,10 +361,23 @@ impl Cloud {
         path: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
+        self.console_call(reqwest::Method::POST, cookie, path, body)
+            .await
+    }
+
+    /// A console API call with `method` (and the CSRF token), as
+    /// [`Cloud::console_post`].
+    pub async fn console_call(
+        &self,
+        method: reqwest::Method,
+        cookie: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let me = self.console_get(cookie, "/console/api/me").await;
         let r = self
             .http
-            .post(self.url(path))
+            .request(method, self.url(path))
             .header("cookie", cookie)
             .header("x-csrf-token", me["csrf"].as_str().unwrap())
             .json(&body)

@@ -450,6 +450,18 @@ test("a supervisor trains a model on the labels, reads the checks and approves i
   assert.equal(reviewed.length, 2, "both reviews stored");
   assert.equal(reviewed.find((x) => x.text === "my card was swallowed").label, "card_swallowed", "the supervisor's label wins");
 
+  // An answer for an intent the bot is to learn, in both languages.
+  await p.locator("#answer-intent").scrollIntoViewIfNeeded();
+  await p.locator("#answer-intent").fill("new:card_retained");
+  await p.getByLabel("English answer").fill("If a machine kept your card, we can return it at the counter.");
+  await p.getByLabel("Chinese answer").fill("如果机器吞了您的卡，可以在柜台取回。");
+  await p.getByRole("button", { name: "Save answer" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: "Answer saved for card_retained" }), "the answer saved");
+  const saved = p.locator("#answer-list li", { hasText: "card_retained" });
+  await saved.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, saved.getByText("可以在柜台取回"), "the Chinese answer in the list");
+  await shot(p, "console-answers");
+
   await p.getByRole("button", { name: "Dashboard" }).click();
   const runs = p.locator("#d-trainings");
   await runs.scrollIntoViewIfNeeded();

@@ -586,6 +586,91 @@ async fn label_queue(
     }))
 }
 
+/// Answers supervisors wrote for intents the model learns (they ship with
+/// the next trained model), and the `new:` intents people labelled.
+#[derive(Serialize)]
+pub struct AnswersView {
+    pub answers: Vec<crate::store::trainings::IntentAnswer>,
+    /// Intents labelled `new:NAME` that have no answer yet.
+    pub unanswered: Vec<String>,
+}
+
+async fn list_answers(State(s): S, headers: HeaderMap) -> Result<Json<AnswersView>, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, false).await?;
+    let answers = s.store.intent_answers().await?;
+    let unanswered = s
+        .store
+        .sample_intents()
+        .await?
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("new:").map(str::to_owned))
+        .filter(|i| !answers.iter().any(|a| &a.intent == i))
+        .collect();
+    Ok(Json(AnswersView {
+        answers,
+        unanswered,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct AnswerRequest {
+    pub en: String,
+    pub zh: String,
+}
+
+/// Most characters of an answer.
+const MAX_ANSWER_CHARS: usize = 2000;
+
+async fn put_answer(
+    State(s): S,
+    headers: HeaderMap,
+    Path(intent): Path<String>,
+    Json(req): Json<AnswerRequest>,
+) -> Result<Json<crate::store::trainings::IntentAnswer>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let intent = crate::training::dataset::intent_of(&intent)
+        .filter(|i| *i != "out_of_scope")
+        .ok_or_else(|| {
+            ConsoleError::BadRequest("an intent name is a-z, 0-9 and _ (new:NAME works too)".into())
+        })?
+        .to_owned();
+    let (en, zh) = (req.en.trim().to_owned(), req.zh.trim().to_owned());
+    for (lang, text) in [("English", &en), ("Chinese", &zh)] {
+        if text.is_empty() {
+            return Err(ConsoleError::BadRequest(format!(
+                "write the answer in {lang} too: visitors ask in both languages"
+            )));
+        }
+        if text.chars().count() > MAX_ANSWER_CHARS {
+            return Err(ConsoleError::BadRequest(format!(
+                "the {lang} answer is longer than {MAX_ANSWER_CHARS} characters"
+            )));
+        }
+    }
+    let a = crate::store::trainings::IntentAnswer {
+        intent,
+        en,
+        zh,
+        updated_by: me.id,
+        updated_at: now_ms(),
+    };
+    s.store.set_intent_answer(a.clone()).await?;
+    Ok(Json(a))
+}
+
+async fn delete_answer(
+    State(s): S,
+    headers: HeaderMap,
+    Path(intent): Path<String>,
+) -> Result<StatusCode, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, true).await?;
+    if s.store.delete_intent_answer(&intent).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ConsoleError::NotFound)
+    }
+}
+
 /// Labels colleagues gave that this supervisor should review (a share of
 /// them, `learning.review_fraction`), newest first.
 async fn review_queue(
@@ -646,10 +731,7 @@ async fn review_sample(
     let me = authorized(&s, &headers, Role::Supervisor, true).await?;
     let label = req.label.map(|l| l.trim().to_owned());
     if label.as_deref().is_some_and(|l| !valid_label(l)) {
-        return Err(ConsoleError::BadRequest(
-            "a label is an intent name (a-z 0-9 _), out_of_scope, or new:NAME for a new intent"
-                .into(),
-        ));
+        return Err(ConsoleError::BadRequest(LABEL_RULE.into()));
     }
     s.store
         .review_sample(&id, label, &me.id, now_ms())
@@ -687,6 +769,10 @@ pub struct LabelRequest {
     pub label: String,
 }
 
+/// What a label may be, for the error that refuses one.
+const LABEL_RULE: &str =
+    "a label is an intent name (a-z 0-9 _), out_of_scope, or new:NAME for a new intent";
+
 /// Whether `label` is an intent name, `out_of_scope`, or `new:NAME`: one a
 /// training run can learn from.
 pub fn valid_label(label: &str) -> bool {
@@ -702,10 +788,7 @@ async fn label_sample(
     let me = authorized(&s, &headers, Role::Agent, true).await?;
     let label = req.label.trim();
     if !valid_label(label) {
-        return Err(ConsoleError::BadRequest(
-            "a label is an intent name (a-z 0-9 _), out_of_scope, or new:NAME for a new intent"
-                .into(),
-        ));
+        return Err(ConsoleError::BadRequest(LABEL_RULE.into()));
     }
     let overrule = me.role >= Role::Supervisor;
     match s
@@ -918,6 +1001,11 @@ pub fn router(state: Arc<Http>) -> axum::Router {
             get(sample_conversation),
         )
         .route("/console/api/review", get(review_queue))
+        .route("/console/api/answers", get(list_answers))
+        .route(
+            "/console/api/answers/{intent}",
+            axum::routing::put(put_answer).delete(delete_answer),
+        )
         .route("/console/api/samples/{id}/review", post(review_sample))
         .route(
             "/console/api/trainings",

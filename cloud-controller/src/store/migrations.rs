@@ -271,6 +271,19 @@ pub const STEPS: &[Step] = &[
     ALTER TABLE samples ADD COLUMN reviewed_at INTEGER;
 "#,
     ),
+    // 11: answers supervisors wrote for intents the model learns; they ship
+    // in the next trained model's bundle.
+    Step::Sql(
+        r#"
+    CREATE TABLE intent_answers (
+        intent      TEXT PRIMARY KEY,
+        en          TEXT NOT NULL,
+        zh          TEXT NOT NULL,
+        updated_by  TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+"#,
+    ),
 ];
 
 #[cfg(test)]

@@ -65,6 +65,16 @@ pub struct TrainingRow {
     pub log_tail: String,
 }
 
+/// An answer a supervisor wrote for an intent the model learns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IntentAnswer {
+    pub intent: String,
+    pub en: String,
+    pub zh: String,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
 /// A labelled sample as training needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelledSample {
@@ -113,6 +123,53 @@ impl Store {
                 )?;
                 let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
                 rows.map(|b| parse(&b?)).collect()
+            })
+            .await
+    }
+
+    /// Every intent answer, by intent.
+    pub async fn intent_answers(&self) -> Result<Vec<IntentAnswer>, StoreError> {
+        self.db
+            .call(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT intent, en, zh, updated_by, updated_at FROM intent_answers ORDER BY intent",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(IntentAnswer {
+                        intent: r.get(0)?,
+                        en: r.get(1)?,
+                        zh: r.get(2)?,
+                        updated_by: r.get(3)?,
+                        updated_at: r.get(4)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Write (or replace) an intent's answer.
+    pub async fn set_intent_answer(&self, a: IntentAnswer) -> Result<(), StoreError> {
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO intent_answers (intent, en, zh, updated_by, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(intent) DO UPDATE SET en = excluded.en, zh = excluded.zh,
+                         updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                    params![a.intent, a.en, a.zh, a.updated_by, a.updated_at],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Forget an intent's answer; whether there was one.
+    pub async fn delete_intent_answer(&self, intent: &str) -> Result<bool, StoreError> {
+        let intent = intent.to_owned();
+        self.db
+            .call(move |c| {
+                Ok(c.execute("DELETE FROM intent_answers WHERE intent = ?1", [intent])? > 0)
             })
             .await
     }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TrainingConfig;
@@ -287,6 +288,15 @@ impl Trainings {
         row.log_tail = tail;
         result.map_err(|e| e.to_string())?;
         tracing::info!(training = %row.id, "trainer finished; judging the candidate");
+        let answers = self
+            .store
+            .intent_answers()
+            .await
+            .map_err(|e| e.to_string())?;
+        let shipped = ship_answers(&bundle, &answers)?;
+        if !shipped.is_empty() {
+            tracing::info!(training = %row.id, ?shipped, "answers written for learnt intents ship with the model");
+        }
 
         // Both models on the same rows: their own validation figures (the
         // same split of the same base data) and the held-out labels.
@@ -390,6 +400,50 @@ impl Trainings {
     }
 }
 
+/// Write the answers supervisors gave for the candidate's intents into its
+/// bundle (`answers.toml`, listed with its hash in the manifest, so the
+/// release signs it); the intents shipped.
+fn ship_answers(
+    bundle: &Path,
+    answers: &[crate::store::trainings::IntentAnswer],
+) -> Result<Vec<String>, String> {
+    use edgedesk_dialog::kb::MODEL_ANSWERS_FILE;
+    let manifest_path = bundle.join(edgedesk_common::bundle::MANIFEST_FILE);
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", manifest_path.display());
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| err(&e))?;
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&e))?;
+    let labels: Vec<&str> = manifest["labels"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    let mut table = toml::map::Map::new();
+    let mut shipped = Vec::new();
+    for a in answers
+        .iter()
+        .filter(|a| labels.contains(&a.intent.as_str()))
+    {
+        let mut entry = toml::map::Map::new();
+        entry.insert("en".into(), a.en.clone().into());
+        entry.insert("zh".into(), a.zh.clone().into());
+        table.insert(a.intent.clone(), toml::Value::Table(entry));
+        shipped.push(a.intent.clone());
+    }
+    if shipped.is_empty() {
+        return Ok(shipped);
+    }
+    let mut file = toml::map::Map::new();
+    file.insert("intents".into(), toml::Value::Table(table));
+    let body = toml::to_string(&toml::Value::Table(file)).map_err(|e| err(&e))?;
+    // What the node will parse, checked here first.
+    edgedesk_dialog::kb::ModelAnswers::parse(&body, MODEL_ANSWERS_FILE).map_err(|e| err(&e))?;
+    let path = bundle.join(MODEL_ANSWERS_FILE);
+    std::fs::write(&path, &body).map_err(|e| err(&e))?;
+    manifest["files"][MODEL_ANSWERS_FILE] = hex::encode(Sha256::digest(body.as_bytes())).into();
+    let out = serde_json::to_string_pretty(&manifest).map_err(|e| err(&e))?;
+    std::fs::write(&manifest_path, out).map_err(|e| err(&e))?;
+    Ok(shipped)
+}
+
 /// Lay out a published release's files under `dir` (hard links into the
 /// blob store, copies across file systems).
 fn materialise(models_dir: &Path, model: &ModelRow, dir: &Path) -> Result<(), String> {
@@ -435,4 +489,55 @@ fn evaluate(
         validation,
         gate::from_rows(&scored, &manifest.out_of_scope_label),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::trainings::IntentAnswer;
+
+    fn answer(intent: &str) -> IntentAnswer {
+        IntentAnswer {
+            intent: intent.into(),
+            en: format!("About {intent}."),
+            zh: "关于这个。".into(),
+            updated_by: "sup".into(),
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn answers_for_the_models_intents_ship_signed_in_its_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("manifest.json");
+        std::fs::write(
+            &manifest,
+            r#"{"labels": ["greeting", "queue_number"], "files": {"model.onnx": "ab"}}"#,
+        )
+        .unwrap();
+        // No answer for any of its intents: nothing written.
+        assert!(
+            ship_answers(dir.path(), &[answer("elsewhere")])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!dir.path().join("answers.toml").exists());
+        let shipped =
+            ship_answers(dir.path(), &[answer("queue_number"), answer("elsewhere")]).unwrap();
+        assert_eq!(shipped, ["queue_number"]);
+        let body = std::fs::read_to_string(dir.path().join("answers.toml")).unwrap();
+        let parsed = edgedesk_dialog::kb::ModelAnswers::parse(&body, "t").unwrap();
+        assert_eq!(parsed.0["queue_number"].en, "About queue_number.");
+        assert!(!parsed.0.contains_key("elsewhere"));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+        assert_eq!(
+            m["files"]["answers.toml"],
+            hex::encode(Sha256::digest(body.as_bytes()))
+        );
+        assert_eq!(
+            m["files"]["model.onnx"], "ab",
+            "the other files stay listed"
+        );
+    }
 }

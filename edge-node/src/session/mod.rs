@@ -12,11 +12,13 @@ pub mod registry;
 pub mod samples;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use edgedesk_common::chat::{ErrorCode, HistoryItem, Lang, PROTOCOL_VERSION, Sender, ServerFrame};
 use edgedesk_common::event::{Event, EventBody, Guess, Sample, TranscriptLine, VisitorPresence};
+use edgedesk_dialog::kb::{MODEL_ANSWERS_FILE, ModelAnswers};
 use edgedesk_dialog::{BotReply, Command, Conversation, Engine, Phase, Turn, Understanding};
 use edgedesk_nlu::{Model, entities};
 use sha2::{Digest, Sha256};
@@ -186,6 +188,10 @@ pub struct Sessions {
     /// Escalated sessions whose visitor left, by session id. Design: a std
     /// mutex held for map operations only, never across an await.
     departures: Mutex<HashMap<String, Departure>>,
+    /// The answers the last model used carries (`answers.toml`, for intents
+    /// the learning loop taught it), by the model's bundle folder: read
+    /// once per model, not per turn.
+    model_answers: Mutex<Option<(PathBuf, Option<Arc<ModelAnswers>>)>>,
 }
 
 impl Sessions {
@@ -195,7 +201,42 @@ impl Sessions {
             d,
             registry: Registry::default(),
             departures: Mutex::default(),
+            model_answers: Mutex::default(),
         }
+    }
+
+    /// The answers `model`'s bundle carries, if its signed manifest lists
+    /// them (hash-checked when the model loaded). A file that does not parse
+    /// is logged once and ignored: the bot then offers a person.
+    async fn model_answers(&self, model: &Model) -> Option<Arc<ModelAnswers>> {
+        let dir = model.dir().to_owned();
+        {
+            let cached = self.model_answers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, a)) = cached.as_ref().filter(|(d, _)| *d == dir) {
+                return a.clone();
+            }
+        }
+        let answers = if model.manifest().files.contains_key(MODEL_ANSWERS_FILE) {
+            let path = dir.join(MODEL_ANSWERS_FILE);
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) => match ModelAnswers::parse(&text, &path.display().to_string()) {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the model's answers are unusable");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot read the model's answers");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        *self.model_answers.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((dir, answers.clone()));
+        answers
     }
 
     fn departures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departure>> {
@@ -587,6 +628,7 @@ impl Sessions {
         }
         let local = chrono::Local::now().naive_local();
         let today = local.date();
+        let model_answers = self.model_answers(&model).await;
         let turn = Turn {
             text: &text,
             command,
@@ -596,6 +638,7 @@ impl Sessions {
             local_time: local.time(),
             now_ms: now,
             agents_available: *self.d.link_up.borrow(),
+            model_answers: model_answers.as_deref(),
         };
         let outcome = self.d.engine.handle(&mut active.conv, &turn);
         let escalated = outcome
