@@ -361,7 +361,7 @@ async fn every_role_against_every_endpoint() {
         // The rest of the console API: (method, path, body, least role, status once allowed).
         let canned =
             serde_json::json!({ "lang": "en", "shortcut": format!("s-{role}"), "text": "Hello" });
-        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 14] = [
+        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 23] = [
             (
                 Method::GET,
                 "/console/api/chats",
@@ -459,6 +459,69 @@ async fn every_role_against_every_endpoint() {
                 Some(serde_json::json!({ "label": "Not A Label!" })),
                 "agent",
                 StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::GET,
+                "/console/api/samples/no-such/conversation",
+                None,
+                "agent",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/review",
+                None,
+                "supervisor",
+                StatusCode::OK,
+            ),
+            (
+                Method::POST,
+                "/console/api/samples/no-such/review",
+                Some(serde_json::json!({})),
+                "supervisor",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/answers",
+                None,
+                "supervisor",
+                StatusCode::OK,
+            ),
+            (
+                Method::PUT,
+                "/console/api/answers/queue_number",
+                Some(serde_json::json!({ "en": "Take a number.", "zh": "" })),
+                "supervisor",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::DELETE,
+                "/console/api/answers/no_such",
+                None,
+                "supervisor",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/trainings",
+                None,
+                "supervisor",
+                StatusCode::OK,
+            ),
+            (
+                Method::POST,
+                "/console/api/trainings",
+                None,
+                "supervisor",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::POST,
+                "/console/api/trainings/no-such/approve",
+                None,
+                "supervisor",
+                StatusCode::NOT_FOUND,
             ),
         ];
         for (method, path, body, min, allowed) in rest {

@@ -169,8 +169,15 @@ export async function startBranch(ctl, branch, extraEnv = {}) {
 /// Assert that `locator` is on screen: visible, with a non-empty box inside
 /// the viewport (not only present in the DOM).
 export async function assertOnScreen(page, locator, what) {
-  await locator.waitFor({ state: "visible" });
-  const box = await locator.boundingBox();
+  // A list the page re-renders (tickets every few seconds) can swap the
+  // element between "visible" and measuring it: measure again, for a while.
+  const deadline = Date.now() + 10000;
+  let box = null;
+  for (;;) {
+    await locator.waitFor({ state: "visible" });
+    box = await locator.boundingBox().catch(() => null);
+    if ((box && box.width >= 1 && box.height >= 1) || Date.now() > deadline) break;
+  }
   const vp = page.viewportSize();
   if (!box || box.width < 1 || box.height < 1) throw new Error(`${what}: has no size on screen`);
   if (box.y + box.height <= 0 || box.y >= vp.height || box.x + box.width <= 0 || box.x >= vp.width) {
