@@ -120,20 +120,16 @@ impl Trainings {
                 .unwrap_or_default();
             return Err(TrainingError::Busy(running));
         }
-        let prepared = self.prepare(req, by).await;
-        let (row, split) = match prepared {
-            Ok(x) => x,
-            Err(e) => {
-                self.busy.store(false, Ordering::Release);
-                return Err(e);
-            }
-        };
+        // Freed when the run ends, or at once if preparing fails or the
+        // request is dropped half-way (a client that hung up).
+        let busy = Busy(self.busy.clone());
+        let (row, split) = self.prepare(req, by).await?;
         let this = self.clone();
         let run = row.clone();
         tokio::spawn(async move {
+            let _busy = busy;
             let id = run.id.clone();
             let finished = this.execute(run, split).await;
-            this.busy.store(false, Ordering::Release);
             if let Err(e) = finished {
                 tracing::error!(training = %id, error = %e, "training run could not be recorded");
             }
@@ -397,6 +393,15 @@ impl Trainings {
         row.state = TrainingState::Promoted;
         self.store.training_save(row.clone()).await?;
         Ok(row)
+    }
+}
+
+/// The one-run-at-a-time flag, cleared when dropped.
+struct Busy(Arc<AtomicBool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
