@@ -141,13 +141,11 @@ pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError>
         "out_of_scope",
     ];
     // Intents the learning loop taught the model may bring their answers.
-    let shipped = model
-        .manifest()
-        .files
-        .contains_key(dialog::kb::MODEL_ANSWERS_FILE)
-        .then(|| std::fs::read_to_string(model.dir().join(dialog::kb::MODEL_ANSWERS_FILE)).ok())
-        .flatten()
-        .and_then(|t| dialog::kb::ModelAnswers::parse(&t, "answers.toml").ok())
+    let shipped = models::load_answers(&model)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the model's answers are unusable");
+            None
+        })
         .unwrap_or_default();
     let mut missing = kb.missing_answers(&model.manifest().labels, &handled);
     missing.retain(|l| !shipped.0.contains_key(*l));

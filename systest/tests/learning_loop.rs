@@ -91,6 +91,10 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
         c.training.command = vec![python(), script.display().to_string()];
         c.training.data_dir = data.clone();
         c.training.timeout_secs = 900;
+        // Every label trains: which ones a share would hold out depends on
+        // the samples' random ids, and with a fifth held out the unseen
+        // phrasings recognised ranged from under 4 to 9 of 18 between runs.
+        c.training.held_out_fraction = 0.0;
     })
     .await;
     let released = cloud.publish(&base).await;
@@ -224,8 +228,11 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
     assert_eq!(run["baseline"], released.id.as_str());
     assert_eq!(run["version"], "1.1.0");
     assert_eq!(
-        run["trained_labels"].as_u64().unwrap() + run["held_out_labels"].as_u64().unwrap(),
-        texts.len() as u64
+        (
+            run["trained_labels"].as_u64(),
+            run["held_out_labels"].as_u64()
+        ),
+        (Some(texts.len() as u64), Some(0))
     );
     // A second run while one runs is refused, by name.
     let again = cloud
@@ -265,14 +272,32 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
         "{done:#}"
     );
 
-    let approved = cloud
-        .post(
-            &format!("/api/v1/trainings/{id}/approve"),
-            serde_json::json!({"waves": ["1", "100%"], "bake_secs": 0, "shadow_secs": 6,
-                "shadow_min_turns": 6}),
-        )
-        .await;
+    // Approved twice at once (a double click): one rollout, one refusal.
+    let approve = || {
+        cloud
+            .http
+            .post(cloud.url(&format!("/api/v1/trainings/{id}/approve")))
+            .bearer_auth(&cloud.ctl.admin_token)
+            .json(&serde_json::json!({"waves": ["1", "100%"], "bake_secs": 0,
+                "shadow_secs": 6, "shadow_min_turns": 6}))
+            .send()
+    };
+    let (a, b) = tokio::join!(approve(), approve());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+    let approved: serde_json::Value = if a.status() == 200 { a } else { b }.json().await.unwrap();
     assert_eq!(approved["state"], "promoted");
+    assert_eq!(
+        cloud
+            .get("/api/v1/rollouts")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let rollout = approved["rollout_id"].as_str().unwrap().to_owned();
     let rpath = format!("/api/v1/rollouts/{rollout}");
     assert_eq!(cloud.get(&rpath).await["phase"], "shadow");
@@ -335,15 +360,14 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
             unseen.len()
         );
         // Issue 13 asks for 90 %. The TF-IDF model learns a new intent from
-        // ~24 labels only so far: about 40 % of unseen phrasings answered
+        // 29 labels only so far: about half of unseen phrasings answered
         // (docs/LEARNING.md). The bound says the loop taught it something
         // (the base model answers none of them), not that the aim is met.
         assert!(right >= 4, "{right} of {}", unseen.len());
     }
     // And a visitor on a node gets the supervisor's answer now, in their
     // language (it came with the model: the node's knowledge base has none).
-    // (A question the served model recognises: which labels were held out
-    // of training differs from run to run.)
+    // (A question the served model recognises.)
     let served = nodes[1].models().active.get();
     for (lang, answer) in [(Lang::En, ANSWER_EN), (Lang::Zh, ANSWER_ZH)] {
         let question = asked

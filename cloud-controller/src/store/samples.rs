@@ -94,6 +94,14 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
     })
 }
 
+/// Sample `id`, if there is one.
+fn get(conn: &Connection, id: &str) -> Result<Option<SampleRow>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"))?
+        .query_row([id], row)
+        .optional()?)
+}
+
 fn set_label(
     c: &mut Connection,
     id: &str,
@@ -118,13 +126,9 @@ fn set_label(
         "UPDATE samples SET label = ?2, labelled_by = ?3, labelled_at = ?4 WHERE id = ?1",
         params![id, label, who, now],
     )?;
-    let labelled = tx.query_row(
-        &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
-        [id],
-        row,
-    )?;
+    let labelled = get(&tx, id)?;
     tx.commit()?;
-    Ok(Some(Ok(labelled)))
+    Ok(labelled.map(Ok))
 }
 
 impl Store {
@@ -158,16 +162,7 @@ impl Store {
     /// One sample by id.
     pub async fn sample(&self, id: &str) -> Result<Option<SampleRow>, StoreError> {
         let id = id.to_owned();
-        self.db
-            .call(move |c| {
-                Ok(c.query_row(
-                    &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
-                    [id],
-                    row,
-                )
-                .optional()?)
-            })
-            .await
+        self.db.call(move |c| get(c, &id)).await
     }
 
     /// Labels others gave that no supervisor reviewed yet, newest first, of
@@ -222,13 +217,9 @@ impl Store {
                 if n == 0 {
                     return Ok(None);
                 }
-                let r = tx.query_row(
-                    &format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"),
-                    [&id],
-                    row,
-                )?;
+                let r = get(&tx, &id)?;
                 tx.commit()?;
-                Ok(Some(r))
+                Ok(r)
             })
             .await
     }

@@ -65,6 +65,8 @@ pub struct Trainings {
     pub onnxruntime: PathBuf,
     pub shutdown: CancellationToken,
     busy: Arc<AtomicBool>,
+    /// Approvals one at a time: two clicks on "Approve" start one rollout.
+    approving: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Trainings {
@@ -89,6 +91,7 @@ impl Trainings {
             onnxruntime,
             shutdown,
             busy: Arc::new(AtomicBool::new(false)),
+            approving: Arc::default(),
         }
     }
 
@@ -123,13 +126,13 @@ impl Trainings {
         // Freed when the run ends, or at once if preparing fails or the
         // request is dropped half-way (a client that hung up).
         let busy = Busy(self.busy.clone());
-        let (row, split) = self.prepare(req, by).await?;
+        let (row, prepared) = self.prepare(req, by).await?;
         let this = self.clone();
         let run = row.clone();
         tokio::spawn(async move {
             let _busy = busy;
             let id = run.id.clone();
-            let finished = this.execute(run, split).await;
+            let finished = this.execute(run, prepared).await;
             if let Err(e) = finished {
                 tracing::error!(training = %id, error = %e, "training run could not be recorded");
             }
@@ -141,7 +144,7 @@ impl Trainings {
         &self,
         req: StartTraining,
         by: &str,
-    ) -> Result<(TrainingRow, dataset::Split), TrainingError> {
+    ) -> Result<(TrainingRow, Prepared), TrainingError> {
         let baseline = self.baseline(req.baseline.as_deref()).await?;
         let labelled = self.store.labelled_samples().await?;
         let split = dataset::split(&labelled, self.config.held_out_fraction);
@@ -182,7 +185,7 @@ impl Trainings {
         self.store.training_save(row.clone()).await?;
         tracing::info!(training = %row.id, baseline = %row.baseline_version, version = %row.version,
             labels = row.trained_labels, held_out = row.held_out_labels, "training run started");
-        Ok((row, split))
+        Ok((row, Prepared { split, baseline }))
     }
 
     /// The release a candidate is compared with.
@@ -200,24 +203,21 @@ impl Trainings {
             .await?
             .into_iter()
             .find(|r| r.state.phase.name() == "succeeded");
-        let key = match succeeded {
-            Some(r) => Some(r.model_id),
-            None => self.store.models().await?.first().map(|m| m.id.clone()),
+        let model = match succeeded {
+            Some(r) => self.store.model(&r.model_id).await?,
+            None => self.store.models().await?.into_iter().next(),
         };
-        match key {
-            Some(k) => Ok(self.store.model(&k).await?.ok_or_else(|| {
-                TrainingError::Invalid(format!("the fleet's release {k} is gone"))
-            })?),
-            None => Err(TrainingError::Invalid(
+        model.ok_or_else(|| {
+            TrainingError::Invalid(
                 "no published model to compare with: publish the fleet's model first (cloud-controller model publish)"
                     .into(),
-            )),
-        }
+            )
+        })
     }
 
     /// The run, from the trainer to the verdict; its outcome is saved.
-    async fn execute(&self, mut row: TrainingRow, split: dataset::Split) -> Result<(), StoreError> {
-        let outcome = self.train_and_judge(&mut row, &split).await;
+    async fn execute(&self, mut row: TrainingRow, prepared: Prepared) -> Result<(), StoreError> {
+        let outcome = self.train_and_judge(&mut row, prepared).await;
         row.finished_at = Some(now_ms());
         match outcome {
             Ok(None) => {}
@@ -245,23 +245,25 @@ impl Trainings {
     async fn train_and_judge(
         &self,
         row: &mut TrainingRow,
-        split: &dataset::Split,
+        Prepared { split, baseline }: Prepared,
     ) -> Result<Option<String>, String> {
         let dir = self.runs_dir.join(&row.id);
-        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        std::fs::create_dir_all(&dir).map_err(|e| io("run directory", e))?;
-        let labels = dir.join("labels.csv");
-        dataset::write_csv(&labels, &split.train).map_err(|e| io("labels.csv", e))?;
-        let baseline_row = self
-            .store
-            .model(&row.baseline)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the baseline release is gone")?;
-        let baseline_dir = dir.join("baseline");
-        materialise(&self.models_dir, &baseline_row, &baseline_dir)?;
-        let bundle = dir.join("bundle");
-        let name = baseline_row.name.clone();
+        let (labels, baseline_dir, bundle) = (
+            dir.join("labels.csv"),
+            dir.join("baseline"),
+            dir.join("bundle"),
+        );
+        // File work (the baseline's model may be copied) off the async workers.
+        let name = baseline.name.clone();
+        let (models_dir, train) = (self.models_dir.clone(), split.train);
+        let (d, l, b) = (dir.clone(), labels.clone(), baseline_dir.clone());
+        blocking(move || {
+            let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+            std::fs::create_dir_all(&d).map_err(|e| io("run directory", e))?;
+            dataset::write_csv(&l, &train).map_err(|e| io("labels.csv", e))?;
+            materialise(&models_dir, &baseline, &b)
+        })
+        .await?;
         let args: Vec<OsString> = vec![
             "--data".into(),
             self.config.data_dir.clone().into(),
@@ -289,7 +291,8 @@ impl Trainings {
             .intent_answers()
             .await
             .map_err(|e| e.to_string())?;
-        let shipped = ship_answers(&bundle, &answers)?;
+        let b = bundle.clone();
+        let shipped = blocking(move || ship_answers(&b, &answers)).await?;
         if !shipped.is_empty() {
             tracing::info!(training = %row.id, ?shipped, "answers written for learnt intents ship with the model");
         }
@@ -298,18 +301,17 @@ impl Trainings {
         // same split of the same base data) and the held-out labels.
         let (ort, held_out, base_dir, cand_dir) = (
             self.onnxruntime.clone(),
-            split.held_out.clone(),
+            split.held_out,
             baseline_dir.clone(),
             bundle.clone(),
         );
-        let figures = tokio::task::spawn_blocking(move || {
+        let figures = blocking(move || {
             edgedesk_nlu::runtime::init(&ort).map_err(|e| e.to_string())?;
             let b = evaluate(&base_dir, &held_out)?;
             let c = evaluate(&cand_dir, &held_out)?;
-            Ok::<_, String>((b, c))
+            Ok((b, c))
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await?;
         let ((base_val, base_held), (cand_val, cand_held)) = figures;
         let tol = gate::Tolerance {
             overall: self.config.tolerance,
@@ -354,6 +356,7 @@ impl Trainings {
         settings: serde_json::Value,
         by: &str,
     ) -> Result<TrainingRow, TrainingError> {
+        let _one = self.approving.lock().await;
         let mut row = self
             .store
             .training(id)
@@ -394,6 +397,22 @@ impl Trainings {
         self.store.training_save(row.clone()).await?;
         Ok(row)
     }
+}
+
+/// What a run needs that `prepare` found: the labels, split, and the
+/// release the candidate is compared with.
+struct Prepared {
+    split: dataset::Split,
+    baseline: ModelRow,
+}
+
+/// Run `f` on the blocking pool; a panic there is the run's failure.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 /// The one-run-at-a-time flag, cleared when dropped.

@@ -589,3 +589,18 @@ impl ModelManager {
         Ok(format!("rolled back to {to}"))
     }
 }
+
+/// The answers `model`'s bundle carries for intents the learning loop
+/// taught it (`answers.toml`), if its signed manifest lists them (so their
+/// hash was checked when the model loaded). Blocking: a file read.
+pub fn load_answers(model: &Model) -> Result<Option<edgedesk_dialog::kb::ModelAnswers>, String> {
+    use edgedesk_dialog::kb::{MODEL_ANSWERS_FILE, ModelAnswers};
+    if !model.manifest().files.contains_key(MODEL_ANSWERS_FILE) {
+        return Ok(None);
+    }
+    let path = model.dir().join(MODEL_ANSWERS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ModelAnswers::parse(&text, &path.display().to_string())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use edgedesk_common::chat::{ErrorCode, HistoryItem, Lang, PROTOCOL_VERSION, Sender, ServerFrame};
 use edgedesk_common::event::{Event, EventBody, Guess, Sample, TranscriptLine, VisitorPresence};
-use edgedesk_dialog::kb::{MODEL_ANSWERS_FILE, ModelAnswers};
+use edgedesk_dialog::kb::ModelAnswers;
 use edgedesk_dialog::{BotReply, Command, Conversation, Engine, Phase, Turn, Understanding};
 use edgedesk_nlu::{Model, entities};
 use sha2::{Digest, Sha256};
@@ -208,7 +208,7 @@ impl Sessions {
     /// The answers `model`'s bundle carries, if its signed manifest lists
     /// them (hash-checked when the model loaded). A file that does not parse
     /// is logged once and ignored: the bot then offers a person.
-    async fn model_answers(&self, model: &Model) -> Option<Arc<ModelAnswers>> {
+    async fn model_answers(&self, model: &Arc<Model>) -> Option<Arc<ModelAnswers>> {
         let dir = model.dir().to_owned();
         {
             let cached = self.model_answers.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,24 +216,19 @@ impl Sessions {
                 return a.clone();
             }
         }
-        let answers = if model.manifest().files.contains_key(MODEL_ANSWERS_FILE) {
-            let path = dir.join(MODEL_ANSWERS_FILE);
-            match tokio::fs::read_to_string(&path).await {
-                Ok(text) => match ModelAnswers::parse(&text, &path.display().to_string()) {
-                    Ok(a) => Some(Arc::new(a)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the model's answers are unusable");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read the model's answers");
+        let m = Arc::clone(model);
+        let answers =
+            match tokio::task::spawn_blocking(move || crate::models::load_answers(&m)).await {
+                Ok(Ok(a)) => a.map(Arc::new),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the model's answers are unusable");
                     None
                 }
-            }
-        } else {
-            None
-        };
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the model's answers failed");
+                    None
+                }
+            };
         *self.model_answers.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((dir, answers.clone()));
         answers
