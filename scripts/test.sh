@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 ./scripts/provision.sh --with-holdout --test-peers
 . build/env.sh
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+t0=$(date +%s)
+step() { printf '\n\033[1m== %s\033[0m  (%s s into the run)\n' "$*" "$(( $(date +%s) - t0 ))"; }
 
 step "build"
 cargo build --workspace --all-targets --locked
@@ -32,3 +33,4 @@ if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2
 else
   echo "fuzz smoke NOT RUN: needs a nightly toolchain and cargo-fuzz" >&2
 fi
+step "done"
