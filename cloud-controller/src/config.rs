@@ -45,6 +45,10 @@ pub struct TrainingConfig {
     pub command: Vec<String>,
     /// The base training data (the repository's `data/` layout).
     pub data_dir: PathBuf,
+    /// The sentence encoder's folder (`scripts/provision.sh` unpacks it into
+    /// `build/models/e5`): passed as `--encoder` when the fleet's model has
+    /// one, so the candidate is the same kind of model.
+    pub encoder_dir: PathBuf,
     pub timeout_secs: u64,
     /// Address-space limit of the trainer in MiB (0: none).
     pub memory_mb: u64,

@@ -1,6 +1,7 @@
 //! Model bundle manifest (`manifest.json`), format 1. See docs/MODEL.md.
 //!
-//! A bundle is a folder holding the manifest, `model.onnx` and `golden.jsonl`.
+//! A bundle is a folder holding the manifest, `model.onnx` and `golden.jsonl`
+//! (and, for a model with a sentence encoder, `tokenizer.json`).
 //! This module only parses and checks the manifest's own consistency; hashing
 //! files and running the golden set happen where the bytes and runtime are.
 
@@ -11,6 +12,14 @@ use serde::{Deserialize, Serialize};
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MODEL_FILE: &str = "model.onnx";
 pub const GOLDEN_FILE: &str = "golden.jsonl";
+/// The encoder's vocabulary (`input_kind` [`INPUT_TEXT_TOKENS`]).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The model reads raw text only (a `[N,1]` string tensor).
+pub const INPUT_TEXT: &str = "text";
+/// The model reads raw text and the same text as token ids (`input_ids`,
+/// int64 `[N,T]`) with its `mask` (float `[N,T]`, 1 for a token, 0 for
+/// padding), tokenised with the bundle's `tokenizer.json` as [`TokenSpec`] says.
+pub const INPUT_TEXT_TOKENS: &str = "text+tokens";
 pub const BUNDLE_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +29,7 @@ pub struct Manifest {
     pub version: semver::Version,
     /// RFC 3339 UTC timestamp.
     pub created_at: String,
-    /// Only `text` (a `[N,1]` string tensor) is defined so far.
+    /// [`INPUT_TEXT`] or [`INPUT_TEXT_TOKENS`].
     pub input_kind: String,
     #[serde(default = "default_inputs")]
     pub inputs: BTreeMap<String, String>,
@@ -38,6 +47,18 @@ pub struct Manifest {
     pub metrics: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub training: BTreeMap<String, serde_json::Value>,
+    /// How text becomes token ids; required by [`INPUT_TEXT_TOKENS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenSpec>,
+}
+
+/// Tokenisation of a bundle with a sentence encoder: the ids are `bos`,
+/// the pieces of `prefix` + text (at most `max_tokens` − 2), `eos`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenSpec {
+    #[serde(default)]
+    pub prefix: String,
+    pub max_tokens: usize,
 }
 
 fn default_inputs() -> BTreeMap<String, String> {
@@ -68,8 +89,10 @@ pub enum ManifestError {
     Parse(String),
     #[error("unsupported bundle format {0} (this build reads format {BUNDLE_FORMAT})")]
     Format(u32),
-    #[error("unsupported input kind {0:?} (expected \"text\")")]
+    #[error("unsupported input kind {0:?} (this build reads \"text\" and \"text+tokens\")")]
     InputKind(String),
+    #[error("input kind \"text+tokens\" needs {0}")]
+    Tokens(&'static str),
     #[error("confidence_threshold {0} is outside 0..1")]
     Threshold(f32),
     #[error("manifest lists no labels")]
@@ -104,8 +127,26 @@ impl Manifest {
         if self.format != BUNDLE_FORMAT {
             return Err(ManifestError::Format(self.format));
         }
-        if self.input_kind != "text" {
-            return Err(ManifestError::InputKind(self.input_kind.clone()));
+        match self.input_kind.as_str() {
+            INPUT_TEXT => {}
+            INPUT_TEXT_TOKENS => {
+                let spec = self
+                    .tokens
+                    .as_ref()
+                    .ok_or(ManifestError::Tokens("a \"tokens\" section"))?;
+                if !(3..=512).contains(&spec.max_tokens) {
+                    return Err(ManifestError::Tokens("tokens.max_tokens between 3 and 512"));
+                }
+                if !self.files.contains_key(TOKENIZER_FILE) {
+                    return Err(ManifestError::MissingFile(TOKENIZER_FILE));
+                }
+                for input in ["input_ids", "mask"] {
+                    if !self.inputs.contains_key(input) {
+                        return Err(ManifestError::Tokens("inputs input_ids and mask"));
+                    }
+                }
+            }
+            other => return Err(ManifestError::InputKind(other.to_owned())),
         }
         if !(self.confidence_threshold > 0.0 && self.confidence_threshold < 1.0) {
             return Err(ManifestError::Threshold(self.confidence_threshold));
@@ -174,5 +215,45 @@ mod tests {
             Manifest::parse(&s.replace("[\"a\",\"b\"]", "[]")),
             Err(ManifestError::NoLabels)
         ));
+    }
+
+    #[test]
+    fn an_encoder_bundle_names_its_tokenizer_and_token_inputs() {
+        let h = "a".repeat(64);
+        let with_tokens = sample()
+            .replace("\"input_kind\":\"text\"", "\"input_kind\":\"text+tokens\"")
+            .replace(
+                "\"golden.jsonl\":",
+                &format!("\"tokenizer.json\":\"{h}\",\"golden.jsonl\":"),
+            )
+            .replace(
+                "\"labels\"",
+                r#""inputs":{"text":"text","input_ids":"input_ids","mask":"mask"},
+                   "tokens":{"prefix":"query: ","max_tokens":128},"labels""#,
+            );
+        let m = Manifest::parse(&with_tokens).unwrap();
+        assert_eq!(m.tokens.as_ref().unwrap().prefix, "query: ");
+        // Each missing piece is named.
+        assert_eq!(
+            Manifest::parse(&with_tokens.replace("\"tokens\"", "\"tokenz\"")),
+            Err(ManifestError::Tokens("a \"tokens\" section"))
+        );
+        assert_eq!(
+            Manifest::parse(&with_tokens.replace("\"tokenizer.json\"", "\"vocab.json\"")),
+            Err(ManifestError::MissingFile(TOKENIZER_FILE))
+        );
+        assert_eq!(
+            Manifest::parse(&with_tokens.replace("\"mask\":\"mask\"", "\"m\":\"mask\"")),
+            Err(ManifestError::Tokens("inputs input_ids and mask"))
+        );
+        assert_eq!(
+            Manifest::parse(&with_tokens.replace("128", "2")),
+            Err(ManifestError::Tokens("tokens.max_tokens between 3 and 512"))
+        );
+        // A kind this build does not know is refused by name.
+        assert_eq!(
+            Manifest::parse(&sample().replace("\"text\"", "\"audio\"")),
+            Err(ManifestError::InputKind("audio".into()))
+        );
     }
 }

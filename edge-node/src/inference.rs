@@ -4,7 +4,8 @@
 //! its text to them through a bounded queue and awaits the answer, so a slow
 //! or contended model never blocks a tokio worker. Under load a worker takes
 //! whatever has queued up (at most `nlu.batch_max`) and classifies it in one
-//! ONNX Runtime call.
+//! ONNX Runtime call (a model with the sentence encoder runs each text of
+//! the batch alone; see `edgedesk_nlu::Model`).
 //!
 //! Queue policy: bounded (`nlu.queue_capacity`). When it is full the turn is
 //! refused at once with `busy` — load is shed at the door instead of queueing

@@ -65,6 +65,9 @@ pub enum NluError {
     /// The model's outputs do not match the manifest (labels, shapes).
     #[error("model output does not match its manifest: {0}")]
     Shape(String),
+    /// The bundle's `tokenizer.json` cannot be used.
+    #[error("model bundle {0}")]
+    Tokenizer(#[from] tokenizer::TokenizerError),
 }
 
 #[cfg(feature = "onnx")]

@@ -2,7 +2,9 @@
 //!
 //! [`Model::load`] checks the manifest and every file's sha256 and builds a
 //! pool of single-threaded ONNX sessions; [`Model::load_checked`] also runs
-//! the golden set, once. `Session::run` needs `&mut`, so each session sits
+//! the golden set, once. A bundle with a sentence encoder (`text+tokens`)
+//! also gets its text as token ids, tokenised here with the bundle's own
+//! vocabulary ([`crate::tokenizer`]). `Session::run` needs `&mut`, so each session sits
 //! behind its own mutex and callers take the first free one. Callers on an
 //! async runtime run these on a blocking thread, never on a worker.
 
@@ -10,12 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use edgedesk_common::bundle::{GOLDEN_FILE, GoldenItem, MODEL_FILE, Manifest};
+use edgedesk_common::bundle::{
+    GOLDEN_FILE, GoldenItem, INPUT_TEXT_TOKENS, MODEL_FILE, Manifest, TOKENIZER_FILE,
+};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
 use crate::bundle::verify_bundle;
+use crate::tokenizer::Unigram;
 use crate::{NluError, runtime};
 
 /// Golden-set runs in this process (a model is checked once per load).
@@ -49,6 +54,37 @@ pub struct Model {
     next: AtomicUsize,
     input_name: String,
     prob_name: String,
+    tokens: Option<Tokens>,
+}
+
+/// The token side of a `text+tokens` bundle.
+#[derive(Debug)]
+struct Tokens {
+    unigram: Unigram,
+    prefix: String,
+    max_tokens: usize,
+    ids_name: String,
+    mask_name: String,
+}
+
+impl Tokens {
+    /// Ids and mask of `texts`, padded to the longest: `[N, width]` each.
+    fn batch(&self, texts: &[String]) -> (usize, Vec<i64>, Vec<f32>) {
+        let seqs: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.unigram.encode(&self.prefix, t, self.max_tokens))
+            .collect();
+        let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = vec![0i64; texts.len() * width];
+        let mut mask = vec![0f32; texts.len() * width];
+        for (row, seq) in seqs.iter().enumerate() {
+            for (col, &id) in seq.iter().enumerate() {
+                ids[row * width + col] = i64::from(id);
+                mask[row * width + col] = 1.0;
+            }
+        }
+        (width, ids, mask)
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -108,6 +144,34 @@ impl Model {
                 )));
             }
         }
+        let tokens = if manifest.input_kind == INPUT_TEXT_TOKENS {
+            let path = dir.join(TOKENIZER_FILE);
+            let bytes = std::fs::read(&path).map_err(|source| NluError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let spec = manifest.tokens.clone().ok_or_else(|| {
+                NluError::Shape("a text+tokens bundle without its tokens section".into())
+            })?;
+            let tokens = Tokens {
+                unigram: Unigram::from_json(&bytes)?,
+                prefix: spec.prefix,
+                max_tokens: spec.max_tokens,
+                ids_name: manifest.inputs["input_ids"].clone(),
+                mask_name: manifest.inputs["mask"].clone(),
+            };
+            let first = pool[0].lock().unwrap_or_else(|p| p.into_inner());
+            for name in [&tokens.ids_name, &tokens.mask_name] {
+                if !first.inputs().iter().any(|i| i.name() == name.as_str()) {
+                    return Err(NluError::Shape(format!(
+                        "model has no input named {name:?}"
+                    )));
+                }
+            }
+            Some(tokens)
+        } else {
+            None
+        };
         let threshold = if threshold_override > 0.0 {
             threshold_override
         } else {
@@ -121,6 +185,7 @@ impl Model {
             next: AtomicUsize::new(0),
             input_name,
             prob_name,
+            tokens,
         };
         Ok(model)
     }
@@ -257,9 +322,47 @@ impl Model {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
         let mut session = self.session();
-        let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
+        match &self.tokens {
+            None => self.call(&mut session, texts, None),
+            // One call per text: the int8 encoder quantises its activations
+            // with one scale per call, so a text padded into a batch would
+            // not come out as it does alone (nor as it did in training).
+            Some(tokens) => {
+                let mut all = Vec::with_capacity(texts.len() * self.manifest.labels.len());
+                for text in texts {
+                    all.extend(self.call(
+                        &mut session,
+                        std::slice::from_ref(text),
+                        Some(tokens),
+                    )?);
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// One ONNX Runtime call on `texts`.
+    fn call(
+        &self,
+        session: &mut Session,
+        texts: &[String],
+        tokens: Option<&Tokens>,
+    ) -> Result<Vec<f32>, NluError> {
+        let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
+        let outputs = match tokens {
+            None => session.run(ort::inputs![self.input_name.as_str() => input])?,
+            Some(tokens) => {
+                let (width, ids, mask) = tokens.batch(texts);
+                let ids = Tensor::from_array(([texts.len(), width], ids))?;
+                let mask = Tensor::from_array(([texts.len(), width], mask))?;
+                session.run(ort::inputs![
+                    self.input_name.as_str() => input,
+                    tokens.ids_name.as_str() => ids,
+                    tokens.mask_name.as_str() => mask,
+                ])?
+            }
+        };
         let (shape, data) = outputs[self.prob_name.as_str()].try_extract_tensor::<f32>()?;
         if data.len() != texts.len() * self.manifest.labels.len() {
             return Err(NluError::Shape(format!(

@@ -405,9 +405,11 @@ async fn runs_that_cannot_go_ahead_say_why() {
         c.training.command = vec![
             "sh".into(),
             "-c".into(),
-            "echo cannot read the base data >&2; exit 2".into(),
+            "echo cannot read the base data >&2; echo \"args: $*\" >&2; exit 2".into(),
+            "sh".into(),
         ];
         c.training.held_out_fraction = 0.0;
+        c.training.encoder_dir = repo_root().join("build/models/e5");
     })
     .await;
     let post = |path: String, body: serde_json::Value| {
@@ -483,7 +485,15 @@ async fn runs_that_cannot_go_ahead_say_why() {
         done["detail"].as_str().unwrap().contains("exit status: 2"),
         "{done}"
     );
-    assert_eq!(done["log_tail"], "cannot read the base data");
+    let tail = done["log_tail"].as_str().unwrap();
+    assert!(
+        tail.starts_with("cannot read the base data\nargs: --data"),
+        "{tail}"
+    );
+    assert!(
+        !tail.contains("--encoder"),
+        "a linear baseline trains a linear candidate: {tail}"
+    );
     // A failed run cannot be approved; a new one may start.
     let (st, body) = post(
         format!("/api/v1/trainings/{id}/approve"),
@@ -492,6 +502,34 @@ async fn runs_that_cannot_go_ahead_say_why() {
     .await;
     assert_eq!(st, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("failed"), "{body}");
-    let (st, _) = post("/api/v1/trainings".into(), serde_json::json!({})).await;
+    let (st, again) = post("/api/v1/trainings".into(), serde_json::json!({})).await;
     assert_eq!(st, 202);
+    let path = format!("/api/v1/trainings/{}", again["id"].as_str().unwrap());
+    eventually(30, "the second run failed", || async {
+        cloud.get(&path).await["state"] == "failed"
+    })
+    .await;
+
+    // A fleet on the multilingual model (with the sentence encoder) gets a
+    // candidate of the same kind: the trainer is told where the encoder is.
+    let multilingual = cloud
+        .publish(&repo_root().join("build/models/multilingual"))
+        .await;
+    let (st, run) = post(
+        "/api/v1/trainings".into(),
+        serde_json::json!({"baseline": multilingual.version}),
+    )
+    .await;
+    assert_eq!(st, 202, "{run}");
+    let path = format!("/api/v1/trainings/{}", run["id"].as_str().unwrap());
+    eventually(30, "the encoder run failed", || async {
+        cloud.get(&path).await["state"] == "failed"
+    })
+    .await;
+    let done = cloud.get(&path).await;
+    let tail = done["log_tail"].as_str().unwrap();
+    assert!(
+        tail.contains("--encoder ") && tail.ends_with("build/models/e5"),
+        "{tail}"
+    );
 }

@@ -230,3 +230,59 @@ async fn a_canary_failing_its_golden_set_aborts_and_nothing_else_changes() {
     }
     cloud.token.cancel();
 }
+
+/// The multilingual bundle (`build/models/multilingual`, 2.0.0: n-gram
+/// features plus the int8 encoder, input kind `text+tokens`) goes out by the
+/// signed-release path like any other; afterwards the node answers a
+/// colloquial Chinese question (one the linear 1.0.0 leaves unanswered today)
+/// as it answers the plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_multilingual_model_rolls_out_and_understands_chinese() {
+    let multilingual = repo_root().join("build/models/multilingual");
+    assert!(
+        multilingual.join("manifest.json").exists(),
+        "no multilingual bundle; run scripts/provision.sh first"
+    );
+    let cloud = Cloud::start_with(|c| c.models.tick_ms = 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = edge(&cloud, &dir, "zh-1").await;
+    cloud.wait_online("zh-1", 20).await;
+    let r = cloud
+        .http
+        .put(cloud.url("/api/v1/nodes/zh-1/labels"))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(&serde_json::json!({ "labels": { "lang": "zh" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A question in the words a mainland visitor types, and the same in the
+    // words of the training rows: the second gives the reference answer.
+    let ask = |text: &'static str| {
+        let node = &node;
+        async move {
+            let mut ws = node.connect().await;
+            send(&mut ws, &hello_in(edgedesk_common::chat::Lang::Zh)).await;
+            recv(&mut ws).await;
+            let (_, r) = say(&mut ws, &msg(text)).await;
+            reply_text(&r[0]).to_owned()
+        }
+    };
+    let colloquial = "快递员一直没送卡来";
+    let reference = ask("我的新卡还没收到").await;
+    assert_eq!(version(&node), "1.0.0");
+
+    let published = cloud.publish(&multilingual).await;
+    assert_eq!(published.version, "2.0.0");
+    let done = run_rollout(
+        &cloud,
+        serde_json::json!({ "model": "2.0.0", "selector": { "lang": "zh" },
+            "waves": ["1"], "bake_secs": 0, "failure_threshold": "0" }),
+    )
+    .await;
+    assert_eq!(done["phase"], "succeeded", "{done}");
+    assert_eq!(version(&node), "2.0.0");
+    assert_eq!(ask(colloquial).await, reference);
+    node.stop().await;
+    cloud.token.cancel();
+}

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ed25519_dalek::SigningKey;
+use edgedesk_common::bundle::{INPUT_TEXT_TOKENS, MANIFEST_FILE, Manifest};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -257,14 +258,19 @@ impl Trainings {
         let name = baseline.name.clone();
         let (models_dir, train) = (self.models_dir.clone(), split.train);
         let (d, l, b) = (dir.clone(), labels.clone(), baseline_dir.clone());
-        blocking(move || {
+        let with_encoder = blocking(move || {
             let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
             std::fs::create_dir_all(&d).map_err(|e| io("run directory", e))?;
             dataset::write_csv(&l, &train).map_err(|e| io("labels.csv", e))?;
-            materialise(&models_dir, &baseline, &b)
+            materialise(&models_dir, &baseline, &b)?;
+            let manifest = std::fs::read_to_string(b.join(MANIFEST_FILE))
+                .map_err(|e| io("the baseline's manifest", e))?;
+            let manifest =
+                Manifest::parse(&manifest).map_err(|e| format!("the baseline's manifest: {e}"))?;
+            Ok::<_, String>(manifest.input_kind == INPUT_TEXT_TOKENS)
         })
         .await?;
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--data".into(),
             self.config.data_dir.clone().into(),
             "--extra".into(),
@@ -276,6 +282,17 @@ impl Trainings {
             "--name".into(),
             name.into(),
         ];
+        if with_encoder {
+            let encoder = &self.config.encoder_dir;
+            if !encoder.join("e5-small-q4.bin").is_file() {
+                return Err(format!(
+                    "the fleet's model carries the sentence encoder, but training.encoder_dir ({}) \
+                     holds no e5-small-q4.bin (scripts/provision.sh unpacks it there)",
+                    encoder.display()
+                ));
+            }
+            args.extend(["--encoder".into(), encoder.clone().into()]);
+        }
         let spec = trainer::Spec {
             command: self.config.command.clone(),
             timeout: std::time::Duration::from_secs(self.config.timeout_secs),

@@ -1,0 +1,119 @@
+//! The multilingual bundle (n-gram features plus the int8 multilingual-e5
+//! encoder) through the node's own tokenizer and the real ONNX Runtime.
+//! `scripts/provision.sh` trains it into `build/models/multilingual` and
+//! writes `parity.jsonl` beside it: what the training side's ONNX graph said
+//! for 400 validation texts, tokenised in Python.
+
+use std::path::PathBuf;
+
+use edgedesk_nlu::{Model, NluError, runtime};
+
+fn bundle_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/models/multilingual");
+    assert!(
+        dir.join("manifest.json").exists(),
+        "no multilingual bundle at {}; run scripts/provision.sh first",
+        dir.display()
+    );
+    dir
+}
+
+fn model() -> Model {
+    let ort = std::env::var("ORT_DYLIB_PATH")
+        .expect("ORT_DYLIB_PATH must point at libonnxruntime (source build/env.sh)");
+    runtime::init(std::path::Path::new(&ort)).expect("ONNX Runtime loads");
+    Model::load_checked(&bundle_dir(), 1, 0.0)
+        .expect("the multilingual bundle loads and passes its golden set")
+}
+
+#[test]
+fn the_node_gives_the_training_sides_answers() {
+    let m = model();
+    let text = std::fs::read_to_string(bundle_dir().join("../multilingual-parity.jsonl")).unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+        let t = want["text"].as_str().unwrap();
+        let p = m.classify(t).unwrap();
+        assert_eq!(p.label, want["label"].as_str().unwrap(), "{t}");
+        let c = want["confidence"].as_f64().unwrap() as f32;
+        assert!(
+            (p.confidence - c).abs() < 2e-3,
+            "{t}: {} against {c}",
+            p.confidence
+        );
+        n += 1;
+    }
+    assert_eq!(n, 400);
+}
+
+#[test]
+fn chinese_visitors_are_understood() {
+    let m = model();
+    // The phrasings issue 12 found misunderstood, and more the way mainland
+    // customers type.
+    for (text, want) in [
+        ("营业时间是几点", "branch_hours"),
+        ("What time do you open?", "branch_hours"),
+        ("我忘记密码了", "passcode_forgotten"),
+        ("我的银行卡被偷了", "lost_or_stolen_card"),
+        ("卡被ATM吞了怎么办", "card_swallowed"),
+        ("快递员一直没送卡来", "card_arrival"),
+        ("我要人工服务", "human_agent"),
+        ("汇率是多少", "exchange_rate"),
+    ] {
+        let p = m.classify(text).unwrap();
+        assert_eq!(p.label, want, "{text}: {p:?}");
+        assert!(p.answered, "{text}: {p:?}");
+    }
+    let p = m.classify("what's the capital of Peru").unwrap();
+    assert!(!p.answered, "out of scope must not be answered: {p:?}");
+}
+
+#[test]
+fn a_batch_of_mixed_lengths_gives_each_utterance_its_own_answer() {
+    // A visitor's answer must not depend on who else typed at the same
+    // moment: the int8 encoder's activation scale is per call, so the model
+    // runs each text of a batch alone.
+    let m = model();
+    let texts: Vec<String> = [
+        "hi",
+        "我的卡在ATM机上被吞了，现在该怎么办才能拿回来呢",
+        "",
+        "🙂🙂🙂",
+        &"card ".repeat(400),
+        "what's the capital of Peru",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let batch = m.classify_batch(&texts).unwrap();
+    for (t, b) in texts.iter().zip(&batch) {
+        let one = m.classify(t).unwrap();
+        assert_eq!(one.label, b.label, "{t}");
+        assert!((one.confidence - b.confidence).abs() < 1e-6, "{t}");
+    }
+}
+
+#[test]
+fn a_broken_tokenizer_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(bundle_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::write(tmp.path().join("tokenizer.json"), b"{\"format\":\"other\"}").unwrap();
+    // Fix the hash so that only the content is wrong.
+    let manifest_path = tmp.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["files"]["tokenizer.json"] =
+        edgedesk_nlu::bundle::sha256_file(&tmp.path().join("tokenizer.json"))
+            .unwrap()
+            .into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let _ = model();
+    let err = Model::load(tmp.path(), 1, 0.0).unwrap_err();
+    assert!(matches!(err, NluError::Tokenizer(_)), "{err}");
+    assert!(err.to_string().contains("tokenizer file"), "{err}");
+}
