@@ -5,7 +5,8 @@
 # Usage: scripts/bench_edge.sh [--bin DIR] [--bundle DIR] [--mode open|closed] SESSIONSxRATE[xSECONDS] ...
 #   e.g. scripts/bench_edge.sh 1000x1 200x40 400x40x15
 # --bin runs other binaries (e.g. an older build) with this checkout's loadgen;
-# --bundle serves another model (e.g. build/models/multilingual).
+# --bundle serves another model than the configured one (e.g. the linear
+# build/models/default; rows in docs/BENCHMARKS.md name theirs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . build/env.sh

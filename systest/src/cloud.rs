@@ -374,18 +374,7 @@ impl Cloud {
         path: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        let me = self.console_get(cookie, "/console/api/me").await;
-        let r = self
-            .http
-            .request(method, self.url(path))
-            .header("cookie", cookie)
-            .header("x-csrf-token", me["csrf"].as_str().unwrap())
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+        crate::process::console_call(&self.url(""), self.ca(), cookie, method, path, body).await
     }
 
     /// Log `username` in; the session cookie (`name=value`).

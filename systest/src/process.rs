@@ -116,6 +116,24 @@ impl CtlProcess {
         format!("https://127.0.0.1:{}", self.http)
     }
 
+    /// An edge node's configuration (state in `dir`) enrolled with this
+    /// controller as `node_id`, heartbeating every second.
+    pub async fn node_config(
+        &self,
+        dir: &tempfile::TempDir,
+        node_id: &str,
+    ) -> edge_node::config::Config {
+        let mut c = crate::config(dir);
+        c.cloud.enabled = true;
+        c.cloud.controller_url = self.base();
+        c.cloud.ca_sha256 = edgedesk_support::tls::ca_sha256(&self.ca_pem).unwrap();
+        c.cloud.node_id = node_id.into();
+        c.cloud.enroll_token = self.token_for(node_id).await;
+        c.cloud.identity_path = dir.path().join("identity.json");
+        c.cloud.heartbeat_secs = 1;
+        c
+    }
+
     /// An operator API call; `None` when it fails (down, or not 2xx).
     pub async fn api(
         &self,
@@ -199,6 +217,38 @@ pub async fn console_login(base: &str, ca_pem: &str, username: &str) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// A console API call at `base` as the holder of `cookie`, with the
+/// session's CSRF token: the status and the body as JSON (null if none).
+pub async fn console_call(
+    base: &str,
+    ca_pem: &str,
+    cookie: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let http = controller_http(ca_pem);
+    let me: serde_json::Value = http
+        .get(format!("{base}/console/api/me"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .request(method, format!("{base}{path}"))
+        .header("cookie", cookie)
+        .header("x-csrf-token", me["csrf"].as_str().unwrap())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 /// The console WebSocket at `base` for the session `cookie`, set online.

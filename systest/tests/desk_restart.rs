@@ -66,14 +66,7 @@ async fn a_controller_killed_with_live_chats_gives_every_chat_back() {
     ctl.create_agent("henry", "agent", 2).await;
     ctl.create_agent("sam", "supervisor", 1).await;
     let edir = tempfile::tempdir().unwrap();
-    let mut c = config(&edir);
-    c.cloud.enabled = true;
-    c.cloud.controller_url = ctl.base();
-    c.cloud.ca_sha256 = edgedesk_support::tls::ca_sha256(&ctl.ca_pem).unwrap();
-    c.cloud.node_id = "branch-r".into();
-    c.cloud.enroll_token = ctl.token_for("branch-r").await;
-    c.cloud.identity_path = edir.path().join("identity.json");
-    c.cloud.heartbeat_secs = 1;
+    let mut c = ctl.node_config(&edir, "branch-r").await;
     c.cloud.ack_timeout_secs = 2;
     let node = TestNode::start(c).await;
     eventually(15, "node online", || ctl.node_online("branch-r")).await;

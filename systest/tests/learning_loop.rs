@@ -278,8 +278,10 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
             .http
             .post(cloud.url(&format!("/api/v1/trainings/{id}/approve")))
             .bearer_auth(&cloud.ctl.admin_token)
+            // The shadow window opens before the nodes have loaded the
+            // candidate; on a busy machine that took most of a 6 s window.
             .json(&serde_json::json!({"waves": ["1", "100%"], "bake_secs": 0,
-                "shadow_secs": 6, "shadow_min_turns": 6}))
+                "shadow_secs": 30, "shadow_min_turns": 6}))
             .send()
     };
     let (a, b) = tokio::join!(approve(), approve());
@@ -532,4 +534,131 @@ async fn runs_that_cannot_go_ahead_say_why() {
         tail.contains("--encoder ") && tail.ends_with("build/models/e5"),
         "{tail}"
     );
+}
+
+/// A controller killed with SIGKILL in the middle of a run takes its trainer
+/// with it (the kernel kills the child when its parent dies), and the run it
+/// left `running` reads as failed once the controller is back. Real
+/// processes: the controller is `systest-cloud-controller`, the trainer a
+/// shell that records its pid and then works until it is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_run_leaves_no_trainer_behind() {
+    use edgedesk_systest::process::*;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_systest-cloud-controller"));
+    let cdir = tempfile::tempdir().unwrap();
+    let pidfile = cdir.path().join("trainer.pid");
+    let command = serde_json::json!([
+        "sh",
+        "-c",
+        // Waits for a signal; unlike `tail -f` it does not notice that its
+        // output pipe has closed, as a trainer busy computing would not.
+        "echo $$ > \"$0\"; exec python3 -c 'import signal; signal.pause()'",
+        pidfile.to_string_lossy()
+    ]);
+    let (http, mqtt) = (free_port(), free_port());
+    let mut ctl = CtlProcess::start(
+        bin,
+        cdir.path(),
+        http,
+        mqtt,
+        &[
+            ("EDGEDESK_CC_TRAINING__COMMAND", command.to_string()),
+            ("EDGEDESK_CC_TRAINING__HELD_OUT_FRACTION", "0.0".into()),
+        ],
+    )
+    .await;
+    // A published model (the host's CLI, as an operator does) and one label.
+    let published = std::process::Command::new(bin)
+        .args(["model", "publish"])
+        .arg(bundle_dir())
+        .env(
+            "EDGEDESK_CC_STORE__DATA_DIR",
+            format!("{:?}", cdir.path().to_string_lossy()),
+        )
+        .env(
+            "EDGEDESK_CC_MODELS__ONNXRUNTIME_PATH",
+            format!("{:?}", ort_path().to_string_lossy()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    ctl.create_agent("sup", "supervisor", 1).await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(ctl.node_config(&edir, "branch-t").await).await;
+    eventually(15, "node online", || ctl.node_online("branch-t")).await;
+    let mut ws = node.connect().await;
+    start_session(&mut ws).await;
+    say(&mut ws, &msg("what is the weather like on mars")).await;
+    let samples = "/api/v1/samples?node=branch-t";
+    eventually(15, "the sample arrives", || async {
+        ctl.api(reqwest::Method::GET, samples, None)
+            .await
+            .is_some_and(|s| !s[0].is_null())
+    })
+    .await;
+    let sample = ctl.api(reqwest::Method::GET, samples, None).await.unwrap()[0].clone();
+    let cookie = console_login(&ctl.base(), &ctl.ca_pem, "sup").await;
+    let (status, _) = console_call(
+        &ctl.base(),
+        &ctl.ca_pem,
+        &cookie,
+        reqwest::Method::POST,
+        &format!(
+            "/console/api/samples/{}/label",
+            sample["id"].as_str().unwrap()
+        ),
+        serde_json::json!({"label": "out_of_scope"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let run = ctl
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/trainings",
+            Some(serde_json::json!({})),
+        )
+        .await
+        .expect("the run starts");
+    let id = run["id"].as_str().unwrap().to_owned();
+    eventually(15, "the trainer is running", || async {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| p.ends_with('\n'))
+    })
+    .await;
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = move || {
+        // Gone, or a zombie waiting for whoever adopted it to reap it.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|s| !s.starts_with('Z'))
+        })
+    };
+    assert!(alive(), "the trainer {pid} runs");
+
+    ctl.kill();
+    eventually(10, "the trainer died with the controller", || async {
+        !alive()
+    })
+    .await;
+    ctl.restart().await;
+    let after = ctl
+        .api(
+            reqwest::Method::GET,
+            &format!("/api/v1/trainings/{id}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(after["state"], "failed", "{after}");
+    assert_eq!(after["detail"], "the controller stopped during the run");
+    node.stop().await;
 }

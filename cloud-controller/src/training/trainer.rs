@@ -1,7 +1,10 @@
 //! The trainer as a child process: the configured command with the run's
 //! arguments, under an address-space limit (`prlimit`, util-linux) and a
 //! wall-clock timeout, its output kept in the run's `trainer.log`, the last
-//! lines returned for the API. Killed when the controller shuts down.
+//! lines returned for the API. Killed when the controller shuts down, and on
+//! Linux also when the controller dies without shutting down (`SIGKILL`, a
+//! crash): `setpriv --pdeathsig KILL` (util-linux) asks the kernel to, so no
+//! trainer outlives the run a restart marks failed.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -64,27 +67,34 @@ async fn run_inner(
     tail: &mut VecDeque<String>,
 ) -> Result<(), TrainerError> {
     let (program, first) = spec.command.split_first().ok_or(TrainerError::NoCommand)?;
-    let mut cmd = if spec.memory_mb > 0 {
-        let mut c = tokio::process::Command::new("prlimit");
-        c.arg(format!("--as={}", spec.memory_mb * 1024 * 1024))
-            .arg("--")
-            .arg(program);
-        c
-    } else {
-        tokio::process::Command::new(program)
-    };
-    cmd.args(first)
+    // The wrappers would report a missing trainer only as their exit status.
+    if !findable(program) {
+        return Err(TrainerError::Spawn {
+            program: program.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
+    // Wrappers first (each execs the next), then the trainer.
+    let mut chain: Vec<String> = Vec::new();
+    if cfg!(target_os = "linux") {
+        chain.extend(["setpriv", "--pdeathsig", "KILL", "--"].map(String::from));
+    }
+    if spec.memory_mb > 0 {
+        chain.push("prlimit".into());
+        chain.push(format!("--as={}", spec.memory_mb * 1024 * 1024));
+        chain.push("--".into());
+    }
+    chain.push(program.clone());
+    let mut cmd = tokio::process::Command::new(&chain[0]);
+    cmd.args(&chain[1..])
+        .args(first)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| TrainerError::Spawn {
-        program: if spec.memory_mb > 0 {
-            format!("prlimit -- {program}")
-        } else {
-            program.clone()
-        },
+        program: chain.join(" "),
         source,
     })?;
     let mut file = tokio::fs::File::create(log)
@@ -145,6 +155,15 @@ async fn run_inner(
             }
         }
     }
+}
+
+/// Is `program` there to run: a path to a file, or a name found on `PATH`?
+fn findable(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 #[cfg(test)]
