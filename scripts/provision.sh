@@ -98,6 +98,7 @@ train() { # train NAME [extra args]; $HASH (default $INPUTS_HASH) keys the cache
       rm -rf "$cached" && mv "$cached.tmp" "$cached"
     fi
     touch "$cached"
+    mkdir -p build/models
     rm -rf "$bundle" && cp -r "$cached/bundle" "$bundle"
     cp "$cached/validation.csv" build/models/validation.csv
     cp "$cached/parity.jsonl" "build/models/$name-parity.jsonl"
