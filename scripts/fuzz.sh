@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz every decoder that takes bytes from outside (see docs/SECURITY.md).
 #
-#   scripts/fuzz.sh [seconds per target]     default 30 (CI's smoke run)
+#   scripts/fuzz.sh [seconds per target]     default 30 (CI's smoke run, scripts/test.sh, uses 15)
 #
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`);
 # corpora and any crash inputs stay under fuzz/ (corpora are not committed).

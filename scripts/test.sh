@@ -2,7 +2,7 @@
 # Run EdgeDesk's whole test suite: provisions what it needs (ONNX Runtime,
 # training venv, models incl. the holdout one, Chromium, Node.js, playwright-core),
 # then Rust unit + integration tests, the model reproducibility check, and the
-# browser end-to-end tests in Debian's Chromium, and a 30-second fuzz smoke run per decoder.
+# browser end-to-end tests in Debian's Chromium, and a 15-second fuzz smoke run per decoder (longer runs: scripts/fuzz.sh SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/provision.sh --with-holdout --test-peers
@@ -27,9 +27,9 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
-step "fuzz smoke (30 s per decoder, scripts/fuzz.sh)"
+step "fuzz smoke (15 s per decoder, scripts/fuzz.sh)"
 if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
-  scripts/fuzz.sh 30
+  scripts/fuzz.sh 15
 else
   echo "fuzz smoke NOT RUN: needs a nightly toolchain and cargo-fuzz" >&2
 fi
