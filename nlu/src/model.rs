@@ -68,22 +68,13 @@ struct Tokens {
 }
 
 impl Tokens {
-    /// Ids and mask of `texts`, padded to the longest: `[N, width]` each.
-    fn batch(&self, texts: &[String]) -> (usize, Vec<i64>, Vec<f32>) {
-        let seqs: Vec<Vec<u32>> = texts
-            .iter()
-            .map(|t| self.unigram.encode(&self.prefix, t, self.max_tokens))
-            .collect();
-        let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut ids = vec![0i64; texts.len() * width];
-        let mut mask = vec![0f32; texts.len() * width];
-        for (row, seq) in seqs.iter().enumerate() {
-            for (col, &id) in seq.iter().enumerate() {
-                ids[row * width + col] = i64::from(id);
-                mask[row * width + col] = 1.0;
-            }
-        }
-        (width, ids, mask)
+    /// The ids of `text` (a batch of one: no padding, so the mask is all ones).
+    fn ids(&self, text: &str) -> Vec<i64> {
+        self.unigram
+            .encode(&self.prefix, text, self.max_tokens)
+            .into_iter()
+            .map(i64::from)
+            .collect()
     }
 }
 
@@ -323,51 +314,42 @@ impl Model {
             return Ok(Vec::new());
         }
         let mut session = self.session();
-        match &self.tokens {
-            None => self.call(&mut session, texts, None),
-            // One call per text: the int8 encoder quantises its activations
-            // with one scale per call, so a text padded into a batch would
-            // not come out as it does alone (nor as it did in training).
-            Some(tokens) => {
-                let mut all = Vec::with_capacity(texts.len() * self.manifest.labels.len());
-                for text in texts {
-                    all.extend(self.call(
-                        &mut session,
-                        std::slice::from_ref(text),
-                        Some(tokens),
-                    )?);
-                }
-                Ok(all)
-            }
+        let Some(tokens) = &self.tokens else {
+            let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
+            let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
+            return self.probabilities_of(&outputs, texts.len());
+        };
+        // One call per text: the int8 encoder quantises its activations with
+        // one scale per call, so a text padded into a batch would not come
+        // out as it does alone (nor as it did in training).
+        let mut all = Vec::with_capacity(texts.len() * self.manifest.labels.len());
+        for text in texts {
+            let input = Tensor::from_string_array(([1usize, 1usize], std::slice::from_ref(text)))?;
+            let ids = tokens.ids(text);
+            let n = ids.len();
+            let ids = Tensor::from_array(([1usize, n], ids))?;
+            let mask = Tensor::from_array(([1usize, n], vec![1f32; n]))?;
+            let outputs = session.run(ort::inputs![
+                self.input_name.as_str() => input,
+                tokens.ids_name.as_str() => ids,
+                tokens.mask_name.as_str() => mask,
+            ])?;
+            all.extend(self.probabilities_of(&outputs, 1)?);
         }
+        Ok(all)
     }
 
-    /// One ONNX Runtime call on `texts`.
-    fn call(
+    /// The probabilities output of a call on `n` texts, checked against the labels.
+    fn probabilities_of(
         &self,
-        session: &mut Session,
-        texts: &[String],
-        tokens: Option<&Tokens>,
+        outputs: &ort::session::SessionOutputs<'_>,
+        n: usize,
     ) -> Result<Vec<f32>, NluError> {
-        let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
-        let outputs = match tokens {
-            None => session.run(ort::inputs![self.input_name.as_str() => input])?,
-            Some(tokens) => {
-                let (width, ids, mask) = tokens.batch(texts);
-                let ids = Tensor::from_array(([texts.len(), width], ids))?;
-                let mask = Tensor::from_array(([texts.len(), width], mask))?;
-                session.run(ort::inputs![
-                    self.input_name.as_str() => input,
-                    tokens.ids_name.as_str() => ids,
-                    tokens.mask_name.as_str() => mask,
-                ])?
-            }
-        };
         let (shape, data) = outputs[self.prob_name.as_str()].try_extract_tensor::<f32>()?;
-        if data.len() != texts.len() * self.manifest.labels.len() {
+        if data.len() != n * self.manifest.labels.len() {
             return Err(NluError::Shape(format!(
                 "probabilities shape {shape:?} for {} texts and {} labels",
-                texts.len(),
+                n,
                 self.manifest.labels.len()
             )));
         }

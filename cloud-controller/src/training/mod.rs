@@ -258,7 +258,9 @@ impl Trainings {
         let name = baseline.name.clone();
         let (models_dir, train) = (self.models_dir.clone(), split.train);
         let (d, l, b) = (dir.clone(), labels.clone(), baseline_dir.clone());
-        let with_encoder = blocking(move || {
+        let encoder_dir = self.config.encoder_dir.clone();
+        // `--encoder DIR` when the fleet's model carries the sentence encoder.
+        let encoder = blocking(move || {
             let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
             std::fs::create_dir_all(&d).map_err(|e| io("run directory", e))?;
             dataset::write_csv(&l, &train).map_err(|e| io("labels.csv", e))?;
@@ -267,7 +269,17 @@ impl Trainings {
                 .map_err(|e| io("the baseline's manifest", e))?;
             let manifest =
                 Manifest::parse(&manifest).map_err(|e| format!("the baseline's manifest: {e}"))?;
-            Ok::<_, String>(manifest.input_kind == INPUT_TEXT_TOKENS)
+            if manifest.input_kind != INPUT_TEXT_TOKENS {
+                return Ok(None);
+            }
+            if !encoder_dir.join("e5-small-q4.bin").is_file() {
+                return Err(format!(
+                    "the fleet's model carries the sentence encoder, but training.encoder_dir ({}) \
+                     holds no e5-small-q4.bin (scripts/provision.sh unpacks it there)",
+                    encoder_dir.display()
+                ));
+            }
+            Ok(Some(encoder_dir))
         })
         .await?;
         let mut args: Vec<OsString> = vec![
@@ -282,16 +294,8 @@ impl Trainings {
             "--name".into(),
             name.into(),
         ];
-        if with_encoder {
-            let encoder = &self.config.encoder_dir;
-            if !encoder.join("e5-small-q4.bin").is_file() {
-                return Err(format!(
-                    "the fleet's model carries the sentence encoder, but training.encoder_dir ({}) \
-                     holds no e5-small-q4.bin (scripts/provision.sh unpacks it there)",
-                    encoder.display()
-                ));
-            }
-            args.extend(["--encoder".into(), encoder.clone().into()]);
+        if let Some(encoder) = encoder {
+            args.extend(["--encoder".into(), encoder.into()]);
         }
         let spec = trainer::Spec {
             command: self.config.command.clone(),

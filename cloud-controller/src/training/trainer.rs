@@ -4,7 +4,9 @@
 //! lines returned for the API. Killed when the controller shuts down, and on
 //! Linux also when the controller dies without shutting down (`SIGKILL`, a
 //! crash): `setpriv --pdeathsig KILL` (util-linux) asks the kernel to, so no
-//! trainer outlives the run a restart marks failed.
+//! trainer outlives the run a restart marks failed. (The signal follows the
+//! thread that spawned the child: a runtime worker, which lives as long as
+//! the controller.)
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
