@@ -14,6 +14,10 @@ Data (all in the repository):
   data/intents/branch_intents.csv    EN/ZH questions about the branch itself (hours, address, services, ATMs, queue tickets, documents)
   data/intents/golden.csv            the golden set shipped in the bundle
 
+`--suggest SAMPLES --bundle DIR --out FILE` does not train: it groups the
+questions the fleet did not understand into suggested new intents
+(scripts/suggest_intents.py).
+
 `--extra FILE` adds rows (text,category) to the training side only, after
 the split: the controller's learning loop passes the labels people gave, so
 the validation split, and the figures on it, stay those of the base data.
@@ -285,7 +289,22 @@ def main():
                          "(JSON lines): the edge node must give the same (nlu/tests/encoder.rs)")
     ap.add_argument("--encoder-weight", type=float, default=3.0,
                     help="scale of the embedding against the TF-IDF features (chosen on validation)")
+    ap.add_argument("--suggest", metavar="SAMPLES",
+                    help="instead of training: group the questions in SAMPLES (JSON lines {id, text}) into "
+                         "suggested intents with the encoder of --bundle (else of --encoder), written to --out "
+                         "as JSON (scripts/suggest_intents.py)")
+    ap.add_argument("--bundle", metavar="DIR", help="with --suggest: the fleet's model bundle")
+    ap.add_argument("--distance", type=float, help="with --suggest: cosine distance at which groups are cut")
+    ap.add_argument("--min-size", type=int, help="with --suggest: fewest questions in a suggestion")
     args = ap.parse_args()
+    if args.suggest:
+        import suggest_intents
+        if not args.bundle:
+            ap.error("--suggest needs --bundle")
+        suggest_intents.run(args.suggest, args.bundle, args.out, args.data, args.encoder,
+                            args.distance or suggest_intents.DEFAULT_DISTANCE,
+                            args.min_size or suggest_intents.DEFAULT_MIN_SIZE)
+        return
 
     random.seed(args.seed)
     np.random.seed(args.seed)

@@ -66,6 +66,13 @@ pub struct TrainingConfig {
     pub shadow_secs: u64,
     pub waves: Vec<String>,
     pub bake_secs: u64,
+    /// Group the unlabelled questions into suggested intents this often
+    /// (seconds; 0: only when someone asks).
+    pub suggest_every_secs: u64,
+    /// Cosine distance at which the clustering cuts groups.
+    pub suggest_distance: f64,
+    /// Fewest questions in a suggestion.
+    pub suggest_min_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,6 +312,15 @@ impl Config {
         }
         if t.timeout_secs == 0 {
             return bad("training.timeout_secs", "must be at least 1");
+        }
+        if !(t.suggest_distance > 0.0 && t.suggest_distance <= 2.0) {
+            return bad(
+                "training.suggest_distance",
+                "expected a cosine distance above 0 and at most 2",
+            );
+        }
+        if t.suggest_min_size < 2 {
+            return bad("training.suggest_min_size", "must be at least 2");
         }
         if self.mqtt.max_messages_per_sec == 0 {
             return bad("mqtt.max_messages_per_sec", "must be at least 1");

@@ -385,6 +385,15 @@ pub async fn run(
         shutdown.clone(),
     );
     trainings.recover().await?;
+    let grouping_task = (config.training.suggest_every_secs > 0).then(|| {
+        tokio::spawn(
+            trainings
+                .clone()
+                .group_periodically(std::time::Duration::from_secs(
+                    config.training.suggest_every_secs,
+                )),
+        )
+    });
     let retention_task = tokio::spawn(prune_samples(
         store.clone(),
         i64::from(config.learning.sample_retention_days) * 86_400_000,
@@ -522,6 +531,9 @@ pub async fn run(
         let _ = quic_task.await;
         let _ = rollout_task.await;
         let _ = retention_task.await;
+        if let Some(t) = grouping_task {
+            let _ = t.await;
+        }
         if let Some(t) = operator_task {
             let _ = t.await;
         }

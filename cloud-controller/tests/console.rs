@@ -361,7 +361,7 @@ async fn every_role_against_every_endpoint() {
         // The rest of the console API: (method, path, body, least role, status once allowed).
         let canned =
             serde_json::json!({ "lang": "en", "shortcut": format!("s-{role}"), "text": "Hello" });
-        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 23] = [
+        let rest: [(Method, &str, Option<serde_json::Value>, &str, StatusCode); 27] = [
             (
                 Method::GET,
                 "/console/api/chats",
@@ -519,6 +519,34 @@ async fn every_role_against_every_endpoint() {
             (
                 Method::POST,
                 "/console/api/trainings/no-such/approve",
+                None,
+                "supervisor",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::GET,
+                "/console/api/suggestions",
+                None,
+                "supervisor",
+                StatusCode::OK,
+            ),
+            (
+                Method::POST,
+                "/console/api/suggestions/no-such/accept",
+                Some(serde_json::json!({ "intent": "card_arrival" })),
+                "supervisor",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Method::POST,
+                "/console/api/suggestions/no-such/accept",
+                Some(serde_json::json!({ "intent": "Not A Label!" })),
+                "supervisor",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::POST,
+                "/console/api/suggestions/no-such/dismiss",
                 None,
                 "supervisor",
                 StatusCode::NOT_FOUND,

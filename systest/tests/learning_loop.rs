@@ -662,3 +662,262 @@ async fn a_controller_killed_mid_run_leaves_no_trainer_behind() {
     assert_eq!(after["detail"], "the controller stopped during the run");
     node.stop().await;
 }
+
+/// Suggested intents with real parts: visitors at a branch ask about
+/// something no intent covers (safe deposit boxes, in English and Chinese,
+/// and lottery tickets) among unrelated lines; the controller groups the
+/// questions with the fleet model's own sentence encoder through the real
+/// trainer script; a supervisor makes an intent of the deposit-box groups
+/// (the answers in both languages ship with the next model) and dismisses
+/// the lottery one; what was decided is not suggested again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_nobody_understood_become_suggested_intents() {
+    const DEPOSIT_EN: [&str; 5] = [
+        "do you rent safe deposit boxes",
+        "how much is a safe deposit box here",
+        "I want to keep my valuables in a deposit box",
+        "are there any safe deposit boxes free at the moment",
+        "what size safe deposit boxes do you have",
+    ];
+    const DEPOSIT_ZH: [&str; 4] = [
+        "租一个保险箱多少钱",
+        "我想租个保管箱放贵重物品",
+        "银行保险柜怎么租",
+        "保险箱还有空的吗",
+    ];
+    const LOTTERY: [&str; 3] = [
+        "can I buy lottery tickets here",
+        "do you sell lottery tickets",
+        "where can I get a lottery ticket",
+    ];
+    const UNRELATED: [&str; 3] = [
+        "what is the weather like on mars tomorrow",
+        "play some jazz music",
+        "tell me a joke about cats",
+    ];
+    let multilingual = repo_root().join("build/models/multilingual");
+    let script = repo_root().join("scripts/train_model.py");
+    let cloud = Cloud::start_with(|c| {
+        c.training.command = vec![python(), script.display().to_string()];
+        c.training.data_dir = repo_root().join("data");
+        c.training.suggest_every_secs = 0;
+    })
+    .await;
+    cloud.publish(&multilingual).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = multilingual.clone();
+    let _node = edge_with(&cloud, &dir, "harbour", move |c| c.nlu.bundle = b).await;
+    cloud.wait_online("harbour", 20).await;
+    let r = cloud
+        .http
+        .put(cloud.url("/api/v1/nodes/harbour/labels"))
+        .bearer_auth(&cloud.ctl.admin_token)
+        .json(&serde_json::json!({"labels": {"branch": "harbour-street"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cloud
+        .create_account("sup", "Sam", "supervisor", &["en", "zh"], 3)
+        .await;
+    cloud
+        .create_account("agent", "Grace", "agent", &["en"], 3)
+        .await;
+    let sup = cloud.console_cookie("sup").await;
+    // A supervisor asks for a grouping and waits for its result.
+    let grouped = || async {
+        let (st, _) = cloud
+            .console_post(
+                &sup,
+                "/console/api/suggestions/refresh",
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(st, 200);
+        eventually(120, "the grouping finishes", || async {
+            cloud.get("/api/v1/suggestions").await["grouping"]["state"] != "running"
+        })
+        .await;
+        let page = cloud.get("/api/v1/suggestions").await;
+        assert_eq!(page["grouping"]["state"], "done", "{page:#}");
+        page
+    };
+
+    // Nothing asked yet: nothing to group, and it says so.
+    let page = grouped().await;
+    assert!(
+        page["grouping"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("a suggestion needs at least 3"),
+        "{page:#}"
+    );
+
+    // Each question in a session of its own (a line a flow took would be
+    // an answer to the flow, not a question).
+    let all: Vec<&str> = [&DEPOSIT_EN[..], &DEPOSIT_ZH, &LOTTERY, &UNRELATED].concat();
+    for q in &all {
+        let mut ws = _node.connect().await;
+        start_session(&mut ws).await;
+        say(&mut ws, &msg(q)).await;
+    }
+    eventually(20, "every question reaches the controller", || async {
+        let samples = cloud.get("/api/v1/samples?limit=1000").await;
+        all.iter()
+            .all(|q| samples.as_array().unwrap().iter().any(|s| s["text"] == *q))
+    })
+    .await;
+
+    // An agent does not decide what the model learns.
+    let agent = cloud.console_cookie("agent").await;
+    let r = cloud
+        .http
+        .get(cloud.url("/console/api/suggestions"))
+        .header("cookie", &agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let page = grouped().await;
+    let open: Vec<serde_json::Value> = page["suggestions"].as_array().unwrap().clone();
+    let texts = |s: &serde_json::Value| -> Vec<String> {
+        s["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let group_of = |set: &[&str]| {
+        open.iter()
+            .find(|s| texts(s).iter().all(|t| set.contains(&t.as_str())))
+            .unwrap_or_else(|| panic!("no group of {set:?} in {page:#}"))
+            .clone()
+    };
+    let (en, zh, lottery) = (
+        group_of(&DEPOSIT_EN),
+        group_of(&DEPOSIT_ZH),
+        group_of(&LOTTERY),
+    );
+    for g in &open {
+        assert!(g["size"].as_u64().unwrap() >= 3, "{g:#}");
+        assert!(
+            texts(g).iter().all(|t| !UNRELATED.contains(&t.as_str())),
+            "an unrelated line was grouped: {g:#}"
+        );
+    }
+    assert_eq!(en["branches"][0]["name"], "harbour-street", "{en:#}");
+    assert_eq!(en["branches"][0]["count"], en["size"]);
+    assert!(en["languages"]["zh"].is_null() && zh["languages"]["zh"] == zh["size"]);
+
+    let accept = |id: &serde_json::Value, body: serde_json::Value| {
+        let path = format!("/console/api/suggestions/{}/accept", id.as_str().unwrap());
+        let sup = sup.clone();
+        let cloud = &cloud;
+        async move { cloud.console_post(&sup, &path, body).await }
+    };
+    // Bad input, each refused with its reason and nothing written.
+    let (st, body) = accept(
+        &en["id"],
+        serde_json::json!({"intent": "new:safe_deposit_box"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("English and Chinese"),
+        "{body}"
+    );
+    let (st, body) = accept(
+        &en["id"],
+        serde_json::json!({"intent": "new:safe_deposit_box", "en": "We rent boxes.", "zh": " "}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("Chinese"),
+        "{body}"
+    );
+    let (st, body) = accept(&en["id"], serde_json::json!({"intent": "Safe Deposit!"})).await;
+    assert_eq!(st, 400, "{body}");
+    let (st, _) = accept(
+        &"sg-nope".into(),
+        serde_json::json!({"intent": "card_arrival"}),
+    )
+    .await;
+    assert_eq!(st, 404);
+    let unlabelled = cloud
+        .get("/api/v1/samples?unlabelled=true&limit=1000")
+        .await;
+    assert_eq!(
+        unlabelled.as_array().unwrap().len(),
+        all.len(),
+        "nothing labelled yet"
+    );
+
+    // The English group becomes a new intent with its answers…
+    let (st, done) = accept(
+        &en["id"],
+        serde_json::json!({"intent": "new:safe_deposit_box",
+            "en": "We rent safe deposit boxes in three sizes; ask at the counter.",
+            "zh": "本网点提供三种尺寸的保险箱租赁，请到柜台咨询。"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{done}");
+    assert_eq!(done["labelled"], en["size"]);
+    assert_eq!(done["suggestion"]["state"], "accepted");
+    // …and the Chinese one joins it: the intent has its answers already.
+    let (st, done) = accept(
+        &zh["id"],
+        serde_json::json!({"intent": "new:safe_deposit_box"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{done}");
+    assert_eq!(done["labelled"], zh["size"]);
+    let (st, body) = accept(&zh["id"], serde_json::json!({"intent": "card_arrival"})).await;
+    assert_eq!(st, 409, "decided twice: {body}");
+    let answers = cloud.console_get(&sup, "/console/api/answers").await;
+    assert!(
+        answers["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["intent"] == "safe_deposit_box"
+                && a["zh"].as_str().unwrap().contains("保险箱")),
+        "{answers}"
+    );
+    let samples = cloud.get("/api/v1/samples?limit=1000").await;
+    let labelled = samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["label"] == "new:safe_deposit_box")
+        .count() as u64;
+    assert_eq!(
+        labelled,
+        en["size"].as_u64().unwrap() + zh["size"].as_u64().unwrap()
+    );
+
+    // The lottery questions are dismissed: not suggested again.
+    let path = format!(
+        "/console/api/suggestions/{}/dismiss",
+        lottery["id"].as_str().unwrap()
+    );
+    let (st, _) = cloud.console_post(&sup, &path, serde_json::json!({})).await;
+    assert_eq!(st, 200);
+    let (st, _) = cloud.console_post(&sup, &path, serde_json::json!({})).await;
+    assert_eq!(st, 409);
+    let page = grouped().await;
+    let states: Vec<&str> = page["suggestions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(!states.contains(&"open"), "{page:#}");
+    assert_eq!(states.iter().filter(|s| **s == "accepted").count(), 2);
+    assert_eq!(states.iter().filter(|s| **s == "dismissed").count(), 1);
+}

@@ -730,6 +730,10 @@ fn routes() -> OpenApiRouter<Arc<Http>> {
         .routes(routes!(start_training, list_trainings))
         .routes(routes!(get_training))
         .routes(routes!(approve_training))
+        .routes(routes!(list_suggestions))
+        .routes(routes!(group_questions))
+        .routes(routes!(accept_suggestion))
+        .routes(routes!(dismiss_suggestion))
 }
 
 /// Published model releases, newest first.
@@ -836,7 +840,7 @@ pub fn openapi_document() -> String {
 fn training_error(e: crate::training::TrainingError) -> ApiError {
     use crate::training::TrainingError as E;
     match e {
-        e @ (E::Busy(_) | E::NotAwaiting(..)) => ApiError::Conflict(e.to_string()),
+        e @ (E::Busy(_) | E::NotAwaiting(..) | E::Conflict(_)) => ApiError::Conflict(e.to_string()),
         e @ E::NotFound(_) => ApiError::NotFound(e.to_string()),
         E::Invalid(m) => ApiError::BadRequest(m),
         E::Rollout(e) => rollout_error(e),
@@ -911,4 +915,74 @@ async fn approve_training(
         .await
         .map_err(training_error)?;
     Ok(Json(t))
+}
+
+/// Suggested intents: the unlabelled questions grouped by meaning, open
+/// ones first (largest first), and how the last grouping went.
+#[utoipa::path(get, path = "/api/v1/suggestions", responses((status = 200, body = crate::training::suggest::Suggestions), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+async fn list_suggestions(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<crate::training::suggest::Suggestions>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(
+        s.trainings.suggestions().await.map_err(training_error)?,
+    ))
+}
+
+/// Group the unlabelled questions again now (in the background; poll
+/// `GET /api/v1/suggestions`). Replaces the open suggestions.
+#[utoipa::path(post, path = "/api/v1/suggestions/refresh",
+    responses((status = 202, body = crate::training::suggest::GroupingStatus),
+        (status = 409, body = ErrorBody, description = "a grouping is running")), security(("bearer" = [])))]
+async fn group_questions(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<crate::training::suggest::GroupingStatus>), ApiError> {
+    authorize(&s, &headers)?;
+    let st = s
+        .trainings
+        .group_questions("api")
+        .await
+        .map_err(training_error)?;
+    Ok((StatusCode::ACCEPTED, Json(st)))
+}
+
+/// Make an intent of a suggestion: its unlabelled questions are labelled
+/// with it; a `new:NAME` intent without answers needs `en` and `zh`.
+#[utoipa::path(post, path = "/api/v1/suggestions/{id}/accept", params(("id" = String, Path, description = "suggestion id")),
+    request_body = crate::training::suggest::AcceptSuggestion,
+    responses((status = 200, body = crate::training::suggest::Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "decided already")), security(("bearer" = [])))]
+async fn accept_suggestion(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<crate::training::suggest::AcceptSuggestion>,
+) -> Result<Json<crate::training::suggest::Accepted>, ApiError> {
+    authorize(&s, &headers)?;
+    let a = s
+        .trainings
+        .accept_suggestion(&id, req, "api")
+        .await
+        .map_err(training_error)?;
+    Ok(Json(a))
+}
+
+/// Dismiss a suggestion: its questions are not grouped again.
+#[utoipa::path(post, path = "/api/v1/suggestions/{id}/dismiss", params(("id" = String, Path, description = "suggestion id")),
+    responses((status = 200, body = crate::training::suggest::SuggestionView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "decided already")), security(("bearer" = [])))]
+async fn dismiss_suggestion(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::training::suggest::SuggestionView>, ApiError> {
+    authorize(&s, &headers)?;
+    let v = s
+        .trainings
+        .dismiss_suggestion(&id, "api")
+        .await
+        .map_err(training_error)?;
+    Ok(Json(v))
 }

@@ -618,9 +618,6 @@ pub struct AnswerRequest {
     pub zh: String,
 }
 
-/// Most characters of an answer.
-const MAX_ANSWER_CHARS: usize = 2000;
-
 async fn put_answer(
     State(s): S,
     headers: HeaderMap,
@@ -628,32 +625,8 @@ async fn put_answer(
     Json(req): Json<AnswerRequest>,
 ) -> Result<Json<crate::store::trainings::IntentAnswer>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Supervisor, true).await?;
-    let intent = crate::training::dataset::intent_of(&intent)
-        .filter(|i| *i != "out_of_scope")
-        .ok_or_else(|| {
-            ConsoleError::BadRequest("an intent name is a-z, 0-9 and _ (new:NAME works too)".into())
-        })?
-        .to_owned();
-    let (en, zh) = (req.en.trim().to_owned(), req.zh.trim().to_owned());
-    for (lang, text) in [("English", &en), ("Chinese", &zh)] {
-        if text.is_empty() {
-            return Err(ConsoleError::BadRequest(format!(
-                "write the answer in {lang} too: visitors ask in both languages"
-            )));
-        }
-        if text.chars().count() > MAX_ANSWER_CHARS {
-            return Err(ConsoleError::BadRequest(format!(
-                "the {lang} answer is longer than {MAX_ANSWER_CHARS} characters"
-            )));
-        }
-    }
-    let a = crate::store::trainings::IntentAnswer {
-        intent,
-        en,
-        zh,
-        updated_by: me.id,
-        updated_at: now_ms(),
-    };
+    let a = crate::training::intent_answer(&intent, &req.en, &req.zh, &me.id)
+        .map_err(training_error)?;
     s.store.set_intent_answer(a.clone()).await?;
     Ok(Json(a))
 }
@@ -934,7 +907,9 @@ async fn colleagues(State(s): S, headers: HeaderMap) -> Result<Json<Vec<Colleagu
 fn training_error(e: crate::training::TrainingError) -> ConsoleError {
     use crate::training::TrainingError as E;
     match e {
-        e @ (E::Busy(_) | E::NotAwaiting(..)) => ConsoleError::Conflict(e.to_string()),
+        e @ (E::Busy(_) | E::NotAwaiting(..) | E::Conflict(_)) => {
+            ConsoleError::Conflict(e.to_string())
+        }
         e @ E::NotFound(_) => ConsoleError::NotFoundWhy(e.to_string()),
         E::Invalid(m) => ConsoleError::BadRequest(m),
         E::Rollout(e) => ConsoleError::BadRequest(e.to_string()),
@@ -981,6 +956,59 @@ async fn approve_training(
     Ok(Json(t))
 }
 
+/// Suggested intents (supervisors): the unlabelled questions grouped.
+async fn list_suggestions(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<crate::training::suggest::Suggestions>, ConsoleError> {
+    authorized(&s, &headers, Role::Supervisor, false).await?;
+    Ok(Json(
+        s.trainings.suggestions().await.map_err(training_error)?,
+    ))
+}
+
+async fn group_questions(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<crate::training::suggest::GroupingStatus>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let st = s
+        .trainings
+        .group_questions(&me.id)
+        .await
+        .map_err(training_error)?;
+    Ok(Json(st))
+}
+
+async fn accept_suggestion(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<crate::training::suggest::AcceptSuggestion>,
+) -> Result<Json<crate::training::suggest::Accepted>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let a = s
+        .trainings
+        .accept_suggestion(&id, req, &me.id)
+        .await
+        .map_err(training_error)?;
+    Ok(Json(a))
+}
+
+async fn dismiss_suggestion(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::training::suggest::SuggestionView>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let v = s
+        .trainings
+        .dismiss_suggestion(&id, &me.id)
+        .await
+        .map_err(training_error)?;
+    Ok(Json(v))
+}
+
 pub fn router(state: Arc<Http>) -> axum::Router {
     axum::Router::new()
         .route("/console/api/login", post(login))
@@ -1014,6 +1042,16 @@ pub fn router(state: Arc<Http>) -> axum::Router {
         .route(
             "/console/api/trainings/{id}/approve",
             post(approve_training),
+        )
+        .route("/console/api/suggestions", get(list_suggestions))
+        .route("/console/api/suggestions/refresh", post(group_questions))
+        .route(
+            "/console/api/suggestions/{id}/accept",
+            post(accept_suggestion),
+        )
+        .route(
+            "/console/api/suggestions/{id}/dismiss",
+            post(dismiss_suggestion),
         )
         .route("/console/api/colleagues", get(colleagues))
         .route("/console/api/tickets/{id}/claim", post(claim_ticket))

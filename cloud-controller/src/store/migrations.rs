@@ -284,6 +284,22 @@ pub const STEPS: &[Step] = &[
     );
 "#,
     ),
+    // 12: suggested intents (groups of questions the fleet did not
+    // understand) and what a supervisor decided about each.
+    Step::Sql(
+        r#"
+    CREATE TABLE suggestions (
+        id          TEXT PRIMARY KEY,
+        created_at  INTEGER NOT NULL,
+        members     TEXT NOT NULL,
+        cohesion    REAL NOT NULL,
+        state       TEXT NOT NULL,
+        intent      TEXT,
+        decided_by  TEXT,
+        decided_at  INTEGER
+    );
+"#,
+    ),
 ];
 
 #[cfg(test)]

@@ -12,8 +12,8 @@
 //! batches and their projection), `commands` (the per-node queue), `chats`,
 //! `agents`, `tickets`, `models`, `rollouts`, `seq` (envelope sequence numbers),
 //! `branches` (each branch's hours and facts as operators set them),
-//! `samples` (the learning loop's turns to label), `trainings` (its
-//! training runs).
+//! `samples` (the learning loop's turns to label), `suggestions` (groups of
+//! them offered as new intents), `trainings` (its training runs).
 
 pub mod agents;
 pub mod branches;
@@ -26,6 +26,7 @@ pub mod nodes;
 pub mod rollouts;
 pub mod samples;
 pub mod seq;
+pub mod suggestions;
 pub mod tickets;
 pub mod trainings;
 

@@ -95,7 +95,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
 }
 
 /// Sample `id`, if there is one.
-fn get(conn: &Connection, id: &str) -> Result<Option<SampleRow>, StoreError> {
+pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<SampleRow>, StoreError> {
     Ok(conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"))?
         .query_row([id], row)

@@ -7,10 +7,12 @@
 //! One run at a time, in the background; each has a directory under
 //! `<data_dir>/trainings/<id>` (labels, baseline, bundle, `trainer.log`).
 //! Parts: [`dataset`] (which labels train and which are held out),
-//! [`trainer`] (the child process), [`gate`] (the pure verdict).
+//! [`trainer`] (the child process), [`gate`] (the pure verdict),
+//! [`suggest`] (unlabelled questions grouped into suggested intents).
 
 pub mod dataset;
 pub mod gate;
+pub mod suggest;
 pub mod trainer;
 
 use std::ffi::OsString;
@@ -37,6 +39,9 @@ pub enum TrainingError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// Something else is under way, or was decided already.
+    #[error("{0}")]
+    Conflict(String),
     #[error("training run {0} is {1}; only a run awaiting approval can be approved")]
     NotAwaiting(String, &'static str),
     #[error(transparent)]
@@ -68,6 +73,9 @@ pub struct Trainings {
     busy: Arc<AtomicBool>,
     /// Approvals one at a time: two clicks on "Approve" start one rollout.
     approving: Arc<tokio::sync::Mutex<()>>,
+    /// One grouping of questions at a time, and how the last one went.
+    grouping_busy: Arc<AtomicBool>,
+    grouping: Arc<std::sync::Mutex<suggest::GroupingStatus>>,
 }
 
 impl Trainings {
@@ -93,6 +101,11 @@ impl Trainings {
             shutdown,
             busy: Arc::new(AtomicBool::new(false)),
             approving: Arc::default(),
+            grouping_busy: Arc::new(AtomicBool::new(false)),
+            grouping: Arc::new(std::sync::Mutex::new(suggest::GroupingStatus {
+                state: "idle".into(),
+                ..Default::default()
+            })),
         }
     }
 
@@ -189,6 +202,33 @@ impl Trainings {
         Ok((row, Prepared { split, baseline }))
     }
 
+    /// The configured trainer command with its limits, `args` appended,
+    /// its output in `dir/trainer.log`.
+    async fn run_trainer(
+        &self,
+        args: &[OsString],
+        dir: &Path,
+    ) -> (String, Result<(), trainer::TrainerError>) {
+        let spec = trainer::Spec {
+            command: self.config.command.clone(),
+            timeout: std::time::Duration::from_secs(self.config.timeout_secs),
+            memory_mb: self.config.memory_mb,
+        };
+        trainer::run(&spec, args, &dir.join("trainer.log"), &self.shutdown).await
+    }
+
+    /// `training.encoder_dir`, if it holds the encoder a model with one
+    /// needs; otherwise what is wrong.
+    fn encoder_dir_checked(&self, dir: PathBuf) -> Result<PathBuf, String> {
+        if dir.join("e5-small-q4.bin").is_file() {
+            return Ok(dir);
+        }
+        Err(format!(
+            "training.encoder_dir ({}) holds no e5-small-q4.bin (scripts/provision.sh unpacks it there)",
+            dir.display()
+        ))
+    }
+
     /// The release a candidate is compared with.
     async fn baseline(&self, key: Option<&str>) -> Result<ModelRow, TrainingError> {
         if let Some(key) = key {
@@ -265,23 +305,13 @@ impl Trainings {
             std::fs::create_dir_all(&d).map_err(|e| io("run directory", e))?;
             dataset::write_csv(&l, &train).map_err(|e| io("labels.csv", e))?;
             materialise(&models_dir, &baseline, &b)?;
-            let manifest = std::fs::read_to_string(b.join(MANIFEST_FILE))
-                .map_err(|e| io("the baseline's manifest", e))?;
-            let manifest =
-                Manifest::parse(&manifest).map_err(|e| format!("the baseline's manifest: {e}"))?;
-            if manifest.input_kind != INPUT_TEXT_TOKENS {
-                return Ok(None);
-            }
-            if !encoder_dir.join("e5-small-q4.bin").is_file() {
-                return Err(format!(
-                    "the fleet's model carries the sentence encoder, but training.encoder_dir ({}) \
-                     holds no e5-small-q4.bin (scripts/provision.sh unpacks it there)",
-                    encoder_dir.display()
-                ));
-            }
-            Ok(Some(encoder_dir))
+            Ok(has_encoder(&b)?.then_some(encoder_dir))
         })
         .await?;
+        let encoder = match encoder {
+            Some(dir) => Some(self.encoder_dir_checked(dir)?),
+            None => None,
+        };
         let mut args: Vec<OsString> = vec![
             "--data".into(),
             self.config.data_dir.clone().into(),
@@ -297,13 +327,7 @@ impl Trainings {
         if let Some(encoder) = encoder {
             args.extend(["--encoder".into(), encoder.into()]);
         }
-        let spec = trainer::Spec {
-            command: self.config.command.clone(),
-            timeout: std::time::Duration::from_secs(self.config.timeout_secs),
-            memory_mb: self.config.memory_mb,
-        };
-        let (tail, result) =
-            trainer::run(&spec, &args, &dir.join("trainer.log"), &self.shutdown).await;
+        let (tail, result) = self.run_trainer(&args, &dir).await;
         row.log_tail = tail;
         result.map_err(|e| e.to_string())?;
         tracing::info!(training = %row.id, "trainer finished; judging the candidate");
@@ -420,6 +444,45 @@ impl Trainings {
     }
 }
 
+/// Most characters of an answer.
+pub const MAX_ANSWER_CHARS: usize = 2000;
+
+/// A supervisor's answer for an intent the model learns, checked: a valid
+/// intent name (`new:NAME` too), and both languages, neither too long.
+pub fn intent_answer(
+    intent: &str,
+    en: &str,
+    zh: &str,
+    by: &str,
+) -> Result<crate::store::trainings::IntentAnswer, TrainingError> {
+    let intent = dataset::intent_of(intent)
+        .filter(|i| *i != "out_of_scope")
+        .ok_or_else(|| {
+            TrainingError::Invalid("an intent name is a-z, 0-9 and _ (new:NAME works too)".into())
+        })?
+        .to_owned();
+    let (en, zh) = (en.trim().to_owned(), zh.trim().to_owned());
+    for (lang, text) in [("English", &en), ("Chinese", &zh)] {
+        if text.is_empty() {
+            return Err(TrainingError::Invalid(format!(
+                "write the answer in {lang} too: visitors ask in both languages"
+            )));
+        }
+        if text.chars().count() > MAX_ANSWER_CHARS {
+            return Err(TrainingError::Invalid(format!(
+                "the {lang} answer is longer than {MAX_ANSWER_CHARS} characters"
+            )));
+        }
+    }
+    Ok(crate::store::trainings::IntentAnswer {
+        intent,
+        en,
+        zh,
+        updated_by: by.to_owned(),
+        updated_at: now_ms(),
+    })
+}
+
 /// What a run needs that `prepare` found: the labels, split, and the
 /// release the candidate is compared with.
 struct Prepared {
@@ -505,6 +568,16 @@ fn materialise(models_dir: &Path, model: &ModelRow, dir: &Path) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// Whether the bundle in `dir` carries the sentence encoder (input kind
+/// `text+tokens`). Blocking.
+fn has_encoder(dir: &Path) -> Result<bool, String> {
+    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE))
+        .map_err(|e| format!("the fleet model's manifest: {e}"))?;
+    let manifest =
+        Manifest::parse(&text).map_err(|e| format!("the fleet model's manifest: {e}"))?;
+    Ok(manifest.input_kind == INPUT_TEXT_TOKENS)
 }
 
 /// A bundle's validation figures (from its manifest) and its figures on the
