@@ -204,7 +204,7 @@ def tune(bundle, data="data", seed=7):
             truth.append(-1)
         draws.append((enc.embed(texts), [lang_of(t) for t in texts], np.array(truth)))
     for d in DISTANCES:
-        aris, purity, covered, found, both = [], [], [], [], []
+        aris, purity, covered, found, both, alone = [], [], [], [], [], []
         for emb, langs, truth in draws:
             groups = cluster(emb, langs, means, d, DEFAULT_MIN_SIZE)
             pred = np.full(len(truth), -1)
@@ -216,6 +216,7 @@ def tune(bundle, data="data", seed=7):
             p = np.where(pred >= 0, pred, np.arange(len(pred)) + 10_000)
             t = np.where(inscope, truth, np.arange(len(truth)) + 10_000)
             aris.append(adjusted_rand_score(truth[inscope], p[inscope]))
+            alone.append(float(np.mean(pred[~inscope] < 0)))
             hit = 0
             for members, _ in groups:
                 top = np.bincount(t[members] - t[members].min()).max()
@@ -228,6 +229,7 @@ def tune(bundle, data="data", seed=7):
         print(json.dumps({"distance": d, "ari_inscope": round(float(np.mean(aris)), 3),
                           "group_purity": round(float(np.mean(purity)) if purity else 0.0, 3),
                           "inscope_in_pure_groups": round(float(np.mean(covered)), 3),
+                          "oos_left_alone": round(float(np.mean(alone)), 3),
                           "pure_groups_in_both_languages": round(float(np.mean(both)) if both else 0.0, 3),
                           "groups_per_10_intents": round(float(np.mean(found)), 1)}))
 

@@ -105,7 +105,7 @@
     }
     for (const v of ["chats", "tickets", "history", "labels", "dashboard", "settings"]) $("view-" + v).hidden = v !== name;
     if (name === "tickets") loadTickets();
-    if (name === "labels") { loadLabels(); loadReview(); loadAnswers(); }
+    if (name === "labels") { loadLabels(); loadSuggestions(); loadReview(); loadAnswers(); }
     if (name === "dashboard") refreshDashboard();
     if (name === "settings") { renderCanned(); if (allowed("admin")) renderAgents(); }
   }
@@ -699,6 +699,74 @@
     toast(`Answer saved for ${intent}; it ships with the next trained model`, false);
     $("answer-form").reset();
     loadAnswers();
+  });
+  // ---------- suggested intents (supervisors)
+  let suggestPoll = null;
+  function groupingWords(g) {
+    if (g.state === "running") return "Grouping the questions…";
+    if (g.state === "failed") return `The last grouping failed: ${g.detail}`;
+    if (g.state === "done") {
+      const at = new Date(g.finished_at).toLocaleString();
+      return g.detail ? `${g.detail} (${at})` : `Grouped ${g.questions} questions at ${at}: ${g.groups} suggestion${g.groups === 1 ? "" : "s"}`;
+    }
+    return "";
+  }
+  async function loadSuggestions() {
+    if (!allowed("supervisor")) return;
+    const r = await api("/console/api/suggestions").catch(() => null);
+    if (!r || !r.ok) return;
+    const v = await r.json();
+    $("suggest-status").textContent = groupingWords(v.grouping);
+    $("suggest-refresh").disabled = v.grouping.state === "running";
+    clearTimeout(suggestPoll);
+    if (v.grouping.state === "running") suggestPoll = setTimeout(() => { if (view === "labels") loadSuggestions(); }, 1500);
+    const ul = $("suggest-list"); ul.replaceChildren();
+    const open = v.suggestions.filter((x) => x.state === "open");
+    if (!open.length) ul.append(el("li", "empty", "No suggestions: group the questions to look for some."));
+    for (const sg of open) {
+      const li = el("li", "sample suggestion");
+      const langs = Object.entries(sg.languages).map(([l, n]) => `${l === "zh" ? "中文" : "English"} ${n}`).join(", ");
+      li.append(el("p", "said", `${sg.size} question${sg.size === 1 ? "" : "s"} like these`));
+      const where = sg.branches.map((b) => `${b.name || b.node_id} ${b.count}`).join(", ");
+      li.append(el("p", "meta", `${langs} · branches: ${where}${sg.usual_guess ? ` · the bot usually guessed “${sg.usual_guess === "out_of_scope" ? "not a banking question" : intentWords(sg.usual_guess)}”` : ""}`));
+      const ex = el("ul", "examples");
+      for (const e of sg.examples) ex.append(el("li", null, e.text));
+      li.append(ex);
+      const form = el("form"); form.hidden = true;
+      const field = (label, input) => { const l = el("label", null, label + " "); l.append(input); return l; };
+      const intent = el("input"); intent.setAttribute("list", "intent-names"); intent.required = true; intent.maxLength = 68;
+      intent.placeholder = "new:name, or an intent the bot knows";
+      const en = el("textarea"); en.rows = 2; en.maxLength = 2000;
+      const zh = el("textarea"); zh.rows = 2; zh.maxLength = 2000;
+      const save = el("button", "primary", "Make the intent"); save.type = "submit";
+      form.append(field("Intent", intent), field("English answer", en), field("Chinese answer", zh),
+        el("p", "meta", "The answers are needed for a new intent that has none yet; they ship with the next trained model."), save);
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const body = { intent: intent.value.trim() };
+        if (en.value.trim() || zh.value.trim()) { body.en = en.value; body.zh = zh.value; }
+        const x = await api(`/console/api/suggestions/${encodeURIComponent(sg.id)}/accept`, { method: "POST", body: JSON.stringify(body) });
+        if (!x.ok) { toast(await errorOf(x, "Could not make the intent")); return; }
+        const done = await x.json();
+        toast(`${done.labelled} question${done.labelled === 1 ? "" : "s"} labelled ${intentWords(body.intent.replace(/^new:/, ""))}`, false);
+        loadSuggestions(); loadLabels(); loadAnswers();
+      });
+      const row = el("div", "guesses");
+      const make = button("Make an intent…", () => { form.hidden = !form.hidden; if (!form.hidden) intent.focus(); }, "primary");
+      row.append(make, button("Dismiss", async () => {
+        const x = await api(`/console/api/suggestions/${encodeURIComponent(sg.id)}/dismiss`, { method: "POST" });
+        if (!x.ok) { toast(await errorOf(x, "Could not dismiss")); return; }
+        toast("Dismissed: these questions are not suggested again", false);
+        loadSuggestions();
+      }));
+      li.append(row, form);
+      ul.append(li);
+    }
+  }
+  $("suggest-refresh").addEventListener("click", async () => {
+    const r = await api("/console/api/suggestions/refresh", { method: "POST" });
+    if (!r.ok) { toast(await errorOf(r, "Could not group the questions")); return; }
+    loadSuggestions();
   });
   async function loadReview() {
     if (!allowed("supervisor")) return;

@@ -17,6 +17,7 @@ before(async () => {
     EDGEDESK_CC_TRAINING__COMMAND: JSON.stringify([process.env.EDGEDESK_TRAIN_PYTHON || "python3", join(ROOT, "scripts", "train_model.py")]),
     EDGEDESK_CC_TRAINING__DATA_DIR: JSON.stringify(join(ROOT, "data")),
     EDGEDESK_CC_TRAINING__HELD_OUT_FRACTION: "0",
+    EDGEDESK_CC_TRAINING__ENCODER_DIR: JSON.stringify(join(ROOT, "build", "models", "e5")),
     // Every agent's label comes up for a supervisor's review.
     EDGEDESK_CC_LEARNING__REVIEW_FRACTION: "1",
   });
@@ -487,6 +488,64 @@ test("a supervisor trains a model on the labels, reads the checks and approves i
   assert.equal(run.approved_by !== null && run.approved_by !== "api", true, `approved by the supervisor: ${run.approved_by}`);
   // Leave the branch on its model for the tests after this one.
   await adminCall(ctl, "POST", `/api/v1/rollouts/${run.rollout_id}/abort`);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
+test("questions nobody understood are grouped; a supervisor makes an intent of the group", async () => {
+  // Runs after the training test, whose counts a new label would change.
+  const asked = [
+    "do you rent safe deposit boxes",
+    "how much is a safe deposit box here",
+    "what size safe deposit boxes do you have",
+    "can I rent a safe deposit box",
+  ];
+  for (const q of asked) {
+    const v = await page({ width: 900, height: 900 });
+    await v.p.goto(node.url);
+    await botSays(v.p, "branch assistant");
+    await v.p.locator("#input").fill(q);
+    await v.p.keyboard.press("Enter");
+    await botSays(v.p, "");
+    await v.ctx.close();
+  }
+  await waitUntil("the questions at the controller", async () => {
+    const samples = await adminCall(ctl, "GET", "/api/v1/samples?unlabelled=true&limit=1000");
+    return asked.every((q) => samples.some((x) => x.text === q));
+  });
+
+  const { ctx, p, errors } = await page({ width: 1280, height: 1000 });
+  await login(p, "sam");
+  await p.getByRole("button", { name: "Labels" }).click();
+  const refresh = p.getByRole("button", { name: "Group the questions now" });
+  await refresh.scrollIntoViewIfNeeded();
+  await refresh.click();
+  // The real grouping: the trainer script with the sentence encoder.
+  const status = p.locator("#suggest-status");
+  await status.filter({ hasText: /^Grouped \d+ questions at / }).waitFor({ state: "visible", timeout: 120000 });
+  const card = p.locator("#suggest-list li.suggestion", { hasText: "safe deposit box" });
+  await card.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, card.locator(".said", { hasText: /^\d+ questions like these$/ }), "the group's size");
+  await assertOnScreen(p, card.locator(".meta", { hasText: "branches: branch-e2e" }), "where they were asked");
+  for (const q of asked) await assertOnScreen(p, card.locator("ul.examples li", { hasText: q }), `the example "${q}"`);
+  await shot(p, "console-suggestions");
+  await card.getByRole("button", { name: "Make an intent…" }).click();
+  await card.getByLabel("Intent").fill("new:safe_deposit_box");
+  // A new intent without its answers is refused, with the reason on screen.
+  await card.getByRole("button", { name: "Make the intent" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: "write its answer in English and Chinese" }), "the reason");
+  await card.getByLabel("English answer").fill("We rent safe deposit boxes in three sizes; ask at the counter.");
+  await card.getByLabel("Chinese answer").fill("本网点提供三种尺寸的保险箱，请到柜台咨询。");
+  await card.getByRole("button", { name: "Make the intent" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: /^\d+ questions labelled Safe deposit box$/ }), "the confirmation");
+  await card.waitFor({ state: "detached" });
+  const saved = p.locator("#answer-list li", { hasText: "safe_deposit_box" });
+  await saved.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, saved.getByText("三种尺寸的保险箱"), "the Chinese answer in the list");
+  const samples = await adminCall(ctl, "GET", "/api/v1/samples?limit=1000");
+  for (const q of asked) {
+    assert.equal(samples.find((x) => x.text === q).label, "new:safe_deposit_box", q);
+  }
   assert.deepEqual(errors, []);
   await ctx.close();
 });
