@@ -146,6 +146,28 @@ enum TrainingCmd {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
         shadow: Option<u64>,
     },
+    /// Suggested intents: the unlabelled questions grouped by meaning, and
+    /// how the last grouping went.
+    Suggestions,
+    /// Group the unlabelled questions now (in the background; then
+    /// `training suggestions`).
+    Group,
+    /// Make an intent of a suggestion: its unlabelled questions get the label.
+    Accept {
+        /// Suggestion id (sg-…).
+        id: String,
+        /// An intent the model knows, or new:NAME for one it is to learn.
+        #[arg(long)]
+        intent: String,
+        /// A new intent's answer in English (with --zh).
+        #[arg(long)]
+        en: Option<String>,
+        /// A new intent's answer in Chinese (with --en).
+        #[arg(long)]
+        zh: Option<String>,
+    },
+    /// Dismiss a suggestion: its questions are not grouped again.
+    Dismiss { id: String },
 }
 
 #[derive(Subcommand)]
@@ -726,6 +748,24 @@ fn client(cli: &Cli) -> ExitCode {
                 Some(serde_json::Value::Object(body)),
             )
         }
+        Some(Cmd::Training(TrainingCmd::Suggestions)) => {
+            (reqwest::Method::GET, "/api/v1/suggestions".into(), None)
+        }
+        Some(Cmd::Training(TrainingCmd::Group)) => (
+            reqwest::Method::POST,
+            "/api/v1/suggestions/refresh".into(),
+            None,
+        ),
+        Some(Cmd::Training(TrainingCmd::Accept { id, intent, en, zh })) => (
+            reqwest::Method::POST,
+            format!("/api/v1/suggestions/{id}/accept"),
+            Some(serde_json::json!({ "intent": intent, "en": en, "zh": zh })),
+        ),
+        Some(Cmd::Training(TrainingCmd::Dismiss { id })) => (
+            reqwest::Method::POST,
+            format!("/api/v1/suggestions/{id}/dismiss"),
+            None,
+        ),
         Some(Cmd::Rollout(RolloutCmd::Status { id })) => match id {
             Some(id) => (reqwest::Method::GET, format!("/api/v1/rollouts/{id}"), None),
             None => (reqwest::Method::GET, "/api/v1/rollouts".into(), None),

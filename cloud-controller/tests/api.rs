@@ -178,6 +178,37 @@ async fn cli_mirrors_the_rest_api() {
         String::from_utf8_lossy(&out.stderr).contains("404"),
         "{out:?}"
     );
+    // Suggested intents: none before any grouping; deciding an unknown one
+    // is a 404; a bad intent name says what a name is.
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["training", "suggestions"]));
+    assert!(out.status.success(), "{out:?}");
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["grouping"]["state"], "idle");
+    assert_eq!(page["suggestions"], serde_json::json!([]));
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            ctl2,
+            &["training", "accept", "sg-none", "--intent", "card_arrival"],
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{out:?}"
+    );
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            ctl2,
+            &["training", "accept", "sg-none", "--intent", "Bad Name"],
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("an intent name is"),
+        "{out:?}"
+    );
+    let out = tokio::task::block_in_place(|| cli(ctl2, &["training", "dismiss", "sg-none"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     token.cancel();
 }
 
