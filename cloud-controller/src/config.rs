@@ -142,6 +142,33 @@ pub struct KubernetesConfig {
     pub lease_seconds: u64,
     pub identity: String,
     pub mirror_secs: u64,
+    pub training_job: TrainingJobConfig,
+}
+
+/// Training runs (and groupings) as Kubernetes Jobs instead of child
+/// processes (`operator::job`): used when `image` is set and the operator
+/// is enabled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingJobConfig {
+    /// The trainer image (Python with the pinned toolchain, the training
+    /// script, the base data and the encoder); empty: child processes.
+    pub image: String,
+    /// The trainer inside the image (empty: `training.command`).
+    pub command: Vec<String>,
+    /// The controller's data volume (a PersistentVolumeClaim), mounted in
+    /// the Job at `store.data_dir`, where the run's files are.
+    pub data_claim: String,
+    /// Labels of the controller's pod: the Job's pod is scheduled on the
+    /// same node (the claim may be ReadWriteOnce).
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+    /// Requests and limits of the Job's container.
+    pub cpu: String,
+    pub memory: String,
+    /// Service account of the Job's pod (empty: the namespace's default).
+    pub service_account: String,
+    /// How often the Job's state is read, in milliseconds.
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -103,6 +103,8 @@ pub struct Controller {
     pub downlink: Downlink,
     pub handoff: Handoff,
     pub rollouts: Rollouts,
+    /// The learning loop's training runs and suggested intents.
+    pub trainings: training::Trainings,
     pub metrics: Arc<Metrics>,
     /// False while another replica holds the leader Lease (Kubernetes mode).
     pub leader: Arc<AtomicBool>,
@@ -374,7 +376,16 @@ pub async fn run(
         shutdown.clone(),
     ));
     let rollout_task = tokio::spawn(rollouts.clone().run(shutdown.clone()));
-    let trainings = training::Trainings::new(
+    let kube_client = if config.kubernetes.enabled {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| ControllerError::Kubernetes(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let mut trainings = training::Trainings::new(
         store.clone(),
         rollouts.clone(),
         config.training.clone(),
@@ -384,6 +395,16 @@ pub async fn run(
         config.models.onnxruntime_path.clone(),
         shutdown.clone(),
     );
+    if let Some(client) = &kube_client
+        && !config.kubernetes.training_job.image.is_empty()
+    {
+        trainings = trainings.with_runner(std::sync::Arc::new(operator::job::JobRunner {
+            client: client.clone(),
+            namespace: operator::namespace(client, &config.kubernetes),
+            config: config.kubernetes.training_job.clone(),
+            data_dir: data.clone(),
+        }));
+    }
     trainings.recover().await?;
     let grouping_task = (config.training.suggest_every_secs > 0).then(|| {
         tokio::spawn(
@@ -399,19 +420,15 @@ pub async fn run(
         i64::from(config.learning.sample_retention_days) * 86_400_000,
         shutdown.clone(),
     ));
-    let operator_task = if config.kubernetes.enabled {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| ControllerError::Kubernetes(e.to_string()))?;
-        Some(tokio::spawn(operator::run(
+    let operator_task = kube_client.map(|client| {
+        tokio::spawn(operator::run(
             client,
             config.kubernetes.clone(),
             rollouts.clone(),
+            trainings.clone(),
             shutdown.clone(),
-        )))
-    } else {
-        None
-    };
+        ))
+    });
 
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
@@ -479,7 +496,7 @@ pub async fn run(
         downlink: downlink.clone(),
         handoff: handoff.clone(),
         rollouts: rollouts.clone(),
-        trainings,
+        trainings: trainings.clone(),
         review_fraction: config.learning.review_fraction,
         metrics: metrics.clone(),
         creds,
@@ -554,6 +571,7 @@ pub async fn run(
         downlink,
         handoff,
         rollouts,
+        trainings,
         metrics,
         leader,
         admin_token,

@@ -292,6 +292,8 @@ fn crds_are_generated_and_the_chart_copy_matches() {
     for want in [
         "modelrollouts.edgedesk.io",
         "edgenodes.edgedesk.io",
+        "modeltrainings.edgedesk.io",
+        "jsonPath: .status.baselineVersion",
         "subresources:",
         "status: {}",
         "jsonPath: .status.phase",
@@ -472,8 +474,19 @@ async fn real_cluster_round_trip() {
         client.clone(),
         kcfg,
         ctl.rollouts.clone(),
+        ctl.trainings.clone(),
         token.clone(),
     ));
+    // And a ModelTraining: nothing is published, so its run cannot start.
+    let trainings: Api<operator::ModelTraining> = Api::namespaced(client.clone(), &ns);
+    let mut mt = model_training(&format!("edgedesk-test-{}", std::process::id()));
+    mt.metadata.namespace = Some(ns.clone());
+    mt.metadata.uid = None;
+    mt.metadata.generation = None;
+    trainings
+        .create(&PostParams::default(), &mt)
+        .await
+        .expect("the ModelTraining CRD is installed");
     let mut phase = String::new();
     for _ in 0..60 {
         let got = api.get(&name).await.unwrap();
@@ -493,11 +506,25 @@ async fn real_cluster_round_trip() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
     let gone = api.get_opt(&name).await.ok().flatten().is_none();
+    let mut training_state = String::new();
+    for _ in 0..30 {
+        let got = trainings.get(&name).await.unwrap();
+        training_state = got.status.map(|s| s.state).unwrap_or_default();
+        if training_state == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let _ = trainings.delete(&name, &DeleteParams::default()).await;
     token.cancel();
     let _ = run.await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client, &ns);
     let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
     assert_eq!(phase, "invalid");
+    assert_eq!(
+        training_state, "failed",
+        "the ModelTraining says it could not start"
+    );
     assert!(
         gone,
         "the test's ModelRollout was deleted (finalizer removed)"
@@ -664,4 +691,264 @@ async fn the_lease_is_taken_held_and_yielded() {
         !leader.load(Ordering::SeqCst),
         "leadership ends with the process"
     );
+}
+
+// ---------- ModelTraining and the trainer as a Job (FAKE API as above)
+
+const JOBS: &str = "/apis/batch/v1/namespaces/default/jobs";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// Take the next request; returns (method, path, body) and answers `reply`
+/// (raw bytes, status `code`).
+async fn answer(handle: &mut Handle, code: u16, reply: Vec<u8>) -> (String, String, String) {
+    let (req, send) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), handle.next_request())
+            .await
+            .expect("a request")
+            .expect("service open");
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    let bytes = http_body_util::BodyExt::collect(req.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(reply))
+            .unwrap(),
+    );
+    (method, path, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn job_runner(client: kube::Client) -> operator::job::JobRunner {
+    operator::job::JobRunner {
+        client,
+        namespace: "default".into(),
+        config: cloud_controller::config::TrainingJobConfig {
+            image: "registry.example/edgedesk-trainer:1".into(),
+            command: vec![],
+            data_claim: "edgedesk-data".into(),
+            pod_labels: [("app.kubernetes.io/name".to_string(), "edgedesk".to_string())].into(),
+            cpu: "2".into(),
+            memory: "8Gi".into(),
+            service_account: String::new(),
+            poll_ms: 10,
+        },
+        data_dir: "/var/lib/edgedesk".into(),
+    }
+}
+
+fn trainer_spec() -> cloud_controller::training::trainer::Spec {
+    cloud_controller::training::trainer::Spec {
+        command: vec![
+            "python3".into(),
+            "/opt/edgedesk/scripts/train_model.py".into(),
+        ],
+        timeout: std::time::Duration::from_secs(3600),
+        memory_mb: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trainer_job_is_created_followed_to_success_and_its_log_kept() {
+    use cloud_controller::training::trainer::Runner;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let runner = job_runner(kube::Client::new(service, "default"));
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("tr-0123456789ab");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let task = {
+        let run_dir = run_dir.clone();
+        tokio::spawn(async move {
+            let args = vec![
+                "--out".into(),
+                "/var/lib/edgedesk/trainings/tr-0123456789ab/bundle".into(),
+            ];
+            runner
+                .run(&trainer_spec(), &args, &run_dir, &CancellationToken::new())
+                .await
+        })
+    };
+    let (method, path, body) = answer(&mut handle, 201, b"{}".to_vec()).await;
+    assert_eq!((method.as_str(), path.as_str()), ("POST", JOBS));
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let name = job["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("edgedesk-tr-0123456789ab-"), "{name}");
+    for want in [
+        "registry.example/edgedesk-trainer:1",
+        "edgedesk-data",
+        "train_model.py",
+        "--out",
+    ] {
+        assert!(body.contains(want), "{want} not in {body}");
+    }
+    // Running, then done.
+    for status in [
+        serde_json::json!({"active": 1}),
+        serde_json::json!({"succeeded": 1}),
+    ] {
+        let (method, path, _) = answer(
+            &mut handle,
+            200,
+            json(serde_json::json!({"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name}, "status": status})),
+        )
+        .await;
+        assert_eq!((method.as_str(), path), ("GET", format!("{JOBS}/{name}")));
+    }
+    let (method, path, _) = answer(
+        &mut handle,
+        200,
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+            "items": [{"metadata": {"name": "trainer-pod"}}]}),
+        ),
+    )
+    .await;
+    assert_eq!((method.as_str(), path.as_str()), ("GET", PODS));
+    let (_, path, _) = answer(&mut handle, 200, b"epoch 1\nbundle written\n".to_vec()).await;
+    assert_eq!(path, format!("{PODS}/trainer-pod/log"));
+    let (tail, result) = task.await.unwrap();
+    result.unwrap();
+    assert_eq!(tail, "epoch 1\nbundle written");
+    let log = std::fs::read_to_string(run_dir.join("trainer.log")).unwrap();
+    assert!(log.contains("bundle written"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_trainer_job_says_why_and_shutdown_deletes_a_running_one() {
+    use cloud_controller::training::trainer::{Runner, TrainerError};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let runner = Arc::new(job_runner(kube::Client::new(service, "default")));
+    let dir = tempfile::tempdir().unwrap();
+    let go = |cancel: CancellationToken| {
+        let (runner, dir) = (runner.clone(), dir.path().to_owned());
+        tokio::spawn(async move { runner.run(&trainer_spec(), &[], &dir, &cancel).await })
+    };
+    // The Job's deadline passed: failed, with Kubernetes' reason.
+    let task = go(CancellationToken::new());
+    let (_, _, body) = answer(&mut handle, 201, b"{}".to_vec()).await;
+    let name = serde_json::from_str::<serde_json::Value>(&body).unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    answer(
+        &mut handle,
+        200,
+        json(serde_json::json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}})),
+    )
+    .await;
+    answer(
+        &mut handle,
+        200,
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        ),
+    )
+    .await;
+    let (_, result) = task.await.unwrap();
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("DeadlineExceeded"), "{e}");
+
+    // The controller shuts down mid-run: the Job is deleted.
+    let cancel = CancellationToken::new();
+    let task = go(cancel.clone());
+    let (_, _, body) = answer(&mut handle, 201, b"{}".to_vec()).await;
+    let name = serde_json::from_str::<serde_json::Value>(&body).unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cancel.cancel();
+    // A poll may already be on its way: answer it as running.
+    let mut deleted = false;
+    for _ in 0..3 {
+        let (method, path, _) = answer(
+            &mut handle,
+            200,
+            json(serde_json::json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+                "status": {"active": 1}})),
+        )
+        .await;
+        assert_eq!(path, format!("{JOBS}/{name}"));
+        if method == "DELETE" {
+            deleted = true;
+            break;
+        }
+    }
+    assert!(deleted, "the running Job was deleted");
+    let (_, result) = task.await.unwrap();
+    assert!(matches!(result, Err(TrainerError::Cancelled)), "{result:?}");
+}
+
+fn model_training(name: &str) -> operator::ModelTraining {
+    let mut mt = operator::ModelTraining::new(
+        name,
+        operator::ModelTrainingSpec {
+            baseline: None,
+            approve: false,
+            rollout: None,
+        },
+    );
+    mt.metadata.namespace = Some("default".into());
+    mt.metadata.uid = Some(format!("uid-{name}"));
+    mt.metadata.generation = Some(1);
+    mt
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_training_that_cannot_start_says_why_in_its_status_and_an_event() {
+    let (ctl, token, _dir) = controller().await;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(operator::training::TrainingContext::new(
+        kube::Client::new(service, "default"),
+        ctl.trainings.clone(),
+        Some("test".into()),
+    ));
+    let task = tokio::spawn(operator::training::reconcile(
+        Arc::new(model_training("t1")),
+        ctx,
+    ));
+    // Nothing is published: there is no model to compare a candidate with.
+    let (method, path, body) = answer(&mut handle, 201, json(event_reply())).await;
+    assert_eq!((method.as_str(), path.as_str()), ("POST", EVENTS));
+    assert!(
+        body.contains("\"Failed\"") && body.contains("Warning"),
+        "{body}"
+    );
+    let (method, path, body) = answer(
+        &mut handle,
+        200,
+        json(serde_json::to_value(model_training("t1")).unwrap()),
+    )
+    .await;
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        (
+            "PATCH",
+            "/apis/edgedesk.io/v1alpha1/namespaces/default/modeltrainings/t1/status"
+        )
+    );
+    let patch: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let status: operator::ModelTrainingStatus =
+        serde_json::from_value(patch["status"].clone()).unwrap();
+    assert_eq!(status.state, "failed");
+    assert!(
+        status.message.contains("no published model"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "Failed")
+    );
+    task.await.unwrap().unwrap();
+    token.cancel();
 }

@@ -26,6 +26,15 @@ const ANSWER_EN: &str =
     "Take a number at the machine by the door; your number shows on the screen.";
 const ANSWER_ZH: &str = "请在门口的取号机取号，叫号时屏幕会显示您的号码。";
 
+/// `EDGEDESK_LEARNING_ENCODER=1`: the scenario's models carry the
+/// multilingual sentence encoder (as the shipped 2.0.0 does) and the aim of
+/// 90 % on unseen phrasings is asserted. Each training then takes about
+/// five minutes instead of one, so the test command runs the TF-IDF
+/// variant; docs/LEARNING.md records both figures and how to run this one.
+fn with_encoder() -> bool {
+    std::env::var("EDGEDESK_LEARNING_ENCODER").is_ok_and(|v| v == "1")
+}
+
 fn python() -> String {
     std::env::var("EDGEDESK_TRAIN_PYTHON").unwrap_or_else(|_| "python3".into())
 }
@@ -73,6 +82,14 @@ fn train(data: &Path, out: &Path, version: &str) -> PathBuf {
             out.as_os_str(),
         ])
         .args(["--version", version])
+        .args(if with_encoder() {
+            vec![
+                "--encoder".to_owned(),
+                repo_root().join("build/models/e5").display().to_string(),
+            ]
+        } else {
+            vec![]
+        })
         .stdout(std::process::Stdio::null())
         .status()
         .expect("the training script runs (scripts/provision.sh installs its Python)");
@@ -90,7 +107,8 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
         c.models.tick_ms = 100;
         c.training.command = vec![python(), script.display().to_string()];
         c.training.data_dir = data.clone();
-        c.training.timeout_secs = 900;
+        c.training.timeout_secs = 1800;
+        c.training.encoder_dir = repo_root().join("build/models/e5");
         // Every label trains: which ones a share would hold out depends on
         // the samples' random ids, and with a fifth held out the unseen
         // phrasings recognised ranged from under 4 to 9 of 18 between runs.
@@ -167,15 +185,20 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
             .cloned()
             .unwrap_or_default()
     };
-    eventually(
-        30,
-        "every asked question is in the labelling queue",
-        || async {
-            let queue = unlabelled().await;
-            texts.iter().all(|t| queue.iter().any(|s| s["text"] == *t))
-        },
-    )
-    .await;
+    let missing = || async {
+        let queue = unlabelled().await;
+        texts
+            .iter()
+            .filter(|t| !queue.iter().any(|s| s["text"] == **t))
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !missing().await.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let left = missing().await;
+    assert!(left.is_empty(), "not in the labelling queue: {left:?}");
     let queue = unlabelled().await;
 
     // A supervisor labels them (one per question) in the console.
@@ -247,7 +270,7 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
     assert!(again.text().await.unwrap().contains(&id));
 
     let path = format!("/api/v1/trainings/{id}");
-    eventually(900, "the training run finished", || async {
+    eventually(1800, "the training run finished", || async {
         cloud.get(&path).await["state"] != "running"
     })
     .await;
@@ -362,10 +385,19 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
             unseen.len()
         );
         // Issue 13 asks for 90 %. The TF-IDF model learns a new intent from
-        // 29 labels only so far: about half of unseen phrasings answered
-        // (docs/LEARNING.md). The bound says the loop taught it something
-        // (the base model answers none of them), not that the aim is met.
-        assert!(right >= 4, "{right} of {}", unseen.len());
+        // 29 labels only: about half of unseen phrasings answered
+        // (docs/LEARNING.md); its bound says the loop taught it something
+        // (the base model answers none of them). With the encoder the aim
+        // itself is asserted.
+        if with_encoder() {
+            assert!(
+                right * 10 >= unseen.len() * 9,
+                "{right} of {}",
+                unseen.len()
+            );
+        } else {
+            assert!(right >= 4, "{right} of {}", unseen.len());
+        }
     }
     // And a visitor on a node gets the supervisor's answer now, in their
     // language (it came with the model: the node's knowledge base has none).

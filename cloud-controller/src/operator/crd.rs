@@ -201,11 +201,73 @@ pub struct EdgeNodeStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Both CRDs as one YAML stream (what `cloud-controller crd` prints).
+/// A learning-loop training run: the labels people gave plus the base data,
+/// trained (as a Job when `kubernetes.training_job.image` is set), checked
+/// by the regression gate against the fleet's model and published; rolled
+/// out once `spec.approve` is set (or at once with auto-promotion).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "edgedesk.io",
+    version = "v1alpha1",
+    kind = "ModelTraining",
+    namespaced,
+    status = "ModelTrainingStatus",
+    shortname = "mtr",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Baseline","type":"string","jsonPath":".status.baselineVersion"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rolloutId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelTrainingSpec {
+    /// Release to compare with (id, name@version or version). Default: the
+    /// model of the newest successful rollout, else the newest release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// Roll the model out once it passed the gate (a supervisor's approval).
+    #[serde(default)]
+    pub approve: bool,
+    /// Rollout settings for the approval, over the configured ones
+    /// (`waves`, `shadow_secs`, `bake_secs`, …), as `POST /api/v1/rollouts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub rollout: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelTrainingStatus {
+    /// The controller's training run id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_id: Option<String>,
+    /// waiting (another run is going), running, awaiting_approval,
+    /// promoted, refused, failed, or unknown (not in this controller's store).
+    pub state: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub baseline_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
+    /// Why it was refused or failed; what it waits for.
+    #[serde(default)]
+    pub message: String,
+    /// Ready (passed the gate: awaiting approval or promoted), Progressing
+    /// (waiting, running), Degraded (refused, failed, unknown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Every CRD as one YAML stream (what `cloud-controller crd` prints).
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [ModelRollout::crd(), EdgeNode::crd()] {
+    for crd in [ModelRollout::crd(), EdgeNode::crd(), ModelTraining::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serialises"));
     }

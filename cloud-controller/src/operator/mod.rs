@@ -9,11 +9,16 @@
 //!   back) before the object goes away.
 //! - `EdgeNode` objects mirror the fleet registry, so `kubectl get edgenodes`
 //!   shows the fleet.
+//! - `ModelTraining` objects start learning-loop training runs and follow
+//!   them ([`training`]); with `kubernetes.training_job.image` the trainer
+//!   runs as a Job ([`job`]).
 //! - Only the holder of the leader Lease acts ([`lease`]); the other replica
 //!   waits.
 
 pub mod crd;
+pub mod job;
 pub mod lease;
+pub mod training;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::rollouts::{self, CreateRollout, RolloutError, RolloutView};
 pub use crd::{
     EdgeNode, EdgeNodeSpec, EdgeNodeStatus, ModelRollout, ModelRolloutSpec, ModelRolloutStatus,
+    ModelTraining, ModelTrainingSpec, ModelTrainingStatus,
 };
 
 pub const FINALIZER: &str = "edgedesk.io/rollout";
@@ -56,16 +62,21 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, rollouts: rollouts::Rollouts, instance: Option<String>) -> Context {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance,
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: recorder(&client, instance),
             client,
             rollouts,
         }
     }
+}
+
+/// The Event recorder of this controller (replica `instance`).
+fn recorder(client: &Client, instance: Option<String>) -> Recorder {
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance,
+    };
+    Recorder::new(client.clone(), reporter)
 }
 
 /// "rolling" → "Rolling": phases as condition reasons and event actions.
@@ -552,17 +563,24 @@ async fn branch_from_spec(
 
 /// Run the operator until `shutdown`: leader election, the ModelRollout
 /// controller and the EdgeNode mirror.
+/// The namespace the operator works in: `kubernetes.namespace`, else the
+/// client's default (the pod's own).
+pub fn namespace(client: &Client, cfg: &crate::config::KubernetesConfig) -> String {
+    if cfg.namespace.is_empty() {
+        client.default_namespace().to_owned()
+    } else {
+        cfg.namespace.clone()
+    }
+}
+
 pub async fn run(
     client: Client,
     cfg: crate::config::KubernetesConfig,
     rollouts: rollouts::Rollouts,
+    trainings: crate::training::Trainings,
     shutdown: CancellationToken,
 ) {
-    let namespace = if cfg.namespace.is_empty() {
-        client.default_namespace().to_owned()
-    } else {
-        cfg.namespace.clone()
-    };
+    let namespace = namespace(&client, &cfg);
     let identity = if cfg.identity.is_empty() {
         std::env::var("POD_NAME").unwrap_or_else(|_| format!("controller-{}", std::process::id()))
     } else {
@@ -601,18 +619,35 @@ pub async fn run(
             }
         })
     };
+    let trainings_ctx = Arc::new(training::TrainingContext::new(
+        client.clone(),
+        trainings,
+        Some(identity.clone()),
+    ));
     let ctx = Arc::new(Context::new(client.clone(), rollouts, Some(identity)));
+    let token = shutdown.clone();
+    let trained = Controller::new(
+        Api::<ModelTraining>::namespaced(client.clone(), &namespace),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(async move { token.cancelled().await })
+    .run(training::reconcile, training::error_policy, trainings_ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "ModelTraining reconcile");
+        }
+    });
     let api: Api<ModelRollout> = Api::namespaced(client, &namespace);
     let token = shutdown.clone();
-    Controller::new(api, watcher::Config::default())
+    let rolled = Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(async move { token.cancelled().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "reconcile");
             }
-        })
-        .await;
+        });
+    tokio::join!(trained, rolled);
     let _ = mirror.await;
     let _ = lease.await;
 }

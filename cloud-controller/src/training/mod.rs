@@ -76,6 +76,8 @@ pub struct Trainings {
     /// One grouping of questions at a time, and how the last one went.
     grouping_busy: Arc<AtomicBool>,
     grouping: Arc<std::sync::Mutex<suggest::GroupingStatus>>,
+    /// Where the trainer runs: a child process, or a Kubernetes Job.
+    runner: Arc<dyn trainer::Runner>,
 }
 
 impl Trainings {
@@ -106,7 +108,14 @@ impl Trainings {
                 state: "idle".into(),
                 ..Default::default()
             })),
+            runner: Arc::new(trainer::ChildProcess),
         }
+    }
+
+    /// Run the trainer with `runner` instead of as a child process.
+    pub fn with_runner(mut self, runner: Arc<dyn trainer::Runner>) -> Trainings {
+        self.runner = runner;
+        self
     }
 
     /// Runs left `running` by a controller that stopped are failed: their
@@ -203,18 +212,14 @@ impl Trainings {
     }
 
     /// The configured trainer command with its limits, `args` appended,
-    /// its output in `dir/trainer.log`.
-    async fn run_trainer(
-        &self,
-        args: &[OsString],
-        dir: &Path,
-    ) -> (String, Result<(), trainer::TrainerError>) {
+    /// its output in `dir/trainer.log`, run where `runner` runs it.
+    async fn run_trainer(&self, args: &[OsString], dir: &Path) -> trainer::Outcome {
         let spec = trainer::Spec {
             command: self.config.command.clone(),
             timeout: std::time::Duration::from_secs(self.config.timeout_secs),
             memory_mb: self.config.memory_mb,
         };
-        trainer::run(&spec, args, &dir.join("trainer.log"), &self.shutdown).await
+        self.runner.run(&spec, args, dir, &self.shutdown).await
     }
 
     /// `training.encoder_dir`, if it holds the encoder a model with one

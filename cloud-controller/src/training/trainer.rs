@@ -1,3 +1,6 @@
+//! Where the trainer runs ([`Runner`]): by default a child process here
+//! ([`ChildProcess`]); under Kubernetes a Job (`operator::job`).
+//!
 //! The trainer as a child process: the configured command with the run's
 //! arguments, under an address-space limit (`prlimit`, util-linux) and a
 //! wall-clock timeout, its output kept in the run's `trainer.log`, the last
@@ -10,7 +13,9 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -46,6 +51,40 @@ pub enum TrainerError {
     Cancelled,
     #[error("trainer log: {0}")]
     Log(std::io::Error),
+    /// The Kubernetes Job could not be run or watched.
+    #[error("training Job: {0}")]
+    Job(String),
+}
+
+/// What a runner returns: the last [`TAIL_LINES`] lines of output, and how
+/// the trainer ended.
+pub type Outcome = (String, Result<(), TrainerError>);
+
+/// Runs the trainer with the run's arguments; its output goes to
+/// `dir/trainer.log`. Stops it when `cancel` fires.
+pub trait Runner: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        spec: &'a Spec,
+        args: &'a [OsString],
+        dir: &'a Path,
+        cancel: &'a CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// The trainer as a child process of the controller ([`run`]).
+pub struct ChildProcess;
+
+impl Runner for ChildProcess {
+    fn run<'a>(
+        &'a self,
+        spec: &'a Spec,
+        args: &'a [OsString],
+        dir: &'a Path,
+        cancel: &'a CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(async move { run(spec, args, &dir.join("trainer.log"), cancel).await })
+    }
 }
 
 /// Run the trainer with `args` appended; its output goes to `log`. Returns
