@@ -680,8 +680,14 @@
       const li = el("li", "sample answer");
       li.append(el("p", "said", a.intent));
       li.append(el("p", null, a.en), el("p", null, a.zh));
+      const q = a.quick_replies || { en: [], zh: [] };
+      if (q.en.length || q.zh.length) li.append(el("p", "meta", `Quick replies: ${[...q.en, ...q.zh].join(" · ")}`));
       const row = el("div", "guesses");
-      row.append(button("Edit", () => { $("answer-intent").value = a.intent; $("answer-en").value = a.en; $("answer-zh").value = a.zh; $("answer-en").focus(); }));
+      row.append(button("Edit", () => {
+        $("answer-intent").value = a.intent; $("answer-en").value = a.en; $("answer-zh").value = a.zh;
+        $("answer-quick-en").value = q.en.join("\n"); $("answer-quick-zh").value = q.zh.join("\n");
+        $("answer-en").focus();
+      }));
       row.append(button("Delete", async () => {
         const d = await api(`/console/api/answers/${encodeURIComponent(a.intent)}`, { method: "DELETE" });
         if (!d.ok) { toast(await errorOf(d, "Could not delete")); return; }
@@ -694,9 +700,11 @@
   $("answer-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const intent = $("answer-intent").value.trim().replace(/^new:/, "");
-    const r = await api(`/console/api/answers/${encodeURIComponent(intent)}`, { method: "PUT", body: JSON.stringify({ en: $("answer-en").value, zh: $("answer-zh").value }) });
+    const lines = (id) => $(id).value.split("\n").map((x) => x.trim()).filter(Boolean);
+    const quick_replies = { en: lines("answer-quick-en"), zh: lines("answer-quick-zh") };
+    const r = await api(`/console/api/answers/${encodeURIComponent(intent)}`, { method: "PUT", body: JSON.stringify({ en: $("answer-en").value, zh: $("answer-zh").value, quick_replies }) });
     if (!r.ok) { toast(await errorOf(r, "Could not save the answer")); return; }
-    toast(`Answer saved for ${intent}; it ships with the next trained model`, false);
+    toast(`Answer saved for ${intent}; it ships with the next release or trained model`, false);
     $("answer-form").reset();
     loadAnswers();
   });
@@ -767,6 +775,12 @@
     const r = await api("/console/api/suggestions/refresh", { method: "POST" });
     if (!r.ok) { toast(await errorOf(r, "Could not group the questions")); return; }
     loadSuggestions();
+  });
+  $("answer-release").addEventListener("click", async () => {
+    const r = await api("/console/api/kb/releases", { method: "POST" });
+    if (!r.ok) { toast(await errorOf(r, "Could not release the answers")); return; }
+    const t = await r.json();
+    toast(`Answers released as ${t.version}: approve its rollout on the dashboard`, false);
   });
   async function loadReview() {
     if (!allowed("supervisor")) return;
@@ -881,7 +895,11 @@
     awaiting_approval: "passed the checks, waiting for approval", promoted: "approved, rolling out",
   };
   const pct = (f) => `${(f.value * 100).toFixed(1)} %`;
+  const CHANGE_WORDS = { added: "new", changed: "changed", removed: "back to the built-in answer" };
   function trainingFigures(t) {
+    if (t.kind === "knowledge_base") {
+      return (t.report.answers || []).map((c) => `${c.intent}: ${CHANGE_WORDS[c.change] || c.change}`).join(" · ");
+    }
     const v = t.report && t.report.validation;
     if (!v) return t.state === "running" ? "the trainer is running" : "—";
     const parts = [];
@@ -907,13 +925,16 @@
       let state = TRAINING_WORDS[t.state] || t.state;
       if (t.detail) state += `: ${t.detail}`;
       if (t.rollout_id) state += ` (${t.rollout_id})`;
-      for (const v of [`${t.version} (from ${t.baseline_version})`, state, `${t.trained_labels} trained · ${t.held_out_labels} held out`, trainingFigures(t)]) tr.append(el("td", null, v));
+      const kb = t.kind === "knowledge_base";
+      const what = kb ? `${t.version} (answers for ${t.baseline_version})` : `${t.version} (from ${t.baseline_version})`;
+      const labels = kb ? "knowledge-base release" : `${t.trained_labels} trained · ${t.held_out_labels} held out`;
+      for (const v of [what, state, labels, trainingFigures(t)]) tr.append(el("td", null, v));
       const act = el("td");
       if (t.state === "awaiting_approval") {
         act.append(button("Approve rollout", async () => {
           const a = await api(`/console/api/trainings/${encodeURIComponent(t.id)}/approve`, { method: "POST" });
           if (!a.ok) { toast(await errorOf(a, "Could not approve")); return; }
-          toast(`Model ${t.version} is rolling out (shadow first)`, false);
+          toast(kb ? `Answers ${t.version} are rolling out` : `Model ${t.version} is rolling out (shadow first)`, false);
           refreshDashboard();
         }, "primary"));
       }

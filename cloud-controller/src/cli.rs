@@ -168,6 +168,10 @@ enum TrainingCmd {
     },
     /// Dismiss a suggestion: its questions are not grouped again.
     Dismiss { id: String },
+    /// Release the supervisors' answers and quick replies to the fleet
+    /// without training: the fleet's model, next patch version, signed;
+    /// then `training approve ID` rolls it out.
+    ReleaseAnswers,
 }
 
 #[derive(Subcommand)]
@@ -761,6 +765,9 @@ fn client(cli: &Cli) -> ExitCode {
             format!("/api/v1/suggestions/{id}/accept"),
             Some(serde_json::json!({ "intent": intent, "en": en, "zh": zh })),
         ),
+        Some(Cmd::Training(TrainingCmd::ReleaseAnswers)) => {
+            (reqwest::Method::POST, "/api/v1/kb/releases".into(), None)
+        }
         Some(Cmd::Training(TrainingCmd::Dismiss { id })) => (
             reqwest::Method::POST,
             format!("/api/v1/suggestions/{id}/dismiss"),

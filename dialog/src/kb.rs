@@ -81,7 +81,7 @@ impl Localized {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalizedList {
     #[serde(default)]
@@ -90,7 +90,7 @@ pub struct LocalizedList {
     pub zh: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Answer {
     pub en: String,
@@ -105,11 +105,17 @@ pub struct Answer {
 pub struct KnowledgeBase {
     pub prompts: BTreeMap<String, Localized>,
     pub intents: BTreeMap<String, Answer>,
+    /// Intents whose answer here differs from the built-in one: the
+    /// branch's own, which a released answer does not replace.
+    #[serde(skip)]
+    edited: std::collections::BTreeSet<String>,
 }
 
 /// Answers a model bundle carries (`answers.toml`: `[intents.NAME]` with
-/// `en`, `zh` and optional `quick_replies`), for intents the learning loop
-/// taught it. A branch's own knowledge base wins where both answer.
+/// `en`, `zh` and optional `quick_replies`): for intents the learning loop
+/// taught it, and the supervisors' edits (knowledge-base releases). They
+/// replace the built-in answers; a branch's own answer (one its knowledge
+/// base changed from the built-in) wins over them.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ModelAnswers(pub BTreeMap<String, Answer>);
 
@@ -206,6 +212,15 @@ impl KnowledgeBase {
                 }
             }
         }
+        if text != DEFAULT_KB {
+            let builtin = KnowledgeBase::builtin();
+            kb.edited = kb
+                .intents
+                .iter()
+                .filter(|(k, a)| builtin.intents.get(*k) != Some(*a))
+                .map(|(k, _)| k.clone())
+                .collect();
+        }
         Ok(kb)
     }
 
@@ -231,15 +246,20 @@ impl KnowledgeBase {
         self.intents.get(intent)
     }
 
-    /// This knowledge base's answer to `intent`, else the one the model's
-    /// bundle carries (answers written for intents the model learnt).
+    /// The answer to `intent`: the branch's own (one this knowledge base
+    /// changed from the built-in), else the one the model's bundle carries
+    /// (a learnt intent's, or a supervisor's edit released to the fleet),
+    /// else the built-in one.
     pub fn answer_with<'a>(
         &'a self,
         intent: &str,
         model_answers: Option<&'a ModelAnswers>,
     ) -> Option<&'a Answer> {
-        self.answer(intent)
-            .or_else(|| model_answers.and_then(|m| m.0.get(intent)))
+        let released = model_answers.and_then(|m| m.0.get(intent));
+        match self.answer(intent) {
+            Some(own) if self.edited.contains(intent) => Some(own),
+            own => released.or(own),
+        }
     }
 
     /// Labels of `model_labels` that have no answer (logged at start-up).
@@ -259,6 +279,48 @@ impl KnowledgeBase {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_answer_replaces_the_built_in_one_but_not_a_branchs_own() {
+        let released = ModelAnswers::parse(
+            "[intents.card_arrival]\nen = \"Released.\"\nzh = \"发布的。\"\nquick_replies = { en = [\"Track my card\"] }\n\
+             [intents.queue_number]\nen = \"Take a number.\"\nzh = \"请取号。\"\n",
+            "answers.toml",
+        )
+        .unwrap();
+        let builtin = KnowledgeBase::builtin();
+        let said = |kb: &KnowledgeBase, intent: &str| {
+            kb.answer_with(intent, Some(&released))
+                .map(|a| a.en.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(said(&builtin, "card_arrival"), "Released.");
+        assert_eq!(
+            said(&builtin, "queue_number"),
+            "Take a number.",
+            "a learnt intent"
+        );
+        assert_eq!(
+            builtin.answer_with("card_arrival", None).unwrap().en,
+            builtin.answer("card_arrival").unwrap().en,
+            "without a release, the built-in answer"
+        );
+        assert_ne!(
+            said(&builtin, "pin_blocked"),
+            "",
+            "an answer nobody released"
+        );
+        // A branch that wrote its own card_arrival answer keeps it; its
+        // other answers are the built-in ones, which a release replaces.
+        let own = DEFAULT_KB.replacen("[intents.card_arrival]", "[intents.card_arrival]\nen = \"Ask at desk 3.\"\nzh = \"请到3号柜台。\"\n[intents.card_arrival_old]", 1);
+        let branch = KnowledgeBase::parse(&own, "branch.toml");
+        let branch = match branch {
+            Ok(kb) => kb,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(said(&branch, "card_arrival"), "Ask at desk 3.");
+        assert_eq!(said(&branch, "queue_number"), "Take a number.");
+    }
 
     #[test]
     fn builtin_is_complete() {

@@ -217,8 +217,9 @@ pub struct Turn<'a> {
     /// Whether a human agent could take the chat (the cloud link; always
     /// `false` on a node without a controller).
     pub agents_available: bool,
-    /// Answers the turn's model carries for intents it learnt (the branch's
-    /// knowledge base wins where both answer).
+    /// Answers the turn's model carries: for intents it learnt, and the
+    /// supervisors' released edits (they replace built-in answers; a
+    /// branch's own answer wins: `KnowledgeBase::answer_with`).
     pub model_answers: Option<&'a kb::ModelAnswers>,
 }
 

@@ -41,7 +41,7 @@ fn conv() -> Conversation {
 }
 
 #[test]
-fn a_learnt_intent_is_answered_from_the_model_and_the_branch_kb_wins() {
+fn a_learnt_intent_is_answered_from_the_model_and_a_released_edit_replaces_the_built_in_answer() {
     let answers = kb::ModelAnswers::parse(
         "[intents.queue_number]\nen = \"Take a number at the machine by the door.\"\nzh = \"请在门口的机器取号。\"\n\
          [intents.card_arrival]\nen = \"model text\"\nzh = \"模型\"\n",
@@ -63,14 +63,19 @@ fn a_learnt_intent_is_answered_from_the_model_and_the_branch_kb_wins() {
         "Take a number at the machine by the door."
     );
     assert_eq!(out.replies[0].intent.as_deref(), Some("queue_number"));
+    // An answer the model carries for an intent the built-in knowledge base
+    // answers too (a supervisor's released edit) replaces the built-in one;
+    // a branch's own answer would win (kb::tests).
     let mut t = turn("when will my card arrive", "card_arrival");
-    t.model_answers = Some(&answers);
     let out = e.handle(&mut c, &t);
     assert!(
         out.replies[0].text.contains("5 working days"),
         "{:?}",
         out.replies
     );
+    t.model_answers = Some(&answers);
+    let out = e.handle(&mut c, &t);
+    assert_eq!(out.replies[0].text, "model text");
     // Bad files are refused by name.
     let e = kb::ModelAnswers::parse("[intents.x]\nen = \"\"\nzh = \"y\"\n", "answers.toml")
         .unwrap_err();

@@ -550,6 +550,57 @@ test("questions nobody understood are grouped; a supervisor makes an intent of t
   await ctx.close();
 });
 
+test("a supervisor rewrites an answer and releases it; a visitor at the branch reads it", async () => {
+  const NEW_EN = "Cards arrive in 3 working days now; track yours in the app.";
+  const { ctx, p, errors } = await page({ width: 1280, height: 1000 });
+  await login(p, "sam");
+  await p.getByRole("button", { name: "Labels" }).click();
+  await p.locator("#answer-intent").scrollIntoViewIfNeeded();
+  await p.locator("#answer-intent").fill("card_arrival");
+  await p.getByLabel("English answer").fill(NEW_EN);
+  await p.getByLabel("Chinese answer").fill("新卡现在3个工作日内寄达，可在应用中查询进度。");
+  await p.getByLabel("Quick replies in English, one per line").fill("Track my card");
+  await p.getByLabel("Quick replies in Chinese, one per line").fill("查询进度");
+  await p.getByRole("button", { name: "Save answer" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: "Answer saved for card_arrival" }), "the answer saved");
+  const saved = p.locator("#answer-list li", { hasText: "card_arrival" });
+  await saved.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, saved.locator(".meta", { hasText: "Quick replies: Track my card · 查询进度" }), "its quick replies");
+  await p.getByRole("button", { name: "Release the answers to the branches" }).click();
+  const released = p.locator("#toast", { hasText: /^Answers released as \d+\.\d+\.\d+: approve its rollout on the dashboard$/ });
+  await assertOnScreen(p, released, "the release");
+  const version = (await released.textContent()).match(/as (\d+\.\d+\.\d+)/)[1];
+  await p.getByRole("button", { name: "Dashboard" }).click();
+  const row = p.locator("#d-trainings tr", { hasText: `${version} (answers for` });
+  await row.scrollIntoViewIfNeeded();
+  await assertOnScreen(p, row.locator("td", { hasText: "knowledge-base release" }), "what kind of release");
+  await assertOnScreen(p, row.locator("td", { hasText: "card_arrival: new" }), "what it changes");
+  await shot(p, "console-answer-release");
+  await row.getByRole("button", { name: "Approve rollout" }).click();
+  await assertOnScreen(p, p.locator("#toast", { hasText: `Answers ${version} are rolling out` }), "the approval");
+
+  // The branch's kiosk answers with the new text and quick reply.
+  await waitUntil("the branch serves the release", async () => {
+    const n = (await adminCall(ctl, "GET", "/api/v1/nodes")).find((x) => x.id === "branch-e2e");
+    return n && n.heartbeat && n.heartbeat.model_version === version;
+  });
+  const v = await page({ width: 900, height: 900 });
+  await v.p.goto(node.url);
+  await botSays(v.p, "branch assistant");
+  await v.p.locator("#input").fill("my new card still hasn't arrived");
+  await v.p.keyboard.press("Enter");
+  await assertOnScreen(v.p, v.p.locator("#log", { hasText: NEW_EN }), "the released answer");
+  await assertOnScreen(v.p, v.p.getByRole("button", { name: "Track my card" }), "its quick reply");
+  await shot(v.p, "kiosk-released-answer");
+  await v.ctx.close();
+  // Leave the branch on its model for the tests after this one.
+  const run = (await adminCall(ctl, "GET", "/api/v1/trainings")).find((t) => t.version === version);
+  assert.equal(run.kind, "knowledge_base");
+  await adminCall(ctl, "POST", `/api/v1/rollouts/${run.rollout_id}/abort`);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
 test("a line typed while the controller is down waits on screen and is delivered after the restart", async () => {
   const a = await page();
   const agent = a.p;

@@ -730,6 +730,7 @@ fn routes() -> OpenApiRouter<Arc<Http>> {
         .routes(routes!(start_training, list_trainings))
         .routes(routes!(get_training))
         .routes(routes!(approve_training))
+        .routes(routes!(release_answers))
         .routes(routes!(list_suggestions))
         .routes(routes!(group_questions))
         .routes(routes!(accept_suggestion))
@@ -985,4 +986,26 @@ async fn dismiss_suggestion(
         .await
         .map_err(training_error)?;
     Ok(Json(v))
+}
+
+/// A knowledge-base release: the fleet's model with the answers and quick
+/// replies supervisors wrote, signed and published as the next patch
+/// version, without training. The run (kind `knowledge_base`, the diff in
+/// `report.answers`) awaits approval like a trained model:
+/// `POST /api/v1/trainings/{id}/approve` rolls it out.
+#[utoipa::path(post, path = "/api/v1/kb/releases",
+    responses((status = 201, body = crate::store::trainings::TrainingRow),
+        (status = 400, body = ErrorBody, description = "nothing changed, or nothing published to release from"),
+        (status = 409, body = ErrorBody, description = "a training run or release is being made")), security(("bearer" = [])))]
+async fn release_answers(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<crate::store::trainings::TrainingRow>), ApiError> {
+    authorize(&s, &headers)?;
+    let t = s
+        .trainings
+        .release_answers("api")
+        .await
+        .map_err(training_error)?;
+    Ok((StatusCode::CREATED, Json(t)))
 }

@@ -616,6 +616,8 @@ async fn list_answers(State(s): S, headers: HeaderMap) -> Result<Json<AnswersVie
 pub struct AnswerRequest {
     pub en: String,
     pub zh: String,
+    #[serde(default)]
+    pub quick_replies: crate::store::trainings::QuickReplies,
 }
 
 async fn put_answer(
@@ -625,7 +627,7 @@ async fn put_answer(
     Json(req): Json<AnswerRequest>,
 ) -> Result<Json<crate::store::trainings::IntentAnswer>, ConsoleError> {
     let me = authorized(&s, &headers, Role::Supervisor, true).await?;
-    let a = crate::training::intent_answer(&intent, &req.en, &req.zh, &me.id)
+    let a = crate::training::intent_answer(&intent, &req.en, &req.zh, req.quick_replies, &me.id)
         .map_err(training_error)?;
     s.store.set_intent_answer(a.clone()).await?;
     Ok(Json(a))
@@ -956,6 +958,20 @@ async fn approve_training(
     Ok(Json(t))
 }
 
+/// A supervisor releases the answers to the fleet (a knowledge-base release).
+async fn release_answers(
+    State(s): S,
+    headers: HeaderMap,
+) -> Result<Json<crate::store::trainings::TrainingRow>, ConsoleError> {
+    let me = authorized(&s, &headers, Role::Supervisor, true).await?;
+    let t = s
+        .trainings
+        .release_answers(&me.id)
+        .await
+        .map_err(training_error)?;
+    Ok(Json(t))
+}
+
 /// Suggested intents (supervisors): the unlabelled questions grouped.
 async fn list_suggestions(
     State(s): S,
@@ -1043,6 +1059,7 @@ pub fn router(state: Arc<Http>) -> axum::Router {
             "/console/api/trainings/{id}/approve",
             post(approve_training),
         )
+        .route("/console/api/kb/releases", post(release_answers))
         .route("/console/api/suggestions", get(list_suggestions))
         .route("/console/api/suggestions/refresh", post(group_questions))
         .route(

@@ -300,6 +300,13 @@ pub const STEPS: &[Step] = &[
     );
 "#,
     ),
+    // 13: quick replies of the supervisors' answers (JSON arrays).
+    Step::Sql(
+        r#"
+    ALTER TABLE intent_answers ADD COLUMN quick_en TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE intent_answers ADD COLUMN quick_zh TEXT NOT NULL DEFAULT '[]';
+"#,
+    ),
 ];
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ impl TrainingState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrainingRow {
     pub id: String,
+    /// `model` (trained on labels) or `knowledge_base` (the fleet's model
+    /// with the supervisors' answers, not trained: a knowledge-base release).
+    #[serde(default = "model_kind")]
+    pub kind: String,
     pub state: TrainingState,
     /// Who asked for it (`api`, or `auto` for a scheduled run).
     pub requested_by: String,
@@ -65,14 +69,30 @@ pub struct TrainingRow {
     pub log_tail: String,
 }
 
+fn model_kind() -> String {
+    "model".into()
+}
+
 /// An answer a supervisor wrote for an intent the model learns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IntentAnswer {
     pub intent: String,
     pub en: String,
     pub zh: String,
+    /// Suggested follow-ups shown under the answer, per language.
+    #[serde(default)]
+    pub quick_replies: QuickReplies,
     pub updated_by: String,
     pub updated_at: i64,
+}
+
+/// Quick replies in each language.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuickReplies {
+    #[serde(default)]
+    pub en: Vec<String>,
+    #[serde(default)]
+    pub zh: Vec<String>,
 }
 
 /// A labelled sample as training needs it.
@@ -132,13 +152,22 @@ impl Store {
         self.db
             .call(|c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT intent, en, zh, updated_by, updated_at FROM intent_answers ORDER BY intent",
+                    "SELECT intent, en, zh, updated_by, updated_at, quick_en, quick_zh
+                     FROM intent_answers ORDER BY intent",
                 )?;
                 let rows = stmt.query_map([], |r| {
+                    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+                        let text: String = r.get(i)?;
+                        Ok(serde_json::from_str(&text).unwrap_or_default())
+                    };
                     Ok(IntentAnswer {
                         intent: r.get(0)?,
                         en: r.get(1)?,
                         zh: r.get(2)?,
+                        quick_replies: QuickReplies {
+                            en: list(5)?,
+                            zh: list(6)?,
+                        },
                         updated_by: r.get(3)?,
                         updated_at: r.get(4)?,
                     })
@@ -152,12 +181,22 @@ impl Store {
     pub async fn set_intent_answer(&self, a: IntentAnswer) -> Result<(), StoreError> {
         self.db
             .call(move |c| {
+                let json = |l: &Vec<String>| serde_json::to_string(l).unwrap_or_else(|_| "[]".into());
                 c.execute(
-                    "INSERT INTO intent_answers (intent, en, zh, updated_by, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO intent_answers (intent, en, zh, updated_by, updated_at, quick_en, quick_zh)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT(intent) DO UPDATE SET en = excluded.en, zh = excluded.zh,
-                         updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-                    params![a.intent, a.en, a.zh, a.updated_by, a.updated_at],
+                         updated_by = excluded.updated_by, updated_at = excluded.updated_at,
+                         quick_en = excluded.quick_en, quick_zh = excluded.quick_zh",
+                    params![
+                        a.intent,
+                        a.en,
+                        a.zh,
+                        a.updated_by,
+                        a.updated_at,
+                        json(&a.quick_replies.en),
+                        json(&a.quick_replies.zh)
+                    ],
                 )?;
                 Ok(())
             })
@@ -209,6 +248,7 @@ mod tests {
         let store = Store::open(&dir.path().join("c.db")).unwrap();
         let mut t = TrainingRow {
             id: "tr-1".into(),
+            kind: "model".into(),
             state: TrainingState::Running,
             requested_by: "api".into(),
             created_at: 1,

@@ -77,14 +77,32 @@ pub fn write_csv(path: &std::path::Path, rows: &[(String, String)]) -> std::io::
 /// The candidate's version: the baseline's next minor version that no
 /// release of that name has yet.
 pub fn next_version(baseline: &str, taken: &[String]) -> String {
+    next_free(baseline, taken, false)
+}
+
+/// A knowledge-base release's version: the baseline's next patch version
+/// that no release of that name has yet (the model is the same).
+pub fn next_patch(baseline: &str, taken: &[String]) -> String {
+    next_free(baseline, taken, true)
+}
+
+fn next_free(baseline: &str, taken: &[String], patch_only: bool) -> String {
     let mut parts = baseline
         .split('.')
         .map(|p| p.parse::<u64>().unwrap_or(0))
         .chain(std::iter::repeat(0));
-    let (major, mut minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let (major, mut minor, mut patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
     loop {
-        minor += 1;
-        let v = format!("{major}.{minor}.0");
+        if patch_only {
+            patch += 1;
+        } else {
+            (minor, patch) = (minor + 1, 0);
+        }
+        let v = format!("{major}.{minor}.{patch}");
         if !taken.contains(&v) {
             return v;
         }
@@ -102,6 +120,13 @@ mod tests {
             lang: "en".into(),
             label: label.into(),
         }
+    }
+
+    #[test]
+    fn a_knowledge_base_release_takes_the_next_free_patch_version() {
+        assert_eq!(next_patch("2.0.0", &[]), "2.0.1");
+        assert_eq!(next_patch("2.0.1", &["2.0.2".into()]), "2.0.3");
+        assert_eq!(next_version("2.0.3", &[]), "2.1.0");
     }
 
     #[test]

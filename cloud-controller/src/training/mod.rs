@@ -8,10 +8,12 @@
 //! `<data_dir>/trainings/<id>` (labels, baseline, bundle, `trainer.log`).
 //! Parts: [`dataset`] (which labels train and which are held out),
 //! [`trainer`] (the child process), [`gate`] (the pure verdict),
-//! [`suggest`] (unlabelled questions grouped into suggested intents).
+//! [`suggest`] (unlabelled questions grouped into suggested intents),
+//! [`kb`] (knowledge-base releases: the answers without a training run).
 
 pub mod dataset;
 pub mod gate;
+pub mod kb;
 pub mod suggest;
 pub mod trainer;
 
@@ -179,16 +181,10 @@ impl Trainings {
                 split.unusable
             )));
         }
-        let taken: Vec<String> = self
-            .store
-            .models()
-            .await?
-            .into_iter()
-            .filter(|m| m.name == baseline.name)
-            .map(|m| m.version)
-            .collect();
+        let taken = self.versions_of(&baseline.name).await?;
         let row = TrainingRow {
             id: format!("tr-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            kind: "model".into(),
             state: TrainingState::Running,
             requested_by: by.to_owned(),
             created_at: now_ms(),
@@ -209,6 +205,18 @@ impl Trainings {
         tracing::info!(training = %row.id, baseline = %row.baseline_version, version = %row.version,
             labels = row.trained_labels, held_out = row.held_out_labels, "training run started");
         Ok((row, Prepared { split, baseline }))
+    }
+
+    /// Every published version of model `name`.
+    async fn versions_of(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .store
+            .models()
+            .await?
+            .into_iter()
+            .filter(|m| m.name == name)
+            .map(|m| m.version)
+            .collect())
     }
 
     /// The configured trainer command with its limits, `args` appended,
@@ -416,10 +424,17 @@ impl Trainings {
             return Err(TrainingError::NotAwaiting(row.id, row.state.as_str()));
         }
         let model = row.model_id.clone().unwrap_or_default();
+        // A knowledge-base release has the fleet's model unchanged: a
+        // shadow phase would compare it with itself.
+        let shadow = if row.kind == "knowledge_base" {
+            0
+        } else {
+            self.config.shadow_secs
+        };
         let mut plan = serde_json::json!({
             "model": model,
             "waves": self.config.waves,
-            "shadow_secs": self.config.shadow_secs,
+            "shadow_secs": shadow,
             "bake_secs": self.config.bake_secs,
         });
         match settings {
@@ -451,6 +466,9 @@ impl Trainings {
 
 /// Most characters of an answer.
 pub const MAX_ANSWER_CHARS: usize = 2000;
+/// Most quick replies per language, and characters in one.
+pub const MAX_QUICK_REPLIES: usize = 6;
+pub const MAX_QUICK_REPLY_CHARS: usize = 60;
 
 /// A supervisor's answer for an intent the model learns, checked: a valid
 /// intent name (`new:NAME` too), and both languages, neither too long.
@@ -458,6 +476,7 @@ pub fn intent_answer(
     intent: &str,
     en: &str,
     zh: &str,
+    quick_replies: crate::store::trainings::QuickReplies,
     by: &str,
 ) -> Result<crate::store::trainings::IntentAnswer, TrainingError> {
     let intent = dataset::intent_of(intent)
@@ -479,10 +498,35 @@ pub fn intent_answer(
             )));
         }
     }
+    let mut quick = crate::store::trainings::QuickReplies::default();
+    for (lang, given, kept) in [
+        ("English", quick_replies.en, &mut quick.en),
+        ("Chinese", quick_replies.zh, &mut quick.zh),
+    ] {
+        *kept = given
+            .iter()
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty())
+            .collect();
+        if kept.len() > MAX_QUICK_REPLIES {
+            return Err(TrainingError::Invalid(format!(
+                "at most {MAX_QUICK_REPLIES} {lang} quick replies"
+            )));
+        }
+        if let Some(q) = kept
+            .iter()
+            .find(|q| q.chars().count() > MAX_QUICK_REPLY_CHARS)
+        {
+            return Err(TrainingError::Invalid(format!(
+                "the {lang} quick reply {q:?} is longer than {MAX_QUICK_REPLY_CHARS} characters"
+            )));
+        }
+    }
     Ok(crate::store::trainings::IntentAnswer {
         intent,
         en,
         zh,
+        quick_replies: quick,
         updated_by: by.to_owned(),
         updated_at: now_ms(),
     })
@@ -538,10 +582,28 @@ fn ship_answers(
         let mut entry = toml::map::Map::new();
         entry.insert("en".into(), a.en.clone().into());
         entry.insert("zh".into(), a.zh.clone().into());
+        let q = &a.quick_replies;
+        if !q.en.is_empty() || !q.zh.is_empty() {
+            let mut quick = toml::map::Map::new();
+            quick.insert("en".into(), q.en.clone().into());
+            quick.insert("zh".into(), q.zh.clone().into());
+            entry.insert("quick_replies".into(), toml::Value::Table(quick));
+        }
         table.insert(a.intent.clone(), toml::Value::Table(entry));
         shipped.push(a.intent.clone());
     }
+    let path = bundle.join(MODEL_ANSWERS_FILE);
+    // The bundle's files may be hard links into the blob store: replaced,
+    // never written through.
+    let _ = std::fs::remove_file(&path);
     if shipped.is_empty() {
+        if let Some(files) = manifest["files"].as_object_mut()
+            && files.remove(MODEL_ANSWERS_FILE).is_some()
+        {
+            let out = serde_json::to_string_pretty(&manifest).map_err(|e| err(&e))?;
+            let _ = std::fs::remove_file(&manifest_path);
+            std::fs::write(&manifest_path, out).map_err(|e| err(&e))?;
+        }
         return Ok(shipped);
     }
     let mut file = toml::map::Map::new();
@@ -549,10 +611,10 @@ fn ship_answers(
     let body = toml::to_string(&toml::Value::Table(file)).map_err(|e| err(&e))?;
     // What the node will parse, checked here first.
     edgedesk_dialog::kb::ModelAnswers::parse(&body, MODEL_ANSWERS_FILE).map_err(|e| err(&e))?;
-    let path = bundle.join(MODEL_ANSWERS_FILE);
     std::fs::write(&path, &body).map_err(|e| err(&e))?;
     manifest["files"][MODEL_ANSWERS_FILE] = hex::encode(Sha256::digest(body.as_bytes())).into();
     let out = serde_json::to_string_pretty(&manifest).map_err(|e| err(&e))?;
+    let _ = std::fs::remove_file(&manifest_path);
     std::fs::write(&manifest_path, out).map_err(|e| err(&e))?;
     Ok(shipped)
 }
@@ -624,6 +686,7 @@ mod tests {
             intent: intent.into(),
             en: format!("About {intent}."),
             zh: "关于这个。".into(),
+            quick_replies: Default::default(),
             updated_by: "sup".into(),
             updated_at: 1,
         }

@@ -367,6 +367,7 @@ impl Trainings {
                 intent,
                 en.as_deref().unwrap_or_default(),
                 zh.as_deref().unwrap_or_default(),
+                Default::default(),
                 by,
             )?),
         };
