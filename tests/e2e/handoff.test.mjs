@@ -593,6 +593,17 @@ test("a supervisor rewrites an answer and releases it; a visitor at the branch r
   await assertOnScreen(v.p, v.p.getByRole("button", { name: "Track my card" }), "its quick reply");
   await shot(v.p, "kiosk-released-answer");
   await v.ctx.close();
+  // And in Chinese.
+  const z = await page({ width: 900, height: 900 });
+  await z.p.goto(node.url);
+  await botSays(z.p, "branch assistant");
+  await z.p.getByRole("button", { name: "中文" }).click();
+  await z.p.locator("#input").fill("我的新卡还没收到");
+  await z.p.keyboard.press("Enter");
+  await assertOnScreen(z.p, z.p.locator("#log", { hasText: "新卡现在3个工作日内寄达，可在应用中查询进度。" }), "the released Chinese answer");
+  await assertOnScreen(z.p, z.p.getByRole("button", { name: "查询进度" }), "its Chinese quick reply");
+  await shot(z.p, "kiosk-released-answer-zh");
+  await z.ctx.close();
   // Leave the branch on its model for the tests after this one.
   const run = (await adminCall(ctl, "GET", "/api/v1/trainings")).find((t) => t.version === version);
   assert.equal(run.kind, "knowledge_base");

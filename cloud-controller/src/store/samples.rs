@@ -72,11 +72,11 @@ pub(super) fn add(
     Ok(())
 }
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, node_id, conversation, text, lang, reason, model_version, guesses, at, label,
      labelled_by, reviewed_by";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
+pub(super) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
     let guesses: String = r.get(7)?;
     Ok(SampleRow {
         id: r.get(0)?,

@@ -62,21 +62,20 @@ impl Store {
     /// The questions to group: unlabelled samples that are in no dismissed
     /// group, newest first, at most `limit`.
     pub async fn samples_to_group(&self, limit: usize) -> Result<Vec<SampleRow>, StoreError> {
-        let ids: Vec<String> = self
-            .db
+        self.db
             .call(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT s.id FROM samples s
-                     WHERE s.label IS NULL AND s.id NOT IN (
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {} FROM samples
+                     WHERE label IS NULL AND id NOT IN (
                        SELECT m.value FROM suggestions g, json_each(g.members) m
                        WHERE g.state = 'dismissed')
-                     ORDER BY s.at DESC, s.id LIMIT ?1",
-                )?;
-                let rows = stmt.query_map([limit as i64], |r| r.get(0))?;
+                     ORDER BY at DESC, id LIMIT ?1",
+                    super::samples::COLUMNS
+                ))?;
+                let rows = stmt.query_map([limit as i64], super::samples::row)?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
-            .await?;
-        self.samples_by_id(ids).await
+            .await
     }
 
     /// Samples by id, in the order given (unknown ids are left out).

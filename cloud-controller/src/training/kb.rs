@@ -132,8 +132,9 @@ impl Trainings {
     /// with auto-promotion). Refused when nothing changed.
     pub async fn release_answers(&self, by: &str) -> Result<TrainingRow, TrainingError> {
         if self.busy.swap(true, Ordering::AcqRel) {
-            return Err(TrainingError::Busy(
-                "a training run or release is being made".into(),
+            return Err(TrainingError::Conflict(
+                "a training run or answer release is under way; release the answers when it is done"
+                    .into(),
             ));
         }
         let _busy = Busy(self.busy.clone());
@@ -182,16 +183,10 @@ impl Trainings {
                 t.version, t.id
             )));
         }
-        let published = crate::models::publish(
-            &self.store,
-            &self.models_dir,
-            &self.signing_key,
-            &bundle,
-            &self.onnxruntime,
-            now_ms(),
-        )
-        .await
-        .map_err(|e| TrainingError::Invalid(e.to_string()))?;
+        let published = self
+            .publish(&bundle)
+            .await
+            .map_err(TrainingError::Invalid)?;
         let _ = tokio::fs::remove_dir_all(self.runs_dir.join(&id)).await;
         let summary: BTreeMap<&str, usize> = changes.iter().fold(BTreeMap::new(), |mut m, c| {
             *m.entry(c.change.as_str()).or_default() += 1;

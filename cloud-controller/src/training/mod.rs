@@ -207,6 +207,21 @@ impl Trainings {
         Ok((row, Prepared { split, baseline }))
     }
 
+    /// Publish the bundle in `dir`: the golden set checked once more, signed,
+    /// stored as a release.
+    async fn publish(&self, dir: &Path) -> Result<ModelRow, String> {
+        crate::models::publish(
+            &self.store,
+            &self.models_dir,
+            &self.signing_key,
+            dir,
+            &self.onnxruntime,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
     /// Every published version of model `name`.
     async fn versions_of(&self, name: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
@@ -388,17 +403,7 @@ impl Trainings {
             let why: Vec<String> = regressions.iter().map(ToString::to_string).collect();
             return Ok(Some(why.join("; ")));
         }
-        // Publishing checks the golden set once more and signs the release.
-        let model = crate::models::publish(
-            &self.store,
-            &self.models_dir,
-            &self.signing_key,
-            &bundle,
-            &self.onnxruntime,
-            now_ms(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let model = self.publish(&bundle).await?;
         tracing::info!(training = %row.id, model = %model.id, version = %model.version,
             "candidate passed the gate and is published; awaiting approval");
         row.model_id = Some(model.id);

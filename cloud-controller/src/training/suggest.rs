@@ -267,9 +267,10 @@ impl Trainings {
     /// The last grouping and every suggestion, open ones first.
     pub async fn suggestions(&self) -> Result<Suggestions, TrainingError> {
         let rows = self.store.suggestions().await?;
+        let names = self.branch_names().await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            out.push(self.view(r).await?);
+            out.push(self.view(r, &names).await?);
         }
         Ok(Suggestions {
             grouping: self.grouping.lock().expect("grouping status").clone(),
@@ -277,7 +278,22 @@ impl Trainings {
         })
     }
 
-    async fn view(&self, r: SuggestionRow) -> Result<SuggestionView, TrainingError> {
+    /// Node id → its `branch` label, for the per-branch counts.
+    async fn branch_names(&self) -> Result<BTreeMap<String, String>, TrainingError> {
+        Ok(self
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .filter_map(|n| n.labels.get("branch").cloned().map(|b| (n.id, b)))
+            .collect())
+    }
+
+    async fn view(
+        &self,
+        r: SuggestionRow,
+        names: &BTreeMap<String, String>,
+    ) -> Result<SuggestionView, TrainingError> {
         let members = self.store.samples_by_id(r.members.clone()).await?;
         let mut languages = BTreeMap::new();
         let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
@@ -289,19 +305,14 @@ impl Trainings {
                 *guesses.entry(g).or_default() += 1;
             }
         }
-        let mut branches = Vec::with_capacity(per_node.len());
-        for (node_id, count) in per_node {
-            let name = self
-                .store
-                .node(&node_id)
-                .await?
-                .and_then(|n| n.labels.get("branch").cloned());
-            branches.push(BranchCount {
+        let mut branches: Vec<BranchCount> = per_node
+            .into_iter()
+            .map(|(node_id, count)| BranchCount {
+                name: names.get(&node_id).cloned(),
                 node_id,
-                name,
                 count,
-            });
-        }
+            })
+            .collect();
         branches.sort_by(|a, b| b.count.cmp(&a.count).then(a.node_id.cmp(&b.node_id)));
         let usual_guess = guesses
             .into_iter()
@@ -388,7 +399,7 @@ impl Trainings {
         let (row, labelled) = self.decide(id, Some(label.clone()), by).await?;
         tracing::info!(suggestion = %id, intent = %label, labelled, by, "suggested intent accepted");
         Ok(Accepted {
-            suggestion: self.view(row).await?,
+            suggestion: self.view(row, &self.branch_names().await?).await?,
             labelled,
         })
     }
@@ -401,7 +412,7 @@ impl Trainings {
     ) -> Result<SuggestionView, TrainingError> {
         let (row, _) = self.decide(id, None, by).await?;
         tracing::info!(suggestion = %id, by, "suggested intent dismissed");
-        self.view(row).await
+        self.view(row, &self.branch_names().await?).await
     }
 
     async fn decide(
