@@ -11,8 +11,8 @@
 #
 # Options: --with-holdout   also build build/models/holdout (validation rows unseen),
 #                            used by the test suite to evaluate honestly
-#           --test-peers     install what the tests talk to: Chromium, Node.js, Mosquitto and
-#                            playwright-core (Debian packages and npm), and cargo-fuzz
+#           --test-peers     install what the tests talk to: Chromium, Node.js, Mosquitto,
+#                            umoci and playwright-core (Debian packages and npm), and cargo-fuzz
 #                            when a nightly toolchain is present
 #
 # Environment: EDGEDESK_CACHE (default ~/.cache/edgedesk) holds downloads, the
@@ -44,7 +44,7 @@ case "$(uname -m)" in
 esac
 ORT_DIR=$CACHE/onnxruntime-$ORT_VERSION-$(uname -m)
 ORT_LIB=$ORT_DIR/libonnxruntime.so.$ORT_VERSION
-if [ ! -f "$ORT_DIR/.ok" ]; then
+if [ ! -f "$ORT_DIR/.ok" ] || [ ! -f "$ORT_DIR/LICENSE" ]; then
   log "downloading onnxruntime==$ORT_VERSION wheel ($ORT_PLATFORM)"
   WHEELS=$CACHE/wheels
   mkdir -p "$WHEELS"
@@ -59,9 +59,14 @@ if [ ! -f "$ORT_DIR/.ok" ]; then
   python3 - "$WHEEL" "$ORT_DIR.tmp" "$ORT_VERSION" <<'PY'
 import sys, zipfile, os
 wheel, out, ver = sys.argv[1:]
-name = f"onnxruntime/capi/libonnxruntime.so.{ver}"
-with zipfile.ZipFile(wheel) as z, open(os.path.join(out, os.path.basename(name)), "wb") as f:
-    f.write(z.read(name))
+# The library, and its licence and third-party notices (they ship with it, in
+# the container image too).
+names = [f"onnxruntime/capi/libonnxruntime.so.{ver}", "onnxruntime/LICENSE",
+         "onnxruntime/ThirdPartyNotices.txt"]
+with zipfile.ZipFile(wheel) as z:
+    for name in names:
+        with open(os.path.join(out, os.path.basename(name)), "wb") as f:
+            f.write(z.read(name))
 PY
   rm -rf "$ORT_DIR" && mv "$ORT_DIR.tmp" "$ORT_DIR"
   touch "$ORT_DIR/.ok"
@@ -151,6 +156,8 @@ if [ "$TEST_PEERS" = 1 ]; then
   command -v npm >/dev/null 2>&1 || need+=(npm)
   [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  # The container image (scripts/build-image.sh, checked by the test suite).
+  command -v umoci >/dev/null 2>&1 || need+=(umoci)
   # Chinese text in the browser tests' screenshots.
   [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
   if [ ${#need[@]} -gt 0 ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run EdgeDesk's whole test suite: provisions what it needs (ONNX Runtime,
 # training venv, models incl. the holdout one, Chromium, Node.js, playwright-core),
-# then Rust unit + integration tests, the model reproducibility check, and the
+# then Rust unit + integration tests, the model reproducibility check, the
+# container image (built and checked), and the
 # browser end-to-end tests in Debian's Chromium, and a 15-second fuzz smoke run per decoder (longer runs: scripts/fuzz.sh SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,10 @@ cargo build --workspace --all-targets --locked
 
 step "model reproducibility (same data + seed => same model.onnx)"
 scripts/check_reproducible.sh
+
+step "container image (scripts/build-image.sh with the debug binaries, then scripts/check_image.sh)"
+scripts/build-image.sh --profile debug --no-build --out build/image/oci
+scripts/check_image.sh build/image/oci
 
 step "browser end-to-end tests (Chromium)"
 (cd tests/e2e && EDGE_NODE_BIN="$CARGO_TARGET_DIR/debug/edge-node" CLOUD_CONTROLLER_BIN="$CARGO_TARGET_DIR/debug/cloud-controller" npm test)

@@ -77,6 +77,12 @@ enum Cmd {
     /// Edge sync maintenance (on the controller's host, controller stopped).
     #[command(subcommand)]
     Sync(SyncCmd),
+    /// TLS material in the data directory (on the controller's host).
+    #[command(subcommand)]
+    Tls(TlsCmd),
+    /// Print the REST API's admin token from the data directory (on the
+    /// controller's host or in its pod, which has no `cat`).
+    AdminToken,
     /// Events ingested from node outboxes.
     Events {
         #[arg(long)]
@@ -108,11 +114,36 @@ enum SyncCmd {
 }
 
 #[derive(Subcommand)]
+enum TlsCmd {
+    /// Make an operator's CA the controller's CA: it then issues the
+    /// broker, QUIC and HTTPS certificates, and nodes pin its fingerprint
+    /// (printed). Checks that the key is the certificate's and that it may
+    /// sign certificates. Installing the same CA again changes nothing; a
+    /// different CA already in the data directory needs --replace (nodes
+    /// enrolled under it must enrol again). The chart's init container runs
+    /// this with tls.caSecret.
+    InstallCa {
+        /// The CA certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PEM, PKCS#8 or SEC1).
+        #[arg(long)]
+        key: PathBuf,
+        /// Replace a different CA already installed.
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ModelCmd {
     /// Validate a bundle folder (manifest, hashes, golden set in ONNX
     /// Runtime), sign it with the model-signing key and store it in the data
-    /// directory. Runs where the controller's data directory is.
+    /// directory. Runs where the controller's data directory is; from a
+    /// workstation into a pod: `tar -C BUNDLE -cf - . | kubectl exec -i POD
+    /// -- cloud-controller model publish -`.
     Publish {
+        /// The bundle folder, or `-` for a tar archive of it on standard input.
         bundle: PathBuf,
         /// ONNX Runtime library (default: models.onnxruntime_path, then ORT_DYLIB_PATH).
         #[arg(long)]
@@ -360,7 +391,63 @@ pub fn main() -> ExitCode {
             Ok(config) => raise_seq(&config, *blocks),
             Err(code) => code,
         },
+        Some(Cmd::AdminToken) => match load_config(&cli) {
+            Ok(config) => {
+                let path = config.store.data_dir.join("admin-token");
+                match std::fs::read_to_string(&path) {
+                    Ok(token) => {
+                        println!("{}", token.trim());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "cloud-controller: admin-token: {}: {e} (the controller makes it at its first start unless http.admin_token is set)",
+                            path.display()
+                        );
+                        ExitCode::from(1)
+                    }
+                }
+            }
+            Err(code) => code,
+        },
+        Some(Cmd::Tls(TlsCmd::InstallCa { cert, key, replace })) => match load_config(&cli) {
+            Ok(config) => install_ca(&config, cert, key, *replace),
+            Err(code) => code,
+        },
         Some(_) => client(&cli),
+    }
+}
+
+/// `tls install-ca`: an operator's CA into the data directory.
+fn install_ca(
+    config: &Config,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    replace: bool,
+) -> ExitCode {
+    use crate::tls::{CaInstall, install_ca};
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let run = || -> Result<CaInstall, String> {
+        install_ca(&config.store.data_dir, &read(cert)?, &read(key)?, replace)
+            .map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(CaInstall::Installed { fingerprint }) => {
+            println!(
+                "installed the CA ({fingerprint}); certificates are issued from it at the next start"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(CaInstall::Unchanged { fingerprint }) => {
+            println!("the CA is already installed ({fingerprint}); nothing changed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cloud-controller: tls install-ca: {e}");
+            ExitCode::from(65)
+        }
     }
 }
 
@@ -388,11 +475,38 @@ fn raise_seq(config: &Config, blocks: u64) -> ExitCode {
     }
 }
 
+/// The most a bundle sent as a tar stream may unpack to.
+const MAX_BUNDLE_TAR_BYTES: u64 = 1 << 30;
+
+/// A folder removed when this goes out of scope.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `model publish`: validate, sign and store a bundle in the data directory.
 fn publish(config: &Config, bundle: &std::path::Path, ort: Option<&std::path::Path>) -> ExitCode {
     use crate::models;
     let data = &config.store.data_dir;
     let run = || -> Result<crate::store::ModelRow, String> {
+        // `-`: a tar stream, unpacked into the data directory and removed after.
+        let _incoming;
+        let bundle = if bundle.as_os_str() == "-" {
+            let parent = data.join("incoming");
+            std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            let dir = parent.join(format!("bundle-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            _incoming = RemoveOnDrop(dir.clone());
+            models::unpack_bundle_tar(std::io::stdin().lock(), &dir, MAX_BUNDLE_TAR_BYTES)
+                .map_err(|e| e.to_string())?
+        } else {
+            bundle.to_owned()
+        };
+        let bundle = bundle.as_path();
         let store =
             crate::store::Store::open(&data.join("controller.db")).map_err(|e| e.to_string())?;
         let key =

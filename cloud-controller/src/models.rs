@@ -36,6 +36,90 @@ pub enum ModelError {
     Store(#[from] StoreError),
 }
 
+/// Unpack a bundle sent as a tar stream (`model publish -`, for example
+/// `tar -C BUNDLE -cf - . | kubectl exec -i POD -- cloud-controller model publish -`)
+/// into the empty folder `dest`, and return the bundle's folder: `dest`, or
+/// its one subfolder when the archive holds the bundle's folder itself.
+/// Only plain files and folders with relative paths are taken: an absolute
+/// path, a `..`, a link or a device is refused by name, and so is an archive
+/// larger than `max_bytes` unpacked.
+pub fn unpack_bundle_tar(
+    reader: impl Read,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<PathBuf, ModelError> {
+    use std::path::Component;
+    let bad = |m: String| ModelError::Invalid(m);
+    let mut archive = tar::Archive::new(reader);
+    let mut total: u64 = 0;
+    let mut files = 0usize;
+    for entry in archive
+        .entries()
+        .map_err(|e| bad(format!("not a tar archive: {e}")))?
+    {
+        let mut entry = entry.map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        let raw = entry
+            .path()
+            .map_err(|e| bad(format!("tar entry with an unreadable name: {e}")))?
+            .into_owned();
+        let mut rel = PathBuf::new();
+        for c in raw.components() {
+            match c {
+                Component::Normal(part) => rel.push(part),
+                Component::CurDir => {}
+                _ => {
+                    return Err(bad(format!(
+                        "tar entry {}: only relative paths without `..` are taken",
+                        raw.display()
+                    )));
+                }
+            }
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(dest.join(&rel))?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(bad(format!(
+                "tar entry {}: a {kind:?}, not a plain file or folder",
+                raw.display()
+            )));
+        }
+        total = total.saturating_add(entry.header().size().unwrap_or(u64::MAX));
+        if total > max_bytes {
+            return Err(bad(format!(
+                "the archive is larger than {} MiB unpacked",
+                max_bytes >> 20
+            )));
+        }
+        let path = dest.join(&rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut out = std::fs::File::create(&path)?;
+        std::io::copy(&mut (&mut entry).take(max_bytes), &mut out)?;
+        files += 1;
+    }
+    if files == 0 {
+        return Err(bad("the archive holds no files".into()));
+    }
+    if dest.join(MANIFEST_FILE).exists() {
+        return Ok(dest.to_owned());
+    }
+    let dirs: Vec<PathBuf> = std::fs::read_dir(dest)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    match dirs.as_slice() {
+        [one] if one.join(MANIFEST_FILE).exists() => Ok(one.clone()),
+        _ => Err(bad(format!(
+            "the archive has no {MANIFEST_FILE} at its top or in its one folder"
+        ))),
+    }
+}
+
 /// Load the model-signing key at `path`, creating it if absent.
 pub fn signing_key(path: &Path) -> std::io::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&crate::identity::secret_file::<32>(
@@ -211,5 +295,90 @@ mod tests {
         assert_eq!(describe_file(&p).unwrap().chunks.len(), 0);
         assert!(blob_path(dir.path(), "../etc/passwd").is_none());
         assert!(blob_path(dir.path(), &"A".repeat(64)).is_none());
+    }
+
+    /// A tar archive of `(name, entry type, contents)`, names written raw so
+    /// that a hostile archive can be made too.
+    fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if *kind == tar::EntryType::Symlink {
+                h.set_link_name("/etc/passwd").unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_bundle_tar_unpacks_at_its_top_or_in_its_one_folder() {
+        use tar::EntryType::{Directory, Regular};
+        let flat = tar_of(&[
+            ("./", Directory, b""),
+            ("./manifest.json", Regular, b"{}"),
+            ("./model.onnx", Regular, b"onnx"),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let got = unpack_bundle_tar(&flat[..], dir.path(), 1 << 20).unwrap();
+        assert_eq!(got, dir.path());
+        assert_eq!(std::fs::read(got.join("model.onnx")).unwrap(), b"onnx");
+        let nested = tar_of(&[
+            ("intents-2/", Directory, b""),
+            ("intents-2/manifest.json", Regular, b"{}"),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let got = unpack_bundle_tar(&nested[..], dir.path(), 1 << 20).unwrap();
+        assert_eq!(got, dir.path().join("intents-2"));
+    }
+
+    #[test]
+    fn a_hostile_or_wrong_tar_is_refused_by_name() {
+        use tar::EntryType::{Regular, Symlink};
+        let big = vec![0u8; 4096];
+        let cases: [(&str, Vec<u8>, &str); 6] = [
+            ("dot-dot", tar_of(&[("../evil", Regular, b"x")]), "`..`"),
+            (
+                "absolute",
+                tar_of(&[("/etc/evil", Regular, b"x")]),
+                "relative",
+            ),
+            (
+                "symlink",
+                tar_of(&[("manifest.json", Symlink, b"")]),
+                "Symlink",
+            ),
+            (
+                "too large",
+                tar_of(&[("model.onnx", Regular, &big)]),
+                "larger than",
+            ),
+            (
+                "no manifest",
+                tar_of(&[("model.onnx", Regular, b"x")]),
+                "manifest.json",
+            ),
+            (
+                "not a tar",
+                b"this is not an archive at all".repeat(30),
+                "not a tar",
+            ),
+        ];
+        for (case, bytes, expect) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let e = unpack_bundle_tar(&bytes[..], dir.path(), 1024).unwrap_err();
+            assert!(e.to_string().contains(expect), "{case}: {e}");
+        }
+        // Nothing escaped the folder it was given.
+        let parent = tempfile::tempdir().unwrap();
+        let inner = parent.path().join("in");
+        std::fs::create_dir(&inner).unwrap();
+        let _ = unpack_bundle_tar(&tar_of(&[("../evil", Regular, b"x")])[..], &inner, 1024);
+        assert!(!parent.path().join("evil").exists());
     }
 }

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_TOML: &str = include_str!("../default-config.toml");
 /// Environment variables starting with this prefix override keys.
 pub const ENV_PREFIX: &str = "EDGEDESK_";
+/// The cloud controller's prefix: its variables are not the node's, though
+/// they start with [`ENV_PREFIX`] (both binaries share the container image,
+/// which sets some of them).
+const CONTROLLER_ENV_PREFIX: &str = "EDGEDESK_CC_";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +205,9 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let env = env
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with(CONTROLLER_ENV_PREFIX));
         let mut config: Config = layered::load_file(DEFAULT_TOML, file, ENV_PREFIX, env)?;
         config.apply_join()?;
         config.validate()?;
@@ -431,6 +438,19 @@ mod tests {
             c.server.allowed_origins,
             vec!["https://a.example".to_string()]
         );
+    }
+
+    #[test]
+    fn the_controllers_variables_are_not_the_nodes() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("EDGEDESK_CC_STORE__DATA_DIR", "/var/lib/edgedesk"),
+                ("EDGEDESK_CC_HTTP__LISTEN", "0.0.0.0:8700"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c, Config::default());
     }
 
     #[test]
