@@ -545,12 +545,28 @@ fn publish(config: &Config, bundle: &std::path::Path, ort: Option<&std::path::Pa
     }
 }
 
-fn init_logging(config: &Config) {
-    edgedesk_support::logging::init(&config.log.level, config.log.format == "json");
+/// Log lines, and trace export when `telemetry.otlp_endpoint` is set.
+fn init_telemetry(config: &Config) -> Result<edgedesk_support::telemetry::Telemetry, ExitCode> {
+    edgedesk_support::telemetry::init(
+        &config.log.level,
+        config.log.format == "json",
+        config.telemetry.otlp(
+            "edgedesk-cloud-controller",
+            &std::env::var("POD_NAME").unwrap_or_default(),
+            &["cloud_controller"],
+        ),
+    )
+    .map_err(|e| {
+        eprintln!("cloud-controller: configuration error: {e}");
+        ExitCode::from(64)
+    })
 }
 
 fn serve(config: Config) -> ExitCode {
-    init_logging(&config);
+    let telemetry = match init_telemetry(&config) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -558,6 +574,14 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::from(71);
         }
     };
+    let code = run_serve(&rt, config);
+    // The runtime first (its tasks end), then the last spans go out.
+    drop(rt);
+    telemetry.shutdown();
+    code
+}
+
+fn run_serve(rt: &tokio::runtime::Runtime, config: Config) -> ExitCode {
     rt.block_on(async {
         let token = CancellationToken::new();
         tokio::spawn(edgedesk_support::signal::cancel_on_signal(token.clone()));

@@ -24,6 +24,7 @@ pub struct Config {
     pub learning: LearningConfig,
     pub training: TrainingConfig,
     pub log: LogConfig,
+    pub telemetry: edgedesk_support::telemetry::TelemetryConfig,
 }
 
 /// The learning loop's samples.
@@ -96,10 +97,21 @@ pub enum BrokerMode {
     External,
 }
 
+/// Who manages node accounts on an external broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provisioning {
+    /// The operator (the broker lets nodes in by other means).
+    None,
+    /// The controller, through Mosquitto's dynamic security plugin.
+    Dynsec,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     pub mode: BrokerMode,
+    pub external_provisioning: Provisioning,
     pub listen: String,
     pub advertise_host: String,
     pub advertise_port: u16,
@@ -259,6 +271,14 @@ impl Config {
                 }
             }
         }
+        if self.mqtt.external_provisioning == Provisioning::Dynsec
+            && self.mqtt.mode != BrokerMode::External
+        {
+            return bad(
+                "mqtt.external_provisioning",
+                "\"dynsec\" provisions accounts on an external broker: set mqtt.mode = \"external\" too",
+            );
+        }
         if self.http.tls_cert.as_os_str().is_empty() != self.http.tls_key.as_os_str().is_empty() {
             return bad(
                 "http.tls_cert",
@@ -411,5 +431,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("loopback"), "{e}");
+        let e = Config::load(
+            None,
+            vec![(
+                "EDGEDESK_CC_MQTT__EXTERNAL_PROVISIONING".into(),
+                "\"dynsec\"".into(),
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("mqtt.external_provisioning")
+                && e.to_string().contains("external"),
+            "dynsec with the embedded broker: {e}"
+        );
+        let e = Config::load(
+            None,
+            vec![(
+                "EDGEDESK_CC_MQTT__EXTERNAL_PROVISIONING".into(),
+                "\"files\"".into(),
+            )],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("external_provisioning"), "{e}");
     }
 }

@@ -90,6 +90,7 @@ impl Downlink {
                 key: key.to_owned(),
                 seq: 0,
             }),
+            trace: None,
         };
         (cmd, self.is_online(node).then(now_ms))
     }

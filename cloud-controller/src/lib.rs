@@ -308,6 +308,9 @@ pub async fn run(
         )
         .run(desk_rx, shutdown.clone()),
     );
+    // Node accounts on an external Mosquitto, through the controller's client.
+    let dynsec = (config.mqtt.external_provisioning == config::Provisioning::Dynsec)
+        .then(|| Arc::new(broker::dynsec::Dynsec::new(client.clone())));
     let leader = Arc::new(AtomicBool::new(!config.kubernetes.enabled));
     let rollouts = Rollouts {
         store: store.clone(),
@@ -331,6 +334,7 @@ pub async fn run(
         handoff: handoff.clone(),
         metrics: metrics.clone(),
         creds: creds.clone(),
+        dynsec: dynsec.clone(),
     };
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(link::transport::INBOUND_QUEUE);
     let poll_task = tokio::spawn(link::transport::poll(
@@ -500,6 +504,7 @@ pub async fn run(
         review_fraction: config.learning.review_fraction,
         metrics: metrics.clone(),
         creds,
+        dynsec,
         identity: link.identity.clone(),
         sealing: sealing.clone(),
         admin_token: admin_token.clone(),

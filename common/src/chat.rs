@@ -77,6 +77,10 @@ pub enum ClientFrame {
         /// then carries the button's label, which is what the transcript shows.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         payload: Option<String>,
+        /// Optional W3C trace context (`00-<trace>-<span>-<flags>`): the
+        /// node's span for this turn becomes its child. Invalid: ignored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// The visitor switched the page language.
     SetLang { lang: Lang },
@@ -193,6 +197,10 @@ pub enum ServerFrame {
         state: ChatState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         intent: Option<String>,
+        /// The W3C trace context of the node's span that produced it (a bot
+        /// turn, an agent's line), when the node exports traces.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     Typing {
         from: Sender,
@@ -348,6 +356,7 @@ mod tests {
         assert_eq!(
             f,
             ClientFrame::Message {
+                traceparent: None,
                 text: "hi".into(),
                 client_id: None,
                 payload: None
@@ -358,6 +367,7 @@ mod tests {
     #[test]
     fn server_frames_round_trip() {
         let f = ServerFrame::Reply {
+            traceparent: None,
             id: 3,
             from: Sender::Bot,
             text: "hello".into(),

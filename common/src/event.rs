@@ -15,6 +15,10 @@ pub struct Event {
     pub id: String,
     /// Unix milliseconds when the event happened.
     pub at: i64,
+    /// W3C `traceparent` of the node's span that recorded it, when the node
+    /// exports traces: the controller's spans for it continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     #[serde(flatten)]
     pub body: EventBody,
 }
@@ -218,6 +222,7 @@ mod tests {
     #[test]
     fn event_json_carries_kind_tag() {
         let e = Event {
+            trace: None,
             id: "e1".into(),
             at: 5,
             body: EventBody::Escalation(Escalation {

@@ -303,6 +303,11 @@ pub struct Command {
     /// later cannot overtake a newer one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
+    /// W3C `traceparent` of the controller's span that issued it (an agent's
+    /// line), when the controller exports traces. Not stored: a command
+    /// sent again after a reconnect goes without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl Down {
@@ -581,6 +586,7 @@ mod tests {
     #[test]
     fn commands_are_typed_and_keep_their_wire_shape() {
         let cmd = Command {
+            trace: None,
             id: "c1".into(),
             body: CommandBody::AgentMessage(AgentMessage {
                 conversation: "conv".into(),

@@ -103,8 +103,28 @@ fn flag_overrides(cli: &Cli) -> Vec<(String, String)> {
     v
 }
 
-fn init_logging(config: &Config) {
-    edgedesk_support::logging::init(&config.log.level, config.log.format == LogFormat::Json);
+/// Log lines; for `serve`, trace export too when `telemetry.otlp_endpoint`
+/// is set (the node id is the spans' service instance).
+fn init_telemetry(
+    config: &Config,
+    export: bool,
+) -> Result<edgedesk_support::telemetry::Telemetry, ExitCode> {
+    let otlp = if export {
+        config
+            .telemetry
+            .otlp("edgedesk-edge-node", &config.cloud.node_id, &["edge_node"])
+    } else {
+        None
+    };
+    edgedesk_support::telemetry::init(
+        &config.log.level,
+        config.log.format == LogFormat::Json,
+        otlp,
+    )
+    .map_err(|e| {
+        eprintln!("edge-node: configuration error: {e}");
+        ExitCode::from(64)
+    })
 }
 
 /// Parse the command line and run it; the process exit code.
@@ -122,8 +142,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    init_logging(&config);
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let telemetry = match init_telemetry(&config, matches!(command, Command::Serve)) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let code = match command {
         Command::Config(ConfigCmd::Default) => unreachable!("handled above"),
         Command::Config(ConfigCmd::Check) => {
             match toml::to_string_pretty(&config) {
@@ -134,7 +158,10 @@ pub fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Nlu(cmd) => nlu(config, cmd),
-    }
+    };
+    // After the runtime is gone: the last spans go out.
+    telemetry.shutdown();
+    code
 }
 
 fn serve(config: Config) -> ExitCode {

@@ -34,6 +34,7 @@ pub struct Config {
     pub cloud: CloudConfig,
     pub learning: LearningConfig,
     pub log: LogConfig,
+    pub telemetry: edgedesk_support::telemetry::TelemetryConfig,
 }
 
 /// The learning loop's samples (turns worth a person's label).

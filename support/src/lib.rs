@@ -5,7 +5,8 @@
 //! - [`tls`]: a rustls client that trusts only a pinned CA.
 //! - [`secret`]: files only their owner can read, written atomically.
 //! - [`net`]: accepting TCP connections with a back-off on errors.
-//! - [`logging`] and [`signal`]: process set-up for `main`.
+//! - [`logging`], [`telemetry`] and [`signal`]: process set-up for `main`
+//!   (log lines, trace export over OTLP, shutdown on signals).
 //! - [`now_ms`]: the wall clock as both sides stamp things.
 //!
 //! Nothing here knows about chats, nodes or models.
@@ -16,6 +17,7 @@ pub mod net;
 pub mod secret;
 pub mod signal;
 pub mod sqlite;
+pub mod telemetry;
 pub mod tls;
 
 /// Milliseconds since the Unix epoch (what both sides store and send).

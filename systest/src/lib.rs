@@ -97,6 +97,73 @@ pub fn config(dir: &tempfile::TempDir) -> Config {
     c
 }
 
+/// `bin serve` (the `systest-edge-node` binary) for `cfg`, an enrolled
+/// node's settings, on `127.0.0.1:port`, heartbeating every second: the
+/// settings the process tests share. The caller adds its own environment
+/// and output, and spawns it.
+pub fn edge_process(bin: &std::path::Path, cfg: &Config, port: u16) -> std::process::Command {
+    let q = |s: &str| format!("{s:?}");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("serve")
+        .env("EDGEDESK_SERVER__LISTEN", q(&format!("127.0.0.1:{port}")))
+        .env("EDGEDESK_STORE__PATH", q(&cfg.store.path.to_string_lossy()))
+        .env("EDGEDESK_NLU__BUNDLE", q(&cfg.nlu.bundle.to_string_lossy()))
+        .env("EDGEDESK_CLOUD__ENABLED", "true")
+        .env(
+            "EDGEDESK_CLOUD__CONTROLLER_URL",
+            q(&cfg.cloud.controller_url),
+        )
+        .env("EDGEDESK_CLOUD__CA_SHA256", q(&cfg.cloud.ca_sha256))
+        .env("EDGEDESK_CLOUD__NODE_ID", q(&cfg.cloud.node_id))
+        .env("EDGEDESK_CLOUD__ENROLL_TOKEN", q(&cfg.cloud.enroll_token))
+        .env(
+            "EDGEDESK_CLOUD__IDENTITY_PATH",
+            q(&cfg.cloud.identity_path.to_string_lossy()),
+        )
+        .env("EDGEDESK_CLOUD__HEARTBEAT_SECS", "1")
+        .env("ORT_DYLIB_PATH", ort_path());
+    cmd
+}
+
+/// Debian's `mosquitto` binary (scripts/test.sh installs the package).
+pub fn mosquitto_bin() -> &'static str {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is not installed: scripts/test.sh installs Debian's mosquitto package")
+}
+
+/// Debian's Mosquitto with `conf` (written to `dir/mosquitto.conf`).
+pub fn spawn_mosquitto_with(dir: &std::path::Path, conf: &str) -> std::process::Child {
+    let path = dir.join("mosquitto.conf");
+    std::fs::write(&path, conf).unwrap();
+    std::process::Command::new(mosquitto_bin())
+        .arg("-c")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until something listens on `127.0.0.1:port`.
+pub async fn wait_port(port: u16) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(10, "port open", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+}
+
+/// Wait until a node process at `addr` answers `/readyz`.
+pub async fn wait_edge_ready(addr: std::net::SocketAddr) {
+    eventually(20, "edge ready", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http_get(addr, "/readyz").await.0 == 200
+    })
+    .await
+}
+
 pub struct TestNode {
     pub node: Option<Node>,
     pub token: CancellationToken,
@@ -332,6 +399,7 @@ pub fn hello_in(lang: edgedesk_common::chat::Lang) -> ClientFrame {
 
 pub fn msg(text: &str) -> ClientFrame {
     ClientFrame::Message {
+        traceparent: None,
         text: text.into(),
         client_id: Some(format!("c-{text}")),
         payload: None,
@@ -340,6 +408,7 @@ pub fn msg(text: &str) -> ClientFrame {
 
 pub fn button(label: &str, payload: &str) -> ClientFrame {
     ClientFrame::Message {
+        traceparent: None,
         text: label.into(),
         client_id: None,
         payload: Some(payload.into()),

@@ -532,6 +532,7 @@ async fn an_agent_line_lost_in_flight_is_not_overtaken_by_the_next() {
     );
     // A line queued and marked sent, but lost on the way (never published).
     let lost = edgedesk_common::sync::Command {
+        trace: None,
         id: "lost-line".into(),
         body: edgedesk_common::sync::CommandBody::AgentMessage(
             edgedesk_common::sync::AgentMessage {

@@ -5,7 +5,7 @@
 //! After each, every event is in the controller's store exactly once.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use edgedesk_systest::process::CtlProcess;
@@ -131,40 +131,19 @@ async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
     let cfg = edge_config(&edir, "branch-e", &ctl, ctl.token_for("branch-e").await);
     let port = free_port();
     let spawn_edge = |cfg: &edge_node::config::Config| {
-        let q = |s: &str| format!("{s:?}");
-        Command::new(env!("CARGO_BIN_EXE_systest-edge-node"))
-            .arg("serve")
-            .env("EDGEDESK_SERVER__LISTEN", q(&format!("127.0.0.1:{port}")))
-            .env("EDGEDESK_STORE__PATH", q(&cfg.store.path.to_string_lossy()))
-            .env("EDGEDESK_NLU__BUNDLE", q(&cfg.nlu.bundle.to_string_lossy()))
-            .env("EDGEDESK_CLOUD__ENABLED", "true")
-            .env(
-                "EDGEDESK_CLOUD__CONTROLLER_URL",
-                q(&cfg.cloud.controller_url),
-            )
-            .env("EDGEDESK_CLOUD__CA_SHA256", q(&cfg.cloud.ca_sha256))
-            .env("EDGEDESK_CLOUD__NODE_ID", q(&cfg.cloud.node_id))
-            .env("EDGEDESK_CLOUD__ENROLL_TOKEN", q(&cfg.cloud.enroll_token))
-            .env(
-                "EDGEDESK_CLOUD__IDENTITY_PATH",
-                q(&cfg.cloud.identity_path.to_string_lossy()),
-            )
-            .env("EDGEDESK_CLOUD__HEARTBEAT_SECS", "1")
-            .env("EDGEDESK_CLOUD__ACK_TIMEOUT_SECS", "2")
-            .env("ORT_DYLIB_PATH", ort_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        edge_process(
+            Path::new(env!("CARGO_BIN_EXE_systest-edge-node")),
+            cfg,
+            port,
+        )
+        .env("EDGEDESK_CLOUD__ACK_TIMEOUT_SECS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
     };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let wait_ready = || async move {
-        eventually(20, "edge ready", || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-                && http_get(addr, "/readyz").await.0 == 200
-        })
-        .await
-    };
+    let wait_ready = || wait_edge_ready(addr);
     let mut edge = spawn_edge(&cfg);
     wait_ready().await;
     eventually(15, "edge online", || async {
@@ -201,31 +180,10 @@ async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
 }
 
 fn spawn_mosquitto(dir: &Path, port: u16) -> Child {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    spawn_mosquitto_with(
+        dir,
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
     )
-    .unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("mosquitto is not installed: scripts/test.sh installs Debian's mosquitto package");
-    Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_port(port: u16) {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    eventually(10, "port open", || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@
 //! never rests on the broker.
 
 pub mod acl;
+pub mod dynsec;
 pub mod gate;
 
 use std::collections::HashMap;

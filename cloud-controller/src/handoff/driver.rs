@@ -15,6 +15,7 @@ use std::time::Duration;
 use edgedesk_common::sync::Command;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{ConsoleOut, Desk, Do, In, Msg};
 use crate::downlink::{Downlink, now_ms};
@@ -48,10 +49,12 @@ enum After {
     Push {
         agent: String,
         frame: ConsoleOut,
+        trace: Option<String>,
     },
     PushAssigned {
         agent: String,
         chat: String,
+        trace: Option<String>,
     },
     Reply {
         to: oneshot::Sender<Result<(), String>>,
@@ -72,6 +75,21 @@ pub struct Driver {
     pub downlink: Downlink,
     pub metrics: Arc<Metrics>,
     sockets: HashMap<String, Vec<mpsc::Sender<ConsoleOut>>>,
+    /// Per chat, the trace context of the newest traced visitor input's
+    /// routing span: an agent's reply continues that trace. Best effort and
+    /// bounded: at [`MAX_TRACES`] chats it starts afresh.
+    traces: HashMap<String, String>,
+}
+
+/// Most chats whose trace context the driver keeps.
+const MAX_TRACES: usize = 10_000;
+
+/// The chat a traced input is about.
+fn traced_chat(input: &In) -> Option<&str> {
+    match input {
+        In::Escalated { chat, .. } | In::VisitorLine { chat, .. } => Some(chat),
+        _ => None,
+    }
 }
 
 impl Driver {
@@ -82,6 +100,7 @@ impl Driver {
             downlink,
             metrics,
             sockets: HashMap::new(),
+            traces: HashMap::new(),
         }
     }
 
@@ -125,21 +144,55 @@ impl Driver {
             match msg {
                 Msg::Input(input) => {
                     let todo = self.desk.step(input, now);
-                    self.plan(todo, None, &mut plan);
+                    self.plan(todo, None, None, &mut plan);
+                }
+                Msg::Traced { input, trace } => {
+                    let span = tracing::info_span!(
+                        "controller.route",
+                        chat = traced_chat(&input).unwrap_or_default(),
+                        trace_id = tracing::field::Empty,
+                        span_id = tracing::field::Empty,
+                    );
+                    edgedesk_support::telemetry::start(&span, Some(&trace));
+                    let here = edgedesk_support::telemetry::traceparent(&span);
+                    if let (Some(chat), Some(here)) = (traced_chat(&input), &here) {
+                        if self.traces.len() >= MAX_TRACES {
+                            self.traces.clear();
+                        }
+                        self.traces.insert(chat.to_owned(), here.clone());
+                    }
+                    let todo = span.in_scope(|| self.desk.step(input, now));
+                    self.plan(todo, None, here, &mut plan);
                 }
                 Msg::Console {
                     agent,
                     frame,
                     reply,
                 } => {
+                    // An agent's line continues the trace of the chat's
+                    // newest traced visitor input.
+                    let parent = match &frame {
+                        super::ConsoleIn::Message { chat, .. } => self.traces.get(chat).cloned(),
+                        _ => None,
+                    };
+                    let trace = parent.and_then(|parent| {
+                        let span = tracing::info_span!(
+                            "console.reply",
+                            agent = %agent.id,
+                            trace_id = tracing::field::Empty,
+                            span_id = tracing::field::Empty,
+                        );
+                        edgedesk_support::telemetry::start(&span, Some(&parent));
+                        edgedesk_support::telemetry::traceparent(&span)
+                    });
                     let todo = self.desk.step(In::Console { agent, frame }, now);
-                    self.plan(todo, Some(reply), &mut plan);
+                    self.plan(todo, Some(reply), trace, &mut plan);
                 }
                 Msg::Connect { agent, tx } => {
                     self.sockets.entry(agent.id.clone()).or_default().push(tx);
                     // Every new console gets the agent's chats again.
                     let todo = self.desk.step(In::Connected { agent }, now);
-                    self.plan(todo, None, &mut plan);
+                    self.plan(todo, None, None, &mut plan);
                 }
                 Msg::Disconnect { agent, tx } => {
                     let now_empty = {
@@ -150,7 +203,7 @@ impl Driver {
                     if now_empty {
                         self.sockets.remove(&agent);
                         let todo = self.desk.step(In::Disconnected { agent }, now);
-                        self.plan(todo, None, &mut plan);
+                        self.plan(todo, None, None, &mut plan);
                     }
                 }
                 Msg::Snapshot(reply) => {
@@ -161,10 +214,13 @@ impl Driver {
         self.commit(plan).await;
     }
 
+    /// Queue what the desk decided; `trace`: the trace context its commands
+    /// and console pushes continue.
     fn plan(
         &self,
         todo: Vec<Do>,
         mut reply: Option<oneshot::Sender<Result<(), String>>>,
+        trace: Option<String>,
         plan: &mut Plan,
     ) {
         for d in todo {
@@ -176,7 +232,8 @@ impl Driver {
                     body,
                     id,
                 } => {
-                    let (cmd, sent_at) = self.downlink.prepare(&node, body, Some(&chat), id);
+                    let (mut cmd, sent_at) = self.downlink.prepare(&node, body, Some(&chat), id);
+                    cmd.trace = trace.clone();
                     if sent_at.is_some() {
                         plan.after.push(After::Send {
                             node: node.clone(),
@@ -197,10 +254,16 @@ impl Driver {
                     position,
                     agents_online,
                 }),
-                Do::Push { agent, frame } => plan.after.push(After::Push { agent, frame }),
-                Do::PushAssigned { agent, chat } => {
-                    plan.after.push(After::PushAssigned { agent, chat })
-                }
+                Do::Push { agent, frame } => plan.after.push(After::Push {
+                    agent,
+                    frame,
+                    trace: trace.clone(),
+                }),
+                Do::PushAssigned { agent, chat } => plan.after.push(After::PushAssigned {
+                    agent,
+                    chat,
+                    trace: trace.clone(),
+                }),
                 Do::Reply(verdict) => {
                     if let Some(to) = reply.take() {
                         plan.after.push(After::Reply { to, verdict });
@@ -245,20 +308,29 @@ impl Driver {
                 } => self
                     .downlink
                     .queue_status(&node, &chat, position, agents_online),
-                After::Push { agent, frame } => self.push(&agent, frame),
-                After::PushAssigned { agent, chat } => match self.store.chat(&chat).await {
-                    Ok(Some(view)) => {
-                        tracing::info!(%chat, %agent, "chat assigned");
-                        self.push(
-                            &agent,
-                            ConsoleOut::Assigned {
-                                chat: Box::new(view),
-                            },
-                        );
+                After::Push {
+                    agent,
+                    frame,
+                    trace,
+                } => push_span(&agent, trace.as_deref()).in_scope(|| self.push(&agent, frame)),
+                After::PushAssigned { agent, chat, trace } => {
+                    let span = push_span(&agent, trace.as_deref());
+                    match self.store.chat(&chat).instrument(span.clone()).await {
+                        Ok(Some(view)) => span.in_scope(|| {
+                            tracing::info!(%chat, %agent, "chat assigned");
+                            self.push(
+                                &agent,
+                                ConsoleOut::Assigned {
+                                    chat: Box::new(view),
+                                },
+                            );
+                        }),
+                        Ok(None) => tracing::error!(%chat, "an assigned chat is not stored"),
+                        Err(e) => {
+                            tracing::error!(%chat, error = %e, "loading an assigned chat failed")
+                        }
                     }
-                    Ok(None) => tracing::error!(%chat, "an assigned chat is not stored"),
-                    Err(e) => tracing::error!(%chat, error = %e, "loading an assigned chat failed"),
-                },
+                }
                 After::Reply { to, verdict } => {
                     let _ = to.send(match &failed {
                         Some(e) => Err(e.clone()),
@@ -274,4 +346,20 @@ impl Driver {
             list.retain(|tx| tx.try_send(frame.clone()).is_ok());
         }
     }
+}
+
+/// The span of a push to an agent's console: a child of `trace` when the
+/// push continues one, else a span that is not exported.
+fn push_span(agent: &str, trace: Option<&str>) -> tracing::Span {
+    let Some(trace) = trace else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        "console.push",
+        agent = %agent,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    edgedesk_support::telemetry::start(&span, Some(trace));
+    span
 }

@@ -122,6 +122,12 @@ pub const MAX_LINE: usize = 2000;
 /// A message for the desk's task.
 pub enum Msg {
     Input(In),
+    /// An input that continues a trace (W3C `traceparent`): the desk's
+    /// routing and the console pushes it causes become spans of that trace.
+    Traced {
+        input: In,
+        trace: String,
+    },
     /// A console frame; the answer comes back on `reply`.
     Console {
         agent: AgentRow,
@@ -160,6 +166,15 @@ impl Handoff {
     /// Feed an input; waits when the desk is behind.
     pub async fn input(&self, input: In) {
         let _ = self.tx.send(Msg::Input(input)).await;
+    }
+
+    /// [`Handoff::input`], continuing the trace in `trace` when there is one.
+    pub async fn input_traced(&self, input: In, trace: Option<String>) {
+        let msg = match trace {
+            Some(trace) => Msg::Traced { input, trace },
+            None => Msg::Input(input),
+        };
+        let _ = self.tx.send(msg).await;
     }
 
     /// Feed an ephemeral input; `false` if it was dropped.

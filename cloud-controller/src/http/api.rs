@@ -159,13 +159,21 @@ async fn create_token(
 /// Enrol a node with a one-time token; returns the controller's keys and broker credentials.
 #[utoipa::path(post, path = "/api/v1/enroll", request_body(content = Object, description = "common::sync::EnrollRequest"),
     responses((status = 200, body = Object, description = "common::sync::EnrollResponse"),
-              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 503, body = ErrorBody, description = "the node's account on the external broker could not be made; the token stays valid")))]
 async fn enroll(
     State(s): S,
     Json(req): Json<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, Response> {
     let fail =
         |status: StatusCode, msg: String| (status, Json(ErrorBody { error: msg })).into_response();
+    let refused = |e: EnrollError| match e {
+        EnrollError::AlreadyEnrolled(_) => fail(StatusCode::CONFLICT, e.to_string()),
+        e => {
+            s.metrics.refuse("enroll_token");
+            fail(StatusCode::FORBIDDEN, e.to_string())
+        }
+    };
     if !valid_node_id(&req.node_id) || req.node_id.starts_with(RESERVED_PREFIX) {
         return Err(fail(
             StatusCode::BAD_REQUEST,
@@ -188,6 +196,41 @@ async fn enroll(
     let password = random_token(24);
     let hash = sha256_hex(&password);
     let now = now_ms();
+    if let Some(d) = &s.dynsec {
+        // The broker account first, so the node can connect the moment it
+        // has its answer; only for a token that would enrol this node (an
+        // unauthenticated caller touches nothing on the broker).
+        let may = s
+            .store
+            .may_enroll(req.token.clone(), req.node_id.clone(), now)
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?;
+        may.map_err(refused)?;
+        if let Err(e) = d
+            .apply(
+                crate::broker::dynsec::Change::Enrol,
+                &req.node_id,
+                &password,
+            )
+            .await
+        {
+            tracing::error!(node = %req.node_id, error = %e, "creating the node's broker account failed");
+            // Whatever part of it was made (or is still queued for a broker
+            // that is down) goes again: the node is not enrolled.
+            let (d, node) = (d.clone(), req.node_id.clone());
+            tokio::spawn(async move {
+                let _ = d
+                    .apply(crate::broker::dynsec::Change::Revoke, &node, "")
+                    .await;
+            });
+            return Err(fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the node's broker account could not be created ({e}); the token is still valid, try again"
+                ),
+            ));
+        }
+    }
     let outcome = s
         .store
         .enroll(
@@ -199,16 +242,29 @@ async fn enroll(
         )
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
-    match outcome {
-        Ok(()) => {}
-        Err(e @ EnrollError::AlreadyEnrolled(_)) => {
-            return Err(fail(StatusCode::CONFLICT, e.to_string()));
+    if let Err(e) = &outcome
+        && let Some(d) = s.dynsec.clone()
+    {
+        // Another enrolment won the race for this token since the check:
+        // the account made for this one goes again. (Had another won the
+        // same node id, the account now holds this request's password: that
+        // node must enrol again, and the log says so.)
+        let node = req.node_id.clone();
+        if matches!(e, EnrollError::AlreadyEnrolled(_)) {
+            tracing::error!(%node, "two enrolments of this node raced; its broker account holds the loser's password: revoke and enrol the node again");
         }
-        Err(e) => {
-            s.metrics.refuse("enroll_token");
-            return Err(fail(StatusCode::FORBIDDEN, e.to_string()));
+        if !matches!(e, EnrollError::AlreadyEnrolled(_)) {
+            tokio::spawn(async move {
+                if let Err(e) = d
+                    .apply(crate::broker::dynsec::Change::Revoke, &node, "")
+                    .await
+                {
+                    tracing::warn!(%node, error = %e, "removing an unused broker account failed");
+                }
+            });
         }
     }
+    outcome.map_err(refused)?;
     s.creds.set(&req.node_id, &hash);
     tracing::info!(node = %req.node_id, "node enrolled");
     Ok(Json(EnrollResponse {

@@ -36,6 +36,8 @@ pub struct Http {
     pub metrics: Arc<Metrics>,
     /// Broker logins (enrolment adds one).
     pub creds: Credentials,
+    /// Node accounts on an external Mosquitto (`mqtt.external_provisioning`).
+    pub dynsec: Option<Arc<crate::broker::dynsec::Dynsec>>,
     /// The controller's public keys, handed to nodes at enrolment.
     /// The controller's signing key and its sealing keys: enrolment answers
     /// with the current public halves.

@@ -197,8 +197,8 @@ pub async fn after_commit(link: &Link, stored: Vec<Stored>, outcomes: Vec<Inboun
                 if !link.downlink.send(&m.node, Down::EventsAck { ids }) {
                     tracing::debug!(node = %m.node, "acknowledgement dropped; the node resends");
                 }
-                for input in desk_inputs(&m.node, fresh) {
-                    link.handoff.input(input).await;
+                for (input, trace) in desk_inputs(&m.node, fresh) {
+                    link.handoff.input_traced(input, trace).await;
                 }
             }
             (_, InboundOutcome::CommandAcked(true)) => {
@@ -212,40 +212,60 @@ pub async fn after_commit(link: &Link, stored: Vec<Stored>, outcomes: Vec<Inboun
     }
 }
 
-/// What newly stored events from `node` mean for live chats.
-fn desk_inputs(node: &str, events: Vec<Event>) -> Vec<In> {
+/// What newly stored events from `node` mean for live chats, each with the
+/// trace context of its ingestion span (a child of the node's span that
+/// recorded it) when the event carried one.
+fn desk_inputs(node: &str, events: Vec<Event>) -> Vec<(In, Option<String>)> {
     events
         .into_iter()
-        .filter_map(|e| match e.body {
-            EventBody::Escalation(x) => Some(In::Escalated {
-                chat: x.conversation,
-                node: node.to_owned(),
-                lang: x.lang.as_str().to_owned(),
-                at: e.at,
-            }),
-            EventBody::ChatLine(l) => Some(In::VisitorLine {
-                chat: l.conversation,
-                line: Line {
-                    sender: "visitor".into(),
-                    text: l.line.text,
-                    at: l.line.at,
-                    author: None,
-                },
-            }),
-            EventBody::ConversationSummary(s) if s.escalated => Some(In::VisitorEnded {
-                chat: s.conversation,
-            }),
-            EventBody::EscalationWithdrawn(w) => Some(In::Withdrawn {
-                chat: w.conversation,
-                reason: crate::store::events::withdrawal(&w.reason),
-            }),
-            EventBody::VisitorPresence(p) => Some(In::VisitorPresence {
-                chat: p.conversation,
-                present: p.present,
-            }),
-            _ => None,
+        .filter_map(|e| {
+            let trace = e.trace.as_deref().and_then(|parent| {
+                let span = tracing::info_span!(
+                    "controller.ingest",
+                    node = %clip(node),
+                    kind = e.body.kind(),
+                    event = %clip(&e.id),
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                edgedesk_support::telemetry::start(&span, Some(parent));
+                edgedesk_support::telemetry::traceparent(&span)
+            });
+            desk_input(node, e).map(|input| (input, trace))
         })
         .collect()
+}
+
+fn desk_input(node: &str, e: Event) -> Option<In> {
+    match e.body {
+        EventBody::Escalation(x) => Some(In::Escalated {
+            chat: x.conversation,
+            node: node.to_owned(),
+            lang: x.lang.as_str().to_owned(),
+            at: e.at,
+        }),
+        EventBody::ChatLine(l) => Some(In::VisitorLine {
+            chat: l.conversation,
+            line: Line {
+                sender: "visitor".into(),
+                text: l.line.text,
+                at: l.line.at,
+                author: None,
+            },
+        }),
+        EventBody::ConversationSummary(s) if s.escalated => Some(In::VisitorEnded {
+            chat: s.conversation,
+        }),
+        EventBody::EscalationWithdrawn(w) => Some(In::Withdrawn {
+            chat: w.conversation,
+            reason: crate::store::events::withdrawal(&w.reason),
+        }),
+        EventBody::VisitorPresence(p) => Some(In::VisitorPresence {
+            chat: p.conversation,
+            present: p.present,
+        }),
+        _ => None,
+    }
 }
 
 /// Fleet timeouts and the sealing keys' rotation every second; every
@@ -301,6 +321,7 @@ mod tests {
         Event {
             id: id.into(),
             at: 1,
+            trace: None,
             body: EventBody::Escalation(Escalation {
                 conversation: chat.into(),
                 lang: Lang::En,
@@ -350,6 +371,7 @@ mod tests {
             handoff,
             metrics: metrics.clone(),
             creds: crate::broker::Credentials::default(),
+            dynsec: None,
         };
         let batch = vec![
             Stored {

@@ -310,4 +310,7 @@ pub struct Link {
     pub handoff: Handoff,
     pub metrics: Arc<Metrics>,
     pub creds: crate::broker::Credentials,
+    /// Node accounts on an external Mosquitto: its answers arrive here, and
+    /// a revoked node's account goes.
+    pub dynsec: Option<Arc<crate::broker::dynsec::Dynsec>>,
 }

@@ -76,6 +76,18 @@ pub async fn poll(
                 if let Err(e) = client.try_subscribe(topic::ALL_UP, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "subscribe failed");
                 }
+                if let Some(d) = &link.dynsec
+                    && let Err(e) = d.subscribe()
+                {
+                    tracing::error!(error = %e, "subscribing to the dynamic security answers failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p)))
+                if p.topic == crate::broker::dynsec::RESPONSE =>
+            {
+                if let Some(d) = &link.dynsec {
+                    d.answered(&p.payload);
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(node) = topic::node_of_up(&p.topic) else {
@@ -121,6 +133,19 @@ pub async fn publish(
             Outgoing::Forget { node } => {
                 // Credentials first: a key lookup racing this sees them gone.
                 link.creds.remove(&node);
+                if let Some(d) = link.dynsec.clone() {
+                    // Off this loop: the broker's answer may take a while.
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        use crate::broker::dynsec::Change;
+                        match d.apply(Change::Revoke, &node, "").await {
+                            Ok(()) => tracing::info!(%node, "broker account deleted"),
+                            Err(e) => {
+                                tracing::error!(%node, error = %e, "deleting the broker account failed; delete it on the broker by hand")
+                            }
+                        }
+                    });
+                }
                 link.keys.forget(&node);
                 let t = link.presence.fleet().remove(&node);
                 link.presence.record(t.into_iter().collect()).await;

@@ -79,6 +79,8 @@ fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Command> {
             key,
             seq: seq as u64,
         }),
+        // Trace contexts are not stored: a resent command goes without.
+        trace: None,
     })
 }
 
@@ -216,6 +218,7 @@ mod tests {
     fn command_queue_until_acknowledged_and_streams_numbered() {
         let c = super::super::test_conn();
         let cmd = Command {
+            trace: None,
             id: "k1".into(),
             body: CommandBody::Ping,
             issued_at: 1,
@@ -240,6 +243,7 @@ mod tests {
             "acknowledged once"
         );
         let streamed = |id: &str| Command {
+            trace: None,
             id: id.into(),
             body: CommandBody::AgentLeft(edgedesk_common::sync::AgentLeft {
                 conversation: "conv".into(),

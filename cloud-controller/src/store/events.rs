@@ -356,6 +356,7 @@ mod tests {
     fn ingest_is_idempotent() {
         let c = super::super::test_conn();
         let ev = |i: usize| Event {
+            trace: None,
             id: format!("e{i}"),
             at: i as i64,
             body: EventBody::Escalation(Escalation {

@@ -67,17 +67,14 @@ pub fn create_token(
     Ok(())
 }
 
-/// Consume `token` and register the node, atomically.
-pub fn enroll(
-    conn: &mut Connection,
+/// Whether `token` would enrol `node_id` now (nothing changes).
+fn may_enroll(
+    conn: &Connection,
     token: &str,
     node_id: &str,
-    keys: &PublicKeys,
-    mqtt_pass_hash: &str,
     now: i64,
 ) -> Result<Result<(), EnrollError>, StoreError> {
-    let tx = conn.transaction()?;
-    let row: Option<(Option<String>, i64, Option<i64>)> = tx
+    let row: Option<(Option<String>, i64, Option<i64>)> = conn
         .query_row(
             "SELECT node_id, expires_at, used_at FROM tokens WHERE hash = ?1",
             [sha256_hex(token)],
@@ -96,13 +93,29 @@ pub fn enroll(
     if let Some(n) = for_node.filter(|n| n != node_id) {
         return Ok(Err(EnrollError::TokenForOtherNode(n)));
     }
-    let exists: bool = tx.query_row(
+    let exists: bool = conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM nodes WHERE id = ?1)",
         [node_id],
         |r| r.get(0),
     )?;
     if exists {
         return Ok(Err(EnrollError::AlreadyEnrolled(node_id.into())));
+    }
+    Ok(Ok(()))
+}
+
+/// Consume `token` and register the node, atomically.
+pub fn enroll(
+    conn: &mut Connection,
+    token: &str,
+    node_id: &str,
+    keys: &PublicKeys,
+    mqtt_pass_hash: &str,
+    now: i64,
+) -> Result<Result<(), EnrollError>, StoreError> {
+    let tx = conn.transaction()?;
+    if let Err(e) = may_enroll(&tx, token, node_id, now)? {
+        return Ok(Err(e));
     }
     tx.execute(
         "UPDATE tokens SET used_at = ?2, used_by = ?3 WHERE hash = ?1",
@@ -278,6 +291,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.db
             .call(move |c| create_token(c, &token, node.as_deref(), now, ttl_ms))
+            .await
+    }
+
+    /// Whether `token` would enrol `node` now, without consuming it (a
+    /// check before work outside the store that `enroll` then confirms).
+    pub async fn may_enroll(
+        &self,
+        token: String,
+        node: String,
+        now: i64,
+    ) -> Result<Result<(), EnrollError>, StoreError> {
+        self.db
+            .call(move |c| may_enroll(c, &token, &node, now))
             .await
     }
 

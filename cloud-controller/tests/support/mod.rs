@@ -73,7 +73,12 @@ pub async fn ingest_with_ids(
     let events = ids
         .into_iter()
         .zip(bodies)
-        .map(|(id, body)| edgedesk_common::event::Event { id, at, body })
+        .map(|(id, body)| edgedesk_common::event::Event {
+            trace: None,
+            id,
+            at,
+            body,
+        })
         .collect();
     store
         .apply_inbound(

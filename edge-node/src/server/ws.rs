@@ -20,6 +20,7 @@ use edgedesk_common::chat::{
 };
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::AppState;
 use crate::session::{Active, AgentEvent};
@@ -317,9 +318,17 @@ impl Connection {
                     None => Vec::new(),
                 },
                 Wake::Agent(Some(ev)) => {
+                    let span = tracing::info_span!(
+                        "edge.deliver",
+                        chat = %ev.conversation,
+                        trace_id = tracing::field::Empty,
+                        span_id = tracing::field::Empty,
+                    );
+                    edgedesk_support::telemetry::start(&span, ev.trace.as_deref());
                     self.app
                         .sessions
                         .agent_event(self.session.as_mut(), ev)
+                        .instrument(span)
                         .await
                 }
                 Wake::Agent(None) => {
@@ -471,6 +480,7 @@ impl Connection {
                 text,
                 client_id,
                 payload,
+                traceparent,
             } => {
                 let Some(active) = self.session.as_mut() else {
                     let e = self.error(ErrorCode::HelloRequired, "send a hello frame first");
@@ -487,7 +497,18 @@ impl Connection {
                 } else {
                     trimmed.to_owned()
                 };
-                sessions.turn(active, text, client_id, payload).await
+                // The turn's span: a child of the page's trace context when
+                // it sent a valid one; its events and replies carry it on.
+                let span = tracing::info_span!(
+                    "kiosk.turn",
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                edgedesk_support::telemetry::start(&span, traceparent.as_deref());
+                sessions
+                    .turn(active, text, client_id, payload)
+                    .instrument(span)
+                    .await
             }
             ClientFrame::SetLang { lang } => match self.session.as_mut() {
                 Some(active) => sessions.set_lang(active, lang).await,

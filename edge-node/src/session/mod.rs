@@ -84,6 +84,8 @@ pub struct AgentEvent {
     pub conversation: String,
     pub action: AgentAction,
     pub done: Option<oneshot::Sender<Result<(), String>>>,
+    /// The trace context of the span that delivers it (the agent's line).
+    pub trace: Option<String>,
 }
 
 /// A session held by a connection.
@@ -940,6 +942,7 @@ impl Sessions {
             conversation,
             action,
             done,
+            trace: _,
         } = *ev;
         let mut frames = Vec::new();
         let result = match (action, active) {
@@ -1037,6 +1040,7 @@ impl Sessions {
                 conversation: conversation.to_owned(),
                 action: action.clone(),
                 done: Some(done),
+                trace: edgedesk_support::telemetry::current(),
             });
             if tx.send(ev).await.is_ok() {
                 if let Ok(r) = wait.await {
@@ -1081,6 +1085,7 @@ impl Sessions {
                 AgentAction::LinkDown
             },
             done: None,
+            trace: None,
         });
     }
 
@@ -1237,6 +1242,8 @@ fn write_for(
             .map(|body| Event {
                 id: uuid::Uuid::new_v4().to_string(),
                 at: now,
+                // The turn's span: the controller continues its trace.
+                trace: edgedesk_support::telemetry::current(),
                 body,
             })
             .collect(),
@@ -1254,6 +1261,8 @@ fn reply_frame(id: i64, reply: BotReply, conv: &Conversation) -> ServerFrame {
         quick_replies: reply.quick_replies,
         state: conv.chat_state(),
         intent: reply.intent,
+        // The span that produced it: a bot turn, or an agent's line.
+        traceparent: edgedesk_support::telemetry::current(),
     }
 }
 

@@ -53,6 +53,7 @@ async fn commit_and_read_back() {
         payload: "/yes".into(),
     }];
     w.events.push(Event {
+        trace: None,
         id: "e1".into(),
         at: 10,
         body: EventBody::OfflineMessage(OfflineMessage {
@@ -101,6 +102,7 @@ async fn concurrent_turns_group_commit_and_survive_reopen() {
         tasks.push(tokio::spawn(async move {
             let mut w = write(&format!("s{i}"), &format!("c{i}"), i, &["m"]);
             w.events.push(Event {
+                trace: None,
                 id: format!("e{i}"),
                 at: i,
                 body: EventBody::Escalation(Escalation {
@@ -132,6 +134,7 @@ async fn duplicate_event_id_rolls_back_the_whole_turn() {
     let dir = tempfile::tempdir().unwrap();
     let (store, thread) = Store::open(&cfg(&dir)).unwrap();
     let ev = Event {
+        trace: None,
         id: "dup".into(),
         at: 1,
         body: EventBody::Escalation(Escalation {
@@ -227,6 +230,7 @@ async fn outbox_budget_drops_only_old_summaries() {
     let dir = tempfile::tempdir().unwrap();
     let (store, thread) = Store::open(&cfg(&dir)).unwrap();
     let summary = |i: i64| Event {
+        trace: None,
         id: format!("s{i}"),
         at: i,
         body: EventBody::ConversationSummary(ConversationSummary {
@@ -242,6 +246,7 @@ async fn outbox_budget_drops_only_old_summaries() {
         }),
     };
     let escalation = |i: i64| Event {
+        trace: None,
         id: format!("e{i}"),
         at: i,
         body: EventBody::Escalation(Escalation {

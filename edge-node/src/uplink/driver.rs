@@ -633,6 +633,7 @@ mod tests {
             let kind = body.kind();
             let e = outgoing(
                 Event {
+                    trace: None,
                     id: "e".into(),
                     at: 1,
                     body,

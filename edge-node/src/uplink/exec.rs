@@ -25,6 +25,7 @@ use edgedesk_common::sync::{Command, CommandBody, ModelEndpoint, Up};
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::seal::Sealer;
 use super::sync::{Admit, Streams};
@@ -325,8 +326,19 @@ impl Handle {
         match self.store.command_result(&cmd.id).await {
             Ok(Some((ok, detail))) => self.ack(cmd.id, ok, detail).await,
             Ok(None) => {
-                let (ok, detail) = self.execute(&cmd).await;
-                tracing::info!(id = %cmd.id, kind = cmd.body.kind(), ok, "command executed");
+                // A child of the controller's span that issued it (an
+                // agent's line), when it carries one.
+                let span = tracing::info_span!(
+                    "edge.command",
+                    kind = cmd.body.kind(),
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                edgedesk_support::telemetry::start(&span, cmd.trace.as_deref());
+                let (ok, detail) = self.execute(&cmd).instrument(span.clone()).await;
+                span.in_scope(
+                    || tracing::info!(id = %cmd.id, kind = cmd.body.kind(), ok, "command executed"),
+                );
                 let stream = cmd.stream.as_ref().map(|s| (s.key.clone(), s.seq));
                 let args = cmd.body.args().to_string();
                 self.record_and_ack(&cmd.id, cmd.body.kind(), &args, stream, ok, detail)

@@ -107,6 +107,7 @@ async fn closed_session(
         let text = UTTERANCES[i % UTTERANCES.len()];
         i += 1;
         let frame = ClientFrame::Message {
+            traceparent: None,
             text: text.into(),
             client_id: None,
             payload: None,
@@ -218,6 +219,7 @@ async fn open_session(
                 }
                 tokio::time::sleep_until(at.into()).await;
                 let frame = ClientFrame::Message {
+                    traceparent: None,
                     text: UTTERANCES[(n + k as usize) % UTTERANCES.len()].into(),
                     client_id: Some(k.to_string()),
                     payload: None,

@@ -176,6 +176,7 @@ impl SimNode {
 
 fn summary(node: &str, n: u64) -> Event {
     Event {
+        trace: None,
         id: uuid::Uuid::new_v4().to_string(),
         at: chrono::Utc::now().timestamp_millis(),
         body: EventBody::ConversationSummary(ConversationSummary {
@@ -650,6 +651,7 @@ async fn run_handoff(args: &Args, nodes: &[Arc<SimNode>], probe: Arc<Probe>, age
     for (k, node) in nodes.iter().enumerate() {
         let events: Vec<Event> = (0..args.chats_per_node)
             .map(|c| Event {
+                trace: None,
                 id: uuid::Uuid::new_v4().to_string(),
                 at: chrono::Utc::now().timestamp_millis(),
                 body: EventBody::Escalation(edgedesk_common::event::Escalation {
@@ -722,6 +724,7 @@ async fn run_handoff(args: &Args, nodes: &[Arc<SimNode>], probe: Arc<Probe>, age
                     },
                 };
                 let event = Event {
+                    trace: None,
                     id: uuid::Uuid::new_v4().to_string(),
                     at: line.line.at,
                     body: EventBody::ChatLine(line),
