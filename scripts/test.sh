@@ -2,7 +2,7 @@
 # Run EdgeDesk's whole test suite: provisions what it needs (ONNX Runtime,
 # training venv, models incl. the holdout one, Chromium, Node.js, playwright-core),
 # then Rust unit + integration tests, the model reproducibility check, the
-# container image (built and checked), and the
+# container images (built and checked), and the
 # browser end-to-end tests in Debian's Chromium, and a 15-second fuzz smoke run per decoder (longer runs: scripts/fuzz.sh SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +18,11 @@ cargo build --workspace --all-targets --locked
 step "model reproducibility (same data + seed => same model.onnx)"
 scripts/check_reproducible.sh
 
-step "container image (scripts/build-image.sh with the debug binaries, then scripts/check_image.sh)"
+step "container images (scripts/build-image.sh: the controller with the debug binaries, the trainer; scripts/check_image.sh)"
 scripts/build-image.sh --profile debug --no-build --out build/image/oci
 scripts/check_image.sh build/image/oci
+scripts/build-image.sh --kind trainer --out build/image/trainer
+scripts/check_image.sh --kind trainer build/image/trainer
 
 step "browser end-to-end tests (Chromium)"
 (cd tests/e2e && EDGE_NODE_BIN="$CARGO_TARGET_DIR/debug/edge-node" CLOUD_CONTROLLER_BIN="$CARGO_TARGET_DIR/debug/cloud-controller" npm test)
