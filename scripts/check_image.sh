@@ -32,6 +32,8 @@ case "$KIND" in
   trainer) IMAGE=${IMAGE:-build/image/trainer:$VERSION} ;;
   *) echo "check-image: --kind must be controller or trainer" >&2; exit 64 ;;
 esac
+# A layout without a tag means the workspace version's.
+[[ "$IMAGE" == *:* ]] || IMAGE=$IMAGE:$VERSION
 LAYOUT=${IMAGE%:*}; TAG=${IMAGE##*:}
 fail() { echo "check-image: FAIL: $*" >&2; exit 1; }
 ok() { echo "check-image: ok: $*"; }
