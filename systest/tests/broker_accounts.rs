@@ -301,3 +301,57 @@ async fn an_enrolment_while_the_broker_is_down_says_so_and_keeps_the_token() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_while_the_broker_was_down_is_carried_out_after_a_restart() {
+    let mut broker = Broker::start().await;
+    let q = |s: &str| format!("{s:?}");
+    let env = [
+        ("EDGEDESK_CC_MQTT__MODE", q("external")),
+        ("EDGEDESK_CC_MQTT__EXTERNAL_HOST", q("127.0.0.1")),
+        ("EDGEDESK_CC_MQTT__EXTERNAL_PORT", broker.port.to_string()),
+        ("EDGEDESK_CC_MQTT__EXTERNAL_USERNAME", q(CONTROLLER)),
+        (
+            "EDGEDESK_CC_MQTT__EXTERNAL_PASSWORD",
+            q(CONTROLLER_PASSWORD),
+        ),
+        ("EDGEDESK_CC_MQTT__EXTERNAL_PROVISIONING", q("dynsec")),
+    ];
+    let cdir = tempfile::tempdir().unwrap();
+    let mut ctl = edgedesk_systest::process::CtlProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_systest-cloud-controller")),
+        cdir.path(),
+        free_port(),
+        free_port(),
+        &env,
+    )
+    .await;
+    let edir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(ctl.node_config(&edir, "branch-r").await).await;
+    eventually(15, "the node online", || ctl.node_online("branch-r")).await;
+    assert!(broker.has_client("branch-r"));
+    // Revoked while the broker is down; the controller is killed before the
+    // broker comes back, so the deletion it was waiting to send is gone.
+    broker.stop();
+    ctl.api(
+        reqwest::Method::POST,
+        "/api/v1/nodes/branch-r/revoke",
+        Some(serde_json::json!({})),
+    )
+    .await
+    .expect("revoked");
+    ctl.kill();
+    broker.restart().await;
+    assert!(
+        broker.has_client("branch-r"),
+        "so far the account outlived the revocation"
+    );
+    ctl.restart().await;
+    eventually(
+        20,
+        "the revoked node's account deleted after the restart",
+        || async { !broker.has_client("branch-r") && !broker.has_role("edgedesk-node-branch-r") },
+    )
+    .await;
+    node.stop().await;
+}

@@ -157,6 +157,8 @@ pub struct Dynsec {
     client: AsyncClient,
     /// Correlation id of each command awaiting its answer.
     pending: Mutex<HashMap<String, oneshot::Sender<(String, String)>>>,
+    /// A sweep of revoked nodes' accounts is running.
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 impl Dynsec {
@@ -164,7 +166,29 @@ impl Dynsec {
         Dynsec {
             client,
             pending: Mutex::new(HashMap::new()),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Delete the broker accounts of `revoked` nodes again (each connection
+    /// to the broker starts one, at most one at a time): a revocation whose
+    /// deletion was lost — the broker was down and the controller stopped
+    /// before it came back — ends here. Already deleted accounts are no
+    /// error. Returns how many could not be deleted.
+    pub async fn sweep(&self, revoked: Vec<String>) -> usize {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
+        let mut failed = 0;
+        for node in &revoked {
+            if let Err(e) = self.apply(Change::Revoke, node, "").await {
+                tracing::warn!(%node, error = %e, "deleting a revoked node's broker account failed; the next connection tries again");
+                failed += 1;
+            }
+        }
+        self.sweeping.store(false, Ordering::Release);
+        failed
     }
 
     /// Subscribe to the answers (at every connection).

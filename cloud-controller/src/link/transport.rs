@@ -76,10 +76,33 @@ pub async fn poll(
                 if let Err(e) = client.try_subscribe(topic::ALL_UP, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "subscribe failed");
                 }
-                if let Some(d) = &link.dynsec
-                    && let Err(e) = d.subscribe()
-                {
-                    tracing::error!(error = %e, "subscribing to the dynamic security answers failed");
+                if let Some(d) = &link.dynsec {
+                    if let Err(e) = d.subscribe() {
+                        tracing::error!(error = %e, "subscribing to the dynamic security answers failed");
+                    }
+                    // Off this loop: revoked nodes' accounts, deleted again.
+                    let (d, store) = (d.clone(), link.store.clone());
+                    tokio::spawn(async move {
+                        let revoked: Vec<String> = match store.nodes().await {
+                            Ok(nodes) => nodes
+                                .into_iter()
+                                .filter(|n| n.revoked_at.is_some())
+                                .map(|n| n.id)
+                                .collect(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "listing revoked nodes failed");
+                                return;
+                            }
+                        };
+                        if !revoked.is_empty() {
+                            let failed = d.sweep(revoked.clone()).await;
+                            tracing::info!(
+                                revoked = revoked.len(),
+                                failed,
+                                "revoked nodes' broker accounts swept"
+                            );
+                        }
+                    });
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p)))
