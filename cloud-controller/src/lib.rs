@@ -205,6 +205,10 @@ pub async fn run(
     let (ctl_user, ctl_pass, client_addr, client_ca, broker_addr, broker_ca) =
         match config.mqtt.mode {
             BrokerMode::Embedded => {
+                let soft = edgedesk_support::limits::raise_open_files();
+                if let Some(w) = broker::descriptor_warning(soft, config.mqtt.max_connections) {
+                    tracing::warn!("{w}");
+                }
                 let pass = edgedesk_support::secret::random_hex(24);
                 creds.set(broker::gate::CONTROLLER_USER, &sha256_hex(&pass));
                 let listen: SocketAddr =

@@ -170,6 +170,16 @@ pub fn load_engine(config: &Config) -> Result<(ModelManager, Engine), NodeError>
 /// Cancelling `shutdown` closes chat sockets (code 1001) and stops the node
 /// within `server.shutdown_grace_secs`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, NodeError> {
+    // A descriptor per kiosk connection, and the store, models and uplink.
+    let soft = edgedesk_support::limits::raise_open_files();
+    let needed = config.server.max_connections as u64 + 256;
+    if let Some(soft) = soft.filter(|s| *s < needed) {
+        tracing::warn!(
+            soft,
+            needed,
+            "the open-file limit is below server.max_connections plus the node's own files; raise its hard limit (systemd LimitNOFILE) or lower server.max_connections"
+        );
+    }
     let cfg = config.clone();
     let (manager, engine) = tokio::task::spawn_blocking(move || load_engine(&cfg))
         .await

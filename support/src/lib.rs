@@ -5,13 +5,15 @@
 //! - [`tls`]: a rustls client that trusts only a pinned CA.
 //! - [`secret`]: files only their owner can read, written atomically.
 //! - [`net`]: accepting TCP connections with a back-off on errors.
-//! - [`logging`], [`telemetry`] and [`signal`]: process set-up for `main`
-//!   (log lines, trace export over OTLP, shutdown on signals).
+//! - [`logging`], [`telemetry`], [`limits`] and [`signal`]: process set-up
+//!   for `main` (log lines, trace export over OTLP, the open-file limit,
+//!   shutdown on signals).
 //! - [`now_ms`]: the wall clock as both sides stamp things.
 //!
 //! Nothing here knows about chats, nodes or models.
 
 pub mod config;
+pub mod limits;
 pub mod logging;
 pub mod net;
 pub mod secret;

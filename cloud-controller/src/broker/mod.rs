@@ -24,6 +24,26 @@ use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 use crate::store::sha256_hex;
 
+/// Open file descriptors the embedded broker holds per connected node: the
+/// gate's TLS socket and both ends of its loopback hop to rumqttd.
+pub const DESCRIPTORS_PER_NODE: u64 = 3;
+
+/// A warning when the open-file limit `soft` (`None`: unlimited) cannot
+/// hold `max_connections` nodes on the embedded broker; `None` when it can.
+pub fn descriptor_warning(soft: Option<u64>, max_connections: usize) -> Option<String> {
+    let soft = soft?;
+    let needed = max_connections as u64 * DESCRIPTORS_PER_NODE + 256;
+    (soft < needed).then(|| {
+        format!(
+            "the open-file limit ({soft}) holds about {} nodes on the embedded broker \
+             ({DESCRIPTORS_PER_NODE} descriptors each), fewer than mqtt.max_connections ({max_connections}); \
+             raise its hard limit (systemd LimitNOFILE, the container's ulimit) to at least {needed}, \
+             or use an external broker",
+            soft.saturating_sub(256) / DESCRIPTORS_PER_NODE
+        )
+    })
+}
+
 /// Username → sha256(password) of everyone allowed on the broker.
 #[derive(Clone, Default)]
 pub struct Credentials {
@@ -221,6 +241,17 @@ fn start_rumqttd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_descriptor_limit_too_small_for_the_fleet_is_named() {
+        let w = descriptor_warning(Some(20_000), 10_000).unwrap();
+        assert!(
+            w.contains("20000") && w.contains("about 6581 nodes") && w.contains("30256"),
+            "{w}"
+        );
+        assert_eq!(descriptor_warning(Some(20_000), 5_000), None);
+        assert_eq!(descriptor_warning(None, 10_000), None, "unlimited");
+    }
 
     #[test]
     fn credentials_bind_client_id_to_user() {
