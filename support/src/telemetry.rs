@@ -6,9 +6,10 @@
 //! one trace runs from a visitor's line through the node, the controller and
 //! an agent's console, and back with the agent's reply.
 //!
-//! Spans that take part declare two empty fields, `trace_id` and `span_id`;
-//! [`start`] links such a span to its remote parent and records both ids, so
-//! every log line inside the span carries them.
+//! Spans that take part are made with [`traced_span!`]: it declares two
+//! empty fields, `trace_id` and `span_id`, and [`start`] links the span to
+//! its remote parent and records both ids, so every log line inside the
+//! span carries them.
 //!
 //! Export runs on the SDK's own thread with a blocking HTTP client: a slow or
 //! absent collector never holds up a request. Its queue is bounded (2,048
@@ -205,6 +206,24 @@ impl HttpClient for BlockingHttp {
     }
 }
 
+/// An INFO span named `$name` with the given fields plus the empty
+/// `trace_id` and `span_id` that [`start`] records, linked to the remote
+/// parent `$parent` (an `Option<&str>` W3C `traceparent`):
+/// `traced_span!("edge.command", cmd.trace.as_deref(), kind = cmd.body.kind())`.
+#[macro_export]
+macro_rules! traced_span {
+    ($name:literal, $parent:expr $(, $($field:tt)+)?) => {{
+        let span = ::tracing::info_span!(
+            $name,
+            $($($field)+,)?
+            trace_id = ::tracing::field::Empty,
+            span_id = ::tracing::field::Empty
+        );
+        $crate::telemetry::start(&span, $parent);
+        span
+    }};
+}
+
 /// Link `span` to the remote parent in `traceparent` (if it is a valid W3C
 /// trace context) and record its `trace_id` and `span_id` fields. Call it
 /// right after creating the span. Without export nothing happens.
@@ -322,10 +341,10 @@ mod tests {
 
     #[test]
     fn without_export_spans_carry_no_context() {
-        let span = tracing::info_span!("x", trace_id = tracing::field::Empty);
-        start(
-            &span,
+        let span = crate::traced_span!(
+            "x",
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            field = 1
         );
         assert_eq!(traceparent(&span), None);
     }

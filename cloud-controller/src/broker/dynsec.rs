@@ -170,25 +170,53 @@ impl Dynsec {
         }
     }
 
-    /// Delete the broker accounts of `revoked` nodes again (each connection
-    /// to the broker starts one, at most one at a time): a revocation whose
-    /// deletion was lost — the broker was down and the controller stopped
-    /// before it came back — ends here. Already deleted accounts are no
-    /// error. Returns how many could not be deleted.
-    pub async fn sweep(&self, revoked: Vec<String>) -> usize {
+    /// Delete `node`'s account in the background (a revocation, or an
+    /// enrolment that did not go through); a failure is logged, and the
+    /// sweep at the next connection to the broker tries again.
+    pub fn delete_later(self: &std::sync::Arc<Self>, node: &str) {
+        let (d, node) = (self.clone(), node.to_owned());
+        tokio::spawn(async move {
+            match d.apply(Change::Revoke, &node, "").await {
+                Ok(()) => tracing::info!(%node, "broker account deleted"),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "deleting the broker account failed; the next connection to the broker tries again")
+                }
+            }
+        });
+    }
+
+    /// In the background, delete the accounts of every node revoked in
+    /// `store` again (each connection to the broker starts one sweep, at
+    /// most one at a time): a revocation whose deletion was lost — the
+    /// broker was down and the controller stopped before it came back —
+    /// ends here. Already deleted accounts are no error.
+    pub fn sweep_later(self: &std::sync::Arc<Self>, store: crate::store::Store) {
         use std::sync::atomic::Ordering;
         if self.sweeping.swap(true, Ordering::AcqRel) {
-            return 0;
+            return;
         }
-        let mut failed = 0;
-        for node in &revoked {
-            if let Err(e) = self.apply(Change::Revoke, node, "").await {
-                tracing::warn!(%node, error = %e, "deleting a revoked node's broker account failed; the next connection tries again");
-                failed += 1;
+        let d = self.clone();
+        tokio::spawn(async move {
+            match store.revoked_nodes().await {
+                Ok(revoked) if !revoked.is_empty() => {
+                    let mut failed = 0;
+                    for node in &revoked {
+                        if let Err(e) = d.apply(Change::Revoke, node, "").await {
+                            tracing::warn!(%node, error = %e, "deleting a revoked node's broker account failed; the next connection tries again");
+                            failed += 1;
+                        }
+                    }
+                    tracing::info!(
+                        revoked = revoked.len(),
+                        failed,
+                        "revoked nodes' broker accounts swept"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "listing revoked nodes failed"),
             }
-        }
-        self.sweeping.store(false, Ordering::Release);
-        failed
+            d.sweeping.store(false, Ordering::Release);
+        });
     }
 
     /// Subscribe to the answers (at every connection).

@@ -147,13 +147,11 @@ impl Driver {
                     self.plan(todo, None, None, &mut plan);
                 }
                 Msg::Traced { input, trace } => {
-                    let span = tracing::info_span!(
+                    let span = edgedesk_support::traced_span!(
                         "controller.route",
-                        chat = traced_chat(&input).unwrap_or_default(),
-                        trace_id = tracing::field::Empty,
-                        span_id = tracing::field::Empty,
+                        Some(&trace),
+                        chat = traced_chat(&input).unwrap_or_default()
                     );
-                    edgedesk_support::telemetry::start(&span, Some(&trace));
                     let here = edgedesk_support::telemetry::traceparent(&span);
                     if let (Some(chat), Some(here)) = (traced_chat(&input), &here) {
                         if self.traces.len() >= MAX_TRACES {
@@ -176,13 +174,11 @@ impl Driver {
                         _ => None,
                     };
                     let trace = parent.and_then(|parent| {
-                        let span = tracing::info_span!(
+                        let span = edgedesk_support::traced_span!(
                             "console.reply",
-                            agent = %agent.id,
-                            trace_id = tracing::field::Empty,
-                            span_id = tracing::field::Empty,
+                            Some(&parent),
+                            agent = %agent.id
                         );
-                        edgedesk_support::telemetry::start(&span, Some(&parent));
                         edgedesk_support::telemetry::traceparent(&span)
                     });
                     let todo = self.desk.step(In::Console { agent, frame }, now);
@@ -351,15 +347,8 @@ impl Driver {
 /// The span of a push to an agent's console: a child of `trace` when the
 /// push continues one, else a span that is not exported.
 fn push_span(agent: &str, trace: Option<&str>) -> tracing::Span {
-    let Some(trace) = trace else {
-        return tracing::Span::none();
-    };
-    let span = tracing::info_span!(
-        "console.push",
-        agent = %agent,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
-    edgedesk_support::telemetry::start(&span, Some(trace));
-    span
+    match trace {
+        Some(trace) => edgedesk_support::traced_span!("console.push", Some(trace), agent = %agent),
+        None => tracing::Span::none(),
+    }
 }

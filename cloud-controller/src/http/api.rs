@@ -217,12 +217,7 @@ async fn enroll(
             tracing::error!(node = %req.node_id, error = %e, "creating the node's broker account failed");
             // Whatever part of it was made (or is still queued for a broker
             // that is down) goes again: the node is not enrolled.
-            let (d, node) = (d.clone(), req.node_id.clone());
-            tokio::spawn(async move {
-                let _ = d
-                    .apply(crate::broker::dynsec::Change::Revoke, &node, "")
-                    .await;
-            });
+            d.delete_later(&req.node_id);
             return Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -242,26 +237,15 @@ async fn enroll(
         )
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
-    if let Err(e) = &outcome
-        && let Some(d) = s.dynsec.clone()
-    {
+    if let (Err(e), Some(d)) = (&outcome, &s.dynsec) {
         // Another enrolment won the race for this token since the check:
-        // the account made for this one goes again. (Had another won the
-        // same node id, the account now holds this request's password: that
-        // node must enrol again, and the log says so.)
-        let node = req.node_id.clone();
+        // the account made for this one goes again. Had another won the same
+        // node id, the account now holds this request's password: that node
+        // must enrol again, and the log says so.
         if matches!(e, EnrollError::AlreadyEnrolled(_)) {
-            tracing::error!(%node, "two enrolments of this node raced; its broker account holds the loser's password: revoke and enrol the node again");
-        }
-        if !matches!(e, EnrollError::AlreadyEnrolled(_)) {
-            tokio::spawn(async move {
-                if let Err(e) = d
-                    .apply(crate::broker::dynsec::Change::Revoke, &node, "")
-                    .await
-                {
-                    tracing::warn!(%node, error = %e, "removing an unused broker account failed");
-                }
-            });
+            tracing::error!(node = %req.node_id, "two enrolments of this node raced; its broker account holds the loser's password: revoke and enrol the node again");
+        } else {
+            d.delete_later(&req.node_id);
         }
     }
     outcome.map_err(refused)?;

@@ -220,15 +220,13 @@ fn desk_inputs(node: &str, events: Vec<Event>) -> Vec<(In, Option<String>)> {
         .into_iter()
         .filter_map(|e| {
             let trace = e.trace.as_deref().and_then(|parent| {
-                let span = tracing::info_span!(
+                let span = edgedesk_support::traced_span!(
                     "controller.ingest",
+                    Some(parent),
                     node = %clip(node),
                     kind = e.body.kind(),
-                    event = %clip(&e.id),
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
+                    event = %clip(&e.id)
                 );
-                edgedesk_support::telemetry::start(&span, Some(parent));
                 edgedesk_support::telemetry::traceparent(&span)
             });
             desk_input(node, e).map(|input| (input, trace))

@@ -81,28 +81,7 @@ pub async fn poll(
                         tracing::error!(error = %e, "subscribing to the dynamic security answers failed");
                     }
                     // Off this loop: revoked nodes' accounts, deleted again.
-                    let (d, store) = (d.clone(), link.store.clone());
-                    tokio::spawn(async move {
-                        let revoked: Vec<String> = match store.nodes().await {
-                            Ok(nodes) => nodes
-                                .into_iter()
-                                .filter(|n| n.revoked_at.is_some())
-                                .map(|n| n.id)
-                                .collect(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "listing revoked nodes failed");
-                                return;
-                            }
-                        };
-                        if !revoked.is_empty() {
-                            let failed = d.sweep(revoked.clone()).await;
-                            tracing::info!(
-                                revoked = revoked.len(),
-                                failed,
-                                "revoked nodes' broker accounts swept"
-                            );
-                        }
-                    });
+                    d.sweep_later(link.store.clone());
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p)))
@@ -156,18 +135,9 @@ pub async fn publish(
             Outgoing::Forget { node } => {
                 // Credentials first: a key lookup racing this sees them gone.
                 link.creds.remove(&node);
-                if let Some(d) = link.dynsec.clone() {
-                    // Off this loop: the broker's answer may take a while.
-                    let node = node.clone();
-                    tokio::spawn(async move {
-                        use crate::broker::dynsec::Change;
-                        match d.apply(Change::Revoke, &node, "").await {
-                            Ok(()) => tracing::info!(%node, "broker account deleted"),
-                            Err(e) => {
-                                tracing::error!(%node, error = %e, "deleting the broker account failed; delete it on the broker by hand")
-                            }
-                        }
-                    });
+                // Off this loop: the broker's answer may take a while.
+                if let Some(d) = &link.dynsec {
+                    d.delete_later(&node);
                 }
                 link.keys.forget(&node);
                 let t = link.presence.fleet().remove(&node);

@@ -195,6 +195,12 @@ pub fn broker_credentials(conn: &Connection) -> Result<Vec<(String, String)>, St
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+fn revoked_nodes(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id FROM nodes WHERE revoked_at IS NOT NULL")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub fn set_labels(
     conn: &Connection,
     id: &str,
@@ -346,6 +352,11 @@ impl Store {
     /// (node id, sha256 of its broker password) of every enrolled, unrevoked node.
     pub async fn broker_credentials(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.db.call(|c| broker_credentials(c)).await
+    }
+
+    /// The ids of revoked nodes.
+    pub async fn revoked_nodes(&self) -> Result<Vec<String>, StoreError> {
+        self.db.call(|c| revoked_nodes(c)).await
     }
 
     /// Replace a node's labels; false if there is no such node.

@@ -318,13 +318,11 @@ impl Connection {
                     None => Vec::new(),
                 },
                 Wake::Agent(Some(ev)) => {
-                    let span = tracing::info_span!(
+                    let span = edgedesk_support::traced_span!(
                         "edge.deliver",
-                        chat = %ev.conversation,
-                        trace_id = tracing::field::Empty,
-                        span_id = tracing::field::Empty,
+                        ev.trace.as_deref(),
+                        chat = %ev.conversation
                     );
-                    edgedesk_support::telemetry::start(&span, ev.trace.as_deref());
                     self.app
                         .sessions
                         .agent_event(self.session.as_mut(), ev)
@@ -499,12 +497,7 @@ impl Connection {
                 };
                 // The turn's span: a child of the page's trace context when
                 // it sent a valid one; its events and replies carry it on.
-                let span = tracing::info_span!(
-                    "kiosk.turn",
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
-                );
-                edgedesk_support::telemetry::start(&span, traceparent.as_deref());
+                let span = edgedesk_support::traced_span!("kiosk.turn", traceparent.as_deref());
                 sessions
                     .turn(active, text, client_id, payload)
                     .instrument(span)

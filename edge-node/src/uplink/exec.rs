@@ -328,13 +328,11 @@ impl Handle {
             Ok(None) => {
                 // A child of the controller's span that issued it (an
                 // agent's line), when it carries one.
-                let span = tracing::info_span!(
+                let span = edgedesk_support::traced_span!(
                     "edge.command",
-                    kind = cmd.body.kind(),
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
+                    cmd.trace.as_deref(),
+                    kind = cmd.body.kind()
                 );
-                edgedesk_support::telemetry::start(&span, cmd.trace.as_deref());
                 let (ok, detail) = self.execute(&cmd).instrument(span.clone()).await;
                 span.in_scope(
                     || tracing::info!(id = %cmd.id, kind = cmd.body.kind(), ok, "command executed"),
