@@ -155,6 +155,8 @@ if [ "$TEST_PEERS" = 1 ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
   [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  # The controller's tests against PostgreSQL (scripts/pg-cluster.sh).
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   command -v curl >/dev/null 2>&1 || need+=(curl)
   # The container image (scripts/build-image.sh, checked by the test suite).
   command -v umoci >/dev/null 2>&1 || need+=(umoci)

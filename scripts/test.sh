@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run EdgeDesk's whole test suite: provisions what it needs (ONNX Runtime,
 # training venv, models incl. the holdout one, Chromium, Node.js, playwright-core),
-# then Rust unit + integration tests, the model reproducibility check, the
+# then Rust unit + integration tests (the controller's on SQLite and again on
+# PostgreSQL), the model reproducibility check, the
 # container images (built and checked), and the
 # browser end-to-end tests in Debian's Chromium, and a 15-second fuzz smoke run per decoder (longer runs: scripts/fuzz.sh SECONDS).
 set -euo pipefail
@@ -32,6 +33,18 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
+fi
+
+step "the controller's tests again, against PostgreSQL (a throwaway cluster, scripts/pg-cluster.sh)"
+pgdir=$(mktemp -d)
+trap 'scripts/pg-cluster.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
+pgurl=$(scripts/pg-cluster.sh start "$pgdir")
+# Every test that runs a controller; the node-only ones have no store to vary.
+pg_tests='package(cloud-controller) | (package(edgedesk-systest) & !(binary(chat) | binary(bad_input) | binary(cli) | binary(crash)))'
+if cargo nextest --version >/dev/null 2>&1; then
+  EDGEDESK_TEST_POSTGRES="$pgurl" cargo nextest run --workspace --locked --no-fail-fast -E "$pg_tests"
+else
+  EDGEDESK_TEST_POSTGRES="$pgurl" cargo test --locked --no-fail-fast -p cloud-controller -p edgedesk-systest
 fi
 
 step "fuzz smoke (15 s per decoder, scripts/fuzz.sh)"

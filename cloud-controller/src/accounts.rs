@@ -307,7 +307,7 @@ mod tests {
     #[tokio::test]
     async fn passwords_are_argon2id_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cc.db")).unwrap();
+        let store = crate::store::test_store(&dir.path().join("cc.db"));
         let a = create_account(&store, new_agent("ada", Role::Agent), 0)
             .await
             .unwrap()

@@ -455,7 +455,7 @@ fn install_ca(
 fn raise_seq(config: &Config, blocks: u64) -> ExitCode {
     let db = config.store.data_dir.join("controller.db");
     let run = || -> Result<u64, String> {
-        let store = crate::store::Store::open(&db).map_err(|e| e.to_string())?;
+        let store = crate::store::Store::from_config(&config.store).map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -507,8 +507,7 @@ fn publish(config: &Config, bundle: &std::path::Path, ort: Option<&std::path::Pa
             bundle.to_owned()
         };
         let bundle = bundle.as_path();
-        let store =
-            crate::store::Store::open(&data.join("controller.db")).map_err(|e| e.to_string())?;
+        let store = crate::store::Store::from_config(&config.store).map_err(|e| e.to_string())?;
         let key =
             models::signing_key(&data.join("model-signing.key")).map_err(|e| e.to_string())?;
         let ort = ort.unwrap_or(&config.models.onnxruntime_path).to_owned();

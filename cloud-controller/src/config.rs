@@ -198,6 +198,18 @@ pub struct ModelsConfig {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of SQLite: a connection URL
+    /// (`postgres://user:pass@host/db` or `host=… user=… dbname=…`);
+    /// empty: SQLite in `data_dir`. Keys and secrets stay in `data_dir`.
+    #[serde(default)]
+    pub postgres_url: String,
+    /// Connections to PostgreSQL (each on its own thread).
+    #[serde(default = "default_postgres_pool")]
+    pub postgres_pool: usize,
+}
+
+fn default_postgres_pool() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -149,7 +149,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Controller, ControllerError> {
     let data = config.store.data_dir.clone();
-    let store = Store::open(&data.join("controller.db"))?;
+    let store = Store::from_config(&config.store)?;
     let signing_path = data.join("model-signing.key");
     let model_key =
         models::signing_key(&signing_path).map_err(|source| ControllerError::Identity {

@@ -1,4 +1,5 @@
-//! A cloud controller in the test process (embedded broker, SQLite) and edge
+//! A cloud controller in the test process (embedded broker; SQLite, or
+//! PostgreSQL with `EDGEDESK_TEST_POSTGRES`) and edge
 //! nodes enrolled with it, plus console helpers for agent tests.
 use cloud_controller::config::Config as CcConfig;
 
@@ -26,6 +27,7 @@ impl Cloud {
         c.mqtt.listen = format!("127.0.0.1:{}", free_port());
         c.models.quic_listen = "127.0.0.1:0".into();
         c.store.data_dir = dir.path().to_owned();
+        c.store.postgres_url = cloud_controller::store::test_postgres_for(dir.path());
         c.fleet.heartbeat_timeout_secs = 3;
         c.sync.command_retry_secs = 1;
         tweak(&mut c);

@@ -66,6 +66,22 @@ pub async fn wss_connect(
     Ok(ws)
 }
 
+/// The environment that points a `cloud-controller` command at the store of
+/// the controller whose data directory is `dir`: the folder, and its
+/// PostgreSQL database when the suite runs with `EDGEDESK_TEST_POSTGRES`.
+pub fn store_env(dir: &std::path::Path) -> [(&'static str, String); 2] {
+    [
+        (
+            "EDGEDESK_CC_STORE__DATA_DIR",
+            format!("{:?}", dir.to_string_lossy()),
+        ),
+        (
+            "EDGEDESK_CC_STORE__POSTGRES_URL",
+            format!("{:?}", cloud_controller::store::test_postgres_for(dir)),
+        ),
+    ]
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

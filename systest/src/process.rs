@@ -34,10 +34,7 @@ fn spawn(bin: &Path, dir: &Path, http: u16, mqtt: u16, extra: &[(String, String)
         .env("EDGEDESK_CC_HTTP__LISTEN", format!("\"127.0.0.1:{http}\""))
         .env("EDGEDESK_CC_MQTT__LISTEN", format!("\"127.0.0.1:{mqtt}\""))
         .env("EDGEDESK_CC_MODELS__QUIC_LISTEN", "\"127.0.0.1:0\"")
-        .env(
-            "EDGEDESK_CC_STORE__DATA_DIR",
-            format!("{:?}", dir.to_string_lossy()),
-        )
+        .envs(crate::store_env(dir))
         .env("EDGEDESK_CC_FLEET__HEARTBEAT_TIMEOUT_SECS", "3")
         .env("EDGEDESK_CC_LOG__LEVEL", "warn")
         .stdout(Stdio::null())
@@ -149,6 +146,12 @@ impl CtlProcess {
         }
         let resp = r.send().await.ok()?;
         if !resp.status().is_success() {
+            // Said on stderr (shown for a failing test): why it was refused.
+            eprintln!(
+                "{path}: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
             return None;
         }
         resp.json().await.ok()

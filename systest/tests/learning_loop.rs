@@ -607,10 +607,7 @@ async fn a_controller_killed_mid_run_leaves_no_trainer_behind() {
     let published = std::process::Command::new(bin)
         .args(["model", "publish"])
         .arg(bundle_dir())
-        .env(
-            "EDGEDESK_CC_STORE__DATA_DIR",
-            format!("{:?}", cdir.path().to_string_lossy()),
-        )
+        .envs(store_env(cdir.path()))
         .env(
             "EDGEDESK_CC_MODELS__ONNXRUNTIME_PATH",
             format!("{:?}", ort_path().to_string_lossy()),

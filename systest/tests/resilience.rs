@@ -304,21 +304,34 @@ async fn sequence_numbers_survive_restarts_and_a_restored_store_is_recovered() {
     }
     // A restore from a backup taken three starts ago.
     ctl.kill();
-    let db = rusqlite::Connection::open(cdir.path().join("controller.db")).unwrap();
-    let top: String = db
-        .query_row(
-            "SELECT value FROM settings WHERE key = 'seq_reserved'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let back = top.parse::<u64>().unwrap() - 3 * edgedesk_common::envelope::SEQ_BLOCK;
-    db.execute(
-        "UPDATE settings SET value = ?1 WHERE key = 'seq_reserved'",
-        [back.to_string()],
-    )
-    .unwrap();
-    drop(db);
+    let url = cloud_controller::store::test_postgres_for(cdir.path());
+    let path = cdir.path().join("controller.db");
+    // On a thread of its own: the synchronous PostgreSQL client runs its own runtime.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use cloud_controller::store::Conn;
+            let db = if url.is_empty() {
+                Conn::sqlite(rusqlite::Connection::open(&path).unwrap())
+            } else {
+                Conn::postgres(&url).unwrap()
+            };
+            let top: String = db
+                .query_row(
+                    "SELECT value FROM settings WHERE key = 'seq_reserved'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let back = top.parse::<u64>().unwrap() - 3 * edgedesk_common::envelope::SEQ_BLOCK;
+            db.execute(
+                "UPDATE settings SET value = ?1 WHERE key = 'seq_reserved'",
+                [back.to_string()],
+            )
+            .unwrap();
+        })
+        .join()
+        .unwrap()
+    });
     let replays = || async {
         let (_, text) = node.get("/metrics").await;
         text.lines()
@@ -337,10 +350,7 @@ async fn sequence_numbers_survive_restarts_and_a_restored_store_is_recovered() {
     ctl.kill();
     let out = std::process::Command::new(controller_bin())
         .args(["sync", "raise-seq"])
-        .env(
-            "EDGEDESK_CC_STORE__DATA_DIR",
-            format!("{:?}", cdir.path().to_string_lossy()),
-        )
+        .envs(store_env(cdir.path()))
         .output()
         .unwrap();
     assert!(

@@ -313,7 +313,6 @@ mod tests {
     use crate::fleet::Fleet;
     use crate::handoff::{Handoff, Msg};
     use crate::metrics::Metrics;
-    use crate::store::Store;
 
     fn escalation(id: &str, chat: &str) -> Event {
         Event {
@@ -337,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_acknowledgement_skips_nothing_else_in_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("c.db")).unwrap();
+        let store = crate::store::test_store(&dir.path().join("c.db"));
         let metrics = Arc::new(Metrics::new());
         let fleet = Arc::new(Mutex::new(Fleet::new(10_000)));
         // A publisher that is gone: every send down fails.

@@ -2,7 +2,7 @@
 //! already hashed (Argon2id PHC strings, see `crate::accounts`); session
 //! tokens are stored as their sha256 only.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, OptionalExtension, Row, SqlError, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, sha256_hex};
@@ -71,7 +71,7 @@ pub fn valid_username(u: &str) -> bool {
 
 const COLUMNS: &str = "id, username, display_name, role, languages, capacity, disabled, created_at";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+fn from_row(r: &Row) -> Result<AgentRow, SqlError> {
     let role: String = r.get(3)?;
     let langs: String = r.get(4)?;
     Ok(AgentRow {
@@ -113,7 +113,7 @@ pub fn validate(a: &NewAgent) -> Result<(), AccountError> {
 /// Insert an account whose password is already hashed (`password_hash`, a PHC
 /// string); the fields are validated again.
 fn create(
-    conn: &Connection,
+    conn: &Conn,
     a: &NewAgent,
     password_hash: &str,
     now: i64,
@@ -147,7 +147,7 @@ fn create(
     Ok(Ok(get(conn, &id)?.expect("just inserted")))
 }
 
-pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<AgentRow>, StoreError> {
+pub(super) fn get(conn: &Conn, id: &str) -> Result<Option<AgentRow>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"),
@@ -157,14 +157,14 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<AgentRow>, Store
         .optional()?)
 }
 
-fn list(conn: &Connection) -> Result<Vec<AgentRow>, StoreError> {
+fn list(conn: &Conn) -> Result<Vec<AgentRow>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM agents ORDER BY username"))?;
     let rows = stmt.query_map([], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Disable an agent and end all their sessions.
-fn disable(conn: &Connection, id: &str) -> Result<Result<(), AccountError>, StoreError> {
+fn disable(conn: &Conn, id: &str) -> Result<Result<(), AccountError>, StoreError> {
     let n = conn.execute("UPDATE agents SET disabled = 1 WHERE id = ?1", [id])?;
     if n == 0 {
         return Ok(Err(AccountError::NotFound));
@@ -174,11 +174,7 @@ fn disable(conn: &Connection, id: &str) -> Result<Result<(), AccountError>, Stor
 }
 
 /// A new session: (cookie token, CSRF token).
-fn open_session(
-    conn: &Connection,
-    agent_id: &str,
-    now: i64,
-) -> Result<(String, String), StoreError> {
+fn open_session(conn: &Conn, agent_id: &str, now: i64) -> Result<(String, String), StoreError> {
     let (token, csrf) = (random_hex(32), random_hex(16));
     conn.execute(
         "INSERT INTO agent_sessions (token_hash, agent_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -200,7 +196,7 @@ pub struct SessionLimits {
 /// activity (reads and polling do not). Expired or disabled sessions are
 /// deleted and give `None`.
 fn session(
-    conn: &Connection,
+    conn: &Conn,
     token: &str,
     now: i64,
     limits: SessionLimits,
@@ -231,11 +227,7 @@ fn session(
     Ok(agent.map(|a| (a, csrf)))
 }
 
-fn set_role(
-    conn: &Connection,
-    id: &str,
-    role: Role,
-) -> Result<Result<(), AccountError>, StoreError> {
+fn set_role(conn: &Conn, id: &str, role: Role) -> Result<Result<(), AccountError>, StoreError> {
     let n = conn.execute(
         "UPDATE agents SET role = ?2 WHERE id = ?1",
         params![id, role.as_str()],
@@ -247,7 +239,7 @@ fn set_role(
     })
 }
 
-fn close_session(conn: &Connection, token: &str) -> Result<(), StoreError> {
+fn close_session(conn: &Conn, token: &str) -> Result<(), StoreError> {
     conn.execute(
         "DELETE FROM agent_sessions WHERE token_hash = ?1",
         [sha256_hex(token)],

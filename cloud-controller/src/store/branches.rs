@@ -2,9 +2,9 @@
 //! same transaction as the `set_branch` command that carries them to the
 //! node (so the desired state and its delivery cannot disagree).
 
+use super::sql::{OptionalExtension, params};
 use edgedesk_common::branch::BranchInfo;
 use edgedesk_common::sync::Command;
-use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, commands};
 

@@ -3,7 +3,7 @@
 //! the bot handled alone (from nodes' summaries), with full-text search
 //! (SQLite FTS5, trigram tokenizer, so Chinese works as well as English).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, Dialect, OptionalExtension, Row, SqlError, params};
 use serde::{Deserialize, Serialize};
 
 use edgedesk_common::event::ConversationSummary;
@@ -61,7 +61,7 @@ pub struct LiveChat {
 /// Record an escalation; returns true if the chat is new (or was closed and
 /// is waiting again).
 pub(super) fn escalated(
-    conn: &Connection,
+    conn: &Conn,
     chat: &str,
     node: &str,
     lang: &str,
@@ -98,14 +98,14 @@ pub(super) fn escalated(
 /// own lines, which came live; otherwise it is stored as closed and not
 /// escalated. Returns true if it was stored.
 pub(super) fn summarized(
-    conn: &Connection,
+    conn: &Conn,
     node: &str,
     s: &ConversationSummary,
 ) -> Result<bool, StoreError> {
     let chat = s.conversation.as_str();
     let n = conn.execute(
-        "INSERT OR IGNORE INTO chats (id, node_id, lang, state, intents, created_at, closed_at, resolution, escalated)
-         VALUES (?1, ?2, ?3, 'closed', ?4, ?5, ?6, ?7, 0)",
+        "INSERT INTO chats (id, node_id, lang, state, intents, created_at, closed_at, resolution, escalated)
+         VALUES (?1, ?2, ?3, 'closed', ?4, ?5, ?6, ?7, 0) ON CONFLICT DO NOTHING",
         params![
             chat,
             node,
@@ -135,7 +135,7 @@ pub(super) fn summarized(
 
 /// Add a line once (by `key`); returns true if it was new.
 pub(super) fn add_line(
-    conn: &Connection,
+    conn: &Conn,
     chat: &str,
     key: &str,
     sender: &str,
@@ -144,7 +144,7 @@ pub(super) fn add_line(
     at: i64,
 ) -> Result<bool, StoreError> {
     let n = conn.execute(
-        "INSERT OR IGNORE INTO chat_lines (chat_id, key, sender, agent_id, text, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO chat_lines (chat_id, key, sender, agent_id, text, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
         params![chat, key, sender, agent, text, at],
     )?;
     if n > 0 && sender == "agent" {
@@ -160,7 +160,7 @@ pub(super) fn add_line(
 /// a waiting chat closes with `resolution`; true if one did. An assigned
 /// chat is the desk's to close (its agent is told).
 pub(super) fn withdrawn(
-    conn: &Connection,
+    conn: &Conn,
     chat: &str,
     resolution: &str,
     at: i64,
@@ -173,7 +173,7 @@ pub(super) fn withdrawn(
 }
 
 /// Whether the visitor's page is open.
-pub(super) fn presence(conn: &Connection, chat: &str, present: bool) -> Result<(), StoreError> {
+pub(super) fn presence(conn: &Conn, chat: &str, present: bool) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET visitor_present = ?2 WHERE id = ?1",
         params![chat, present],
@@ -184,7 +184,7 @@ pub(super) fn presence(conn: &Connection, chat: &str, present: bool) -> Result<(
 /// Design: the first assignment stays the chat's `assigned_at` (a transfer
 /// or a requeue does not move it), so first-response time is measured from
 /// when a person first had the chat and is never negative.
-fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
+fn assign(conn: &Conn, chat: &str, agent: &str, at: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET state = 'assigned', agent_id = ?2, assigned_at = COALESCE(assigned_at, ?3) WHERE id = ?1",
         params![chat, agent, at],
@@ -192,7 +192,7 @@ fn assign(conn: &Connection, chat: &str, agent: &str, at: i64) -> Result<(), Sto
     Ok(())
 }
 
-fn requeue(conn: &Connection, chat: &str) -> Result<(), StoreError> {
+fn requeue(conn: &Conn, chat: &str) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET state = 'waiting', agent_id = NULL WHERE id = ?1 AND state != 'closed'",
         [chat],
@@ -200,7 +200,7 @@ fn requeue(conn: &Connection, chat: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn close(conn: &Connection, chat: &str, resolution: &str, at: i64) -> Result<(), StoreError> {
+fn close(conn: &Conn, chat: &str, resolution: &str, at: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET state = 'closed', closed_at = ?2, resolution = ?3 WHERE id = ?1",
         params![chat, at, resolution],
@@ -208,7 +208,7 @@ fn close(conn: &Connection, chat: &str, resolution: &str, at: i64) -> Result<(),
     Ok(())
 }
 
-pub(super) fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), StoreError> {
+pub(super) fn rate(conn: &Conn, chat: &str, score: u8) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE chats SET rating = ?2 WHERE id = ?1",
         params![chat, score],
@@ -217,7 +217,7 @@ pub(super) fn rate(conn: &Connection, chat: &str, score: u8) -> Result<(), Store
 }
 
 /// A chat with its lines.
-fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
+fn get(conn: &Conn, chat: &str) -> Result<Option<ChatView>, StoreError> {
     let Some(mut view) = head(conn, chat)? else {
         return Ok(None);
     };
@@ -231,7 +231,7 @@ fn get(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
 }
 
 /// A chat without its lines.
-fn head(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
+fn head(conn: &Conn, chat: &str) -> Result<Option<ChatView>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT c.id, c.node_id, c.lang, c.state, c.agent_id, c.intents, c.created_at, c.closed_at,
@@ -263,7 +263,7 @@ fn head(conn: &Connection, chat: &str) -> Result<Option<ChatView>, StoreError> {
         .optional()?)
 }
 
-fn line_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Line> {
+fn line_from_row(r: &Row) -> Result<Line, SqlError> {
     Ok(Line {
         sender: r.get(0)?,
         text: r.get(1)?,
@@ -273,7 +273,7 @@ fn line_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Line> {
 }
 
 /// The newest line of `chat`.
-fn last_line(conn: &Connection, chat: &str) -> Result<Option<Line>, StoreError> {
+fn last_line(conn: &Conn, chat: &str) -> Result<Option<Line>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT l.sender, l.text, l.at, a.display_name FROM chat_lines l
@@ -284,7 +284,7 @@ fn last_line(conn: &Connection, chat: &str) -> Result<Option<Line>, StoreError> 
 }
 
 /// Waiting and assigned chats, with the holders of assigned ones, oldest first.
-fn live(conn: &Connection) -> Result<Vec<LiveChat>, StoreError> {
+fn live(conn: &Conn) -> Result<Vec<LiveChat>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, node_id, lang, COALESCE(queued_at, created_at), visitor_present, agent_id, state
          FROM chats WHERE state IN ('waiting', 'assigned') ORDER BY COALESCE(queued_at, created_at), id",
@@ -337,19 +337,20 @@ pub struct ChatFilter {
 }
 
 /// Chats matching `f`, newest first, without their lines.
-fn list(conn: &Connection, f: &ChatFilter) -> Result<Vec<ChatView>, StoreError> {
+fn list(conn: &Conn, f: &ChatFilter) -> Result<Vec<ChatView>, StoreError> {
     let ids: Option<std::collections::HashSet<String>> =
         match f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
             Some(q) => Some(search(conn, q, 10_000)?.into_iter().collect()),
             None => None,
         };
-    let mut stmt = conn.prepare_cached(
-        "SELECT id FROM chats WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR agent_id = ?2)
-           AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
-           AND (?6 IS NULL OR EXISTS (SELECT 1 FROM json_each(chats.intents) WHERE value = ?6))
-           AND (?7 IS NULL OR escalated = ?7)
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id FROM chats WHERE (CAST(?1 AS TEXT) IS NULL OR node_id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR agent_id = ?2)
+           AND (CAST(?3 AS TEXT) IS NULL OR state = ?3) AND (CAST(?4 AS BIGINT) IS NULL OR created_at >= ?4) AND (CAST(?5 AS BIGINT) IS NULL OR created_at < ?5)
+           AND (CAST(?6 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM {} WHERE j.value = ?6))
+           AND (CAST(?7 AS BIGINT) IS NULL OR escalated = ?7)
          ORDER BY created_at DESC",
-    )?;
+        conn.dialect().json_items("chats.intents", "j")
+    ))?;
     let rows = stmt.query_map(
         params![
             f.node,
@@ -392,12 +393,12 @@ pub struct DayStats {
     pub csat: Option<f64>,
 }
 
-fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, StoreError> {
+fn daily_stats(conn: &Conn, since: i64) -> Result<Vec<DayStats>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT (created_at / 86400000) * 86400000 AS day, COUNT(*),
-                AVG(CASE WHEN first_response_at >= assigned_at
-                         THEN (first_response_at - assigned_at) / 1000.0 END),
-                AVG(rating)
+                CAST(AVG(CASE WHEN first_response_at >= assigned_at
+                         THEN (first_response_at - assigned_at) / 1000.0 END) AS DOUBLE PRECISION),
+                CAST(AVG(rating) AS DOUBLE PRECISION)
          FROM chats WHERE created_at >= ?1 AND escalated = 1 GROUP BY day ORDER BY day",
     )?;
     let rows = stmt.query_map([since], |r| {
@@ -415,16 +416,35 @@ fn daily_stats(conn: &Connection, since: i64) -> Result<Vec<DayStats>, StoreErro
 ///
 /// Three characters and more go through the trigram index. Shorter queries
 /// — most Chinese words are two characters (人工, 转账) — cannot use it, so
-/// they scan the lines with `instr` (a substring test, no LIKE wildcards to
-/// escape); the scan reads at most `SHORT_SCAN` of the newest lines.
-fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+/// they scan the lines with a substring test (no LIKE wildcards to escape);
+/// the scan reads at most `SHORT_SCAN` of the newest lines.
+///
+/// The index is SQLite's FTS5 `trigram` table, or PostgreSQL's `pg_trgm`
+/// GIN index, which serves `LIKE '%…%'`.
+fn search(conn: &Conn, query: &str, limit: usize) -> Result<Vec<String>, StoreError> {
     const SHORT_SCAN: i64 = 200_000;
     if query.chars().count() < 3 {
-        let mut stmt = conn.prepare_cached(
-            "SELECT chat_id FROM (SELECT chat_id, text, at FROM chat_lines ORDER BY id DESC LIMIT ?3)
-             WHERE instr(text, ?1) > 0 GROUP BY chat_id ORDER BY MAX(at) DESC LIMIT ?2",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT chat_id FROM (SELECT chat_id, text, at FROM chat_lines ORDER BY id DESC LIMIT ?3) AS recent
+             WHERE {} GROUP BY chat_id ORDER BY MAX(at) DESC LIMIT ?2",
+            conn.dialect().contains("text", "?1")
+        ))?;
         let rows = stmt.query_map(params![query, limit as i64, SHORT_SCAN], |r| r.get(0))?;
+        return Ok(rows.collect::<Result<_, _>>()?);
+    }
+    if conn.dialect() == Dialect::Postgres {
+        let pattern = format!(
+            "%{}%",
+            query
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let mut stmt = conn.prepare_cached(
+            "SELECT chat_id FROM chat_lines WHERE text LIKE ?1
+             GROUP BY chat_id ORDER BY MAX(at) DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![pattern, limit as i64], |r| r.get(0))?;
         return Ok(rows.collect::<Result<_, _>>()?);
     }
     // Quote the query as one FTS5 string so user text is never FTS syntax.

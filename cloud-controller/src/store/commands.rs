@@ -1,8 +1,8 @@
 //! The per-node command queue: commands stay until the node acknowledges
 //! them; a command of a stream gets the stream's next `seq` when queued.
 
+use super::sql::{Conn, Dialect, OptionalExtension, Row, SqlError, params};
 use edgedesk_common::sync::{Command, CommandBody, Stream};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -22,7 +22,7 @@ pub struct CommandRow {
 /// A command whose id is already queued (a console resending a line it had
 /// no answer for) is not queued twice: the stored one is returned.
 pub(super) fn enqueue(
-    conn: &Connection,
+    conn: &Conn,
     node: &str,
     cmd: &Command,
     sent_at: Option<i64>,
@@ -41,7 +41,7 @@ pub(super) fn enqueue(
         stream.seq =
             conn.prepare_cached(
                 "INSERT INTO command_streams (node_id, key, seq) VALUES (?1, ?2, 1)
-                 ON CONFLICT(node_id, key) DO UPDATE SET seq = seq + 1 RETURNING seq",
+                 ON CONFLICT(node_id, key) DO UPDATE SET seq = command_streams.seq + 1 RETURNING seq",
             )?
             .query_row(params![node, stream.key], |r| r.get::<_, i64>(0))? as u64;
     }
@@ -62,15 +62,13 @@ pub(super) fn enqueue(
     Ok(cmd)
 }
 
-fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Command> {
+fn command_from_row(r: &Row) -> Result<Command, SqlError> {
     let kind: String = r.get("kind")?;
     let args: String = r.get("args")?;
     let key: Option<String> = r.get("stream")?;
     let seq: Option<i64> = r.get("stream_seq")?;
     let args = serde_json::from_str(&args).unwrap_or(serde_json::Value::Null);
-    let body = CommandBody::from_parts(&kind, args).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
-    })?;
+    let body = CommandBody::from_parts(&kind, args).map_err(|e| SqlError::conversion(2, e))?;
     Ok(Command {
         id: r.get("id")?,
         body,
@@ -88,22 +86,27 @@ fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Command> {
 /// Unacknowledged commands of `node` in queue order; with `sent_before`,
 /// only those not sent since then.
 fn pending_commands(
-    conn: &Connection,
+    conn: &Conn,
     node: &str,
     sent_before: Option<i64>,
 ) -> Result<Vec<Command>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    // In the order they were queued: SQLite's rowid, PostgreSQL's `seq`.
+    let order = match conn.dialect() {
+        Dialect::Sqlite => "rowid",
+        Dialect::Postgres => "seq",
+    };
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, kind, args, created_at, stream, stream_seq FROM commands
          WHERE node_id = ?1 AND acked_at IS NULL
-           AND (?2 IS NULL OR sent_at IS NULL OR sent_at <= ?2) ORDER BY rowid",
-    )?;
+           AND (CAST(?2 AS BIGINT) IS NULL OR sent_at IS NULL OR sent_at <= ?2) ORDER BY {order}"
+    ))?;
     let rows = stmt.query_map(params![node, sent_before], command_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Record a node's acknowledgement; false if no such pending command of that node.
 pub(super) fn ack_command(
-    conn: &Connection,
+    conn: &Conn,
     node: &str,
     id: &str,
     ok: bool,
@@ -118,7 +121,7 @@ pub(super) fn ack_command(
     Ok(n > 0)
 }
 
-fn commands(conn: &Connection, node: &str, limit: usize) -> Result<Vec<CommandRow>, StoreError> {
+fn commands(conn: &Conn, node: &str, limit: usize) -> Result<Vec<CommandRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, args, created_at, sent_at, acked_at, ok, detail, stream, stream_seq FROM commands
          WHERE node_id = ?1 ORDER BY created_at DESC, id LIMIT ?2",

@@ -2,9 +2,9 @@
 //! chats, tickets and history — all in the transaction of its batch, so an
 //! acknowledged event is never half applied.
 
+use super::sql::{Conn, OptionalExtension, params};
 use edgedesk_common::event::{Event, EventBody};
 use edgedesk_common::sync::Heartbeat;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -72,16 +72,11 @@ pub enum InboundOutcome {
 
 /// Store events idempotently (call inside the caller's transaction); returns
 /// the indices of those that were new.
-fn ingest(
-    tx: &Connection,
-    node: &str,
-    events: &[Event],
-    now: i64,
-) -> Result<Vec<usize>, StoreError> {
+fn ingest(tx: &Conn, node: &str, events: &[Event], now: i64) -> Result<Vec<usize>, StoreError> {
     let mut new = Vec::new();
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (id, node_id, kind, at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO events (id, node_id, kind, at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
         )?;
         for (i, e) in events.iter().enumerate() {
             // A transcript is kept once, by the history store (chats): the
@@ -134,7 +129,7 @@ fn conversation_of(body: &EventBody) -> Option<&str> {
 /// Whether `node` may speak for `conversation`: one the controller has never
 /// seen, or one that node started. A node naming another branch's
 /// conversation (to add lines, rate, reopen or close it) is refused.
-fn owned_by(conn: &Connection, conversation: &str, node: &str) -> Result<bool, StoreError> {
+fn owned_by(conn: &Conn, conversation: &str, node: &str) -> Result<bool, StoreError> {
     let owner: Option<String> = conn
         .prepare_cached("SELECT node_id FROM chats WHERE id = ?1")?
         .query_row([conversation], |r| r.get(0))
@@ -147,11 +142,7 @@ fn owned_by(conn: &Connection, conversation: &str, node: &str) -> Result<bool, S
 /// an acknowledged event is never half applied). Returns the events that
 /// were applied: those naming another node's conversation are stored (and
 /// acknowledged, so the node does not resend them) but change nothing.
-fn project(
-    conn: &rusqlite::Connection,
-    node: &str,
-    events: Vec<Event>,
-) -> Result<(Vec<Event>, usize), StoreError> {
+fn project(conn: &Conn, node: &str, events: Vec<Event>) -> Result<(Vec<Event>, usize), StoreError> {
     let mut applied = Vec::with_capacity(events.len());
     let mut refused = 0;
     for e in events {
@@ -253,11 +244,11 @@ pub fn withdrawal(reason: &str) -> String {
     }
 }
 
-fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+fn events(conn: &Conn, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, node_id, kind, at, received_at, body FROM events
-         WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR kind = ?2)
-           AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR node_id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR kind = ?2)
+           AND (CAST(?3 AS BIGINT) IS NULL OR at >= ?3) AND (CAST(?4 AS BIGINT) IS NULL OR at < ?4)
          ORDER BY at, id LIMIT ?5",
     )?;
     let limit = q.limit.unwrap_or(1000).min(100_000) as i64;
@@ -287,7 +278,7 @@ fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreEr
     Ok(out)
 }
 
-fn event_count(conn: &Connection) -> Result<u64, StoreError> {
+fn event_count(conn: &Conn) -> Result<u64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))? as u64)
 }
 

@@ -26,14 +26,17 @@ pub mod nodes;
 pub mod rollouts;
 pub mod samples;
 pub mod seq;
+pub mod sql;
 pub mod suggestions;
 pub mod tickets;
 pub mod trainings;
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
+pub use sql::{Conn, Dialect, SqlError};
 
 pub use agents::{AccountError, AgentRow, NewAgent, Role, SessionLimits};
 pub use branches::BranchRow;
@@ -51,6 +54,8 @@ pub enum StoreError {
     Db(#[from] edgedesk_support::sqlite::DbError),
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Sql(#[from] SqlError),
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
     #[error("store task failed: {0}")]
@@ -61,44 +66,81 @@ pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type Job = Box<dyn FnOnce(Result<&mut Conn, StoreError>) + Send>;
 
-/// Requests waiting for the store's thread at most.
+/// Requests waiting for the store's threads at most.
 const QUEUE: usize = 1024;
 
-/// The SQLite connection's thread, shared by the store's methods.
-// Design: one owner thread rather than a mutex over the blocking pool: the
-// requests of many tasks queue instead of waking pool threads that then
-// contend for the lock (the controller spent a third of its CPU in the
-// kernel that way under live-chat load).
+/// How a worker (re)opens its connection: SQLite's is opened once, a
+/// PostgreSQL worker reconnects when its connection was closed.
+type Connect = Arc<dyn Fn() -> Result<Conn, StoreError> + Send + Sync>;
+
+/// The store's connection threads, shared by the store's methods.
+// Design: threads that own their connection rather than a mutex over the
+// blocking pool: the requests of many tasks queue instead of waking pool
+// threads that then contend for the lock (the controller spent a third of
+// its CPU in the kernel that way under live-chat load). SQLite has one
+// thread (one writer); PostgreSQL `pool` threads, each its own connection.
 #[derive(Clone)]
 pub struct Db {
     tx: tokio::sync::mpsc::Sender<Job>,
+    dialect: Dialect,
 }
 
 impl Db {
-    fn start(mut conn: Connection) -> Result<Db, StoreError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
-        std::thread::Builder::new()
-            .name("controller-store".into())
-            .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut conn);
-                }
-            })
-            .map_err(|e| StoreError::Task(e.to_string()))?;
-        Ok(Db { tx })
+    fn start(first: Conn, threads: usize, connect: Option<Connect>) -> Result<Db, StoreError> {
+        let dialect = first.dialect();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut first = Some(first);
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let connect = connect.clone();
+            let mut conn = first.take();
+            std::thread::Builder::new()
+                .name(format!("controller-store-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next
+                        // job, never while running one.
+                        let job = match rx.lock() {
+                            Ok(mut rx) => rx.blocking_recv(),
+                            Err(_) => None,
+                        };
+                        let Some(job) = job else { break };
+                        if let Some(connect) = &connect {
+                            if conn.as_ref().is_none_or(Conn::is_closed) {
+                                conn = None;
+                                match connect() {
+                                    Ok(c) => conn = Some(c),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "store connection failed");
+                                        job(Err(e));
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                        match conn.as_mut() {
+                            Some(c) => job(Ok(c)),
+                            None => job(Err(StoreError::Task("no store connection".into()))),
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::Task(e.to_string()))?;
+        }
+        Ok(Db { tx, dialect })
     }
 
-    /// Run `f` with the connection on the store's thread.
+    /// Run `f` with a connection on one of the store's threads.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
+            let _ = reply.send(conn.and_then(f));
         });
         self.tx
             .send(job)
@@ -117,7 +159,7 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (creating it 0600) and migrate the database at `path`.
+    /// Open (creating it 0600) and migrate the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // Design: FULL — an event acknowledged to a node (which then deletes
         // it) must survive a power cut here; ingestion batches amortise fsync.
@@ -125,14 +167,123 @@ impl Store {
             edgedesk_support::sqlite::open(path, edgedesk_support::sqlite::Durability::Full)?;
         edgedesk_support::sqlite::migrate(&mut conn, migrations::STEPS)?;
         Ok(Store {
-            db: Db::start(conn)?,
+            db: Db::start(Conn::sqlite(conn), 1, None)?,
         })
+    }
+
+    /// Connect to PostgreSQL at `url` with `pool` connections, migrating
+    /// the schema first (under an advisory lock, so replicas starting
+    /// together migrate once).
+    pub fn connect_postgres(url: &str, pool: usize) -> Result<Store, StoreError> {
+        // The synchronous client runs its own runtime: never on a runtime's thread.
+        let first = off_runtime(|| {
+            let mut first = Conn::postgres(url)?;
+            migrations::migrate_postgres(&mut first)?;
+            Ok::<_, StoreError>(first)
+        })?;
+        let url = url.to_owned();
+        let connect: Connect = Arc::new(move || Ok(Conn::postgres(&url)?));
+        Ok(Store {
+            db: Db::start(first, pool, Some(connect))?,
+        })
+    }
+
+    /// Open the store `config` names: PostgreSQL when it has a URL, else
+    /// SQLite in its data folder.
+    pub fn from_config(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        if config.postgres_url.is_empty() {
+            Store::open(&config.data_dir.join("controller.db"))
+        } else {
+            Store::connect_postgres(&config.postgres_url, config.postgres_pool)
+        }
+    }
+
+    /// Which database this store uses.
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect
     }
 }
 
+/// Run `f` on a thread of its own (the synchronous PostgreSQL client may not
+/// run on an async runtime's thread) and wait for it.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A fresh, migrated database for a unit test: in-memory SQLite, or a new
+/// PostgreSQL database when `EDGEDESK_TEST_POSTGRES` names a server (how
+/// the suite runs against both backends, see `scripts/test.sh`).
 #[cfg(test)]
-pub(crate) fn test_conn() -> Connection {
-    let mut c = Connection::open_in_memory().expect("in-memory SQLite");
+pub(crate) fn test_conn() -> Conn {
+    if let Some(url) = test_postgres_url() {
+        return off_runtime(|| {
+            let mut c = Conn::postgres(&url).expect("test PostgreSQL database");
+            migrations::migrate_postgres(&mut c).expect("PostgreSQL migrations apply");
+            c
+        });
+    }
+    let mut c = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
     edgedesk_support::sqlite::migrate(&mut c, migrations::STEPS).expect("migrations apply");
-    c
+    Conn::sqlite(c)
+}
+
+/// A store for a test: SQLite at `path`, or a fresh PostgreSQL database
+/// when `EDGEDESK_TEST_POSTGRES` is set.
+#[cfg(test)]
+pub(crate) fn test_store(path: &Path) -> Store {
+    match test_postgres_url() {
+        Some(url) => Store::connect_postgres(&url, 2).expect("test PostgreSQL store"),
+        None => Store::open(path).expect("test SQLite store"),
+    }
+}
+
+/// For tests: a new empty database on the server `EDGEDESK_TEST_POSTGRES`
+/// names, as a connection URL; `None` when the variable is unset.
+pub fn test_postgres_url() -> Option<String> {
+    let server = std::env::var("EDGEDESK_TEST_POSTGRES").ok()?;
+    let name = format!("edgedesk_t_{}", uuid::Uuid::new_v4().simple());
+    off_runtime(|| {
+        let mut admin = postgres::Client::connect(&server, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("EDGEDESK_TEST_POSTGRES={server}: {e}"));
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+    });
+    Some(with_dbname(&server, &name))
+}
+
+/// For tests: with `EDGEDESK_TEST_POSTGRES` set, the PostgreSQL database of
+/// the controller whose data directory is `dir` (created on first use, the
+/// same again for a restart on that directory); else empty (SQLite).
+pub fn test_postgres_for(dir: &Path) -> String {
+    let marker = dir.join("test-postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return url;
+    }
+    match test_postgres_url() {
+        Some(url) => {
+            std::fs::write(&marker, &url).expect("note the test database");
+            url
+        }
+        None => String::new(),
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_dbname(url: &str, name: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let base = match base[scheme_end..].find('/') {
+            Some(i) => &base[..scheme_end + i],
+            None => base,
+        };
+        if query.is_empty() {
+            format!("{base}/{name}")
+        } else {
+            format!("{base}/{name}?{query}")
+        }
+    } else {
+        format!("{url} dbname={name}")
+    }
 }

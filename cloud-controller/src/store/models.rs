@@ -1,8 +1,8 @@
 //! Published model releases (the signed release text; the files themselves
 //! are content-addressed blobs on disk, see `crate::models`).
 
+use super::sql::{Conn, OptionalExtension, Row, SqlError, params};
 use edgedesk_common::release::SignedRelease;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -22,21 +22,19 @@ pub struct ModelRow {
 
 const COLUMNS: &str = "id, name, version, signed, bytes, published_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelRow> {
+fn row(r: &Row) -> Result<ModelRow, SqlError> {
     let signed: String = r.get(3)?;
     Ok(ModelRow {
         id: r.get(0)?,
         name: r.get(1)?,
         version: r.get(2)?,
-        signed: serde_json::from_str(&signed).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
-        })?,
+        signed: serde_json::from_str(&signed).map_err(|e| SqlError::conversion(3, e))?,
         bytes: r.get::<_, i64>(4)? as u64,
         published_at: r.get(5)?,
     })
 }
 
-fn list(conn: &Connection) -> Result<Vec<ModelRow>, StoreError> {
+fn list(conn: &Conn) -> Result<Vec<ModelRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM models ORDER BY published_at DESC, id"
     ))?;
@@ -45,14 +43,14 @@ fn list(conn: &Connection) -> Result<Vec<ModelRow>, StoreError> {
 }
 
 /// A release by id, or by `name@version` / bare `version` (newest name).
-fn get(conn: &Connection, key: &str) -> Result<Option<ModelRow>, StoreError> {
+fn get(conn: &Conn, key: &str) -> Result<Option<ModelRow>, StoreError> {
     let (name, version) = match key.split_once('@') {
         Some((n, v)) => (Some(n), v),
         None => (None, key),
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM models
-         WHERE id = ?1 OR (version = ?2 AND (?3 IS NULL OR name = ?3))
+         WHERE id = ?1 OR (version = ?2 AND (CAST(?3 AS TEXT) IS NULL OR name = ?3))
          ORDER BY published_at DESC LIMIT 1"
     ))?;
     Ok(stmt

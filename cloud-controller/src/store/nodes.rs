@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use super::sql::{Conn, OptionalExtension, Row, SqlError, params};
 use edgedesk_common::envelope::PublicKeys;
 use edgedesk_common::sync::Heartbeat;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, sha256_hex};
@@ -54,7 +54,7 @@ pub struct Transition {
 }
 
 pub fn create_token(
-    conn: &Connection,
+    conn: &Conn,
     token: &str,
     node_id: Option<&str>,
     now: i64,
@@ -69,7 +69,7 @@ pub fn create_token(
 
 /// Whether `token` would enrol `node_id` now (nothing changes).
 fn may_enroll(
-    conn: &Connection,
+    conn: &Conn,
     token: &str,
     node_id: &str,
     now: i64,
@@ -106,7 +106,7 @@ fn may_enroll(
 
 /// Consume `token` and register the node, atomically.
 pub fn enroll(
-    conn: &mut Connection,
+    conn: &mut Conn,
     token: &str,
     node_id: &str,
     keys: &PublicKeys,
@@ -131,7 +131,7 @@ pub fn enroll(
 }
 
 pub(super) fn add_history(
-    conn: &Connection,
+    conn: &Conn,
     node: &str,
     at: i64,
     kind: &str,
@@ -145,7 +145,7 @@ pub(super) fn add_history(
 }
 
 /// Keep the newest `keep` history rows of `node`.
-fn trim_history(conn: &Connection, node: &str, keep: usize) -> Result<(), StoreError> {
+fn trim_history(conn: &Conn, node: &str, keep: usize) -> Result<(), StoreError> {
     conn.execute(
         "DELETE FROM node_history WHERE node_id = ?1 AND id NOT IN
            (SELECT id FROM node_history WHERE node_id = ?1 ORDER BY id DESC LIMIT ?2)",
@@ -156,7 +156,7 @@ fn trim_history(conn: &Connection, node: &str, keep: usize) -> Result<(), StoreE
 
 const NODE_COLUMNS: &str = "id, sign_key, seal_key, labels, enrolled_at, revoked_at, online, last_seen, heartbeat, seq_high";
 
-fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
+fn node_from_row(r: &Row) -> Result<NodeRow, SqlError> {
     let labels: String = r.get(3)?;
     let hb: Option<String> = r.get(8)?;
     Ok(NodeRow {
@@ -175,13 +175,13 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
     })
 }
 
-pub fn nodes(conn: &Connection) -> Result<Vec<NodeRow>, StoreError> {
+pub fn nodes(conn: &Conn) -> Result<Vec<NodeRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))?;
     let rows = stmt.query_map([], node_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn node(conn: &Connection, id: &str) -> Result<Option<NodeRow>, StoreError> {
+pub fn node(conn: &Conn, id: &str) -> Result<Option<NodeRow>, StoreError> {
     Ok(conn
         .prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"))?
         .query_row([id], node_from_row)
@@ -189,20 +189,20 @@ pub fn node(conn: &Connection, id: &str) -> Result<Option<NodeRow>, StoreError> 
 }
 
 /// (node id, sha256 of its broker password) of every enrolled, unrevoked node.
-pub fn broker_credentials(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+pub fn broker_credentials(conn: &Conn) -> Result<Vec<(String, String)>, StoreError> {
     let mut stmt = conn.prepare("SELECT id, mqtt_pass_hash FROM nodes WHERE revoked_at IS NULL")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn revoked_nodes(conn: &Connection) -> Result<Vec<String>, StoreError> {
+fn revoked_nodes(conn: &Conn) -> Result<Vec<String>, StoreError> {
     let mut stmt = conn.prepare("SELECT id FROM nodes WHERE revoked_at IS NOT NULL")?;
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn set_labels(
-    conn: &Connection,
+    conn: &Conn,
     id: &str,
     labels: &BTreeMap<String, String>,
     now: i64,
@@ -218,7 +218,7 @@ pub fn set_labels(
     Ok(n > 0)
 }
 
-pub fn revoke(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+pub fn revoke(conn: &Conn, id: &str, now: i64) -> Result<bool, StoreError> {
     let n = conn.execute(
         "UPDATE nodes SET revoked_at = ?2, online = 0 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, now],
@@ -230,7 +230,7 @@ pub fn revoke(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError>
 }
 
 fn set_online(
-    conn: &Connection,
+    conn: &Conn,
     id: &str,
     online: bool,
     now: i64,
@@ -248,7 +248,7 @@ fn set_online(
 }
 
 pub(super) fn record_heartbeat(
-    conn: &Connection,
+    conn: &Conn,
     id: &str,
     hb: &Heartbeat,
     now: i64,
@@ -259,20 +259,15 @@ pub(super) fn record_heartbeat(
     Ok(())
 }
 
-pub(super) fn touch(
-    conn: &Connection,
-    id: &str,
-    seq_high: u64,
-    now: i64,
-) -> Result<(), StoreError> {
+pub(super) fn touch(conn: &Conn, id: &str, seq_high: u64, now: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE nodes SET last_seen = ?3, seq_high = MAX(seq_high, ?2) WHERE id = ?1",
+        "UPDATE nodes SET last_seen = ?3, seq_high = CASE WHEN seq_high > ?2 THEN seq_high ELSE ?2 END WHERE id = ?1",
     )?
     .execute(params![id, seq_high as i64, now])?;
     Ok(())
 }
 
-pub fn history(conn: &Connection, id: &str, limit: usize) -> Result<Vec<HistoryRow>, StoreError> {
+pub fn history(conn: &Conn, id: &str, limit: usize) -> Result<Vec<HistoryRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT at, kind, detail FROM node_history WHERE node_id = ?1 ORDER BY id DESC LIMIT ?2",
     )?;

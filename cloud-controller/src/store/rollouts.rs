@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, OptionalExtension, Row, SqlError, params};
 
 use super::{Store, StoreError};
 use crate::rollout::Rollout;
@@ -23,10 +23,8 @@ pub struct RolloutRow {
 
 const COLUMNS: &str = "id, model_id, version, selector, state, commands, created_at, updated_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
-    let json = |i: usize, s: String| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, s.into())
-    };
+fn row(r: &Row) -> Result<RolloutRow, SqlError> {
+    let json = |i: usize, s: String| SqlError::conversion(i, s);
     let selector: String = r.get(3)?;
     let state: String = r.get(4)?;
     let commands: String = r.get(5)?;
@@ -42,7 +40,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
     })
 }
 
-fn save(conn: &Connection, r: &RolloutRow) -> Result<(), StoreError> {
+fn save(conn: &Conn, r: &RolloutRow) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO rollouts (id, model_id, version, selector, phase, state, commands, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -63,7 +61,7 @@ fn save(conn: &Connection, r: &RolloutRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn query(conn: &Connection, filter: &str) -> Result<Vec<RolloutRow>, StoreError> {
+fn query(conn: &Conn, filter: &str) -> Result<Vec<RolloutRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM rollouts {filter} ORDER BY created_at DESC"
     ))?;

@@ -1,8 +1,8 @@
 //! The learning loop's samples: visitor turns the nodes sent up (masked)
 //! for people to label, kept for `learning.sample_retention_days`.
 
+use super::sql::{Conn, OptionalExtension, Row, SqlError, params};
 use edgedesk_common::event::Sample;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -46,7 +46,7 @@ pub struct SampleQuery {
 
 /// Keep one sample (in the ingest transaction; a resent one is kept once).
 pub(super) fn add(
-    conn: &Connection,
+    conn: &Conn,
     id: &str,
     node: &str,
     s: &Sample,
@@ -55,8 +55,8 @@ pub(super) fn add(
     let guesses =
         serde_json::to_string(&s.guesses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO samples (id, node_id, conversation, text, lang, reason, model_version, guesses, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO samples (id, node_id, conversation, text, lang, reason, model_version, guesses, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
     )?
     .execute(params![
         id,
@@ -76,7 +76,7 @@ pub(super) const COLUMNS: &str =
     "id, node_id, conversation, text, lang, reason, model_version, guesses, at, label,
      labelled_by, reviewed_by";
 
-pub(super) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
+pub(super) fn row(r: &Row) -> Result<SampleRow, SqlError> {
     let guesses: String = r.get(7)?;
     Ok(SampleRow {
         id: r.get(0)?,
@@ -95,7 +95,7 @@ pub(super) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
 }
 
 /// Sample `id`, if there is one.
-pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<SampleRow>, StoreError> {
+pub(super) fn get(conn: &Conn, id: &str) -> Result<Option<SampleRow>, StoreError> {
     Ok(conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM samples WHERE id = ?1"))?
         .query_row([id], row)
@@ -103,7 +103,7 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<SampleRow>, Stor
 }
 
 fn set_label(
-    c: &mut Connection,
+    c: &mut Conn,
     id: &str,
     label: &str,
     who: &str,
@@ -137,9 +137,9 @@ impl Store {
             .call(move |c| {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM samples
-                     WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR reason = ?2)
-                       AND (?3 IS NULL OR lang = ?3) AND (?4 = 0 OR label IS NULL)
-                       AND (?6 IS NULL OR conversation = ?6)
+                     WHERE (CAST(?1 AS TEXT) IS NULL OR node_id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR reason = ?2)
+                       AND (CAST(?3 AS TEXT) IS NULL OR lang = ?3) AND (?4 = 0 OR label IS NULL)
+                       AND (CAST(?6 AS TEXT) IS NULL OR conversation = ?6)
                      ORDER BY at DESC, id LIMIT ?5"
                 ))?;
                 let limit = q.limit.unwrap_or(100).min(10_000) as i64;
@@ -178,7 +178,7 @@ impl Store {
             .call(move |c| {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM samples
-                     WHERE label IS NOT NULL AND reviewed_at IS NULL AND labelled_by IS NOT ?1
+                     WHERE label IS NOT NULL AND reviewed_at IS NULL AND labelled_by IS DISTINCT FROM ?1
                      ORDER BY labelled_at DESC, id"
                 ))?;
                 let mut out = Vec::new();
@@ -246,11 +246,14 @@ impl Store {
     pub async fn sample_intents(&self) -> Result<Vec<String>, StoreError> {
         self.db
             .call(|c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT DISTINCT json_extract(g.value, '$.label') FROM samples, json_each(samples.guesses) g
+                let d = c.dialect();
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT DISTINCT {} FROM samples, {}
                      UNION SELECT DISTINCT label FROM samples WHERE label IS NOT NULL
                      ORDER BY 1",
-                )?;
+                    d.json_field("g.value", "label"),
+                    d.json_items("samples.guesses", "g")
+                ))?;
                 let rows = stmt.query_map([], |r| r.get::<_, Option<String>>(0))?;
                 let all: Vec<Option<String>> = rows.collect::<Result<_, _>>()?;
                 Ok(all.into_iter().flatten().collect())

@@ -2,14 +2,14 @@
 //! (see [`SeqCounter`]), and the operator's way to raise them after the
 //! database was restored from a backup.
 
+use super::sql::{Conn, OptionalExtension, params};
 use edgedesk_common::envelope::{SEQ_BLOCK, SeqCounter};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Store, StoreError};
 
 const KEY: &str = "seq_reserved";
 
-fn reserved(conn: &Connection) -> Result<u64, StoreError> {
+fn reserved(conn: &Conn) -> Result<u64, StoreError> {
     let v: Option<String> = conn
         .query_row("SELECT value FROM settings WHERE key = ?1", [KEY], |r| {
             r.get(0)
@@ -18,7 +18,7 @@ fn reserved(conn: &Connection) -> Result<u64, StoreError> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-fn set_reserved(conn: &Connection, top: u64) -> Result<(), StoreError> {
+fn set_reserved(conn: &Conn, top: u64) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -4,7 +4,7 @@
 //! A new clustering replaces the open groups; decided ones are kept, and
 //! the questions of a dismissed group are not grouped again.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, OptionalExtension, Row, SqlError, params};
 use serde::{Deserialize, Serialize};
 
 use super::samples::SampleRow;
@@ -34,7 +34,7 @@ pub struct SuggestionRow {
     pub decided_at: Option<i64>,
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SuggestionRow> {
+fn row(r: &Row) -> Result<SuggestionRow, SqlError> {
     let members: String = r.get(2)?;
     Ok(SuggestionRow {
         id: r.get(0)?,
@@ -50,7 +50,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SuggestionRow> {
 
 const COLUMNS: &str = "id, created_at, members, cohesion, state, intent, decided_by, decided_at";
 
-fn get(c: &Connection, id: &str) -> Result<Option<SuggestionRow>, StoreError> {
+fn get(c: &Conn, id: &str) -> Result<Option<SuggestionRow>, StoreError> {
     Ok(
         c.prepare_cached(&format!("SELECT {COLUMNS} FROM suggestions WHERE id = ?1"))?
             .query_row([id], row)
@@ -67,10 +67,11 @@ impl Store {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {} FROM samples
                      WHERE label IS NULL AND id NOT IN (
-                       SELECT m.value FROM suggestions g, json_each(g.members) m
+                       SELECT m.value FROM suggestions g, {}
                        WHERE g.state = 'dismissed')
                      ORDER BY at DESC, id LIMIT ?1",
-                    super::samples::COLUMNS
+                    super::samples::COLUMNS,
+                    c.dialect().json_items("g.members", "m")
                 ))?;
                 let rows = stmt.query_map([limit as i64], super::samples::row)?;
                 Ok(rows.collect::<Result<_, _>>()?)
@@ -127,7 +128,8 @@ impl Store {
             .call(|c| {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM suggestions
-                     ORDER BY state != 'open', json_array_length(members) DESC, decided_at DESC, id"
+                     ORDER BY state != 'open', {} DESC, decided_at DESC NULLS LAST, id",
+                    c.dialect().json_length("members")
                 ))?;
                 let rows = stmt.query_map([], row)?;
                 Ok(rows.collect::<Result<_, _>>()?)
@@ -211,7 +213,7 @@ mod tests {
     #[tokio::test]
     async fn a_suggestion_is_accepted_or_dismissed_once_and_dismissed_questions_stay_ungrouped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let store = crate::store::test_store(&dir.path().join("s.db"));
         store
             .db
             .call(|c| {

@@ -2,7 +2,7 @@
 //! nobody could come, claimed and resolved by agents in the console; and the
 //! canned responses agents insert by shortcut, managed by supervisors.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, OptionalExtension, Row, SqlError, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -37,7 +37,7 @@ pub enum TicketError {
 /// Store an offline message as an open ticket (once per event id).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn open(
-    conn: &Connection,
+    conn: &Conn,
     id: &str,
     node: &str,
     conversation: &str,
@@ -48,8 +48,8 @@ pub(super) fn open(
     at: i64,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT OR IGNORE INTO tickets (id, node_id, conversation, lang, name, contact, message, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO tickets (id, node_id, conversation, lang, name, contact, message, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
         params![id, node, conversation, lang, name, contact, message, at],
     )?;
     Ok(())
@@ -57,7 +57,7 @@ pub(super) fn open(
 
 const COLUMNS: &str = "id, node_id, conversation, lang, name, contact, message, created_at, state, agent_id, resolution";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
+fn row(r: &Row) -> Result<Ticket, SqlError> {
     Ok(Ticket {
         id: r.get(0)?,
         node_id: r.get(1)?,
@@ -74,7 +74,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
 }
 
 /// Open tickets and those `agent` holds (or every ticket when `all`), oldest first.
-fn list(conn: &Connection, agent: &str, all: bool) -> Result<Vec<Ticket>, StoreError> {
+fn list(conn: &Conn, agent: &str, all: bool) -> Result<Vec<Ticket>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM tickets WHERE ?2 OR state = 'open' OR agent_id = ?1 ORDER BY created_at"
     ))?;
@@ -82,7 +82,7 @@ fn list(conn: &Connection, agent: &str, all: bool) -> Result<Vec<Ticket>, StoreE
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn get(conn: &Connection, id: &str) -> Result<Option<Ticket>, StoreError> {
+fn get(conn: &Conn, id: &str) -> Result<Option<Ticket>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM tickets WHERE id = ?1"),
@@ -92,11 +92,7 @@ fn get(conn: &Connection, id: &str) -> Result<Option<Ticket>, StoreError> {
         .optional()?)
 }
 
-fn claim(
-    conn: &Connection,
-    id: &str,
-    agent: &str,
-) -> Result<Result<Ticket, TicketError>, StoreError> {
+fn claim(conn: &Conn, id: &str, agent: &str) -> Result<Result<Ticket, TicketError>, StoreError> {
     let Some(t) = get(conn, id)? else {
         return Ok(Err(TicketError::NotFound));
     };
@@ -113,7 +109,7 @@ fn claim(
 }
 
 fn resolve(
-    conn: &Connection,
+    conn: &Conn,
     id: &str,
     agent: &str,
     supervisor: bool,
@@ -146,7 +142,7 @@ pub struct Canned {
     pub text: String,
 }
 
-fn canned_list(conn: &Connection) -> Result<Vec<Canned>, StoreError> {
+fn canned_list(conn: &Conn) -> Result<Vec<Canned>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT id, lang, shortcut, text FROM canned ORDER BY lang, shortcut")?;
     let rows = stmt.query_map([], |r| {
@@ -161,7 +157,7 @@ fn canned_list(conn: &Connection) -> Result<Vec<Canned>, StoreError> {
 }
 
 /// Add or replace the response for (lang, shortcut).
-fn canned_put(conn: &Connection, c: &Canned) -> Result<Canned, StoreError> {
+fn canned_put(conn: &Conn, c: &Canned) -> Result<Canned, StoreError> {
     conn.execute(
         "INSERT INTO canned (lang, shortcut, text) VALUES (?1, ?2, ?3)
          ON CONFLICT(lang, shortcut) DO UPDATE SET text = excluded.text",
@@ -175,7 +171,7 @@ fn canned_put(conn: &Connection, c: &Canned) -> Result<Canned, StoreError> {
     Ok(Canned { id, ..c.clone() })
 }
 
-fn canned_delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+fn canned_delete(conn: &Conn, id: i64) -> Result<bool, StoreError> {
     Ok(conn.execute("DELETE FROM canned WHERE id = ?1", [id])? > 0)
 }
 

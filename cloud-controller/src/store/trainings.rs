@@ -1,7 +1,7 @@
 //! The learning loop's training runs, each kept whole as JSON (with its
 //! state in a column), and the labelled samples a run trains on.
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, SqlError, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -156,7 +156,7 @@ impl Store {
                      FROM intent_answers ORDER BY intent",
                 )?;
                 let rows = stmt.query_map([], |r| {
-                    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+                    let list = |i: usize| -> Result<Vec<String>, SqlError> {
                         let text: String = r.get(i)?;
                         Ok(serde_json::from_str(&text).unwrap_or_default())
                     };
@@ -245,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_is_kept_whole_and_listed_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("c.db")).unwrap();
+        let store = crate::store::test_store(&dir.path().join("c.db"));
         let mut t = TrainingRow {
             id: "tr-1".into(),
             kind: "model".into(),

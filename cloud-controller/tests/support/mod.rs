@@ -29,6 +29,7 @@ pub fn config(dir: &std::path::Path) -> cloud_controller::config::Config {
     c.mqtt.listen = format!("127.0.0.1:{}", free_port());
     c.models.quic_listen = "127.0.0.1:0".into();
     c.store.data_dir = dir.to_owned();
+    c.store.postgres_url = cloud_controller::store::test_postgres_for(dir);
     c
 }
 
