@@ -363,7 +363,10 @@ pub fn main() -> ExitCode {
         }
         Some(Cmd::Config(ConfigCmd::Check)) => match load_config(&cli) {
             Ok(c) => {
-                print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+                print!(
+                    "{}",
+                    toml::to_string_pretty(&c.redacted()).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,

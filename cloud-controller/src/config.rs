@@ -244,6 +244,17 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The configuration with its secrets masked, for printing
+    /// (`config check`): the metrics token, the database password.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if !c.http.metrics_token.is_empty() {
+            c.http.metrics_token = "*****".into();
+        }
+        c.store.postgres_url = redact_password(&c.store.postgres_url);
+        c
+    }
+
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -269,6 +280,20 @@ impl Config {
                 return bad(
                     key,
                     "expected host:port with an IP address, e.g. 127.0.0.1:8700",
+                );
+            }
+        }
+        if self.store.postgres_pool == 0 || self.store.postgres_pool > 256 {
+            return bad("store.postgres_pool", "expected 1 to 256 connections");
+        }
+        if !self.store.postgres_url.is_empty() {
+            if let Err(e) = self.store.postgres_url.parse::<postgres::Config>() {
+                return bad(
+                    "store.postgres_url",
+                    &format!(
+                        "not a PostgreSQL connection string ({}): expected postgres://user:password@host/database or host=… user=… dbname=…",
+                        crate::store::sql::error_chain(&e)
+                    ),
                 );
             }
         }
@@ -416,9 +441,68 @@ impl Config {
     }
 }
 
+/// `url` with the password replaced by `*****`, in either form
+/// (`postgres://user:password@host/db` or `password=… host=…`).
+pub fn redact_password(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let Some(at) = rest.rfind('@') else {
+            return url.to_owned();
+        };
+        let userinfo = &rest[..at];
+        return match userinfo.split_once(':') {
+            Some((user, _)) => format!("{}{user}:*****{}", &url[..scheme_end + 3], &rest[at..]),
+            None => url.to_owned(),
+        };
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=*****"),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_settings_are_checked_and_their_password_never_printed() {
+        for (key, value, says) in [
+            ("EDGEDESK_CC_STORE__POSTGRES_POOL", "0", "1 to 256"),
+            (
+                "EDGEDESK_CC_STORE__POSTGRES_URL",
+                "\"postgres://a:b@[::1\"",
+                "not a PostgreSQL connection string",
+            ),
+            (
+                "EDGEDESK_CC_STORE__POSTGRES_URL",
+                "\"host=db bogus=1\"",
+                "not a PostgreSQL connection string",
+            ),
+        ] {
+            let e = Config::load(None, vec![(key.into(), value.into())]).unwrap_err();
+            assert!(e.to_string().contains(says), "{key}={value}: {e}");
+        }
+        let c = Config::load(
+            None,
+            vec![(
+                "EDGEDESK_CC_STORE__POSTGRES_URL".into(),
+                "\"postgres://edgedesk:s3cret@db.example:5432/edgedesk\"".into(),
+            )],
+        )
+        .unwrap();
+        let shown = toml::to_string_pretty(&c.redacted()).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://edgedesk:*****@db.example:5432/edgedesk"));
+        assert_eq!(
+            redact_password("host=db password=s3cret user=e"),
+            "host=db password=***** user=e"
+        );
+        assert_eq!(redact_password("postgres://db/x"), "postgres://db/x");
+    }
 
     #[test]
     fn defaults_parse_and_errors_name_keys() {

@@ -141,6 +141,55 @@ pub fn edge_process(bin: &std::path::Path, cfg: &Config, port: u16) -> std::proc
     cmd
 }
 
+/// A PostgreSQL cluster of its own (Debian's package, through
+/// `scripts/pg-cluster.sh`) in a temporary folder, for the tests that stop
+/// and start the database; stopped and removed when dropped.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl PgCluster {
+    fn script(cmd: &str, dir: &std::path::Path) -> String {
+        let out = std::process::Command::new(repo_root().join("scripts/pg-cluster.sh"))
+            .arg(cmd)
+            .arg(dir)
+            .output()
+            .expect("scripts/pg-cluster.sh runs");
+        assert!(
+            out.status.success(),
+            "pg-cluster.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn start() -> PgCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let url = PgCluster::script("start", dir.path());
+        PgCluster { dir, url }
+    }
+
+    /// Stop the server (fast shutdown: its connections are closed).
+    pub fn stop(&self) {
+        PgCluster::script("stop", self.dir.path());
+    }
+
+    /// Start it again on the same data.
+    pub fn restart(&self) {
+        PgCluster::script("start", self.dir.path());
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo_root().join("scripts/pg-cluster.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
 /// Debian's `mosquitto` binary (scripts/test.sh installs the package).
 pub fn mosquitto_bin() -> &'static str {
     ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]

@@ -1,7 +1,8 @@
 //! No loss across failures, with real processes: the controller killed with
 //! -9 and restarted under load; an edge node killed with -9 while it holds
 //! unsent events; Mosquitto (Debian's package) killed and restarted under
-//! load, which also runs the whole sync through a third-party broker.
+//! load, which also runs the whole sync through a third-party broker;
+//! PostgreSQL (Debian's package) stopped and started under the controller.
 //! After each, every event is in the controller's store exactly once.
 
 use std::path::Path;
@@ -111,6 +112,83 @@ async fn controller_killed_with_sigkill_under_load_loses_nothing() {
     })
     .await;
     assert_exactly_once(&event_ids(&ctl, "branch-k").await.unwrap(), total);
+    node.stop().await;
+    ctl.kill();
+}
+
+/// What a load balancer asks: the status of the controller's `/readyz`.
+async fn ready_status(ctl: &CtlProcess) -> u16 {
+    controller_http(&ctl.ca_pem)
+        .get(format!("{}/readyz", ctl.base()))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_loses_nothing() {
+    let pg = PgCluster::start();
+    let cdir = tempfile::tempdir().unwrap();
+    let (http, mqtt) = (free_port(), free_port());
+    let mut ctl = start_controller(
+        cdir.path(),
+        http,
+        mqtt,
+        &[("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", pg.url))],
+    )
+    .await;
+    assert_eq!(ready_status(&ctl).await, 200);
+    let edir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(edge_config(
+        &edir,
+        "branch-p",
+        &ctl,
+        ctl.token_for("branch-p").await,
+    ))
+    .await;
+    let addr = node.addr;
+    let total = 60;
+    let load = tokio::spawn(async move {
+        for i in 0..total {
+            escalate_at(addr, i).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    eventually(20, "some events stored", || async {
+        event_ids(&ctl, "branch-p")
+            .await
+            .is_some_and(|ids| ids.len() >= 5)
+    })
+    .await;
+    pg.stop();
+    // The controller stays up and says why it is not ready; the node keeps
+    // what was not acknowledged.
+    eventually(10, "/readyz says the store is unavailable", || async {
+        ready_status(&ctl).await == 503
+    })
+    .await;
+    eventually(20, "the node holds unacknowledged events", || async {
+        node.store().outbox_depth().await.unwrap() > 0
+    })
+    .await;
+    pg.restart();
+    load.await.unwrap();
+    eventually(10, "/readyz is ready again", || async {
+        ready_status(&ctl).await == 200
+    })
+    .await;
+    eventually(
+        40,
+        "all events stored after PostgreSQL's restart",
+        || async {
+            event_ids(&ctl, "branch-p")
+                .await
+                .is_some_and(|ids| ids.len() >= total)
+                && node.store().outbox_depth().await.unwrap() == 0
+        },
+    )
+    .await;
+    assert_exactly_once(&event_ids(&ctl, "branch-p").await.unwrap(), total);
     node.stop().await;
     ctl.kill();
 }

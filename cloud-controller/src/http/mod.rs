@@ -69,11 +69,26 @@ pub struct Http {
 pub fn router(state: Arc<Http>) -> axum::Router {
     let ops = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(state.clone());
     api::router(state.clone())
         .merge(ops)
         .merge(console::router(state))
+}
+
+/// Readiness: 200 while the store answers, else 503 saying why (a replica
+/// whose database is unreachable leaves the load balancer's rotation; its
+/// liveness, `/healthz`, is unaffected, so it is not restarted for it).
+async fn ready(State(s): State<Arc<Http>>) -> axum::response::Response {
+    match s.store.ping().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Metrics for whoever holds the metrics token (`http.metrics_token`, else

@@ -198,6 +198,14 @@ impl Store {
         }
     }
 
+    /// Whether the database answers (`/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .map(drop)
+    }
+
     /// Which database this store uses.
     pub fn dialect(&self) -> Dialect {
         self.db.dialect

@@ -71,7 +71,7 @@ pub enum SqlError {
     NoRows,
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", error_chain(.0))]
     Postgres(#[from] postgres::Error),
     #[error("column {column}: {detail}")]
     Column { column: String, detail: String },
@@ -94,6 +94,22 @@ impl SqlError {
         matches!(self, SqlError::Postgres(e) if e.is_closed())
             || matches!(self, SqlError::Connect(_))
     }
+}
+
+/// An error and its causes, `outer: inner: …` (the PostgreSQL client's
+/// errors say "db error" and keep the server's message in their source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// One SQL value, the same on both backends.
@@ -394,7 +410,14 @@ impl Conn {
     /// string). Plain TCP or a Unix socket: TLS to the database is the
     /// deployment's (a sidecar or a private network), see OPERATIONS.md.
     pub fn postgres(url: &str) -> Result<Conn, SqlError> {
-        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut config: postgres::Config = url.parse()?;
+        // A database host that does not answer fails a request in seconds,
+        // not after the kernel's TCP timeout; dead peers are noticed.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        config.keepalives(true);
+        let client = config.connect(postgres::NoTls)?;
         Ok(Conn {
             inner: Inner::Postgres(Box::new(RefCell::new(Pg {
                 client,
