@@ -458,7 +458,12 @@ fn install_ca(
 fn raise_seq(config: &Config, blocks: u64) -> ExitCode {
     let db = config.store.data_dir.join("controller.db");
     let run = || -> Result<u64, String> {
-        let store = crate::store::Store::from_config(&config.store).map_err(|e| e.to_string())?;
+        let store = crate::store::Store::open_any(
+            &config.store.data_dir,
+            &config.store.postgres_url,
+            config.store.postgres_pool,
+        )
+        .map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -510,7 +515,12 @@ fn publish(config: &Config, bundle: &std::path::Path, ort: Option<&std::path::Pa
             bundle.to_owned()
         };
         let bundle = bundle.as_path();
-        let store = crate::store::Store::from_config(&config.store).map_err(|e| e.to_string())?;
+        let store = crate::store::Store::open_any(
+            &config.store.data_dir,
+            &config.store.postgres_url,
+            config.store.postgres_pool,
+        )
+        .map_err(|e| e.to_string())?;
         let key =
             models::signing_key(&data.join("model-signing.key")).map_err(|e| e.to_string())?;
         let ort = ort.unwrap_or(&config.models.onnxruntime_path).to_owned();
@@ -604,6 +614,8 @@ fn run_serve(rt: &tokio::runtime::Runtime, config: Config) -> ExitCode {
                     }
                 }
             }
+            // A standby told to stop: a clean exit.
+            Err(crate::ControllerError::Stopped) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cloud-controller: {e}");
                 ExitCode::from(e.exit_code() as u8)

@@ -206,6 +206,13 @@ pub struct StoreConfig {
     /// Connections to PostgreSQL (each on its own thread).
     #[serde(default = "default_postgres_pool")]
     pub postgres_pool: usize,
+    /// On PostgreSQL, how often a standby replica tries the leader lock.
+    #[serde(default = "default_leader_poll_ms")]
+    pub leader_poll_ms: u64,
+}
+
+fn default_leader_poll_ms() -> u64 {
+    1000
 }
 
 fn default_postgres_pool() -> usize {
@@ -282,6 +289,9 @@ impl Config {
                     "expected host:port with an IP address, e.g. 127.0.0.1:8700",
                 );
             }
+        }
+        if !(50..=60_000).contains(&self.store.leader_poll_ms) {
+            return bad("store.leader_poll_ms", "expected 50 to 60000 ms");
         }
         if self.store.postgres_pool == 0 || self.store.postgres_pool > 256 {
             return bad("store.postgres_pool", "expected 1 to 256 connections");

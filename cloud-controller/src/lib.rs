@@ -74,6 +74,13 @@ pub enum ControllerError {
     Serve(std::io::Error),
     #[error("Kubernetes client (kubernetes.enabled): {0}")]
     Kubernetes(String),
+    /// Stopped while a standby (another replica was active).
+    #[error("stopped while standing by")]
+    Stopped,
+    /// The leader lock's database connection failed: this replica stopped
+    /// so that it never acts beside the next active one.
+    #[error("leadership lost (the leader lock's database connection failed); stopped")]
+    LeadershipLost,
 }
 
 impl ControllerError {
@@ -149,7 +156,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Controller, ControllerError> {
     let data = config.store.data_dir.clone();
-    let store = Store::from_config(&config.store)?;
+    let store = Store::open_any(
+        &config.store.data_dir,
+        &config.store.postgres_url,
+        config.store.postgres_pool,
+    )?;
+    // Several replicas on one database: one is active, the others wait.
+    let leadership = if store.dialect() == store::Dialect::Postgres {
+        match standby(&config, &data, &shutdown).await? {
+            Some(l) => Some(l),
+            None => return Err(ControllerError::Stopped),
+        }
+    } else {
+        None
+    };
     let signing_path = data.join("model-signing.key");
     let model_key =
         models::signing_key(&signing_path).map_err(|source| ControllerError::Identity {
@@ -438,12 +458,7 @@ pub async fn run(
         ))
     });
 
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .map_err(|source| ControllerError::Bind {
-            addr: config.http.listen.clone(),
-            source,
-        })?;
+    let listener = bind_http(&config).await?;
     let http_addr = listener.local_addr().map_err(ControllerError::Serve)?;
     let https = !config.http.insecure_http;
     let scheme = if https { "https" } else { "http" };
@@ -454,42 +469,7 @@ pub async fn run(
         config.http.public_url.trim_end_matches('/').to_owned()
     };
     // What nodes pin at enrolment: the last certificate of the chain served.
-    let (http_tls, ca_pem) = if !https {
-        tracing::warn!(
-            "http.insecure_http = true: REST, console and enrolment are served over plain HTTP; \
-             only behind a proxy that terminates TLS"
-        );
-        (None, None)
-    } else if !config.http.tls_cert.as_os_str().is_empty() {
-        let chain = std::fs::read_to_string(&config.http.tls_cert).map_err(|e| {
-            tls::TlsError::Material {
-                dir: config.http.tls_cert.display().to_string(),
-                message: e.to_string(),
-            }
-        })?;
-        let tls = tls::server_config_from_files(&config.http.tls_cert, &config.http.tls_key)?;
-        let last = last_pem_block(&chain);
-        (Some(tls), Some(last))
-    } else {
-        let mut names = vec!["localhost".to_owned(), http_addr.ip().to_string()];
-        if let Some(host) = url_host(&public_url) {
-            names.push(host.to_owned());
-        }
-        names.extend(config.http.tls_names.iter().cloned());
-        let mut seen = std::collections::HashSet::new();
-        names.retain(|n| seen.insert(n.clone()));
-        let m = tls::ensure_http_tls(&data, &names)?;
-        let cert = std::fs::read_to_string(&m.cert_path).map_err(|e| tls::TlsError::Material {
-            dir: m.cert_path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let key = std::fs::read_to_string(&m.key_path).map_err(|e| tls::TlsError::Material {
-            dir: m.key_path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let chain = format!("{}\n{}", cert.trim_end(), m.ca_pem);
-        (Some(tls::server_config(&chain, &key)?), Some(m.ca_pem))
-    };
+    let (http_tls, ca_pem) = http_tls(&config, &data, http_addr, &public_url)?;
     let ca_sha256 = ca_pem
         .as_deref()
         .map(edgedesk_support::tls::ca_sha256)
@@ -529,27 +509,18 @@ pub async fn run(
     });
     let app = http::router(state);
     tracing::info!(%http_addr, broker = %format!("{}:{}", broker.0, broker.1), "cloud controller listening");
-    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let lost = leadership.as_ref().map(store::election::Leadership::lost);
+    if let Some(lost) = lost.clone() {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lost.cancelled() => shutdown.cancel(),
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
     let task = tokio::spawn(async move {
-        let served = match http_tls {
-            Some(tls) => {
-                let tls = http::listen::TlsListener::new(listener, tls, shutdown.clone())
-                    .map_err(ControllerError::Serve)?;
-                // (`tap_io` gives the listener axum's connect-info for its address.)
-                axum::serve(axum::serve::ListenerExt::tap_io(tls, |_| {}), make)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            }
-            None => {
-                // Console frames are small and latency-bound: no Nagle delay.
-                let plain = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(plain, make)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            }
-        };
+        let served = serve_http(listener, http_tls, app, shutdown.clone()).await;
         let _ = poll_task.await;
         // The dispatcher finishes its last batch once the poller is gone.
         let _ = dispatch_task.await;
@@ -566,7 +537,14 @@ pub async fn run(
         let _ = desk_task.await;
         // Nothing more goes down once everything above has stopped.
         publish_task.abort();
+        // Only now may a standby take over.
+        if let Some(l) = leadership {
+            let _ = tokio::task::spawn_blocking(move || l.release()).await;
+        }
         tracing::info!("cloud controller stopped");
+        if lost.is_some_and(|l| l.is_cancelled()) {
+            return Err(ControllerError::LeadershipLost);
+        }
         served.map_err(ControllerError::Serve)
     });
     Ok(Controller {
@@ -586,6 +564,142 @@ pub async fn run(
         admin_token,
         task,
     })
+}
+
+/// The HTTPS server configuration and the CA certificate clients pin (both
+/// `None` with `http.insecure_http`): the operator's certificate files, or
+/// one the controller's CA issues for the names it is reached at.
+fn http_tls(
+    config: &Config,
+    data: &std::path::Path,
+    http_addr: SocketAddr,
+    public_url: &str,
+) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<String>), ControllerError> {
+    Ok(if config.http.insecure_http {
+        tracing::warn!(
+            "http.insecure_http = true: REST, console and enrolment are served over plain HTTP; \
+             only behind a proxy that terminates TLS"
+        );
+        (None, None)
+    } else if !config.http.tls_cert.as_os_str().is_empty() {
+        let chain = std::fs::read_to_string(&config.http.tls_cert).map_err(|e| {
+            tls::TlsError::Material {
+                dir: config.http.tls_cert.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let tls = tls::server_config_from_files(&config.http.tls_cert, &config.http.tls_key)?;
+        let last = last_pem_block(&chain);
+        (Some(tls), Some(last))
+    } else {
+        let mut names = vec!["localhost".to_owned(), http_addr.ip().to_string()];
+        if let Some(host) = url_host(public_url) {
+            names.push(host.to_owned());
+        }
+        names.extend(config.http.tls_names.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        let m = tls::ensure_http_tls(data, &names)?;
+        let cert = std::fs::read_to_string(&m.cert_path).map_err(|e| tls::TlsError::Material {
+            dir: m.cert_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let key = std::fs::read_to_string(&m.key_path).map_err(|e| tls::TlsError::Material {
+            dir: m.key_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let chain = format!("{}\n{}", cert.trim_end(), m.ca_pem);
+        (Some(tls::server_config(&chain, &key)?), Some(m.ca_pem))
+    })
+}
+
+/// Serve `app` on `listener` (over TLS with `tls`) until `shutdown`.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => {
+            let tls = http::listen::TlsListener::new(listener, tls, shutdown.clone())?;
+            // (`tap_io` gives the listener axum's connect-info for its address.)
+            axum::serve(axum::serve::ListenerExt::tap_io(tls, |_| {}), make)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        None => {
+            // Console frames are small and latency-bound: no Nagle delay.
+            let plain = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(plain, make)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    }
+}
+
+/// The HTTP listener of `config`.
+async fn bind_http(config: &Config) -> Result<tokio::net::TcpListener, ControllerError> {
+    tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .map_err(|source| ControllerError::Bind {
+            addr: config.http.listen.clone(),
+            source,
+        })
+}
+
+/// This replica's name among several (the pod's name under Kubernetes).
+fn replica_name() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "controller".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// On PostgreSQL: wait as a standby until this replica holds the leader
+/// lock ([`store::election`]), serving only `/healthz` and a 503 that names
+/// the active replica; `None` if `shutdown` came first.
+async fn standby(
+    config: &Config,
+    data: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> Result<Option<store::election::Leadership>, ControllerError> {
+    let me = replica_name();
+    let listener = bind_http(config).await?;
+    let addr = listener.local_addr().map_err(ControllerError::Serve)?;
+    let public_url = config.http.public_url.trim_end_matches('/').to_owned();
+    let (tls, _) = http_tls(config, data, addr, &public_url)?;
+    let (waiting, seen) =
+        tokio::sync::watch::channel(store::election::Standby::LedBy(String::new()));
+    let stop = shutdown.child_token();
+    let server = tokio::spawn(serve_http(
+        listener,
+        tls,
+        http::standby_router(seen),
+        stop.clone(),
+    ));
+    tracing::info!(replica = %me, "waiting for the leader lock (standby until then)");
+    let got = store::election::acquire(
+        &config.store.postgres_url,
+        &me,
+        std::time::Duration::from_millis(config.store.leader_poll_ms),
+        waiting,
+        shutdown,
+    )
+    .await;
+    stop.cancel();
+    let _ = server.await;
+    Ok(got)
 }
 
 /// The host of `https://host:port/…` (brackets of an IPv6 literal removed).

@@ -2,7 +2,8 @@
 //! -9 and restarted under load; an edge node killed with -9 while it holds
 //! unsent events; Mosquitto (Debian's package) killed and restarted under
 //! load, which also runs the whole sync through a third-party broker;
-//! PostgreSQL (Debian's package) stopped and started under the controller.
+//! PostgreSQL (Debian's package) stopped and started under the controller;
+//! the active one of two controllers on one database killed with -9.
 //! After each, every event is in the controller's store exactly once.
 
 use std::path::Path;
@@ -191,6 +192,109 @@ async fn postgres_restarted_under_load_loses_nothing() {
     assert_exactly_once(&event_ids(&ctl, "branch-p").await.unwrap(), total);
     node.stop().await;
     ctl.kill();
+}
+
+/// What `/readyz` says, with its status.
+async fn ready_text(ctl: &CtlProcess) -> (u16, String) {
+    match controller_http(&ctl.ca_pem)
+        .get(format!("{}/readyz", ctl.base()))
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Two controllers on one PostgreSQL database, one data folder and one
+/// Mosquitto: one is active, the other stands by (alive, not ready, naming
+/// the active one). The active one is killed with -9 under load: the
+/// standby takes over, and every event is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_active_controller_is_killed() {
+    let pg = PgCluster::start();
+    let mdir = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let mut mosq = spawn_mosquitto(mdir.path(), mport);
+    wait_port(mport).await;
+    let cdir = tempfile::tempdir().unwrap();
+    let shared = [
+        ("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", pg.url)),
+        ("EDGEDESK_CC_MQTT__MODE", "\"external\"".to_owned()),
+        ("EDGEDESK_CC_MQTT__EXTERNAL_PORT", mport.to_string()),
+        // One model service address for whichever replica is active.
+        (
+            "EDGEDESK_CC_MODELS__QUIC_LISTEN",
+            format!("\"127.0.0.1:{}\"", free_port()),
+        ),
+    ];
+    let mut a = start_controller(cdir.path(), free_port(), free_port(), &shared).await;
+    assert_eq!(ready_text(&a).await.0, 200, "the first replica is active");
+    let b = start_controller(cdir.path(), free_port(), free_port(), &shared).await;
+    let (status, said) = ready_text(&b).await;
+    assert_eq!(status, 503, "{said}");
+    assert!(said.contains("standby: the active controller is"), "{said}");
+    assert!(
+        b.api(reqwest::Method::GET, "/api/v1/nodes", None)
+            .await
+            .is_none(),
+        "a standby serves no API"
+    );
+
+    let edir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(edge_config(
+        &edir,
+        "branch-r",
+        &a,
+        a.token_for("branch-r").await,
+    ))
+    .await;
+    eventually(15, "online through mosquitto", || async {
+        a.api(reqwest::Method::GET, "/api/v1/nodes/branch-r", None)
+            .await
+            .is_some_and(|n| n["online"] == true)
+    })
+    .await;
+    let addr = node.addr;
+    let total = 60;
+    let load = tokio::spawn(async move {
+        for i in 0..total {
+            escalate_at(addr, i).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    eventually(20, "some events stored", || async {
+        event_ids(&a, "branch-r")
+            .await
+            .is_some_and(|ids| ids.len() >= 5)
+    })
+    .await;
+    a.kill();
+    eventually(20, "the standby becomes active", || async {
+        ready_text(&b).await.0 == 200
+    })
+    .await;
+    load.await.unwrap();
+    eventually(
+        40,
+        "all events stored by the new active replica",
+        || async {
+            event_ids(&b, "branch-r")
+                .await
+                .is_some_and(|ids| ids.len() >= total)
+                && node.store().outbox_depth().await.unwrap() == 0
+        },
+    )
+    .await;
+    assert_exactly_once(&event_ids(&b, "branch-r").await.unwrap(), total);
+    // Commands go down from the new replica (a new block of sequence
+    // numbers, above the old one's): a ping is acknowledged.
+    assert!(ping_acked(&b, "branch-r", 20).await);
+    node.stop().await;
+    let mut b = b;
+    b.kill();
+    mosq.kill().unwrap();
+    mosq.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

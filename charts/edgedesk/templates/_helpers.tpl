@@ -34,13 +34,14 @@ broker's host. Required: without it nodes would be told 0.0.0.0 at enrolment.
 
 {{/*
 Refuse what this version cannot run. Several replicas need a shared
-PostgreSQL store and an external broker (issue 14), which this version does
-not have yet: with its own SQLite store each replica would hold its own
-registry and rollouts.
+PostgreSQL store (postgres.urlSecret), an external broker and replica
+support in the controller (docs/REPLICAS.md), which this version does not
+have yet: sealing keys, downlink sequence numbers, presence and the live
+desk are still per process.
 */}}
 {{- define "edgedesk.checks" -}}
 {{- if gt (int .Values.replicas) 1 -}}
-{{- fail "replicas > 1 needs a shared PostgreSQL store and an external broker, which this version does not support yet; keep replicas: 1 (the leader Lease is still used, so a rolling update never runs two leaders)" -}}
+{{- fail "replicas > 1 is not supported yet (docs/REPLICAS.md): keep replicas: 1 (the leader Lease is still used, so a rolling update never runs two leaders)" -}}
 {{- end -}}
 {{- if not (has .Values.mqtt.mode (list "embedded" "external")) -}}
 {{- fail (printf "mqtt.mode must be embedded or external, not %q" .Values.mqtt.mode) -}}

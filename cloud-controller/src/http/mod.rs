@@ -77,6 +77,32 @@ pub fn router(state: Arc<Http>) -> axum::Router {
         .merge(console::router(state))
 }
 
+/// What a standby replica serves while another one is active: `/healthz`
+/// (it is alive), and 503 for everything else, `/readyz` included, saying
+/// which replica is active, so load balancers and probes send traffic
+/// there.
+pub fn standby_router(
+    waiting: tokio::sync::watch::Receiver<crate::store::election::Standby>,
+) -> axum::Router {
+    use crate::store::election::Standby;
+    let said = move || {
+        let text = match &*waiting.borrow() {
+            Standby::LedBy(who) if !who.is_empty() => {
+                format!("standby: the active controller is {who}\n")
+            }
+            Standby::LedBy(_) => "standby: another controller is active\n".to_owned(),
+            Standby::NoDatabase(e) => format!("standby: store unavailable: {e}\n"),
+        };
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+    };
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(move || {
+            let said = said.clone();
+            async move { said() }
+        })
+}
+
 /// Readiness: 200 while the store answers, else 503 saying why (a replica
 /// whose database is unreachable leaves the load balancer's rotation; its
 /// liveness, `/healthz`, is unaffected, so it is not restarted for it).

@@ -19,6 +19,7 @@ pub mod agents;
 pub mod branches;
 pub mod chats;
 pub mod commands;
+pub mod election;
 pub mod events;
 pub mod migrations;
 pub mod models;
@@ -188,13 +189,13 @@ impl Store {
         })
     }
 
-    /// Open the store `config` names: PostgreSQL when it has a URL, else
-    /// SQLite in its data folder.
-    pub fn from_config(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
-        if config.postgres_url.is_empty() {
-            Store::open(&config.data_dir.join("controller.db"))
+    /// PostgreSQL at `postgres_url` with `pool` connections, or SQLite in
+    /// `data_dir` when the URL is empty (the `[store]` settings).
+    pub fn open_any(data_dir: &Path, postgres_url: &str, pool: usize) -> Result<Store, StoreError> {
+        if postgres_url.is_empty() {
+            Store::open(&data_dir.join("controller.db"))
         } else {
-            Store::connect_postgres(&config.postgres_url, config.postgres_pool)
+            Store::connect_postgres(postgres_url, pool)
         }
     }
 

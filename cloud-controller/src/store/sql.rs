@@ -410,7 +410,16 @@ impl Conn {
     /// string). Plain TCP or a Unix socket: TLS to the database is the
     /// deployment's (a sidecar or a private network), see OPERATIONS.md.
     pub fn postgres(url: &str) -> Result<Conn, SqlError> {
+        Conn::postgres_as(url, "")
+    }
+
+    /// [`Conn::postgres`], the session named `name` (its `application_name`,
+    /// shown in `pg_stat_activity`) unless empty.
+    pub fn postgres_as(url: &str, name: &str) -> Result<Conn, SqlError> {
         let mut config: postgres::Config = url.parse()?;
+        if !name.is_empty() {
+            config.application_name(name);
+        }
         // A database host that does not answer fails a request in seconds,
         // not after the kernel's TCP timeout; dead peers are noticed.
         if config.get_connect_timeout().is_none() {
