@@ -210,42 +210,84 @@ async fn ready_text(ctl: &CtlProcess) -> (u16, String) {
 /// Mosquitto: one is active, the other stands by (alive, not ready, naming
 /// the active one). The active one is killed with -9 under load: the
 /// standby takes over, and every event is stored exactly once.
+/// Two controller processes on one PostgreSQL database, one data folder
+/// and one Mosquitto, started in turn: the first is active, the second
+/// stands by (alive, not ready, naming the active one, serving no API).
+struct Replicas {
+    a: CtlProcess,
+    b: CtlProcess,
+    dir: tempfile::TempDir,
+    pg: PgCluster,
+    mosq: Child,
+    _mdir: tempfile::TempDir,
+}
+
+impl Replicas {
+    async fn start() -> Replicas {
+        let pg = PgCluster::start();
+        let mdir = tempfile::tempdir().unwrap();
+        let mport = free_port();
+        let mosq = spawn_mosquitto(mdir.path(), mport);
+        wait_port(mport).await;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = [
+            ("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", pg.url)),
+            ("EDGEDESK_CC_MQTT__MODE", "\"external\"".to_owned()),
+            ("EDGEDESK_CC_MQTT__EXTERNAL_PORT", mport.to_string()),
+            // One model service address for whichever replica is active.
+            (
+                "EDGEDESK_CC_MODELS__QUIC_LISTEN",
+                format!("\"127.0.0.1:{}\"", free_port()),
+            ),
+            ("EDGEDESK_CC_MODELS__TICK_MS", "100".to_owned()),
+        ];
+        let a = start_controller(dir.path(), free_port(), free_port(), &shared).await;
+        assert_eq!(ready_text(&a).await.0, 200, "the first replica is active");
+        let b = start_controller(dir.path(), free_port(), free_port(), &shared).await;
+        let (status, said) = ready_text(&b).await;
+        assert_eq!(status, 503, "{said}");
+        assert!(said.contains("standby: the active controller is"), "{said}");
+        assert!(
+            b.api(reqwest::Method::GET, "/api/v1/nodes", None)
+                .await
+                .is_none(),
+            "a standby serves no API"
+        );
+        Replicas {
+            a,
+            b,
+            dir,
+            pg,
+            mosq,
+            _mdir: mdir,
+        }
+    }
+
+    /// Kill the active replica with -9; wait until the standby is ready.
+    async fn fail_over(&mut self) {
+        self.a.kill();
+        eventually(20, "the standby becomes active", || async {
+            ready_text(&self.b).await.0 == 200
+        })
+        .await;
+    }
+
+    fn stop(mut self) {
+        self.b.kill();
+        self.mosq.kill().unwrap();
+        self.mosq.wait().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_when_the_active_controller_is_killed() {
-    let pg = PgCluster::start();
-    let mdir = tempfile::tempdir().unwrap();
-    let mport = free_port();
-    let mut mosq = spawn_mosquitto(mdir.path(), mport);
-    wait_port(mport).await;
-    let cdir = tempfile::tempdir().unwrap();
-    let shared = [
-        ("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", pg.url)),
-        ("EDGEDESK_CC_MQTT__MODE", "\"external\"".to_owned()),
-        ("EDGEDESK_CC_MQTT__EXTERNAL_PORT", mport.to_string()),
-        // One model service address for whichever replica is active.
-        (
-            "EDGEDESK_CC_MODELS__QUIC_LISTEN",
-            format!("\"127.0.0.1:{}\"", free_port()),
-        ),
-    ];
-    let mut a = start_controller(cdir.path(), free_port(), free_port(), &shared).await;
-    assert_eq!(ready_text(&a).await.0, 200, "the first replica is active");
-    let b = start_controller(cdir.path(), free_port(), free_port(), &shared).await;
-    let (status, said) = ready_text(&b).await;
-    assert_eq!(status, 503, "{said}");
-    assert!(said.contains("standby: the active controller is"), "{said}");
-    assert!(
-        b.api(reqwest::Method::GET, "/api/v1/nodes", None)
-            .await
-            .is_none(),
-        "a standby serves no API"
-    );
-
+    let mut r = Replicas::start().await;
+    let a = &r.a;
     let edir = tempfile::tempdir().unwrap();
     let node = TestNode::start(edge_config(
         &edir,
         "branch-r",
-        &a,
+        a,
         a.token_for("branch-r").await,
     ))
     .await;
@@ -264,37 +306,110 @@ async fn a_standby_takes_over_when_the_active_controller_is_killed() {
         }
     });
     eventually(20, "some events stored", || async {
-        event_ids(&a, "branch-r")
+        event_ids(a, "branch-r")
             .await
             .is_some_and(|ids| ids.len() >= 5)
     })
     .await;
-    a.kill();
-    eventually(20, "the standby becomes active", || async {
-        ready_text(&b).await.0 == 200
-    })
-    .await;
+    r.fail_over().await;
+    let b = &r.b;
     load.await.unwrap();
     eventually(
         40,
         "all events stored by the new active replica",
         || async {
-            event_ids(&b, "branch-r")
+            event_ids(b, "branch-r")
                 .await
                 .is_some_and(|ids| ids.len() >= total)
                 && node.store().outbox_depth().await.unwrap() == 0
         },
     )
     .await;
-    assert_exactly_once(&event_ids(&b, "branch-r").await.unwrap(), total);
+    assert_exactly_once(&event_ids(b, "branch-r").await.unwrap(), total);
     // Commands go down from the new replica (a new block of sequence
     // numbers, above the old one's): a ping is acknowledged.
-    assert!(ping_acked(&b, "branch-r", 20).await);
+    assert!(ping_acked(b, "branch-r", 20).await);
     node.stop().await;
-    let mut b = b;
-    b.kill();
-    mosq.kill().unwrap();
-    mosq.wait().unwrap();
+    r.stop();
+}
+
+/// The active replica killed in the middle of a rollout (after its first
+/// wave, while it bakes): the standby carries the rollout on from the
+/// database, and every node ends on the new model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_goes_on_when_the_active_controller_is_killed() {
+    let mut r = Replicas::start().await;
+    let mut nodes = Vec::new();
+    for id in ["branch-1", "branch-2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(edge_config(&dir, id, &r.a, r.a.token_for(id).await)).await;
+        nodes.push((node, dir));
+    }
+    for id in ["branch-1", "branch-2"] {
+        eventually(15, "nodes online", || async {
+            r.a.api(reqwest::Method::GET, &format!("/api/v1/nodes/{id}"), None)
+                .await
+                .is_some_and(|n| n["online"] == true)
+        })
+        .await;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let published = std::process::Command::new(controller_bin())
+        .args(["model", "publish"])
+        .arg(edgedesk_systest::cloud::bundle_version(
+            work.path(),
+            "1.1.0",
+        ))
+        .envs(store_env(r.dir.path()))
+        .env("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", r.pg.url))
+        .env(
+            "EDGEDESK_CC_MODELS__ONNXRUNTIME_PATH",
+            format!("{:?}", ort_path().to_string_lossy()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let created =
+        r.a.api(
+            reqwest::Method::POST,
+            "/api/v1/rollouts",
+            Some(
+                serde_json::json!({ "model": "1.1.0", "waves": ["1", "100%"],
+                "bake_secs": 4, "failure_threshold": "0" }),
+            ),
+        )
+        .await
+        .expect("the rollout starts");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/rollouts/{id}");
+    eventually(30, "the first wave done, baking", || async {
+        r.a.api(reqwest::Method::GET, &path, None)
+            .await
+            .is_some_and(|v| v["phase"] == "baking" && v["updated"] == 1)
+    })
+    .await;
+    r.fail_over().await;
+    eventually(
+        30,
+        "the new active replica finishes the rollout",
+        || async {
+            r.b.api(reqwest::Method::GET, &path, None)
+                .await
+                .is_some_and(|v| v["phase"] == "succeeded" && v["updated"] == 2)
+        },
+    )
+    .await;
+    for (node, _) in &nodes {
+        assert_eq!(node.model_version(), "1.1.0");
+    }
+    for (node, _) in nodes {
+        node.stop().await;
+    }
+    r.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
