@@ -7,7 +7,11 @@
 //! the connection fails, PostgreSQL has released the lock (or soon will), so
 //! [`Leadership::lost`] fires and the process stops acting. A process that
 //! dies loses its connection and with it the lock, so a standby takes over
-//! at its next attempt; [`Leadership::release`] unlocks at shutdown.
+//! at its next attempt; [`Leadership::release`] unlocks at shutdown. A
+//! network partition: the lock connection is "watchful" (keepalives and a
+//! TCP user timeout on this side, keepalives on the server's), so the
+//! active replica's check fails within about 15 s and stops it, before the
+//! server drops the session (about 20 s) and a standby can take the lock.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
@@ -116,7 +120,7 @@ fn hold(
     let mut conn: Option<Conn> = None;
     let held = loop {
         if conn.as_ref().is_none_or(Conn::is_closed) {
-            conn = match Conn::postgres_as(url, me) {
+            conn = match Conn::postgres_watchful(url, me) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     waiting.send_replace(Standby::NoDatabase(e.to_string()));

@@ -410,15 +410,32 @@ impl Conn {
     /// string). Plain TCP or a Unix socket: TLS to the database is the
     /// deployment's (a sidecar or a private network), see OPERATIONS.md.
     pub fn postgres(url: &str) -> Result<Conn, SqlError> {
-        Conn::postgres_as(url, "")
+        Conn::postgres_with(url, "", false)
     }
 
-    /// [`Conn::postgres`], the session named `name` (its `application_name`,
-    /// shown in `pg_stat_activity`) unless empty.
-    pub fn postgres_as(url: &str, name: &str) -> Result<Conn, SqlError> {
+    /// A connection named `name` (its `application_name`, shown in
+    /// `pg_stat_activity`) that notices a dead peer within seconds on both ends
+    /// (for the leader lock, which must go with it): TCP keepalives after 5
+    /// s idle and unacknowledged data failing the connection after 15 s on
+    /// this side; the server's keepalives for this session likewise.
+    pub fn postgres_watchful(url: &str, name: &str) -> Result<Conn, SqlError> {
+        let conn = Conn::postgres_with(url, name, true)?;
+        conn.execute_batch(
+            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+        )?;
+        Ok(conn)
+    }
+
+    fn postgres_with(url: &str, name: &str, watchful: bool) -> Result<Conn, SqlError> {
         let mut config: postgres::Config = url.parse()?;
         if !name.is_empty() {
             config.application_name(name);
+        }
+        if watchful {
+            config
+                .keepalives_idle(std::time::Duration::from_secs(5))
+                .keepalives_interval(std::time::Duration::from_secs(5))
+                .tcp_user_timeout(std::time::Duration::from_secs(15));
         }
         // A database host that does not answer fails a request in seconds,
         // not after the kernel's TCP timeout; dead peers are noticed.
