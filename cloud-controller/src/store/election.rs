@@ -5,7 +5,9 @@
 //! standby tries it every `poll` and reports who holds it (by the holder's
 //! `application_name`). The holder checks its connection every second: when
 //! the connection fails, PostgreSQL has released the lock (or soon will), so
-//! [`Leadership::lost`] fires and the process stops acting. A process that
+//! the holder takes it again as soon as the database answers (a database
+//! restart under a single controller changes nothing); if another replica
+//! took it first, [`Leadership::lost`] fires and the process stops acting. A process that
 //! dies loses its connection and with it the lock, so a standby takes over
 //! at its next attempt; [`Leadership::release`] unlocks at shutdown. A
 //! network partition: the lock connection is "watchful" (keepalives and a
@@ -118,7 +120,7 @@ fn hold(
     let stopped =
         |wait: Duration| !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
     let mut conn: Option<Conn> = None;
-    let held = loop {
+    loop {
         if conn.as_ref().is_none_or(Conn::is_closed) {
             conn = match Conn::postgres_watchful(url, me) {
                 Ok(c) => Some(c),
@@ -130,7 +132,7 @@ fn hold(
         }
         if let Some(c) = &conn {
             match try_lock(c) {
-                Ok(true) => break c,
+                Ok(true) => break,
                 Ok(false) => {
                     waiting.send_replace(Standby::LedBy(holder(c).unwrap_or_default()));
                 }
@@ -142,28 +144,53 @@ fn hold(
         if stopped(poll) {
             return;
         }
-    };
+    }
     tracing::info!(identity = %me, "leader lock acquired: this controller is active");
     if got.send(()).is_err() {
-        let _ = held.execute("SELECT pg_advisory_unlock(?1)", [LEADER_LOCK]);
+        if let Some(c) = &conn {
+            let _ = c.execute("SELECT pg_advisory_unlock(?1)", [LEADER_LOCK]);
+        }
         return;
     }
+    let mut held = conn;
     loop {
         if stopped(CHECK) {
-            match held.query_row("SELECT pg_advisory_unlock(?1)", [LEADER_LOCK], |r| {
-                r.get::<_, bool>(0)
-            }) {
-                Ok(_) => tracing::info!(identity = %me, "leader lock released"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "releasing the leader lock failed; it goes with the connection")
+            if let Some(c) = &held {
+                match c.query_row("SELECT pg_advisory_unlock(?1)", [LEADER_LOCK], |r| {
+                    r.get::<_, bool>(0)
+                }) {
+                    Ok(_) => tracing::info!(identity = %me, "leader lock released"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "releasing the leader lock failed; it goes with the connection")
+                    }
                 }
             }
             return;
         }
-        if let Err(e) = held.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)) {
-            tracing::error!(error = %e, "the leader lock's connection failed: this controller stops acting");
-            lost.cancel();
-            return;
+        let alive = held
+            .as_ref()
+            .is_some_and(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok());
+        if alive {
+            continue;
+        }
+        // The lock went with its connection (a database restart, a network
+        // fault). Take it again as soon as the database answers; if another
+        // replica took it first, stop acting.
+        if held.take().is_some() {
+            tracing::warn!("the leader lock's connection failed; taking the lock again");
+        }
+        match Conn::postgres_watchful(url, me).and_then(|c| try_lock(&c).map(|got| (c, got))) {
+            Ok((c, true)) => {
+                tracing::info!(identity = %me, "leader lock taken again: this controller stays active");
+                held = Some(c);
+            }
+            Ok((c, false)) => {
+                let other = holder(&c).unwrap_or_default();
+                tracing::error!(active = %other, "another controller took the leader lock: this one stops acting");
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "the database is still unavailable"),
         }
     }
 }
