@@ -666,21 +666,35 @@ fn replica_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// On PostgreSQL: wait as a standby until this replica holds the leader
-/// lock ([`store::election`]), serving only `/healthz` and a 503 that names
-/// the active replica; `None` if `shutdown` came first.
+/// On PostgreSQL: take the leader lock ([`store::election`]); while another
+/// replica holds it, stand by, serving only `/healthz` and a 503 that names
+/// the active replica. `None` if `shutdown` came first.
 async fn standby(
     config: &Config,
     data: &std::path::Path,
     shutdown: &CancellationToken,
 ) -> Result<Option<store::election::Leadership>, ControllerError> {
     let me = replica_name();
+    let (waiting, mut seen) =
+        tokio::sync::watch::channel(store::election::Standby::LedBy(String::new()));
+    let election = store::election::acquire(
+        &config.store.postgres_url,
+        &me,
+        std::time::Duration::from_millis(config.store.leader_poll_ms),
+        waiting,
+        shutdown,
+    );
+    tokio::pin!(election);
+    // The lock at the first try (a single controller): no standby page at
+    // all, so nothing ever mistakes one for this controller.
+    tokio::select! {
+        got = &mut election => return Ok(got),
+        _ = seen.changed() => {}
+    }
     let listener = bind_http(config).await?;
     let addr = listener.local_addr().map_err(ControllerError::Serve)?;
     let public_url = config.http.public_url.trim_end_matches('/').to_owned();
     let (tls, _) = http_tls(config, data, addr, &public_url)?;
-    let (waiting, seen) =
-        tokio::sync::watch::channel(store::election::Standby::LedBy(String::new()));
     let stop = shutdown.child_token();
     let server = tokio::spawn(serve_http(
         listener,
@@ -688,15 +702,8 @@ async fn standby(
         http::standby_router(seen),
         stop.clone(),
     ));
-    tracing::info!(replica = %me, "waiting for the leader lock (standby until then)");
-    let got = store::election::acquire(
-        &config.store.postgres_url,
-        &me,
-        std::time::Duration::from_millis(config.store.leader_poll_ms),
-        waiting,
-        shutdown,
-    )
-    .await;
+    tracing::info!(replica = %me, "another controller is active: standing by");
+    let got = election.await;
     stop.cancel();
     let _ = server.await;
     Ok(got)

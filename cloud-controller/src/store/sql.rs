@@ -75,8 +75,6 @@ pub enum SqlError {
     Postgres(#[from] postgres::Error),
     #[error("column {column}: {detail}")]
     Column { column: String, detail: String },
-    #[error("PostgreSQL connection: {0}")]
-    Connect(String),
 }
 
 impl SqlError {
@@ -86,13 +84,6 @@ impl SqlError {
             column: column.to_string(),
             detail: detail.to_string(),
         }
-    }
-
-    /// Whether the error means the connection itself is gone (the worker
-    /// reconnects before its next job).
-    pub fn is_disconnect(&self) -> bool {
-        matches!(self, SqlError::Postgres(e) if e.is_closed())
-            || matches!(self, SqlError::Connect(_))
     }
 }
 
@@ -468,14 +459,6 @@ impl Conn {
         }
     }
 
-    /// The SQLite connection, for what only SQLite has (migrations, pragmas).
-    pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
-        match &self.inner {
-            Inner::Sqlite(c) => Some(c),
-            Inner::Postgres(_) => None,
-        }
-    }
-
     /// Run statements without parameters or results (DDL, scripts).
     pub fn execute_batch(&self, sql: &str) -> Result<(), SqlError> {
         match &self.inner {
@@ -613,11 +596,6 @@ impl Stmt<'_> {
             rows: rows.into_iter(),
             f,
         })
-    }
-
-    /// Whether the statement returns at least one row.
-    pub fn exists<P: Params>(&mut self, params: P) -> Result<bool, SqlError> {
-        Ok(!self.conn.run_query(&self.sql, params.values())?.is_empty())
     }
 }
 
