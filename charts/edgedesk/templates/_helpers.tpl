@@ -33,15 +33,22 @@ broker's host. Required: without it nodes would be told 0.0.0.0 at enrolment.
 {{- end -}}
 
 {{/*
-Refuse what this version cannot run. Several replicas need a shared
-PostgreSQL store (postgres.urlSecret), an external broker and replica
-support in the controller (docs/REPLICAS.md), which this version does not
-have yet: sealing keys, downlink sequence numbers, presence and the live
-desk are still per process.
+Refuse what this version cannot run. Several replicas run active/standby
+(docs/REPLICAS.md) and need a shared PostgreSQL store, an external broker
+(with the embedded one, nodes stay on the broker of the pod they reached)
+and one data volume for all (keys, CA, model files).
 */}}
 {{- define "edgedesk.checks" -}}
 {{- if gt (int .Values.replicas) 1 -}}
-{{- fail "replicas > 1 is not supported yet (docs/REPLICAS.md): keep replicas: 1 (the leader Lease is still used, so a rolling update never runs two leaders)" -}}
+{{- if not .Values.postgres.urlSecret -}}
+{{- fail "replicas > 1 needs PostgreSQL: set postgres.urlSecret (docs/REPLICAS.md); SQLite holds one controller" -}}
+{{- end -}}
+{{- if ne .Values.mqtt.mode "external" -}}
+{{- fail "replicas > 1 needs mqtt.mode: external: with the embedded broker, nodes stay on the broker of the pod they reached" -}}
+{{- end -}}
+{{- if and (not .Values.persistence.existingClaim) (ne .Values.persistence.accessMode "ReadWriteMany") -}}
+{{- fail "replicas > 1 needs one data volume every replica mounts: persistence.accessMode: ReadWriteMany (or an existingClaim that is)" -}}
+{{- end -}}
 {{- end -}}
 {{- if not (has .Values.mqtt.mode (list "embedded" "external")) -}}
 {{- fail (printf "mqtt.mode must be embedded or external, not %q" .Values.mqtt.mode) -}}
