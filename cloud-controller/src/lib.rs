@@ -666,6 +666,35 @@ fn replica_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The standby page's HTTPS configuration from what is on disk: the
+/// operator's certificate, or the controller's once the active replica has
+/// made it (`None` until then). `Some(None)`: plain HTTP.
+fn standby_tls(
+    config: &Config,
+    data: &std::path::Path,
+) -> Option<Option<Arc<rustls::ServerConfig>>> {
+    if config.http.insecure_http {
+        return Some(None);
+    }
+    let made = if !config.http.tls_cert.as_os_str().is_empty() {
+        tls::server_config_from_files(&config.http.tls_cert, &config.http.tls_key)
+            .map_err(|e| e.to_string())
+    } else {
+        let read = |name: &str| std::fs::read_to_string(data.join(name)).map_err(|e| e.to_string());
+        read("http-server.pem").and_then(|cert| {
+            let chain = format!("{}\n{}", cert.trim_end(), read("mqtt-ca.pem")?);
+            tls::server_config(&chain, &read("http-server.key")?).map_err(|e| e.to_string())
+        })
+    };
+    match made {
+        Ok(tls) => Some(Some(tls)),
+        Err(e) => {
+            tracing::debug!(error = %e, "no TLS material for the standby page yet");
+            None
+        }
+    }
+}
+
 /// On PostgreSQL: take the leader lock ([`store::election`]); while another
 /// replica holds it, stand by, serving only `/healthz` and a 503 that names
 /// the active replica. `None` if `shutdown` came first.
@@ -691,10 +720,18 @@ async fn standby(
         got = &mut election => return Ok(got),
         _ = seen.changed() => {}
     }
+    // The standby page's TLS, read but never written: replicas starting
+    // together on an empty data folder must not each make their own CA.
+    let tls = loop {
+        if let Some(tls) = standby_tls(config, data) {
+            break tls;
+        }
+        tokio::select! {
+            got = &mut election => return Ok(got),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    };
     let listener = bind_http(config).await?;
-    let addr = listener.local_addr().map_err(ControllerError::Serve)?;
-    let public_url = config.http.public_url.trim_end_matches('/').to_owned();
-    let (tls, _) = http_tls(config, data, addr, &public_url)?;
     let stop = shutdown.child_token();
     let server = tokio::spawn(serve_http(
         listener,

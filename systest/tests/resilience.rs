@@ -223,7 +223,8 @@ struct Replicas {
 }
 
 impl Replicas {
-    async fn start() -> Replicas {
+    /// `together`: both processes started at the same moment.
+    async fn start(together: bool) -> Replicas {
         let pg = PgCluster::start();
         let mdir = tempfile::tempdir().unwrap();
         let mport = free_port();
@@ -241,9 +242,27 @@ impl Replicas {
             ),
             ("EDGEDESK_CC_MODELS__TICK_MS", "100".to_owned()),
         ];
-        let a = start_controller(dir.path(), free_port(), free_port(), &shared).await;
-        assert_eq!(ready_text(&a).await.0, 200, "the first replica is active");
-        let b = start_controller(dir.path(), free_port(), free_port(), &shared).await;
+        let (a, b) = if together {
+            // Both at once on the empty folder: whichever got the lock is `a`.
+            let (x, y) = tokio::join!(
+                start_controller(dir.path(), free_port(), free_port(), &shared),
+                start_controller(dir.path(), free_port(), free_port(), &shared)
+            );
+            eventually(20, "one of the two is active", || async {
+                ready_text(&x).await.0 == 200 || ready_text(&y).await.0 == 200
+            })
+            .await;
+            if ready_text(&x).await.0 == 200 {
+                (x, y)
+            } else {
+                (y, x)
+            }
+        } else {
+            let a = start_controller(dir.path(), free_port(), free_port(), &shared).await;
+            assert_eq!(ready_text(&a).await.0, 200, "the first replica is active");
+            let b = start_controller(dir.path(), free_port(), free_port(), &shared).await;
+            (a, b)
+        };
         let (status, said) = ready_text(&b).await;
         assert_eq!(status, 503, "{said}");
         assert!(said.contains("standby: the active controller is"), "{said}");
@@ -281,7 +300,7 @@ impl Replicas {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_when_the_active_controller_is_killed() {
-    let mut r = Replicas::start().await;
+    let mut r = Replicas::start(false).await;
     let a = &r.a;
     let edir = tempfile::tempdir().unwrap();
     let node = TestNode::start(edge_config(
@@ -333,12 +352,44 @@ async fn a_standby_takes_over_when_the_active_controller_is_killed() {
     r.stop();
 }
 
+/// Two replicas started at the same moment on an empty data folder make one
+/// identity between them (keys, CA): a node enrolled with the active one
+/// talks to the other after a fail-over (its ping is acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_share_one_identity() {
+    let mut r = Replicas::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(edge_config(
+        &dir,
+        "branch-t",
+        &r.a,
+        r.a.token_for("branch-t").await,
+    ))
+    .await;
+    eventually(15, "online", || async {
+        r.a.api(reqwest::Method::GET, "/api/v1/nodes/branch-t", None)
+            .await
+            .is_some_and(|n| n["online"] == true)
+    })
+    .await;
+    assert!(ping_acked(&r.a, "branch-t", 20).await);
+    r.fail_over().await;
+    // The standby's page and the new active controller pin the same CA.
+    assert_eq!(r.a.ca_pem, r.b.ca_pem);
+    assert!(
+        ping_acked(&r.b, "branch-t", 20).await,
+        "after the fail-over"
+    );
+    node.stop().await;
+    r.stop();
+}
+
 /// The active replica killed in the middle of a rollout (after its first
 /// wave, while it bakes): the standby carries the rollout on from the
 /// database, and every node ends on the new model.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_goes_on_when_the_active_controller_is_killed() {
-    let mut r = Replicas::start().await;
+    let mut r = Replicas::start(false).await;
     let mut nodes = Vec::new();
     for id in ["branch-1", "branch-2"] {
         let dir = tempfile::tempdir().unwrap();
