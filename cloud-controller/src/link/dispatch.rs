@@ -33,6 +33,13 @@ pub async fn run(link: Link, mut rx: mpsc::Receiver<Inbound>) {
     // written goes into the next one (up to BATCH).
     let mut msgs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
+        if let Err(e) = link
+            .keys
+            .preload(msgs.iter().map(|m| m.node.as_str()))
+            .await
+        {
+            tracing::warn!(error = %e, "reading nodes' keys failed; each is read alone");
+        }
         let mut batch = Vec::with_capacity(msgs.len());
         for msg in msgs.drain(..) {
             match open(&link, &msg.node, &msg.payload).await {

@@ -91,27 +91,53 @@ impl Keys {
         if !self.creds.contains(node) {
             return Ok(None);
         }
-        let Some((row, peer)) = self
-            .store
-            .node(node)
-            .await?
-            .filter(|r| r.revoked_at.is_none())
-            .and_then(|r| r.keys.parse().ok().map(|p| (r, p)))
-        else {
-            return Ok(None);
+        let row = self.store.node(node).await?;
+        Ok(row.and_then(|r| self.cache(r)))
+    }
+
+    /// Read the keys of every node in `nodes` not cached yet in one store
+    /// query (a batch's first messages from many nodes would else cost a
+    /// read each, one after the other: seconds for ten thousand nodes).
+    pub async fn preload<'a>(
+        &self,
+        nodes: impl Iterator<Item = &'a str>,
+    ) -> Result<(), StoreError> {
+        let missing: Vec<String> = {
+            let map = self.map();
+            let mut seen = std::collections::HashSet::new();
+            nodes
+                .filter(|n| !map.contains_key(*n) && self.creds.contains(n) && seen.insert(*n))
+                .map(str::to_owned)
+                .collect()
         };
-        let mut map = self.map();
-        if !self.creds.contains(node) {
-            return Ok(None); // revoked while we read
+        if missing.len() < 2 {
+            return Ok(()); // one is read by `peer` as before
         }
-        let sec = map.entry(node.to_owned()).or_insert_with(|| NodeSec {
+        for row in self.store.nodes_among(missing).await? {
+            self.cache(row);
+        }
+        Ok(())
+    }
+
+    /// Cache a node's keys from its registry row; `None` if it is revoked
+    /// (also while we read) or its keys do not parse.
+    fn cache(&self, row: crate::store::NodeRow) -> Option<Peer> {
+        if row.revoked_at.is_some() {
+            return None;
+        }
+        let peer: Peer = row.keys.parse().ok()?;
+        let mut map = self.map();
+        if !self.creds.contains(&row.id) {
+            return None; // revoked while we read
+        }
+        let sec = map.entry(row.id.clone()).or_insert_with(|| NodeSec {
             peer,
             window: ReplayWindow::starting_at(row.seq_high),
             boxes: Vec::new(),
             out: None,
             told: None,
         });
-        Ok(Some(sec.peer.clone()))
+        Some(sec.peer.clone())
     }
 
     /// Verify an envelope from `node` and open it. `StaleKey` means the

@@ -331,6 +331,31 @@ impl Store {
         self.db.call(move |c| node(c, &id)).await
     }
 
+    /// The nodes among `ids` the registry has (one query for many: the
+    /// dispatcher's first messages from thousands of nodes at once).
+    pub async fn nodes_among(&self, ids: Vec<String>) -> Result<Vec<NodeRow>, StoreError> {
+        self.db
+            .call(move |c| {
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(256) {
+                    let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
+                    let mut stmt = c.prepare_cached(&format!(
+                        "SELECT {NODE_COLUMNS} FROM nodes WHERE id IN ({})",
+                        marks.join(", ")
+                    ))?;
+                    let params: Vec<super::sql::Value> = chunk
+                        .iter()
+                        .map(|id| super::sql::Value::Text(id.clone()))
+                        .collect();
+                    for row in stmt.query_map(params, node_from_row)? {
+                        out.push(row?);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// Ids of the nodes the registry shows online.
     pub async fn online_nodes(&self) -> Result<Vec<String>, StoreError> {
         self.db
@@ -421,6 +446,36 @@ mod tests {
             sign: "s".into(),
             seal: "x".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn many_nodes_are_read_in_one_call_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::test_store(&dir.path().join("n.db"));
+        for i in 0..300 {
+            let token = format!("t{i}");
+            store.create_token(token.clone(), None, 0, 1000).await.unwrap();
+            store
+                .enroll(token, format!("n{i:03}"), keys(), "h".into(), 1)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // 300 known ids (two chunks), unknown ones ignored, quotes harmless.
+        let mut ids: Vec<String> = (0..300).map(|i| format!("n{i:03}")).collect();
+        ids.push("nobody".into());
+        ids.push("x' OR '1'='1".into());
+        let mut got: Vec<String> = store
+            .nodes_among(ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        got.sort();
+        assert_eq!(got.len(), 300);
+        assert_eq!((got[0].as_str(), got[299].as_str()), ("n000", "n299"));
+        assert!(store.nodes_among(vec![]).await.unwrap().is_empty());
     }
 
     #[test]
