@@ -117,10 +117,14 @@ pub fn enroll(
     if let Err(e) = may_enroll(&tx, token, node_id, now)? {
         return Ok(Err(e));
     }
-    tx.execute(
-        "UPDATE tokens SET used_at = ?2, used_by = ?3 WHERE hash = ?1",
+    // Conditional, so a token is used once whatever the isolation level.
+    let took = tx.execute(
+        "UPDATE tokens SET used_at = ?2, used_by = ?3 WHERE hash = ?1 AND used_at IS NULL",
         params![sha256_hex(token), now, node_id],
     )?;
+    if took == 0 {
+        return Ok(Err(EnrollError::TokenUsed));
+    }
     tx.execute(
         "INSERT INTO nodes (id, sign_key, seal_key, mqtt_pass_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![node_id, keys.sign, keys.seal, mqtt_pass_hash, now],
@@ -448,13 +452,43 @@ mod tests {
         }
     }
 
+    /// Enrolments racing for one token (on PostgreSQL over several
+    /// connections): exactly one node gets in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_enrols_one_node_whatever_the_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::test_store(&dir.path().join("n.db"));
+        store.create_token("t".into(), None, 0, 1000).await.unwrap();
+        let tries = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .enroll("t".into(), format!("racer-{i}"), keys(), "h".into(), 1)
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut won = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Ok(()) => won += 1,
+                Err(e) => assert_eq!(e, EnrollError::TokenUsed),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(store.nodes().await.unwrap().len(), 1);
+    }
+
     #[tokio::test]
     async fn many_nodes_are_read_in_one_call_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::test_store(&dir.path().join("n.db"));
         for i in 0..300 {
             let token = format!("t{i}");
-            store.create_token(token.clone(), None, 0, 1000).await.unwrap();
+            store
+                .create_token(token.clone(), None, 0, 1000)
+                .await
+                .unwrap();
             store
                 .enroll(token, format!("n{i:03}"), keys(), "h".into(), 1)
                 .await

@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
+/// The advisory lock every PostgreSQL transaction takes ("EDGEWRIT").
+pub const WRITE_LOCK: i64 = 0x4544_4745_5752_4954;
+
 /// Which database a [`Conn`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -494,8 +497,21 @@ impl Conn {
     }
 
     /// Begin a transaction; dropped without [`Tx::commit`], it rolls back.
+    ///
+    /// On PostgreSQL every transaction first takes one transaction-level
+    /// advisory lock ([`WRITE_LOCK`]), so transactions run one at a time as
+    /// on SQLite (one writer), across the pool's connections and across
+    /// replicas: the store's read-then-write transactions (a token used
+    /// once, a sample labelled once) were written for that and stay correct
+    /// under PostgreSQL's default isolation. Single statements and reads
+    /// outside transactions still run side by side.
     pub fn transaction(&mut self) -> Result<Tx<'_>, SqlError> {
-        self.execute_batch("BEGIN")?;
+        match self.dialect() {
+            Dialect::Sqlite => self.execute_batch("BEGIN")?,
+            Dialect::Postgres => self.execute_batch(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+            ))?,
+        }
         Ok(Tx {
             conn: self,
             done: false,
