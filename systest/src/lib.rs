@@ -82,6 +82,33 @@ pub fn store_env(dir: &std::path::Path) -> [(&'static str, String); 2] {
     ]
 }
 
+/// `cloud-controller model publish BUNDLE` on the store of the controller
+/// whose data directory is `dir` (as an operator runs it on the host),
+/// `extra` added to its environment; panics, with what it said, if it fails.
+pub fn publish_with_cli(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    bundle: &std::path::Path,
+    extra: &[(&str, String)],
+) {
+    let out = std::process::Command::new(bin)
+        .args(["model", "publish"])
+        .arg(bundle)
+        .envs(store_env(dir))
+        .env(
+            "EDGEDESK_CC_MODELS__ONNXRUNTIME_PATH",
+            format!("{:?}", ort_path().to_string_lossy()),
+        )
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "model publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -604,21 +604,7 @@ async fn a_controller_killed_mid_run_leaves_no_trainer_behind() {
     )
     .await;
     // A published model (the host's CLI, as an operator does) and one label.
-    let published = std::process::Command::new(bin)
-        .args(["model", "publish"])
-        .arg(bundle_dir())
-        .envs(store_env(cdir.path()))
-        .env(
-            "EDGEDESK_CC_MODELS__ONNXRUNTIME_PATH",
-            format!("{:?}", ort_path().to_string_lossy()),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        published.status.success(),
-        "{}",
-        String::from_utf8_lossy(&published.stderr)
-    );
+    publish_with_cli(bin, cdir.path(), &bundle_dir(), &[]);
     ctl.create_agent("sup", "supervisor", 1).await;
     let edir = tempfile::tempdir().unwrap();
     let node = TestNode::start(ctl.node_config(&edir, "branch-t").await).await;

@@ -73,6 +73,21 @@ async fn escalate_at(addr: std::net::SocketAddr, i: usize) {
     .await;
 }
 
+/// `total` escalations at `addr`, one every `every_ms` whatever the replies
+/// (open loop), as a task.
+fn escalations(
+    addr: std::net::SocketAddr,
+    total: usize,
+    every_ms: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..total {
+            escalate_at(addr, i).await;
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+        }
+    })
+}
+
 fn assert_exactly_once(ids: &[String], expected: usize) {
     let set: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(set.len(), ids.len(), "duplicates in the controller's store");
@@ -94,12 +109,7 @@ async fn controller_killed_with_sigkill_under_load_loses_nothing() {
     .await;
     let addr = node.addr;
     let total = 60;
-    let load = tokio::spawn(async move {
-        for i in 0..total {
-            escalate_at(addr, i).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let load = escalations(addr, total, 50);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     ctl.kill();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -117,15 +127,6 @@ async fn controller_killed_with_sigkill_under_load_loses_nothing() {
     ctl.kill();
 }
 
-/// What a load balancer asks: the status of the controller's `/readyz`.
-async fn ready_status(ctl: &CtlProcess) -> u16 {
-    controller_http(&ctl.ca_pem)
-        .get(format!("{}/readyz", ctl.base()))
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_under_load_loses_nothing() {
     let pg = PgCluster::start();
@@ -138,7 +139,7 @@ async fn postgres_restarted_under_load_loses_nothing() {
         &[("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", pg.url))],
     )
     .await;
-    assert_eq!(ready_status(&ctl).await, 200);
+    assert_eq!(ready_text(&ctl).await.0, 200);
     let edir = tempfile::tempdir().unwrap();
     let node = TestNode::start(edge_config(
         &edir,
@@ -149,12 +150,7 @@ async fn postgres_restarted_under_load_loses_nothing() {
     .await;
     let addr = node.addr;
     let total = 60;
-    let load = tokio::spawn(async move {
-        for i in 0..total {
-            escalate_at(addr, i).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let load = escalations(addr, total, 50);
     eventually(20, "some events stored", || async {
         event_ids(&ctl, "branch-p")
             .await
@@ -165,7 +161,7 @@ async fn postgres_restarted_under_load_loses_nothing() {
     // The controller stays up and says why it is not ready; the node keeps
     // what was not acknowledged.
     eventually(10, "/readyz says the store is unavailable", || async {
-        ready_status(&ctl).await == 503
+        ready_text(&ctl).await.0 == 503
     })
     .await;
     eventually(20, "the node holds unacknowledged events", || async {
@@ -175,7 +171,7 @@ async fn postgres_restarted_under_load_loses_nothing() {
     pg.restart();
     load.await.unwrap();
     eventually(10, "/readyz is ready again", || async {
-        ready_status(&ctl).await == 200
+        ready_text(&ctl).await.0 == 200
     })
     .await;
     eventually(
@@ -310,20 +306,10 @@ async fn a_standby_takes_over_when_the_active_controller_is_killed() {
         a.token_for("branch-r").await,
     ))
     .await;
-    eventually(15, "online through mosquitto", || async {
-        a.api(reqwest::Method::GET, "/api/v1/nodes/branch-r", None)
-            .await
-            .is_some_and(|n| n["online"] == true)
-    })
-    .await;
+    eventually(15, "online through mosquitto", || a.node_online("branch-r")).await;
     let addr = node.addr;
     let total = 60;
-    let load = tokio::spawn(async move {
-        for i in 0..total {
-            escalate_at(addr, i).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let load = escalations(addr, total, 50);
     eventually(20, "some events stored", || async {
         event_ids(a, "branch-r")
             .await
@@ -366,12 +352,7 @@ async fn replicas_started_together_share_one_identity() {
         r.a.token_for("branch-t").await,
     ))
     .await;
-    eventually(15, "online", || async {
-        r.a.api(reqwest::Method::GET, "/api/v1/nodes/branch-t", None)
-            .await
-            .is_some_and(|n| n["online"] == true)
-    })
-    .await;
+    eventually(15, "online", || r.a.node_online("branch-t")).await;
     assert!(ping_acked(&r.a, "branch-t", 20).await);
     r.fail_over().await;
     // The standby's page and the new active controller pin the same CA.
@@ -397,32 +378,14 @@ async fn a_rollout_goes_on_when_the_active_controller_is_killed() {
         nodes.push((node, dir));
     }
     for id in ["branch-1", "branch-2"] {
-        eventually(15, "nodes online", || async {
-            r.a.api(reqwest::Method::GET, &format!("/api/v1/nodes/{id}"), None)
-                .await
-                .is_some_and(|n| n["online"] == true)
-        })
-        .await;
+        eventually(15, "nodes online", || r.a.node_online(id)).await;
     }
     let work = tempfile::tempdir().unwrap();
-    let published = std::process::Command::new(controller_bin())
-        .args(["model", "publish"])
-        .arg(edgedesk_systest::cloud::bundle_version(
-            work.path(),
-            "1.1.0",
-        ))
-        .envs(store_env(r.dir.path()))
-        .env("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", r.pg.url))
-        .env(
-            "EDGEDESK_CC_MODELS__ONNXRUNTIME_PATH",
-            format!("{:?}", ort_path().to_string_lossy()),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        published.status.success(),
-        "{}",
-        String::from_utf8_lossy(&published.stderr)
+    publish_with_cli(
+        controller_bin(),
+        r.dir.path(),
+        &edgedesk_systest::cloud::bundle_version(work.path(), "1.1.0"),
+        &[("EDGEDESK_CC_STORE__POSTGRES_URL", format!("{:?}", r.pg.url))],
     );
     let created =
         r.a.api(
@@ -494,12 +457,7 @@ async fn edge_killed_with_sigkill_holding_unsent_events_loses_nothing() {
     let wait_ready = || wait_edge_ready(addr);
     let mut edge = spawn_edge(&cfg);
     wait_ready().await;
-    eventually(15, "edge online", || async {
-        ctl.api(reqwest::Method::GET, "/api/v1/nodes/branch-e", None)
-            .await
-            .is_some_and(|n| n["online"] == true)
-    })
-    .await;
+    eventually(15, "edge online", || ctl.node_online("branch-e")).await;
     proxy.cut();
     let total = 25;
     for i in 0..total {
@@ -555,20 +513,13 @@ async fn through_mosquitto_and_mosquitto_killed_under_load() {
         ctl.token_for("branch-m").await,
     ))
     .await;
-    eventually(15, "online through mosquitto", || async {
-        ctl.api(reqwest::Method::GET, "/api/v1/nodes/branch-m", None)
-            .await
-            .is_some_and(|n| n["online"] == true)
+    eventually(15, "online through mosquitto", || {
+        ctl.node_online("branch-m")
     })
     .await;
     let addr = node.addr;
     let total = 50;
-    let load = tokio::spawn(async move {
-        for i in 0..total {
-            escalate_at(addr, i).await;
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    });
+    let load = escalations(addr, total, 40);
     tokio::time::sleep(Duration::from_millis(800)).await;
     mosq.kill().unwrap();
     mosq.wait().unwrap();
