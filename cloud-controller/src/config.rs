@@ -482,6 +482,7 @@ mod tests {
     fn database_settings_are_checked_and_their_password_never_printed() {
         for (key, value, says) in [
             ("EDGEDESK_CC_STORE__POSTGRES_POOL", "0", "1 to 256"),
+            ("EDGEDESK_CC_STORE__LEADER_POLL_MS", "10", "50 to 60000 ms"),
             (
                 "EDGEDESK_CC_STORE__POSTGRES_URL",
                 "\"postgres://a:b@[::1\"",
