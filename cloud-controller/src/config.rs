@@ -112,6 +112,9 @@ pub enum Provisioning {
 pub struct MqttConfig {
     pub mode: BrokerMode,
     pub external_provisioning: Provisioning,
+    /// Active/active ingestion (docs/REPLICAS.md): the MQTT shared
+    /// subscription group every replica joins; empty: off.
+    pub shared_group: String,
     pub listen: String,
     pub advertise_host: String,
     pub advertise_port: u16,
@@ -325,6 +328,25 @@ impl Config {
                 "mqtt.external_provisioning",
                 "\"dynsec\" provisions accounts on an external broker: set mqtt.mode = \"external\" too",
             );
+        }
+        if !self.mqtt.shared_group.is_empty() {
+            let g = &self.mqtt.shared_group;
+            if g.len() > 64
+                || !g
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(
+                    "mqtt.shared_group",
+                    "expected 1 to 64 of a-z A-Z 0-9 - _ (a name in an MQTT topic filter)",
+                );
+            }
+            if self.mqtt.mode != BrokerMode::External || self.store.postgres_url.is_empty() {
+                return bad(
+                    "mqtt.shared_group",
+                    "replicas share node traffic through an external broker and one PostgreSQL database: set mqtt.mode = \"external\" and store.postgres_url too",
+                );
+            }
         }
         if self.http.tls_cert.as_os_str().is_empty() != self.http.tls_key.as_os_str().is_empty() {
             return bad(
@@ -560,5 +582,48 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("external_provisioning"), "{e}");
+    }
+
+    #[test]
+    fn a_shared_group_needs_an_external_broker_and_postgres_and_a_plain_name() {
+        let with = |vars: &[(&str, &str)]| {
+            Config::load(
+                None,
+                vars.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let e = with(&[("EDGEDESK_CC_MQTT__SHARED_GROUP", "\"edgedesk\"")]).unwrap_err();
+        assert!(
+            e.to_string().contains("mqtt.shared_group") && e.to_string().contains("\"external\""),
+            "embedded broker: {e}"
+        );
+        let e = with(&[
+            ("EDGEDESK_CC_MQTT__SHARED_GROUP", "\"edgedesk\""),
+            ("EDGEDESK_CC_MQTT__MODE", "\"external\""),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("postgres_url"), "no database: {e}");
+        let e = with(&[
+            ("EDGEDESK_CC_MQTT__SHARED_GROUP", "\"a/b\""),
+            ("EDGEDESK_CC_MQTT__MODE", "\"external\""),
+            (
+                "EDGEDESK_CC_STORE__POSTGRES_URL",
+                "\"host=db user=x dbname=y\"",
+            ),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("a-z A-Z"), "a topic separator: {e}");
+        let ok = with(&[
+            ("EDGEDESK_CC_MQTT__SHARED_GROUP", "\"edgedesk\""),
+            ("EDGEDESK_CC_MQTT__MODE", "\"external\""),
+            (
+                "EDGEDESK_CC_STORE__POSTGRES_URL",
+                "\"host=db user=x dbname=y\"",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(ok.mqtt.shared_group, "edgedesk");
     }
 }

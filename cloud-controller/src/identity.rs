@@ -12,14 +12,25 @@ pub fn load_or_create(path: &Path) -> std::io::Result<Identity> {
     Ok(Identity::from_secret(&secret_file::<64>(path)?))
 }
 
+/// The identity at `path`, which must exist (a standby never makes one).
+pub fn load(path: &Path) -> std::io::Result<Identity> {
+    Ok(Identity::from_secret(&read_secret::<64>(path)?))
+}
+
+/// `N` secret bytes kept hex-encoded in `path`.
+fn read_secret<const N: usize>(path: &Path) -> std::io::Result<[u8; N]> {
+    let text = std::fs::read_to_string(path)?;
+    let bytes = hex::decode(text.trim()).map_err(std::io::Error::other)?;
+    bytes
+        .try_into()
+        .map_err(|_| std::io::Error::other(format!("{} is not a {N}-byte key", path.display())))
+}
+
 /// `N` secret bytes kept hex-encoded in `path` (0600), made from fresh
 /// randomness the first time.
 pub fn secret_file<const N: usize>(path: &Path) -> std::io::Result<[u8; N]> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let bytes = hex::decode(text.trim()).map_err(std::io::Error::other)?;
-        return bytes.try_into().map_err(|_| {
-            std::io::Error::other(format!("{} is not a {N}-byte key", path.display()))
-        });
+    if path.exists() {
+        return read_secret(path);
     }
     let mut secret = [0u8; N];
     getrandom::fill(&mut secret).map_err(std::io::Error::other)?;
@@ -79,6 +90,16 @@ impl Sealing {
         }
     }
 
+    /// The keyring kept in `path`, which must exist (a standby reads the
+    /// active controller's and never writes it).
+    pub fn read(path: std::path::PathBuf) -> std::io::Result<Sealing> {
+        let bytes = std::fs::read(&path)?;
+        let ring: Keyring = serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::other(format!("{}: not a sealing keyring: {e}", path.display()))
+        })?;
+        Ok(Sealing::new(ring, path))
+    }
+
     fn ring(&self) -> std::sync::RwLockReadGuard<'_, Keyring> {
         self.ring.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -91,6 +112,24 @@ impl Sealing {
     /// The key nodes should seal for.
     pub fn current(&self) -> Recipient {
         self.ring().current()
+    }
+
+    /// Read the keyring file again (a standby: only the active controller
+    /// rotates it). Returns the ids of keys gone since the last read.
+    pub fn reload(&self) -> std::io::Result<Vec<String>> {
+        let fresh = Sealing::read(self.path.clone())?
+            .ring
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let kept = fresh.ids();
+        let gone = ring
+            .ids()
+            .into_iter()
+            .filter(|id| !kept.contains(id))
+            .collect();
+        *ring = fresh;
+        Ok(gone)
     }
 
     /// Rotate when due and drop keys whose overlap ended, rewriting the

@@ -163,7 +163,7 @@ pub async fn run(
     )?;
     // Several replicas on one database: one is active, the others wait.
     let leadership = if store.dialect() == store::Dialect::Postgres {
-        match standby(&config, &data, &shutdown).await? {
+        match standby(&config, &data, &store, &shutdown).await? {
             Some(l) => Some(l),
             None => return Err(ControllerError::Stopped),
         }
@@ -261,31 +261,7 @@ pub async fn run(
                 )
             }
             BrokerMode::External => {
-                let addr: SocketAddr = tokio::net::lookup_host((
-                    config.mqtt.external_host.as_str(),
-                    config.mqtt.external_port,
-                ))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| ControllerError::Bind {
-                    addr: format!(
-                        "{}:{}",
-                        config.mqtt.external_host, config.mqtt.external_port
-                    ),
-                    source: std::io::Error::other("cannot resolve the external broker"),
-                })?;
-                let ca = if config.mqtt.external_tls {
-                    let path = &config.mqtt.external_ca_file;
-                    Some(
-                        std::fs::read_to_string(path).map_err(|e| tls::TlsError::Material {
-                            dir: path.display().to_string(),
-                            message: e.to_string(),
-                        })?,
-                    )
-                } else {
-                    None
-                };
+                let (addr, ca) = external_broker(&config).await?;
                 (
                     config.mqtt.external_username.clone(),
                     config.mqtt.external_password.clone(),
@@ -310,6 +286,9 @@ pub async fn run(
         &ctl_pass,
         config.mqtt.max_payload_bytes,
         client_tls,
+        (!config.mqtt.shared_group.is_empty())
+            .then(replica_name)
+            .as_deref(),
     );
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
     eventloop.set_network_options(link::transport::network_options());
@@ -359,6 +338,7 @@ pub async fn run(
         metrics: metrics.clone(),
         creds: creds.clone(),
         dynsec: dynsec.clone(),
+        relay: None,
     };
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(link::transport::INBOUND_QUEUE);
     let poll_task = tokio::spawn(link::transport::poll(
@@ -373,6 +353,15 @@ pub async fn run(
         .await?;
     let publish_task = tokio::spawn(link::transport::publish(link.clone(), client, seq, out_rx));
     let dispatch_task = tokio::spawn(link::dispatch::run(link.clone(), in_rx));
+    // Replicas sharing node traffic: what the standbys relay.
+    let relay_task = (!config.mqtt.shared_group.is_empty()).then(|| {
+        let frames = link::relay::listen(
+            &config.store.postgres_url,
+            &replica_name(),
+            shutdown.clone(),
+        );
+        tokio::spawn(link::relay::apply(link.clone(), frames))
+    });
     let ticker_task = tokio::spawn(link::dispatch::ticker(link.clone(), shutdown.clone()));
 
     let quic = quic::endpoint(quic_listen, &tls_material.cert_path, &tls_material.key_path)?;
@@ -524,6 +513,9 @@ pub async fn run(
         let _ = poll_task.await;
         // The dispatcher finishes its last batch once the poller is gone.
         let _ = dispatch_task.await;
+        if let Some(t) = relay_task {
+            let _ = t.await;
+        }
         let _ = ticker_task.await;
         let _ = quic_task.await;
         let _ = rollout_task.await;
@@ -641,6 +633,37 @@ async fn serve_http(
     }
 }
 
+/// The external broker's address and, with `mqtt.external_tls`, the CA
+/// certificate to trust (PEM).
+async fn external_broker(config: &Config) -> Result<(SocketAddr, Option<String>), ControllerError> {
+    let addr: SocketAddr = tokio::net::lookup_host((
+        config.mqtt.external_host.as_str(),
+        config.mqtt.external_port,
+    ))
+    .await
+    .ok()
+    .and_then(|mut a| a.next())
+    .ok_or_else(|| ControllerError::Bind {
+        addr: format!(
+            "{}:{}",
+            config.mqtt.external_host, config.mqtt.external_port
+        ),
+        source: std::io::Error::other("cannot resolve the external broker"),
+    })?;
+    let ca = if config.mqtt.external_tls {
+        let path = &config.mqtt.external_ca_file;
+        Some(
+            std::fs::read_to_string(path).map_err(|e| tls::TlsError::Material {
+                dir: path.display().to_string(),
+                message: e.to_string(),
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok((addr, ca))
+}
+
 /// The HTTP listener of `config`.
 async fn bind_http(config: &Config) -> Result<tokio::net::TcpListener, ControllerError> {
     tokio::net::TcpListener::bind(&config.http.listen)
@@ -701,6 +724,7 @@ fn standby_tls(
 async fn standby(
     config: &Config,
     data: &std::path::Path,
+    store: &store::Store,
     shutdown: &CancellationToken,
 ) -> Result<Option<store::election::Leadership>, ControllerError> {
     let me = replica_name();
@@ -733,17 +757,191 @@ async fn standby(
     };
     let listener = bind_http(config).await?;
     let stop = shutdown.child_token();
+    // With a shared subscription, a standby takes its share of node traffic.
+    let share = if config.mqtt.shared_group.is_empty() {
+        None
+    } else {
+        let metrics = Arc::new(Metrics::new());
+        let task = follow(
+            config,
+            data,
+            store.clone(),
+            metrics.clone(),
+            stop.child_token(),
+        )
+        .await?;
+        Some((metrics, task))
+    };
+    let metrics_auth = share.as_ref().map(|(m, _)| {
+        // As the active controller's: the metrics token, else the admin
+        // token (configured, or the one it keeps in the data folder).
+        let token = [&config.http.metrics_token, &config.http.admin_token]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .cloned()
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(data.join("admin-token"))
+                    .map(|t| t.trim().to_owned())
+                    .unwrap_or_default()
+            });
+        (m.clone(), token)
+    });
     let server = tokio::spawn(serve_http(
         listener,
         tls,
-        http::standby_router(seen),
+        http::standby_router(seen, metrics_auth),
         stop.clone(),
     ));
     tracing::info!(replica = %me, "another controller is active: standing by");
     let got = election.await;
     stop.cancel();
     let _ = server.await;
+    if let Some((_, task)) = share {
+        let _ = task.await;
+    }
     Ok(got)
+}
+
+/// A standby's share of node traffic (`mqtt.shared_group`, see
+/// [`link::relay`]): its own MQTT client in the shared subscription, the
+/// same dispatcher as the active controller's, and relays for what only the
+/// active one does. Reads the active controller's keys and never writes
+/// the data folder; re-reads the sealing keyring and the enrolled nodes
+/// while it runs. Stops, its last batch applied, when `stop` is cancelled.
+async fn follow(
+    config: &Config,
+    data: &std::path::Path,
+    store: store::Store,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ControllerError> {
+    let key_path = data.join("controller.key");
+    let identity = identity::load(&key_path).map_err(|source| ControllerError::Identity {
+        path: key_path.display().to_string(),
+        source,
+    })?;
+    let seal_path = data.join("controller.seal");
+    let sealing =
+        identity::Sealing::read(seal_path.clone()).map_err(|source| ControllerError::Identity {
+            path: seal_path.display().to_string(),
+            source,
+        })?;
+    let creds = Credentials::default();
+    for (node, hash) in store.broker_credentials().await? {
+        creds.set(&node, &hash);
+    }
+    let (addr, ca) = external_broker(config).await?;
+    let client_tls = ca
+        .as_deref()
+        .map(edgedesk_support::tls::pinned_client)
+        .transpose()
+        .map_err(|e| tls::TlsError::Config(e.to_string()))?;
+    let opts = link::transport::mqtt_options(
+        &addr.ip().to_string(),
+        addr.port(),
+        &config.mqtt.external_username,
+        &config.mqtt.external_password,
+        config.mqtt.max_payload_bytes,
+        client_tls,
+        Some(&replica_name()),
+    );
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+    eventloop.set_network_options(link::transport::network_options());
+    // Presence is the active controller's: this fleet is never consulted.
+    let fleet = Arc::new(Mutex::new(Fleet::new(
+        config.fleet.heartbeat_timeout_secs as i64 * 1000,
+    )));
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel(downlink::OUTGOING_QUEUE);
+    let (desk_tx, desk_rx) = tokio::sync::mpsc::channel(handoff::QUEUE);
+    let (relay_tx, relay_rx) = tokio::sync::mpsc::channel(link::relay::QUEUE);
+    let relay = link::relay::Relay::new(relay_tx, metrics.clone());
+    let handoff = Handoff::new(desk_tx);
+    let link = link::Link {
+        config: config.clone(),
+        store: store.clone(),
+        keys: link::Keys::new(store.clone(), Arc::new(sealing), creds.clone()),
+        identity,
+        presence: link::Presence::new(
+            fleet.clone(),
+            store.clone(),
+            metrics.clone(),
+            handoff.clone(),
+            config.fleet.history_limit,
+        ),
+        downlink: Downlink::new(store.clone(), fleet, out_tx, metrics.clone()),
+        handoff,
+        metrics: metrics.clone(),
+        creds,
+        dynsec: None,
+        relay: Some(relay.clone()),
+    };
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(link::transport::INBOUND_QUEUE);
+    let poll = tokio::spawn(link::transport::poll(
+        link.clone(),
+        client,
+        eventloop,
+        in_tx,
+        stop.clone(),
+    ));
+    let dispatch = tokio::spawn(link::dispatch::run(link.clone(), in_rx));
+    let upkeep = tokio::spawn(standby_upkeep(link.clone(), stop));
+    let forwarders = [
+        tokio::spawn(link::relay::forward_outgoing(relay.clone(), out_rx)),
+        tokio::spawn(link::relay::forward_desk(relay, desk_rx)),
+    ];
+    drop(link);
+    let notify = tokio::spawn(link::relay::notify(store, metrics, relay_rx));
+    tracing::info!("standing by and taking a share of node traffic (mqtt.shared_group)");
+    Ok(tokio::spawn(async move {
+        let _ = poll.await;
+        // The dispatcher applies its last batch once the poller is gone;
+        // then the link's queues close, and the relays drain.
+        let _ = dispatch.await;
+        let _ = upkeep.await;
+        for f in forwarders {
+            let _ = f.await;
+        }
+        let _ = notify.await;
+    }))
+}
+
+/// A standby's housekeeping while it takes node traffic: the sealing
+/// keyring the active controller rotates, read again every second; the
+/// enrolled nodes, read again every two seconds (a node enrolled since is
+/// refused until then and resends; a revoked one is forgotten).
+async fn standby_upkeep(link: link::Link, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match link.keys.sealing().reload() {
+            Ok(gone) => link.keys.erased(&gone),
+            Err(e) => tracing::warn!(error = %e, "reading the sealing keyring again failed"),
+        }
+        n += 1;
+        if n % 2 != 0 {
+            continue;
+        }
+        match link.store.broker_credentials().await {
+            Ok(now) => {
+                let enrolled: std::collections::HashSet<&str> =
+                    now.iter().map(|(node, _)| node.as_str()).collect();
+                for gone in link.creds.users() {
+                    if !enrolled.contains(gone.as_str()) {
+                        link.creds.remove(&gone);
+                        link.keys.forget(&gone);
+                    }
+                }
+                for (node, hash) in &now {
+                    link.creds.set(node, hash);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the enrolled nodes again failed"),
+        }
+    }
 }
 
 /// The host of `https://host:port/…` (brackets of an IPv6 literal removed).

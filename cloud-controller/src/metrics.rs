@@ -32,6 +32,13 @@ pub struct Metrics {
     pub outgoing_dropped: Counter,
     /// Inputs to the live-chat desk dropped because it was behind.
     pub handoff_dropped: Counter,
+    /// Frames a standby relayed to the active controller (`link::relay`).
+    pub relay_sent: Counter,
+    /// Frames a standby dropped (its relay queue full, or the database
+    /// did not take them); the nodes resend.
+    pub relay_dropped: Counter,
+    /// Frames the active controller received from standbys.
+    pub relay_received: Counter,
 }
 
 impl Metrics {
@@ -49,6 +56,23 @@ impl Metrics {
         let model_bytes_sent = Counter::default();
         let outgoing_dropped = Counter::default();
         let handoff_dropped = Counter::default();
+        let (relay_sent, relay_dropped, relay_received) =
+            (Counter::default(), Counter::default(), Counter::default());
+        registry.register(
+            "relay_sent",
+            "Frames this standby relayed to the active controller (mqtt.shared_group)",
+            relay_sent.clone(),
+        );
+        registry.register(
+            "relay_dropped",
+            "Frames this standby could not relay (the nodes resend)",
+            relay_dropped.clone(),
+        );
+        registry.register(
+            "relay_received",
+            "Frames the active controller received from standbys",
+            relay_received.clone(),
+        );
         let broker_refused_by = Family::<Labels, Counter>::default();
         let broker_throttled = Counter::default();
         registry.register(
@@ -133,6 +157,9 @@ impl Metrics {
             broker_throttled,
             outgoing_dropped,
             handoff_dropped,
+            relay_sent,
+            relay_dropped,
+            relay_received,
         }
     }
 

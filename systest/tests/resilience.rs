@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use edgedesk_systest::process::CtlProcess;
+use edgedesk_systest::process::{CtlProcess, console_login, console_next, console_socket};
 use edgedesk_systest::*;
 
 /// The real `cloud-controller` command line (built under its systest name).
@@ -212,6 +212,8 @@ async fn ready_text(ctl: &CtlProcess) -> (u16, String) {
 struct Replicas {
     a: CtlProcess,
     b: CtlProcess,
+    /// More standbys (see [`Replicas::start_with`]).
+    more: Vec<CtlProcess>,
     dir: tempfile::TempDir,
     pg: PgCluster,
     mosq: Child,
@@ -221,6 +223,12 @@ struct Replicas {
 impl Replicas {
     /// `together`: both processes started at the same moment.
     async fn start(together: bool) -> Replicas {
+        Replicas::start_with(together, 0, &[]).await
+    }
+
+    /// As [`Replicas::start`], with `more` standbys started after the two
+    /// and settings `extra` for all of them.
+    async fn start_with(together: bool, more: usize, extra: &[(&str, String)]) -> Replicas {
         let pg = PgCluster::start();
         let mdir = tempfile::tempdir().unwrap();
         let mport = free_port();
@@ -238,11 +246,13 @@ impl Replicas {
             ),
             ("EDGEDESK_CC_MODELS__TICK_MS", "100".to_owned()),
         ];
+        let shared: Vec<(&str, String)> = shared.into_iter().chain(extra.iter().cloned()).collect();
+        let shared = shared.as_slice();
         let (a, b) = if together {
             // Both at once on the empty folder: whichever got the lock is `a`.
             let (x, y) = tokio::join!(
-                start_controller(dir.path(), free_port(), free_port(), &shared),
-                start_controller(dir.path(), free_port(), free_port(), &shared)
+                start_controller(dir.path(), free_port(), free_port(), shared),
+                start_controller(dir.path(), free_port(), free_port(), shared)
             );
             eventually(20, "one of the two is active", || async {
                 ready_text(&x).await.0 == 200 || ready_text(&y).await.0 == 200
@@ -254,23 +264,31 @@ impl Replicas {
                 (y, x)
             }
         } else {
-            let a = start_controller(dir.path(), free_port(), free_port(), &shared).await;
+            let a = start_controller(dir.path(), free_port(), free_port(), shared).await;
             assert_eq!(ready_text(&a).await.0, 200, "the first replica is active");
-            let b = start_controller(dir.path(), free_port(), free_port(), &shared).await;
+            let b = start_controller(dir.path(), free_port(), free_port(), shared).await;
             (a, b)
         };
-        let (status, said) = ready_text(&b).await;
-        assert_eq!(status, 503, "{said}");
-        assert!(said.contains("standby: the active controller is"), "{said}");
-        assert!(
-            b.api(reqwest::Method::GET, "/api/v1/nodes", None)
-                .await
-                .is_none(),
-            "a standby serves no API"
-        );
+        let mut standbys = vec![b];
+        for _ in 0..more {
+            standbys.push(start_controller(dir.path(), free_port(), free_port(), shared).await);
+        }
+        for b in &standbys {
+            let (status, said) = ready_text(b).await;
+            assert_eq!(status, 503, "{said}");
+            assert!(said.contains("standby: the active controller is"), "{said}");
+            assert!(
+                b.api(reqwest::Method::GET, "/api/v1/nodes", None)
+                    .await
+                    .is_none(),
+                "a standby serves no API"
+            );
+        }
+        let b = standbys.remove(0);
         Replicas {
             a,
             b,
+            more: standbys,
             dir,
             pg,
             mosq,
@@ -289,6 +307,9 @@ impl Replicas {
 
     fn stop(mut self) {
         self.b.kill();
+        for c in &mut self.more {
+            c.kill();
+        }
         self.mosq.kill().unwrap();
         self.mosq.wait().unwrap();
     }
@@ -335,6 +356,117 @@ async fn a_standby_takes_over_when_the_active_controller_is_killed() {
     // numbers, above the old one's): a ping is acknowledged.
     assert!(ping_acked(b, "branch-r", 20).await);
     node.stop().await;
+    r.stop();
+}
+
+/// A counter of a standby's `/metrics` (0 when absent or unreadable).
+async fn standby_counter(ctl: &CtlProcess, name: &str) -> u64 {
+    let Ok(r) = controller_http(&ctl.ca_pem)
+        .get(format!("{}/metrics", ctl.base()))
+        .bearer_auth(&ctl.token)
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    let metric = format!("edgedesk_controller_{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&metric))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Active/active ingestion (`mqtt.shared_group`): three controllers on one
+/// PostgreSQL and one Mosquitto. The broker spreads the nodes' traffic over
+/// all three; the standbys store their share and relay acknowledgements,
+/// presence and escalations to the active one: escalations reach the agent
+/// whichever replica stored them. The active one is killed with -9: a
+/// standby takes over and its commands are acknowledged. Then the last
+/// standby is killed with -9 under load: every event is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_node_traffic_and_losing_any_loses_nothing() {
+    let group = [("EDGEDESK_CC_MQTT__SHARED_GROUP", "\"edgedesk\"".to_owned())];
+    let mut r = Replicas::start_with(false, 1, &group).await;
+    let ids = ["branch-s1", "branch-s2"];
+    let mut nodes = Vec::new();
+    for id in ids {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(edge_config(&dir, id, &r.a, r.a.token_for(id).await)).await;
+        nodes.push((node, dir));
+    }
+    for id in ids {
+        eventually(20, "online: presence relayed by standbys too", || {
+            r.a.node_online(id)
+        })
+        .await;
+    }
+    for standby in [&r.b, &r.more[0]] {
+        eventually(20, "each standby takes a share and relays", || async {
+            standby_counter(standby, "heartbeats").await > 0
+                && standby_counter(standby, "relay_sent").await > 0
+        })
+        .await;
+    }
+    // Escalations reach the agent whichever replica stored them: six
+    // visitors who stay, six chats on the agent's console.
+    r.a.create_agent("ana", "agent", 6).await;
+    let cookie = console_login(&r.a.base(), &r.a.ca_pem, "ana").await;
+    let mut console = console_socket(&r.a.base(), &r.a.ca_pem, &cookie).await;
+    let mut visitors = Vec::new();
+    for i in 0..6 {
+        let mut ws = connect_url(&format!("ws://{}/ws", nodes[i % 2].0.addr), None).await;
+        start_session(&mut ws).await;
+        say(&mut ws, &msg("I want to talk to a human please")).await;
+        visitors.push(ws);
+    }
+    let mut chats = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let assigned = console_next(&mut console, "assigned").await;
+        chats.insert(
+            assigned["chat"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(chats.len(), 6, "six different chats assigned: {chats:?}");
+    // The active one killed: a standby takes over, its commands are
+    // acknowledged, and the other standby now relays to it.
+    r.fail_over().await;
+    assert!(ping_acked(&r.b, ids[1], 20).await, "after the fail-over");
+    drop(visitors);
+    // Under load, the last standby killed with -9 once it has stored a share.
+    let total = 40;
+    let loads: Vec<_> = nodes
+        .iter()
+        .map(|(n, _)| escalations(n.addr, total, 50))
+        .collect();
+    let c = &r.more[0];
+    eventually(20, "the standby stores a share of the load", || async {
+        standby_counter(c, "events_new").await > 0
+    })
+    .await;
+    r.more[0].kill();
+    for l in loads {
+        l.await.unwrap();
+    }
+    // Each node: the load's escalations and three of the six visitors'.
+    let expected = total + 3;
+    for (i, id) in ids.iter().enumerate() {
+        let node = &nodes[i].0;
+        eventually(40, "all events stored, outboxes empty", || async {
+            event_ids(&r.b, id)
+                .await
+                .is_some_and(|e| e.len() >= expected)
+                && node.store().outbox_depth().await.unwrap() == 0
+        })
+        .await;
+        assert_exactly_once(&event_ids(&r.b, id).await.unwrap(), expected);
+    }
+    for (node, _) in nodes {
+        node.stop().await;
+    }
     r.stop();
 }
 

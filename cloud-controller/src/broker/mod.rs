@@ -94,6 +94,16 @@ impl Credentials {
         }
     }
 
+    /// Everyone allowed on the broker.
+    pub fn users(&self) -> Vec<String> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// A client may connect as `user` with a client id equal to `user` or
     /// starting with `user~` (tools beside a node; `~` is not allowed in node
     /// ids, so nobody can take another node's client id and kick it off).

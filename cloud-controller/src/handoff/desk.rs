@@ -33,7 +33,9 @@ pub enum In {
     Withdrawn { chat: String, reason: String },
     /// The visitor's page closed or opened again.
     VisitorPresence { chat: String, present: bool },
-    /// Rebuild from the store at start: the chats that were waiting or held.
+    /// Rebuild from the store at start (and after relays may have been lost,
+    /// see `link::relay`): the chats that were waiting or held; those the
+    /// desk knows already are left as they are.
     Restore { chats: Vec<LiveChat> },
     VisitorTyping {
         chat: String,
@@ -344,6 +346,10 @@ impl Desk {
             }
             In::Restore { chats } => {
                 for c in chats {
+                    // Known already: the desk's own state is newer.
+                    if self.nodes.contains_key(&c.id) {
+                        continue;
+                    }
                     self.nodes.insert(c.id.clone(), c.node_id);
                     let actions = match c.agent {
                         Some(agent) => {

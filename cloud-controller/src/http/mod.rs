@@ -81,8 +81,11 @@ pub fn router(state: Arc<Http>) -> axum::Router {
 /// (it is alive), and 503 for everything else, `/readyz` included, saying
 /// which replica is active, so load balancers and probes send traffic
 /// there.
+/// The standby page; with `metrics` (a standby taking a share of node
+/// traffic, and the token that reads them) also its `/metrics`.
 pub fn standby_router(
     waiting: tokio::sync::watch::Receiver<crate::store::election::Standby>,
+    metrics: Option<(Arc<crate::metrics::Metrics>, String)>,
 ) -> axum::Router {
     use crate::store::election::Standby;
     let said = move || {
@@ -95,12 +98,19 @@ pub fn standby_router(
         };
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, text).into_response()
     };
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(move || {
-            let said = said.clone();
-            async move { said() }
-        })
+    let mut router = axum::Router::new().route("/healthz", get(|| async { "ok\n" }));
+    if let Some((metrics, token)) = metrics {
+        router = router.route(
+            "/metrics",
+            get(move |headers: axum::http::HeaderMap| async move {
+                metrics_for(&metrics, &token, &headers)
+            }),
+        );
+    }
+    router.fallback(move || {
+        let said = said.clone();
+        async move { said() }
+    })
 }
 
 /// Readiness: 200 while the store answers, else 503 saying why (a replica
@@ -123,16 +133,25 @@ async fn metrics_text(
     State(s): State<Arc<Http>>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
     let want = if s.metrics_token.is_empty() {
         &s.admin_token
     } else {
         &s.metrics_token
     };
+    metrics_for(&s.metrics, want, &headers)
+}
+
+/// `metrics` rendered for a request bearing the token `want`, else 401.
+fn metrics_for(
+    metrics: &crate::metrics::Metrics,
+    want: &str,
+    headers: &axum::http::HeaderMap,
+) -> axum::response::Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     if given.is_empty() || crate::store::sha256_hex(given) != crate::store::sha256_hex(want) {
         return (
             axum::http::StatusCode::UNAUTHORIZED,
@@ -145,7 +164,7 @@ async fn metrics_text(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }

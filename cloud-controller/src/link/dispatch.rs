@@ -120,19 +120,26 @@ async fn open(link: &Link, node: &str, payload: &[u8]) -> Result<(Up, u64), Enve
 /// desk's inputs in arrival order.
 pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
     let now = now_ms();
-    let transitions: Vec<_> = {
-        let mut fleet = link.presence.fleet();
-        batch
-            .iter()
-            .filter_map(|(node, up, _)| match up {
-                Up::Hello { connect_id, .. } => fleet.heard(node, now, Some(connect_id)),
-                Up::Will { connect_id } => fleet.will(node, connect_id),
-                Up::Heartbeat(hb) => fleet.heard(node, now, Some(&hb.connect_id)),
-                _ => fleet.heard(node, now, None),
-            })
-            .collect()
-    };
-    link.presence.record(transitions).await;
+    if let Some(relay) = &link.relay {
+        // A standby: presence is the active controller's.
+        for (node, up, _) in &batch {
+            relay.offer(super::relay::heard(node, up));
+        }
+    } else {
+        let transitions: Vec<_> = {
+            let mut fleet = link.presence.fleet();
+            batch
+                .iter()
+                .filter_map(|(node, up, _)| match up {
+                    Up::Hello { connect_id, .. } => fleet.heard(node, now, Some(connect_id)),
+                    Up::Will { connect_id } => fleet.will(node, connect_id),
+                    Up::Heartbeat(hb) => fleet.heard(node, now, Some(&hb.connect_id)),
+                    _ => fleet.heard(node, now, None),
+                })
+                .collect()
+        };
+        link.presence.record(transitions).await;
+    }
     let mut stored = Vec::with_capacity(batch.len());
     let mut hellos = Vec::new();
     for (node, up, seq) in batch {
@@ -167,7 +174,8 @@ pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
     if stored.is_empty() {
         return;
     }
-    let (stored, outcomes) = match link.store.apply_inbound(stored, now).await {
+    let shared = !link.config.mqtt.shared_group.is_empty();
+    let (stored, outcomes) = match link.store.apply_inbound(stored, now, shared).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "applying a batch of messages failed; nodes will resend");
@@ -207,6 +215,10 @@ pub async fn after_commit(link: &Link, stored: Vec<Stored>, outcomes: Vec<Inboun
                 for (input, trace) in desk_inputs(&m.node, fresh) {
                     link.handoff.input_traced(input, trace).await;
                 }
+            }
+            (_, InboundOutcome::Replayed) => {
+                link.metrics.refuse("replay");
+                tracing::warn!(node = %m.node, seq = m.seq, "envelope refused: another replica took its number");
             }
             (_, InboundOutcome::CommandAcked(true)) => {
                 link.metrics.commands_acked.inc();
@@ -273,6 +285,9 @@ fn desk_input(node: &str, e: Event) -> Option<In> {
     }
 }
 
+/// How often the active controller prunes the shared replay window.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// Fleet timeouts and the sealing keys' rotation every second; every
 /// `command_retry_secs`, unacknowledged commands of online nodes that were
 /// not sent within that time go again.
@@ -282,10 +297,18 @@ pub async fn ticker(link: Link, shutdown: CancellationToken) {
     let overlap = link.config.sync.seal_key_overlap_secs as i64 * 1000;
     let retry = Duration::from_secs(link.config.sync.command_retry_secs.max(1));
     let mut last_retry = tokio::time::Instant::now();
+    let mut last_prune = tokio::time::Instant::now();
+    let shared = !link.config.mqtt.shared_group.is_empty();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
+                if shared && last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = tokio::time::Instant::now();
+                    if let Err(e) = link.store.prune_inbound_seqs().await {
+                        tracing::warn!(error = %e, "pruning the shared replay window failed");
+                    }
+                }
                 let ts = link.presence.fleet().tick(now_ms());
                 link.presence.record(ts).await;
                 match link.keys.sealing().tick(now_ms(), every, overlap) {
@@ -376,6 +399,7 @@ mod tests {
             metrics: metrics.clone(),
             creds: crate::broker::Credentials::default(),
             dynsec: None,
+            relay: None,
         };
         let batch = vec![
             Stored {
@@ -389,7 +413,7 @@ mod tests {
                 what: InboundKind::Events(vec![escalation("e2", "chat-b")]),
             },
         ];
-        let (stored, outcomes) = store.apply_inbound(batch, 1).await.unwrap();
+        let (stored, outcomes) = store.apply_inbound(batch, 1, false).await.unwrap();
         after_commit(&link, stored, outcomes).await;
         let mut routed = Vec::new();
         while let Ok(Msg::Input(In::Escalated { chat, node, .. })) = desk_rx.try_recv() {

@@ -11,6 +11,7 @@
 //! [`Presence`] turns the fleet state machine's transitions into records.
 
 pub mod dispatch;
+pub mod relay;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -339,4 +340,8 @@ pub struct Link {
     /// Node accounts on an external Mosquitto: its answers arrive here, and
     /// a revoked node's account goes.
     pub dynsec: Option<Arc<crate::broker::dynsec::Dynsec>>,
+    /// A standby taking a share of node traffic (`mqtt.shared_group`):
+    /// presence goes to the active controller this way (its acknowledgements
+    /// and desk inputs through the downlink and desk queues it forwards).
+    pub relay: Option<relay::Relay>,
 }

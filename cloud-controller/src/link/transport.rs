@@ -34,7 +34,42 @@ pub fn network_options() -> rumqttc::NetworkOptions {
     n
 }
 
-/// MQTT options for the controller's own client.
+/// The controller's MQTT client id: one fixed id for a single active
+/// controller (its session survives a restart); with a shared subscription
+/// (`shared` names this replica) one per replica, each with a clean session,
+/// so a dead replica's session keeps no share of node traffic queued.
+pub fn client_id(shared: Option<&str>) -> String {
+    match shared {
+        None => "edgedesk-controller".to_owned(),
+        Some(replica) => {
+            let safe: String = replica
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(64)
+                .collect();
+            format!("edgedesk-controller-{safe}")
+        }
+    }
+}
+
+/// What the controller subscribes to for node traffic: every node's `up`
+/// topic, through the shared subscription `group` when there is one.
+pub fn subscription(group: &str) -> String {
+    if group.is_empty() {
+        topic::ALL_UP.to_owned()
+    } else {
+        format!("$share/{group}/{}", topic::ALL_UP)
+    }
+}
+
+/// MQTT options for the controller's own client (`shared`: this replica's
+/// name when replicas share node traffic, see [`client_id`]).
 pub fn mqtt_options(
     host: &str,
     port: u16,
@@ -42,8 +77,9 @@ pub fn mqtt_options(
     password: &str,
     max_payload: usize,
     tls: Option<Arc<rustls::ClientConfig>>,
+    shared: Option<&str>,
 ) -> MqttOptions {
-    let mut o = MqttOptions::new("edgedesk-controller", host, port);
+    let mut o = MqttOptions::new(client_id(shared), host, port);
     if let Some(t) = tls {
         o.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(t),
@@ -51,7 +87,7 @@ pub fn mqtt_options(
     }
     o.set_credentials(user, password);
     o.set_keep_alive(Duration::from_secs(5));
-    o.set_clean_session(false);
+    o.set_clean_session(shared.is_some());
     o.set_max_packet_size(max_payload, max_payload);
     o.set_inflight(200);
     o
@@ -73,7 +109,8 @@ pub async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("controller connected to the broker");
-                if let Err(e) = client.try_subscribe(topic::ALL_UP, QoS::AtLeastOnce) {
+                let filter = subscription(&link.config.mqtt.shared_group);
+                if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "subscribe failed");
                 }
                 if let Some(d) = &link.dynsec {

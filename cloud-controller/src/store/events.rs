@@ -68,6 +68,28 @@ pub enum InboundOutcome {
     },
     /// A command acknowledgement; `false` if no such pending command of that node.
     CommandAcked(bool),
+    /// Refused by the shared replay window: another replica took this
+    /// sequence number of the node already (a replay), or it is older than
+    /// the window. Nothing of the message was applied.
+    Replayed,
+}
+
+/// How many of a node's latest sequence numbers the shared replay window
+/// keeps (as [`edgedesk_common::envelope::ReplayWindow::WINDOW`]).
+const SHARED_WINDOW: i64 = edgedesk_common::envelope::ReplayWindow::WINDOW as i64;
+
+/// Take `seq` of `node` in the shared replay window (call inside the
+/// batch's transaction, before the node's mark moves): `false` if it was
+/// taken already or is below the window.
+fn take_seq(tx: &Conn, node: &str, seq: u64) -> Result<bool, StoreError> {
+    let taken = tx
+        .prepare_cached(
+            "INSERT INTO inbound_seqs (node_id, seq)
+             SELECT ?1, ?2 WHERE ?2 > COALESCE((SELECT seq_high FROM nodes WHERE id = ?1), 0) - ?3
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![node, seq as i64, SHARED_WINDOW])?;
+    Ok(taken > 0)
 }
 
 /// Store events idempotently (call inside the caller's transaction); returns
@@ -244,6 +266,13 @@ pub fn withdrawal(reason: &str) -> String {
     }
 }
 
+fn prune_seqs(c: &Conn) -> Result<usize, StoreError> {
+    Ok(c.prepare_cached(
+        "DELETE FROM inbound_seqs WHERE seq <= COALESCE((SELECT seq_high FROM nodes WHERE nodes.id = inbound_seqs.node_id), 0) - ?1",
+    )?
+    .execute(params![SHARED_WINDOW])?)
+}
+
 fn events(conn: &Conn, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, node_id, kind, at, received_at, body FROM events
@@ -285,17 +314,25 @@ fn event_count(conn: &Conn) -> Result<u64, StoreError> {
 impl Store {
     /// Apply a batch of inbound messages in one transaction (group commit):
     /// replay marks, heartbeats, events (idempotent) with their projection
-    /// into chats, tickets and history, command acknowledgements.
+    /// into chats, tickets and history, command acknowledgements. With
+    /// `shared_window` (replicas sharing node traffic), each message first
+    /// takes its sequence number in the database's replay window, and one
+    /// another replica took is [`InboundOutcome::Replayed`].
     pub async fn apply_inbound(
         &self,
         batch: Vec<Inbound>,
         now: i64,
+        shared_window: bool,
     ) -> Result<(Vec<Inbound>, Vec<InboundOutcome>), StoreError> {
         self.db
             .call(move |c| {
                 let tx = c.transaction()?;
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for m in &batch {
+                    if shared_window && !take_seq(&tx, &m.node, m.seq)? {
+                        outcomes.push(InboundOutcome::Replayed);
+                        continue;
+                    }
                     super::nodes::touch(&tx, &m.node, m.seq, now)?;
                     outcomes.push(match &m.what {
                         InboundKind::Heartbeat(hb) => {
@@ -335,6 +372,12 @@ impl Store {
     pub async fn event_count(&self) -> Result<u64, StoreError> {
         self.db.call(|c| event_count(c)).await
     }
+
+    /// Forget shared-window entries that fell below their node's window;
+    /// returns how many went.
+    pub async fn prune_inbound_seqs(&self) -> Result<usize, StoreError> {
+        self.db.call(|c| prune_seqs(c)).await
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +385,30 @@ mod tests {
     use super::*;
     use edgedesk_common::chat::Lang;
     use edgedesk_common::event::Escalation;
+
+    /// Replicas sharing a node's traffic share its replay window: a number
+    /// taken once is refused the second time, whichever replica asks, and
+    /// so is one below the window under the node's mark.
+    #[test]
+    fn the_shared_replay_window_takes_each_number_once() {
+        let c = super::super::test_conn();
+        c.execute(
+            "INSERT INTO nodes (id, sign_key, seal_key, mqtt_pass_hash, enrolled_at, seq_high) VALUES ('n', '', '', '', 1, 1000)",
+            [],
+        )
+        .unwrap();
+        assert!(take_seq(&c, "n", 1001).unwrap(), "a new number");
+        assert!(!take_seq(&c, "n", 1001).unwrap(), "the same number again");
+        assert!(take_seq(&c, "n", 990).unwrap(), "late, inside the window");
+        assert!(!take_seq(&c, "n", 872).unwrap(), "below the window");
+        assert!(
+            take_seq(&c, "other", 5).unwrap(),
+            "another node's numbers are its own"
+        );
+        super::super::nodes::touch(&c, "n", 2000, 1).unwrap();
+        let pruned = prune_seqs(&c).unwrap();
+        assert_eq!(pruned, 2, "both numbers of n fell below its window");
+    }
 
     #[test]
     fn ingest_is_idempotent() {

@@ -310,6 +310,17 @@ pub const STEPS: &[Step] = &[
     ALTER TABLE intent_answers ADD COLUMN quick_zh TEXT NOT NULL DEFAULT '[]';
 "#,
     ),
+    // 14: the inbound replay window shared by replicas (mqtt.shared_group):
+    // each sequence number a node used lately, pruned below its `seq_high`.
+    Step::Sql(
+        r#"
+    CREATE TABLE inbound_seqs (
+        node_id  TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        PRIMARY KEY (node_id, seq)
+    );
+"#,
+    ),
 ];
 
 /// The PostgreSQL schema at [`POSTGRES_BASELINE`] (the SQLite steps 1 to
@@ -318,7 +329,8 @@ pub const STEPS: &[Step] = &[
 /// backends share version numbers. Kept in the `schema_version` table.
 pub const POSTGRES_BASELINE: u32 = 13;
 
-pub const POSTGRES: &[&str] = &[r#"
+pub const POSTGRES: &[&str] = &[
+    r#"
     CREATE EXTENSION IF NOT EXISTS pg_trgm;
     CREATE TABLE tokens (
         hash        TEXT PRIMARY KEY,
@@ -531,7 +543,15 @@ pub const POSTGRES: &[&str] = &[r#"
         decided_by  TEXT,
         decided_at  BIGINT
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE inbound_seqs (
+        node_id  TEXT NOT NULL,
+        seq      BIGINT NOT NULL,
+        PRIMARY KEY (node_id, seq)
+    );
+"#,
+];
 
 /// The advisory lock replicas take while migrating ("EDGEDESK" in ASCII).
 const MIGRATION_LOCK: i64 = 0x4544_4745_4445_534b;

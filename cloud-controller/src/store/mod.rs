@@ -207,6 +207,30 @@ impl Store {
             .map(drop)
     }
 
+    /// Send each of `payloads` on PostgreSQL channel `channel` (`NOTIFY`),
+    /// in order (the function scan's), in one round trip; nothing on SQLite
+    /// (one process). PostgreSQL folds identical payloads of one statement.
+    pub async fn notify(
+        &self,
+        channel: &'static str,
+        payloads: Vec<String>,
+    ) -> Result<(), StoreError> {
+        if self.dialect() != Dialect::Postgres || payloads.is_empty() {
+            return Ok(());
+        }
+        let list =
+            serde_json::to_string(&payloads).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.db
+            .call(move |c| {
+                c.prepare_cached(
+                    "SELECT pg_notify(?1, p) FROM json_array_elements_text(CAST(CAST(?2 AS TEXT) AS json)) AS t(p)",
+                )?
+                .execute(sql::params![channel, list])?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Which database this store uses.
     pub fn dialect(&self) -> Dialect {
         self.db.dialect

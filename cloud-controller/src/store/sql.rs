@@ -462,6 +462,28 @@ impl Conn {
         }
     }
 
+    /// PostgreSQL notifications on this connection (it ran `LISTEN`):
+    /// waits up to `wait` for the first, then takes whatever else arrived.
+    /// SQLite has none.
+    pub fn notifications(&self, wait: std::time::Duration) -> Result<Vec<String>, SqlError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let Inner::Postgres(pg) = &self.inner else {
+            return Ok(Vec::new());
+        };
+        let mut pg = pg.borrow_mut();
+        let mut notes = pg.client.notifications();
+        let mut out = Vec::new();
+        let first = notes.timeout_iter(wait).next()?;
+        if let Some(n) = first {
+            out.push(n.payload().to_owned());
+            let mut more = notes.iter();
+            while let Some(n) = more.next()? {
+                out.push(n.payload().to_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Run statements without parameters or results (DDL, scripts).
     pub fn execute_batch(&self, sql: &str) -> Result<(), SqlError> {
         match &self.inner {

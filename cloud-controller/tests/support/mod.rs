@@ -89,6 +89,7 @@ pub async fn ingest_with_ids(
                 what: InboundKind::Events(events),
             }],
             at,
+            false,
         )
         .await
         .unwrap();

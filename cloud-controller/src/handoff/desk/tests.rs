@@ -411,6 +411,20 @@ fn after_a_restart_held_chats_return_to_their_agent_and_waiting_ones_wait() {
         Some(&Do::Reply(Ok(()))),
         "the agent may write again"
     );
+    // Restored again (relays from standbys may have been lost): what the
+    // desk knows stays as it is (held once, by the same agent), what it
+    // missed is added to the queue (the agent is full).
+    assert_eq!(desk.snapshot(103).waiting, 0);
+    let todo = desk.step(
+        In::Restore {
+            chats: vec![chat("held", Some("a1")), chat("missed", None)],
+        },
+        104,
+    );
+    assert!(joined(&todo).is_empty(), "{todo:?}");
+    assert_eq!(desk.holder("held"), Some("a1"));
+    assert_eq!(desk.holder("missed"), None);
+    assert_eq!(desk.snapshot(105).waiting, 1, "only the missed chat waits");
 }
 
 #[derive(Debug, Clone)]
