@@ -324,7 +324,8 @@ pub async fn run(
     let link = link::Link {
         config: config.clone(),
         store: store.clone(),
-        keys: link::Keys::new(store.clone(), sealing.clone(), creds.clone()),
+        keys: link::Keys::new(store.clone(), sealing.clone(), creds.clone())
+            .shared(!config.mqtt.shared_group.is_empty()),
         identity,
         presence: link::Presence::new(
             fleet,
@@ -859,7 +860,7 @@ async fn follow(
     let link = link::Link {
         config: config.clone(),
         store: store.clone(),
-        keys: link::Keys::new(store.clone(), Arc::new(sealing), creds.clone()),
+        keys: link::Keys::new(store.clone(), Arc::new(sealing), creds.clone()).shared(true),
         identity,
         presence: link::Presence::new(
             fleet.clone(),
@@ -907,24 +908,33 @@ async fn follow(
 
 /// A standby's housekeeping while it takes node traffic: the sealing
 /// keyring the active controller rotates, read again every second; the
-/// enrolled nodes, read again every two seconds (a node enrolled since is
+/// enrolled nodes, read again every two seconds, and at once (at most every
+/// 250 ms) when a node it does not know speaks (a node enrolled since is
 /// refused until then and resends; a revoked one is forgotten).
 async fn standby_upkeep(link: link::Link, stop: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut n = 0u64;
+    let mut last_read = tokio::time::Instant::now();
     loop {
-        tokio::select! {
+        let unknown = tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
+            _ = tick.tick() => false,
+            _ = link.keys.unknown_node() => true,
+        };
+        if unknown {
+            // Refused meanwhile; the node resends.
+            tokio::time::sleep_until(last_read + std::time::Duration::from_millis(250)).await;
+        } else {
+            match link.keys.sealing().reload() {
+                Ok(gone) => link.keys.erased(&gone),
+                Err(e) => tracing::warn!(error = %e, "reading the sealing keyring again failed"),
+            }
+            n += 1;
+            if n % 2 != 0 {
+                continue;
+            }
         }
-        match link.keys.sealing().reload() {
-            Ok(gone) => link.keys.erased(&gone),
-            Err(e) => tracing::warn!(error = %e, "reading the sealing keyring again failed"),
-        }
-        n += 1;
-        if n % 2 != 0 {
-            continue;
-        }
+        last_read = tokio::time::Instant::now();
         match link.store.broker_credentials().await {
             Ok(now) => {
                 let enrolled: std::collections::HashSet<&str> =

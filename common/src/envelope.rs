@@ -465,6 +465,14 @@ impl ReplayWindow {
         }
     }
 
+    /// Start at a mark another receiver of the same sender may have moved
+    /// (replicas sharing a sender's messages): the numbers within the window
+    /// below it count as unseen here, and the authoritative check is the
+    /// shared one (the controller's database).
+    pub fn open_at(highest: u64) -> ReplayWindow {
+        ReplayWindow { highest, seen: 0 }
+    }
+
     pub fn highest(&self) -> u64 {
         self.highest
     }
@@ -671,6 +679,14 @@ mod tests {
             "persisted high-water mark survives a restart"
         );
         assert!(w.accept(499).is_err());
+        assert!(w.accept(501).is_ok());
+        // Another replica moved the mark to 500: what it did not take
+        // below is new here, once; below the window stays refused.
+        let mut w = ReplayWindow::open_at(500);
+        assert!(w.accept(499).is_ok());
+        assert!(w.accept(499).is_err());
+        assert!(w.accept(373).is_ok());
+        assert!(w.accept(372).is_err(), "older than the window");
         assert!(w.accept(501).is_ok());
     }
 }

@@ -63,6 +63,12 @@ pub struct Keys {
     sealing: Arc<Sealing>,
     creds: crate::broker::Credentials,
     nodes: Arc<Mutex<HashMap<String, NodeSec>>>,
+    /// Replicas share nodes' messages: a node's stored mark may have been
+    /// moved by another replica, so the window opens below it (the
+    /// database's window decides, `store::events::take_seq`).
+    shared: bool,
+    /// Woken when a node not in `creds` speaks.
+    unknown: Arc<tokio::sync::Notify>,
 }
 
 impl Keys {
@@ -72,7 +78,21 @@ impl Keys {
             sealing,
             creds,
             nodes: Arc::default(),
+            shared: false,
+            unknown: Arc::default(),
         }
+    }
+
+    /// Resolves when a node not among the enrolled ones sent something
+    /// since the last call (a standby then reads the node list again).
+    pub async fn unknown_node(&self) {
+        self.unknown.notified().await;
+    }
+
+    /// For replicas sharing node traffic (see the field).
+    pub fn shared(mut self, shared: bool) -> Keys {
+        self.shared = shared;
+        self
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeSec>> {
@@ -90,6 +110,9 @@ impl Keys {
             return Ok(Some(sec.peer.clone()));
         }
         if !self.creds.contains(node) {
+            // A standby learns of enrolments by reading the node list: at
+            // once when an unknown node speaks (see `unknown`).
+            self.unknown.notify_one();
             return Ok(None);
         }
         let row = self.store.node(node).await?;
@@ -133,7 +156,11 @@ impl Keys {
         }
         let sec = map.entry(row.id.clone()).or_insert_with(|| NodeSec {
             peer,
-            window: ReplayWindow::starting_at(row.seq_high),
+            window: if self.shared {
+                ReplayWindow::open_at(row.seq_high)
+            } else {
+                ReplayWindow::starting_at(row.seq_high)
+            },
             boxes: Vec::new(),
             out: None,
             told: None,
