@@ -130,11 +130,8 @@ pub async fn apply(link: &Link, batch: Vec<(String, Up, u64)>) {
             let mut fleet = link.presence.fleet();
             batch
                 .iter()
-                .filter_map(|(node, up, _)| match up {
-                    Up::Hello { connect_id, .. } => fleet.heard(node, now, Some(connect_id)),
-                    Up::Will { connect_id } => fleet.will(node, connect_id),
-                    Up::Heartbeat(hb) => fleet.heard(node, now, Some(&hb.connect_id)),
-                    _ => fleet.heard(node, now, None),
+                .filter_map(|(node, up, _)| {
+                    super::relay::presence(&mut fleet, now, super::relay::heard(node, up))
                 })
                 .collect()
         };

@@ -162,6 +162,29 @@ pub fn heard(node: &str, up: &Up) -> Relayed {
     }
 }
 
+/// What a message heard from a node means for the fleet's presence (for a
+/// [`Relayed::Heard`]; any other frame means nothing).
+pub fn presence(
+    fleet: &mut crate::fleet::Fleet,
+    now: i64,
+    heard: Relayed,
+) -> Option<crate::fleet::Transition> {
+    let Relayed::Heard {
+        node,
+        connect_id,
+        will,
+        ..
+    } = heard
+    else {
+        return None;
+    };
+    match (will, connect_id) {
+        (true, Some(c)) => fleet.will(&node, &c),
+        (true, None) => None,
+        (false, c) => fleet.heard(&node, now, c.as_deref()),
+    }
+}
+
 /// A standby's handle on its relay queue; cheap to clone.
 #[derive(Clone)]
 pub struct Relay {
@@ -377,24 +400,18 @@ pub async fn apply(link: Link, mut rx: mpsc::Receiver<Listened>) {
                 Relayed::Send { node, down } => {
                     link.downlink.send(&node, down);
                 }
-                Relayed::Heard {
-                    node,
-                    connect_id,
-                    will,
-                    seal_key,
-                } => {
-                    if let Some(key) = seal_key {
-                        if let Err(e) = link.keys.announced(&node, &key).await {
+                heard @ Relayed::Heard { .. } => {
+                    if let Relayed::Heard {
+                        node,
+                        seal_key: Some(key),
+                        ..
+                    } = &heard
+                    {
+                        if let Err(e) = link.keys.announced(node, key).await {
                             tracing::warn!(%node, error = %e, "recording a relayed sealing key failed");
                         }
                     }
-                    let mut fleet = link.presence.fleet();
-                    let t = match (will, connect_id) {
-                        (true, Some(c)) => fleet.will(&node, &c),
-                        (true, None) => None,
-                        (false, c) => fleet.heard(&node, now, c.as_deref()),
-                    };
-                    transitions.extend(t);
+                    transitions.extend(presence(&mut link.presence.fleet(), now, heard));
                 }
                 Relayed::Desk { input, trace } => {
                     let input = input.into_input();
