@@ -39,8 +39,13 @@ step "the controller's tests again, against PostgreSQL (a throwaway cluster, scr
 pgdir=$(mktemp -d)
 trap 'scripts/pg-cluster.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
 pgurl=$(scripts/pg-cluster.sh start "$pgdir")
-# Every test that runs a controller; the node-only ones have no store to vary.
-pg_tests='package(cloud-controller) | (package(edgedesk-systest) & !(binary(chat) | binary(bad_input) | binary(cli) | binary(crash)))'
+# Every test that runs a controller, but for those whose store use the
+# controller's own tests already cover on PostgreSQL and whose time goes to
+# something the store does not change: the node-only ones (chat, bad input,
+# CLI, crash), model transfers (models), the 20-node rollouts (rollout; a
+# rollout on PostgreSQL is in resilience) and the learning loop's two
+# trainings (its other tests stay). About four minutes fewer.
+pg_tests='package(cloud-controller) | (package(edgedesk-systest) & !(binary(chat) | binary(bad_input) | binary(cli) | binary(crash) | binary(models) | binary(rollout) | test(labels_become_a_model_the_whole_fleet_serves)))'
 if cargo nextest --version >/dev/null 2>&1; then
   EDGEDESK_TEST_POSTGRES="$pgurl" cargo nextest run --workspace --locked --no-fail-fast -E "$pg_tests"
 else
