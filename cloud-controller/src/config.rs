@@ -88,6 +88,11 @@ pub struct HttpConfig {
     pub tls_names: Vec<String>,
     pub trusted_proxies: Vec<String>,
     pub metrics_token: String,
+    /// Where other replicas reach this one's HTTP listener when it is the
+    /// active controller (standbys forward requests there). Empty: derived
+    /// from the listen address (`POD_IP`, else the host name, when it
+    /// listens on every address).
+    pub replica_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +359,24 @@ impl Config {
                 "give both http.tls_cert and http.tls_key, or neither (the controller's CA then issues the certificate)",
             );
         }
+        if !self.http.replica_url.is_empty() {
+            let scheme = if self.http.insecure_http {
+                "http://"
+            } else {
+                "https://"
+            };
+            if !self.http.replica_url.starts_with(scheme)
+                || crate::url_host(&self.http.replica_url).is_none()
+            {
+                return bad(
+                    "http.replica_url",
+                    &format!(
+                        "expected {scheme}host:port (the scheme this controller serves, http.insecure_http = {})",
+                        self.http.insecure_http
+                    ),
+                );
+            }
+        }
         if !self.http.public_url.is_empty()
             && !self.http.public_url.starts_with("https://")
             && !self.http.public_url.starts_with("http://")
@@ -582,6 +605,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("external_provisioning"), "{e}");
+    }
+
+    #[test]
+    fn a_replica_url_has_the_scheme_served_and_a_host() {
+        let with = |vars: &[(&str, &str)]| {
+            Config::load(
+                None,
+                vars.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for bad in [
+            "\"10.0.0.7:8700\"",
+            "\"http://10.0.0.7:8700\"",
+            "\"https://\"",
+        ] {
+            let e = with(&[("EDGEDESK_CC_HTTP__REPLICA_URL", bad)]).unwrap_err();
+            assert!(
+                e.to_string().contains("http.replica_url") && e.to_string().contains("https://"),
+                "{bad}: {e}"
+            );
+        }
+        let e = with(&[
+            ("EDGEDESK_CC_HTTP__REPLICA_URL", "\"https://10.0.0.7:8700\""),
+            ("EDGEDESK_CC_HTTP__INSECURE_HTTP", "true"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("insecure_http = true"), "{e}");
+        let ok = with(&[("EDGEDESK_CC_HTTP__REPLICA_URL", "\"https://10.0.0.7:8700\"")]).unwrap();
+        assert_eq!(ok.http.replica_url, "https://10.0.0.7:8700");
     }
 
     #[test]

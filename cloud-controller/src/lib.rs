@@ -162,8 +162,9 @@ pub async fn run(
         config.store.postgres_pool,
     )?;
     // Several replicas on one database: one is active, the others wait.
+    let me = replica_name();
     let leadership = if store.dialect() == store::Dialect::Postgres {
-        match standby(&config, &data, &store, &shutdown).await? {
+        match standby(&config, &data, &store, &shutdown, &me).await? {
             Some(l) => Some(l),
             None => return Err(ControllerError::Stopped),
         }
@@ -465,6 +466,16 @@ pub async fn run(
         .map(edgedesk_support::tls::ca_sha256)
         .transpose()
         .map_err(|e| tls::TlsError::Config(e.to_string()))?;
+    // Standbys forward requests here (http::forward).
+    if leadership.is_some() {
+        let active = store::election::ActiveAddress {
+            replica: me.clone(),
+            url: replica_url(&config, http_addr),
+            tls_name: url_host(&public_url).unwrap_or("localhost").to_owned(),
+        };
+        tracing::info!(url = %active.url, "standbys forward requests to this controller");
+        store.publish_active(&active).await?;
+    }
     let mut c = config.console.clone();
     // Cookies over HTTPS are always Secure.
     c.secure_cookies |= https;
@@ -677,37 +688,73 @@ async fn bind_http(config: &Config) -> Result<tokio::net::TcpListener, Controlle
 
 /// This replica's name among several (the pod's name under Kubernetes).
 fn replica_name() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .filter(|h| !h.is_empty())
+    let host = host_named_by(&["POD_NAME", "HOSTNAME"]).unwrap_or_else(|| "controller".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The first of the environment variables `vars` that is set and not
+/// empty, else the kernel's host name.
+fn host_named_by(vars: &[&str]) -> Option<String> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok().filter(|h| !h.is_empty()))
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
                 .map(|h| h.trim().to_owned())
         })
-        .unwrap_or_else(|| "controller".into());
-    format!("{host}-{}", std::process::id())
+}
+
+/// A standby's HTTPS server configuration and the CA certificate the
+/// chain ends in (what it checks the active controller under).
+type StandbyTls = (Arc<rustls::ServerConfig>, String);
+
+/// Where other replicas reach this one's HTTP listener (`http.replica_url`,
+/// else the bound address; when that is every address, `POD_IP` or else
+/// the host name).
+fn replica_url(config: &Config, bound: SocketAddr) -> String {
+    if !config.http.replica_url.is_empty() {
+        return config.http.replica_url.trim_end_matches('/').to_owned();
+    }
+    let scheme = if config.http.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    if !bound.ip().is_unspecified() {
+        return format!("{scheme}://{bound}");
+    }
+    let host = host_named_by(&["POD_IP"]).unwrap_or_else(|| "localhost".into());
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("{scheme}://{host}:{}", bound.port())
 }
 
 /// The standby page's HTTPS configuration from what is on disk: the
 /// operator's certificate, or the controller's once the active replica has
 /// made it (`None` until then). `Some(None)`: plain HTTP.
-fn standby_tls(
-    config: &Config,
-    data: &std::path::Path,
-) -> Option<Option<Arc<rustls::ServerConfig>>> {
+fn standby_tls(config: &Config, data: &std::path::Path) -> Option<Option<StandbyTls>> {
     if config.http.insecure_http {
         return Some(None);
     }
     let made = if !config.http.tls_cert.as_os_str().is_empty() {
         tls::server_config_from_files(&config.http.tls_cert, &config.http.tls_key)
             .map_err(|e| e.to_string())
+            .and_then(|tls| {
+                let chain =
+                    std::fs::read_to_string(&config.http.tls_cert).map_err(|e| e.to_string())?;
+                Ok((tls, last_pem_block(&chain)))
+            })
     } else {
         let read = |name: &str| std::fs::read_to_string(data.join(name)).map_err(|e| e.to_string());
         read("http-server.pem").and_then(|cert| {
-            let chain = format!("{}\n{}", cert.trim_end(), read("mqtt-ca.pem")?);
-            tls::server_config(&chain, &read("http-server.key")?).map_err(|e| e.to_string())
+            let ca = read("mqtt-ca.pem")?;
+            let chain = format!("{}\n{}", cert.trim_end(), ca);
+            let tls =
+                tls::server_config(&chain, &read("http-server.key")?).map_err(|e| e.to_string())?;
+            Ok((tls, ca))
         })
     };
     match made {
@@ -727,13 +774,13 @@ async fn standby(
     data: &std::path::Path,
     store: &store::Store,
     shutdown: &CancellationToken,
+    me: &str,
 ) -> Result<Option<store::election::Leadership>, ControllerError> {
-    let me = replica_name();
     let (waiting, mut seen) =
         tokio::sync::watch::channel(store::election::Standby::LedBy(String::new()));
     let election = store::election::acquire(
         &config.store.postgres_url,
-        &me,
+        me,
         std::time::Duration::from_millis(config.store.leader_poll_ms),
         waiting,
         shutdown,
@@ -758,46 +805,60 @@ async fn standby(
     };
     let listener = bind_http(config).await?;
     let stop = shutdown.child_token();
+    let metrics = Arc::new(Metrics::new());
     // With a shared subscription, a standby takes its share of node traffic.
     let share = if config.mqtt.shared_group.is_empty() {
         None
     } else {
-        let metrics = Arc::new(Metrics::new());
-        let task = follow(
-            config,
-            data,
-            store.clone(),
-            metrics.clone(),
-            stop.child_token(),
+        Some(
+            follow(
+                config,
+                data,
+                store.clone(),
+                metrics.clone(),
+                stop.child_token(),
+            )
+            .await?,
         )
-        .await?;
-        Some((metrics, task))
     };
-    let metrics_auth = share.as_ref().map(|(m, _)| {
-        // As the active controller's: the metrics token, else the admin
-        // token (configured, or the one it keeps in the data folder).
-        let token = [&config.http.metrics_token, &config.http.admin_token]
-            .into_iter()
-            .find(|t| !t.is_empty())
-            .cloned()
-            .unwrap_or_else(|| {
-                std::fs::read_to_string(data.join("admin-token"))
-                    .map(|t| t.trim().to_owned())
-                    .unwrap_or_default()
-            });
-        (m.clone(), token)
-    });
+    // The admin token as the active controller's: configured, or the one
+    // it keeps in the data folder.
+    let admin_token = if config.http.admin_token.is_empty() {
+        std::fs::read_to_string(data.join("admin-token"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default()
+    } else {
+        config.http.admin_token.clone()
+    };
+    let metrics_token = if config.http.metrics_token.is_empty() {
+        admin_token.clone()
+    } else {
+        config.http.metrics_token.clone()
+    };
+    let (tls, ca_pem) = match tls {
+        Some((tls, ca)) => (Some(tls), Some(ca)),
+        None => (None, None),
+    };
+    let forward = http::forward::Forward::new(
+        store.clone(),
+        seen.clone(),
+        &admin_token,
+        ca_pem,
+        config.trusted_proxies(),
+        metrics.clone(),
+        stop.clone(),
+    );
     let server = tokio::spawn(serve_http(
         listener,
         tls,
-        http::standby_router(seen, metrics_auth),
+        http::standby_router(seen, (metrics, metrics_token), Arc::new(forward)),
         stop.clone(),
     ));
     tracing::info!(replica = %me, "another controller is active: standing by");
     let got = election.await;
     stop.cancel();
     let _ = server.await;
-    if let Some((_, task)) = share {
+    if let Some(task) = share {
         let _ = task.await;
     }
     Ok(got)
@@ -955,7 +1016,7 @@ async fn standby_upkeep(link: link::Link, stop: CancellationToken) {
 }
 
 /// The host of `https://host:port/…` (brackets of an IPv6 literal removed).
-fn url_host(url: &str) -> Option<&str> {
+pub(crate) fn url_host(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split('/').next()?;
     let host = if let Some(v6) = authority.strip_prefix('[') {

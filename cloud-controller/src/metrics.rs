@@ -39,6 +39,9 @@ pub struct Metrics {
     pub relay_dropped: Counter,
     /// Frames the active controller received from standbys.
     pub relay_received: Counter,
+    /// Requests a standby forwarded to the active controller, by kind
+    /// (http, websocket) or refused (unavailable).
+    pub forwarded: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -72,6 +75,12 @@ impl Metrics {
             "relay_received",
             "Frames the active controller received from standbys",
             relay_received.clone(),
+        );
+        let forwarded = Family::<Labels, Counter>::default();
+        registry.register(
+            "forwarded",
+            "Requests this standby forwarded to the active controller, by kind (http, websocket; unavailable: none answered)",
+            forwarded.clone(),
         );
         let broker_refused_by = Family::<Labels, Counter>::default();
         let broker_throttled = Counter::default();
@@ -160,7 +169,14 @@ impl Metrics {
             relay_sent,
             relay_dropped,
             relay_received,
+            forwarded,
         }
+    }
+
+    pub fn forward(&self, kind: &str) {
+        self.forwarded
+            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
+            .inc();
     }
 
     pub fn refuse(&self, reason: &str) {

@@ -28,9 +28,8 @@ pub enum PinError {
     Config(String),
 }
 
-/// A rustls client configuration (ring provider, TLS 1.2+) trusting only
-/// the CA certificates in `ca_pem`.
-pub fn pinned_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, PinError> {
+/// The CA certificates in `ca_pem` (at least one).
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, PinError> {
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let der = der.map_err(|e| PinError::Pem(e.to_string()))?;
@@ -39,6 +38,13 @@ pub fn pinned_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, PinError
     if roots.is_empty() {
         return Err(PinError::Empty);
     }
+    Ok(roots)
+}
+
+/// A rustls client configuration (ring provider, TLS 1.2+) trusting only
+/// the CA certificates in `ca_pem`.
+pub fn pinned_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, PinError> {
+    let roots = roots(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
@@ -47,6 +53,78 @@ pub fn pinned_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, PinError
             .with_root_certificates(roots)
             .with_no_client_auth(),
     ))
+}
+
+/// As [`pinned_client`], but the server must hold a certificate for `name`
+/// whatever address was dialled: a replica dialling another at its pod
+/// address checks the certificate clients see under the public name.
+pub fn pinned_client_as(ca_pem: &str, name: &str) -> Result<Arc<rustls::ClientConfig>, PinError> {
+    let roots = roots(ca_pem)?;
+    let name = ServerName::try_from(name.to_owned())
+        .map_err(|e| PinError::Config(format!("{name:?} is not a server name: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| PinError::Config(e.to_string()))?;
+    verified_by(provider, Arc::new(NamedVerifier { inner, name }))
+}
+
+/// A client configuration whose server certificates `verifier` judges.
+fn verified_by(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<rustls::ClientConfig>, PinError> {
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PinError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    ))
+}
+
+/// Verifies under its roots for one fixed name (see [`pinned_client_as`]).
+#[derive(Debug)]
+struct NamedVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The fingerprint nodes pin: `sha256:` and the hex SHA-256 of the DER of
@@ -79,14 +157,7 @@ pub fn fingerprint_client(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>
         sha256,
         provider: provider.clone(),
     });
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| PinError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
-    ))
+    verified_by(provider, verifier)
 }
 
 #[derive(Debug)]

@@ -280,8 +280,8 @@ impl Replicas {
             assert!(
                 b.api(reqwest::Method::GET, "/api/v1/nodes", None)
                     .await
-                    .is_none(),
-                "a standby serves no API"
+                    .is_some(),
+                "a standby forwards the API to the active one"
             );
         }
         let b = standbys.remove(0);
@@ -384,7 +384,11 @@ async fn standby_counter(ctl: &CtlProcess, name: &str) -> u64 {
         return 0;
     };
     let text = r.text().await.unwrap_or_default();
-    let metric = format!("edgedesk_controller_{name}_total ");
+    // `name` or `name{label="value"` (the closing brace is added here).
+    let metric = match name.split_once('{') {
+        Some((n, labels)) => format!("edgedesk_controller_{n}_total{{{labels}}} "),
+        None => format!("edgedesk_controller_{name}_total "),
+    };
     text.lines()
         .find_map(|l| l.strip_prefix(&metric))
         .and_then(|v| v.trim().parse().ok())
@@ -482,6 +486,118 @@ async fn three_replicas_share_node_traffic_and_losing_any_loses_nothing() {
         node.stop().await;
     }
     r.stop();
+}
+
+/// Any replica serves REST and the console (a standby forwards to the
+/// active controller): with three replicas, an operator makes a join token
+/// and a node enrols through one standby; an agent created, logged in and
+/// working at the other (console page, REST, the WebSocket) gets a
+/// visitor's chat and answers it. The active one is killed with -9; the
+/// agent's console, reconnected at the standby that is left, gets the chat
+/// back from whichever replica won, and the conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_serves_rest_and_the_console() {
+    let mut r = Replicas::start_with(false, 1, &[]).await;
+    // Enrolment and REST through a standby.
+    let dir = tempfile::tempdir().unwrap();
+    let (b, c) = (&r.b, &r.more[0]);
+    let node = TestNode::start(edge_config(
+        &dir,
+        "branch-f",
+        c,
+        c.token_for("branch-f").await,
+    ))
+    .await;
+    eventually(20, "online, asked at a standby", || {
+        c.node_online("branch-f")
+    })
+    .await;
+    // The console at the other standby: page, account, login, socket.
+    let page = controller_http(&b.ca_pem)
+        .get(format!("{}/console", b.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text().await.unwrap().contains("<html"),
+        "the console page"
+    );
+    b.create_agent("fay", "agent", 2).await;
+    let cookie = console_login(&b.base(), &b.ca_pem, "fay").await;
+    let mut console = console_socket(&b.base(), &b.ca_pem, &cookie).await;
+    let mut visitor = node.connect().await;
+    let (_, chat) = escalate(&mut visitor).await;
+    let assigned = console_next(&mut console, "assigned").await;
+    assert_eq!(assigned["chat"]["id"], chat.as_str());
+    agent_answers(&mut console, &chat, "Hello, this is Fay", "f-1").await;
+    agent_said(&mut visitor, "Hello, this is Fay").await;
+    assert!(standby_counter(b, "forwarded{kind=\"websocket\"").await >= 1);
+    assert!(standby_counter(b, "forwarded{kind=\"http\"").await >= 2);
+    assert!(standby_counter(c, "forwarded{kind=\"http\"").await >= 2);
+    // Bad input: a request that already went through a replica is not
+    // passed on again (no loop between standbys) and says why.
+    let looped = controller_http(&b.ca_pem)
+        .get(format!("{}/api/v1/nodes", b.base()))
+        .bearer_auth(&b.token)
+        .header("x-edgedesk-forwarded", "anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(looped.status(), 503);
+    assert!(looped.headers().contains_key("retry-after"));
+    let why = looped.text().await.unwrap();
+    assert!(why.contains("another replica forwarded"), "{why}");
+
+    // The active one killed: the console comes back through the standby
+    // left, with the chat, and the agent goes on.
+    r.fail_over().await;
+    let left = &r.more[0];
+    eventually(
+        20,
+        "the standby left forwards to the new active one",
+        || async {
+            left.api(reqwest::Method::GET, "/api/v1/nodes", None)
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    let mut console = console_socket(&left.base(), &left.ca_pem, &cookie).await;
+    let back = console_next(&mut console, "assigned").await;
+    assert_eq!(back["chat"]["id"], chat.as_str(), "the chat comes back");
+    agent_answers(&mut console, &chat, "Still here", "f-2").await;
+    agent_said(&mut visitor, "Still here").await;
+    node.stop().await;
+    r.stop();
+}
+
+/// The agent writes `text` in `chat`; the console acknowledges it.
+async fn agent_answers(console: &mut ConsoleWs, chat: &str, text: &str, id: &str) {
+    edgedesk_systest::process::console_send(
+        console,
+        serde_json::json!({ "type": "message", "chat": chat, "text": text, "client_id": id }),
+    )
+    .await;
+    assert_eq!(console_next(console, "ack").await["client_id"], id);
+}
+
+/// Wait until the visitor sees the agent say `text` (other frames skipped;
+/// `recv` fails the test when nothing comes).
+async fn agent_said(ws: &mut Ws, text: &str) {
+    use edgedesk_common::chat::{Sender, ServerFrame};
+    loop {
+        if let ServerFrame::Reply {
+            from: Sender::Agent,
+            text: t,
+            ..
+        } = recv(ws).await
+        {
+            if t == text {
+                return;
+            }
+        }
+    }
 }
 
 /// Two replicas started at the same moment on an empty data folder make one

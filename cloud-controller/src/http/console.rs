@@ -193,8 +193,12 @@ async fn login(
         )));
     }
     let now = now_ms();
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let ip = crate::accounts::client_address(peer.ip(), forwarded, &s.trusted_proxies);
+    // Through a standby: the address it judged; else the peer's, or the one
+    // a trusted proxy names.
+    let ip = super::forward::forwarded_client(&headers, &s.admin_token).unwrap_or_else(|| {
+        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        crate::accounts::client_address(peer.ip(), forwarded, &s.trusted_proxies)
+    });
     // A name that cannot be an account is never a limiter key of its own.
     let user = crate::store::agents::valid_username(&req.username).then_some(req.username.as_str());
     let attempt = s

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod console;
+pub mod forward;
 pub mod listen;
 
 use std::sync::Arc;
@@ -78,14 +79,14 @@ pub fn router(state: Arc<Http>) -> axum::Router {
 }
 
 /// What a standby replica serves while another one is active: `/healthz`
-/// (it is alive), and 503 for everything else, `/readyz` included, saying
-/// which replica is active, so load balancers and probes send traffic
-/// there.
-/// The standby page; with `metrics` (a standby taking a share of node
-/// traffic, and the token that reads them) also its `/metrics`.
+/// (it is alive); `/readyz` answering 503 with which replica is active, so
+/// probes tell the active one apart; `/metrics` (its own, for the metrics
+/// token `metrics.1`); and everything else forwarded to the active
+/// controller ([`forward`]).
 pub fn standby_router(
     waiting: tokio::sync::watch::Receiver<crate::store::election::Standby>,
-    metrics: Option<(Arc<crate::metrics::Metrics>, String)>,
+    metrics: (Arc<crate::metrics::Metrics>, String),
+    forward: Arc<forward::Forward>,
 ) -> axum::Router {
     use crate::store::election::Standby;
     let said = move || {
@@ -98,19 +99,24 @@ pub fn standby_router(
         };
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, text).into_response()
     };
-    let mut router = axum::Router::new().route("/healthz", get(|| async { "ok\n" }));
-    if let Some((metrics, token)) = metrics {
-        router = router.route(
+    let (metrics, token) = metrics;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let said = said.clone();
+                async move { said() }
+            }),
+        )
+        .route(
             "/metrics",
             get(move |headers: axum::http::HeaderMap| async move {
                 metrics_for(&metrics, &token, &headers)
             }),
-        );
-    }
-    router.fallback(move || {
-        let said = said.clone();
-        async move { said() }
-    })
+        )
+        .fallback(forward::handle)
+        .with_state(forward)
 }
 
 /// Readiness: 200 while the store answers, else 503 saying why (a replica

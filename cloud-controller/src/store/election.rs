@@ -22,6 +22,39 @@ use tokio_util::sync::CancellationToken;
 
 use super::sql::{Conn, SqlError};
 
+/// Where the active controller serves HTTP: standbys forward requests
+/// there (`http::forward`). Kept in `settings` by the active controller
+/// once it holds the lock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActiveAddress {
+    /// The holder's name, as the lock reports it ([`Standby::LedBy`]).
+    pub replica: String,
+    /// Where other replicas reach it (`http.replica_url`).
+    pub url: String,
+    /// The name its HTTPS certificate is checked against (the public URL's host).
+    pub tls_name: String,
+}
+
+const ACTIVE_KEY: &str = "active_http";
+
+impl super::Store {
+    /// Record where this, the active, controller serves HTTP.
+    pub async fn publish_active(&self, a: &ActiveAddress) -> Result<(), super::StoreError> {
+        let value =
+            serde_json::to_string(a).map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        self.db
+            .call(move |c| super::seq::set_setting(c, ACTIVE_KEY, &value))
+            .await
+    }
+
+    /// Where the active controller said it serves HTTP, if it said.
+    pub async fn active_address(&self) -> Result<Option<ActiveAddress>, super::StoreError> {
+        let v = self.db.call(|c| super::seq::setting(c, ACTIVE_KEY)).await?;
+        v.map(|v| serde_json::from_str(&v).map_err(|e| super::StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+}
+
 /// The advisory lock key ("EDGELEAD"); advisory locks are per database.
 pub const LEADER_LOCK: i64 = 0x4544_4745_4c45_4144;
 
@@ -211,4 +244,28 @@ fn holder(c: &Conn) -> Result<String, SqlError> {
         [class, obj],
         |r| r.get(0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_active_address_is_kept_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::test_store(&dir.path().join("c.db"));
+        assert_eq!(store.active_address().await.unwrap(), None);
+        let a = ActiveAddress {
+            replica: "a-1".into(),
+            url: "https://10.0.0.7:8700".into(),
+            tls_name: "desk.example".into(),
+        };
+        store.publish_active(&a).await.unwrap();
+        let b = ActiveAddress {
+            replica: "b-2".into(),
+            ..a.clone()
+        };
+        store.publish_active(&b).await.unwrap();
+        assert_eq!(store.active_address().await.unwrap(), Some(b));
+    }
 }

@@ -9,22 +9,33 @@ use super::{Store, StoreError};
 
 const KEY: &str = "seq_reserved";
 
-fn reserved(conn: &Conn) -> Result<u64, StoreError> {
-    let v: Option<String> = conn
-        .query_row("SELECT value FROM settings WHERE key = ?1", [KEY], |r| {
+/// The small setting `key` (the `settings` table), if set.
+pub(crate) fn setting(conn: &Conn, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
             r.get(0)
         })
-        .optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+        .optional()?)
 }
 
-fn set_reserved(conn: &Conn, top: u64) -> Result<(), StoreError> {
+/// Set the small setting `key` to `value`.
+pub(crate) fn set_setting(conn: &Conn, key: &str, value: &str) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![KEY, top.to_string()],
+        params![key, value],
     )?;
     Ok(())
+}
+
+fn reserved(conn: &Conn) -> Result<u64, StoreError> {
+    Ok(setting(conn, KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+fn set_reserved(conn: &Conn, top: u64) -> Result<(), StoreError> {
+    set_setting(conn, KEY, &top.to_string())
 }
 
 impl Store {
