@@ -3,6 +3,11 @@
 //! traffic, against a running controller. Reports what was acknowledged, what
 //! was lost, acknowledgement latency and the controller's memory.
 //!
+//! With `--resend S` a node sends again every summary not acknowledged
+//! within S seconds, as an edge node's outbox does, so a run in which a
+//! controller replica is killed shows whether anything is lost for good
+//! (acknowledgement latency counts from the first send).
+//!
 //! `--backlog N` instead measures one node draining N queued events the way an
 //! edge node does (batches of `--batch`, one batch in flight).
 //!
@@ -64,6 +69,10 @@ struct Args {
     /// Controller PID, to report its memory.
     #[arg(long)]
     pid: Option<u32>,
+    /// Send again, as an edge node does, every summary not acknowledged
+    /// within this many seconds (0: never; each summary is sent once).
+    #[arg(long, default_value_t = 0)]
+    resend: u64,
     /// Drain this many events from one node instead of running a fleet.
     #[arg(long)]
     backlog: Option<usize>,
@@ -119,6 +128,7 @@ const QOS_UP: QoS = QoS::AtMostOnce;
 struct Stats {
     sent: AtomicU64,
     acked: AtomicU64,
+    resent: AtomicU64,
     heartbeats: AtomicU64,
     connect_failures: AtomicU64,
 }
@@ -134,7 +144,27 @@ struct SimNode {
     ring: Keyring,
     client: AsyncClient,
     seq: AtomicU64,
-    outstanding: Mutex<HashMap<String, Instant>>,
+    outstanding: Mutex<HashMap<String, Pending>>,
+}
+
+/// A summary sent and not yet acknowledged.
+struct Pending {
+    event: Event,
+    /// First sent (latency counts from here).
+    first: Instant,
+    /// Last sent (`--resend` counts from here).
+    last: Instant,
+}
+
+impl Pending {
+    fn new(event: Event) -> Pending {
+        let now = Instant::now();
+        Pending {
+            event,
+            first: now,
+            last: now,
+        }
+    }
 }
 
 fn ephemeral(to: &Recipient) -> Outgoing {
@@ -329,12 +359,12 @@ async fn connect(
                     if let Ok(Down::EventsAck { ids }) = serde_json::from_slice(&plain) {
                         let mut out = n.outstanding.lock().await;
                         for id in ids {
-                            if let Some(at) = out.remove(&id) {
+                            if let Some(p) = out.remove(&id) {
                                 stats.acked.fetch_add(1, Ordering::Relaxed);
                                 let _ = latency
                                     .lock()
                                     .unwrap()
-                                    .record(at.elapsed().as_micros() as u64);
+                                    .record(p.first.elapsed().as_micros() as u64);
                             }
                         }
                     }
@@ -424,7 +454,7 @@ async fn main() {
             {
                 let mut out = node.outstanding.lock().await;
                 for e in &events {
-                    out.insert(e.id.clone(), Instant::now());
+                    out.insert(e.id.clone(), Pending::new(e.clone()));
                 }
             }
             made += n as u64;
@@ -489,12 +519,19 @@ async fn main() {
             node.outstanding
                 .lock()
                 .await
-                .insert(e.id.clone(), Instant::now());
+                .insert(e.id.clone(), Pending::new(e.clone()));
             node.send(&Up::Events { events: vec![e] }).await;
             stats2.sent.fetch_add(1, Ordering::Relaxed);
             n += 1;
         }
     }));
+    let resender = (args.resend > 0).then(|| {
+        tokio::spawn(resend(
+            nodes.clone(),
+            stats.clone(),
+            Duration::from_secs(args.resend),
+        ))
+    });
     let mut peak = 0;
     while Instant::now() < stop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -505,8 +542,9 @@ async fn main() {
     for t in tasks {
         let _ = t.await;
     }
-    // Give the last acknowledgements time to arrive.
-    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    // Give the last acknowledgements time to arrive (and, with --resend,
+    // the last resends).
+    let drain_deadline = Instant::now() + Duration::from_secs(30 + 2 * args.resend);
     while stats.acked.load(Ordering::Relaxed) < stats.sent.load(Ordering::Relaxed)
         && Instant::now() < drain_deadline
     {
@@ -529,7 +567,17 @@ async fn main() {
         "summaries sent      {sent} ({:.0}/s)",
         sent as f64 / args.duration as f64
     );
+    if let Some(r) = resender {
+        r.abort();
+    }
     println!("acknowledged        {acked} (lost {})", sent - acked);
+    if args.resend > 0 {
+        println!(
+            "sent again          {} (not acknowledged within {} s)",
+            stats.resent.load(Ordering::Relaxed),
+            args.resend
+        );
+    }
     println!(
         "ack latency         p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -545,6 +593,33 @@ async fn main() {
     report_memory(&args);
     if sent != acked {
         std::process::exit(1);
+    }
+}
+
+/// `--resend`: every second, each node sends again, in one envelope, the
+/// summaries it has waited `after` for since it last sent them.
+async fn resend(nodes: Vec<Arc<SimNode>>, stats: Arc<Stats>, after: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for node in &nodes {
+            let events: Vec<Event> = {
+                let mut out = node.outstanding.lock().await;
+                out.values_mut()
+                    .filter(|p| p.last.elapsed() >= after)
+                    .map(|p| {
+                        p.last = Instant::now();
+                        p.event.clone()
+                    })
+                    .collect()
+            };
+            if !events.is_empty() {
+                stats
+                    .resent
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                node.send(&Up::Events { events }).await;
+            }
+        }
     }
 }
 
