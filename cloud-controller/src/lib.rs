@@ -835,10 +835,7 @@ async fn standby(
     } else {
         config.http.metrics_token.clone()
     };
-    let (tls, ca_pem) = match tls {
-        Some((tls, ca)) => (Some(tls), Some(ca)),
-        None => (None, None),
-    };
+    let (tls, ca_pem) = tls.unzip();
     let forward = http::forward::Forward::new(
         store.clone(),
         seen.clone(),
