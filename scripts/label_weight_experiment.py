@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""How many unseen phrasings of a new intent does the TF-IDF model learn from
-29 labels? A stand-in for the learning loop's scenario (docs/LEARNING.md).
+"""How many unseen phrasings of a new intent does the model learn from 29
+labels? A stand-in for the learning loop's scenario (docs/LEARNING.md).
 
 For each intent named: the intent is taken out of a copy of `data/`; of its
 first 24 English and 24 Chinese rows, those at positions 2, 5 and 7 of each
 eight (18) are never trained on, and the first 29 of the rest are added as
 `--extra`-style labels of a new intent, weighed by `extra_weights` times
-`--weight`. Prints the unseen phrasings answered with the new intent above
-the tuned threshold. Uses train_model.py's own functions; writes nothing to
-the repository.
+`--weight` (several weights: one model each). Prints the unseen phrasings
+answered with the new intent above the tuned threshold. With `--encoder`, the
+model is train_model.py's encoder model (n-grams plus the sentence
+embedding, which is computed once per intent for all weights) with its
+label memory (`--memory-beta 0` leaves it out; several betas and gammas are
+tried on the same fit). Also prints what the new intent costs the others:
+validation in-scope accuracy, and validation rows taken for the new intent. Uses
+train_model.py's own functions; writes nothing to the repository.
 
-  python3 scripts/label_weight_experiment.py --weight 3 branch_hours branch_atm
+  python3 scripts/label_weight_experiment.py --weight 1,3 branch_hours branch_atm
+  python3 scripts/label_weight_experiment.py --encoder build/models/e5 --memory-beta 0,8 --memory-gamma 10,20 branch_atm
 """
 import argparse
 import csv
@@ -18,7 +24,8 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -42,7 +49,7 @@ def without(data, intent, out):
     return removed
 
 
-def run(data, intent, weight, c_value):
+def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, memory_gammas):
     with tempfile.TemporaryDirectory() as tmp:
         rows = without(data, intent, os.path.join(tmp, "data"))
         en = [t for t in rows if not tm.CJK.search(t)][:24]
@@ -51,35 +58,82 @@ def run(data, intent, weight, c_value):
         unseen = [t for i, t in picked if i % 8 in (2, 5, 7)]
         labels = [t for i, t in picked if i % 8 not in (2, 5, 7)][:29]
         sp = tm.load_splits(os.path.join(tmp, "data"), 42)
-    base = len(sp["x_tr"])
-    x, y = sp["x_tr"] + labels, sp["y_tr"] + ["new:intent"] * len(labels)
-    w = tm.extra_weights(y, base)
-    w[base:] *= weight
-    pipe, _, _, clf = tm.build_pipeline(42, c_value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe.fit(x, y, logisticregression__sample_weight=w)
-    classes = list(clf.classes_)
-    threshold = tm.tune_threshold(pipe.predict_proba(sp["x_cal"]), classes, sp["y_cal"])
-    right = 0
-    for text, p in zip(unseen, pipe.predict_proba(unseen)):
-        if classes[p.argmax()] == "new:intent" and p.max() >= threshold:
-            right += 1
+        base = len(sp["x_tr"])
+        x, y = sp["x_tr"] + labels, sp["y_tr"] + ["new:intent"] * len(labels)
+        pipe, _, _, clf = tm.build_pipeline(42, c_value)
+        union = pipe.steps[0][1]
+        features = None
+        if encoder:
+            import e5_encoder
+            # As train_model.py builds it: the vocabulary of what the model
+            # learns from (the unseen phrasings split into known pieces).
+            enc = e5_encoder.Encoder(encoder, x + [t for t, _ in sp["golden"]])
+            enc.write(tmp)
+            texts = list(dict.fromkeys(x + sp["x_cal"] + unseen))
+            table = dict(zip(texts, enc.embed(texts)))
+            features = tm.embedding_features(union, table, encoder_weight)
+    results = {}
+    y_cal = np.array(sp["y_cal"])
+    inscope = y_cal != tm.OOS
+    for weight in weights:
+        w = tm.extra_weights(y, base)
+        w[base:] *= weight
+        tm.fit_model(pipe, clf, features, x, y, w)
+        classes = list(clf.classes_)
+        if features is None:
+            settings = [(0.0, 0.0, pipe.predict_proba(sp["x_cal"]), pipe.predict_proba(unseen))]
         else:
-            print(f"  missed {text!r}: {classes[p.argmax()]} ({p.max():.2f})")
-    print(f"{intent}: {right} of {len(unseen)} unseen phrasings (label weight {w[-1]:.1f}, threshold {threshold})")
-    return right, len(unseen)
+            logits_cal, logits_unseen = clf.decision_function(features(sp["x_cal"])), clf.decision_function(features(unseen))
+            settings = []
+            for beta in memory_betas:
+                for gamma in memory_gammas if beta > 0 else memory_gammas[:1]:
+                    memory = None if beta <= 0 else tm.LabelMemory(
+                        np.vstack([table[t] for t in labels]), ["new:intent"] * len(labels), classes, beta, gamma)
+                    settings.append((beta, gamma,
+                                     tm.with_memory(logits_cal, memory, [table[t] for t in sp["x_cal"]]),
+                                     tm.with_memory(logits_unseen, memory, [table[t] for t in unseen])))
+        for beta, gamma, p_cal, p_unseen in settings:
+            threshold = tm.tune_threshold(p_cal, classes, sp["y_cal"])
+            right = 0
+            for text, p in zip(unseen, p_unseen):
+                if classes[p.argmax()] == "new:intent" and p.max() >= threshold:
+                    right += 1
+                else:
+                    print(f"  missed {text!r}: {classes[p.argmax()]} ({p.max():.2f})")
+            # What the new intent costs the others, on the validation rows
+            # (none of which is the new intent's).
+            pred = np.array([classes[i] for i in p_cal.argmax(axis=1)])
+            accuracy = float(np.mean(pred[inscope] == y_cal[inscope]))
+            taken = int(np.sum(pred == "new:intent"))
+            print(f"{intent}: {right} of {len(unseen)} unseen phrasings (label weight {w[-1]:.1f}, memory "
+                  f"{beta:g}/{gamma:g}, threshold {threshold}); validation in-scope accuracy {accuracy:.4f}, "
+                  f"{taken} of {len(pred)} validation rows taken for the new intent", flush=True)
+            results[(weight, beta, gamma)] = (right, len(unseen), accuracy, taken)
+    return results
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("intents", nargs="+", help="intents to stand in for a new one")
     ap.add_argument("--data", default=os.path.join(HERE, "..", "data"), help="data folder (default: the repository's)")
-    ap.add_argument("--weight", type=float, default=1.0, help="times extra_weights' weight (default 1)")
+    floats = lambda v: [float(x) for x in v.split(",")]  # noqa: E731
+    ap.add_argument("--weight", type=floats, default=[1.0],
+                    help="times extra_weights' weight; several, comma-separated, give one model each (default 1)")
+    ap.add_argument("--encoder", metavar="DIR", help="add the sentence encoder's features (as train_model.py --encoder)")
+    ap.add_argument("--encoder-weight", type=float, default=3.0, help="as train_model.py's (default 3)")
+    ap.add_argument("--memory-beta", type=floats, default=[tm.MEMORY_BETA],
+                    help="with --encoder: the label memory's weight, as train_model.py's; 0 leaves it out; "
+                         "several, comma-separated, are each tried with every --memory-gamma on the same fit")
+    ap.add_argument("--memory-gamma", type=floats, default=[tm.MEMORY_GAMMA], help="as train_model.py's; several too")
     ap.add_argument("--c", type=float, default=20.0, help="inverse regularisation (default as train_model.py)")
     args = ap.parse_args()
-    totals = [run(args.data, i, args.weight, args.c) for i in args.intents]
-    print(f"all: {sum(r for r, _ in totals)} of {sum(n for _, n in totals)}")
+    totals = [run(args.data, i, args.weight, args.c, args.encoder, args.encoder_weight,
+                  args.memory_beta, args.memory_gamma) for i in args.intents]
+    for key in totals[0]:
+        rows = [t[key] for t in totals]
+        print(f"all, label weight x{key[0]:g}, memory {key[1]:g}/{key[2]:g}: {sum(r[0] for r in rows)} of "
+              f"{sum(r[1] for r in rows)} unseen phrasings; mean validation in-scope accuracy "
+              f"{np.mean([r[2] for r in rows]):.4f}; {sum(r[3] for r in rows)} validation rows taken")
 
 
 if __name__ == "__main__":

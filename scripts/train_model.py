@@ -100,7 +100,86 @@ def build_pipeline(seed, c_value):
     return make_pipeline(make_union(word, char), clf), word, char, clf
 
 
-def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None):
+class LabelMemory:
+    """The labels people gave (`--extra` rows), remembered by their sentence
+    embedding. A question close in meaning to a remembered label gets
+    `beta * exp(gamma * (cos - 1))` added to that label's intent logit, for
+    the closest label of each intent (cos = 1 adds beta; ~0.1 of it at
+    cos = 1 - 2.3/gamma). A new intent learnt from a few dozen labels is then
+    recognised in other words than the labels', which a linear head alone
+    does not learn from so few rows (docs/LEARNING.md)."""
+
+    def __init__(self, embeddings, labels, classes, beta, gamma):
+        norms = np.linalg.norm(embeddings, axis=1)
+        assert np.allclose(norms, 1.0, atol=1e-3), "the encoder's embeddings are unit vectors"
+        self.vectors = embeddings.astype(np.float32)           # [M, H]
+        self.onehot = np.zeros((len(labels), len(classes)), np.float32)
+        for i, c in enumerate(labels):
+            self.onehot[i, classes.index(c)] = 1.0
+        self.beta, self.gamma = float(beta), float(gamma)
+
+    def logits(self, embeddings):
+        """[N, classes] to add to the head's logits."""
+        k = np.exp(self.gamma * (embeddings @ self.vectors.T - 1.0))   # [N, M]
+        return self.beta * (k[:, :, None] * self.onehot[None]).max(axis=1)
+
+    def graph(self, inp, out):
+        """(initializers, nodes): ONNX for `logits`, from `inp` ([N, H]) to
+        `out` ([N, classes]); every other name starts with `m_`."""
+        from onnx import helper, numpy_helper
+        inits = [numpy_helper.from_array(np.asarray(a), n) for n, a in (
+            ("m_vectors", np.ascontiguousarray(self.vectors.T)),      # [H, M]
+            ("m_onehot", self.onehot),                                # [M, C]
+            ("m_one", np.array(1.0, np.float32)),
+            ("m_gamma", np.array(self.gamma, np.float32)),
+            ("m_beta", np.array(self.beta, np.float32)),
+            ("m_axis2", np.array([2], np.int64)))]
+        nodes = [
+            helper.make_node("MatMul", [inp, "m_vectors"], ["m_cos"]),           # [N, M]
+            helper.make_node("Sub", ["m_cos", "m_one"], ["m_dist"]),
+            helper.make_node("Mul", ["m_dist", "m_gamma"], ["m_scaled"]),
+            helper.make_node("Exp", ["m_scaled"], ["m_kernel"]),
+            helper.make_node("Unsqueeze", ["m_kernel", "m_axis2"], ["m_kernel3"]),  # [N, M, 1]
+            helper.make_node("Mul", ["m_kernel3", "m_onehot"], ["m_per_class"]),   # [N, M, C]
+            helper.make_node("ReduceMax", ["m_per_class"], ["m_best"], axes=[1], keepdims=0),
+            helper.make_node("Mul", ["m_best", "m_beta"], [out]),
+        ]
+        return inits, nodes
+
+
+def embedding_features(union, table, encoder_weight):
+    """features(texts, fit=False): the n-gram features of `union` with each
+    text's sentence embedding (from `table`) times `encoder_weight` appended."""
+    import scipy.sparse as sparse
+
+    def features(texts, fit=False):
+        s = union.fit_transform(texts) if fit else union.transform(texts)
+        e = np.vstack([table[t] for t in texts]) * encoder_weight
+        return sparse.hstack([s, sparse.csr_matrix(e)]).tocsr()
+    return features
+
+
+def fit_model(pipe, clf, features, texts, labels, w):
+    """Fit the n-gram pipeline (`features` None) or its classifier on
+    `features` (embedding_features), with sample weights `w`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if features is None:
+            pipe.fit(texts, labels, logisticregression__sample_weight=w)
+        else:
+            clf.fit(features(texts, fit=True), labels, sample_weight=w)
+
+
+def with_memory(logits, memory, embeddings):
+    """Probabilities from the head's logits plus `memory`'s term (none if
+    `memory` is None) for the texts whose embeddings are given."""
+    if memory is not None:
+        logits = logits + memory.logits(np.vstack(embeddings))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None, memory=None):
     """Replace skl2onnx's dense tail with an O(non-zeros) one.
 
     skl2onnx turns each TfIdfVectorizer's [N, V] count matrix into TF-IDF with
@@ -110,7 +189,8 @@ def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None):
     exactly) -> * idf -> per-row L2 norm -> gather the matching rows of the
     weight matrix -> scatter-add into [N, classes] -> + intercept -> Softmax.
     With `w_embed` ([H, classes]) the logits also get `embedding @ w_embed`,
-    from the sentence encoder that `e5_encoder.merge_into` adds.
+    from the sentence encoder that `e5_encoder.merge_into` adds, and with
+    `memory` (a LabelMemory) its term, computed as LabelMemory.logits does.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -188,7 +268,14 @@ def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None):
         init("W_embed", np.ascontiguousarray(w_embed.astype(np.float32)))
         node("MatMul", ["embedding", "W_embed"], ["embed_logits"])
         node("Add", ["dot", "embed_logits"], ["dot_e"])
-        node("Add", ["dot_e", "intercept"], ["logits"])
+        if memory is not None:
+            inits, nodes = memory.graph("embedding", "m_logits")
+            g.initializer.extend(inits)
+            N.extend(nodes)
+            node("Add", ["dot_e", "m_logits"], ["dot_m"])
+            node("Add", ["dot_m", "intercept"], ["logits"])
+        else:
+            node("Add", ["dot_e", "intercept"], ["logits"])
     else:
         node("Add", ["dot", "intercept"], ["logits"])
     node("Softmax", ["logits"], ["probabilities"], axis=1)
@@ -205,6 +292,11 @@ def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None):
 
 
 OOS_RECALL_FLOOR = 0.93
+
+# The label memory's defaults (LabelMemory), chosen with
+# scripts/label_weight_experiment.py on stand-in intents (docs/LEARNING.md).
+MEMORY_BETA = 8.0
+MEMORY_GAMMA = 10.0
 
 
 def tune_threshold(proba, classes, y_true):
@@ -289,6 +381,13 @@ def main():
                          "(JSON lines): the edge node must give the same (nlu/tests/encoder.rs)")
     ap.add_argument("--encoder-weight", type=float, default=3.0,
                     help="scale of the embedding against the TF-IDF features (chosen on validation)")
+    ap.add_argument("--memory-beta", type=float, default=MEMORY_BETA,
+                    help="with --encoder: weight of the label memory (the --extra rows remembered by their "
+                         "embedding, LabelMemory); 0 turns it off (default %(default)s, chosen on stand-in "
+                         "intents, docs/LEARNING.md)")
+    ap.add_argument("--memory-gamma", type=float, default=MEMORY_GAMMA,
+                    help="with --encoder: how fast a label's pull falls with cosine distance "
+                         "(default %(default)s)")
     ap.add_argument("--suggest", metavar="SAMPLES",
                     help="instead of training: group the questions in SAMPLES (JSON lines {id, text}) into "
                          "suggested intents with the encoder of --bundle (else of --encoder), written to --out "
@@ -320,10 +419,9 @@ def main():
 
     pipe, word, char, clf = build_pipeline(args.seed, args.c)
     union = pipe.steps[0][1]
-    enc, tmp = None, None
+    enc, tmp, features = None, None, None
     if args.encoder:
         import tempfile
-        import scipy.sparse as sparse
         import e5_encoder
         # The vocabulary covers what the shipped model learns from, not the
         # validation rows of a --holdout model.
@@ -332,25 +430,22 @@ def main():
         enc_graph = enc.write(tmp.name)
         texts = list(dict.fromkeys(x_tr + x_cal + [t for t, _ in golden]))
         table = dict(zip(texts, enc.embed(texts)))
+        features = embedding_features(union, table, args.encoder_weight)
 
-    def features(texts, fit=False):
-        s = union.fit_transform(texts) if fit else union.transform(texts)
-        e = np.vstack([table[t] for t in texts]) * args.encoder_weight
-        return sparse.hstack([s, sparse.csr_matrix(e)]).tocsr()
-
-    def fit(texts, labels, w):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if enc is None:
-                pipe.fit(texts, labels, logisticregression__sample_weight=w)
-            else:
-                clf.fit(features(texts, fit=True), labels, sample_weight=w)
+    memory = None
+    if enc is not None and args.memory_beta > 0 and len(x_tr) > base_rows:
+        extra = list(dict.fromkeys(zip(x_tr[base_rows:], y_tr[base_rows:])))
+        memory = (np.vstack([table[t] for t, _ in extra]), [c for _, c in extra])
 
     def predict_proba(texts):
-        return pipe.predict_proba(texts) if enc is None else clf.predict_proba(features(texts))
+        if enc is None:
+            return pipe.predict_proba(texts)
+        return with_memory(clf.decision_function(features(texts)), memory, [table[t] for t in texts])
 
-    fit(x_tr, y_tr, weights)
+    fit_model(pipe, clf, features, x_tr, y_tr, weights)
     classes = list(clf.classes_)
+    if memory is not None:
+        memory = LabelMemory(memory[0], memory[1], classes, args.memory_beta, args.memory_gamma)
     proba = predict_proba(x_cal)
     threshold = tune_threshold(proba, classes, y_cal)
 
@@ -386,13 +481,15 @@ def main():
         metrics["encoder"] = "multilingual-e5-small int8"
         metrics["encoder_weight"] = args.encoder_weight
         metrics["encoder_vocabulary"] = len(enc.keep)
+        metrics["label_memory"] = None if memory is None else {
+            "rows": len(memory.vectors), "beta": memory.beta, "gamma": memory.gamma}
 
     # Hyper-parameters and threshold are fixed on validation; the shipped model
     # then learns from all training rows (the usual refit). `--holdout` keeps
     # the validation rows unseen so that `edge-node nlu eval` on them is honest.
     metrics["refit_on_validation"] = not args.holdout
     if not args.holdout:
-        fit(x_tr + x_va, y_tr + y_va, np.concatenate([weights, np.ones(len(y_va), np.float32)]))
+        fit_model(pipe, clf, features, x_tr + x_va, y_tr + y_va, np.concatenate([weights, np.ones(len(y_va), np.float32)]))
         assert list(clf.classes_) == classes
 
     # Golden set: every utterance must come out with its label above the threshold.
@@ -422,7 +519,7 @@ def main():
                               doc_string="", naming=args.name)
     vwc = len(word.vocabulary_) + len(char.vocabulary_)
     w_embed = None if enc is None else clf.coef_[:, vwc:].T * args.encoder_weight
-    onx = sparse_head(onx, word, char, clf.coef_[:, :vwc], clf.intercept_, classes, w_embed)
+    onx = sparse_head(onx, word, char, clf.coef_[:, :vwc], clf.intercept_, classes, w_embed, memory)
     if enc is not None:
         e5_encoder.merge_into(onx, enc_graph)
     onx.producer_version = ""
@@ -441,7 +538,8 @@ def main():
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(os.path.join(args.out, "model.onnx"), so)
-    sample = x_cal[:400]
+    # With a label memory, its own texts too: there its term is largest.
+    sample = x_cal[:400] + ([] if memory is None else list(dict.fromkeys(x_tr[base_rows:]))[:100])
     def one(t):
         feed = {"text": np.array([[t]])}
         if enc is not None:

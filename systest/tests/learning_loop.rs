@@ -27,8 +27,9 @@ const ANSWER_EN: &str =
 const ANSWER_ZH: &str = "请在门口的取号机取号，叫号时屏幕会显示您的号码。";
 
 /// `EDGEDESK_LEARNING_ENCODER=1`: the scenario's models carry the
-/// multilingual sentence encoder (as the shipped 2.0.0 does). Each
-/// training then takes about five minutes instead of one, so the test
+/// multilingual sentence encoder (as the shipped 2.0.0 does), and the
+/// candidate its label memory. Each training then takes about five
+/// minutes instead of one (the scenario about twelve), so the test
 /// command runs the TF-IDF variant; docs/LEARNING.md records both figures
 /// and how to run this one.
 fn with_encoder() -> bool {
@@ -391,14 +392,18 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
             node.url(""),
             unseen.len()
         );
-        // Issue 13 asks for 90 %. The TF-IDF model learns a new intent from
-        // 29 labels only: about half of unseen phrasings answered; with the
-        // encoder 12 of 18 (docs/LEARNING.md). The bounds say the loop
-        // taught the fleet something (the base model answers none of
-        // them), and the encoder variant more than the TF-IDF one; not
-        // that the aim is met.
+        // Issue 13 asks for 90 %. With the encoder the candidate carries
+        // the label memory (train_model.LabelMemory) and the variant
+        // asserts the aim (17 of 18 measured; docs/LEARNING.md). The
+        // TF-IDF model, which the test command runs, learns a new intent
+        // from 29 labels only about half the time: its bound says the
+        // loop taught the fleet something (the base model answers none).
         if with_encoder() {
-            assert!(right >= 10, "{right} of {}", unseen.len());
+            assert!(
+                right * 10 >= unseen.len() * 9,
+                "{right} of {}",
+                unseen.len()
+            );
         } else {
             assert!(right >= 4, "{right} of {}", unseen.len());
         }

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""The label memory (train_model.LabelMemory): its ONNX graph gives what its
+numpy form gives, which the trainer's threshold and gate are computed with;
+a question near a label is pulled to the label's intent, one far from every
+label is not. Run by scripts/test.sh: python3 scripts/test_label_memory.py"""
+import os
+import sys
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_model as tm  # noqa: E402
+
+
+def unit(rows):
+    rows = np.asarray(rows, np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+class LabelMemoryTest(unittest.TestCase):
+    def setUp(self):
+        rng = np.random.default_rng(7)
+        self.labels = unit(rng.normal(size=(6, 16)))
+        self.memory = tm.LabelMemory(self.labels, ["new:a", "new:a", "b", "new:a", "b", "oos"],
+                                     ["b", "c", "new:a", "oos"], beta=8.0, gamma=20.0)
+        self.rng = rng
+
+    def test_graph_gives_the_numpy_terms(self):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        inits, nodes = self.memory.graph("embedding", "m_logits")
+        g = helper.make_graph(nodes, "memory", [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, 16])],
+                              [helper.make_tensor_value_info("m_logits", TensorProto.FLOAT, [None, 4])], inits)
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        sess = ort.InferenceSession(model.SerializeToString())
+        x = np.vstack([self.labels, unit(self.rng.normal(size=(5, 16)))])
+        got = sess.run(["m_logits"], {"embedding": x})[0]
+        np.testing.assert_allclose(got, self.memory.logits(x), rtol=1e-4, atol=1e-5)
+
+    def test_a_label_pulls_its_own_intent_only(self):
+        t = self.memory.logits(self.labels[:1])[0]
+        self.assertAlmostEqual(float(t[2]), 8.0, places=4)   # new:a, its own label: cos 1
+        self.assertEqual(float(t[1]), 0.0)                   # c has no label
+        self.assertLess(float(t[0]), 1.0)                    # b's labels are far
+
+    def test_far_questions_get_next_to_nothing(self):
+        far = unit(-self.labels.sum(axis=0, keepdims=True))
+        self.assertLess(float(self.memory.logits(far).max()), 0.1)
+
+    def test_with_memory_adds_before_the_softmax(self):
+        logits = np.zeros((1, 4), np.float32)
+        p = tm.with_memory(logits, self.memory, [self.labels[0]])
+        self.assertEqual(int(p.argmax()), 2)
+        self.assertAlmostEqual(float(p.sum()), 1.0, places=5)
+        np.testing.assert_allclose(tm.with_memory(logits, None, []), np.full((1, 4), 0.25))
+
+    def test_embeddings_must_be_unit_vectors(self):
+        with self.assertRaises(AssertionError):
+            tm.LabelMemory(self.labels * 2, ["b"] * 6, ["b"], 8.0, 20.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
