@@ -432,10 +432,7 @@ def main():
         table = dict(zip(texts, enc.embed(texts)))
         features = embedding_features(union, table, args.encoder_weight)
 
-    memory = None
-    if enc is not None and args.memory_beta > 0 and len(x_tr) > base_rows:
-        extra = list(dict.fromkeys(zip(x_tr[base_rows:], y_tr[base_rows:])))
-        memory = (np.vstack([table[t] for t, _ in extra]), [c for _, c in extra])
+    memory = None  # the label memory, once the classes are known
 
     def predict_proba(texts):
         if enc is None:
@@ -444,8 +441,10 @@ def main():
 
     fit_model(pipe, clf, features, x_tr, y_tr, weights)
     classes = list(clf.classes_)
-    if memory is not None:
-        memory = LabelMemory(memory[0], memory[1], classes, args.memory_beta, args.memory_gamma)
+    extra = list(dict.fromkeys(zip(x_tr[base_rows:], y_tr[base_rows:])))
+    if enc is not None and args.memory_beta > 0 and extra:
+        memory = LabelMemory(np.vstack([table[t] for t, _ in extra]), [c for _, c in extra], classes,
+                             args.memory_beta, args.memory_gamma)
     proba = predict_proba(x_cal)
     threshold = tune_threshold(proba, classes, y_cal)
 
@@ -489,7 +488,8 @@ def main():
     # the validation rows unseen so that `edge-node nlu eval` on them is honest.
     metrics["refit_on_validation"] = not args.holdout
     if not args.holdout:
-        fit_model(pipe, clf, features, x_tr + x_va, y_tr + y_va, np.concatenate([weights, np.ones(len(y_va), np.float32)]))
+        fit_model(pipe, clf, features, x_tr + x_va, y_tr + y_va,
+                  np.concatenate([weights, np.ones(len(y_va), np.float32)]))
         assert list(clf.classes_) == classes
 
     # Golden set: every utterance must come out with its label above the threshold.
@@ -539,7 +539,7 @@ def main():
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(os.path.join(args.out, "model.onnx"), so)
     # With a label memory, its own texts too: there its term is largest.
-    sample = x_cal[:400] + ([] if memory is None else list(dict.fromkeys(x_tr[base_rows:]))[:100])
+    sample = x_cal[:400] + ([] if memory is None else [t for t, _ in extra][:100])
     def one(t):
         feed = {"text": np.array([[t]])}
         if enc is not None:
