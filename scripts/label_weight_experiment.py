@@ -65,8 +65,9 @@ def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, m
         features = None
         if encoder:
             import e5_encoder
-            # As train_model.py builds it: the vocabulary of what the model
-            # learns from (the unseen phrasings split into known pieces).
+            # As train_model.py --holdout builds it (no refit here either):
+            # the vocabulary of what the model learns from, so the unseen
+            # phrasings split into known pieces.
             enc = e5_encoder.Encoder(encoder, x + [t for t, _ in sp["golden"]])
             enc.write(tmp)
             texts = list(dict.fromkeys(x + sp["x_cal"] + unseen))
