@@ -86,10 +86,11 @@ def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, m
         else:
             logits_cal, logits_unseen = clf.decision_function(features(sp["x_cal"])), clf.decision_function(features(unseen))
             settings = []
+            remembered = tm.memory_rows(x[base:], y[base:], w[base:])
             for beta in memory_betas:
                 for gamma in memory_gammas if beta > 0 else memory_gammas[:1]:
                     memory = None if beta <= 0 else tm.LabelMemory(
-                        np.vstack([table[t] for t in labels]), ["new:intent"] * len(labels), classes, beta, gamma)
+                        np.vstack([table[t] for t, _ in remembered]), [c for _, c in remembered], classes, beta, gamma)
                     settings.append((beta, gamma,
                                      tm.with_memory(logits_cal, memory, [table[t] for t in sp["x_cal"]]),
                                      tm.with_memory(logits_unseen, memory, [table[t] for t in unseen])))

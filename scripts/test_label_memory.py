@@ -2,7 +2,7 @@
 """The label memory (train_model.LabelMemory): its ONNX graph gives what its
 numpy form gives, which the trainer's threshold and gate are computed with;
 a question near a label is pulled to the label's intent, one far from every
-label is not. Run by scripts/test.sh: python3 scripts/test_label_memory.py"""
+label is not; only labels of intents with few rows are remembered. Run by scripts/test.sh: python3 scripts/test_label_memory.py"""
 import os
 import sys
 import unittest
@@ -56,8 +56,23 @@ class LabelMemoryTest(unittest.TestCase):
         np.testing.assert_allclose(tm.with_memory(logits, None, []), np.full((1, 4), 0.25))
 
     def test_embeddings_must_be_unit_vectors(self):
-        with self.assertRaises(AssertionError):
+        with self.assertRaisesRegex(ValueError, "unit vectors"):
             tm.LabelMemory(self.labels * 2, ["b"] * 6, ["b"], 8.0, 20.0)
+
+
+class MemoryRowsTest(unittest.TestCase):
+    def test_only_thin_intents_each_label_once(self):
+        # weights as extra_weights gives them: above 1 for an intent with
+        # fewer rows than a typical one, 1 for one with plenty
+        texts = ["take a number", "take a number", "queue ticket?", "lost card", "取号"]
+        labels = ["queue_number", "queue_number", "queue_number", "lost_or_stolen_card", "queue_number"]
+        weights = [4.4, 4.4, 4.4, 1.0, 4.4]
+        self.assertEqual(tm.memory_rows(texts, labels, weights),
+                         [("take a number", "queue_number"), ("queue ticket?", "queue_number"),
+                          ("取号", "queue_number")])
+
+    def test_an_intent_with_plenty_of_rows_has_none(self):
+        self.assertEqual(tm.memory_rows(["lost card"], ["lost_or_stolen_card"], [1.0]), [])
 
 
 if __name__ == "__main__":

@@ -107,11 +107,13 @@ class LabelMemory:
     the closest label of each intent (cos = 1 adds beta; ~0.1 of it at
     cos = 1 - 2.3/gamma). A new intent learnt from a few dozen labels is then
     recognised in other words than the labels', which a linear head alone
-    does not learn from so few rows (docs/LEARNING.md)."""
+    does not learn from so few rows (docs/LEARNING.md). Which labels are
+    remembered: memory_rows."""
 
     def __init__(self, embeddings, labels, classes, beta, gamma):
         norms = np.linalg.norm(embeddings, axis=1)
-        assert np.allclose(norms, 1.0, atol=1e-3), "the encoder's embeddings are unit vectors"
+        if not np.allclose(norms, 1.0, atol=1e-3):
+            raise ValueError("label memory: the embeddings must be unit vectors (the encoder's are)")
         self.vectors = embeddings.astype(np.float32)           # [M, H]
         self.onehot = np.zeros((len(labels), len(classes)), np.float32)
         for i, c in enumerate(labels):
@@ -145,6 +147,17 @@ class LabelMemory:
             helper.make_node("Mul", ["m_best", "m_beta"], [out]),
         ]
         return inits, nodes
+
+
+def memory_rows(texts, labels, weights):
+    """The (text, intent) pairs a LabelMemory keeps of the labels people gave
+    (`texts`, `labels`, their `extra_weights`): each once, and only those of
+    intents with fewer rows than a typical one (weight above 1), which is
+    where the linear head needs help. An intent leaves the memory once it has
+    as many rows as a typical one, so the memory stays a few dozen rows per
+    new intent and the node's cost per question small (the graph's
+    [questions, rows, intents] product)."""
+    return list(dict.fromkeys((t, c) for t, c, w in zip(texts, labels, weights) if w > 1.0))
 
 
 def embedding_features(union, table, encoder_weight):
@@ -382,8 +395,8 @@ def main():
     ap.add_argument("--encoder-weight", type=float, default=3.0,
                     help="scale of the embedding against the TF-IDF features (chosen on validation)")
     ap.add_argument("--memory-beta", type=float, default=MEMORY_BETA,
-                    help="with --encoder: weight of the label memory (the --extra rows remembered by their "
-                         "embedding, LabelMemory); 0 turns it off (default %(default)s, chosen on stand-in "
+                    help="with --encoder: weight of the label memory (the --extra rows of intents with fewer "
+                         "rows than a typical one, remembered by their embedding, LabelMemory); 0 turns it off (default %(default)s, chosen on stand-in "
                          "intents, docs/LEARNING.md)")
     ap.add_argument("--memory-gamma", type=float, default=MEMORY_GAMMA,
                     help="with --encoder: how fast a label's pull falls with cosine distance "
@@ -441,9 +454,9 @@ def main():
 
     fit_model(pipe, clf, features, x_tr, y_tr, weights)
     classes = list(clf.classes_)
-    extra = list(dict.fromkeys(zip(x_tr[base_rows:], y_tr[base_rows:])))
-    if enc is not None and args.memory_beta > 0 and extra:
-        memory = LabelMemory(np.vstack([table[t] for t, _ in extra]), [c for _, c in extra], classes,
+    remembered = memory_rows(x_tr[base_rows:], y_tr[base_rows:], weights[base_rows:])
+    if enc is not None and args.memory_beta > 0 and remembered:
+        memory = LabelMemory(np.vstack([table[t] for t, _ in remembered]), [c for _, c in remembered], classes,
                              args.memory_beta, args.memory_gamma)
     proba = predict_proba(x_cal)
     threshold = tune_threshold(proba, classes, y_cal)
@@ -539,7 +552,7 @@ def main():
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(os.path.join(args.out, "model.onnx"), so)
     # With a label memory, its own texts too: there its term is largest.
-    sample = x_cal[:400] + ([] if memory is None else [t for t, _ in extra][:100])
+    sample = x_cal[:400] + ([] if memory is None else [t for t, _ in remembered][:100])
     def one(t):
         feed = {"text": np.array([[t]])}
         if enc is not None:
