@@ -19,8 +19,9 @@ cargo build --workspace --all-targets --locked
 step "model reproducibility (same data + seed => same model.onnx)"
 scripts/check_reproducible.sh
 
-step "training script's unit tests (the label memory's graph against its numpy form)"
+step "training script's unit tests (the label memory's graph against its numpy form; threshold and out-of-scope bias)"
 "$EDGEDESK_TRAIN_PYTHON" scripts/test_label_memory.py
+"$EDGEDESK_TRAIN_PYTHON" scripts/test_thresholds.py
 
 step "container images (scripts/build-image.sh: the controller with the debug binaries, the trainer; scripts/check_image.sh)"
 scripts/build-image.sh --profile debug --no-build --out build/image/oci

@@ -71,6 +71,26 @@ fn chinese_visitors_are_understood() {
 }
 
 #[test]
+fn off_topic_questions_are_refused_in_both_languages() {
+    let m = model();
+    // None of these is in the training data (data/intents/out_of_scope.csv
+    // has others like them): a visitor who takes the kiosk for a general
+    // assistant must hear that it cannot help, not a banking answer.
+    for text in [
+        "附近哪家面馆好吃",
+        "孩子咳嗽老不好吃什么药",
+        "哪里可以洗车",
+        "电影院今晚放什么片子",
+        "帮我查一下杭州明天的天气",
+        "how do I bake sourdough bread",
+        "who won the tennis final yesterday",
+    ] {
+        let p = m.classify(text).unwrap();
+        assert!(!p.answered, "{text} must be refused: {p:?}");
+    }
+}
+
+#[test]
 fn a_batch_of_mixed_lengths_gives_each_utterance_its_own_answer() {
     // A visitor's answer must not depend on who else typed at the same
     // moment: the int8 encoder's activation scale is per call, so the model

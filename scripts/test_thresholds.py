@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""How the trainer picks its confidence threshold on validation
+(train_model.tune_threshold): out-of-scope recall at its floor first, then
+as high a threshold as keeps in-scope coverage at its floor. Run by scripts/test.sh:
+python3 scripts/test_thresholds.py"""
+import os
+import sys
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_model as tm  # noqa: E402
+
+CLASSES = ["a", "b", tm.OOS]
+
+
+def rows(*probs):
+    return np.array(probs, dtype=np.float64)
+
+
+class ThresholdTest(unittest.TestCase):
+    def test_the_recall_floor_comes_first(self):
+        # 20 out-of-scope rows: one is taken for "a" at 0.6, the rest are
+        # out_of_scope: recall 19/20 = 0.95 from the lowest threshold on,
+        # which then rises to the five in-scope rows' confidence (0.4), where
+        # all of them are still answered.
+        proba = rows(*([[0.6, 0.2, 0.2]] + [[0.1, 0.1, 0.8]] * 19 + [[0.4, 0.3, 0.3]] * 5))
+        y = [tm.OOS] * 20 + ["a"] * 5
+        self.assertEqual(tm.tune_threshold(proba, CLASSES, y), 0.4)
+        # Two of them at 0.655: 18/20 = 0.90 < 0.93 until the threshold
+        # passes it, though no in-scope question is answered there.
+        proba[0] = proba[1] = [0.655, 0.2, 0.145]
+        self.assertEqual(tm.tune_threshold(proba, CLASSES, y), 0.66)
+        self.assertLess(tm.oos_recall_at(proba, CLASSES, y, 0.65), tm.OOS_RECALL_FLOOR)
+        self.assertGreaterEqual(tm.oos_recall_at(proba, CLASSES, y, 0.66), tm.OOS_RECALL_FLOOR)
+
+    def test_the_threshold_rises_while_coverage_stays_at_its_floor(self):
+        # Every out-of-scope row is held firmly, so recall is met at 0.05;
+        # of 100 in-scope rows, 2 are unsure (0.3) and 3 fairly sure (0.5):
+        # the threshold rises past the two (98 % still answered) but not
+        # past the three (95 % < 97 %).
+        inscope = [[0.3, 0.35, 0.35]] * 2 + [[0.5, 0.25, 0.25]] * 3 + [[0.9, 0.05, 0.05]] * 95
+        proba = rows(*(inscope + [[0.02, 0.03, 0.95]] * 20))
+        y = ["a"] * 100 + [tm.OOS] * 20
+        self.assertEqual(tm.tune_threshold(proba, CLASSES, y), 0.5)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
