@@ -2,7 +2,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { startEdgeNode, launchBrowser, botSays, assertOnScreen, shot, SHOTS } from "./helpers.mjs";
+import { startEdgeNode, launchBrowser, botSays, assertOnScreen, shot, SHOTS, ROOT } from "./helpers.mjs";
 
 let node, browser;
 before(async () => { node = await startEdgeNode(); browser = await launchBrowser(); });
@@ -58,6 +58,29 @@ test("a visitor asks when the branch opens, in English and in Chinese, and reads
   await botSays(page, "营业时间：周一至周五 9:00–17:00");
   await page.screenshot({ path: join(SHOTS, "kiosk-hours.png") });
   await ctx.close();
+});
+
+test("with the shipped multilingual model, an off-topic question in Chinese is declined and a banking one answered", async () => {
+  // The node serves build/models/multilingual by default; the other tests
+  // use the linear model for speed. Neither question is in the training data.
+  const ml = await startEdgeNode({ EDGEDESK_NLU__BUNDLE: JSON.stringify(join(ROOT, "build", "models", "multilingual")) });
+  try {
+    const { ctx, page, errors } = await freshPage({ width: 1080, height: 1600 }, ml.url);
+    await page.getByRole("button", { name: "中文" }).click();
+    await page.locator("#input").fill("帮我查一下杭州明天的天气");
+    await page.keyboard.press("Enter");
+    await botSays(page, "我只能解答本网点的银行业务问题");
+    await page.locator("#input").fill("我把手机银行的密码给忘了");
+    await page.keyboard.press("Enter");
+    await botSays(page, "忘记密码");
+    await assertOnScreen(page, page.locator(".msg.bot", { hasText: "我只能解答本网点的银行业务问题" }), "the refusal");
+    await assertOnScreen(page, page.locator(".msg.bot", { hasText: "通过短信验证" }), "the passcode answer");
+    await shot(page, "kiosk-zh-off-topic");
+    assert.deepEqual(errors, []);
+    await ctx.close();
+  } finally {
+    await ml.stop();
+  }
 });
 
 test("a reload brings the conversation back", async () => {
