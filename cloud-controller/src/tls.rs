@@ -82,7 +82,8 @@ fn ensure_server_tls(
             CertifiedIssuer::self_signed(ca_params, ca_key_pair).map_err(|e| err(e.to_string()))?;
         edgedesk_support::secret::write_private(&ca_key, issuer.key().serialize_pem())
             .map_err(|e| err(e.to_string()))?;
-        std::fs::write(&ca_cert, issuer.pem()).map_err(|e| err(e.to_string()))?;
+        edgedesk_support::secret::write_public(&ca_cert, issuer.pem())
+            .map_err(|e| err(e.to_string()))?;
     }
     let ca_pem = std::fs::read_to_string(&ca_cert).map_err(|e| err(e.to_string()))?;
     // The certificate is made anew when its names or its CA changed (an
@@ -109,8 +110,9 @@ fn ensure_server_tls(
             .map_err(|e| err(e.to_string()))?;
         edgedesk_support::secret::write_private(&key, broker_key.serialize_pem())
             .map_err(|e| err(e.to_string()))?;
-        std::fs::write(&cert, broker_cert.pem()).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&sans, &wanted).map_err(|e| err(e.to_string()))?;
+        edgedesk_support::secret::write_public(&cert, broker_cert.pem())
+            .map_err(|e| err(e.to_string()))?;
+        edgedesk_support::secret::write_public(&sans, &wanted).map_err(|e| err(e.to_string()))?;
     }
     Ok(BrokerTls {
         ca_pem,
@@ -185,7 +187,8 @@ pub fn install_ca(
     std::fs::create_dir_all(dir).map_err(|e| bad(format!("{}: {e}", dir.display())))?;
     edgedesk_support::secret::write_private(&ca_key, key_pem)
         .map_err(|e| bad(format!("{}: {e}", ca_key.display())))?;
-    std::fs::write(&ca_cert, cert_pem).map_err(|e| bad(format!("{}: {e}", ca_cert.display())))?;
+    edgedesk_support::secret::write_public(&ca_cert, cert_pem)
+        .map_err(|e| bad(format!("{}: {e}", ca_cert.display())))?;
     Ok(CaInstall::Installed { fingerprint })
 }
 
