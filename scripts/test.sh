@@ -19,7 +19,7 @@ cargo build --workspace --all-targets --locked
 step "model reproducibility (same data + seed => same model.onnx)"
 scripts/check_reproducible.sh
 
-step "training script's unit tests (the label memory's graph against its numpy form; threshold and out-of-scope bias)"
+step "training script's unit tests (the label memory's graph against its numpy form; the confidence threshold)"
 "$EDGEDESK_TRAIN_PYTHON" scripts/test_label_memory.py
 "$EDGEDESK_TRAIN_PYTHON" scripts/test_thresholds.py
 
