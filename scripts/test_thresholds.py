@@ -46,5 +46,17 @@ class ThresholdTest(unittest.TestCase):
         self.assertEqual(tm.tune_threshold(proba, CLASSES, y), 0.5)
 
 
+    def test_when_no_threshold_holds_the_recall_the_best_compromise_is_taken(self):
+        # Every out-of-scope row is taken for "a" at 0.96, above the whole
+        # grid: recall is 0 anywhere, so the threshold is the one that
+        # answers the in-scope rows (0.5 each) rather than one that answers
+        # nothing.
+        proba = rows(*([[0.96, 0.02, 0.02]] * 20 + [[0.5, 0.25, 0.25]] * 5))
+        y = [tm.OOS] * 20 + ["a"] * 5
+        t = tm.tune_threshold(proba, CLASSES, y)
+        self.assertLessEqual(t, 0.5)
+        self.assertEqual(tm.oos_recall_at(proba, CLASSES, y, t), 0.0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
