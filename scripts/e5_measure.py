@@ -2,8 +2,8 @@
 """Measure multilingual-e5-small as intent features (docs/MODEL.md), on the
 trainer's own validation splits; nothing here ships.
 
-Embeds every training and validation row with the encoder ("query: "
-prefix, mean pooling) through ONNX Runtime, int8 as it would ship, then
+Embeds every training and validation row with the encoder (as the
+trainer does: e5_encoder.PREFIX, mean pooling) through ONNX Runtime, int8 as it would ship, then
 fits logistic-regression heads on the encoder alone and on TF-IDF plus
 ALPHA x encoder, and prints accuracy per language, coverage and
 out-of-scope recall at the threshold `train_model.tune_threshold` picks.
@@ -60,7 +60,7 @@ def main():
     cfg, pieces, scores, norm, tensors = e5_encoder.load(os.path.join(args.e5, "e5-small-q4.bin"))
     cfg = dict(cfg, NL=args.layers)
     tok = e5_encoder.Tokenizer(pieces, scores, norm, unk=cfg["unk"])
-    seqs = [[cfg["bos"]] + tok.content("query: " + t)[:126] + [cfg["eos"]] for t in x_tr + x_cal]
+    seqs = [[cfg["bos"]] + tok.content(e5_encoder.PREFIX + t)[:e5_encoder.MAX_TOKENS - 2] + [cfg["eos"]] for t in x_tr + x_cal]
     used = sorted({i for q in seqs for i in q})
     remap = {o: i for i, o in enumerate(used)}
     with tempfile.TemporaryDirectory() as tmp:

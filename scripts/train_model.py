@@ -11,6 +11,7 @@ Data (all in the repository):
   data/clinc150-oos/oos_val.csv      ... used only to calibrate the threshold
   data/intents/edgedesk_intents.csv  EdgeDesk's own EN/ZH control intents
   data/intents/zh_banking77.csv      Chinese utterances for the 77 banking intents
+  data/intents/zh_banking77_colloquial.csv  more of them, in spoken shorthand (咋, 啥, 不)
   data/intents/branch_intents.csv    EN/ZH questions about the branch itself (hours, address, services, ATMs, queue tickets, documents)
   data/intents/out_of_scope.csv      EN/ZH questions a bank's kiosk cannot answer (weather, travel, phones, ...)
   data/intents/golden.csv            the golden set shipped in the bundle
@@ -369,7 +370,8 @@ def load_splits(data, seed, sample=0):
     # Files added later get splits of their own, so the English split (and
     # its figures) stays comparable across versions.
     separate = [read_csv(os.path.join(data, f))
-                for f in ("intents/zh_banking77.csv", "intents/branch_intents.csv", "intents/out_of_scope.csv")]
+                for f in ("intents/zh_banking77.csv", "intents/branch_intents.csv", "intents/out_of_scope.csv",
+                          "intents/zh_banking77_colloquial.csv")]
     oos_train = read_csv(os.path.join(data, "clinc150-oos/oos_train.csv"))
     oos_val = read_csv(os.path.join(data, "clinc150-oos/oos_val.csv"))
     golden = read_csv(os.path.join(data, "intents/golden.csv"))

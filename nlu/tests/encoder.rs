@@ -137,3 +137,26 @@ fn a_broken_tokenizer_file_is_named() {
     assert!(matches!(err, NluError::Tokenizer(_)), "{err}");
     assert!(err.to_string().contains("tokenizer file"), "{err}");
 }
+
+/// The figures the trainer measured on its validation split before the
+/// refit (the manifest's `metrics`) hold issue 12's targets where they are
+/// met, and the English floor where they are not (0.94 is the target,
+/// 0.913 the figure: docs/MODEL.md). A change to the data or the trainer
+/// that loses ground fails here, before a fleet gets the bundle.
+#[test]
+fn the_validation_figures_hold_the_targets_that_are_met() {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle_dir().join("manifest.json")).unwrap())
+            .unwrap();
+    let m = &manifest["metrics"];
+    let figure = |k: &str| {
+        m[k].as_f64()
+            .unwrap_or_else(|| panic!("the manifest has no {k}"))
+    };
+    assert!(figure("validation_accuracy_zh") >= 0.90, "{m}");
+    assert!(figure("validation_coverage") >= 0.95, "{m}");
+    assert!(figure("validation_oos_recall") >= 0.92, "{m}");
+    assert!(figure("validation_oos_recall_zh") >= 0.92, "{m}");
+    assert!(figure("validation_accuracy_en") >= 0.90, "{m}");
+    assert!(figure("validation_rows_zh") >= 500.0, "{m}");
+}

@@ -730,7 +730,18 @@ async fn questions_nobody_understood_become_suggested_intents() {
     cloud.publish(&multilingual).await;
     let dir = tempfile::tempdir().unwrap();
     let b = multilingual.clone();
-    let _node = edge_with(&cloud, &dir, "harbour", move |c| c.nlu.bundle = b).await;
+    let _node = edge_with(&cloud, &dir, "harbour", move |c| {
+        c.nlu.bundle = b;
+        // This branch answers only what the bot is sure of. A deposit-box
+        // question is close to `branch_services` ("what does this branch
+        // offer"), and "where can I get a lottery ticket" to
+        // `queue_ticket`: the shipped model has taken them so at 0.39-0.54
+        // (docs/MODEL.md), just over its own threshold, and this test is
+        // about what the fleet did not understand, not about where that
+        // threshold falls.
+        c.nlu.confidence_threshold = 0.6;
+    })
+    .await;
     cloud.wait_online("harbour", 20).await;
     let r = cloud
         .http
