@@ -39,6 +39,7 @@ for row in "$@"; do
   for _ in $(seq 300); do curl -sf http://127.0.0.1:8090/readyz >/dev/null && break; sleep 0.1; done
   echo "== $sessions sessions x $rate msg/s for ${secs}s ($MODE loop)"
   "$LOADGEN" --mode "$MODE" --url ws://127.0.0.1:8090/ws --sessions "$sessions" --rate "$rate" \
-    --duration "$secs" --warmup 3 --pid "$node" --connect-concurrency 256 || true
+    --duration "$secs" --warmup 3 --pid "$node" --connect-concurrency 256 \
+    --metrics http://127.0.0.1:8090/metrics || true
   kill -TERM "$node"; wait "$node" 2>/dev/null || true; node=""
 done

@@ -99,6 +99,9 @@ pub struct NluConfig {
     pub bundle: PathBuf,
     pub sessions: usize,
     pub queue_capacity: usize,
+    /// Longest a turn may expect to wait for an inference thread (ms; 0:
+    /// only `queue_capacity` bounds the queue).
+    pub max_wait_ms: u64,
     pub batch_max: usize,
     pub confidence_threshold: f32,
 }
@@ -292,6 +295,12 @@ impl Config {
         if self.nlu.queue_capacity == 0 || self.nlu.queue_capacity > 1_000_000 {
             return bad("nlu.queue_capacity", "must be between 1 and 1000000");
         }
+        if self.nlu.max_wait_ms > 60_000 {
+            return bad(
+                "nlu.max_wait_ms",
+                "must be at most 60000 (a minute; 0 turns the bound off)",
+            );
+        }
         if self.nlu.batch_max == 0 || self.nlu.batch_max > 1024 {
             return bad("nlu.batch_max", "must be between 1 and 1024");
         }
@@ -466,6 +475,10 @@ mod tests {
         assert!(e.to_string().contains("store.synchronous"), "{e}");
         let e = Config::load(None, env(&[("EDGEDESK_SERVER__LISTEN", "localhost")])).unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
+        let e = Config::load(None, env(&[("EDGEDESK_NLU__MAX_WAIT_MS", "3600000")])).unwrap_err();
+        assert!(e.to_string().contains("nlu.max_wait_ms"), "{e}");
+        let e = Config::load(None, env(&[("EDGEDESK_NLU__MAX_WAIT_MS", "-1")])).unwrap_err();
+        assert!(e.to_string().contains("nlu.max_wait_ms"), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

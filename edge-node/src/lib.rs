@@ -206,6 +206,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Node, No
         config.nlu.sessions,
         config.nlu.queue_capacity,
         config.nlu.batch_max,
+        Duration::from_millis(config.nlu.max_wait_ms),
         models.shadow.clone(),
     );
     let outbox = Arc::new(tokio::sync::Notify::new());

@@ -24,7 +24,7 @@ use edgedesk_nlu::{Model, entities};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::inference::{InferError, Inference};
+use crate::inference::{Classified, InferError, Inference};
 use crate::metrics::Metrics;
 use crate::models::ModelManager;
 use crate::store::{NewMessage, SessionRow, Store, TurnWrite};
@@ -590,15 +590,22 @@ impl Sessions {
             _ => self.d.models.active.get(),
         };
         let nlu_started = Instant::now();
+        let mut compute = None;
         let (nlu, runners_up) = match self.d.inference.classify(model.clone(), text.clone()).await {
-            Ok(p) => (
-                Understanding {
-                    intent: p.label,
-                    confidence: p.confidence,
-                    answered: p.answered,
-                },
-                p.runners_up,
-            ),
+            Ok(Classified {
+                prediction: p,
+                compute: c,
+            }) => {
+                compute = Some(c);
+                (
+                    Understanding {
+                        intent: p.label,
+                        confidence: p.confidence,
+                        answered: p.answered,
+                    },
+                    p.runners_up,
+                )
+            }
             Err(InferError::Busy) => return self.busy(),
             Err(e) => {
                 tracing::error!(error = %e, "classification failed; treating as not understood");
@@ -611,7 +618,13 @@ impl Sessions {
             }
         };
         let m = &self.d.metrics;
-        m.nlu_latency.observe(nlu_started.elapsed().as_secs_f64());
+        // The model's time, and apart from it the wait for a thread: a
+        // slow model and an overloaded node look different to an operator.
+        let waited = nlu_started.elapsed();
+        if let Some(c) = compute {
+            m.nlu_latency.observe(c.as_secs_f64());
+            m.nlu_wait.observe(waited.saturating_sub(c).as_secs_f64());
+        }
         if nlu.answered {
             m.intent(&nlu.intent);
         } else {

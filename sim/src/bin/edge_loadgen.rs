@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use edgedesk_common::chat::{ClientFrame, PROTOCOL_VERSION, ServerFrame};
-use edgedesk_sim::rss_kib;
+use edgedesk_sim::{histogram_buckets, quantile_between, rss_kib};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -48,6 +48,11 @@ struct Args {
     /// PID of the node, to report its resident memory (Linux /proc).
     #[arg(long)]
     pid: Option<u32>,
+    /// The node's `/metrics` URL: also report how long classification took
+    /// on the node during the measured window (its
+    /// `edgedesk_nlu_latency_seconds` histogram, scraped at both ends).
+    #[arg(long)]
+    metrics: Option<String>,
     /// Print the report as one JSON line as well.
     #[arg(long)]
     json: bool,
@@ -299,6 +304,28 @@ async fn open_session(
     Ok(())
 }
 
+/// The node's `/metrics` text now; empty if it cannot be scraped (the
+/// report then leaves the node's figures out).
+async fn scrape(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("edge-loadgen: scraping {url}: {e}");
+            String::new()
+        }
+    }
+}
+
+/// p50 and p99 (ms) of a node histogram between two scrapes.
+fn node_quantiles(before: &str, after: &str, name: &str) -> (Option<f64>, Option<f64>) {
+    let (b, a) = (
+        histogram_buckets(before, name),
+        histogram_buckets(after, name),
+    );
+    let q = |q| quantile_between(&b, &a, q).map(|s| s * 1000.0);
+    (q(0.5), q(0.99))
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -333,6 +360,14 @@ async fn main() {
             ))
         });
     }
+    // The node's classification times: scraped as measurement starts and
+    // after it ends, so warm-up turns are not counted.
+    let nlu_before = args.metrics.clone().map(|url| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            scrape(&url).await
+        })
+    });
     let mut rss_peak = None;
     if let Some(pid) = args.pid {
         // Sample while the load runs.
@@ -359,6 +394,17 @@ async fn main() {
             }
         }
     }
+    let nlu = match (nlu_before, &args.metrics) {
+        (Some(before), Some(url)) => {
+            let before = before.await.unwrap_or_default();
+            let after = scrape(url).await;
+            Some((
+                node_quantiles(&before, &after, "edgedesk_nlu_latency_seconds"),
+                node_quantiles(&before, &after, "edgedesk_nlu_wait_seconds"),
+            ))
+        }
+        _ => None,
+    };
     let h = hist.lock().await;
     let secs = args.duration as f64;
     let replies = stats.replies.load(Ordering::Relaxed);
@@ -389,6 +435,19 @@ async fn main() {
         ms(0.99),
         h.max() as f64 / 1000.0
     );
+    if let Some(((p50, p99), (w50, w99))) = nlu {
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |ms| format!("{ms:.2} ms"));
+        println!(
+            "node NLU time       p50 {}  p99 {}  (the model, per turn; node's histogram, interpolated)",
+            show(p50),
+            show(p99)
+        );
+        println!(
+            "node NLU wait       p50 {}  p99 {}  (for an inference thread)",
+            show(w50),
+            show(w99)
+        );
+    }
     if let Some(pid) = args.pid {
         if let Some((rss, _)) = rss_kib(pid) {
             println!(
@@ -407,6 +466,8 @@ async fn main() {
                 "duration_s": args.duration, "replies": replies, "throughput": replies as f64 / secs,
                 "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": h.max() as f64 / 1000.0,
                 "peak_rss_kib": rss_peak,
+                "node_nlu_p50_ms": nlu.and_then(|n| n.0.0), "node_nlu_p99_ms": nlu.and_then(|n| n.0.1),
+                "node_nlu_wait_p50_ms": nlu.and_then(|n| n.1.0), "node_nlu_wait_p99_ms": nlu.and_then(|n| n.1.1),
             })
         );
     }
