@@ -60,9 +60,9 @@ test("a visitor asks when the branch opens, in English and in Chinese, and reads
   await ctx.close();
 });
 
-test("with the shipped multilingual model, an off-topic question in Chinese is declined and a banking one answered", async () => {
+test("with the shipped multilingual model, an off-topic question in Chinese is declined and banking ones answered, colloquial too", async () => {
   // The node serves build/models/multilingual by default; the other tests
-  // use the linear model for speed. Neither question is in the training data.
+  // use the linear model for speed. None of the questions is in the training data.
   const ml = await startEdgeNode({ EDGEDESK_NLU__BUNDLE: JSON.stringify(join(ROOT, "build", "models", "multilingual")) });
   try {
     const { ctx, page, errors } = await freshPage({ width: 1080, height: 1600 }, ml.url);
@@ -73,8 +73,13 @@ test("with the shipped multilingual model, an off-topic question in Chinese is d
     await page.locator("#input").fill("我把手机银行的密码给忘了");
     await page.keyboard.press("Enter");
     await botSays(page, "忘记密码");
+    // Typed the way it is spoken (咋整: "what do I do"), as visitors do.
+    await page.locator("#input").fill("取款机把卡吞了咋整");
+    await page.keyboard.press("Enter");
+    await botSays(page, "ATM吞卡");
     await assertOnScreen(page, page.locator(".msg.bot", { hasText: "我只能解答本网点的银行业务问题" }), "the refusal");
     await assertOnScreen(page, page.locator(".msg.bot", { hasText: "通过短信验证" }), "the passcode answer");
+    await assertOnScreen(page, page.locator(".msg.bot", { hasText: "我们将退还卡片或补发新卡" }), "the swallowed-card answer");
     await shot(page, "kiosk-zh-off-topic");
     assert.deepEqual(errors, []);
     await ctx.close();
