@@ -201,8 +201,9 @@ fn worker(rx: Receiver<Job>, batch_max: usize, shadow: &ShadowSlot, admission: &
             let started = std::time::Instant::now();
             let turns = mine.len();
             let answered = run(&model, mine, candidate.is_some());
-            admission.observe(turns, started.elapsed());
-            let active_us = started.elapsed().as_micros() as u64;
+            let took = started.elapsed();
+            admission.observe(turns, took);
+            let active_us = took.as_micros() as u64;
             if let (Some(candidate), Some(predictions)) = (candidate, answered) {
                 if rx.is_empty() {
                     compare(&candidate, &texts, &predictions, active_us);

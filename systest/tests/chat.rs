@@ -38,6 +38,9 @@ async fn page_health_ready_and_metrics() {
         "edgedesk_messages_total{direction=\"in\"} 1",
         "edgedesk_intents_total{intent=\"lost_or_stolen_card\"} 1",
         "edgedesk_nlu_latency_seconds_bucket",
+        // One turn: the model's time and the wait before it, each counted once.
+        "edgedesk_nlu_latency_seconds_count 1",
+        "edgedesk_nlu_wait_seconds_count 1",
         "edgedesk_escalations_total",
         "edgedesk_rejected_inputs_total{reason=\"too_large\"} 0",
     ] {

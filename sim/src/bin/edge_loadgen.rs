@@ -48,9 +48,10 @@ struct Args {
     /// PID of the node, to report its resident memory (Linux /proc).
     #[arg(long)]
     pid: Option<u32>,
-    /// The node's `/metrics` URL: also report how long classification took
-    /// on the node during the measured window (its
-    /// `edgedesk_nlu_latency_seconds` histogram, scraped at both ends).
+    /// The node's `/metrics` URL: also report, for the measured window, the
+    /// model's time per turn and the wait for an inference thread (its
+    /// `edgedesk_nlu_latency_seconds` and `edgedesk_nlu_wait_seconds`
+    /// histograms, scraped at both ends).
     #[arg(long)]
     metrics: Option<String>,
     /// Print the report as one JSON line as well.
