@@ -2,20 +2,23 @@
 # Benchmark: the edge node end to end (NLU, SQLite commit with synchronous=FULL,
 # reply) under edge-loadgen, one row per load. Starts a fresh node (release
 # build) for each row and prints the loadgen report.
-# Usage: scripts/bench_edge.sh [--bin DIR] [--bundle DIR] [--mode open|closed] SESSIONSxRATE[xSECONDS] ...
+# Usage: scripts/bench_edge.sh [--bin DIR] [--bundle DIR] [--texts CSV] [--mode open|closed] SESSIONSxRATE[xSECONDS] ...
 #   e.g. scripts/bench_edge.sh 1000x1 200x40 400x40x15
 # --bin runs other binaries (e.g. an older build) with this checkout's loadgen;
 # --bundle serves another model than the configured one (e.g. the linear
-# build/models/default; rows in docs/BENCHMARKS.md name theirs).
+# build/models/default; rows in docs/BENCHMARKS.md name theirs); --texts
+# sends the `text` column of a CSV (e.g. build/models/validation.csv) instead
+# of the load generator's twelve built-in questions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . build/env.sh
-BIN=$CARGO_TARGET_DIR/release MODE=open BUNDLE=
+BIN=$CARGO_TARGET_DIR/release MODE=open BUNDLE= TEXTS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN=$2; shift 2 ;;
     --mode) MODE=$2; shift 2 ;;
     --bundle) BUNDLE=$(realpath "$2"); shift 2 ;;
+    --texts) TEXTS=(--texts "$(realpath "$2")"); shift 2 ;;
     *) break ;;
   esac
 done
@@ -40,6 +43,6 @@ for row in "$@"; do
   echo "== $sessions sessions x $rate msg/s for ${secs}s ($MODE loop)"
   "$LOADGEN" --mode "$MODE" --url ws://127.0.0.1:8090/ws --sessions "$sessions" --rate "$rate" \
     --duration "$secs" --warmup 3 --pid "$node" --connect-concurrency 256 \
-    --metrics http://127.0.0.1:8090/metrics || true
+    --metrics http://127.0.0.1:8090/metrics "${TEXTS[@]}" || true
   kill -TERM "$node"; wait "$node" 2>/dev/null || true; node=""
 done

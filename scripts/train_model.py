@@ -4,6 +4,9 @@
 The bundle (see docs/MODEL.md) holds manifest.json, model.onnx and golden.jsonl.
 All text preprocessing (word and character TF-IDF) lives inside the ONNX graph,
 so the edge node feeds raw UTF-8 text. Same data + same seed => same model.onnx.
+With --encoder the bundle also carries first_stage.onnx, the n-gram model
+alone: the node answers with it where it is sure (a bar tuned on validation,
+tune_first_stage) and runs the encoder only on the rest.
 
 Data (all in the repository):
   data/banking77/train.csv           BANKING77 training split (CC-BY-4.0)
@@ -309,6 +312,12 @@ def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None, memory=N
 OOS_RECALL_FLOOR = 0.93
 COVERAGE_FLOOR = 0.97
 
+# The first stage (n-gram model alone) answers when its top probability is at
+# least the tuned bar; no validation figure may fall more than this below the
+# full model's for it (tune_first_stage).
+FIRST_STAGE_SLACK = 0.005
+FIRST_STAGE_FILE = "first_stage.onnx"
+
 # The label memory's defaults (LabelMemory), chosen with
 # scripts/label_weight_experiment.py on stand-in intents (docs/LEARNING.md).
 MEMORY_BETA = 8.0
@@ -357,6 +366,83 @@ def tune_threshold(proba, classes, y_true):
         if score > best[0] + 1e-9:
             best = (score, t)
     return best[1]
+
+
+def first_stage_takes(p_fast, classes, min_confidence):
+    """Which rows the first stage answers alone: its top probability is at
+    least `min_confidence` and its top label is not out of scope. The edge
+    node decides the same way (nlu/src/model.rs)."""
+    oos = np.array([c == OOS for c in classes])
+    return (p_fast.max(axis=1) >= min_confidence) & ~oos[p_fast.argmax(axis=1)]
+
+
+def cascade(p_fast, p_full, classes, min_confidence):
+    """The probabilities the node acts on: the first stage's where it takes
+    the row, the full model's elsewhere."""
+    return np.where(first_stage_takes(p_fast, classes, min_confidence)[:, None], p_fast, p_full)
+
+
+def validation_figures(proba, classes, y_true, threshold, groups):
+    """Accuracy per group (name -> row mask, in-scope rows only), in-scope
+    coverage and out-of-scope recall of `proba` at `threshold`."""
+    pred = np.array([classes[i] for i in proba.argmax(axis=1)])
+    y = np.array(y_true)
+    inscope = y != OOS
+    answered = (proba.max(axis=1) >= threshold) & (pred != OOS)
+    out = {name: float(np.mean(pred[m & inscope] == y[m & inscope])) for name, m in groups.items()}
+    out["coverage"] = float(np.mean(answered[inscope]))
+    out["oos_recall"] = float(np.mean(~answered[~inscope]))
+    return out
+
+
+def tune_first_stage(p_fast, p_full, classes, y_true, threshold, groups):
+    """The lowest bar (0.95 down to the threshold, in steps of 0.05) at which
+    the cascade keeps every validation figure within FIRST_STAGE_SLACK of the
+    full model's, lowering it only while each step keeps them; None if even
+    0.95 does not."""
+    full = validation_figures(p_full, classes, y_true, threshold, groups)
+    chosen = None
+    for bar in [round(0.95 - 0.05 * i, 2) for i in range(19)]:
+        if bar < threshold:
+            break
+        got = validation_figures(cascade(p_fast, p_full, classes, bar), classes, y_true, threshold, groups)
+        if any(got[k] < full[k] - FIRST_STAGE_SLACK for k in full):
+            break
+        chosen = bar
+    return chosen
+
+
+def write_graph(path, name, model, word, char, clf, classes, encoder_weight=None, memory=None, enc_graph=None):
+    """Convert the fitted n-gram `model` (a pipeline, or with the encoder its
+    feature union alone) to ONNX with sparse_head's tail, merge the encoder
+    graph `enc_graph` if given (its embedding times `encoder_weight`), and
+    write reproducible bytes to `path`."""
+    options = {
+        id(word): {"locale": "C.UTF-8", "tokenexp": WORD_PATTERN},
+        id(char): {"locale": "C.UTF-8"},
+        id(clf): {"zipmap": False},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onx = convert_sklearn(model, initial_types=[("text", StringTensorType([None, 1]))],
+                              target_opset={"": 17, "ai.onnx.ml": 3}, options=options,
+                              doc_string="", naming=name)
+    vwc = len(word.vocabulary_) + len(char.vocabulary_)
+    w_embed = None if enc_graph is None else clf.coef_[:, vwc:].T * encoder_weight
+    onx = sparse_head(onx, word, char, clf.coef_[:, :vwc], clf.intercept_, classes, w_embed, memory)
+    if enc_graph is not None:
+        import e5_encoder
+        e5_encoder.merge_into(onx, enc_graph)
+    onx.producer_version = ""
+    # Reproducible bytes: skl2onnx names the graph with a random uuid and
+    # lists opsets in set (hash) order.
+    onx.graph.name = name
+    opsets = sorted(((o.domain, o.version) for o in onx.opset_import))
+    del onx.opset_import[:]
+    for domain, version in opsets:
+        onx.opset_import.add(domain=domain, version=version)
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
 
 
 def load_splits(data, seed, sample=0):
@@ -425,6 +511,10 @@ def main():
                     help="with --encoder: weight of the label memory (the --extra rows of intents with fewer "
                          "rows than a typical one, remembered by their embedding, LabelMemory); 0 turns it off (default %(default)s, chosen on stand-in "
                          "intents, docs/LEARNING.md)")
+    ap.add_argument("--no-first-stage", action="store_true",
+                    help="with --encoder: ship no first stage (by default the bundle also carries the n-gram "
+                         "model alone, which answers the questions it is sure of without the encoder, "
+                         "at a bar tuned on validation: tune_first_stage)")
     ap.add_argument("--memory-gamma", type=float, default=MEMORY_GAMMA,
                     help="with --encoder: how fast a label's pull falls with cosine distance "
                          "(default %(default)s)")
@@ -473,11 +563,18 @@ def main():
         features = embedding_features(union, table, args.encoder_weight)
 
     memory = None  # the label memory, once the classes are known
+    # The first stage: the n-gram model alone, and the bar above which it
+    # answers without the encoder (None: no first stage).
+    fast, fast_word, fast_char, fast_clf = build_pipeline(args.seed, args.c)
+    first_min = None
 
     def predict_proba(texts):
         if enc is None:
             return pipe.predict_proba(texts)
-        return with_memory(clf.decision_function(features(texts)), memory, [table[t] for t in texts])
+        full = with_memory(clf.decision_function(features(texts)), memory, [table[t] for t in texts])
+        if first_min is None:
+            return full
+        return cascade(fast.predict_proba(texts), full, classes, first_min)
 
     fit_model(pipe, clf, features, x_tr, y_tr, weights)
     classes = list(clf.classes_)
@@ -488,14 +585,30 @@ def main():
     proba = predict_proba(x_cal)
     threshold = tune_threshold(proba, classes, y_cal)
 
-    pred = np.array([classes[i] for i in proba.argmax(axis=1)])
     y = np.array(y_cal)
     inscope = y != OOS
     b77 = set(c for _, c in banking)
     is_b77 = np.array([c in b77 and c != OOS and not CJK.search(t) for t, c in zip(x_cal, y_cal)])
+    is_zh = np.array([bool(CJK.search(t)) for t in x_cal])
+    first_stage = None
+    if enc is not None and not args.no_first_stage:
+        fit_model(fast, fast_clf, None, x_tr, y_tr, weights)
+        assert list(fast_clf.classes_) == classes
+        p_fast = fast.predict_proba(x_cal)
+        groups = {"en": ~is_zh, "zh": is_zh, "banking77": is_b77}
+        first_min = tune_first_stage(p_fast, proba, classes, y_cal, threshold, groups)
+        if first_min is not None:
+            takes = first_stage_takes(p_fast, classes, first_min)
+            first_stage = {"min_confidence": first_min, "share_validation": round(float(np.mean(takes)), 4),
+                           "share_inscope": round(float(np.mean(takes[inscope])), 4),
+                           "share_zh_inscope": round(float(np.mean(takes[inscope & is_zh])), 4),
+                           "without_it": {k: round(v, 4) for k, v in
+                                          validation_figures(proba, classes, y_cal, threshold, groups).items()}}
+            proba = cascade(p_fast, proba, classes, first_min)
+
+    pred = np.array([classes[i] for i in proba.argmax(axis=1)])
     conf = proba.max(axis=1)
     answered = (conf >= threshold) & (pred != OOS)
-    is_zh = np.array([bool(CJK.search(t)) for t in x_cal])
     metrics = {
         "validation_rows": int(len(y_cal)),
         "validation_accuracy_inscope": round(float(np.mean(pred[inscope] == y[inscope])), 4),
@@ -522,15 +635,21 @@ def main():
         metrics["encoder_vocabulary"] = len(enc.keep)
         metrics["label_memory"] = None if memory is None else {
             "rows": len(memory.vectors), "beta": memory.beta, "gamma": memory.gamma}
+        # The figures above are the cascade's, what the node does; these are
+        # the full model's on every row.
+        metrics["first_stage"] = first_stage
 
     # Hyper-parameters and threshold are fixed on validation; the shipped model
     # then learns from all training rows (the usual refit). `--holdout` keeps
     # the validation rows unseen so that `edge-node nlu eval` on them is honest.
     metrics["refit_on_validation"] = not args.holdout
     if not args.holdout:
-        fit_model(pipe, clf, features, x_tr + x_va, y_tr + y_va,
-                  np.concatenate([weights, np.ones(len(y_va), np.float32)]))
+        all_weights = np.concatenate([weights, np.ones(len(y_va), np.float32)])
+        fit_model(pipe, clf, features, x_tr + x_va, y_tr + y_va, all_weights)
         assert list(clf.classes_) == classes
+        if first_min is not None:
+            fit_model(fast, fast_clf, None, x_tr + x_va, y_tr + y_va, all_weights)
+            assert list(fast_clf.classes_) == classes
 
     # Golden set: every utterance must come out with its label above the threshold.
     gp = predict_proba([t for t, _ in golden])
@@ -545,43 +664,29 @@ def main():
         sys.exit(1)
 
     os.makedirs(args.out, exist_ok=True)
-    options = {
-        id(word): {"locale": "C.UTF-8", "tokenexp": WORD_PATTERN},
-        id(char): {"locale": "C.UTF-8"},
-        id(clf): {"zipmap": False},
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # With the encoder, the classifier has more columns than the TF-IDF
-        # part: only that part is converted and sparse_head adds the rest.
-        onx = convert_sklearn(pipe if enc is None else union, initial_types=[("text", StringTensorType([None, 1]))],
-                              target_opset={"": 17, "ai.onnx.ml": 3}, options=options,
-                              doc_string="", naming=args.name)
-    vwc = len(word.vocabulary_) + len(char.vocabulary_)
-    w_embed = None if enc is None else clf.coef_[:, vwc:].T * args.encoder_weight
-    onx = sparse_head(onx, word, char, clf.coef_[:, :vwc], clf.intercept_, classes, w_embed, memory)
-    if enc is not None:
-        e5_encoder.merge_into(onx, enc_graph)
-    onx.producer_version = ""
-    # Reproducible bytes: skl2onnx names the graph with a random uuid and
-    # lists opsets in set (hash) order.
-    onx.graph.name = args.name
-    opsets = sorted(((o.domain, o.version) for o in onx.opset_import))
-    del onx.opset_import[:]
-    for domain, version in opsets:
-        onx.opset_import.add(domain=domain, version=version)
-    with open(os.path.join(args.out, "model.onnx"), "wb") as f:
-        f.write(onx.SerializeToString())
+    # With the encoder, the classifier has more columns than the TF-IDF part:
+    # only that part is converted and sparse_head adds the rest.
+    write_graph(os.path.join(args.out, "model.onnx"), args.name, pipe if enc is None else union, word, char, clf,
+                classes, None if enc is None else args.encoder_weight, memory,
+                None if enc is None else enc_graph)
+    if first_min is not None:
+        write_graph(os.path.join(args.out, FIRST_STAGE_FILE), args.name, fast, fast_word, fast_char, fast_clf,
+                    classes)
 
     # Parity: the ONNX graph must agree with scikit-learn on validation text.
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(os.path.join(args.out, "model.onnx"), so)
+    first_sess = None if first_min is None else ort.InferenceSession(os.path.join(args.out, FIRST_STAGE_FILE), so)
     # With a label memory, its own texts too: there its term is largest.
     sample = x_cal[:400] + ([] if memory is None else [t for t, _ in remembered][:100])
     def one(t):
         feed = {"text": np.array([[t]])}
+        if first_sess is not None:
+            p = first_sess.run(["probabilities"], feed)[0]
+            if first_stage_takes(p, classes, first_min)[0]:
+                return p
         if enc is not None:
             ids = enc.ids(t)
             feed.update(input_ids=np.array([ids], dtype=np.int64), mask=np.ones((1, len(ids)), np.float32))
@@ -616,6 +721,8 @@ def main():
                 open(os.path.join(args.out, "LICENSE-encoder.txt"), "w", encoding="utf-8") as dst:
             dst.write(src.read())
         files += ["tokenizer.json", "LICENSE-encoder.txt"]
+        if first_min is not None:
+            files.append(FIRST_STAGE_FILE)
         tmp.cleanup()
 
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or int(dt.datetime.now(dt.timezone.utc).timestamp())
@@ -638,6 +745,8 @@ def main():
     }
     if enc is not None:
         manifest["tokens"] = {"prefix": e5_encoder.PREFIX, "max_tokens": e5_encoder.MAX_TOKENS}
+    if first_min is not None:
+        manifest["first_stage"] = {"file": FIRST_STAGE_FILE, "min_confidence": first_min}
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, ensure_ascii=False)
         f.write("\n")

@@ -50,6 +50,20 @@ pub struct Manifest {
     /// How text becomes token ids; required by [`INPUT_TEXT_TOKENS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<TokenSpec>,
+    /// A cheaper model that answers alone the questions it is sure of, so
+    /// that the main model runs only on the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_stage: Option<FirstStage>,
+}
+
+/// The first stage of a cascade: an ONNX graph with the main model's `text`
+/// input and `probabilities` output over the same labels. Where its top
+/// probability is at least `min_confidence` and its top label is not out of
+/// scope, its probabilities are the answer; elsewhere the main model's are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FirstStage {
+    pub file: String,
+    pub min_confidence: f32,
 }
 
 /// Tokenisation of a bundle with a sentence encoder: the ids are `bos`,
@@ -93,6 +107,8 @@ pub enum ManifestError {
     InputKind(String),
     #[error("input kind \"text+tokens\" needs {0}")]
     Tokens(&'static str),
+    #[error("first_stage: {0}")]
+    FirstStage(&'static str),
     #[error("confidence_threshold {0} is outside 0..1")]
     Threshold(f32),
     #[error("manifest lists no labels")]
@@ -154,6 +170,20 @@ impl Manifest {
         if self.labels.is_empty() {
             return Err(ManifestError::NoLabels);
         }
+        if let Some(first) = &self.first_stage {
+            if first.file == MODEL_FILE || !self.files.contains_key(&first.file) {
+                return Err(ManifestError::FirstStage(
+                    "its file must be listed in files and differ from model.onnx",
+                ));
+            }
+            // At or above the threshold: what the first stage answers is
+            // answered, so it never turns a question away on its own.
+            if !(first.min_confidence >= self.confidence_threshold && first.min_confidence < 1.0) {
+                return Err(ManifestError::FirstStage(
+                    "min_confidence must be at least confidence_threshold and below 1",
+                ));
+            }
+        }
         for required in [MODEL_FILE, GOLDEN_FILE] {
             if !self.files.contains_key(required) {
                 return Err(ManifestError::MissingFile(required));
@@ -190,6 +220,39 @@ mod tests {
         assert_eq!(m.version, semver::Version::new(1, 2, 3));
         assert_eq!(m.outputs["probabilities"], "probabilities");
         assert_eq!(m.out_of_scope_label, "out_of_scope");
+    }
+
+    #[test]
+    fn first_stage_must_name_a_listed_file_and_a_bar_above_the_threshold() {
+        let h = "b".repeat(64);
+        let with = |file: &str, bar: &str| {
+            sample().replace(
+                "\"files\":{",
+                &format!(
+                    "\"first_stage\":{{\"file\":\"{file}\",\"min_confidence\":{bar}}},\"files\":{{\"first_stage.onnx\":\"{h}\","
+                ),
+            )
+        };
+        let m = Manifest::parse(&with("first_stage.onnx", "0.85")).unwrap();
+        assert_eq!(
+            m.first_stage,
+            Some(FirstStage {
+                file: "first_stage.onnx".into(),
+                min_confidence: 0.85
+            })
+        );
+        let file_error = Err(ManifestError::FirstStage(
+            "its file must be listed in files and differ from model.onnx",
+        ));
+        assert_eq!(Manifest::parse(&with("fast.onnx", "0.85")), file_error);
+        assert_eq!(Manifest::parse(&with("model.onnx", "0.85")), file_error);
+        let bar_error = Err(ManifestError::FirstStage(
+            "min_confidence must be at least confidence_threshold and below 1",
+        ));
+        assert_eq!(Manifest::parse(&with("first_stage.onnx", "0.3")), bar_error);
+        assert_eq!(Manifest::parse(&with("first_stage.onnx", "1.0")), bar_error);
+        // A manifest without one has none.
+        assert_eq!(Manifest::parse(&sample()).unwrap().first_stage, None);
     }
 
     #[test]

@@ -238,11 +238,17 @@ fn nlu(config: Config, cmd: NluCmd) -> ExitCode {
             };
             for t in text {
                 match model.classify(&t) {
+                    // With a first stage: which model answered.
                     Ok(p) => println!(
-                        "{:<28} {:.3} {}  {t}",
+                        "{:<28} {:.3} {}{}  {t}",
                         p.label,
                         p.confidence,
-                        if p.answered { "answer" } else { "reject" }
+                        if p.answered { "answer" } else { "reject" },
+                        match (model.has_first_stage(), p.first_stage) {
+                            (false, _) => "",
+                            (true, true) => " first-stage",
+                            (true, false) => " encoder    ",
+                        }
                     ),
                     Err(e) => {
                         eprintln!("edge-node: {e}");
@@ -284,6 +290,7 @@ fn nlu(config: Config, cmd: NluCmd) -> ExitCode {
                     answered: p.answered,
                     micros,
                     lang: lang.as_str().to_owned(),
+                    first_stage: model.has_first_stage().then_some(p.first_stage),
                 });
             }
             let report = eval::report(&outcomes, &oos, model.threshold());

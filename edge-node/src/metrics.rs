@@ -73,6 +73,8 @@ pub struct Metrics {
     pub intents: ByLabel,
     /// Turns NLU could not answer (low confidence or out of scope).
     pub unanswered: Counter,
+    /// Turns the model bundle's first stage answered without the main model.
+    pub nlu_first_stage: Counter,
     pub nlu_latency: Histogram,
     /// Time a turn waited for an inference thread (queue and hand-over).
     pub nlu_wait: Histogram,
@@ -117,6 +119,7 @@ impl Metrics {
             messages: ByLabel::new("direction"),
             intents: ByLabel::new("intent"),
             unanswered: Counter::default(),
+            nlu_first_stage: Counter::default(),
             // 10 µs to 116 ms in steps of √2: a model with the sentence
             // encoder takes 3–15 ms, where steps of 2 would say little.
             nlu_latency: Histogram::new(exponential_buckets(0.00001, std::f64::consts::SQRT_2, 28)),
@@ -163,6 +166,11 @@ impl Metrics {
             "nlu_unanswered",
             "Turns below the confidence threshold or out of scope",
             m.unanswered.clone(),
+        );
+        registry.register(
+            "nlu_first_stage",
+            "Turns the model's first stage (n-gram features alone) answered without the sentence encoder",
+            m.nlu_first_stage.clone(),
         );
         registry.register(
             "nlu_latency_seconds",

@@ -20,6 +20,9 @@ pub struct Outcome {
     pub micros: f64,
     /// Language of the row's text ("en", "zh").
     pub lang: String,
+    /// Whether the model's first stage answered it alone; `None` for a
+    /// model without one.
+    pub first_stage: Option<bool>,
 }
 
 /// How often one intent was taken for another (in-scope rows).
@@ -51,6 +54,10 @@ pub struct Report {
     pub threshold: f32,
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
+    /// Share of rows the model's first stage answered without the main
+    /// model (`None` for a model without a first stage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_stage_share: Option<f64>,
     /// The same figures for each language's rows (when there is more than one).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_language: BTreeMap<String, Report>,
@@ -206,6 +213,13 @@ fn summary(outcomes: &[Outcome], oos_label: &str, threshold: f32) -> Report {
         threshold,
         latency_p50_us: percentile(&lat, 0.50),
         latency_p99_us: percentile(&lat, 0.99),
+        first_stage_share: outcomes.iter().any(|o| o.first_stage.is_some()).then(|| {
+            outcomes
+                .iter()
+                .filter(|o| o.first_stage == Some(true))
+                .count() as f64
+                / n
+        }),
         by_language: BTreeMap::new(),
         most_confused: Vec::new(),
     }
@@ -233,6 +247,13 @@ impl std::fmt::Display for Report {
         }
         writeln!(f, "latency p50            {:.1} µs", self.latency_p50_us)?;
         write!(f, "latency p99            {:.1} µs", self.latency_p99_us)?;
+        if let Some(share) = self.first_stage_share {
+            write!(
+                f,
+                "\nfirst stage            {:.1} % of rows answered without the main model",
+                share * 100.0
+            )?;
+        }
         for (lang, r) in &self.by_language {
             write!(
                 f,
@@ -264,7 +285,25 @@ mod tests {
             answered,
             micros: 10.0,
             lang: "en".into(),
+            first_stage: None,
         }
+    }
+
+    #[test]
+    fn the_first_stage_share_is_reported_only_for_a_model_with_one() {
+        let mut rows = vec![o("a", "a", true), o("a", "b", true), o("c", "c", true)];
+        let r = report(&rows, "out_of_scope", 0.5);
+        assert_eq!(r.first_stage_share, None);
+        assert!(!r.to_string().contains("first stage"));
+        for (row, took) in rows.iter_mut().zip([true, false, true]) {
+            row.first_stage = Some(took);
+        }
+        let r = report(&rows, "out_of_scope", 0.5);
+        assert!((r.first_stage_share.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        assert!(
+            r.to_string().contains("first stage            66.7 %"),
+            "{r}"
+        );
     }
 
     #[test]

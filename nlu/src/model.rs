@@ -4,9 +4,12 @@
 //! pool of single-threaded ONNX sessions; [`Model::load_checked`] also runs
 //! the golden set, once. A bundle with a sentence encoder (`text+tokens`)
 //! also gets its text as token ids, tokenised here with the bundle's own
-//! vocabulary ([`crate::tokenizer`]). `Session::run` needs `&mut`, so each session sits
-//! behind its own mutex and callers take the first free one. Callers on an
-//! async runtime run these on a blocking thread, never on a worker.
+//! vocabulary ([`crate::tokenizer`]). A bundle with a first stage (a cheap
+//! n-gram graph, `manifest.first_stage`) runs it on every text first and the
+//! main model only on the texts it is not sure of. `Session::run` needs
+//! `&mut`, so each session sits behind its own mutex and callers take the
+//! first free one. Callers on an async runtime run these on a blocking
+//! thread, never on a worker.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,17 +47,89 @@ pub struct Prediction {
     /// [`Model::label_of`] names them. Kept as indices so classifying
     /// allocates nothing for them; only a learning sample names them.
     pub runners_up: [Option<(usize, f32)>; 2],
+    /// `true` when the bundle's first stage answered alone (the main model
+    /// did not run for this text).
+    pub first_stage: bool,
 }
 
 pub struct Model {
     manifest: Manifest,
     dir: PathBuf,
     threshold: f32,
-    sessions: Vec<Mutex<Session>>,
-    next: AtomicUsize,
+    sessions: Pool,
     input_name: String,
     prob_name: String,
     tokens: Option<Tokens>,
+    first: Option<FirstStage>,
+}
+
+/// Sessions of one graph; a caller takes the first free one.
+struct Pool {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// `n` (at least one) single-threaded sessions of the graph in `bytes`.
+    fn new(bytes: &[u8], n: usize) -> Result<Pool, NluError> {
+        let env = runtime::environment()
+            .ok_or_else(|| NluError::Runtime("ONNX Runtime is not initialised".into()))?;
+        let mut sessions = Vec::with_capacity(n.max(1));
+        for _ in 0..n.max(1) {
+            let session = Session::builder(env)?
+                .with_intra_threads(1)
+                .map_err(|e| NluError::Onnx(e.to_string()))?
+                .with_inter_threads(1)
+                .map_err(|e| NluError::Onnx(e.to_string()))?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| NluError::Onnx(e.to_string()))?
+                .commit_from_memory(bytes)?;
+            sessions.push(Mutex::new(session));
+        }
+        Ok(Pool {
+            sessions,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// An error unless the graph has every input of `inputs` and `output`.
+    fn check(&self, inputs: &[&str], output: &str, what: &str) -> Result<(), NluError> {
+        let first = self.sessions[0].lock().unwrap_or_else(|p| p.into_inner());
+        for name in inputs {
+            if !first.inputs().iter().any(|i| i.name() == *name) {
+                return Err(NluError::Shape(format!(
+                    "{what} has no input named {name:?}"
+                )));
+            }
+        }
+        if !first.outputs().iter().any(|o| o.name() == output) {
+            return Err(NluError::Shape(format!(
+                "{what} has no output named {output:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn take(&self) -> std::sync::MutexGuard<'_, Session> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        // All busy: wait for the one we were handed. A poisoned lock only means
+        // another caller panicked mid-run; the session itself is still usable.
+        self.sessions[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A bundle's first stage and the bar above which it answers alone.
+struct FirstStage {
+    sessions: Pool,
+    min_confidence: f32,
 }
 
 /// The token side of a `text+tokens` bundle.
@@ -94,24 +169,13 @@ impl Model {
     /// confidence threshold. ONNX Runtime must be initialised.
     pub fn load(dir: &Path, sessions: usize, threshold_override: f32) -> Result<Model, NluError> {
         let manifest = verify_bundle(dir)?;
-        let env = runtime::environment()
-            .ok_or_else(|| NluError::Runtime("ONNX Runtime is not initialised".into()))?;
-        let model_bytes = std::fs::read(dir.join(MODEL_FILE)).map_err(|source| NluError::Io {
-            path: dir.join(MODEL_FILE),
-            source,
-        })?;
-        let mut pool = Vec::with_capacity(sessions.max(1));
-        for _ in 0..sessions.max(1) {
-            let session = Session::builder(env)?
-                .with_intra_threads(1)
-                .map_err(|e| NluError::Onnx(e.to_string()))?
-                .with_inter_threads(1)
-                .map_err(|e| NluError::Onnx(e.to_string()))?
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| NluError::Onnx(e.to_string()))?
-                .commit_from_memory(&model_bytes)?;
-            pool.push(Mutex::new(session));
-        }
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|source| NluError::Io {
+                path: dir.join(name),
+                source,
+            })
+        };
+        let pool = Pool::new(&read(MODEL_FILE)?, sessions)?;
         let input_name = manifest
             .inputs
             .get("text")
@@ -122,19 +186,7 @@ impl Model {
             .get("probabilities")
             .cloned()
             .unwrap_or_else(|| "probabilities".into());
-        {
-            let first = pool[0].lock().unwrap_or_else(|p| p.into_inner());
-            if !first.inputs().iter().any(|i| i.name() == input_name) {
-                return Err(NluError::Shape(format!(
-                    "model has no input named {input_name:?}"
-                )));
-            }
-            if !first.outputs().iter().any(|o| o.name() == prob_name) {
-                return Err(NluError::Shape(format!(
-                    "model has no output named {prob_name:?}"
-                )));
-            }
-        }
+        pool.check(&[&input_name], &prob_name, "model")?;
         let tokens = if manifest.input_kind == INPUT_TEXT_TOKENS {
             let path = dir.join(TOKENIZER_FILE);
             let bytes = std::fs::read(&path).map_err(|source| NluError::Io {
@@ -151,17 +203,21 @@ impl Model {
                 ids_name: manifest.inputs["input_ids"].clone(),
                 mask_name: manifest.inputs["mask"].clone(),
             };
-            let first = pool[0].lock().unwrap_or_else(|p| p.into_inner());
-            for name in [&tokens.ids_name, &tokens.mask_name] {
-                if !first.inputs().iter().any(|i| i.name() == name.as_str()) {
-                    return Err(NluError::Shape(format!(
-                        "model has no input named {name:?}"
-                    )));
-                }
-            }
+            pool.check(&[&tokens.ids_name, &tokens.mask_name], &prob_name, "model")?;
             Some(tokens)
         } else {
             None
+        };
+        let first = match &manifest.first_stage {
+            Some(spec) => {
+                let sessions = Pool::new(&read(&spec.file)?, sessions)?;
+                sessions.check(&[&input_name], &prob_name, &spec.file)?;
+                Some(FirstStage {
+                    sessions,
+                    min_confidence: spec.min_confidence,
+                })
+            }
+            None => None,
         };
         let threshold = if threshold_override > 0.0 {
             threshold_override
@@ -173,10 +229,10 @@ impl Model {
             dir: dir.to_owned(),
             threshold,
             sessions: pool,
-            next: AtomicUsize::new(0),
             input_name,
             prob_name,
             tokens,
+            first,
         };
         Ok(model)
     }
@@ -253,28 +309,30 @@ impl Model {
 
     /// Classify one utterance (raw text; preprocessing lives in the model).
     pub fn classify(&self, text: &str) -> Result<Prediction, NluError> {
-        let probs = self.probabilities(text)?;
-        Ok(self.predict(&probs))
+        let (probs, first) = self.run(&[text.to_owned()])?;
+        Ok(self.predict(&probs, first[0]))
     }
 
-    /// Classify several utterances in one ONNX Runtime call (the inference
-    /// pool batches visitors' turns this way under load).
+    /// Classify several utterances (the inference pool batches visitors'
+    /// turns this way under load): the first stage, if any, in one ONNX
+    /// Runtime call, then the main model on the texts it left.
     pub fn classify_batch(&self, texts: &[String]) -> Result<Vec<Prediction>, NluError> {
         let n = self.manifest.labels.len();
-        let flat = self.run(texts)?;
-        Ok(flat.chunks_exact(n).map(|p| self.predict(p)).collect())
+        let (flat, first) = self.run(texts)?;
+        Ok(flat
+            .chunks_exact(n)
+            .zip(first)
+            .map(|(p, first)| self.predict(p, first))
+            .collect())
     }
 
-    fn predict(&self, probs: &[f32]) -> Prediction {
-        let (best, confidence) =
-            probs
-                .iter()
-                .copied()
-                .enumerate()
-                .fold(
-                    (0, f32::MIN),
-                    |acc, (i, p)| if p > acc.1 { (i, p) } else { acc },
-                );
+    /// Whether the bundle has a first stage (`manifest.first_stage`).
+    pub fn has_first_stage(&self) -> bool {
+        self.first.is_some()
+    }
+
+    fn predict(&self, probs: &[f32], first_stage: bool) -> Prediction {
+        let (best, confidence) = top(probs);
         let label = self.manifest.labels[best].clone();
         let answered = confidence >= self.threshold && label != self.manifest.out_of_scope_label;
         // The two next best, without sorting every class.
@@ -295,6 +353,7 @@ impl Model {
             confidence,
             answered,
             runners_up: runners_up.map(|r| (r.0 != usize::MAX).then_some(r)),
+            first_stage,
         }
     }
 
@@ -305,15 +364,52 @@ impl Model {
 
     /// Class probabilities in manifest label order.
     pub fn probabilities(&self, text: &str) -> Result<Vec<f32>, NluError> {
-        self.run(&[text.to_owned()])
+        Ok(self.run(&[text.to_owned()])?.0)
     }
 
-    /// Probabilities of `texts`, row after row (`texts.len() × labels`).
-    fn run(&self, texts: &[String]) -> Result<Vec<f32>, NluError> {
+    /// Probabilities of `texts`, row after row (`texts.len() × labels`),
+    /// and for each text whether the first stage answered it alone.
+    fn run(&self, texts: &[String]) -> Result<(Vec<f32>, Vec<bool>), NluError> {
+        let Some(first) = &self.first else {
+            return Ok((self.run_main(texts)?, vec![false; texts.len()]));
+        };
+        if texts.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let n = self.manifest.labels.len();
+        let mut all = {
+            let mut session = first.sessions.take();
+            let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
+            let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
+            self.probabilities_of(&outputs, texts.len())?
+        };
+        // As the training script decides (first_stage_takes): sure enough,
+        // and not out of scope.
+        let taken: Vec<bool> = all
+            .chunks_exact(n)
+            .map(|p| {
+                let (best, confidence) = top(p);
+                confidence >= first.min_confidence
+                    && self.manifest.labels[best] != self.manifest.out_of_scope_label
+            })
+            .collect();
+        let rest: Vec<usize> = (0..texts.len()).filter(|&i| !taken[i]).collect();
+        if !rest.is_empty() {
+            let left: Vec<String> = rest.iter().map(|&i| texts[i].clone()).collect();
+            let main = self.run_main(&left)?;
+            for (row, &i) in main.chunks_exact(n).zip(&rest) {
+                all[i * n..(i + 1) * n].copy_from_slice(row);
+            }
+        }
+        Ok((all, taken))
+    }
+
+    /// The main model's probabilities of `texts`, row after row.
+    fn run_main(&self, texts: &[String]) -> Result<Vec<f32>, NluError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut session = self.session();
+        let mut session = self.sessions.take();
         let Some(tokens) = &self.tokens else {
             let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
             let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
@@ -355,21 +451,14 @@ impl Model {
         }
         Ok(data.to_vec())
     }
+}
 
-    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
-        let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
-                return guard;
-            }
-        }
-        // All busy: wait for the one we were handed. A poisoned lock only means
-        // another caller panicked mid-run; the session itself is still usable.
-        self.sessions[start % n]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
+/// The index and value of the largest probability (the first of equals).
+fn top(probs: &[f32]) -> (usize, f32) {
+    probs.iter().copied().enumerate().fold(
+        (0, f32::MIN),
+        |acc, (i, p)| if p > acc.1 { (i, p) } else { acc },
+    )
 }
 
 /// The one swappable handle on the active model. Readers clone the `Arc`

@@ -104,6 +104,7 @@ fn holdout_model_meets_the_accuracy_floor_on_validation() {
             answered: p.answered,
             micros: 0.0,
             lang: if zh { "zh" } else { "en" }.into(),
+            first_stage: None,
         };
         if labels.contains(&category) && !zh {
             banking.push(o.clone());

@@ -34,6 +34,14 @@ pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The value of the unlabelled sample `name` (a counter, or a histogram's
+/// `_count`) in a `/metrics` text.
+pub fn sample_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Quantile `q` of what a histogram counted between two scrapes (`before`
 /// may be empty), interpolated linearly within the bucket it falls in, as
 /// Prometheus's `histogram_quantile` does. None when nothing was counted;
@@ -84,6 +92,14 @@ mod tests {
         x_seconds_bucket{le=\"0.004\"} 10\n\
         x_seconds_bucket{le=\"+Inf\"} 10\n\
         y_seconds_bucket{le=\"0.001\"} 99\n";
+
+    #[test]
+    fn a_sample_is_read_by_its_exact_name() {
+        assert_eq!(sample_value(SCRAPE, "x_seconds_count"), Some(10.0));
+        assert_eq!(sample_value(SCRAPE, "x_seconds_sum"), Some(1.0));
+        assert_eq!(sample_value(SCRAPE, "x_seconds"), None);
+        assert_eq!(sample_value(SCRAPE, "z_total"), None);
+    }
 
     #[test]
     fn buckets_are_read_for_the_named_histogram_only() {

@@ -151,6 +151,7 @@ mod tests {
             confidence,
             answered,
             runners_up: [None; 2],
+            first_stage: false,
         }
     }
 

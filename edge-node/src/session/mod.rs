@@ -597,6 +597,9 @@ impl Sessions {
                 compute: c,
             }) => {
                 compute = Some(c);
+                if p.first_stage {
+                    self.d.metrics.nlu_first_stage.inc();
+                }
                 (
                     Understanding {
                         intent: p.label,

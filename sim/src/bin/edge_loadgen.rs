@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use edgedesk_common::chat::{ClientFrame, PROTOCOL_VERSION, ServerFrame};
-use edgedesk_sim::{histogram_buckets, quantile_between, rss_kib};
+use edgedesk_sim::{histogram_buckets, quantile_between, rss_kib, sample_value};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -54,6 +54,14 @@ struct Args {
     /// histograms, scraped at both ends).
     #[arg(long)]
     metrics: Option<String>,
+    /// Send the `text` column of this CSV (e.g. the validation split,
+    /// `build/models/validation.csv`) in turn, instead of the twelve
+    /// built-in questions, which a model finds easy.
+    #[arg(long, value_name = "CSV")]
+    texts: Option<std::path::PathBuf>,
+    /// What the sessions send (filled from `--texts` after parsing).
+    #[arg(skip)]
+    utterances: Arc<Vec<String>>,
     /// Print the report as one JSON line as well.
     #[arg(long)]
     json: bool,
@@ -110,11 +118,11 @@ async fn closed_session(
         if next < tokio::time::Instant::now() {
             next = tokio::time::Instant::now();
         }
-        let text = UTTERANCES[i % UTTERANCES.len()];
+        let text = args.utterances[i % args.utterances.len()].clone();
         i += 1;
         let frame = ClientFrame::Message {
             traceparent: None,
-            text: text.into(),
+            text,
             client_id: None,
             payload: None,
         };
@@ -216,6 +224,7 @@ async fn open_session(
     let due: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
     let writer = {
         let (due, stats) = (due.clone(), stats.clone());
+        let utterances = args.utterances.clone();
         async move {
             let mut k: u64 = 0;
             loop {
@@ -226,7 +235,7 @@ async fn open_session(
                 tokio::time::sleep_until(at.into()).await;
                 let frame = ClientFrame::Message {
                     traceparent: None,
-                    text: UTTERANCES[(n + k as usize) % UTTERANCES.len()].into(),
+                    text: utterances[(n + k as usize) % utterances.len()].clone(),
                     client_id: Some(k.to_string()),
                     payload: None,
                 };
@@ -329,7 +338,21 @@ fn node_quantiles(before: &str, after: &str, name: &str) -> (Option<f64>, Option
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.utterances = Arc::new(match &args.texts {
+        Some(path) => match edgedesk_nlu::eval::read_rows(path) {
+            Ok(rows) if !rows.is_empty() => rows.into_iter().map(|(text, _)| text).collect(),
+            Ok(_) => {
+                eprintln!("edge-loadgen: {} has no rows", path.display());
+                std::process::exit(2);
+            }
+            Err(e) => {
+                eprintln!("edge-loadgen: --texts: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => UTTERANCES.iter().map(|s| s.to_string()).collect(),
+    });
     let stats = Arc::new(Stats::default());
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
@@ -399,9 +422,16 @@ async fn main() {
         (Some(before), Some(url)) => {
             let before = before.await.unwrap_or_default();
             let after = scrape(url).await;
+            // The share of turns the model's first stage answered alone.
+            let between = |name| Some(sample_value(&after, name)? - sample_value(&before, name)?);
+            let first = between("edgedesk_nlu_first_stage_total")
+                .zip(between("edgedesk_nlu_latency_seconds_count"))
+                .filter(|(_, turns)| *turns > 0.0)
+                .map(|(first, turns)| first / turns);
             Some((
                 node_quantiles(&before, &after, "edgedesk_nlu_latency_seconds"),
                 node_quantiles(&before, &after, "edgedesk_nlu_wait_seconds"),
+                first,
             ))
         }
         _ => None,
@@ -436,7 +466,7 @@ async fn main() {
         ms(0.99),
         h.max() as f64 / 1000.0
     );
-    if let Some(((p50, p99), (w50, w99))) = nlu {
+    if let Some(((p50, p99), (w50, w99), first)) = nlu {
         let show = |v: Option<f64>| v.map_or("-".to_owned(), |ms| format!("{ms:.2} ms"));
         println!(
             "node NLU time       p50 {}  p99 {}  (the model, per turn; node's histogram, interpolated)",
@@ -448,6 +478,12 @@ async fn main() {
             show(w50),
             show(w99)
         );
+        if let Some(share) = first {
+            println!(
+                "node first stage    {:.1} % of turns answered without the encoder",
+                share * 100.0
+            );
+        }
     }
     if let Some(pid) = args.pid {
         if let Some((rss, _)) = rss_kib(pid) {
@@ -469,6 +505,7 @@ async fn main() {
                 "peak_rss_kib": rss_peak,
                 "node_nlu_p50_ms": nlu.and_then(|n| n.0.0), "node_nlu_p99_ms": nlu.and_then(|n| n.0.1),
                 "node_nlu_wait_p50_ms": nlu.and_then(|n| n.1.0), "node_nlu_wait_p99_ms": nlu.and_then(|n| n.1.1),
+                "node_first_stage_share": nlu.and_then(|n| n.2),
             })
         );
     }
