@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """How the trainer picks its confidence threshold on validation
 (train_model.tune_threshold): out-of-scope recall at its floor first, then
-as high a threshold as keeps in-scope coverage at its floor. Run by scripts/test.sh:
+as high a threshold as keeps in-scope coverage at its floor; and the bar of
+the first stage (train_model.tune_first_stage). Run by scripts/test.sh:
 python3 scripts/test_thresholds.py"""
 import os
 import sys
@@ -56,6 +57,36 @@ class ThresholdTest(unittest.TestCase):
         t = tm.tune_threshold(proba, CLASSES, y)
         self.assertLessEqual(t, 0.5)
         self.assertEqual(tm.oos_recall_at(proba, CLASSES, y, t), 0.0)
+
+
+class FirstStageTest(unittest.TestCase):
+    # Ten "a" rows and ten "b" rows; the full model gets all of them right.
+    Y = ["a"] * 10 + ["b"] * 10
+    FULL = rows(*([[0.9, 0.05, 0.05]] * 10 + [[0.05, 0.9, 0.05]] * 10))
+    GROUPS = {"all": np.ones(20, bool)}
+
+    def test_it_takes_only_sure_in_scope_rows(self):
+        fast = rows([0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.02, 0.03, 0.95])
+        self.assertEqual(list(tm.first_stage_takes(fast, CLASSES, 0.85)), [True, False, False])
+        got = tm.cascade(fast, rows(*([[0.1, 0.8, 0.1]] * 3)), CLASSES, 0.85)
+        self.assertEqual(got.argmax(axis=1).tolist(), [0, 1, 1])
+
+    def test_the_bar_falls_only_while_no_figure_drops_more_than_the_slack(self):
+        # The fast model is right on every row but sure of them at different
+        # levels; where it is wrong it is only 0.72 sure: the bar may fall to
+        # 0.75 and no further (at 0.7 one row of twenty, 5 %, goes wrong).
+        fast = self.FULL.copy()
+        fast[:9] = [0.8, 0.1, 0.1]
+        fast[9] = [0.14, 0.72, 0.14]
+        self.assertEqual(tm.tune_first_stage(fast, self.FULL, CLASSES, self.Y, 0.3, self.GROUPS), 0.75)
+
+    def test_no_first_stage_when_even_the_highest_bar_loses_ground(self):
+        fast = rows(*([[0.02, 0.97, 0.01]] * 20))   # sure of "b" everywhere
+        self.assertIsNone(tm.tune_first_stage(fast, self.FULL, CLASSES, self.Y, 0.3, self.GROUPS))
+
+    def test_the_bar_never_falls_below_the_threshold(self):
+        fast = self.FULL.copy()   # as right as the full model: any bar keeps the figures
+        self.assertEqual(tm.tune_first_stage(fast, self.FULL, CLASSES, self.Y, 0.42, self.GROUPS), 0.45)
 
 
 if __name__ == "__main__":

