@@ -377,12 +377,7 @@ impl Model {
             return Ok((Vec::new(), Vec::new()));
         }
         let n = self.manifest.labels.len();
-        let mut all = {
-            let mut session = first.sessions.take();
-            let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
-            let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
-            self.probabilities_of(&outputs, texts.len())?
-        };
+        let mut all = self.run_text(&mut first.sessions.take(), texts)?;
         // As the training script decides (first_stage_takes): sure enough,
         // and not out of scope.
         let taken: Vec<bool> = all
@@ -411,9 +406,7 @@ impl Model {
         }
         let mut session = self.sessions.take();
         let Some(tokens) = &self.tokens else {
-            let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
-            let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
-            return self.probabilities_of(&outputs, texts.len());
+            return self.run_text(&mut session, texts);
         };
         // One call per text: the int8 encoder quantises its activations with
         // one scale per call, so a text padded into a batch would not come
@@ -433,6 +426,14 @@ impl Model {
             all.extend(self.probabilities_of(&outputs, 1)?);
         }
         Ok(all)
+    }
+
+    /// One call of a graph that reads text alone (the first stage, or a
+    /// `text` bundle) on all of `texts`.
+    fn run_text(&self, session: &mut Session, texts: &[String]) -> Result<Vec<f32>, NluError> {
+        let input = Tensor::from_string_array(([texts.len(), 1usize], texts))?;
+        let outputs = session.run(ort::inputs![self.input_name.as_str() => input])?;
+        self.probabilities_of(&outputs, texts.len())
     }
 
     /// The probabilities output of a call on `n` texts, checked against the labels.
