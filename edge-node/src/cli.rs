@@ -220,8 +220,11 @@ fn nlu(config: Config, cmd: NluCmd) -> ExitCode {
         NluCmd::Verify { dir } => match load_model(&config, dir, true) {
             Ok(m) => {
                 let man = m.manifest();
+                let first = man.first_stage.as_ref().map_or(String::new(), |f| {
+                    format!(", first stage {} at {:.2}", f.file, f.min_confidence)
+                });
                 println!(
-                    "ok: {} {} ({} labels, threshold {:.2}); hashes and golden set verified",
+                    "ok: {} {} ({} labels, threshold {:.2}{first}); hashes and golden set verified",
                     man.name,
                     man.version,
                     man.labels.len(),

@@ -42,6 +42,52 @@ fn cli_eval_prints_every_metric() {
 }
 
 #[test]
+fn verify_names_the_first_stage_and_classify_which_stage_answered() {
+    let bundle = repo_root().join("build/models/multilingual");
+    let run = |args: &[&str]| {
+        let out = edge_node()
+            .env("ORT_DYLIB_PATH", ort_path())
+            .arg("nlu")
+            .arg("--bundle")
+            .arg(&bundle)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let verified = run(&["verify"]);
+    assert!(
+        verified.contains("first stage first_stage.onnx at 0."),
+        "{verified}"
+    );
+    // An everyday question and one only the encoder gets right
+    // (nlu/tests/encoder.rs has both).
+    let classified = run(&["classify", "I forgot my passcode", "这个月多收了一笔费用"]);
+    let lines: Vec<&str> = classified.lines().collect();
+    assert_eq!(lines.len(), 2, "{classified}");
+    assert!(
+        lines[0].starts_with("passcode_forgotten") && lines[0].contains("answer first-stage"),
+        "{classified}"
+    );
+    assert!(
+        lines[1].starts_with("extra_charge_on_statement") && lines[1].contains("answer encoder"),
+        "{classified}"
+    );
+    // The linear bundle has no first stage and says nothing of one.
+    let out = edge_node()
+        .env("ORT_DYLIB_PATH", ort_path())
+        .args(["nlu", "verify"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("first stage"),
+        "{text}"
+    );
+}
+
+#[test]
 fn missing_or_wrong_onnxruntime_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_library = dir.path().join("libonnxruntime.so");
