@@ -208,21 +208,24 @@ impl Model {
         } else {
             None
         };
+        let threshold = if threshold_override > 0.0 {
+            threshold_override
+        } else {
+            manifest.confidence_threshold
+        };
         let first = match &manifest.first_stage {
             Some(spec) => {
                 let sessions = Pool::new(&read(&spec.file)?, sessions)?;
                 sessions.check(&[&input_name], &prob_name, &spec.file)?;
                 Some(FirstStage {
                     sessions,
-                    min_confidence: spec.min_confidence,
+                    // Never below an operator's higher threshold: what the
+                    // first stage takes it answers, and a question it is
+                    // less sure of than that gets the full model.
+                    min_confidence: spec.min_confidence.max(threshold),
                 })
             }
             None => None,
-        };
-        let threshold = if threshold_override > 0.0 {
-            threshold_override
-        } else {
-            manifest.confidence_threshold
         };
         let model = Model {
             manifest,

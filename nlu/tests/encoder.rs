@@ -18,6 +18,14 @@ fn bundle_dir() -> PathBuf {
     dir
 }
 
+/// The training side's answers (`parity.jsonl`): text, label, confidence.
+fn parity() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(bundle_dir().join("../multilingual-parity.jsonl")).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 fn model() -> Model {
     let ort = std::env::var("ORT_DYLIB_PATH")
         .expect("ORT_DYLIB_PATH must point at libonnxruntime (source build/env.sh)");
@@ -29,10 +37,8 @@ fn model() -> Model {
 #[test]
 fn the_node_gives_the_training_sides_answers() {
     let m = model();
-    let text = std::fs::read_to_string(bundle_dir().join("../multilingual-parity.jsonl")).unwrap();
     let mut n = 0;
-    for line in text.lines() {
-        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+    for want in parity() {
         let t = want["text"].as_str().unwrap();
         let p = m.classify(t).unwrap();
         assert_eq!(p.label, want["label"].as_str().unwrap(), "{t}");
@@ -130,10 +136,8 @@ fn the_first_stage_answers_only_what_it_is_sure_of() {
         .as_ref()
         .expect("the multilingual bundle has a first stage")
         .min_confidence;
-    let text = std::fs::read_to_string(bundle_dir().join("../multilingual-parity.jsonl")).unwrap();
     let (mut taken, mut total) = (0, 0);
-    for line in text.lines() {
-        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+    for want in parity() {
         let t = want["text"].as_str().unwrap();
         let p = m.classify(t).unwrap();
         total += 1;
@@ -159,6 +163,28 @@ fn the_first_stage_answers_only_what_it_is_sure_of() {
     let p = m.classify("这个月多收了一笔费用").unwrap();
     assert!(!p.first_stage, "{p:?}");
     assert_eq!(p.label, "extra_charge_on_statement", "{p:?}");
+}
+
+/// An operator's threshold above the first stage's bar raises the bar: the
+/// first stage never takes a question it would then turn away, which the
+/// full model might have answered.
+#[test]
+fn a_higher_threshold_raises_the_first_stages_bar() {
+    let _ = model();
+    let m = Model::load(&bundle_dir(), 1, 0.97).unwrap();
+    let mut taken = 0;
+    for want in parity() {
+        let t = want["text"].as_str().unwrap();
+        let p = m.classify(t).unwrap();
+        if p.first_stage {
+            taken += 1;
+            assert!(p.answered && p.confidence >= 0.97, "{t}: {p:?}");
+        }
+    }
+    assert!(
+        taken > 0,
+        "the first stage still takes the surest questions"
+    );
 }
 
 #[test]
