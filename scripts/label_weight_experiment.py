@@ -68,7 +68,9 @@ def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, m
             # As train_model.py --holdout builds it (no refit here either):
             # the vocabulary of what the model learns from, so the unseen
             # phrasings split into known pieces.
-            enc = e5_encoder.Encoder(encoder, x + [t for t, _ in sp["golden"]])
+            # The wheel's encoder: the layers e5_finetune.py tunes learnt
+            # from the stand-in's rows, which a new intent's never are.
+            enc = e5_encoder.Encoder(encoder, x + [t for t, _ in sp["golden"]], tuned=False)
             enc.write(tmp)
             texts = list(dict.fromkeys(x + sp["x_cal"] + unseen))
             table = dict(zip(texts, enc.embed(texts)))

@@ -86,7 +86,7 @@ if [ ! -f "$VENV/.ok" ]; then
 fi
 
 # --- 3. default model bundle ------------------------------------------------
-INPUTS_HASH=$(cat scripts/train_model.py "$REQ" data/banking77/train.csv data/clinc150-oos/*.csv data/intents/*.csv | sha256sum | cut -c1-16)
+INPUTS_HASH=$(cat scripts/train_model.py scripts/splits.py "$REQ" data/banking77/train.csv data/clinc150-oos/*.csv data/intents/*.csv | sha256sum | cut -c1-16)
 train() { # train NAME [extra args]; $HASH (default $INPUTS_HASH) keys the cache
   # Trained bundles are kept in $CACHE/models by the hash of everything that
   # goes into them (training is reproducible: scripts/check_reproducible.sh),
@@ -141,11 +141,33 @@ if [ "$(cat build/models/e5/.inputs 2>/dev/null)" != "$E5_HASH" ]; then
 fi
 log "multilingual encoder: build/models/e5"
 
+# --- 4b. its top layers tuned on the intents ----------------------------------
+# scripts/e5_finetune.py (about nine minutes on two cores) writes tuned.npz
+# beside the encoder; kept in $CACHE/models by the hash of its inputs, as the
+# bundles are, so another clone copies it.
+TUNED_HASH=$( (echo "$E5_HASH"; cat scripts/e5_finetune.py scripts/splits.py "$REQ" data/banking77/train.csv \
+  data/clinc150-oos/*.csv data/intents/*.csv) | sha256sum | cut -c1-16)
+if [ "$(cat build/models/e5/.tuned-inputs 2>/dev/null)" != "$TUNED_HASH" ]; then
+  cached=$CACHE/models/e5-tuned-$TUNED_HASH
+  if [ ! -f "$cached/tuned.npz" ]; then
+    log "tuning the encoder's top layers on the training split (about nine minutes)"
+    rm -f build/models/e5/tuned.npz build/models/e5/tuned.json
+    "$VENV/bin/python" scripts/e5_finetune.py --encoder build/models/e5
+    rm -rf "$cached.tmp" && mkdir -p "$cached.tmp"
+    cp build/models/e5/tuned.npz build/models/e5/tuned.json "$cached.tmp/"
+    rm -rf "$cached" && mv "$cached.tmp" "$cached"
+  fi
+  touch "$cached"
+  cp "$cached/tuned.npz" "$cached/tuned.json" build/models/e5/
+  echo "$TUNED_HASH" > build/models/e5/.tuned-inputs
+fi
+log "tuned encoder layers: build/models/e5/tuned.npz"
+
 # --- 5. multilingual model bundle ---------------------------------------------
 # Version 2.0.0 of the same model: a new input kind, so nodes before it refuse
 # it by name. The parity file records what the training side's graph answered, for the
 # node's tokenizer and feeds to be checked against (nlu/tests/encoder.rs).
-HASH=$( (echo "$INPUTS_HASH $E5_HASH"; cat scripts/e5_encoder.py) | sha256sum | cut -c1-16) \
+HASH=$( (echo "$INPUTS_HASH $E5_HASH $TUNED_HASH"; cat scripts/e5_encoder.py) | sha256sum | cut -c1-16) \
   train multilingual --encoder build/models/e5 --version 2.0.0
 
 # --- 6. test peers ------------------------------------------------------------

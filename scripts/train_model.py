@@ -4,9 +4,13 @@
 The bundle (see docs/MODEL.md) holds manifest.json, model.onnx and golden.jsonl.
 All text preprocessing (word and character TF-IDF) lives inside the ONNX graph,
 so the edge node feeds raw UTF-8 text. Same data + same seed => same model.onnx.
-With --encoder the bundle also carries first_stage.onnx, the n-gram model
-alone: the node answers with it where it is sure (a bar tuned on validation,
-tune_first_stage) and runs the encoder only on the rest.
+With --encoder, a second linear head reads the sentence embedding of
+multilingual-e5-small (its top layers tuned on the training split by
+scripts/e5_finetune.py, where provisioning ran it) and the two heads' log
+probabilities are mixed (`--fusion`, the encoder head's share, chosen on
+validation: fused_logits). The bundle then also carries first_stage.onnx, the
+n-gram model alone: the node answers with it where it is sure (a bar tuned
+on validation, tune_first_stage) and runs the encoder only on the rest.
 
 Data (all in the repository):
   data/banking77/train.csv           BANKING77 training split (CC-BY-4.0)
@@ -32,7 +36,6 @@ confidence threshold is tuned on it (and oos_val) and on nothing else.
 """
 import argparse
 import csv
-import re
 import datetime as dt
 import hashlib
 import json
@@ -47,21 +50,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline, make_union
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import StringTensorType
+# The split lives apart so that what scripts/e5_finetune.py learns from can be
+# told from the rest of this file (provisioning hashes it).
+from splits import CJK, OOS, load_splits, read_csv  # noqa: E402,F401
 
 WORD_PATTERN = "[a-zA-Z0-9_][a-zA-Z0-9_]+"
-OOS = "out_of_scope"
-CJK = re.compile("[\u4e00-\u9fff]")
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return [(r["text"], r["category"]) for r in csv.DictReader(f)]
-
-
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -167,7 +163,10 @@ def memory_rows(texts, labels, weights):
 
 def embedding_features(union, table, encoder_weight):
     """features(texts, fit=False): the n-gram features of `union` with each
-    text's sentence embedding (from `table`) times `encoder_weight` appended."""
+    text's sentence embedding (from `table`) times `encoder_weight` appended.
+    One head over both was the trainer's method until 2026-12-03 (the heads
+    are fused now: fused_logits); the experiment scripts that measured it
+    (cascade_experiment.py, label_weight_experiment.py) still use it."""
     import scipy.sparse as sparse
 
     def features(texts, fit=False):
@@ -175,6 +174,26 @@ def embedding_features(union, table, encoder_weight):
         e = np.vstack([table[t] for t in texts]) * encoder_weight
         return sparse.hstack([s, sparse.csr_matrix(e)]).tocsr()
     return features
+
+
+def log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def fused_logits(ngram_logits, embed_logits, share):
+    """Late fusion of the two heads: `share` of the encoder head's log
+    probabilities plus the rest of the n-gram head's (a weighted geometric
+    mean of their probabilities once softmaxed). sparse_head computes the same
+    in the graph."""
+    return share * log_softmax(embed_logits) + (1.0 - share) * log_softmax(ngram_logits)
+
+
+def fit_embedding_head(head, embeddings, labels, w):
+    """Fit the encoder's linear head on sentence embeddings, weights `w`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head.fit(np.vstack(embeddings), labels, sample_weight=w)
 
 
 def fit_model(pipe, clf, features, texts, labels, w):
@@ -197,7 +216,7 @@ def with_memory(logits, memory, embeddings):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None, memory=None):
+def sparse_head(onx, word, char, coef, intercept, labels, embed_head=None, memory=None):
     """Replace skl2onnx's dense tail with an O(non-zeros) one.
 
     skl2onnx turns each TfIdfVectorizer's [N, V] count matrix into TF-IDF with
@@ -206,9 +225,11 @@ def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None, memory=N
     non-zero counts are touched: NonZero -> 1+log(tf) (sklearn's sublinear_tf,
     exactly) -> * idf -> per-row L2 norm -> gather the matching rows of the
     weight matrix -> scatter-add into [N, classes] -> + intercept -> Softmax.
-    With `w_embed` ([H, classes]) the logits also get `embedding @ w_embed`,
-    from the sentence encoder that `e5_encoder.merge_into` adds, and with
-    `memory` (a LabelMemory) its term, computed as LabelMemory.logits does.
+    With `embed_head` (coef [classes, H], intercept [classes], share) the
+    encoder head's logits `embedding @ coef.T + intercept` (the sentence
+    encoder that `e5_encoder.merge_into` adds) are fused with the n-gram
+    head's as fused_logits does, and with `memory` (a LabelMemory) its term
+    is added, computed as LabelMemory.logits does.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -282,18 +303,27 @@ def sparse_head(onx, word, char, coef, intercept, labels, w_embed=None, memory=N
     node("Concat", rows, ["rows"], axis=0)
     node("Unsqueeze", ["rows", "axis1"], ["rows2"])                      # [k, 1]
     node("ScatterND", ["zeros_nc", "rows2", "contrib"], ["dot"], reduction="add")
-    if w_embed is not None:
-        init("W_embed", np.ascontiguousarray(w_embed.astype(np.float32)))
-        node("MatMul", ["embedding", "W_embed"], ["embed_logits"])
-        node("Add", ["dot", "embed_logits"], ["dot_e"])
+    if embed_head is not None:
+        e_coef, e_intercept, share = embed_head
+        init("W_embed", np.ascontiguousarray(e_coef.T.astype(np.float32)))   # [H, C]
+        init("b_embed", e_intercept.astype(np.float32))
+        init("share_embed", np.array(share, np.float32))
+        init("share_ngram", np.array(1.0 - share, np.float32))
+        node("Add", ["dot", "intercept"], ["ngram_logits"])
+        node("MatMul", ["embedding", "W_embed"], ["embed_dot"])
+        node("Add", ["embed_dot", "b_embed"], ["embed_logits"])
+        node("LogSoftmax", ["ngram_logits"], ["ngram_lsm"], axis=1)
+        node("LogSoftmax", ["embed_logits"], ["embed_lsm"], axis=1)
+        node("Mul", ["ngram_lsm", "share_ngram"], ["ngram_part"])
+        node("Mul", ["embed_lsm", "share_embed"], ["embed_part"])
         if memory is not None:
+            node("Add", ["ngram_part", "embed_part"], ["fused"])
             inits, nodes = memory.graph("embedding", "m_logits")
             g.initializer.extend(inits)
             N.extend(nodes)
-            node("Add", ["dot_e", "m_logits"], ["dot_m"])
-            node("Add", ["dot_m", "intercept"], ["logits"])
+            node("Add", ["fused", "m_logits"], ["logits"])
         else:
-            node("Add", ["dot_e", "intercept"], ["logits"])
+            node("Add", ["ngram_part", "embed_part"], ["logits"])
     else:
         node("Add", ["dot", "intercept"], ["logits"])
     node("Softmax", ["logits"], ["probabilities"], axis=1)
@@ -413,11 +443,11 @@ def tune_first_stage(p_fast, p_full, classes, y_true, threshold, groups):
     return chosen
 
 
-def write_graph(path, name, model, word, char, clf, classes, encoder_weight=None, memory=None, enc_graph=None):
+def write_graph(path, name, model, word, char, clf, classes, embed_head=None, memory=None, enc_graph=None):
     """Convert the fitted n-gram `model` (a pipeline, or with the encoder its
     feature union alone) to ONNX with sparse_head's tail, merge the encoder
-    graph `enc_graph` if given (its embedding times `encoder_weight`), and
-    write reproducible bytes to `path`."""
+    graph `enc_graph` if given (its head and share: `embed_head`), and write
+    reproducible bytes to `path`."""
     options = {
         id(word): {"locale": "C.UTF-8", "tokenexp": WORD_PATTERN},
         id(char): {"locale": "C.UTF-8"},
@@ -428,9 +458,7 @@ def write_graph(path, name, model, word, char, clf, classes, encoder_weight=None
         onx = convert_sklearn(model, initial_types=[("text", StringTensorType([None, 1]))],
                               target_opset={"": 17, "ai.onnx.ml": 3}, options=options,
                               doc_string="", naming=name)
-    vwc = len(word.vocabulary_) + len(char.vocabulary_)
-    w_embed = None if enc_graph is None else clf.coef_[:, vwc:].T * encoder_weight
-    onx = sparse_head(onx, word, char, clf.coef_[:, :vwc], clf.intercept_, classes, w_embed, memory)
+    onx = sparse_head(onx, word, char, clf.coef_, clf.intercept_, classes, embed_head, memory)
     if enc_graph is not None:
         import e5_encoder
         e5_encoder.merge_into(onx, enc_graph)
@@ -444,45 +472,6 @@ def write_graph(path, name, model, word, char, clf, classes, encoder_weight=None
         onx.opset_import.add(domain=domain, version=version)
     with open(path, "wb") as f:
         f.write(onx.SerializeToString())
-
-
-def load_splits(data, seed, sample=0):
-    """Every row the model learns from, split: a stratified 10 % of the
-    English and control rows, a stratified fifth of the Chinese rows, and
-    CLINC150's oos_val (calibration only, never trained on)."""
-    banking = read_csv(os.path.join(data, "banking77/train.csv"))
-    if sample:
-        banking = banking[:sample]
-    own = read_csv(os.path.join(data, "intents/edgedesk_intents.csv"))
-    # Files added later get splits of their own, so the English split (and
-    # its figures) stays comparable across versions.
-    separate = [read_csv(os.path.join(data, f))
-                for f in ("intents/zh_banking77.csv", "intents/branch_intents.csv", "intents/out_of_scope.csv",
-                          "intents/zh_banking77_colloquial.csv")]
-    oos_train = read_csv(os.path.join(data, "clinc150-oos/oos_train.csv"))
-    oos_val = read_csv(os.path.join(data, "clinc150-oos/oos_val.csv"))
-    golden = read_csv(os.path.join(data, "intents/golden.csv"))
-
-    rows = banking + own + oos_train
-    texts = [t for t, _ in rows]
-    labels = [c for _, c in rows]
-    stratify = labels if not sample else None
-    x_tr, x_va, y_tr, y_va = train_test_split(texts, labels, test_size=0.1, random_state=seed, stratify=stratify)
-    # Each gets a larger split (a fifth: about five rows per intent and
-    # language), so its figure rests on enough rows.
-    for extra in separate:
-        ex, ey = [t for t, _ in extra], [c for _, c in extra]
-        # By intent; for a file of one intent (out_of_scope.csv), by language.
-        by = ey if len(set(ey)) > 1 else ["zh" if CJK.search(t) else "en" for t in ex]
-        zx_tr, zx_va, zy_tr, zy_va = train_test_split(ex, ey, test_size=0.2, random_state=seed,
-                                                      stratify=by if not sample else None)
-        x_tr, x_va, y_tr, y_va = x_tr + zx_tr, x_va + zx_va, y_tr + zy_tr, y_va + zy_va
-    return {
-        "banking": banking, "golden": golden,
-        "x_tr": x_tr, "x_va": x_va, "y_tr": y_tr, "y_va": y_va,
-        # the CLINC oos_val queries only ever calibrate; they are never trained on
-        "x_cal": x_va + [t for t, _ in oos_val], "y_cal": y_va + [c for _, c in oos_val],
-    }
 
 
 def main():
@@ -506,8 +495,9 @@ def main():
     ap.add_argument("--parity-out", metavar="FILE",
                     help="write 400 validation texts with the label and confidence the ONNX graph gives them "
                          "(JSON lines): the edge node must give the same (nlu/tests/encoder.rs)")
-    ap.add_argument("--encoder-weight", type=float, default=3.0,
-                    help="scale of the embedding against the TF-IDF features (chosen on validation)")
+    ap.add_argument("--fusion", type=float, default=0.5,
+                    help="with --encoder: the encoder head's share of the fused log probabilities, the n-gram "
+                         "head's the rest (default %(default)s, chosen on validation)")
     ap.add_argument("--memory-beta", type=float, default=MEMORY_BETA,
                     help="with --encoder: weight of the label memory (the --extra rows of intents with fewer "
                          "rows than a typical one, remembered by their embedding, LabelMemory); 0 turns it off (default %(default)s, chosen on stand-in "
@@ -550,7 +540,9 @@ def main():
 
     pipe, word, char, clf = build_pipeline(args.seed, args.c)
     union = pipe.steps[0][1]
-    enc, tmp, features = None, None, None
+    if not 0.0 <= args.fusion <= 1.0:
+        ap.error("--fusion must be between 0 and 1")
+    enc, tmp, head = None, None, None
     if args.encoder:
         import tempfile
         import e5_encoder
@@ -561,23 +553,32 @@ def main():
         enc_graph = enc.write(tmp.name)
         texts = list(dict.fromkeys(x_tr + x_cal + [t for t, _ in golden]))
         table = dict(zip(texts, enc.embed(texts)))
-        features = embedding_features(union, table, args.encoder_weight)
+        # The encoder's head; the n-gram pipeline is the other.
+        head = LogisticRegression(C=args.c, max_iter=3000, random_state=args.seed)
 
     memory = None  # the label memory, once the classes are known
-    # The first stage: the n-gram model alone, and the bar above which it
-    # answers without the encoder (None: no first stage).
-    fast, fast_word, fast_char, fast_clf = build_pipeline(args.seed, args.c)
+    # The bar above which the n-gram model alone (the first stage) answers
+    # without the encoder (None: no first stage).
     first_min = None
+
+    def fit(texts, labels, w):
+        fit_model(pipe, clf, None, texts, labels, w)
+        if head is not None:
+            fit_embedding_head(head, [table[t] for t in texts], labels, w)
+            assert list(head.classes_) == list(clf.classes_)
 
     def predict_proba(texts):
         if enc is None:
             return pipe.predict_proba(texts)
-        full = with_memory(clf.decision_function(features(texts)), memory, [table[t] for t in texts])
+        embeddings = [table[t] for t in texts]
+        ngram = pipe.decision_function(texts)
+        full = with_memory(fused_logits(ngram, head.decision_function(np.vstack(embeddings)), args.fusion),
+                           memory, embeddings)
         if first_min is None:
             return full
-        return cascade(fast.predict_proba(texts), full, classes, first_min)
+        return cascade(pipe.predict_proba(texts), full, classes, first_min)
 
-    fit_model(pipe, clf, features, x_tr, y_tr, weights)
+    fit(x_tr, y_tr, weights)
     classes = list(clf.classes_)
     remembered = memory_rows(x_tr[base_rows:], y_tr[base_rows:], weights[base_rows:])
     if enc is not None and args.memory_beta > 0 and remembered:
@@ -593,9 +594,7 @@ def main():
     is_zh = np.array([bool(CJK.search(t)) for t in x_cal])
     first_stage = None
     if enc is not None and not args.no_first_stage:
-        fit_model(fast, fast_clf, None, x_tr, y_tr, weights)
-        assert list(fast_clf.classes_) == classes
-        p_fast = fast.predict_proba(x_cal)
+        p_fast = pipe.predict_proba(x_cal)
         groups = {"en": ~is_zh, "zh": is_zh, "banking77": is_b77}
         first_min = tune_first_stage(p_fast, proba, classes, y_cal, threshold, groups)
         if first_min is not None:
@@ -632,7 +631,9 @@ def main():
     }
     if enc is not None:
         metrics["encoder"] = "multilingual-e5-small int8"
-        metrics["encoder_weight"] = args.encoder_weight
+        metrics["encoder_share"] = args.fusion
+        # The layers scripts/e5_finetune.py tuned (none: the wheel's encoder as it is).
+        metrics["encoder_tuned"] = enc.tuned or []
         metrics["encoder_vocabulary"] = len(enc.keep)
         metrics["label_memory"] = None if memory is None else {
             "rows": len(memory.vectors), "beta": memory.beta, "gamma": memory.gamma}
@@ -646,11 +647,8 @@ def main():
     metrics["refit_on_validation"] = not args.holdout
     if not args.holdout:
         all_weights = np.concatenate([weights, np.ones(len(y_va), np.float32)])
-        fit_model(pipe, clf, features, x_tr + x_va, y_tr + y_va, all_weights)
+        fit(x_tr + x_va, y_tr + y_va, all_weights)
         assert list(clf.classes_) == classes
-        if first_min is not None:
-            fit_model(fast, fast_clf, None, x_tr + x_va, y_tr + y_va, all_weights)
-            assert list(fast_clf.classes_) == classes
 
     # Golden set: every utterance must come out with its label above the threshold.
     gp = predict_proba([t for t, _ in golden])
@@ -665,14 +663,13 @@ def main():
         sys.exit(1)
 
     os.makedirs(args.out, exist_ok=True)
-    # With the encoder, the classifier has more columns than the TF-IDF part:
-    # only that part is converted and sparse_head adds the rest.
+    # With the encoder, the feature union alone is converted (the n-gram head
+    # is sparse_head's) and the encoder head joins it there.
     write_graph(os.path.join(args.out, "model.onnx"), args.name, pipe if enc is None else union, word, char, clf,
-                classes, None if enc is None else args.encoder_weight, memory,
+                classes, None if enc is None else (head.coef_, head.intercept_, args.fusion), memory,
                 None if enc is None else enc_graph)
     if first_min is not None:
-        write_graph(os.path.join(args.out, FIRST_STAGE_FILE), args.name, fast, fast_word, fast_char, fast_clf,
-                    classes)
+        write_graph(os.path.join(args.out, FIRST_STAGE_FILE), args.name, pipe, word, char, clf, classes)
 
     # Parity: the ONNX graph must agree with scikit-learn on validation text.
     import onnxruntime as ort

@@ -63,7 +63,7 @@ fn verify_names_the_first_stage_and_classify_which_stage_answered() {
     );
     // An everyday question and one only the encoder gets right
     // (nlu/tests/encoder.rs has both).
-    let classified = run(&["classify", "I forgot my passcode", "这个月多收了一笔费用"]);
+    let classified = run(&["classify", "I forgot my passcode", "充值没成功钱却扣了"]);
     let lines: Vec<&str> = classified.lines().collect();
     assert_eq!(lines.len(), 2, "{classified}");
     assert!(
@@ -71,7 +71,7 @@ fn verify_names_the_first_stage_and_classify_which_stage_answered() {
         "{classified}"
     );
     assert!(
-        lines[1].starts_with("extra_charge_on_statement") && lines[1].contains("answer encoder"),
+        lines[1].starts_with("top_up_failed") && lines[1].contains("answer encoder"),
         "{classified}"
     );
     // The linear bundle has no first stage and says nothing of one.
