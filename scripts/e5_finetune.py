@@ -169,14 +169,14 @@ def train(enc, states, labels, layers, epochs, lr, seed, log):
                 first, second)
 
     rng = np.random.default_rng(seed)
+    lengths = np.array([len(s) for s in states])
     per_epoch = len(states) // BATCH
     total = epochs * per_epoch
     losses, t, start = [], 0, time.time()
     for epoch in range(epochs):
-        order = rng.permutation(len(states))
+        batches = length_batches(lengths, rng)
         running = 0.0
-        for b in range(per_epoch):
-            idx = order[b * BATCH:(b + 1) * BATCH]
+        for idx in batches:
             x, m = pad([states[i] for i in idx], H)
             value, g = value_and_grad(params, x, m, jnp.asarray(y_all[idx]))
             t += 1
@@ -184,9 +184,26 @@ def train(enc, states, labels, layers, epochs, lr, seed, log):
             rate = lr * min(1.0, t / 100) * (1 - t / total) + 1e-7
             params, first, second = adam(params, first, second, g, t, rate)
             running += float(value)
-        losses.append(round(running / per_epoch, 4))
+        losses.append(round(running / len(batches), 4))
         log(f"epoch {epoch + 1}/{epochs}: loss {losses[-1]} ({time.time() - start:.0f} s)")
     return {k: np.asarray(v, np.float32) for k, v in params["enc"].items()}, losses
+
+
+def length_batches(lengths, rng, pool=16):
+    """One epoch's batches: the rows shuffled, then in pools of `pool`
+    batches sorted by length and cut, and the batches shuffled. A batch
+    holds rows of about one length, so little of it is padding (random
+    batches of these rows were 3.3 times their tokens once padded), and
+    which rows meet still changes every epoch. Rows beyond the last whole
+    batch wait for the next epoch."""
+    order = rng.permutation(len(lengths))
+    size = BATCH * pool
+    batches = []
+    for s in range(0, len(order), size):
+        chunk = order[s:s + size]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[b:b + BATCH] for b in range(0, len(chunk) - BATCH + 1, BATCH)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def pad(states, H):
@@ -206,7 +223,7 @@ def main():
     ap.add_argument("--encoder", required=True, metavar="DIR", help="the folder e5_prepare.py wrote")
     ap.add_argument("--data", default="data", help="data folder (default: data)")
     ap.add_argument("--seed", type=int, default=42, help="as train_model.py's (the same split)")
-    ap.add_argument("--layers", type=int, default=2, help="top layers to tune (default 2)")
+    ap.add_argument("--layers", type=int, default=3, help="top layers to tune (default 3)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the tuned layers")
     args = ap.parse_args()

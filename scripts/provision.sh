@@ -142,7 +142,7 @@ fi
 log "multilingual encoder: build/models/e5"
 
 # --- 4b. its top layers tuned on the intents ----------------------------------
-# scripts/e5_finetune.py (about nine minutes on two cores) writes tuned.npz
+# scripts/e5_finetune.py (about seven minutes on two cores) writes tuned.npz
 # beside the encoder; kept in $CACHE/models by the hash of its inputs, as the
 # bundles are, so another clone copies it.
 TUNED_HASH=$( (echo "$E5_HASH"; cat scripts/e5_finetune.py scripts/splits.py "$REQ" data/banking77/train.csv \
@@ -150,7 +150,7 @@ TUNED_HASH=$( (echo "$E5_HASH"; cat scripts/e5_finetune.py scripts/splits.py "$R
 if [ "$(cat build/models/e5/.tuned-inputs 2>/dev/null)" != "$TUNED_HASH" ]; then
   cached=$CACHE/models/e5-tuned-$TUNED_HASH
   if [ ! -f "$cached/tuned.npz" ]; then
-    log "tuning the encoder's top layers on the training split (about nine minutes)"
+    log "tuning the encoder's top layers on the training split (about seven minutes)"
     rm -f build/models/e5/tuned.npz build/models/e5/tuned.json
     "$VENV/bin/python" scripts/e5_finetune.py --encoder build/models/e5
     rm -rf "$cached.tmp" && mkdir -p "$cached.tmp"

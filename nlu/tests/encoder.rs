@@ -232,9 +232,20 @@ fn the_validation_figures_hold_the_targets_that_are_met() {
     assert!(figure("validation_accuracy_en") >= 0.90, "{m}");
     assert!(figure("validation_rows_zh") >= 500.0, "{m}");
     // The encoder's top layers tuned on the intents (scripts/e5_finetune.py)
-    // took BANKING77 from 0.917 to 0.923 on this split; a bundle built
+    // took BANKING77 from 0.917 to 0.925 on this split; a bundle built
     // without them, or losing the gain, fails here.
-    assert_eq!(m["encoder_tuned"], serde_json::json!(["l10", "l11"]), "{m}");
+    let mut tuned: Vec<u32> = m["encoder_tuned"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the manifest has no encoder_tuned: {m}"))
+        .iter()
+        .map(|l| {
+            l.as_str()
+                .and_then(|l| l.strip_prefix('l')?.parse().ok())
+                .unwrap()
+        })
+        .collect();
+    tuned.sort_unstable();
+    assert_eq!(tuned, [9, 10, 11], "{m}");
     assert!(figure("validation_accuracy_banking77") >= 0.92, "{m}");
     // The figures above are the cascade's; the first stage may cost each of
     // them at most half a point against the full model on every row.
