@@ -19,9 +19,10 @@ cargo build --workspace --all-targets --locked
 step "model reproducibility (same data + seed => same model.onnx)"
 scripts/check_reproducible.sh
 
-step "training script's unit tests (the label memory's graph against its numpy form; the confidence threshold)"
+step "training script's unit tests (the label memory's graph against its numpy form; the confidence threshold; the fused heads)"
 "$EDGEDESK_TRAIN_PYTHON" scripts/test_label_memory.py
 "$EDGEDESK_TRAIN_PYTHON" scripts/test_thresholds.py
+"$EDGEDESK_TRAIN_PYTHON" scripts/test_fusion.py
 
 step "container images (scripts/build-image.sh: the controller with the debug binaries, the trainer; scripts/check_image.sh)"
 scripts/build-image.sh --profile debug --no-build --out build/image/oci
