@@ -51,7 +51,7 @@ def main():
     features = tm.embedding_features(union, table, 3.0)
     tm.fit_model(pipe, clf, features, x_tr, y_tr, w)
     assert list(clf.classes_) == classes
-    p_full = tm.with_memory(clf.decision_function(features(x_cal)), None, [])
+    p_full = tm.softmax(clf.decision_function(features(x_cal)))
     threshold = tm.tune_threshold(p_full, classes, y_cal)
 
     is_zh = np.array([bool(tm.CJK.search(t)) for t in x_cal])

@@ -8,11 +8,14 @@ eight (18) are never trained on, and the first 29 of the rest are added as
 `--extra`-style labels of a new intent, weighed by `extra_weights` times
 `--weight` (several weights: one model each). Prints the unseen phrasings
 answered with the new intent above the tuned threshold. With `--encoder`, the
-model is train_model.py's encoder model (n-grams plus the sentence
-embedding, which is computed once per intent for all weights) with its
-label memory (`--memory-beta 0` leaves it out; several betas and gammas are
-tried on the same fit). Also prints what the new intent costs the others:
-validation in-scope accuracy, and validation rows taken for the new intent. Uses
+model is train_model.py's encoder model as the node runs it: the n-gram and
+the sentence-embedding heads fused (`--fusion`), the label memory within the
+encoder's head (`--memory-beta 0` leaves it out; several betas and gammas are
+tried on the same fit), the threshold tuned, and the first stage in front.
+The embeddings are computed once per intent, with the wheel's encoder (not
+the tuned layers, which learnt the stand-in's rows). Also prints what the new
+intent costs the others: validation in-scope accuracy, out-of-scope recall,
+and validation rows taken for the new intent. Uses
 train_model.py's own functions; writes nothing to the repository.
 
   python3 scripts/label_weight_experiment.py --weight 1,3 branch_hours branch_atm
@@ -49,7 +52,7 @@ def without(data, intent, out):
     return removed
 
 
-def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, memory_gammas):
+def run(data, intent, weights, c_value, encoder, share, memory_betas, memory_gammas):
     with tempfile.TemporaryDirectory() as tmp:
         rows = without(data, intent, os.path.join(tmp, "data"))
         en = [t for t in rows if not tm.CJK.search(t)][:24]
@@ -61,10 +64,10 @@ def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, m
         base = len(sp["x_tr"])
         x, y = sp["x_tr"] + labels, sp["y_tr"] + ["new:intent"] * len(labels)
         pipe, _, _, clf = tm.build_pipeline(42, c_value)
-        union = pipe.steps[0][1]
-        features = None
+        head = None
         if encoder:
             import e5_encoder
+            from sklearn.linear_model import LogisticRegression
             # As train_model.py --holdout builds it (no refit here either):
             # the vocabulary of what the model learns from, so the unseen
             # phrasings split into known pieces.
@@ -74,30 +77,44 @@ def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, m
             enc.write(tmp)
             texts = list(dict.fromkeys(x + sp["x_cal"] + unseen))
             table = dict(zip(texts, enc.embed(texts)))
-            features = tm.embedding_features(union, table, encoder_weight)
+            head = LogisticRegression(C=c_value, max_iter=3000, random_state=42)
     results = {}
-    y_cal = np.array(sp["y_cal"])
+    x_cal, y_cal = sp["x_cal"], np.array(sp["y_cal"])
     inscope = y_cal != tm.OOS
+    groups = tm.validation_groups(x_cal, sp["y_cal"], set(c for _, c in sp["banking"]))
     for weight in weights:
         w = tm.extra_weights(y, base)
         w[base:] *= weight
-        tm.fit_model(pipe, clf, features, x, y, w)
+        tm.fit_model(pipe, clf, None, x, y, w)
         classes = list(clf.classes_)
-        if features is None:
-            settings = [(0.0, 0.0, pipe.predict_proba(sp["x_cal"]), pipe.predict_proba(unseen))]
+        if head is None:
+            p_cal, p_unseen = pipe.predict_proba(x_cal), pipe.predict_proba(unseen)
+            settings = [(0.0, 0.0, tm.tune_threshold(p_cal, classes, sp["y_cal"]), p_cal, p_unseen)]
         else:
-            logits_cal, logits_unseen = clf.decision_function(features(sp["x_cal"])), clf.decision_function(features(unseen))
+            # As train_model.py does: two heads fused, the label memory in
+            # the encoder's, the threshold tuned on the full model, then the
+            # first stage (the n-gram head alone where it is sure) tuned and
+            # put in front, as the node runs it.
+            tm.fit_embedding_head(head, [table[t] for t in x], y, w)
             settings = []
             remembered = tm.memory_rows(x[base:], y[base:], w[base:])
+            parts = []
+            for texts in (x_cal, unseen):
+                emb = np.vstack([table[t] for t in texts])
+                parts.append((pipe.decision_function(texts), head.decision_function(emb), emb))
+            fast_cal, fast_unseen = (tm.softmax(ng) for ng, _, _ in parts)
             for beta in memory_betas:
                 for gamma in memory_gammas if beta > 0 else memory_gammas[:1]:
                     memory = None if beta <= 0 else tm.LabelMemory(
                         np.vstack([table[t] for t, _ in remembered]), [c for _, c in remembered], classes, beta, gamma)
-                    settings.append((beta, gamma,
-                                     tm.with_memory(logits_cal, memory, [table[t] for t in sp["x_cal"]]),
-                                     tm.with_memory(logits_unseen, memory, [table[t] for t in unseen])))
-        for beta, gamma, p_cal, p_unseen in settings:
-            threshold = tm.tune_threshold(p_cal, classes, sp["y_cal"])
+                    p_cal, p_unseen = (tm.fused_proba(ng, e, emb, memory, share) for ng, e, emb in parts)
+                    threshold = tm.tune_threshold(p_cal, classes, sp["y_cal"])
+                    first_min = tm.tune_first_stage(fast_cal, p_cal, classes, sp["y_cal"], threshold, groups)
+                    if first_min is not None:
+                        p_cal = tm.cascade(fast_cal, p_cal, classes, first_min)
+                        p_unseen = tm.cascade(fast_unseen, p_unseen, classes, first_min)
+                    settings.append((beta, gamma, threshold, p_cal, p_unseen))
+        for beta, gamma, threshold, p_cal, p_unseen in settings:
             right = 0
             for text, p in zip(unseen, p_unseen):
                 if classes[p.argmax()] == "new:intent" and p.max() >= threshold:
@@ -109,10 +126,13 @@ def run(data, intent, weights, c_value, encoder, encoder_weight, memory_betas, m
             pred = np.array([classes[i] for i in p_cal.argmax(axis=1)])
             accuracy = float(np.mean(pred[inscope] == y_cal[inscope]))
             taken = int(np.sum(pred == "new:intent"))
+            answered = (p_cal.max(axis=1) >= threshold) & (pred != tm.OOS)
+            oos_recall = float(np.mean(~answered[~inscope]))
             print(f"{intent}: {right} of {len(unseen)} unseen phrasings (label weight {w[-1]:.1f}, memory "
                   f"{beta:g}/{gamma:g}, threshold {threshold}); validation in-scope accuracy {accuracy:.4f}, "
-                  f"{taken} of {len(pred)} validation rows taken for the new intent", flush=True)
-            results[(weight, beta, gamma)] = (right, len(unseen), accuracy, taken)
+                  f"out-of-scope recall {oos_recall:.4f}, {taken} of {len(pred)} validation rows taken for "
+                  f"the new intent", flush=True)
+            results[(weight, beta, gamma)] = (right, len(unseen), accuracy, taken, oos_recall)
     return results
 
 
@@ -124,20 +144,22 @@ def main():
     ap.add_argument("--weight", type=floats, default=[1.0],
                     help="times extra_weights' weight; several, comma-separated, give one model each (default 1)")
     ap.add_argument("--encoder", metavar="DIR", help="add the sentence encoder's features (as train_model.py --encoder)")
-    ap.add_argument("--encoder-weight", type=float, default=3.0, help="as train_model.py's (default 3)")
+    ap.add_argument("--fusion", type=float, default=tm.FUSION,
+                    help=f"with --encoder: the encoder head's share, as train_model.py's (default {tm.FUSION:g})")
     ap.add_argument("--memory-beta", type=floats, default=[tm.MEMORY_BETA],
                     help="with --encoder: the label memory's weight, as train_model.py's; 0 leaves it out; "
                          "several, comma-separated, are each tried with every --memory-gamma on the same fit")
     ap.add_argument("--memory-gamma", type=floats, default=[tm.MEMORY_GAMMA], help="as train_model.py's; several too")
     ap.add_argument("--c", type=float, default=20.0, help="inverse regularisation (default as train_model.py)")
     args = ap.parse_args()
-    totals = [run(args.data, i, args.weight, args.c, args.encoder, args.encoder_weight,
+    totals = [run(args.data, i, args.weight, args.c, args.encoder, args.fusion,
                   args.memory_beta, args.memory_gamma) for i in args.intents]
     for key in totals[0]:
         rows = [t[key] for t in totals]
         print(f"all, label weight x{key[0]:g}, memory {key[1]:g}/{key[2]:g}: {sum(r[0] for r in rows)} of "
               f"{sum(r[1] for r in rows)} unseen phrasings; mean validation in-scope accuracy "
-              f"{np.mean([r[2] for r in rows]):.4f}; {sum(r[3] for r in rows)} validation rows taken")
+              f"{np.mean([r[2] for r in rows]):.4f}, out-of-scope recall {np.mean([r[4] for r in rows]):.4f}; "
+              f"{sum(r[3] for r in rows)} validation rows taken")
 
 
 if __name__ == "__main__":

@@ -48,12 +48,20 @@ class LabelMemoryTest(unittest.TestCase):
         far = unit(-self.labels.sum(axis=0, keepdims=True))
         self.assertLess(float(self.memory.logits(far).max()), 0.1)
 
-    def test_with_memory_adds_before_the_softmax(self):
-        logits = np.zeros((1, 4), np.float32)
-        p = tm.with_memory(logits, self.memory, [self.labels[0]])
+    def test_fused_proba_pulls_within_the_encoder_head(self):
+        zeros = np.zeros((1, 4), np.float32)
+        p = tm.fused_proba(zeros, zeros, self.labels[:1], self.memory, 0.5)
         self.assertEqual(int(p.argmax()), 2)
         self.assertAlmostEqual(float(p.sum()), 1.0, places=5)
-        np.testing.assert_allclose(tm.with_memory(logits, None, []), np.full((1, 4), 0.25))
+        # The memory's term joins the encoder head's logits, so the fusion
+        # weighs it by the head's share: half the pull at 0.5.
+        t = self.memory.logits(self.labels[:1])[0]
+        self.assertAlmostEqual(float(np.log(p[0, 2] / p[0, 0])), 0.5 * float(t[2] - t[0]), places=4)
+        # With no share the memory has no say; with no memory, no pull.
+        np.testing.assert_allclose(tm.fused_proba(zeros, zeros, self.labels[:1], self.memory, 0.0),
+                                   np.full((1, 4), 0.25), rtol=1e-6)
+        np.testing.assert_allclose(tm.fused_proba(zeros, zeros, self.labels[:1], None, 0.5),
+                                   np.full((1, 4), 0.25), rtol=1e-6)
 
     def test_embeddings_must_be_unit_vectors(self):
         with self.assertRaisesRegex(ValueError, "unit vectors"):

@@ -167,8 +167,8 @@ def embedding_features(union, table, encoder_weight):
     """features(texts, fit=False): the n-gram features of `union` with each
     text's sentence embedding (from `table`) times `encoder_weight` appended.
     One head over both was the trainer's method until 2026-12-03 (the heads
-    are fused now: fused_logits); the experiment scripts that measured it
-    (cascade_experiment.py, label_weight_experiment.py) still use it."""
+    are fused now: fused_logits); cascade_experiment.py, which measured the
+    first stage with it, still uses it."""
     import scipy.sparse as sparse
 
     def features(texts, fit=False):
@@ -195,6 +195,27 @@ def fused_logits(ngram_logits, embed_logits, share):
     return share * log_softmax(embed_logits) + (1.0 - share) * log_softmax(ngram_logits)
 
 
+def fused_proba(ngram_logits, embed_logits, embeddings, memory, share):
+    """The full model's probabilities: the encoder head's logits plus the
+    label memory's term (none if `memory` is None) for the texts' sentence
+    `embeddings`, fused with the n-gram head's (fused_logits). The memory
+    pulls within the encoder's head, as the graph does (sparse_head): added
+    after the fusion it also pulled every out-of-scope question a little
+    (e5's cosines are seldom below 0.7), and a candidate's out-of-scope
+    recall fell 3 points."""
+    if memory is not None:
+        embed_logits = embed_logits + memory.logits(embeddings)
+    return softmax(fused_logits(ngram_logits, embed_logits, share))
+
+
+def validation_groups(texts, labels, banking77_intents):
+    """Row masks the validation figures are given for: English, Chinese, and
+    BANKING77's own (English rows of its intents)."""
+    is_zh = np.array([bool(CJK.search(t)) for t in texts])
+    is_b77 = np.array([c in banking77_intents and c != OOS for c in labels]) & ~is_zh
+    return {"en": ~is_zh, "zh": is_zh, "banking77": is_b77}
+
+
 def fit_embedding_head(head, embeddings, labels, w):
     """Fit the encoder's linear head on sentence embeddings, weights `w`."""
     with warnings.catch_warnings():
@@ -211,14 +232,6 @@ def fit_model(pipe, clf, features, texts, labels, w):
             pipe.fit(texts, labels, logisticregression__sample_weight=w)
         else:
             clf.fit(features(texts, fit=True), labels, sample_weight=w)
-
-
-def with_memory(logits, memory, embeddings):
-    """Probabilities from the head's logits plus `memory`'s term (none if
-    `memory` is None) for the texts whose embeddings are given."""
-    if memory is not None:
-        logits = logits + memory.logits(np.vstack(embeddings))
-    return softmax(logits)
 
 
 def sparse_head(onx, word, char, coef, intercept, labels, embed_head=None, memory=None):
@@ -354,9 +367,13 @@ COVERAGE_FLOOR = 0.97
 FIRST_STAGE_SLACK = 0.005
 FIRST_STAGE_FILE = "first_stage.onnx"
 
+# The encoder head's share in the fusion (fused_logits), chosen on validation
+# (docs/MODEL.md, "The encoder tuned on the intents").
+FUSION = 0.5
+
 # The label memory's defaults (LabelMemory), chosen with
 # scripts/label_weight_experiment.py on stand-in intents (docs/LEARNING.md).
-MEMORY_BETA = 8.0
+MEMORY_BETA = 12.0
 MEMORY_GAMMA = 10.0
 
 
@@ -501,7 +518,7 @@ def main():
     ap.add_argument("--parity-out", metavar="FILE",
                     help="write 400 validation texts with the label and confidence the ONNX graph gives them "
                          "(JSON lines): the edge node must give the same (nlu/tests/encoder.rs)")
-    ap.add_argument("--fusion", type=float, default=0.5,
+    ap.add_argument("--fusion", type=float, default=FUSION,
                     help="with --encoder: the encoder head's share of the fused log probabilities, the n-gram "
                          "head's the rest (default %(default)s, chosen on validation)")
     ap.add_argument("--memory-beta", type=float, default=MEMORY_BETA,
@@ -578,14 +595,7 @@ def main():
             return pipe.predict_proba(texts)
         embeddings = np.vstack([table[t] for t in texts])
         ngram = pipe.decision_function(texts)
-        # The label memory pulls within the encoder's head, as the graph does
-        # (sparse_head): added after the fusion it also pulled every
-        # out-of-scope question a little (e5's cosines are seldom below
-        # 0.7), and a candidate's out-of-scope recall fell 3 points.
-        embed = head.decision_function(embeddings)
-        if memory is not None:
-            embed = embed + memory.logits(embeddings)
-        full = softmax(fused_logits(ngram, embed, args.fusion))
+        full = fused_proba(ngram, head.decision_function(embeddings), embeddings, memory, args.fusion)
         if first_min is None:
             return full
         return cascade(softmax(ngram), full, classes, first_min)
@@ -601,13 +611,11 @@ def main():
 
     y = np.array(y_cal)
     inscope = y != OOS
-    b77 = set(c for _, c in banking)
-    is_b77 = np.array([c in b77 and c != OOS and not CJK.search(t) for t, c in zip(x_cal, y_cal)])
-    is_zh = np.array([bool(CJK.search(t)) for t in x_cal])
+    groups = validation_groups(x_cal, y_cal, set(c for _, c in banking))
+    is_b77, is_zh = groups["banking77"], groups["zh"]
     first_stage = None
     if enc is not None and not args.no_first_stage:
         p_fast = pipe.predict_proba(x_cal)
-        groups = {"en": ~is_zh, "zh": is_zh, "banking77": is_b77}
         first_min = tune_first_stage(p_fast, proba, classes, y_cal, threshold, groups)
         if first_min is not None:
             takes = first_stage_takes(p_fast, classes, first_min)

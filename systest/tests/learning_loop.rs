@@ -413,7 +413,8 @@ async fn labels_become_a_model_the_whole_fleet_serves() {
         );
         // Issue 13 asks for 90 %. With the encoder the candidate carries
         // the label memory (train_model.LabelMemory) and the variant
-        // asserts the aim (17 of 18 measured; docs/LEARNING.md). The
+        // asserts the aim (17 of 18 measured with the fused heads and the
+        // memory chosen on stand-in intents; docs/LEARNING.md). The
         // TF-IDF model, which the test command runs, learns a new intent
         // from 29 labels only about half the time: its bound says the
         // loop taught the fleet something (the base model answers none).
