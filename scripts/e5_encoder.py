@@ -228,8 +228,10 @@ def export_onnx(cfg, tensors, keep_ids, path):
         fi = lin(x, p, "fi", FF, H)
         # exact GELU: x * (1 + erf(x / sqrt 2)) / 2, written with Div as
         # ONNX Runtime's GeluFusion expects: it runs the five nodes as one
-        # Gelu kernel (same embeddings to the bit, about 14 % less time per
-        # text than the Mul-by-1/sqrt 2 form it does not recognise).
+        # Gelu kernel (same embeddings to the bit; the Mul-by-1/sqrt 2 form
+        # it does not recognise took about 14 % more time per text in a
+        # profile of the encoder alone, a few per cent on the node's p99:
+        # docs/MODEL.md).
         node("Div", [fi, "sqrt2"], [p + "g0"])
         node("Erf", [p + "g0"], [p + "g1"])
         node("Add", [p + "g1", "f1"], [p + "g2"])
