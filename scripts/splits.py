@@ -28,7 +28,7 @@ def load_splits(data, seed, sample=0):
     # its figures) stays comparable across versions.
     separate = [read_csv(os.path.join(data, f))
                 for f in ("intents/zh_banking77.csv", "intents/branch_intents.csv", "intents/out_of_scope.csv",
-                          "intents/zh_banking77_colloquial.csv")]
+                          "intents/zh_banking77_colloquial.csv", "intents/everyday_banking.csv")]
     oos_train = read_csv(os.path.join(data, "clinc150-oos/oos_train.csv"))
     oos_val = read_csv(os.path.join(data, "clinc150-oos/oos_val.csv"))
     golden = read_csv(os.path.join(data, "intents/golden.csv"))

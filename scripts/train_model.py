@@ -21,6 +21,7 @@ Data (all in the repository):
   data/intents/zh_banking77_colloquial.csv  more of them, in spoken shorthand (咋, 啥, 不)
   data/intents/branch_intents.csv    EN/ZH questions about the branch itself (hours, address, services, ATMs, queue tickets, documents)
   data/intents/out_of_scope.csv      EN/ZH questions a bank's kiosk cannot answer (weather, travel, phones, ...)
+  data/intents/everyday_banking.csv  EN/ZH sending money to someone (transfer_into_account) and checking a balance
   data/intents/golden.csv            the golden set shipped in the bundle
 
 `--suggest SAMPLES --bundle DIR --out FILE` does not train: it groups the

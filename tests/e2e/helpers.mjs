@@ -77,6 +77,13 @@ export async function botSays(page, text, timeout = 5000) {
   await page.locator(".log .msg.bot", { hasText: text }).last().waitFor({ timeout });
 }
 
+/** The visitor types `text` and sends it; waits for a bot line containing `reply`. */
+export async function visitorAsks(page, text, reply) {
+  await page.locator("#input").fill(text);
+  await page.keyboard.press("Enter");
+  await botSays(page, reply);
+}
+
 import { createServer } from "node:net";
 
 export function freePort() {
