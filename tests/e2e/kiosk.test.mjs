@@ -52,12 +52,24 @@ test("a visitor asks when the branch opens, in English and in Chinese, and reads
   await ctx.close();
 });
 
-test("with the shipped multilingual model, an off-topic question in Chinese is declined and banking ones answered, colloquial too", async () => {
-  // The node serves build/models/multilingual by default; the other tests
-  // use the linear model for speed. None of the questions is in the training data.
+// The node serves build/models/multilingual by default; the other tests use
+// the linear model for speed. Runs `visit(page)` on a fresh page of a node
+// serving the multilingual model; the page must log no error.
+async function withMultilingualNode(visit) {
   const ml = await startEdgeNode({ EDGEDESK_NLU__BUNDLE: JSON.stringify(join(ROOT, "build", "models", "multilingual")) });
   try {
     const { ctx, page, errors } = await freshPage({ width: 1080, height: 1600 }, ml.url);
+    await visit(page);
+    assert.deepEqual(errors, []);
+    await ctx.close();
+  } finally {
+    await ml.stop();
+  }
+}
+
+test("with the shipped multilingual model, an off-topic question in Chinese is declined and banking ones answered, colloquial too", async () => {
+  // None of the questions is in the training data.
+  await withMultilingualNode(async (page) => {
     await page.getByRole("button", { name: "中文" }).click();
     await visitorAsks(page, "帮我查一下杭州明天的天气", "我只能解答本网点的银行业务问题");
     await visitorAsks(page, "我把手机银行的密码给忘了", "忘记密码");
@@ -67,19 +79,13 @@ test("with the shipped multilingual model, an off-topic question in Chinese is d
     await assertOnScreen(page, page.locator(".msg.bot", { hasText: "通过短信验证" }), "the passcode answer");
     await assertOnScreen(page, page.locator(".msg.bot", { hasText: "我们将退还卡片或补发新卡" }), "the swallowed-card answer");
     await shot(page, "kiosk-zh-off-topic");
-    assert.deepEqual(errors, []);
-    await ctx.close();
-  } finally {
-    await ml.stop();
-  }
+  });
 });
 
 test("with the shipped multilingual model, a visitor who wants to send money or check a balance is told how, in English and Chinese", async () => {
   // Issue 12 found "send money to my friend" answered about receiving money;
   // the other three are in no training file.
-  const ml = await startEdgeNode({ EDGEDESK_NLU__BUNDLE: JSON.stringify(join(ROOT, "build", "models", "multilingual")) });
-  try {
-    const { ctx, page, errors } = await freshPage({ width: 1080, height: 1600 }, ml.url);
+  await withMultilingualNode(async (page) => {
     await visitorAsks(page, "send money to my friend", "To send money, open Payments");
     await visitorAsks(page, "what's my account balance right now", "Your balance is on the app's home screen");
     await assertOnScreen(page, page.locator(".msg.bot", { hasText: "choose or add the recipient" }), "the sending answer");
@@ -90,11 +96,7 @@ test("with the shipped multilingual model, a visitor who wants to send money or 
     await visitorAsks(page, "我想查下余额还有多少", "手机银行首页即可查看余额");
     await assertOnScreen(page, page.locator(".msg.bot", { hasText: "手机银行首页即可查看余额" }), "the balance answer");
     await shot(page, "kiosk-send-money-zh");
-    assert.deepEqual(errors, []);
-    await ctx.close();
-  } finally {
-    await ml.stop();
-  }
+  });
 });
 
 test("a reload brings the conversation back", async () => {
